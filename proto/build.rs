@@ -1,0 +1,10 @@
+//! Generates the tonic/prost code for utopia's API, plus the encoded file
+//! descriptor set that the gRPC reflection service serves.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("utopia_descriptor.bin"))
+        .compile_protos(&["proto/utopia/v1/utopia.proto"], &["proto"])?;
+    Ok(())
+}

@@ -1,0 +1,13 @@
+//! utopia's gRPC API: the generated tonic/prost code for `utopia.v1`.
+//!
+//! This is the only crate that exposes prost types; the rest of the
+//! workspace converts to and from its own types at the edge.
+
+#![allow(clippy::all, missing_docs)]
+
+pub mod v1 {
+    tonic::include_proto!("utopia.v1");
+
+    /// Encoded `FileDescriptorSet` for the reflection service.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("utopia_descriptor");
+}

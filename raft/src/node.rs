@@ -1,0 +1,249 @@
+//! [`RaftNode`]: the server's handle on consensus.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::storage::{RaftLogStorage, RaftStateMachine};
+use openraft::type_config::async_runtime::WatchReceiver;
+use openraft::{BasicNode, Config, Raft, ReadPolicy, ServerState, SnapshotPolicy};
+
+use crate::network::NoPeers;
+use crate::{Request, Response, TypeConfig};
+
+/// Timing and log-retention settings for one node.
+#[derive(Debug, Clone)]
+pub struct RaftTimings {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms_min: u64,
+    pub election_timeout_ms_max: u64,
+    /// Build a snapshot (and purge the log behind it) after this many entries.
+    pub snapshot_log_entries: u64,
+    /// Entries kept in the log behind the last snapshot, for lagging peers.
+    pub log_entries_kept_after_snapshot: u64,
+    /// Client requests openraft may queue before proposals are refused.
+    pub proposals_in_flight_max: u64,
+}
+
+/// Why a proposal or read barrier did not complete. Each variant calls for a
+/// different action by the caller.
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    /// Ask the leader instead (its id and address, when known).
+    #[error("not the leader{}", leader_hint(.leader_id, .leader_addr))]
+    NotLeader {
+        leader_id: Option<u64>,
+        leader_addr: Option<String>,
+    },
+    /// A quorum could not be reached; retrying later may succeed.
+    #[error("cluster unavailable: {0}")]
+    Unavailable(String),
+    /// The node has stopped (shutdown or a storage failure).
+    #[error("raft node stopped: {0}")]
+    Stopped(String),
+}
+
+fn leader_hint(id: &Option<u64>, addr: &Option<String>) -> String {
+    match (id, addr) {
+        (Some(id), Some(addr)) => format!("; leader is node {id} at {addr}"),
+        (Some(id), None) => format!("; leader is node {id}"),
+        _ => "; no leader is known".to_string(),
+    }
+}
+
+/// The role of a node, as seen in its metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    Follower,
+    Learner,
+    Candidate,
+    Shutdown,
+}
+
+/// A snapshot of a node's Raft state, for status and the fellows view.
+#[derive(Debug, Clone)]
+pub struct NodeStatus {
+    pub id: u64,
+    pub role: Role,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    pub snapshot_index: u64,
+    pub purged_index: u64,
+    /// Members by id: (address, is_voter).
+    pub members: BTreeMap<u64, (String, bool)>,
+}
+
+/// A running Raft node.
+pub struct RaftNode<SM: RaftStateMachine<TypeConfig>> {
+    id: u64,
+    raft: Raft<TypeConfig, SM>,
+}
+
+impl<SM: RaftStateMachine<TypeConfig>> Clone for RaftNode<SM> {
+    fn clone(&self) -> Self {
+        Self {
+            id: self.id,
+            raft: self.raft.clone(),
+        }
+    }
+}
+
+impl<SM> RaftNode<SM>
+where
+    SM: RaftStateMachine<TypeConfig>,
+    SM::SnapshotData: Send + 'static,
+{
+    /// Starts the node on the given storage. A storage that has never been
+    /// initialised is initialised as a one-member cluster of this node at
+    /// `addr`; an initialised one is resumed as it was.
+    pub async fn start_single<LS>(
+        id: u64,
+        addr: &str,
+        cluster_name: &str,
+        timings: &RaftTimings,
+        log_store: LS,
+        state_machine: SM,
+    ) -> Result<Self, String>
+    where
+        LS: RaftLogStorage<TypeConfig>,
+    {
+        let config = Config {
+            cluster_name: cluster_name.to_string(),
+            heartbeat_interval: timings.heartbeat_interval_ms,
+            election_timeout_min: timings.election_timeout_ms_min,
+            election_timeout_max: timings.election_timeout_ms_max,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(timings.snapshot_log_entries),
+            max_in_snapshot_log_to_keep: timings.log_entries_kept_after_snapshot,
+            api_channel_size: Some(timings.proposals_in_flight_max),
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| format!("invalid raft settings: {e}"))?;
+
+        let raft = Raft::new(
+            id,
+            Arc::new(config),
+            NoPeers::<SM::SnapshotData>::new(),
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(|e| format!("start raft: {e}"))?;
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| format!("start raft: {e}"))?;
+        if !initialized {
+            let members = BTreeMap::from([(
+                id,
+                BasicNode {
+                    addr: addr.to_string(),
+                },
+            )]);
+            raft.initialize(members)
+                .await
+                .map_err(|e| format!("initialise a one-member cluster: {e}"))?;
+            tracing::info!(node_id = id, %addr, "initialised a new one-member cluster");
+        } else {
+            tracing::info!(node_id = id, "resumed an existing cluster");
+        }
+        Ok(Self { id, raft })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Proposes one request and waits until it is committed and applied.
+    pub async fn propose(&self, request: Request) -> Result<Response, ProposeError> {
+        match self.raft.client_write(request).await {
+            Ok(resp) => Ok(resp.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(ProposeError::NotLeader {
+                    leader_id: f.leader_id,
+                    leader_addr: f.leader_node.map(|n| n.addr),
+                })
+            }
+            Err(RaftError::APIError(e)) => Err(ProposeError::Unavailable(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(ProposeError::Stopped(e.to_string())),
+        }
+    }
+
+    /// Returns once this node's state machine reflects every write committed
+    /// before the call: the leader confirms its leadership with a quorum
+    /// (read index), then waits for its state machine to apply that far.
+    pub async fn read_barrier(&self) -> Result<(), ProposeError> {
+        match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
+                Err(ProposeError::NotLeader {
+                    leader_id: f.leader_id,
+                    leader_addr: f.leader_node.map(|n| n.addr),
+                })
+            }
+            Err(RaftError::APIError(e)) => Err(ProposeError::Unavailable(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(ProposeError::Stopped(e.to_string())),
+        }
+    }
+
+    /// True while this node believes it leads the cluster.
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        m.state == ServerState::Leader
+    }
+
+    /// Waits until this node is the leader, up to `timeout`.
+    pub async fn wait_leader(&self, timeout: Duration) -> Result<(), String> {
+        let id = self.id;
+        self.raft
+            .wait(Some(timeout))
+            .metrics(
+                |m| m.current_leader == Some(id) && m.state == ServerState::Leader,
+                "become leader",
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        let m = self.raft.metrics();
+        let m = m.borrow_watched();
+        let role = match m.state {
+            ServerState::Leader => Role::Leader,
+            ServerState::Follower => Role::Follower,
+            ServerState::Learner => Role::Learner,
+            ServerState::Candidate => Role::Candidate,
+            ServerState::Shutdown => Role::Shutdown,
+        };
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| (*id, (node.addr.clone(), voters.contains(id))))
+            .collect();
+        NodeStatus {
+            id: self.id,
+            role,
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.as_ref().map(|l| l.index).unwrap_or(0),
+            snapshot_index: m.snapshot.as_ref().map(|l| l.index).unwrap_or(0),
+            purged_index: m.purged.as_ref().map(|l| l.index).unwrap_or(0),
+            members,
+        }
+    }
+
+    /// Stops the node; outstanding proposals fail with [`ProposeError::Stopped`].
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+    }
+}

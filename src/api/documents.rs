@@ -1,0 +1,170 @@
+//! The Documents service: get and list documents, and accept device
+//! reports (the gRPC twin of an MQTT device message).
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use utopia_proto::v1 as pb;
+use utopia_raft::event::{DeviceData, Event, Outcome};
+use utopia_storage::keys::{Collection, DeviceIndex};
+
+use super::{status, Node};
+
+pub struct DocumentsService {
+    node: Arc<Node>,
+}
+
+impl DocumentsService {
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+
+    fn collection(&self, name: &str) -> Result<Collection, Status> {
+        Collection::parse(name).ok_or_else(|| {
+            let known: Vec<&str> = Collection::ALL.iter().map(|c| c.name()).collect();
+            self.node.reject(
+                "unknown_collection",
+                status::invalid(format!(
+                    "unknown collection {name:?}; expected one of: {}",
+                    known.join(", ")
+                )),
+            )
+        })
+    }
+}
+
+/// A topic level: non-empty, no `/`, no MQTT wildcards, bounded.
+fn check_level(node: &Node, what: &str, value: &str) -> Result<(), Status> {
+    if value.is_empty() || value.contains(['/', '+', '#', '\0']) || value.len() > 256 {
+        return Err(node.reject(
+            "bad_device_report",
+            status::invalid(format!(
+                "{what} {value:?} must be 1..=256 bytes without '/', '+', '#' or NUL"
+            )),
+        ));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl pb::documents_server::Documents for DocumentsService {
+    async fn get(
+        &self,
+        req: Request<pb::GetDocumentRequest>,
+    ) -> Result<Response<pb::GetDocumentResponse>, Status> {
+        let r = req.into_inner();
+        let collection = self.collection(&r.collection)?;
+        self.node.read_barrier(r.consistency).await?;
+        let Some(json) = self
+            .node
+            .reader
+            .get_document(collection, &r.id)
+            .map_err(status::from_store)?
+        else {
+            return Err(Status::not_found(format!(
+                "document {}/{} not found",
+                r.collection, r.id
+            )));
+        };
+        Ok(Response::new(pb::GetDocumentResponse {
+            header: self.node.header(self.node.current_revision()?),
+            document: Some(pb::Document {
+                collection: r.collection,
+                id: r.id,
+                json,
+            }),
+        }))
+    }
+
+    async fn list(
+        &self,
+        req: Request<pb::ListDocumentsRequest>,
+    ) -> Result<Response<pb::ListDocumentsResponse>, Status> {
+        let r = req.into_inner();
+        let collection = self.collection(&r.collection)?;
+        let filters: Vec<(DeviceIndex, &str)> = [
+            (DeviceIndex::Zone, r.zone.as_str()),
+            (DeviceIndex::Class, r.class.as_str()),
+            (DeviceIndex::Host, r.host.as_str()),
+        ]
+        .into_iter()
+        .filter(|(_, v)| !v.is_empty())
+        .collect();
+        if filters.len() > 1 {
+            return Err(self.node.reject(
+                "bad_filter",
+                status::invalid("at most one of zone, class and host may be set"),
+            ));
+        }
+        let filter = filters.first().copied();
+        if filter.is_some() && collection != Collection::Devices {
+            return Err(self.node.reject(
+                "bad_filter",
+                status::invalid(
+                    "zone, class and host filters apply to the devices collection only",
+                ),
+            ));
+        }
+        self.node.read_barrier(r.consistency).await?;
+        let limit = self.node.range_limit(r.limit);
+        let token = (!r.page_token.is_empty()).then_some(r.page_token.as_str());
+        let page = self
+            .node
+            .reader
+            .list_documents(collection, filter, limit, token)
+            .map_err(status::from_store)?;
+        Ok(Response::new(pb::ListDocumentsResponse {
+            header: self.node.header(self.node.current_revision()?),
+            documents: page
+                .documents
+                .into_iter()
+                .map(|(id, json)| pb::Document {
+                    collection: r.collection.clone(),
+                    id,
+                    json,
+                })
+                .collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn report(
+        &self,
+        req: Request<pb::DeviceReport>,
+    ) -> Result<Response<pb::DeviceReportResponse>, Status> {
+        let r = req.into_inner();
+        check_level(&self.node, "host", &r.host)?;
+        check_level(&self.node, "zone", &r.zone)?;
+        check_level(&self.node, "class", &r.class)?;
+        check_level(&self.node, "device_id", &r.device_id)?;
+        check_level(&self.node, "post_type", &r.post_type)?;
+        for p in &r.path {
+            check_level(&self.node, "path segment", p)?;
+        }
+        self.node.check_value(r.json.as_bytes())?;
+        if let Err(e) = serde_json::from_str::<serde_json::Value>(&r.json) {
+            return Err(self.node.reject(
+                "bad_json",
+                status::invalid(format!("value is not valid JSON: {e}")),
+            ));
+        }
+        let event = Event::DeviceDataUpdated(DeviceData {
+            host: r.host,
+            zone: r.zone,
+            class: r.class,
+            device_id: r.device_id,
+            post_type: r.post_type,
+            path: r.path,
+            json: r.json,
+        });
+        let resp = self.node.propose(event).await?;
+        let device = match resp.outcome {
+            Outcome::Device { id } => id,
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::DeviceReportResponse {
+            header: self.node.header(resp.revision),
+            device,
+        }))
+    }
+}

@@ -1,0 +1,294 @@
+//! The KV service: etcd-style Range, Put, DeleteRange, Txn and Compact.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use utopia_proto::v1 as pb;
+use utopia_proto::v1::compare::{CompareResult, CompareTarget as PbTarget, TargetUnion};
+use utopia_raft::event::{
+    Compare, CompareOp, CompareTarget, DeleteOp, Event, Outcome, PutOp, RangeOp, RangeResult,
+    StepResult, TxnOp, TxnStep,
+};
+
+use super::{bytes, kv_to_pb, status, Node};
+
+pub struct KvService {
+    node: Arc<Node>,
+}
+
+impl KvService {
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+
+    fn put_op(&self, r: pb::PutRequest) -> Result<PutOp, Status> {
+        self.node.check_key(&r.key, "key")?;
+        self.node.check_value(&r.value)?;
+        if r.lease < 0 {
+            return Err(self.node.reject(
+                "bad_lease",
+                status::invalid(format!("lease id {} is negative", r.lease)),
+            ));
+        }
+        Ok(PutOp {
+            key: bytes(r.key),
+            value: bytes(r.value),
+            lease: r.lease,
+            prev_kv: r.prev_kv,
+        })
+    }
+
+    fn delete_op(&self, r: pb::DeleteRangeRequest) -> Result<DeleteOp, Status> {
+        self.node.check_key(&r.key, "key")?;
+        self.node.check_len(
+            r.range_end.len(),
+            self.node.limits.key_bytes_max,
+            "range_end",
+            "key_bytes_max",
+        )?;
+        Ok(DeleteOp {
+            key: bytes(r.key),
+            range_end: bytes(r.range_end),
+            prev_kv: r.prev_kv,
+        })
+    }
+
+    fn range_op(&self, r: pb::RangeRequest) -> Result<RangeOp, Status> {
+        self.node.check_key(&r.key, "key")?;
+        if r.revision != 0 {
+            return Err(self.node.reject(
+                "txn_range_revision",
+                status::invalid("a range inside a transaction reads at the transaction's revision; revision must be 0"),
+            ));
+        }
+        Ok(RangeOp {
+            key: bytes(r.key),
+            range_end: bytes(r.range_end),
+            limit: self.node.range_limit(r.limit) as i64,
+            keys_only: r.keys_only,
+            count_only: r.count_only,
+        })
+    }
+
+    fn step(&self, op: pb::RequestOp) -> Result<TxnStep, Status> {
+        match op.request {
+            Some(pb::request_op::Request::RequestPut(p)) => Ok(TxnStep::Put(self.put_op(p)?)),
+            Some(pb::request_op::Request::RequestDeleteRange(d)) => {
+                Ok(TxnStep::Delete(self.delete_op(d)?))
+            }
+            Some(pb::request_op::Request::RequestRange(r)) => Ok(TxnStep::Range(self.range_op(r)?)),
+            None => Err(self
+                .node
+                .reject("bad_txn", status::invalid("transaction operation is empty"))),
+        }
+    }
+
+    fn compare(&self, c: pb::Compare) -> Result<Compare, Status> {
+        self.node.check_key(&c.key, "compare key")?;
+        let op = match CompareResult::try_from(c.result) {
+            Ok(CompareResult::Equal) => CompareOp::Equal,
+            Ok(CompareResult::NotEqual) => CompareOp::NotEqual,
+            Ok(CompareResult::Greater) => CompareOp::Greater,
+            Ok(CompareResult::Less) => CompareOp::Less,
+            Err(_) => {
+                return Err(self.node.reject(
+                    "bad_txn",
+                    status::invalid(format!("unknown compare result {}", c.result)),
+                ))
+            }
+        };
+        let target = PbTarget::try_from(c.target).map_err(|_| {
+            self.node.reject(
+                "bad_txn",
+                status::invalid(format!("unknown compare target {}", c.target)),
+            )
+        })?;
+        let value = c.target_union;
+        let target = match (target, value) {
+            (PbTarget::Version, Some(TargetUnion::Version(v))) => CompareTarget::Version(v),
+            (PbTarget::Create, Some(TargetUnion::CreateRevision(v))) => {
+                CompareTarget::CreateRevision(v)
+            }
+            (PbTarget::Mod, Some(TargetUnion::ModRevision(v))) => CompareTarget::ModRevision(v),
+            (PbTarget::Value, Some(TargetUnion::Value(v))) => {
+                self.node.check_value(&v)?;
+                CompareTarget::Value(bytes(v))
+            }
+            (PbTarget::Lease, Some(TargetUnion::Lease(v))) => CompareTarget::Lease(v),
+            // proto3 drops zero values of a oneof only when unset: treat a
+            // missing number as 0, as etcd does.
+            (PbTarget::Version, None) => CompareTarget::Version(0),
+            (PbTarget::Create, None) => CompareTarget::CreateRevision(0),
+            (PbTarget::Mod, None) => CompareTarget::ModRevision(0),
+            (PbTarget::Lease, None) => CompareTarget::Lease(0),
+            (PbTarget::Value, None) => CompareTarget::Value(bytes(Vec::new())),
+            (t, Some(_)) => {
+                return Err(self.node.reject(
+                    "bad_txn",
+                    status::invalid(format!(
+                        "compare target {} does not match the value given",
+                        t.as_str_name()
+                    )),
+                ))
+            }
+        };
+        Ok(Compare {
+            key: bytes(c.key),
+            range_end: bytes(c.range_end),
+            op,
+            target,
+        })
+    }
+}
+
+pub fn range_to_pb(node: &Node, revision: i64, r: RangeResult) -> pb::RangeResponse {
+    pb::RangeResponse {
+        header: node.header(revision),
+        kvs: r.kvs.into_iter().map(kv_to_pb).collect(),
+        more: r.more,
+        count: r.count,
+    }
+}
+
+#[tonic::async_trait]
+impl pb::kv_server::Kv for KvService {
+    async fn range(
+        &self,
+        req: Request<pb::RangeRequest>,
+    ) -> Result<Response<pb::RangeResponse>, Status> {
+        let r = req.into_inner();
+        self.node.check_key(&r.key, "key")?;
+        self.node.read_barrier(r.consistency).await?;
+        let limit = self.node.range_limit(r.limit);
+        let result = self
+            .node
+            .reader
+            .range(
+                &r.key,
+                &r.range_end,
+                limit,
+                r.revision,
+                r.keys_only,
+                r.count_only,
+            )
+            .map_err(|e| self.node.reject("range", status::from_read(e)))?;
+        let revision = if r.revision > 0 {
+            r.revision
+        } else {
+            self.node.current_revision()?
+        };
+        Ok(Response::new(range_to_pb(&self.node, revision, result)))
+    }
+
+    async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        let op = self.put_op(req.into_inner())?;
+        let resp = self.node.propose(Event::Put(op)).await?;
+        let prev_kv = match resp.outcome {
+            Outcome::Put { prev } => prev.map(kv_to_pb),
+            _ => None,
+        };
+        Ok(Response::new(pb::PutResponse {
+            header: self.node.header(resp.revision),
+            prev_kv,
+        }))
+    }
+
+    async fn delete_range(
+        &self,
+        req: Request<pb::DeleteRangeRequest>,
+    ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        let op = self.delete_op(req.into_inner())?;
+        let resp = self.node.propose(Event::Delete(op)).await?;
+        let (deleted, prev) = match resp.outcome {
+            Outcome::Delete { deleted, prev } => (deleted, prev),
+            _ => (0, Vec::new()),
+        };
+        Ok(Response::new(pb::DeleteRangeResponse {
+            header: self.node.header(resp.revision),
+            deleted,
+            prev_kvs: prev.into_iter().map(kv_to_pb).collect(),
+        }))
+    }
+
+    async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        let t = req.into_inner();
+        let ops = t.compare.len() + t.success.len() + t.failure.len();
+        if ops as u64 > self.node.limits.txn_ops_max {
+            return Err(self.node.reject(
+                "too_large",
+                status::invalid(format!(
+                    "transaction has {ops} compares and operations; the limit is txn_ops_max = {}",
+                    self.node.limits.txn_ops_max
+                )),
+            ));
+        }
+        let txn = TxnOp {
+            compares: t
+                .compare
+                .into_iter()
+                .map(|c| self.compare(c))
+                .collect::<Result<_, _>>()?,
+            success: t
+                .success
+                .into_iter()
+                .map(|s| self.step(s))
+                .collect::<Result<_, _>>()?,
+            failure: t
+                .failure
+                .into_iter()
+                .map(|s| self.step(s))
+                .collect::<Result<_, _>>()?,
+        };
+        let resp = self.node.propose(Event::Txn(txn)).await?;
+        let Outcome::Txn { succeeded, results } = resp.outcome else {
+            return Err(Status::internal(
+                "transaction produced no transaction result",
+            ));
+        };
+        let responses = results
+            .into_iter()
+            .map(|r| pb::ResponseOp {
+                response: Some(match r {
+                    StepResult::Range(range) => pb::response_op::Response::ResponseRange(
+                        range_to_pb(&self.node, resp.revision, range),
+                    ),
+                    StepResult::Put { prev } => {
+                        pb::response_op::Response::ResponsePut(pb::PutResponse {
+                            header: self.node.header(resp.revision),
+                            prev_kv: prev.map(kv_to_pb),
+                        })
+                    }
+                    StepResult::Delete { deleted, prev } => {
+                        pb::response_op::Response::ResponseDeleteRange(pb::DeleteRangeResponse {
+                            header: self.node.header(resp.revision),
+                            deleted,
+                            prev_kvs: prev.into_iter().map(kv_to_pb).collect(),
+                        })
+                    }
+                }),
+            })
+            .collect();
+        Ok(Response::new(pb::TxnResponse {
+            header: self.node.header(resp.revision),
+            succeeded,
+            responses,
+        }))
+    }
+
+    async fn compact(
+        &self,
+        req: Request<pb::CompactRequest>,
+    ) -> Result<Response<pb::CompactResponse>, Status> {
+        let revision = req.into_inner().revision;
+        if revision <= 0 {
+            return Err(self.node.reject(
+                "bad_revision",
+                status::invalid("compact revision must be positive"),
+            ));
+        }
+        let resp = self.node.propose(Event::Compact { revision }).await?;
+        Ok(Response::new(pb::CompactResponse {
+            header: self.node.header(resp.revision),
+        }))
+    }
+}

@@ -1,0 +1,101 @@
+//! The Lease service: grant, revoke and inspect leases. Expiry is driven by
+//! the leader's reaper in [`crate::server`], through the log.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use utopia_proto::v1 as pb;
+use utopia_raft::event::{Event, Outcome};
+
+use super::{status, Node};
+
+/// The longest lease a client may ask for: one year.
+pub const LEASE_TTL_SECONDS_MAX: i64 = 366 * 24 * 3600;
+
+pub struct LeaseService {
+    node: Arc<Node>,
+}
+
+impl LeaseService {
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::lease_server::Lease for LeaseService {
+    async fn lease_grant(
+        &self,
+        req: Request<pb::LeaseGrantRequest>,
+    ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        let r = req.into_inner();
+        if r.ttl_seconds <= 0 || r.ttl_seconds > LEASE_TTL_SECONDS_MAX {
+            return Err(self.node.reject(
+                "bad_lease",
+                status::invalid(format!(
+                    "lease TTL must be 1..={LEASE_TTL_SECONDS_MAX} seconds, got {}",
+                    r.ttl_seconds
+                )),
+            ));
+        }
+        if r.id < 0 {
+            return Err(self.node.reject(
+                "bad_lease",
+                status::invalid("lease id must not be negative"),
+            ));
+        }
+        let id = if r.id == 0 {
+            self.node.new_lease_id()
+        } else {
+            r.id
+        };
+        let resp = self
+            .node
+            .propose(Event::LeaseGrant {
+                id,
+                ttl_s: r.ttl_seconds,
+            })
+            .await?;
+        let (id, ttl) = match resp.outcome {
+            Outcome::Lease { id, ttl_s } => (id, ttl_s),
+            _ => (id, r.ttl_seconds),
+        };
+        Ok(Response::new(pb::LeaseGrantResponse {
+            header: self.node.header(resp.revision),
+            id,
+            ttl_seconds: ttl,
+        }))
+    }
+
+    async fn lease_revoke(
+        &self,
+        req: Request<pb::LeaseRevokeRequest>,
+    ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        let id = req.into_inner().id;
+        let resp = self.node.propose(Event::LeaseRevoke { id }).await?;
+        Ok(Response::new(pb::LeaseRevokeResponse {
+            header: self.node.header(resp.revision),
+        }))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<pb::LeaseTimeToLiveRequest>,
+    ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        let id = req.into_inner().id;
+        self.node
+            .read_barrier(pb::Consistency::Linearizable as i32)
+            .await?;
+        let Some((lease, keys)) = self.node.reader.lease(id).map_err(status::from_store)? else {
+            return Err(Status::not_found(format!("lease {id} not found")));
+        };
+        let remaining_ms = lease.deadline_ms() as i64 - crate::now_ms() as i64;
+        Ok(Response::new(pb::LeaseTimeToLiveResponse {
+            header: self.node.header(self.node.current_revision()?),
+            id,
+            ttl_seconds: lease.ttl_s,
+            remaining_ms: remaining_ms.max(0),
+            keys,
+        }))
+    }
+}

@@ -1,0 +1,215 @@
+//! The Watch service: a stream of key changes in revision order.
+//!
+//! A watcher subscribes to the live change broadcast first, then catches up
+//! from the on-disk change feed from its start revision, then follows the
+//! broadcast, skipping what it already sent. A watcher that falls behind the
+//! broadcast buffer goes back to the change feed; one whose next revision
+//! has been compacted meanwhile gets OUT_OF_RANGE and the stream ends.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use utopia_proto::v1 as pb;
+use utopia_storage::read::ReadError;
+use utopia_storage::ChangeRecord;
+
+use super::{kv_to_pb, status, Node};
+
+/// Changes read from disk per catch-up step.
+const CATCH_UP_BATCH_MAX: usize = 512;
+/// Responses buffered per watcher before the sender waits for the client.
+const WATCH_STREAM_BUFFER_MAX: usize = 64;
+
+pub struct WatchService {
+    node: Arc<Node>,
+    watchers: Arc<Semaphore>,
+}
+
+impl WatchService {
+    pub fn new(node: Arc<Node>) -> Self {
+        let max = node.limits.watchers_max as usize;
+        Self {
+            node,
+            watchers: Arc::new(Semaphore::new(max)),
+        }
+    }
+}
+
+struct Filter {
+    key: Vec<u8>,
+    range_end: Vec<u8>,
+}
+
+impl Filter {
+    fn matches(&self, k: &[u8]) -> bool {
+        if self.range_end.is_empty() {
+            k == self.key.as_slice()
+        } else if self.range_end == [0] {
+            k >= self.key.as_slice()
+        } else {
+            k >= self.key.as_slice() && k < self.range_end.as_slice()
+        }
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::watch_server::Watch for WatchService {
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        req: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let r = req.into_inner();
+        self.node.check_key(&r.key, "key")?;
+        let permit = self.watchers.clone().try_acquire_owned().map_err(|_| {
+            self.node.reject(
+                "overloaded",
+                Status::resource_exhausted(format!(
+                    "too many watchers (watchers_max = {})",
+                    self.node.limits.watchers_max
+                )),
+            )
+        })?;
+        // Subscribe before reading the current revision so nothing applied
+        // in between is missed.
+        let live = self.node.reader.subscribe();
+        let (current, compacted) = self.node.reader.revisions().map_err(status::from_store)?;
+        if r.start_revision > 0 && r.start_revision < compacted {
+            return Err(self.node.reject(
+                "compacted",
+                status::from_read(ReadError::Compacted {
+                    requested: r.start_revision,
+                    compacted,
+                }),
+            ));
+        }
+        let next = if r.start_revision > 0 {
+            r.start_revision
+        } else {
+            current + 1
+        };
+        let (tx, rx) = mpsc::channel(WATCH_STREAM_BUFFER_MAX);
+        let filter = Filter {
+            key: r.key,
+            range_end: r.range_end,
+        };
+        let node = self.node.clone();
+        tokio::spawn(run_watcher(node, filter, r.prev_kv, next, live, tx, permit));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+async fn run_watcher(
+    node: Arc<Node>,
+    filter: Filter,
+    prev_kv: bool,
+    mut next: i64,
+    mut live: broadcast::Receiver<Arc<utopia_storage::WatchBatch>>,
+    tx: mpsc::Sender<Result<pb::WatchResponse, Status>>,
+    _permit: OwnedSemaphorePermit,
+) {
+    loop {
+        // Catch up from disk.
+        loop {
+            let changes = match node.reader.changes_from(next, CATCH_UP_BATCH_MAX) {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tx.send(Err(status::from_read(e))).await;
+                    return;
+                }
+            };
+            let done = changes.len() < CATCH_UP_BATCH_MAX;
+            if !send(&node, &filter, prev_kv, &mut next, &changes, &tx).await {
+                return;
+            }
+            if done {
+                break;
+            }
+        }
+        // Follow the live feed.
+        loop {
+            tokio::select! {
+                _ = tx.closed() => return,
+                msg = live.recv() => match msg {
+                    Ok(batch) => {
+                        if batch.changes.first().is_some_and(|c| c.0 > next) {
+                            // A gap (for example after a lag): read it from disk.
+                            break;
+                        }
+                        if !send(&node, &filter, prev_kv, &mut next, &batch.changes, &tx).await {
+                            return;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            }
+        }
+    }
+}
+
+/// Sends the changes at or after `next`, grouped by revision, and advances
+/// `next`. False when the client has gone.
+async fn send(
+    node: &Node,
+    filter: &Filter,
+    prev_kv: bool,
+    next: &mut i64,
+    changes: &[(i64, ChangeRecord)],
+    tx: &mpsc::Sender<Result<pb::WatchResponse, Status>>,
+) -> bool {
+    let mut i = 0;
+    while i < changes.len() {
+        let rev = changes[i].0;
+        let mut events = Vec::new();
+        while i < changes.len() && changes[i].0 == rev {
+            let change = &changes[i].1;
+            i += 1;
+            if rev < *next || !filter.matches(&change.kv.key) {
+                continue;
+            }
+            let prev = if prev_kv {
+                match node.reader.prev_kv(&change.kv.key, rev) {
+                    Ok(p) => p.map(kv_to_pb),
+                    Err(e) => {
+                        let _ = tx.send(Err(status::from_store(e))).await;
+                        return false;
+                    }
+                }
+            } else {
+                None
+            };
+            events.push(pb::Event {
+                r#type: if change.deleted {
+                    pb::event::EventType::Delete
+                } else {
+                    pb::event::EventType::Put
+                } as i32,
+                kv: Some(kv_to_pb(change.kv.clone())),
+                prev_kv: prev,
+            });
+        }
+        if rev >= *next {
+            *next = rev + 1;
+        }
+        if !events.is_empty()
+            && tx
+                .send(Ok(pb::WatchResponse {
+                    header: node.header(rev),
+                    events,
+                }))
+                .await
+                .is_err()
+        {
+            return false;
+        }
+    }
+    true
+}

@@ -1,0 +1,96 @@
+//! `utopiad`: the utopia server.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use utopia::config::{LogFormat, Settings};
+
+/// utopia server: an event-sourced, replicated key-value and document store.
+///
+/// With no arguments it starts a single-node server with data in
+/// ./utopia-data, listening on 127.0.0.1:7700.
+#[derive(Parser, Debug)]
+#[command(name = "utopiad", version)]
+struct Args {
+    /// Configuration file (libconfig syntax); flags override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// gRPC listen address, HOST:PORT (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// This node's id in the cluster.
+    #[arg(long, value_name = "N")]
+    node_id: Option<u64>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let mut settings = match &args.config {
+        Some(path) => match Settings::load(path) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("utopiad: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Settings::default(),
+    };
+    if let Some(d) = args.data_dir {
+        settings.data_dir = d;
+    }
+    if let Some(l) = args.listen {
+        settings.listen = l;
+    }
+    if let Some(n) = args.node_id {
+        settings.node_id = n;
+    }
+    if let Err(e) = settings.listen.parse::<std::net::SocketAddr>() {
+        eprintln!(
+            "utopiad: --listen {:?}: {e}; expected HOST:PORT such as 127.0.0.1:7700",
+            settings.listen
+        );
+        return ExitCode::from(2);
+    }
+    init_logging(&settings);
+
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("utopiad: start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let data_dir = settings.data_dir.display().to_string();
+    let node_id = settings.node_id;
+    let result = runtime.block_on(utopia::server::run(
+        settings,
+        utopia::server::shutdown_signal(),
+        |addr| {
+            // One line, for people and for scripts that need the bound port.
+            println!("utopiad ready: node {node_id} listening on {addr}, data in {data_dir}");
+        },
+    ));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("utopiad: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(settings: &Settings) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match settings.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

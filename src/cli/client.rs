@@ -1,0 +1,279 @@
+//! Connecting to utopiad: the endpoint list, connect timeouts, failover and
+//! per-request timeouts.
+//!
+//! Endpoints are tried in order. A request moves on to the next endpoint when
+//! the connection cannot be made (within [`CONNECT_TIMEOUT`]) or the server
+//! answers UNAVAILABLE (not the leader, shutting down). When an UNAVAILABLE
+//! answer names the leader (`utopia-leader` metadata), the leader is tried
+//! next. Every endpoint is tried at most once per request.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+use utopia_proto::v1::{
+    documents_client::DocumentsClient, kv_client::KvClient, lease_client::LeaseClient,
+    maintenance_client::MaintenanceClient, watch_client::WatchClient,
+};
+
+use super::CliError;
+
+/// How long to wait for a TCP + HTTP/2 connection to one endpoint.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest response accepted (big ranges and document pages).
+pub const MAX_DECODING_MESSAGE_SIZE: usize = 64 << 20;
+/// Metadata entry in which a follower names the leader's address.
+pub const LEADER_METADATA_KEY: &str = "utopia-leader";
+
+pub struct Client {
+    endpoints: Vec<String>,
+    timeout: Duration,
+    /// The endpoint that answered last, and its channel.
+    current: Option<(String, Channel)>,
+}
+
+/// `HOST:PORT` → `http://HOST:PORT`; URIs with a scheme are kept.
+pub fn endpoint_uri(s: &str) -> String {
+    let s = s.trim();
+    if s.contains("://") {
+        s.to_string()
+    } else {
+        format!("http://{s}")
+    }
+}
+
+/// A transport error with its causes (tonic's Display is just "transport error").
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let m = s.to_string();
+        if !msg.contains(&m) {
+            msg.push_str(": ");
+            msg.push_str(&m);
+        }
+        source = s.source();
+    }
+    msg
+}
+
+impl Client {
+    pub fn new(endpoints: &[String], timeout: Duration) -> Result<Self, CliError> {
+        let endpoints: Vec<String> = endpoints
+            .iter()
+            .filter(|e| !e.trim().is_empty())
+            .map(|e| endpoint_uri(e))
+            .collect();
+        if endpoints.is_empty() {
+            return Err(CliError::Usage("--endpoints is empty".into()));
+        }
+        Ok(Client {
+            endpoints,
+            timeout,
+            current: None,
+        })
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Opens a new HTTP/2 connection to `uri`.
+    async fn open(uri: &str) -> Result<Channel, String> {
+        let endpoint = Endpoint::from_shared(uri.to_string())
+            .map_err(|e| format!("bad endpoint: {}", error_chain(&e)))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        match tokio::time::timeout(
+            CONNECT_TIMEOUT + Duration::from_millis(500),
+            endpoint.connect(),
+        )
+        .await
+        {
+            Ok(Ok(channel)) => Ok(channel),
+            Ok(Err(e)) => Err(error_chain(&e)),
+            Err(_) => Err(format!("no connection within {CONNECT_TIMEOUT:?}")),
+        }
+    }
+
+    /// Runs one RPC with failover: `f` gets a channel and returns the call's
+    /// future (it is called again, with another channel, on failover). The
+    /// call is bounded by `--timeout`; for a streaming call that covers
+    /// getting the stream, not reading it.
+    pub async fn call<T, F, Fut>(&mut self, mut f: F) -> Result<T, CliError>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let mut queue: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+        if let Some((uri, _)) = &self.current {
+            queue.push_back(uri.clone());
+        }
+        queue.extend(self.endpoints.iter().cloned());
+        let mut tried: Vec<String> = Vec::new();
+        let mut connect_errors: Vec<String> = Vec::new();
+        let mut last_status: Option<Status> = None;
+        // At most every configured endpoint plus one redirect target.
+        let max_attempts = self.endpoints.len() + 1;
+        while let Some(uri) = queue.pop_front() {
+            if tried.contains(&uri) || tried.len() >= max_attempts {
+                continue;
+            }
+            tried.push(uri.clone());
+            let channel = match &self.current {
+                Some((u, ch)) if *u == uri => ch.clone(),
+                _ => match Self::open(&uri).await {
+                    Ok(ch) => {
+                        self.current = Some((uri.clone(), ch.clone()));
+                        ch
+                    }
+                    Err(e) => {
+                        connect_errors.push(format!("{}: {e}", display_uri(&uri)));
+                        continue;
+                    }
+                },
+            };
+            match tokio::time::timeout(self.timeout, f(channel)).await {
+                Ok(Ok(resp)) => return Ok(resp.into_inner()),
+                Ok(Err(status)) if status.code() == Code::Unavailable => {
+                    if let Some(leader) = status
+                        .metadata()
+                        .get(LEADER_METADATA_KEY)
+                        .and_then(|v| v.to_str().ok())
+                        .filter(|s| !s.is_empty())
+                    {
+                        queue.push_front(endpoint_uri(leader));
+                    }
+                    self.current = None;
+                    last_status = Some(status);
+                }
+                Ok(Err(status)) => return Err(CliError::Rpc(status)),
+                Err(_) => {
+                    return Err(CliError::Rpc(Status::deadline_exceeded(format!(
+                        "no answer from {} within {:?} (--timeout)",
+                        display_uri(&uri),
+                        self.timeout
+                    ))))
+                }
+            }
+        }
+        match last_status {
+            Some(mut s) if !connect_errors.is_empty() => {
+                let msg = format!(
+                    "{}; also could not connect to {}",
+                    s.message(),
+                    connect_errors.join("; ")
+                );
+                s = Status::new(s.code(), msg);
+                Err(CliError::Rpc(s))
+            }
+            Some(s) => Err(CliError::Rpc(s)),
+            None => Err(CliError::Connect(format!(
+                "cannot connect to any endpoint ({})",
+                connect_errors.join("; ")
+            ))),
+        }
+    }
+
+    /// `n` separate connections to the first endpoint that accepts one (for
+    /// the benchmark).
+    pub async fn connect_many(&mut self, n: usize) -> Result<(String, Vec<Channel>), CliError> {
+        let mut errors = Vec::new();
+        for uri in self.endpoints.clone() {
+            match Self::open(&uri).await {
+                Ok(first) => {
+                    let mut channels = vec![first];
+                    while channels.len() < n {
+                        let ch = Self::open(&uri).await.map_err(|e| {
+                            CliError::Connect(format!(
+                                "cannot open connection {} to {}: {e}",
+                                channels.len() + 1,
+                                display_uri(&uri)
+                            ))
+                        })?;
+                        channels.push(ch);
+                    }
+                    return Ok((display_uri(&uri).to_string(), channels));
+                }
+                Err(e) => errors.push(format!("{}: {e}", display_uri(&uri))),
+            }
+        }
+        Err(CliError::Connect(format!(
+            "cannot connect to any endpoint ({})",
+            errors.join("; ")
+        )))
+    }
+
+    /// The endpoint that answered the last request.
+    pub fn current_endpoint(&self) -> Option<&str> {
+        self.current.as_ref().map(|(u, _)| display_uri(u))
+    }
+}
+
+fn display_uri(uri: &str) -> &str {
+    uri.strip_prefix("http://").unwrap_or(uri)
+}
+
+pub fn kv(ch: Channel) -> KvClient<Channel> {
+    KvClient::new(ch).max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
+}
+
+pub fn watch(ch: Channel) -> WatchClient<Channel> {
+    WatchClient::new(ch).max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
+}
+
+pub fn lease(ch: Channel) -> LeaseClient<Channel> {
+    LeaseClient::new(ch).max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
+}
+
+pub fn documents(ch: Channel) -> DocumentsClient<Channel> {
+    DocumentsClient::new(ch).max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
+}
+
+pub fn maintenance(ch: Channel) -> MaintenanceClient<Channel> {
+    MaintenanceClient::new(ch).max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_uris() {
+        assert_eq!(endpoint_uri("127.0.0.1:7700"), "http://127.0.0.1:7700");
+        assert_eq!(endpoint_uri(" host:1 "), "http://host:1");
+        assert_eq!(endpoint_uri("http://h:1"), "http://h:1");
+        assert_eq!(display_uri("http://h:1"), "h:1");
+    }
+
+    #[test]
+    fn empty_endpoint_list_is_a_usage_error() {
+        let e = Client::new(&[" ".to_string()], Duration::from_secs(1)).err();
+        assert!(matches!(e, Some(CliError::Usage(_))));
+    }
+
+    #[tokio::test]
+    async fn fails_over_past_dead_endpoints() {
+        // Both refuse; the error names both.
+        let mut c = Client::new(
+            &["127.0.0.1:1".into(), "127.0.0.1:2".into()],
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        let r = c
+            .call(|ch| async move {
+                maintenance(ch)
+                    .status(utopia_proto::v1::StatusRequest {})
+                    .await
+            })
+            .await;
+        match r {
+            Err(CliError::Connect(m)) => assert!(
+                m.contains("127.0.0.1:1") && m.contains("127.0.0.1:2"),
+                "{m}"
+            ),
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+    }
+}

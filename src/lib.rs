@@ -1,0 +1,28 @@
+//! utopia: an event-sourced, replicated key-value and document store for
+//! device fleets.
+//!
+//! # Layout
+//!
+//! - [`config`]: `utopiad.conf` (libconfig syntax) → [`config::Settings`].
+//! - [`server`]: process lifecycle — open storage, start Raft, serve gRPC,
+//!   run the lease reaper, shut down on a signal.
+//! - [`api`]: the gRPC services. Requests are validated and turned into
+//!   events (writes) or storage reads; [`api::status`] is the one place that
+//!   maps internal errors to gRPC status codes.
+//! - [`cli`]: the `utopia` command-line client and its benchmark.
+//!
+//! The crates beside this one: `utopia-proto` (the gRPC API), `utopia-raft`
+//! (consensus and the events in the log) and `utopia-storage` (RocksDB).
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod server;
+
+/// Milliseconds since the Unix epoch on this node's clock.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

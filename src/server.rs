@@ -1,0 +1,207 @@
+//! The `utopiad` process: open storage, start Raft, serve gRPC, reap
+//! expired leases, and shut down cleanly.
+//!
+//! [`run`] takes the listener's settings and a shutdown future, so the binary
+//! and tests share one entry point.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use utopia_proto::v1 as pb;
+use utopia_raft::event::Event;
+use utopia_raft::{RaftNode, RaftTimings};
+
+use crate::api::{self, Node};
+use crate::config::Settings;
+
+/// Leases expired per reaper tick, at most; the rest wait for the next tick.
+const LEASES_EXPIRED_PER_TICK_MAX: usize = 256;
+
+/// How long to wait for this node to lead its one-member cluster before
+/// serving anyway (requests then get UNAVAILABLE until it does).
+const LEADER_WAIT: Duration = Duration::from_secs(30);
+
+fn timings(settings: &Settings) -> RaftTimings {
+    RaftTimings {
+        heartbeat_interval_ms: settings.raft.heartbeat_interval_ms,
+        election_timeout_ms_min: settings.raft.election_timeout_ms_min,
+        election_timeout_ms_max: settings.raft.election_timeout_ms_max,
+        snapshot_log_entries: settings.raft.snapshot_log_entries,
+        log_entries_kept_after_snapshot: 1000,
+        proposals_in_flight_max: settings.limits.proposals_in_flight_max,
+    }
+}
+
+/// Runs a server until `shutdown` completes. `ready` is called once with the
+/// bound address when the server accepts requests.
+pub async fn run(
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    ready: impl FnOnce(SocketAddr),
+) -> anyhow::Result<()> {
+    let data_dir = settings.data_dir.clone();
+    let store = utopia_storage::open(&data_dir)
+        .with_context(|| format!("open data directory {}", data_dir.display()))?;
+    let listener = TcpListener::bind(&settings.listen)
+        .await
+        .with_context(|| format!("listen on {}", settings.listen))?;
+    let addr = listener.local_addr().context("read the bound address")?;
+
+    let raft = RaftNode::start_single(
+        settings.node_id,
+        &addr.to_string(),
+        &settings.cluster_name,
+        &timings(&settings),
+        store.log_store,
+        store.state_machine,
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    if let Err(e) = raft.wait_leader(LEADER_WAIT).await {
+        tracing::warn!(error = %e, "not leading the cluster yet; serving anyway");
+    }
+
+    let node = Node::new(
+        raft.clone(),
+        store.reader,
+        settings.limits.clone(),
+        data_dir.display().to_string(),
+    );
+    let max_msg = settings.limits.request_bytes_max as usize;
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<pb::kv_server::KvServer<api::kv::KvService>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::watch_server::WatchServer<api::watch::WatchService>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::lease_server::LeaseServer<api::lease::LeaseService>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::documents_server::DocumentsServer<api::documents::DocumentsService>>()
+        .await;
+    health_reporter.set_serving::<pb::maintenance_server::MaintenanceServer<api::maintenance::MaintenanceService>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("build the reflection service")?;
+
+    let reaper = tokio::spawn(reap_leases(
+        node.clone(),
+        Duration::from_millis(settings.raft.lease_check_interval_ms),
+    ));
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(());
+    });
+
+    let server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(
+            pb::kv_server::KvServer::new(api::kv::KvService::new(node.clone()))
+                .max_decoding_message_size(max_msg)
+                .max_encoding_message_size(max_msg.max(64 << 20)),
+        )
+        .add_service(
+            pb::watch_server::WatchServer::new(api::watch::WatchService::new(node.clone()))
+                .max_decoding_message_size(max_msg),
+        )
+        .add_service(
+            pb::lease_server::LeaseServer::new(api::lease::LeaseService::new(node.clone()))
+                .max_decoding_message_size(max_msg),
+        )
+        .add_service(
+            pb::documents_server::DocumentsServer::new(api::documents::DocumentsService::new(
+                node.clone(),
+            ))
+            .max_decoding_message_size(max_msg)
+            .max_encoding_message_size(max_msg.max(64 << 20)),
+        )
+        .add_service(pb::maintenance_server::MaintenanceServer::new(
+            api::maintenance::MaintenanceService::new(node.clone()),
+        ))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+            let _ = stop_rx.await;
+        });
+
+    ready(addr);
+    let served = server.await;
+    tracing::info!("shutting down");
+    reaper.abort();
+    raft.shutdown().await;
+    store
+        .db
+        .sync_wal()
+        .context("sync the write-ahead log at shutdown")?;
+    served.context("serve gRPC")?;
+    Ok(())
+}
+
+/// While this node leads, proposes an expiry for every lease whose deadline
+/// has passed. Expiry goes through the log, so every replica deletes the
+/// lease's keys at the same revision.
+async fn reap_leases(node: Arc<Node>, interval: Duration) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if !node.raft.is_leader() {
+            continue;
+        }
+        let expired = match node
+            .reader
+            .expired_leases(crate::now_ms(), LEASES_EXPIRED_PER_TICK_MAX)
+        {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::error!(error = %e, "read lease deadlines");
+                continue;
+            }
+        };
+        for id in expired {
+            match node.propose(Event::LeaseExpired { id }).await {
+                Ok(_) => {
+                    node.counters.add("leases_expired_total", 1);
+                    tracing::debug!(lease = id, "lease expired");
+                }
+                Err(e) => tracing::warn!(lease = id, error = %e.message(), "expire lease"),
+            }
+        }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "install SIGTERM handler");
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,552 @@
+//! Event application against an in-memory state: no RocksDB.
+
+use std::collections::BTreeMap;
+
+use super::*;
+use utopia_raft::event::{DeviceData, Event, Outcome, Request};
+
+/// A state held in a map, committed the way the state machine commits.
+#[derive(Default)]
+struct MemState {
+    data: BTreeMap<(Cf, Vec<u8>), Vec<u8>>,
+}
+
+impl StateRead for MemState {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.data.get(&(cf, key.to_vec())).cloned())
+    }
+
+    fn scan<'a>(&'a self, cf: Cf, start: &[u8], end: Option<&[u8]>) -> ScanIter<'a> {
+        let end = end.map(<[u8]>::to_vec);
+        Box::new(
+            self.data
+                .range((cf, start.to_vec())..)
+                .take_while(move |((c, k), _)| *c == cf && end.as_ref().is_none_or(|e| k < e))
+                .map(|((_, k), v)| Ok((k.clone(), v.clone()))),
+        )
+    }
+}
+
+impl MemState {
+    /// Applies events one batch at a time, returning the responses.
+    fn apply_batch(&mut self, events: Vec<(u64, Event)>) -> Vec<Response> {
+        let mut applier = Applier::new(&*self);
+        let mut out = Vec::new();
+        for (at, e) in events {
+            out.push(applier.apply(&Request::new(at, e)).unwrap());
+        }
+        let (writes, _) = applier.finish();
+        for (k, v) in writes {
+            match v {
+                Some(v) => self.data.insert(k, v),
+                None => self.data.remove(&k),
+            };
+        }
+        out
+    }
+
+    fn apply(&mut self, e: Event) -> Response {
+        self.apply_batch(vec![(1_000, e)]).pop().unwrap()
+    }
+
+    fn kv(&self, key: &str) -> Option<KeyValue> {
+        self.get(Cf::Kv, key.as_bytes())
+            .unwrap()
+            .map(|b| event::decode(&b).unwrap())
+    }
+
+    fn doc(&self, cf: Cf, id: &str) -> Value {
+        serde_json::from_slice(
+            &self
+                .get(cf, id.as_bytes())
+                .unwrap()
+                .expect("document exists"),
+        )
+        .unwrap()
+    }
+}
+
+fn b(s: &str) -> Bytes {
+    Bytes::from(s.as_bytes().to_vec())
+}
+
+fn put(k: &str, v: &str) -> Event {
+    Event::Put(PutOp {
+        key: b(k),
+        value: b(v),
+        lease: 0,
+        prev_kv: true,
+    })
+}
+
+fn del(k: &str, end: &str) -> Event {
+    Event::Delete(DeleteOp {
+        key: b(k),
+        range_end: b(end),
+        prev_kv: true,
+    })
+}
+
+#[test]
+fn puts_advance_revision_and_versions() {
+    let mut s = MemState::default();
+    assert_eq!(s.apply(put("a", "1")).revision, 1);
+    assert_eq!(s.apply(put("b", "1")).revision, 2);
+    let r = s.apply(put("a", "2"));
+    assert_eq!(r.revision, 3);
+    let Outcome::Put { prev: Some(prev) } = r.outcome else {
+        panic!("{r:?}")
+    };
+    assert_eq!(prev.value, b("1"));
+    let a = s.kv("a").unwrap();
+    assert_eq!((a.create_revision, a.mod_revision, a.version), (1, 3, 2));
+}
+
+#[test]
+fn delete_range_deletes_in_one_revision() {
+    let mut s = MemState::default();
+    for k in ["a", "b", "c", "d"] {
+        s.apply(put(k, "x"));
+    }
+    let r = s.apply(del("b", "d"));
+    assert_eq!(r.revision, 5);
+    assert!(matches!(r.outcome, Outcome::Delete { deleted: 2, .. }));
+    assert!(s.kv("b").is_none() && s.kv("c").is_none() && s.kv("d").is_some());
+    // Deleting nothing does not advance the revision.
+    let r = s.apply(del("zz", ""));
+    assert_eq!(r.revision, 5);
+    // Recreated keys start a new life.
+    s.apply(put("b", "y"));
+    let kv = s.kv("b").unwrap();
+    assert_eq!((kv.create_revision, kv.version), (6, 1));
+}
+
+#[test]
+fn txn_takes_both_branches() {
+    let mut s = MemState::default();
+    s.apply(put("k", "v1"));
+    let cas = |version: i64| {
+        Event::Txn(TxnOp {
+            compares: vec![Compare {
+                key: b("k"),
+                range_end: Bytes::new(),
+                op: CompareOp::Equal,
+                target: CompareTarget::Version(version),
+            }],
+            success: vec![TxnStep::Put(PutOp {
+                key: b("k"),
+                value: b("new"),
+                lease: 0,
+                prev_kv: false,
+            })],
+            failure: vec![TxnStep::Range(RangeOp {
+                key: b("k"),
+                range_end: Bytes::new(),
+                limit: 0,
+                keys_only: false,
+                count_only: false,
+            })],
+        })
+    };
+    let r = s.apply(cas(7));
+    let Outcome::Txn {
+        succeeded: false,
+        results,
+    } = r.outcome
+    else {
+        panic!("{r:?}")
+    };
+    assert_eq!(
+        r.revision, 1,
+        "a failed compare with a read-only branch writes nothing"
+    );
+    let StepResult::Range(range) = &results[0] else {
+        panic!()
+    };
+    assert_eq!(range.kvs[0].value, b("v1"));
+    let r = s.apply(cas(1));
+    assert!(matches!(
+        r.outcome,
+        Outcome::Txn {
+            succeeded: true,
+            ..
+        }
+    ));
+    assert_eq!(r.revision, 2);
+    assert_eq!(s.kv("k").unwrap().value, b("new"));
+}
+
+#[test]
+fn txn_rejects_a_key_written_twice() {
+    let mut s = MemState::default();
+    let r = s.apply(Event::Txn(TxnOp {
+        compares: vec![],
+        success: vec![
+            TxnStep::Put(PutOp {
+                key: b("k"),
+                value: b("1"),
+                lease: 0,
+                prev_kv: false,
+            }),
+            TxnStep::Delete(DeleteOp {
+                key: b("a"),
+                range_end: b("z"),
+                prev_kv: false,
+            }),
+        ],
+        failure: vec![],
+    }));
+    assert!(
+        matches!(r.outcome, Outcome::Rejected(Rejection::DuplicateKey(_))),
+        "{r:?}"
+    );
+    assert!(s.kv("k").is_none());
+}
+
+#[test]
+fn compares_on_missing_keys_and_values() {
+    let mut s = MemState::default();
+    let txn = |target: CompareTarget, op| {
+        Event::Txn(TxnOp {
+            compares: vec![Compare {
+                key: b("m"),
+                range_end: Bytes::new(),
+                op,
+                target,
+            }],
+            success: vec![],
+            failure: vec![],
+        })
+    };
+    let ok = |r: Response| {
+        matches!(
+            r.outcome,
+            Outcome::Txn {
+                succeeded: true,
+                ..
+            }
+        )
+    };
+    assert!(ok(s.apply(txn(CompareTarget::Version(0), CompareOp::Equal))));
+    assert!(!ok(
+        s.apply(txn(CompareTarget::Value(b("")), CompareOp::Equal))
+    ));
+    s.apply(put("m", "b"));
+    assert!(ok(
+        s.apply(txn(CompareTarget::Value(b("a")), CompareOp::Greater))
+    ));
+    assert!(ok(
+        s.apply(txn(CompareTarget::ModRevision(1), CompareOp::Equal))
+    ));
+    assert!(ok(
+        s.apply(txn(CompareTarget::CreateRevision(2), CompareOp::Less))
+    ));
+}
+
+#[test]
+fn batch_reads_see_earlier_writes() {
+    let mut s = MemState::default();
+    let rs = s.apply_batch(vec![
+        (1, put("a", "1")),
+        (2, put("a", "2")),
+        (3, del("a", "")),
+    ]);
+    assert_eq!(
+        rs.iter().map(|r| r.revision).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert!(
+        matches!(&rs[2].outcome, Outcome::Delete { deleted: 1, prev } if prev[0].value == b("2"))
+    );
+    assert!(s.kv("a").is_none());
+}
+
+#[test]
+fn leases_attach_and_delete_keys_on_expiry() {
+    let mut s = MemState::default();
+    let missing = s.apply(Event::Put(PutOp {
+        key: b("x"),
+        value: b("1"),
+        lease: 5,
+        prev_kv: false,
+    }));
+    assert!(matches!(
+        missing.outcome,
+        Outcome::Rejected(Rejection::LeaseNotFound(5))
+    ));
+    assert_eq!(missing.revision, 0);
+    s.apply_batch(vec![(10_000, Event::LeaseGrant { id: 5, ttl_s: 2 })]);
+    s.apply(Event::Put(PutOp {
+        key: b("x"),
+        value: b("1"),
+        lease: 5,
+        prev_kv: false,
+    }));
+    s.apply(Event::Put(PutOp {
+        key: b("y"),
+        value: b("1"),
+        lease: 5,
+        prev_kv: false,
+    }));
+    s.apply(put("z", "no lease"));
+    // Too early: the expiry is refused.
+    let early = s
+        .apply_batch(vec![(11_000, Event::LeaseExpired { id: 5 })])
+        .pop()
+        .unwrap();
+    assert!(
+        matches!(early.outcome, Outcome::Rejected(Rejection::Invalid(_))),
+        "{early:?}"
+    );
+    let r = s
+        .apply_batch(vec![(12_000, Event::LeaseExpired { id: 5 })])
+        .pop()
+        .unwrap();
+    assert_eq!(r.revision, 4, "both keys deleted in one revision");
+    assert!(s.kv("x").is_none() && s.kv("y").is_none() && s.kv("z").is_some());
+    assert!(s.get(Cf::Leases, &keys::u64_key(5)).unwrap().is_none());
+    assert_eq!(s.scan(Cf::LeaseDeadlines, &[], None).count(), 0);
+    assert_eq!(s.scan(Cf::LeaseKeys, &[], None).count(), 0);
+}
+
+#[test]
+fn compaction_keeps_what_reads_at_the_revision_need() {
+    let mut s = MemState::default();
+    s.apply(put("a", "1")); // 1
+    s.apply(put("a", "2")); // 2
+    s.apply(put("b", "1")); // 3
+    s.apply(del("b", "")); // 4
+    s.apply(put("a", "3")); // 5
+    let r = s.apply(Event::Compact { revision: 4 });
+    assert!(matches!(r.outcome, Outcome::Done), "{r:?}");
+    let hist: Vec<(Vec<u8>, i64)> = s
+        .scan(Cf::KvHistory, &[], None)
+        .map(|r| keys::parse_history_key(&r.unwrap().0).unwrap())
+        .collect();
+    // a@2 is a's state at revision 4; a@1 and b@3 are gone. The deletion of
+    // b at revision 4 stays until a later compaction passes it.
+    assert_eq!(
+        hist,
+        vec![(b"a".to_vec(), 2), (b"a".to_vec(), 5), (b"b".to_vec(), 4)]
+    );
+    let changes: Vec<i64> = s
+        .scan(Cf::KvChanges, &[], None)
+        .map(|r| keys::parse_change_key(&r.unwrap().0).unwrap().0)
+        .collect();
+    assert_eq!(changes, vec![4, 5]);
+    let again = s.apply(Event::Compact { revision: 3 });
+    assert!(matches!(
+        again.outcome,
+        Outcome::Rejected(Rejection::Compacted { .. })
+    ));
+    let future = s.apply(Event::Compact { revision: 99 });
+    assert!(matches!(
+        future.outcome,
+        Outcome::Rejected(Rejection::FutureRevision { .. })
+    ));
+}
+
+fn device(zone: &str, post_type: &str, path: &[&str], json: &str) -> Event {
+    Event::DeviceDataUpdated(DeviceData {
+        host: "gw1".into(),
+        zone: zone.into(),
+        class: "thermo".into(),
+        device_id: "7".into(),
+        post_type: post_type.into(),
+        path: path.iter().map(|s| s.to_string()).collect(),
+        json: json.into(),
+    })
+}
+
+#[test]
+fn device_data_builds_documents_zones_and_indexes() {
+    let mut s = MemState::default();
+    s.apply_batch(vec![(5, device("kitchen", "temp", &[], "21.5"))]);
+    s.apply_batch(vec![(
+        6,
+        device("kitchen", "weird", &["a", "b"], "{\"c\":1}"),
+    )]);
+    let d = s.doc(Cf::Devices, "gw1/thermo/7");
+    assert_eq!(d["zone"], "kitchen");
+    assert_eq!(d["data"]["temp"], 21.5);
+    assert_eq!(
+        d["data"]["weird"]["a"]["b"]["c"], 1,
+        "unknown post types nest by path"
+    );
+    assert_eq!(d["first_seen_ms"], 5);
+    assert_eq!(d["last_seen_ms"], 6);
+    assert_eq!(d["topic_focus"], "/gw1/kitchen/thermo/7");
+    assert_eq!(
+        s.doc(Cf::Zones, "kitchen")["devices"],
+        json!(["gw1/thermo/7"])
+    );
+    assert!(s
+        .get(
+            Cf::DeviceIndex,
+            &keys::device_index_key(DeviceIndex::Zone, "kitchen", "gw1/thermo/7")
+        )
+        .unwrap()
+        .is_some());
+
+    // Moving zones updates both zone documents and the index.
+    s.apply(device("garage", "temp", &[], "3"));
+    assert_eq!(s.doc(Cf::Zones, "kitchen")["devices"], json!([]));
+    assert_eq!(
+        s.doc(Cf::Zones, "garage")["devices"],
+        json!(["gw1/thermo/7"])
+    );
+    assert!(s
+        .get(
+            Cf::DeviceIndex,
+            &keys::device_index_key(DeviceIndex::Zone, "kitchen", "gw1/thermo/7")
+        )
+        .unwrap()
+        .is_none());
+    // Device events do not touch the key-value revision.
+    assert_eq!(s.apply(put("k", "v")).revision, 1);
+}
+
+#[test]
+fn invalid_device_json_is_rejected_without_writes() {
+    let mut s = MemState::default();
+    let r = s.apply(device("z", "temp", &[], "{nope"));
+    assert!(matches!(
+        r.outcome,
+        Outcome::Rejected(Rejection::Invalid(_))
+    ));
+    assert!(s.data.is_empty());
+}
+
+#[test]
+fn stats_roll_over_days() {
+    let mut s = MemState::default();
+    let inc = |counter| Event::StatIncremented {
+        id: "d1".into(),
+        kind: "device".into(),
+        counter,
+        by: 1,
+    };
+    let day = 86_400_000;
+    s.apply_batch(vec![
+        (day, inc(StatCounter::Attempts)),
+        (day + 1, inc(StatCounter::Failures)),
+    ]);
+    s.apply_batch(vec![(3 * day, inc(StatCounter::Attempts))]);
+    let d = s.doc(Cf::Stats, "device/d1");
+    assert_eq!(d["today_attempts"], 1);
+    assert_eq!(d["today_failures"], 0);
+    assert_eq!(d["weekly_attempts"], 2);
+    assert_eq!(d["weekly_failures"], 1);
+    assert_eq!(d["days"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn configs_pick_the_heavier_proposal_and_supersede() {
+    let mut s = MemState::default();
+    let prop = |version, hash: &str, weight| {
+        Event::ConfigProposed(ConfigVersion {
+            name: "thermo".into(),
+            kind: "config".into(),
+            version,
+            hash: hash.into(),
+            xml: "<x/>".into(),
+            proposer: 1,
+            weight,
+        })
+    };
+    s.apply(prop(1, "aaa", 1));
+    s.apply(prop(1, "bbb", 5));
+    s.apply(prop(1, "ccc", 2));
+    assert_eq!(s.doc(Cf::XmlConfigs, "thermo@1")["hash"], "bbb");
+    s.apply(Event::ConfigAccepted {
+        name: "thermo".into(),
+        version: 1,
+        hash: "bbb".into(),
+    });
+    s.apply(prop(2, "ddd", 1));
+    s.apply(Event::ConfigAccepted {
+        name: "thermo".into(),
+        version: 2,
+        hash: "ddd".into(),
+    });
+    assert_eq!(s.doc(Cf::XmlConfigs, "thermo@1")["state"], "superseded");
+    assert_eq!(s.doc(Cf::XmlConfigs, "thermo@2")["state"], "accepted");
+    let r = s.apply(Event::ConfigRejected {
+        name: "nope".into(),
+        version: 1,
+        hash: "x".into(),
+        reason: "r".into(),
+    });
+    assert!(matches!(r.outcome, Outcome::Rejected(_)));
+}
+
+#[test]
+fn fellows_and_db_servers() {
+    let mut s = MemState::default();
+    s.apply(Event::FellowStateChanged(FellowState {
+        node_id: 1,
+        host: "a".into(),
+        addr: "127.0.0.1:1".into(),
+        active: true,
+        role: utopia_raft::event::FellowRole::Leader,
+        weight: 3,
+    }));
+    assert_eq!(s.doc(Cf::Fellows, "1")["state"], "leader");
+    s.apply(Event::DbServerRegistered {
+        host: "db".into(),
+        port: 27017,
+        kind: "mongodb".into(),
+    });
+    s.apply(Event::DbServerProblematic {
+        host: "db".into(),
+        port: 27017,
+        kind: "mongodb".into(),
+        reason: "down".into(),
+    });
+    let d = s.doc(Cf::DbServers, "db:27017:mongodb");
+    assert_eq!(
+        (d["state"].as_str(), d["reason"].as_str()),
+        (Some("problematic"), Some("down"))
+    );
+}
+
+#[test]
+fn replay_is_deterministic() {
+    let events = vec![
+        (1, put("a", "1")),
+        (2, Event::LeaseGrant { id: 9, ttl_s: 1 }),
+        (
+            3,
+            Event::Put(PutOp {
+                key: b("l"),
+                value: b("x"),
+                lease: 9,
+                prev_kv: false,
+            }),
+        ),
+        (4, device("z", "p", &["q"], "[1,2]")),
+        (5_000, Event::LeaseExpired { id: 9 }),
+        (6_000, del("a", "\0")),
+    ];
+    let mut one = MemState::default();
+    one.apply_batch(events.clone());
+    let mut two = MemState::default();
+    for e in events {
+        two.apply_batch(vec![e]);
+    }
+    assert_eq!(one.data, two.data, "one batch or many, the same bytes");
+}
+
+#[test]
+fn corrupt_records_name_their_key() {
+    let mut s = MemState::default();
+    s.data.insert((Cf::Kv, b"bad".to_vec()), vec![0xff, 0x00]);
+    let mut applier = Applier::new(&s);
+    let err = applier
+        .apply(&Request::new(0, put("bad", "x")))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("kv") && err.to_string().contains("bad"),
+        "{err}"
+    );
+}

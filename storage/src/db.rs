@@ -1,0 +1,126 @@
+//! Opening the RocksDB database and reading it for the applier.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, DB};
+
+use crate::apply::{ScanIter, StateRead};
+use crate::keys::Cf;
+use crate::{LogStore, Reader, StateMachine, StoreError};
+
+/// The shared database handle.
+#[derive(Clone)]
+pub struct Db {
+    pub(crate) db: Arc<DB>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db").field("path", &self.db.path()).finish()
+    }
+}
+
+impl Db {
+    pub(crate) fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
+        // Every column family in `Cf::ALL` is created in `open`.
+        self.db
+            .cf_handle(cf.name())
+            .expect("column family created at open")
+    }
+
+    /// Syncs the WAL: everything written before the call is durable after it.
+    pub fn sync_wal(&self) -> Result<(), StoreError> {
+        self.db.flush_wal(true).map_err(StoreError::from)
+    }
+
+    /// Approximate bytes on disk for the whole database.
+    pub fn size_bytes(&self) -> u64 {
+        Cf::ALL
+            .iter()
+            .filter_map(|cf| {
+                self.db
+                    .property_int_value_cf(self.cf(*cf), "rocksdb.total-sst-files-size")
+                    .ok()
+                    .flatten()
+            })
+            .sum()
+    }
+
+    pub fn path(&self) -> &Path {
+        self.db.path()
+    }
+}
+
+impl StateRead for Db {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.db.get_cf(self.cf(cf), key)?)
+    }
+
+    fn scan<'a>(&'a self, cf: Cf, start: &[u8], end: Option<&[u8]>) -> ScanIter<'a> {
+        let mut opts = rocksdb::ReadOptions::default();
+        if let Some(end) = end {
+            opts.set_iterate_upper_bound(end.to_vec());
+        }
+        let it = self.db.iterator_cf_opt(
+            self.cf(cf),
+            opts,
+            IteratorMode::From(start, rocksdb::Direction::Forward),
+        );
+        Box::new(it.map(|r| {
+            r.map(|(k, v)| (k.into_vec(), v.into_vec()))
+                .map_err(StoreError::from)
+        }))
+    }
+}
+
+/// The three views of one opened data directory.
+pub struct OpenedStore {
+    pub db: Db,
+    pub log_store: LogStore,
+    pub state_machine: StateMachine,
+    pub reader: Reader,
+}
+
+/// Options shared by every open of a data directory.
+fn db_options() -> Options {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    // Recover to the last consistent point of the WAL after a crash: the
+    // log and the state machine share it, so they recover together.
+    opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
+    opts.set_max_background_jobs(2);
+    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    opts.set_keep_log_file_num(4);
+    opts
+}
+
+/// Opens (creating if needed) the database in `dir`.
+pub fn open(dir: &Path) -> Result<OpenedStore, StoreError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| StoreError::Io(format!("create data directory {}: {e}", dir.display())))?;
+    let db_dir = dir.join("db");
+    let cfs = Cf::ALL
+        .iter()
+        .map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
+    let db = DB::open_cf_descriptors(&db_options(), &db_dir, cfs)
+        .map_err(|e| StoreError::Rocks(format!("open rocksdb at {}: {e}", db_dir.display())))?;
+    let db = Db { db: Arc::new(db) };
+    let snapshot_dir = dir.join("snapshots");
+    std::fs::create_dir_all(&snapshot_dir).map_err(|e| {
+        StoreError::Io(format!(
+            "create snapshot directory {}: {e}",
+            snapshot_dir.display()
+        ))
+    })?;
+    let (state_machine, changes) = StateMachine::new(db.clone(), snapshot_dir)?;
+    let reader = Reader::new(db.clone(), changes);
+    let log_store = LogStore::new(db.clone());
+    Ok(OpenedStore {
+        db,
+        log_store,
+        state_machine,
+        reader,
+    })
+}

@@ -1,0 +1,80 @@
+//! RocksDB storage for utopia.
+//!
+//! One RocksDB database per data directory holds the Raft log, Raft's
+//! metadata and the state machine — key-value pairs with their history, the
+//! change feed, leases, and the document collections with their indexes —
+//! each in its own column family ([`keys::Cf`]).
+//!
+//! Architecture invariant: this is the only crate that links RocksDB or knows
+//! a key encoding. Applying events ([`apply`]) is pure and tested without
+//! RocksDB; [`LogStore`] and [`StateMachine`] adapt RocksDB to openraft's
+//! storage traits, and [`Reader`] serves reads to the API.
+//!
+//! Durability: log appends are acknowledged to Raft only after the WAL is
+//! synced ([`LogStore`]'s flusher shares one fsync among every append
+//! waiting for it). State machine writes are not synced on their own: they
+//! share the WAL with the log, so after a crash the state machine is at a
+//! consistent prefix and Raft re-applies the rest from the durable log.
+
+pub mod apply;
+mod db;
+pub mod keys;
+mod log_store;
+pub mod read;
+mod snapshot;
+mod state_machine;
+
+pub use apply::{ChangeRecord, LeaseRecord};
+pub use db::{open, Db, OpenedStore};
+pub use log_store::LogStore;
+pub use read::{DocPage, Reader, WatchBatch};
+pub use state_machine::StateMachine;
+
+use keys::Cf;
+
+/// A storage failure. Corrupt bytes name the column family and key.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("rocksdb: {0}")]
+    Rocks(String),
+    #[error("corrupt record in {cf} at key {key}: {reason}")]
+    Corrupt {
+        cf: &'static str,
+        key: String,
+        reason: String,
+    },
+    #[error("{0}")]
+    Io(String),
+}
+
+impl StoreError {
+    pub fn corrupt(cf: Cf, key: &[u8], reason: impl Into<String>) -> Self {
+        StoreError::Corrupt {
+            cf: cf.name(),
+            key: printable_key(key),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<rocksdb::Error> for StoreError {
+    fn from(e: rocksdb::Error) -> Self {
+        StoreError::Rocks(e.to_string())
+    }
+}
+
+impl From<StoreError> for std::io::Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Corrupt { .. } => {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string())
+            }
+            other => std::io::Error::other(other.to_string()),
+        }
+    }
+}
+
+/// A key for error messages: printable ASCII as is, anything else escaped.
+pub fn printable_key(key: &[u8]) -> String {
+    key.escape_ascii().to_string()
+}

@@ -1,0 +1,328 @@
+//! Reads for the API: key ranges (now or at a past revision), the change
+//! feed for watches, leases and documents.
+//!
+//! Reads go straight to RocksDB; whether they are linearizable is decided by
+//! the caller (a Raft read barrier before the read), not here.
+
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+use utopia_raft::event::{self, Bytes, KeyValue, RangeResult};
+
+use crate::apply::{ChangeRecord, HistoryRecord, LeaseRecord, StateRead};
+use crate::keys::{self, meta, Cf, Collection, DeviceIndex};
+use crate::{Db, StoreError};
+
+/// Key changes applied together, in revision order.
+#[derive(Debug, Clone)]
+pub struct WatchBatch {
+    /// The highest revision in `changes`.
+    pub revision: i64,
+    pub changes: Vec<(i64, ChangeRecord)>,
+}
+
+/// Why a read at a revision cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("required revision {requested} has been compacted (compacted up to {compacted})")]
+    Compacted { requested: i64, compacted: i64 },
+    #[error("required revision {requested} is a future revision (current {current})")]
+    Future { requested: i64, current: i64 },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One page of documents.
+#[derive(Debug, Clone, Default)]
+pub struct DocPage {
+    /// (id, JSON text).
+    pub documents: Vec<(String, String)>,
+    /// Resume after this token; `None` at the end.
+    pub next_page_token: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Reader {
+    db: Db,
+    changes: broadcast::Sender<Arc<WatchBatch>>,
+}
+
+fn dec<T: serde::de::DeserializeOwned>(cf: Cf, key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
+    event::decode(bytes).map_err(|e| StoreError::corrupt(cf, key, e.to_string()))
+}
+
+fn bounds(key: &[u8], range_end: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
+    if range_end.is_empty() {
+        let mut end = key.to_vec();
+        end.push(0);
+        (key.to_vec(), Some(end))
+    } else if range_end == [0] {
+        (key.to_vec(), None)
+    } else {
+        (key.to_vec(), Some(range_end.to_vec()))
+    }
+}
+
+impl Reader {
+    pub(crate) fn new(db: Db, changes: broadcast::Sender<Arc<WatchBatch>>) -> Self {
+        Self { db, changes }
+    }
+
+    fn meta_i64(&self, key: &[u8]) -> Result<i64, StoreError> {
+        match self.db.get(Cf::SmMeta, key)? {
+            Some(b) => dec(Cf::SmMeta, key, &b),
+            None => Ok(0),
+        }
+    }
+
+    /// The current revision and the compacted revision.
+    pub fn revisions(&self) -> Result<(i64, i64), StoreError> {
+        Ok((
+            self.meta_i64(meta::REVISION)?,
+            self.meta_i64(meta::COMPACT_REVISION)?,
+        ))
+    }
+
+    pub fn db_size_bytes(&self) -> u64 {
+        self.db.size_bytes()
+    }
+
+    /// Keys in the range at `revision` (0: now), at most `limit` of them
+    /// (0: no limit).
+    pub fn range(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        limit: usize,
+        revision: i64,
+        keys_only: bool,
+        count_only: bool,
+    ) -> Result<RangeResult, ReadError> {
+        let (current, compacted) = self.revisions()?;
+        let (start, end) = bounds(key, range_end);
+        let mut kvs = Vec::new();
+        let mut count = 0i64;
+        let mut keep = |mut kv: KeyValue| {
+            count += 1;
+            if !count_only && (limit == 0 || kvs.len() < limit) {
+                if keys_only {
+                    kv.value = Bytes::new();
+                }
+                kvs.push(kv);
+            }
+        };
+        if revision == 0 || revision == current {
+            for item in self.db.scan(Cf::Kv, &start, end.as_deref()) {
+                let (k, v) = item?;
+                keep(dec(Cf::Kv, &k, &v)?);
+            }
+        } else {
+            if revision > current {
+                return Err(ReadError::Future {
+                    requested: revision,
+                    current,
+                });
+            }
+            if revision < compacted {
+                return Err(ReadError::Compacted {
+                    requested: revision,
+                    compacted,
+                });
+            }
+            let hstart = keys::escaped(&start);
+            let hend = end.as_deref().map(keys::escaped);
+            // History is ordered by key, then revision: the key's state at
+            // `revision` is its last record at or below it.
+            let mut pending: Option<HistoryRecord> = None;
+            let mut pending_key: Vec<u8> = Vec::new();
+            for item in self.db.scan(Cf::KvHistory, &hstart, hend.as_deref()) {
+                let (k, v) = item?;
+                let (user_key, rev) = keys::parse_history_key(&k)
+                    .ok_or_else(|| StoreError::corrupt(Cf::KvHistory, &k, "bad key"))?;
+                if user_key != pending_key {
+                    if let Some(rec) = pending.take() {
+                        if !rec.deleted {
+                            keep(rec.kv);
+                        }
+                    }
+                    pending_key = user_key;
+                }
+                if rev <= revision {
+                    pending = Some(dec(Cf::KvHistory, &k, &v)?);
+                }
+            }
+            if let Some(rec) = pending.take() {
+                if !rec.deleted {
+                    keep(rec.kv);
+                }
+            }
+        }
+        let more = !count_only && (kvs.len() as i64) < count;
+        Ok(RangeResult { kvs, more, count })
+    }
+
+    /// A key's last state strictly before `revision`, if it existed then.
+    pub fn prev_kv(&self, key: &[u8], revision: i64) -> Result<Option<KeyValue>, StoreError> {
+        let start = keys::history_key(key, 0);
+        let end = keys::history_key(key, revision);
+        let mut last = None;
+        for item in self.db.scan(Cf::KvHistory, &start, Some(&end)) {
+            let (k, v) = item?;
+            last = Some(dec::<HistoryRecord>(Cf::KvHistory, &k, &v)?);
+        }
+        Ok(last.filter(|r| !r.deleted).map(|r| r.kv))
+    }
+
+    /// Receives every batch of key changes applied from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<WatchBatch>> {
+        self.changes.subscribe()
+    }
+
+    /// Changes with revision >= `from`, in order, at most `max` of them.
+    /// Fails if `from` has been compacted.
+    pub fn changes_from(
+        &self,
+        from: i64,
+        max: usize,
+    ) -> Result<Vec<(i64, ChangeRecord)>, ReadError> {
+        let (_, compacted) = self.revisions()?;
+        if from < compacted {
+            return Err(ReadError::Compacted {
+                requested: from,
+                compacted,
+            });
+        }
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .scan(Cf::KvChanges, &keys::change_key(from, 0), None)
+        {
+            if out.len() >= max {
+                break;
+            }
+            let (k, v) = item?;
+            let (rev, _) = keys::parse_change_key(&k)
+                .ok_or_else(|| StoreError::corrupt(Cf::KvChanges, &k, "bad key"))?;
+            out.push((rev, dec(Cf::KvChanges, &k, &v)?));
+        }
+        Ok(out)
+    }
+
+    pub fn lease(&self, id: i64) -> Result<Option<(LeaseRecord, Vec<Vec<u8>>)>, StoreError> {
+        let key = keys::u64_key(id as u64);
+        let Some(b) = self.db.get(Cf::Leases, &key)? else {
+            return Ok(None);
+        };
+        let lease: LeaseRecord = dec(Cf::Leases, &key, &b)?;
+        let end = keys::prefix_end(&key);
+        let mut attached = Vec::new();
+        for item in self.db.scan(Cf::LeaseKeys, &key, end.as_deref()) {
+            let (k, _) = item?;
+            attached.push(k[8..].to_vec());
+        }
+        Ok(Some((lease, attached)))
+    }
+
+    /// Leases whose deadline is at or before `now_ms`, oldest first, at most
+    /// `max`.
+    pub fn expired_leases(&self, now_ms: u64, max: usize) -> Result<Vec<i64>, StoreError> {
+        let end = keys::deadline_key(now_ms.saturating_add(1), 0);
+        let mut out = Vec::new();
+        for item in self.db.scan(Cf::LeaseDeadlines, &[], Some(&end)) {
+            if out.len() >= max {
+                break;
+            }
+            let (k, _) = item?;
+            let id = keys::parse_u64_key(k.get(8..).unwrap_or_default())
+                .ok_or_else(|| StoreError::corrupt(Cf::LeaseDeadlines, &k, "bad key"))?;
+            out.push(id as i64);
+        }
+        Ok(out)
+    }
+
+    pub fn lease_exists(&self, id: i64) -> Result<bool, StoreError> {
+        Ok(self
+            .db
+            .get(Cf::Leases, &keys::u64_key(id as u64))?
+            .is_some())
+    }
+
+    pub fn get_document(
+        &self,
+        collection: Collection,
+        id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let cf = collection.cf();
+        match self.db.get(cf, id.as_bytes())? {
+            None => Ok(None),
+            Some(b) => String::from_utf8(b)
+                .map(Some)
+                .map_err(|_| StoreError::corrupt(cf, id.as_bytes(), "not UTF-8")),
+        }
+    }
+
+    /// Lists documents in id order, optionally only devices matching an
+    /// index, starting after `page_token`.
+    pub fn list_documents(
+        &self,
+        collection: Collection,
+        filter: Option<(DeviceIndex, &str)>,
+        limit: usize,
+        page_token: Option<&str>,
+    ) -> Result<DocPage, StoreError> {
+        let limit = limit.max(1);
+        let after = |id: &str| {
+            let mut k = id.as_bytes().to_vec();
+            k.push(0);
+            k
+        };
+        let mut page = DocPage::default();
+        let mut last_id = None;
+        match filter {
+            None => {
+                let cf = collection.cf();
+                let start = page_token.map(after).unwrap_or_default();
+                for item in self.db.scan(cf, &start, None) {
+                    let (k, v) = item?;
+                    if page.documents.len() == limit {
+                        page.next_page_token = last_id.take();
+                        break;
+                    }
+                    let id = String::from_utf8(k)
+                        .map_err(|e| StoreError::corrupt(cf, e.as_bytes(), "id not UTF-8"))?;
+                    let json = String::from_utf8(v)
+                        .map_err(|_| StoreError::corrupt(cf, id.as_bytes(), "not UTF-8"))?;
+                    last_id = Some(id.clone());
+                    page.documents.push((id, json));
+                }
+            }
+            Some((index, value)) => {
+                let prefix = keys::device_index_prefix(index, value);
+                let mut start = prefix.clone();
+                if let Some(t) = page_token {
+                    start.extend_from_slice(&after(t));
+                }
+                let end = keys::prefix_end(&prefix);
+                for item in self.db.scan(Cf::DeviceIndex, &start, end.as_deref()) {
+                    let (k, _) = item?;
+                    if page.documents.len() == limit {
+                        page.next_page_token = last_id.take();
+                        break;
+                    }
+                    let id = String::from_utf8(k[prefix.len()..].to_vec())
+                        .map_err(|_| StoreError::corrupt(Cf::DeviceIndex, &k, "id not UTF-8"))?;
+                    let Some(json) = self.get_document(Collection::Devices, &id)? else {
+                        return Err(StoreError::corrupt(
+                            Cf::DeviceIndex,
+                            &k,
+                            "indexes a missing device",
+                        ));
+                    };
+                    last_id = Some(id.clone());
+                    page.documents.push((id, json));
+                }
+            }
+        }
+        Ok(page)
+    }
+}
