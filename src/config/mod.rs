@@ -114,7 +114,7 @@ impl Default for RaftSettings {
 impl Default for LogSettings {
     fn default() -> Self {
         LogSettings {
-            level: "info".to_string(),
+            level: "info,openraft=warn".to_string(),
             format: LogFormat::Text,
         }
     }
@@ -448,7 +448,7 @@ raft = {
 
 # Logging.
 log = {
-  level = "info";                    # tracing filter, e.g. "info" or "info,utopia=debug" (RUST_LOG overrides)
+  level = "info,openraft=warn";      # tracing filter, e.g. "info" or "info,utopia=debug" (RUST_LOG overrides)
   format = "text";                   # "text" or "json"
 };
 "#
@@ -493,7 +493,7 @@ mod tests {
         assert_eq!(d.raft.election_timeout_ms_max, 800);
         assert_eq!(d.raft.snapshot_log_entries, 50_000);
         assert_eq!(d.raft.lease_check_interval_ms, 250);
-        assert_eq!(d.log.level, "info");
+        assert_eq!(d.log.level, "info,openraft=warn");
         assert_eq!(d.log.format, LogFormat::Text);
         assert_eq!(Settings::from_str("", file()).unwrap(), d);
         assert_eq!(

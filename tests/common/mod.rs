@@ -63,7 +63,11 @@ impl Server {
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(rest) = line.split("listening on ").nth(1) {
-                    let addr = rest.split([',', ' ']).next().unwrap_or_default().to_string();
+                    let addr = rest
+                        .split([',', ' '])
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
                     let _ = tx.send(addr);
                 }
             }
@@ -91,7 +95,9 @@ impl Server {
     /// SIGTERM, then wait for a clean exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("server is running");
-        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
         wait_child(&mut child, Duration::from_secs(30)).expect("utopiad exits after SIGTERM")
     }
 
@@ -124,7 +130,8 @@ impl Server {
         let mut all = vec!["--output", "json"];
         all.extend_from_slice(args);
         let out = self.cli_ok(&all);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("utopia {args:?} printed invalid JSON ({e}): {out}"))
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("utopia {args:?} printed invalid JSON ({e}): {out}"))
     }
 
     pub fn endpoint(&self) -> String {
@@ -150,7 +157,11 @@ pub fn cli(addr: &str, args: &[&str]) -> Output {
 
 /// Runs a command to completion, killing it after `deadline`.
 pub fn run_with_deadline(mut cmd: Command, deadline: Duration) -> Output {
-    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn command");
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn command");
     let pid = child.id();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -159,7 +170,9 @@ pub fn run_with_deadline(mut cmd: Command, deadline: Duration) -> Output {
     match rx.recv_timeout(deadline) {
         Ok(out) => out.expect("wait for command"),
         Err(_) => {
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
             panic!("command {cmd:?} did not finish within {deadline:?}");
         }
     }
@@ -186,11 +199,17 @@ pub fn wait_for<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Op
         if let Some(v) = check() {
             return v;
         }
-        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 pub fn temp_dir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("utopia-test-").tempdir().expect("create a temp dir")
+    tempfile::Builder::new()
+        .prefix("utopia-test-")
+        .tempdir()
+        .expect("create a temp dir")
 }
