@@ -32,7 +32,7 @@ fn timings(settings: &Settings) -> RaftTimings {
         election_timeout_ms_min: settings.raft.election_timeout_ms_min,
         election_timeout_ms_max: settings.raft.election_timeout_ms_max,
         snapshot_log_entries: settings.raft.snapshot_log_entries,
-        log_entries_kept_after_snapshot: 1000,
+        log_entries_kept_after_snapshot: settings.raft.log_entries_kept_after_snapshot,
         proposals_in_flight_max: settings.limits.proposals_in_flight_max,
     }
 }

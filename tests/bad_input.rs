@@ -166,8 +166,7 @@ async fn bad_requests_get_clear_errors_and_valid_traffic_goes_on() {
             ..Default::default()
         })
         .await
-        .err()
-        .expect("watch from a compacted revision fails");
+        .expect_err("watch from a compacted revision fails");
     assert_eq!(err.code(), tonic::Code::OutOfRange);
     assert!(err.message().contains("compacted"), "{}", err.message());
     let out = s.cli(&["watch", "c", "--rev", "2", "--count", "1"]);

@@ -95,3 +95,70 @@ async fn acknowledged_writes_survive_sigkill() {
     let out = s.cli_json(&["get", "after"]);
     assert_eq!(out["kvs"][0]["mod_revision"].as_i64(), Some(max_rev + 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshots_purge_the_log_and_restarts_resume_from_them() {
+    let dir = temp_dir();
+    let conf = dir.path().join("snap.conf");
+    std::fs::write(
+        &conf,
+        "raft = { snapshot_log_entries = 50; log_entries_kept_after_snapshot = 5; };\n",
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let mut s = Server::start_with(&data, &["--config", conf.to_str().unwrap()]);
+    let mut kv = pb::kv_client::KvClient::connect(s.endpoint())
+        .await
+        .unwrap();
+    for i in 0..300 {
+        kv.put(pb::PutRequest {
+            key: format!("s/{i:03}").into(),
+            value: format!("{i}").into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let snapshots = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(data.join("snapshots"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "snap"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    common::wait_for(
+        "a snapshot file",
+        std::time::Duration::from_secs(20),
+        || (!snapshots().is_empty()).then_some(()),
+    );
+    assert_eq!(snapshots().len(), 1, "older snapshots are removed");
+
+    s.kill9();
+    s.restart();
+    let mut kv = pb::kv_client::KvClient::connect(s.endpoint())
+        .await
+        .unwrap();
+    let all = kv
+        .range(pb::RangeRequest {
+            key: b"s/".to_vec(),
+            range_end: b"s0".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(all.kvs.len(), 300);
+    assert_eq!(all.header.unwrap().revision, 300);
+    let next = kv
+        .put(pb::PutRequest {
+            key: b"s/after".to_vec(),
+            value: b"x".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(next.into_inner().header.unwrap().revision, 301);
+}

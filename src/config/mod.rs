@@ -53,6 +53,7 @@ pub struct RaftSettings {
     pub election_timeout_ms_max: u64,
     /// Build a snapshot after this many log entries.
     pub snapshot_log_entries: u64,
+    pub log_entries_kept_after_snapshot: u64,
     pub lease_check_interval_ms: u64,
 }
 
@@ -106,6 +107,7 @@ impl Default for RaftSettings {
             election_timeout_ms_min: 400,
             election_timeout_ms_max: 800,
             snapshot_log_entries: 50_000,
+            log_entries_kept_after_snapshot: 1000,
             lease_check_interval_ms: 250,
         }
     }
@@ -202,6 +204,7 @@ const RAFT: &[&str] = &[
     "election_timeout_ms_min",
     "election_timeout_ms_max",
     "snapshot_log_entries",
+    "log_entries_kept_after_snapshot",
     "lease_check_interval_ms",
 ];
 const LOG: &[&str] = &["level", "format"];
@@ -358,6 +361,7 @@ fn decode_raft(group: &[Setting], r: &mut RaftSettings) -> Result<(), ConfigErro
                 max_field = Some(f);
             }
             "snapshot_log_entries" => r.snapshot_log_entries = v,
+            "log_entries_kept_after_snapshot" => r.log_entries_kept_after_snapshot = v,
             "lease_check_interval_ms" => r.lease_check_interval_ms = v,
             _ => return Err(f.err("not handled")),
         }
@@ -443,6 +447,7 @@ raft = {
   election_timeout_ms_min = 400;     # shortest election timeout
   election_timeout_ms_max = 800;     # longest election timeout
   snapshot_log_entries = 50000;      # build a snapshot after this many log entries
+  log_entries_kept_after_snapshot = 1000; # log entries kept behind a snapshot, for lagging peers
   lease_check_interval_ms = 250;     # how often expired leases are reaped
 };
 
@@ -538,6 +543,7 @@ raft = {
   election_timeout_ms_min = 300;
   election_timeout_ms_max = 600;
   snapshot_log_entries = 1000;
+  log_entries_kept_after_snapshot = 10;
   lease_check_interval_ms = 100;
 };
 log = { level = "debug,openraft=warn"; format = "json"; };
@@ -562,6 +568,7 @@ log = { level = "debug,openraft=warn"; format = "json"; };
                 election_timeout_ms_min: 300,
                 election_timeout_ms_max: 600,
                 snapshot_log_entries: 1000,
+                log_entries_kept_after_snapshot: 10,
                 lease_check_interval_ms: 100,
             },
             log: LogSettings {
@@ -635,7 +642,7 @@ log = { level = "debug,openraft=warn"; format = "json"; };
             (
                 "raft = { bar = 1; };",
                 1,
-                "unknown setting \"raft.bar\"; expected one of: heartbeat_interval_ms, election_timeout_ms_min, election_timeout_ms_max, snapshot_log_entries, lease_check_interval_ms",
+                "unknown setting \"raft.bar\"; expected one of: heartbeat_interval_ms, election_timeout_ms_min, election_timeout_ms_max, snapshot_log_entries, log_entries_kept_after_snapshot, lease_check_interval_ms",
             ),
             (
                 "log = {\n colour = true; };",

@@ -34,6 +34,9 @@ pub trait StateRead {
 
 pub type ScanIter<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + 'a>;
 
+/// Key-value pairs of one column family, in key order.
+pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// One change to the key space, as the watch stream reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChangeRecord {
@@ -168,7 +171,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         start: &[u8],
         end: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Pairs, StoreError> {
         let pending: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = self
             .overlay
             .range((cf, start.to_vec())..)

@@ -50,6 +50,25 @@ impl Db {
     pub fn path(&self) -> &Path {
         self.db.path()
     }
+
+    /// A handle that does not keep the database open.
+    pub(crate) fn downgrade(&self) -> WeakDb {
+        WeakDb {
+            db: Arc::downgrade(&self.db),
+        }
+    }
+}
+
+/// A database handle that lets the database close when every [`Db`] is
+/// gone, for background threads that must not outlive their owner.
+pub(crate) struct WeakDb {
+    db: std::sync::Weak<DB>,
+}
+
+impl WeakDb {
+    pub(crate) fn upgrade(&self) -> Option<Db> {
+        self.db.upgrade().map(|db| Db { db })
+    }
 }
 
 impl StateRead for Db {

@@ -36,7 +36,9 @@ pub struct LogStore {
 impl LogStore {
     pub(crate) fn new(db: Db) -> Self {
         let (tx, rx) = tokio::sync::mpsc::channel(FLUSH_QUEUE_MAX);
-        let flush_db = db.clone();
+        // The flusher holds the database only while it syncs, so dropping
+        // the last store handle closes the database at once.
+        let flush_db = db.downgrade();
         std::thread::Builder::new()
             .name("utopia-log-flush".into())
             .spawn(move || flush_loop(flush_db, rx))
@@ -87,14 +89,17 @@ impl LogStore {
     }
 }
 
-fn flush_loop(db: Db, mut rx: tokio::sync::mpsc::Receiver<IOFlushed<TypeConfig>>) {
+fn flush_loop(db: crate::db::WeakDb, mut rx: tokio::sync::mpsc::Receiver<IOFlushed<TypeConfig>>) {
     let mut waiting = Vec::with_capacity(FLUSH_QUEUE_MAX);
     while let Some(first) = rx.blocking_recv() {
         waiting.push(first);
         while let Ok(more) = rx.try_recv() {
             waiting.push(more);
         }
-        let result = db.sync_wal();
+        let result = match db.upgrade() {
+            Some(db) => db.sync_wal(),
+            None => Err(StoreError::Io("the database is closed".into())),
+        };
         if let Err(e) = &result {
             tracing::error!(error = %e, "sync the raft log");
         }
@@ -154,7 +159,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         };
         let last_purged_log_id: Option<LogIdOf<TypeConfig>> =
             self.get_meta(raft_meta::LAST_PURGED)?;
-        let last_log_id = last_log_id.or_else(|| last_purged_log_id.clone());
+        let last_log_id = last_log_id.or(last_purged_log_id);
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -167,7 +172,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &VoteOf<TypeConfig>) -> Result<(), io::Error> {
         let store = self.clone();
-        let vote = vote.clone();
+        let vote = *vote;
         tokio::task::spawn_blocking(move || store.put_meta_synced(raft_meta::VOTE, &vote))
             .await
             .map_err(io::Error::other)??;

@@ -32,6 +32,9 @@ pub enum ReadError {
     Store(#[from] StoreError),
 }
 
+/// A lease and the keys attached to it.
+pub type LeaseInfo = (LeaseRecord, Vec<Vec<u8>>);
+
 /// One page of documents.
 #[derive(Debug, Clone, Default)]
 pub struct DocPage {
@@ -208,7 +211,8 @@ impl Reader {
         Ok(out)
     }
 
-    pub fn lease(&self, id: i64) -> Result<Option<(LeaseRecord, Vec<Vec<u8>>)>, StoreError> {
+    /// A lease and the keys attached to it.
+    pub fn lease(&self, id: i64) -> Result<Option<LeaseInfo>, StoreError> {
         let key = keys::u64_key(id as u64);
         let Some(b) = self.db.get(Cf::Leases, &key)? else {
             return Ok(None);

@@ -140,6 +140,9 @@ impl SnapshotWriter {
     }
 }
 
+/// One state-machine record: column family name, key, value.
+pub type SnapshotEntry = (String, Vec<u8>, Vec<u8>);
+
 /// Reads a snapshot file, verifying its hash once the trailer is reached.
 pub struct SnapshotReader {
     path: PathBuf,
@@ -176,7 +179,7 @@ impl SnapshotReader {
 
     /// The next (column family, key, value), or `None` after a verified
     /// trailer.
-    pub fn next_entry(&mut self) -> Result<Option<(String, Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn next_entry(&mut self) -> Result<Option<SnapshotEntry>, StoreError> {
         let before = self.input.hasher.clone();
         match ciborium::from_reader::<Record, _>(&mut self.input) {
             Ok(Record::Entry { cf, key, value }) => {

@@ -253,7 +253,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             batch.put_cf(
                 self.db.cf(Cf::SmMeta),
                 meta::APPLIED,
-                event::encode(&Some(applied.clone())).map_err(io::Error::other)?,
+                event::encode(&Some(*applied)).map_err(io::Error::other)?,
             );
         }
         if let Some(m) = &last_membership {
