@@ -447,7 +447,7 @@ raft = {
   election_timeout_ms_min = 400;     # shortest election timeout
   election_timeout_ms_max = 800;     # longest election timeout
   snapshot_log_entries = 50000;      # build a snapshot after this many log entries
-  log_entries_kept_after_snapshot = 1000; # log entries kept behind a snapshot, for lagging peers
+  log_entries_kept_after_snapshot = 1000; # entries kept behind a snapshot for lagging peers
   lease_check_interval_ms = 250;     # how often expired leases are reaped
 };
 
