@@ -94,7 +94,7 @@ pub async fn run(
         .build_v1()
         .context("build the reflection service")?;
 
-    let reaper = tokio::spawn(reap_leases(
+    let reaper = tokio::spawn(housekeeping(
         node.clone(),
         Duration::from_millis(settings.raft.lease_check_interval_ms),
     ));
@@ -148,10 +148,10 @@ pub async fn run(
     Ok(())
 }
 
-/// While this node leads, proposes an expiry for every lease whose deadline
-/// has passed. Expiry goes through the log, so every replica deletes the
-/// lease's keys at the same revision.
-async fn reap_leases(node: Arc<Node>, interval: Duration) {
+/// While this node leads: expires leases and compacts old key history.
+/// Both go through the log, so every replica makes the same change at the
+/// same revision.
+async fn housekeeping(node: Arc<Node>, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -159,25 +159,56 @@ async fn reap_leases(node: Arc<Node>, interval: Duration) {
         if !node.raft.is_leader() {
             continue;
         }
-        let expired = match node
-            .reader
-            .expired_leases(crate::now_ms(), LEASES_EXPIRED_PER_TICK_MAX)
-        {
-            Ok(ids) => ids,
-            Err(e) => {
-                tracing::error!(error = %e, "read lease deadlines");
-                continue;
-            }
-        };
-        for id in expired {
-            match node.propose(Event::LeaseExpired { id }).await {
-                Ok(_) => {
-                    node.counters.add("leases_expired_total", 1);
-                    tracing::debug!(lease = id, "lease expired");
-                }
-                Err(e) => tracing::warn!(lease = id, error = %e.message(), "expire lease"),
-            }
+        reap_leases(&node).await;
+        compact_history(&node).await;
+    }
+}
+
+/// Proposes an expiry for every lease whose deadline has passed, at most
+/// `LEASES_EXPIRED_PER_TICK_MAX` per call.
+async fn reap_leases(node: &Node) {
+    let expired = match node
+        .reader
+        .expired_leases(crate::now_ms(), LEASES_EXPIRED_PER_TICK_MAX)
+    {
+        Ok(ids) => ids,
+        Err(e) => {
+            tracing::error!(error = %e, "read lease deadlines");
+            return;
         }
+    };
+    for id in expired {
+        match node.propose(Event::LeaseExpired { id }).await {
+            Ok(_) => {
+                node.counters.add("leases_expired_total", 1);
+                tracing::debug!(lease = id, "lease expired");
+            }
+            Err(e) => tracing::warn!(lease = id, error = %e.message(), "expire lease"),
+        }
+    }
+}
+
+/// Keeps at most `history_revisions_max` revisions of key history, plus a
+/// tenth so that compactions come in batches rather than one per write.
+async fn compact_history(node: &Node) {
+    let kept = node.limits.history_revisions_max as i64;
+    let (current, compacted) = match node.reader.revisions() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "read revisions");
+            return;
+        }
+    };
+    if current - compacted <= kept + (kept / 10).max(1) {
+        return;
+    }
+    let revision = current - kept;
+    match node.propose(Event::Compact { revision }).await {
+        Ok(_) => {
+            node.counters.add("compactions_total", 1);
+            tracing::info!(revision, "compacted key history");
+        }
+        Err(e) => tracing::warn!(revision, error = %e.message(), "compact key history"),
     }
 }
 

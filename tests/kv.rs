@@ -421,3 +421,38 @@ async fn health_and_reflection_are_served() {
         );
     }
 }
+
+#[test]
+fn old_history_is_compacted_automatically() {
+    let dir = temp_dir();
+    let conf = dir.path().join("history.conf");
+    std::fs::write(
+        &conf,
+        "limits = { history_revisions_max = 20; };\nraft = { lease_check_interval_ms = 50; };\n",
+    )
+    .unwrap();
+    let s = Server::start_with(
+        &dir.path().join("data"),
+        &["--config", conf.to_str().unwrap()],
+    );
+    for i in 0..60 {
+        s.cli_ok(&["put", "h", &i.to_string()]);
+    }
+    let compacted = wait_for("automatic compaction", Duration::from_secs(20), || {
+        let c = s.cli_json(&["status"])["compact_revision"]
+            .as_i64()
+            .unwrap_or(0);
+        (c >= 38).then_some(c)
+    });
+    assert!(
+        compacted <= 40,
+        "keeps history_revisions_max revisions: compacted to {compacted}"
+    );
+    let old = s.cli(&["get", "h", "--rev", "2"]);
+    assert_eq!(old.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&old.stderr).contains("compacted"));
+    assert_eq!(
+        s.cli_json(&["get", "h", "--rev", "50"])["kvs"][0]["value"],
+        "49"
+    );
+}

@@ -42,6 +42,7 @@ pub struct Limits {
     pub range_limit_max: u64,
     pub watchers_max: u64,
     pub proposals_in_flight_max: u64,
+    pub history_revisions_max: u64,
 }
 
 /// Raft timing. `heartbeat_interval_ms < election_timeout_ms_min <
@@ -96,6 +97,7 @@ impl Default for Limits {
             range_limit_max: 10_000,
             watchers_max: 1024,
             proposals_in_flight_max: 1024,
+            history_revisions_max: 100_000,
         }
     }
 }
@@ -198,6 +200,7 @@ const LIMITS: &[&str] = &[
     "range_limit_max",
     "watchers_max",
     "proposals_in_flight_max",
+    "history_revisions_max",
 ];
 const RAFT: &[&str] = &[
     "heartbeat_interval_ms",
@@ -334,6 +337,7 @@ fn decode_limits(group: &[Setting], l: &mut Limits) -> Result<(), ConfigError> {
             "range_limit_max" => l.range_limit_max = v,
             "watchers_max" => l.watchers_max = v,
             "proposals_in_flight_max" => l.proposals_in_flight_max = v,
+            "history_revisions_max" => l.history_revisions_max = v,
             _ => return Err(f.err("not handled")),
         }
     }
@@ -438,6 +442,7 @@ limits = {
   range_limit_max = 10000;           # most keys one range request returns
   watchers_max = 1024;               # most concurrent watchers
   proposals_in_flight_max = 1024;    # most Raft proposals awaiting commit
+  history_revisions_max = 100000;    # key revisions kept for past reads and watches; older ones are compacted
 };
 
 # Raft timing, in milliseconds unless noted.
@@ -537,6 +542,7 @@ limits = {
   range_limit_max = 500;
   watchers_max = 10;
   proposals_in_flight_max = 32;
+  history_revisions_max = 500;
 };
 raft = {
   heartbeat_interval_ms = 50;
@@ -562,6 +568,7 @@ log = { level = "debug,openraft=warn"; format = "json"; };
                 range_limit_max: 500,
                 watchers_max: 10,
                 proposals_in_flight_max: 32,
+                history_revisions_max: 500,
             },
             raft: RaftSettings {
                 heartbeat_interval_ms: 50,
@@ -605,7 +612,7 @@ log = { level = "debug,openraft=warn"; format = "json"; };
     #[test]
     fn errors() {
         let unknown_limits = "unknown setting \"limits.foo\"; expected one of: key_bytes_max, value_bytes_max, \
-                              request_bytes_max, txn_ops_max, range_limit_max, watchers_max, proposals_in_flight_max";
+                              request_bytes_max, txn_ops_max, range_limit_max, watchers_max, proposals_in_flight_max, history_revisions_max";
         for (text, line, message) in [
             // Syntax errors pass through.
             (
