@@ -227,6 +227,15 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
 
     /// Applies one event.
     pub fn apply(&mut self, req: &Request) -> Result<Response, StoreError> {
+        // An event from a newer build cannot be applied faithfully: stop
+        // rather than diverge from the replicas that understand it.
+        if req.version > event::EVENT_VERSION {
+            return Err(StoreError::Io(format!(
+                "event version {} is newer than this build applies ({}); upgrade this node",
+                req.version,
+                event::EVENT_VERSION
+            )));
+        }
         let outcome = match &req.event {
             Event::Put(op) => self.apply_single(req, TxnStep::Put(op.clone()))?,
             Event::Delete(op) => self.apply_single(req, TxnStep::Delete(op.clone()))?,

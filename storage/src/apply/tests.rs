@@ -550,3 +550,13 @@ fn corrupt_records_name_their_key() {
         "{err}"
     );
 }
+
+#[test]
+fn events_from_a_newer_build_stop_the_applier() {
+    let s = MemState::default();
+    let mut applier = Applier::new(&s);
+    let mut req = Request::new(0, put("k", "v"));
+    req.version = event::EVENT_VERSION + 1;
+    let err = applier.apply(&req).unwrap_err().to_string();
+    assert!(err.contains("newer"), "{err}");
+}
