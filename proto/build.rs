@@ -5,6 +5,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("utopia_descriptor.bin"))
-        .compile_protos(&["proto/utopia/v1/utopia.proto"], &["proto"])?;
+        .compile_protos(
+            &["proto/utopia/v1/utopia.proto", "proto/utopia/v1/raft.proto"],
+            &["proto"],
+        )?;
     Ok(())
 }

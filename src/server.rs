@@ -22,8 +22,8 @@ use crate::config::Settings;
 /// Leases expired per reaper tick, at most; the rest wait for the next tick.
 const LEASES_EXPIRED_PER_TICK_MAX: usize = 256;
 
-/// How long to wait for this node to lead its one-member cluster before
-/// serving anyway (requests then get UNAVAILABLE until it does).
+/// How long to wait for a leader to be known before serving anyway
+/// (requests then get UNAVAILABLE until there is one).
 const LEADER_WAIT: Duration = Duration::from_secs(30);
 
 fn timings(settings: &Settings) -> RaftTimings {
@@ -52,20 +52,18 @@ pub async fn run(
         .with_context(|| format!("listen on {}", settings.listen))?;
     let addr = listener.local_addr().context("read the bound address")?;
 
-    let raft = RaftNode::start_single(
+    let (raft, transport) = RaftNode::start(
         settings.node_id,
         &addr.to_string(),
         &settings.cluster_name,
         &timings(&settings),
+        &settings.initial_cluster,
         store.log_store,
         store.state_machine,
+        data_dir.join("snapshots").join("incoming"),
     )
     .await
     .map_err(anyhow::Error::msg)?;
-    if let Err(e) = raft.wait_leader(LEADER_WAIT).await {
-        tracing::warn!(error = %e, "not leading the cluster yet; serving anyway");
-    }
-
     let node = Node::new(
         raft.clone(),
         store.reader,
@@ -107,6 +105,11 @@ pub async fn run(
 
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
+        .add_service(
+            utopia_proto::raft_v1::raft_transport_server::RaftTransportServer::new(transport)
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20),
+        )
         .add_service(reflection)
         .add_service(
             pb::kv_server::KvServer::new(api::kv::KvService::new(node.clone()))
@@ -135,8 +138,13 @@ pub async fn run(
             let _ = stop_rx.await;
         });
 
+    // Serve first: peers need this node's transport to elect a leader.
+    let server = tokio::spawn(server);
+    if let Err(e) = raft.wait_for_leader(LEADER_WAIT).await {
+        tracing::warn!(error = %e, "no leader known yet; serving anyway");
+    }
     ready(addr);
-    let served = server.await;
+    let served = server.await.context("join the gRPC server")?;
     tracing::info!("shutting down");
     reaper.abort();
     raft.shutdown().await;

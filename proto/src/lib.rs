@@ -11,3 +11,8 @@ pub mod v1 {
     /// Encoded `FileDescriptorSet` for the reflection service.
     pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("utopia_descriptor");
 }
+
+/// The transport between utopia servers.
+pub mod raft_v1 {
+    tonic::include_proto!("utopia.raft.v1");
+}

@@ -14,6 +14,7 @@ pub mod network;
 mod node;
 
 pub use event::{Event, Request, Response};
+pub use network::{TransportService, TransportSettings};
 pub use node::{NodeStatus, ProposeError, RaftNode, RaftTimings, Role};
 
 openraft::declare_raft_types!(

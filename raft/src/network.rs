@@ -1,82 +1,367 @@
-//! The transport between Raft nodes.
+//! The transport between Raft nodes: openraft's messages over gRPC.
 //!
-//! A single-node cluster never sends a Raft message, so [`NoPeers`] refuses
-//! every send as unreachable. The gRPC transport for multi-node clusters
-//! replaces it without changing the node handle.
+//! Messages are CBOR-encoded inside protobuf envelopes
+//! (`utopia.raft.v1.RaftTransport`). One lazily connected tonic channel per
+//! peer address is shared by every client openraft creates for that peer.
+//! Snapshots are files; they are streamed in chunks of at most
+//! `snapshot_chunk_bytes`, never held whole in memory, and written to a
+//! temporary file on the receiver before they are installed.
 
-use openraft::error::{RPCError, ReplicationClosed, StreamingError, Unreachable};
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
 };
-use openraft::{AnyError, BasicNode, RaftNetworkV2};
-use std::future::Future;
+use openraft::storage::RaftStateMachine;
+use openraft::{AnyError, BasicNode, Raft, RaftNetworkV2};
+use tonic::transport::{Channel, Endpoint};
+use utopia_proto::raft_v1 as pb;
+use utopia_proto::raft_v1::raft_transport_client::RaftTransportClient;
 
+use crate::event;
 use crate::TypeConfig;
 
-/// A network with no peers: every RPC fails as unreachable.
-#[derive(Debug, Clone, Default)]
-pub struct NoPeers<SD> {
-    _snapshot: std::marker::PhantomData<fn() -> SD>,
+/// Settings of the transport.
+#[derive(Debug, Clone)]
+pub struct TransportSettings {
+    pub connect_timeout: Duration,
+    pub snapshot_chunk_bytes: usize,
+    /// Largest message either side accepts.
+    pub message_bytes_max: usize,
 }
 
-impl<SD> NoPeers<SD> {
-    pub fn new() -> Self {
+impl Default for TransportSettings {
+    fn default() -> Self {
         Self {
-            _snapshot: std::marker::PhantomData,
+            connect_timeout: Duration::from_secs(1),
+            snapshot_chunk_bytes: 1 << 20,
+            message_bytes_max: 64 << 20,
         }
     }
 }
 
-fn unreachable(target: u64) -> Unreachable<TypeConfig> {
-    Unreachable::new(&AnyError::error(format!(
-        "node {target}: this server has no peer transport"
-    )))
+/// Creates clients for peers, sharing one channel per address.
+#[derive(Clone)]
+pub struct GrpcNetwork {
+    settings: TransportSettings,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
 }
 
-/// A client for one unreachable peer.
-pub struct NoPeerClient<SD> {
+impl GrpcNetwork {
+    pub fn new(settings: TransportSettings) -> Self {
+        Self {
+            settings,
+            channels: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, String> {
+        let mut channels = self
+            .channels
+            .lock()
+            .map_err(|_| "channel cache poisoned".to_string())?;
+        if let Some(ch) = channels.get(addr) {
+            return Ok(ch.clone());
+        }
+        let ch = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("peer address {addr:?}: {e}"))?
+            .connect_timeout(self.settings.connect_timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        channels.insert(addr.to_string(), ch.clone());
+        Ok(ch)
+    }
+}
+
+/// A client for one peer.
+pub struct PeerClient {
     target: u64,
-    _snapshot: std::marker::PhantomData<fn() -> SD>,
+    addr: String,
+    client: Result<RaftTransportClient<Channel>, String>,
+    settings: TransportSettings,
 }
 
-impl<SD: Send + 'static> RaftNetworkFactory<TypeConfig> for NoPeers<SD> {
-    type Network = NoPeerClient<SD>;
+impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
+    type Network = PeerClient;
 
-    async fn new_client(&mut self, target: u64, _node: &BasicNode) -> Self::Network {
-        NoPeerClient {
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> Self::Network {
+        let client = self.channel(&node.addr).map(|ch| {
+            RaftTransportClient::new(ch)
+                .max_decoding_message_size(self.settings.message_bytes_max)
+                .max_encoding_message_size(self.settings.message_bytes_max)
+        });
+        PeerClient {
             target,
-            _snapshot: std::marker::PhantomData,
+            addr: node.addr.clone(),
+            client,
+            settings: self.settings.clone(),
         }
     }
 }
 
-impl<SD: Send + 'static> RaftNetworkV2<TypeConfig> for NoPeerClient<SD> {
-    type SnapshotData = SD;
+fn unreachable(target: u64, addr: &str, e: impl std::fmt::Display) -> Unreachable<TypeConfig> {
+    Unreachable::new(&AnyError::error(format!("node {target} at {addr}: {e}")))
+}
+
+fn network(target: u64, addr: &str, e: impl std::fmt::Display) -> NetworkError<TypeConfig> {
+    NetworkError::new(&AnyError::error(format!("node {target} at {addr}: {e}")))
+}
+
+impl PeerClient {
+    fn client(&self) -> Result<RaftTransportClient<Channel>, RPCError<TypeConfig>> {
+        self.client
+            .clone()
+            .map_err(|e| RPCError::Unreachable(unreachable(self.target, &self.addr, e)))
+    }
+
+    fn status_error(&self, status: tonic::Status) -> RPCError<TypeConfig> {
+        match status.code() {
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+                RPCError::Unreachable(unreachable(self.target, &self.addr, status.message()))
+            }
+            _ => RPCError::Network(network(self.target, &self.addr, status)),
+        }
+    }
+
+    async fn unary<Req, Resp, F, Fut>(
+        &self,
+        req: &Req,
+        option: &RPCOption,
+        call: F,
+    ) -> Result<Resp, RPCError<TypeConfig>>
+    where
+        Req: serde::Serialize,
+        Resp: serde::de::DeserializeOwned,
+        F: FnOnce(RaftTransportClient<Channel>, pb::RaftMessage) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<pb::RaftMessage>, tonic::Status>>,
+    {
+        let cbor = event::encode(req)
+            .map_err(|e| RPCError::Network(network(self.target, &self.addr, e)))?;
+        let fut = call(self.client()?, pb::RaftMessage { cbor });
+        let reply = match tokio::time::timeout(option.hard_ttl(), fut).await {
+            Ok(Ok(reply)) => reply.into_inner(),
+            Ok(Err(status)) => return Err(self.status_error(status)),
+            Err(_) => {
+                return Err(RPCError::Unreachable(unreachable(
+                    self.target,
+                    &self.addr,
+                    format!("no reply within {:?}", option.hard_ttl()),
+                )))
+            }
+        };
+        let result: Result<Resp, String> = event::decode(&reply.cbor)
+            .map_err(|e| RPCError::Network(network(self.target, &self.addr, e)))?;
+        result.map_err(|e| {
+            RPCError::Network(network(self.target, &self.addr, format!("remote: {e}")))
+        })
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerClient {
+    type SnapshotData = std::fs::File;
 
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        Err(RPCError::Unreachable(unreachable(self.target)))
+        self.unary(&rpc, &option, |mut c, m| async move {
+            c.append_entries(m).await
+        })
+        .await
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        Err(RPCError::Unreachable(unreachable(self.target)))
+        self.unary(&rpc, &option, |mut c, m| async move { c.vote(m).await })
+            .await
     }
 
     async fn full_snapshot(
         &mut self,
-        _vote: openraft::alias::VoteOf<TypeConfig>,
-        _snapshot: openraft::alias::SnapshotOf<TypeConfig, SD>,
-        _cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
+        vote: openraft::alias::VoteOf<TypeConfig>,
+        snapshot: openraft::alias::SnapshotOf<TypeConfig, std::fs::File>,
+        cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        Err(StreamingError::Unreachable(unreachable(self.target)))
+        let net_err = |e: String| StreamingError::Network(network(self.target, &self.addr, e));
+        let mut client = self
+            .client
+            .clone()
+            .map_err(|e| StreamingError::Unreachable(unreachable(self.target, &self.addr, e)))?;
+        let vote_cbor = event::encode(&vote).map_err(|e| net_err(e.to_string()))?;
+        let meta_cbor = event::encode(&snapshot.meta).map_err(|e| net_err(e.to_string()))?;
+        let chunk_bytes = self.settings.snapshot_chunk_bytes.max(1);
+        // Read the file on a blocking thread, a bounded number of chunks ahead.
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::SnapshotChunk>(4);
+        let mut file = snapshot.snapshot;
+        let reader = tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let first = pb::SnapshotChunk {
+                vote_cbor,
+                meta_cbor,
+                data: Vec::new(),
+            };
+            tx.blocking_send(first)
+                .map_err(|_| "receiver closed".to_string())?;
+            loop {
+                let mut buf = vec![0u8; chunk_bytes];
+                let n =
+                    read_full(&mut file, &mut buf).map_err(|e| format!("read snapshot: {e}"))?;
+                if n == 0 {
+                    return Ok(());
+                }
+                buf.truncate(n);
+                let chunk = pb::SnapshotChunk {
+                    vote_cbor: Vec::new(),
+                    meta_cbor: Vec::new(),
+                    data: buf,
+                };
+                tx.blocking_send(chunk)
+                    .map_err(|_| "receiver closed".to_string())?;
+            }
+        });
+        let send = client.install_snapshot(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let reply = tokio::select! {
+            closed = cancel => {
+                reader.abort();
+                return Err(StreamingError::Closed(closed));
+            }
+            reply = send => reply,
+        };
+        match reader.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(net_err(e)),
+            Err(e) => return Err(net_err(e.to_string())),
+        }
+        let reply = reply.map_err(|s| match s.code() {
+            tonic::Code::Unavailable => {
+                StreamingError::Unreachable(unreachable(self.target, &self.addr, s.message()))
+            }
+            _ => net_err(s.to_string()),
+        })?;
+        let result: Result<SnapshotResponse<TypeConfig>, String> =
+            event::decode(&reply.into_inner().cbor).map_err(|e| net_err(e.to_string()))?;
+        result.map_err(|e| net_err(format!("remote: {e}")))
+    }
+}
+
+fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = file.read(&mut buf[filled..])?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    Ok(filled)
+}
+
+/// The server side of the transport: hands messages from peers to the
+/// local Raft node.
+pub struct TransportService<SM: RaftStateMachine<TypeConfig, SnapshotData = std::fs::File>> {
+    raft: Raft<TypeConfig, SM>,
+    /// Where incoming snapshots are written before they are installed.
+    incoming_dir: PathBuf,
+}
+
+impl<SM: RaftStateMachine<TypeConfig, SnapshotData = std::fs::File>> TransportService<SM> {
+    pub(crate) fn new(raft: Raft<TypeConfig, SM>, incoming_dir: PathBuf) -> Self {
+        Self { raft, incoming_dir }
+    }
+}
+
+fn reply<T: serde::Serialize>(
+    result: Result<T, String>,
+) -> Result<tonic::Response<pb::RaftMessage>, tonic::Status> {
+    let cbor = event::encode(&result).map_err(|e| tonic::Status::internal(e.to_string()))?;
+    Ok(tonic::Response::new(pb::RaftMessage { cbor }))
+}
+
+fn decode_request<T: serde::de::DeserializeOwned>(m: &pb::RaftMessage) -> Result<T, tonic::Status> {
+    event::decode(&m.cbor)
+        .map_err(|e| tonic::Status::invalid_argument(format!("raft message: {e}")))
+}
+
+#[tonic::async_trait]
+impl<SM> pb::raft_transport_server::RaftTransport for TransportService<SM>
+where
+    SM: RaftStateMachine<TypeConfig, SnapshotData = std::fs::File>,
+{
+    async fn append_entries(
+        &self,
+        req: tonic::Request<pb::RaftMessage>,
+    ) -> Result<tonic::Response<pb::RaftMessage>, tonic::Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode_request(req.get_ref())?;
+        reply(
+            self.raft
+                .append_entries(rpc)
+                .await
+                .map_err(|e| e.to_string()),
+        )
+    }
+
+    async fn vote(
+        &self,
+        req: tonic::Request<pb::RaftMessage>,
+    ) -> Result<tonic::Response<pb::RaftMessage>, tonic::Status> {
+        let rpc: VoteRequest<TypeConfig> = decode_request(req.get_ref())?;
+        reply(self.raft.vote(rpc).await.map_err(|e| e.to_string()))
+    }
+
+    async fn install_snapshot(
+        &self,
+        req: tonic::Request<tonic::Streaming<pb::SnapshotChunk>>,
+    ) -> Result<tonic::Response<pb::RaftMessage>, tonic::Status> {
+        use std::io::Write;
+        let mut stream = req.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| tonic::Status::invalid_argument("empty snapshot stream"))?;
+        let vote: openraft::alias::VoteOf<TypeConfig> = event::decode(&first.vote_cbor)
+            .map_err(|e| tonic::Status::invalid_argument(format!("snapshot vote: {e}")))?;
+        let meta: openraft::alias::SnapshotMetaOf<TypeConfig> = event::decode(&first.meta_cbor)
+            .map_err(|e| tonic::Status::invalid_argument(format!("snapshot meta: {e}")))?;
+        std::fs::create_dir_all(&self.incoming_dir).map_err(|e| {
+            tonic::Status::internal(format!("create {}: {e}", self.incoming_dir.display()))
+        })?;
+        let path = self.incoming_dir.join("incoming.snap.tmp");
+        let mut file = std::fs::File::create(&path)
+            .map_err(|e| tonic::Status::internal(format!("create {}: {e}", path.display())))?;
+        let write = |file: &mut std::fs::File, data: &[u8]| {
+            file.write_all(data)
+                .map_err(|e| tonic::Status::internal(format!("write {}: {e}", path.display())))
+        };
+        write(&mut file, &first.data)?;
+        while let Some(chunk) = stream.message().await? {
+            write(&mut file, &chunk.data)?;
+        }
+        file.sync_all()
+            .map_err(|e| tonic::Status::internal(format!("sync {}: {e}", path.display())))?;
+        drop(file);
+        let file = std::fs::File::open(&path)
+            .map_err(|e| tonic::Status::internal(format!("open {}: {e}", path.display())))?;
+        let snapshot = openraft::alias::SnapshotOf::<TypeConfig, std::fs::File> {
+            meta,
+            snapshot: file,
+        };
+        let result = self
+            .raft
+            .install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(|e| e.to_string());
+        let _ = std::fs::remove_file(&path);
+        reply(result)
     }
 }

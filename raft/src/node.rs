@@ -4,12 +4,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::error::{ClientWriteError, InitializeError, LinearizableReadError, RaftError};
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::{BasicNode, Config, Raft, ReadPolicy, ServerState, SnapshotPolicy};
 
-use crate::network::NoPeers;
+use crate::network::{GrpcNetwork, TransportService, TransportSettings};
 use crate::{Request, Response, TypeConfig};
 
 /// Timing and log-retention settings for one node.
@@ -94,20 +94,26 @@ impl<SM: RaftStateMachine<TypeConfig>> Clone for RaftNode<SM> {
 
 impl<SM> RaftNode<SM>
 where
-    SM: RaftStateMachine<TypeConfig>,
-    SM::SnapshotData: Send + 'static,
+    SM: RaftStateMachine<TypeConfig, SnapshotData = std::fs::File>,
 {
-    /// Starts the node on the given storage. A storage that has never been
-    /// initialised is initialised as a one-member cluster of this node at
-    /// `addr`; an initialised one is resumed as it was.
-    pub async fn start_single<LS>(
+    /// Starts the node on the given storage, and returns it with the gRPC
+    /// service its peers send Raft messages to.
+    ///
+    /// A storage that has never been initialised is initialised with
+    /// `initial_members` (id → address), which must include this node; when
+    /// it is empty, as a one-member cluster of this node at `addr`. An
+    /// initialised storage is resumed as it was: the members it knows win.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start<LS>(
         id: u64,
         addr: &str,
         cluster_name: &str,
         timings: &RaftTimings,
+        initial_members: &BTreeMap<u64, String>,
         log_store: LS,
         state_machine: SM,
-    ) -> Result<Self, String>
+        incoming_snapshot_dir: std::path::PathBuf,
+    ) -> Result<(Self, TransportService<SM>), String>
     where
         LS: RaftLogStorage<TypeConfig>,
     {
@@ -124,34 +130,53 @@ where
         .validate()
         .map_err(|e| format!("invalid raft settings: {e}"))?;
 
-        let raft = Raft::new(
-            id,
-            Arc::new(config),
-            NoPeers::<SM::SnapshotData>::new(),
-            log_store,
-            state_machine,
-        )
-        .await
-        .map_err(|e| format!("start raft: {e}"))?;
+        let network = GrpcNetwork::new(TransportSettings::default());
+        let raft = Raft::new(id, Arc::new(config), network, log_store, state_machine)
+            .await
+            .map_err(|e| format!("start raft: {e}"))?;
         let initialized = raft
             .is_initialized()
             .await
             .map_err(|e| format!("start raft: {e}"))?;
         if !initialized {
-            let members = BTreeMap::from([(
-                id,
-                BasicNode {
-                    addr: addr.to_string(),
-                },
-            )]);
-            raft.initialize(members)
-                .await
-                .map_err(|e| format!("initialise a one-member cluster: {e}"))?;
-            tracing::info!(node_id = id, %addr, "initialised a new one-member cluster");
+            let members: BTreeMap<u64, BasicNode> = if initial_members.is_empty() {
+                BTreeMap::from([(
+                    id,
+                    BasicNode {
+                        addr: addr.to_string(),
+                    },
+                )])
+            } else {
+                if !initial_members.contains_key(&id) {
+                    return Err(format!(
+                        "node id {id} is not in the initial cluster ({})",
+                        initial_members
+                            .keys()
+                            .map(u64::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+                initial_members
+                    .iter()
+                    .map(|(id, a)| (*id, BasicNode { addr: a.clone() }))
+                    .collect()
+            };
+            let n = members.len();
+            match raft.initialize(members).await {
+                Ok(()) => tracing::info!(node_id = id, members = n, "initialised a new cluster"),
+                // Another member's leader reached this node first: it is
+                // already part of the cluster.
+                Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
+                    tracing::info!(node_id = id, reason = %e, "joined a cluster initialised elsewhere")
+                }
+                Err(e) => return Err(format!("initialise the cluster: {e}")),
+            }
         } else {
             tracing::info!(node_id = id, "resumed an existing cluster");
         }
-        Ok(Self { id, raft })
+        let service = TransportService::new(raft.clone(), incoming_snapshot_dir);
+        Ok((Self { id, raft }, service))
     }
 
     pub fn id(&self) -> u64 {
@@ -197,15 +222,11 @@ where
         m.state == ServerState::Leader
     }
 
-    /// Waits until this node is the leader, up to `timeout`.
-    pub async fn wait_leader(&self, timeout: Duration) -> Result<(), String> {
-        let id = self.id;
+    /// Waits until this node knows a leader, up to `timeout`.
+    pub async fn wait_for_leader(&self, timeout: Duration) -> Result<(), String> {
         self.raft
             .wait(Some(timeout))
-            .metrics(
-                |m| m.current_leader == Some(id) && m.state == ServerState::Leader,
-                "become leader",
-            )
+            .metrics(|m| m.current_leader.is_some(), "know a leader")
             .await
             .map(|_| ())
             .map_err(|e| e.to_string())

@@ -25,6 +25,10 @@ struct Args {
     /// This node's id in the cluster.
     #[arg(long, value_name = "N")]
     node_id: Option<u64>,
+    /// The members a new cluster starts with: ID=HOST:PORT,ID=HOST:PORT,...
+    /// Read only when the data directory is new.
+    #[arg(long, value_name = "MEMBERS")]
+    initial_cluster: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -47,6 +51,15 @@ fn main() -> ExitCode {
     }
     if let Some(n) = args.node_id {
         settings.node_id = n;
+    }
+    if let Some(members) = args.initial_cluster {
+        match utopia::config::parse_initial_cluster(&members) {
+            Ok(m) => settings.initial_cluster = m,
+            Err(e) => {
+                eprintln!("utopiad: --initial-cluster: {e}");
+                return ExitCode::from(2);
+            }
+        }
     }
     if let Err(e) = settings.listen.parse::<std::net::SocketAddr>() {
         eprintln!(

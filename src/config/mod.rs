@@ -9,6 +9,7 @@
 
 pub mod libconfig;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -25,6 +26,9 @@ pub struct Settings {
     pub listen: String,
     /// Name of the cluster this node belongs to.
     pub cluster_name: String,
+    /// The members a new cluster starts with, by node id; empty: a
+    /// one-member cluster of this node.
+    pub initial_cluster: BTreeMap<u64, String>,
     pub limits: Limits,
     pub raft: RaftSettings,
     pub log: LogSettings,
@@ -80,6 +84,7 @@ impl Default for Settings {
             data_dir: PathBuf::from("./utopia-data"),
             listen: "127.0.0.1:7700".to_string(),
             cluster_name: "utopia".to_string(),
+            initial_cluster: BTreeMap::new(),
             limits: Limits::default(),
             raft: RaftSettings::default(),
             log: LogSettings::default(),
@@ -188,6 +193,7 @@ const TOP: &[&str] = &[
     "data_dir",
     "listen",
     "cluster_name",
+    "initial_cluster",
     "limits",
     "raft",
     "log",
@@ -301,6 +307,28 @@ fn fields<'a>(
         .collect()
 }
 
+/// Parses `1=HOST:PORT,2=HOST:PORT,...`: the members a new cluster starts
+/// with. An empty string is an empty map.
+pub fn parse_initial_cluster(text: &str) -> Result<BTreeMap<u64, String>, String> {
+    let mut members = BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| format!("member {part:?} is not ID=HOST:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|e| format!("member {part:?}: node id: {e}"))?;
+        let addr = addr.trim();
+        addr.parse::<SocketAddr>()
+            .map_err(|e| format!("member {part:?}: address {addr:?}: {e}"))?;
+        if members.insert(id, addr.to_string()).is_some() {
+            return Err(format!("node id {id} appears twice"));
+        }
+    }
+    Ok(members)
+}
+
 fn decode(tree: &[Setting]) -> Result<Settings, ConfigError> {
     let mut out = Settings::default();
     for f in fields(tree, "", TOP)? {
@@ -317,6 +345,9 @@ fn decode(tree: &[Setting]) -> Result<Settings, ConfigError> {
                 out.listen = s.to_string();
             }
             "cluster_name" => out.cluster_name = f.non_empty()?,
+            "initial_cluster" => {
+                out.initial_cluster = parse_initial_cluster(f.string()?).map_err(|e| f.err(e))?
+            }
             "limits" => decode_limits(f.group()?, &mut out.limits)?,
             "raft" => decode_raft(f.group()?, &mut out.raft)?,
             "log" => decode_log(f.group()?, &mut out.log)?,
@@ -432,6 +463,11 @@ listen = "127.0.0.1:7700";
 
 # Name of the cluster this node belongs to.
 cluster_name = "utopia";
+
+# The members a new cluster starts with: "ID=HOST:PORT,ID=HOST:PORT,...".
+# Empty: a one-member cluster of this node. Read only when the data
+# directory is new; a restarted node rejoins the cluster it belongs to.
+initial_cluster = "";
 
 # Request and resource limits (each greater than 0).
 limits = {
@@ -560,6 +596,7 @@ log = { level = "debug,openraft=warn"; format = "json"; };
             data_dir: PathBuf::from("/var/lib/utopia"),
             listen: "[::1]:9000".into(),
             cluster_name: "fleet-eu".into(),
+            initial_cluster: BTreeMap::new(),
             limits: Limits {
                 key_bytes_max: 512,
                 value_bytes_max: 2_097_152,
@@ -639,7 +676,7 @@ log = { level = "debug,openraft=warn"; format = "json"; };
             (
                 "nodeid = 1;",
                 1,
-                "unknown setting \"nodeid\"; expected one of: node_id, data_dir, listen, cluster_name, limits, raft, log",
+                "unknown setting \"nodeid\"; expected one of: node_id, data_dir, listen, cluster_name, initial_cluster, limits, raft, log",
             ),
             (
                 "limits = {\n  key_bytes_max = 1;\n  foo = 2;\n};",

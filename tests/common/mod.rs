@@ -19,6 +19,8 @@ const READY_DEADLINE: Duration = Duration::from_secs(60);
 
 pub struct Server {
     child: Option<Child>,
+    /// The address to listen on: `127.0.0.1:0` picks a new port each start.
+    listen: String,
     pub addr: String,
     pub data_dir: PathBuf,
     extra_args: Vec<String>,
@@ -32,8 +34,15 @@ impl Server {
     }
 
     pub fn start_with(data_dir: &Path, extra_args: &[&str]) -> Server {
+        Self::start_at(data_dir, "127.0.0.1:0", extra_args)
+    }
+
+    /// Starts `utopiad` listening on `listen` (a fixed address keeps the
+    /// node's address stable across restarts, as cluster members need).
+    pub fn start_at(data_dir: &Path, listen: &str, extra_args: &[&str]) -> Server {
         let mut s = Server {
             child: None,
+            listen: listen.to_string(),
             addr: String::new(),
             data_dir: data_dir.to_path_buf(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
@@ -52,7 +61,7 @@ impl Server {
         let mut child = Command::new(UTOPIAD)
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", &self.listen])
             .args(&self.extra_args)
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -82,6 +91,10 @@ impl Server {
         };
         self.addr = addr;
         self.child = Some(child);
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// SIGKILL: no shutdown path runs.
@@ -205,6 +218,12 @@ pub fn wait_for<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Op
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local address").to_string()
 }
 
 pub fn temp_dir() -> tempfile::TempDir {
