@@ -58,6 +58,7 @@ pub async fn run(
         &settings.cluster_name,
         &timings(&settings),
         &settings.initial_cluster,
+        settings.join,
         store.log_store,
         store.state_machine,
         data_dir.join("snapshots").join("incoming"),
@@ -86,6 +87,9 @@ pub async fn run(
         .set_serving::<pb::documents_server::DocumentsServer<api::documents::DocumentsService>>()
         .await;
     health_reporter.set_serving::<pb::maintenance_server::MaintenanceServer<api::maintenance::MaintenanceService>>().await;
+    health_reporter
+        .set_serving::<pb::cluster_server::ClusterServer<api::maintenance::ClusterService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -131,6 +135,9 @@ pub async fn run(
             .max_decoding_message_size(max_msg)
             .max_encoding_message_size(max_msg.max(64 << 20)),
         )
+        .add_service(pb::cluster_server::ClusterServer::new(
+            api::maintenance::ClusterService::new(node.clone()),
+        ))
         .add_service(pb::maintenance_server::MaintenanceServer::new(
             api::maintenance::MaintenanceService::new(node.clone()),
         ))
@@ -140,7 +147,9 @@ pub async fn run(
 
     // Serve first: peers need this node's transport to elect a leader.
     let server = tokio::spawn(server);
-    if let Err(e) = raft.wait_for_leader(LEADER_WAIT).await {
+    if !raft.is_initialized().await {
+        tracing::info!("not a member of any cluster yet: add this node with `utopia cluster add`");
+    } else if let Err(e) = raft.wait_for_leader(LEADER_WAIT).await {
         tracing::warn!(error = %e, "no leader known yet; serving anyway");
     }
     ready(addr);

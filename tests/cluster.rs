@@ -13,6 +13,11 @@ struct Cluster {
 
 impl Cluster {
     fn start(dir: &std::path::Path, n: usize) -> Cluster {
+        Self::start_with(dir, n, &[])
+    }
+
+    fn start_with(dir: &std::path::Path, n: usize, extra: &[&str]) -> Cluster {
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let addrs: Vec<String> = (0..n).map(|_| free_addr()).collect();
         let initial: Vec<String> = addrs
             .iter()
@@ -29,13 +34,12 @@ impl Cluster {
                 let data = dir.join(format!("node{}", i + 1));
                 let addr = addr.clone();
                 let initial = initial.clone();
+                let extra = extra.clone();
                 std::thread::spawn(move || {
                     let id = (i + 1).to_string();
-                    Server::start_at(
-                        &data,
-                        &addr,
-                        &["--node-id", &id, "--initial-cluster", &initial],
-                    )
+                    let mut args = vec!["--node-id", &id, "--initial-cluster", &initial];
+                    args.extend(extra.iter().map(String::as_str));
+                    Server::start_at(&data, &addr, &args)
                 })
             })
             .collect();
@@ -146,4 +150,209 @@ fn three_nodes_replicate_and_survive_losing_the_leader() {
             },
         );
     }
+}
+
+fn cluster_view(c: &Cluster) -> serde_json::Value {
+    let out = c.cli(&["--output", "json", "cluster", "status"]);
+    assert!(
+        out.status.success(),
+        "cluster status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("cluster status JSON")
+}
+
+fn member(view: &serde_json::Value, id: u64) -> Option<&serde_json::Value> {
+    view["members"]
+        .as_array()?
+        .iter()
+        .find(|m| m["id"].as_u64() == Some(id))
+}
+
+fn put_ok(c: &Cluster, key: &str, value: &str) {
+    let out = c.cli(&["put", key, value]);
+    assert!(
+        out.status.success(),
+        "put {key}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn has_keys(node: &Server, prefix: &str, want: usize) -> Option<()> {
+    let out = node.cli(&[
+        "--output",
+        "json",
+        "get",
+        prefix,
+        "--prefix",
+        "--consistency",
+        "serializable",
+        "--count-only",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    (v["count"].as_u64()? as usize == want).then_some(())
+}
+
+#[test]
+fn members_are_added_as_learners_promoted_and_removed_while_serving() {
+    let dir = temp_dir();
+    let mut c = Cluster::start(dir.path(), 3);
+    let view = cluster_view(&c);
+    assert_eq!(view["members"].as_array().map(Vec::len), Some(3), "{view}");
+    assert!(view["leader"].as_u64().unwrap_or(0) > 0);
+
+    for i in 0..10 {
+        put_ok(&c, &format!("m/{i}"), "x");
+    }
+
+    // A fourth node joins as a learner and catches up.
+    let addr4 = free_addr();
+    let node4 = Server::start_at(
+        &dir.path().join("node4"),
+        &addr4,
+        &["--node-id", "4", "--join"],
+    );
+    let out = c.cli(&["cluster", "add", "4", &addr4, "--learner"]);
+    assert!(
+        out.status.success(),
+        "add learner: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let view = cluster_view(&c);
+    assert_eq!(
+        member(&view, 4).map(|m| m["voter"].as_bool()),
+        Some(Some(false)),
+        "{view}"
+    );
+    wait_for("the learner to catch up", Duration::from_secs(20), || {
+        has_keys(&node4, "m/", 10)
+    });
+
+    // Promoted to voter.
+    let out = c.cli(&["cluster", "add", "4", &addr4]);
+    assert!(
+        out.status.success(),
+        "promote: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let view = cluster_view(&c);
+    assert_eq!(
+        member(&view, 4).map(|m| m["voter"].as_bool()),
+        Some(Some(true)),
+        "{view}"
+    );
+    c.endpoints = format!("{},{addr4}", c.endpoints);
+    c.nodes.push(node4);
+
+    // Remove node 1, whichever role it has; the cluster keeps serving.
+    let out = c.cli(&["cluster", "remove", "1"]);
+    assert!(
+        out.status.success(),
+        "remove: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.nodes[0].kill9();
+    wait_for(
+        "writes after removing node 1",
+        Duration::from_secs(30),
+        || {
+            c.cli(&["put", "m/after", "y"])
+                .status
+                .success()
+                .then_some(())
+        },
+    );
+    let view = cluster_view(&c);
+    assert!(member(&view, 1).is_none(), "node 1 is gone: {view}");
+    assert_eq!(view["members"].as_array().map(Vec::len), Some(3), "{view}");
+    for node in &c.nodes[1..] {
+        wait_for(
+            "every member to hold every key",
+            Duration::from_secs(20),
+            || has_keys(node, "m/", 11),
+        );
+    }
+
+    // Bad requests are refused clearly.
+    let out = c.cli(&["cluster", "remove", "99"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a member"));
+    let out = c.cli(&["cluster", "add", "5", "not-an-address"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HOST:PORT"));
+}
+
+#[test]
+fn a_wiped_follower_catches_up_through_a_snapshot() {
+    let dir = temp_dir();
+    let conf = dir.path().join("small-log.conf");
+    std::fs::write(
+        &conf,
+        "raft = { snapshot_log_entries = 20; log_entries_kept_after_snapshot = 5; };\n",
+    )
+    .unwrap();
+    let mut c = Cluster::start_with(dir.path(), 3, &["--config", conf.to_str().unwrap()]);
+    let leader = c.leader();
+    let victim = if leader == 3 { 2 } else { 3 };
+    let vi = (victim - 1) as usize;
+
+    for i in 0..20 {
+        put_ok(&c, &format!("w/{i:02}"), "before");
+    }
+    // Wipe the follower: kill it, delete its data, remove it.
+    c.nodes[vi].kill9();
+    std::fs::remove_dir_all(&c.nodes[vi].data_dir).unwrap();
+    let out = c.cli(&["cluster", "remove", &victim.to_string()]);
+    assert!(
+        out.status.success(),
+        "remove: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Enough writes that the log it would need is purged behind a snapshot.
+    for i in 20..80 {
+        put_ok(&c, &format!("w/{i:02}"), "after");
+    }
+
+    // The log the wiped node would need is gone from the leader.
+    wait_for(
+        "the leader to purge its log behind a snapshot",
+        Duration::from_secs(20),
+        || {
+            let leader = &c.nodes[(c.leader() - 1) as usize];
+            let st = Cluster::status_of(leader)?;
+            (st["raft_purged_index"].as_u64()? > 20).then_some(())
+        },
+    );
+
+    // It comes back empty, joins, and catches up by installing a snapshot.
+    let addr = c.nodes[vi].addr.clone();
+    let data = c.nodes[vi].data_dir.clone();
+    let conf_arg = conf.to_str().unwrap().to_string();
+    let node = Server::start_at(
+        &data,
+        &addr,
+        &[
+            "--node-id",
+            &victim.to_string(),
+            "--join",
+            "--config",
+            &conf_arg,
+        ],
+    );
+    let out = c.cli(&["cluster", "add", &victim.to_string(), &addr]);
+    assert!(
+        out.status.success(),
+        "re-add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        "the wiped node to hold every key",
+        Duration::from_secs(30),
+        || has_keys(&node, "w/", 80),
+    );
+    let log = node.stderr_log();
+    assert!(
+        log.contains("installed snapshot"),
+        "the node caught up by installing a snapshot:\n{log}"
+    );
 }

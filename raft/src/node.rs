@@ -1,12 +1,15 @@
 //! [`RaftNode`]: the server's handle on consensus.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, InitializeError, LinearizableReadError, RaftError};
+use openraft::error::{
+    ChangeMembershipError, ClientWriteError, InitializeError, LinearizableReadError, RaftError,
+};
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::type_config::async_runtime::WatchReceiver;
+use openraft::ChangeMembers;
 use openraft::{BasicNode, Config, Raft, ReadPolicy, ServerState, SnapshotPolicy};
 
 use crate::network::{GrpcNetwork, TransportService, TransportSettings};
@@ -42,6 +45,40 @@ pub enum ProposeError {
     /// The node has stopped (shutdown or a storage failure).
     #[error("raft node stopped: {0}")]
     Stopped(String),
+    /// The proposal may or may not commit (its entry was appended, then
+    /// leadership changed): retrying could apply it twice.
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
+    /// The request conflicts with the cluster's state (for example another
+    /// membership change is in progress); retry once that has settled.
+    #[error("{0}")]
+    Conflict(String),
+    /// The request cannot succeed as given.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> ProposeError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ProposeError::NotLeader {
+            leader_id: f.leader_id,
+            leader_addr: f.leader_node.map(|n| n.addr),
+        },
+        RaftError::APIError(e @ ClientWriteError::LogEntryDiscarded(_)) => {
+            ProposeError::OutcomeUnknown(e.to_string())
+        }
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => match c {
+            ChangeMembershipError::InProgress(_)
+            | ChangeMembershipError::UncommittedLeaderLog(_) => {
+                ProposeError::Conflict(format!("a membership change is already in progress: {c}"))
+            }
+            other => ProposeError::Invalid(other.to_string()),
+        },
+        RaftError::APIError(e @ ClientWriteError::PreconditionFailed(_)) => {
+            ProposeError::Conflict(e.to_string())
+        }
+        RaftError::Fatal(e) => ProposeError::Stopped(e.to_string()),
+    }
 }
 
 fn leader_hint(id: &Option<u64>, addr: &Option<String>) -> String {
@@ -75,6 +112,8 @@ pub struct NodeStatus {
     pub purged_index: u64,
     /// Members by id: (address, is_voter).
     pub members: BTreeMap<u64, (String, bool)>,
+    /// On the leader: the last log index known replicated to each member.
+    pub matched: BTreeMap<u64, u64>,
 }
 
 /// A running Raft node.
@@ -101,7 +140,9 @@ where
     ///
     /// A storage that has never been initialised is initialised with
     /// `initial_members` (id → address), which must include this node; when
-    /// it is empty, as a one-member cluster of this node at `addr`. An
+    /// it is empty, as a one-member cluster of this node at `addr`. With
+    /// `join`, it is left uninitialised: the node waits for a cluster's
+    /// leader to add it (`utopia cluster add`). An
     /// initialised storage is resumed as it was: the members it knows win.
     #[allow(clippy::too_many_arguments)]
     pub async fn start<LS>(
@@ -110,6 +151,7 @@ where
         cluster_name: &str,
         timings: &RaftTimings,
         initial_members: &BTreeMap<u64, String>,
+        join: bool,
         log_store: LS,
         state_machine: SM,
         incoming_snapshot_dir: std::path::PathBuf,
@@ -138,7 +180,9 @@ where
             .is_initialized()
             .await
             .map_err(|e| format!("start raft: {e}"))?;
-        if !initialized {
+        if !initialized && join {
+            tracing::info!(node_id = id, "waiting to be added to a cluster");
+        } else if !initialized {
             let members: BTreeMap<u64, BasicNode> = if initial_members.is_empty() {
                 BTreeMap::from([(
                     id,
@@ -179,23 +223,23 @@ where
         Ok((Self { id, raft }, service))
     }
 
+    /// False until this node is part of a cluster (a joining node that has
+    /// not been added yet).
+    pub async fn is_initialized(&self) -> bool {
+        self.raft.is_initialized().await.unwrap_or(false)
+    }
+
     pub fn id(&self) -> u64 {
         self.id
     }
 
     /// Proposes one request and waits until it is committed and applied.
     pub async fn propose(&self, request: Request) -> Result<Response, ProposeError> {
-        match self.raft.client_write(request).await {
-            Ok(resp) => Ok(resp.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Err(ProposeError::NotLeader {
-                    leader_id: f.leader_id,
-                    leader_addr: f.leader_node.map(|n| n.addr),
-                })
-            }
-            Err(RaftError::APIError(e)) => Err(ProposeError::Unavailable(e.to_string())),
-            Err(RaftError::Fatal(e)) => Err(ProposeError::Stopped(e.to_string())),
-        }
+        self.raft
+            .client_write(request)
+            .await
+            .map(|r| r.data)
+            .map_err(write_error)
     }
 
     /// Returns once this node's state machine reflects every write committed
@@ -211,7 +255,9 @@ where
                 })
             }
             Err(RaftError::APIError(e)) => Err(ProposeError::Unavailable(e.to_string())),
-            Err(RaftError::Fatal(e)) => Err(ProposeError::Stopped(e.to_string())),
+            Err(RaftError::Fatal(e)) => {
+                Err(ProposeError::Unavailable(format!("raft node stopped: {e}")))
+            }
         }
     }
 
@@ -258,7 +304,84 @@ where
             snapshot_index: m.snapshot.as_ref().map(|l| l.index).unwrap_or(0),
             purged_index: m.purged.as_ref().map(|l| l.index).unwrap_or(0),
             members,
+            matched: m
+                .replication
+                .as_ref()
+                .map(|r| {
+                    r.iter()
+                        .map(|(id, l)| (*id, l.as_ref().map_or(0, |l| l.index)))
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
+    }
+
+    /// Adds a node: first as a learner, waiting until it has caught up
+    /// with the log, then (unless `learner_only`) promotes it to voter.
+    pub async fn add_member(
+        &self,
+        id: u64,
+        addr: &str,
+        learner_only: bool,
+    ) -> Result<(), ProposeError> {
+        self.raft
+            .add_learner(
+                id,
+                BasicNode {
+                    addr: addr.to_string(),
+                },
+                true,
+            )
+            .await
+            .map_err(write_error)?;
+        if !learner_only {
+            self.raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                .await
+                .map_err(write_error)?;
+        }
+        Ok(())
+    }
+
+    /// Removes a node from the cluster, voter or learner.
+    pub async fn remove_member(&self, id: u64) -> Result<(), ProposeError> {
+        let status = self.status();
+        let Some((_, voter)) = status.members.get(&id) else {
+            return Err(ProposeError::Invalid(format!("node {id} is not a member")));
+        };
+        let change = if *voter {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        self.raft
+            .change_membership(change, false)
+            .await
+            .map_err(write_error)?;
+        Ok(())
+    }
+
+    /// Asks the leader to hand leadership to `to`. Returns at once; the
+    /// transfer completes when `to` wins its election.
+    pub async fn transfer_leader(&self, to: u64) -> Result<(), ProposeError> {
+        let st = self.status();
+        if st.role != Role::Leader {
+            let addr = st
+                .leader
+                .and_then(|l| st.members.get(&l).map(|m| m.0.clone()));
+            return Err(ProposeError::NotLeader {
+                leader_id: st.leader,
+                leader_addr: addr,
+            });
+        }
+        if !st.members.get(&to).is_some_and(|m| m.1) {
+            return Err(ProposeError::Invalid(format!("node {to} is not a voter")));
+        }
+        self.raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|e| ProposeError::Stopped(e.to_string()))
     }
 
     /// Stops the node; outstanding proposals fail with [`ProposeError::Stopped`].

@@ -39,9 +39,87 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             members: st
                 .members
                 .into_iter()
-                .map(|(id, (addr, voter))| pb::Member { id, addr, voter })
+                .map(|(id, (addr, voter))| pb::Member {
+                    id,
+                    addr,
+                    voter,
+                    matched_index: st.matched.get(&id).copied().unwrap_or(0),
+                })
                 .collect(),
             counters: self.node.counters.snapshot().into_iter().collect(),
+            role: format!("{:?}", st.role).to_lowercase(),
+            raft_snapshot_index: st.snapshot_index,
+            raft_purged_index: st.purged_index,
+        }))
+    }
+}
+
+/// The Cluster service: membership changes and leader transfer.
+pub struct ClusterService {
+    node: Arc<Node>,
+}
+
+impl ClusterService {
+    pub fn new(node: Arc<Node>) -> Self {
+        Self { node }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for ClusterService {
+    async fn add_member(
+        &self,
+        req: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::AddMemberResponse>, Status> {
+        let r = req.into_inner();
+        if r.addr.parse::<std::net::SocketAddr>().is_err() {
+            return Err(self.node.reject(
+                "bad_member",
+                status::invalid(format!(
+                    "member address {:?} is not HOST:PORT (an IP address and a port)",
+                    r.addr
+                )),
+            ));
+        }
+        self.node
+            .raft
+            .add_member(r.id, &r.addr, r.learner)
+            .await
+            .map_err(status::from_propose)?;
+        tracing::info!(node = r.id, addr = %r.addr, learner = r.learner, "member added");
+        Ok(Response::new(pb::AddMemberResponse {
+            header: self.node.header(self.node.current_revision()?),
+        }))
+    }
+
+    async fn remove_member(
+        &self,
+        req: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
+        let id = req.into_inner().id;
+        self.node
+            .raft
+            .remove_member(id)
+            .await
+            .map_err(status::from_propose)?;
+        tracing::info!(node = id, "member removed");
+        Ok(Response::new(pb::RemoveMemberResponse {
+            header: self.node.header(self.node.current_revision()?),
+        }))
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        let id = req.into_inner().id;
+        self.node
+            .raft
+            .transfer_leader(id)
+            .await
+            .map_err(status::from_propose)?;
+        Ok(Response::new(pb::TransferLeaderResponse {
+            header: self.node.header(self.node.current_revision()?),
         }))
     }
 }

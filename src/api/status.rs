@@ -24,7 +24,13 @@ pub fn from_propose(e: ProposeError) -> Status {
             status
         }
         ProposeError::Unavailable(_) => Status::unavailable(e.to_string()),
-        ProposeError::Stopped(_) => Status::unavailable(e.to_string()),
+        // Not UNAVAILABLE: clients retry that on another server, and a
+        // proposal that may already have committed must not be retried.
+        ProposeError::Stopped(_) | ProposeError::OutcomeUnknown(_) => {
+            Status::unknown(e.to_string())
+        }
+        ProposeError::Conflict(_) => Status::failed_precondition(e.to_string()),
+        ProposeError::Invalid(_) => Status::invalid_argument(e.to_string()),
     }
 }
 

@@ -29,6 +29,10 @@ struct Args {
     /// Read only when the data directory is new.
     #[arg(long, value_name = "MEMBERS")]
     initial_cluster: Option<String>,
+    /// Join an existing cluster: start a new data directory without
+    /// initialising it and wait for `utopia cluster add`.
+    #[arg(long, conflicts_with = "initial_cluster")]
+    join: bool,
 }
 
 fn main() -> ExitCode {
@@ -52,6 +56,7 @@ fn main() -> ExitCode {
     if let Some(n) = args.node_id {
         settings.node_id = n;
     }
+    settings.join = args.join;
     if let Some(members) = args.initial_cluster {
         match utopia::config::parse_initial_cluster(&members) {
             Ok(m) => settings.initial_cluster = m,

@@ -287,6 +287,9 @@ struct StatusJson {
     raft_term: u64,
     raft_index: u64,
     raft_applied_index: u64,
+    raft_snapshot_index: u64,
+    raft_purged_index: u64,
+    role: String,
     revision: i64,
     compact_revision: i64,
     data_dir: String,
@@ -308,6 +311,9 @@ pub async fn status(client: &mut Client, out: &mut Printer) -> Result<(), CliErr
         raft_term: resp.raft_term,
         raft_index: resp.raft_index,
         raft_applied_index: resp.raft_applied_index,
+        raft_snapshot_index: resp.raft_snapshot_index,
+        raft_purged_index: resp.raft_purged_index,
+        role: resp.role,
         revision: h.revision,
         compact_revision: resp.compact_revision,
         data_dir: resp.data_dir,
@@ -327,14 +333,17 @@ pub async fn status(client: &mut Client, out: &mut Printer) -> Result<(), CliErr
         out.json_line(&s)?;
         return Ok(());
     }
-    let rows: [(&str, String); 11] = [
+    let rows: [(&str, String); 14] = [
         ("endpoint", s.endpoint.clone()),
         ("version", s.version.clone()),
         ("member_id", s.member_id.to_string()),
         ("leader", s.leader.to_string()),
         ("raft_term", s.raft_term.to_string()),
         ("raft_index", s.raft_index.to_string()),
+        ("role", s.role.clone()),
         ("raft_applied_index", s.raft_applied_index.to_string()),
+        ("raft_snapshot_index", s.raft_snapshot_index.to_string()),
+        ("raft_purged_index", s.raft_purged_index.to_string()),
         ("revision", s.revision.to_string()),
         ("compact_revision", s.compact_revision.to_string()),
         ("data_dir", s.data_dir.clone()),

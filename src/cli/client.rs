@@ -235,6 +235,11 @@ pub fn maintenance(ch: Channel) -> MaintenanceClient<Channel> {
     MaintenanceClient::new(ch).max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
 }
 
+pub fn cluster(ch: Channel) -> utopia_proto::v1::cluster_client::ClusterClient<Channel> {
+    utopia_proto::v1::cluster_client::ClusterClient::new(ch)
+        .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -65,6 +65,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub mod admin;
 pub mod bench;
 pub mod client;
+pub mod cluster;
 pub mod kv;
 pub mod output;
 pub mod txn;
@@ -159,9 +160,38 @@ pub enum Command {
     Device(DeviceCommand),
     /// Show the server's status (Maintenance.Status).
     Status,
+    /// Cluster status and membership.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Leader, term, and per member: id, address, role, matched and applied index.
+    Status,
+    /// Add a node: it joins as a learner and is promoted to voter once caught up.
+    Add {
+        /// The new node's id.
+        id: u64,
+        /// The new node's gRPC address, HOST:PORT.
+        addr: String,
+        /// Keep it a learner.
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Remove a node from the cluster.
+    Remove {
+        /// The node's id.
+        id: u64,
+    },
+    /// Hand leadership to another voter.
+    TransferLeader {
+        /// The voter to lead.
+        id: u64,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -516,6 +546,7 @@ async fn dispatch(cmd: Command, client: &mut Client, out: &mut Printer) -> Resul
         Command::Doc(c) => admin::doc(client, out, c).await,
         Command::Device(DeviceCommand::Report(a)) => admin::device_report(client, out, a).await,
         Command::Status => admin::status(client, out).await,
+        Command::Cluster(c) => cluster::run(client, out, c).await,
         Command::Bench(BenchCommand::Put(a)) => bench::put(client, out, a).await,
     }
 }

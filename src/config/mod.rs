@@ -29,6 +29,9 @@ pub struct Settings {
     /// The members a new cluster starts with, by node id; empty: a
     /// one-member cluster of this node.
     pub initial_cluster: BTreeMap<u64, String>,
+    /// Start a new data directory uninitialised and wait to be added to an
+    /// existing cluster (set by `utopiad --join`).
+    pub join: bool,
     pub limits: Limits,
     pub raft: RaftSettings,
     pub log: LogSettings,
@@ -85,6 +88,7 @@ impl Default for Settings {
             listen: "127.0.0.1:7700".to_string(),
             cluster_name: "utopia".to_string(),
             initial_cluster: BTreeMap::new(),
+            join: false,
             limits: Limits::default(),
             raft: RaftSettings::default(),
             log: LogSettings::default(),
@@ -597,6 +601,7 @@ log = { level = "debug,openraft=warn"; format = "json"; };
             listen: "[::1]:9000".into(),
             cluster_name: "fleet-eu".into(),
             initial_cluster: BTreeMap::new(),
+            join: false,
             limits: Limits {
                 key_bytes_max: 512,
                 value_bytes_max: 2_097_152,
