@@ -102,6 +102,7 @@ fn three_nodes_replicate_and_survive_losing_the_leader() {
 
     let leader = c.leader();
     c.nodes[(leader - 1) as usize].kill9();
+    let killed_at = std::time::Instant::now();
 
     // Writes succeed again once the other two elect a leader.
     wait_for(
@@ -113,6 +114,12 @@ fn three_nodes_replicate_and_survive_losing_the_leader() {
                 .success()
                 .then_some(())
         },
+    );
+    // A measurement for the log, not an assertion: it includes starting
+    // the CLI for every attempt.
+    eprintln!(
+        "failover: leader SIGKILL to first acknowledged write in {:?}",
+        killed_at.elapsed()
     );
     acked.push("c/after".to_string());
     let new_leader = c.leader();
