@@ -107,6 +107,14 @@ pub async fn run(
         let _ = stop_tx.send(());
     });
 
+    // Small replies must not wait for Nagle's algorithm and the peer's
+    // delayed ACK (~40 ms each on Linux): every accepted socket is NODELAY.
+    let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |conn| {
+        conn.and_then(|s| {
+            s.set_nodelay(true)?;
+            Ok(s)
+        })
+    });
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(
@@ -141,7 +149,7 @@ pub async fn run(
         .add_service(pb::maintenance_server::MaintenanceServer::new(
             api::maintenance::MaintenanceService::new(node.clone()),
         ))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        .serve_with_incoming_shutdown(incoming, async {
             let _ = stop_rx.await;
         });
 
