@@ -1,0 +1,358 @@
+//! Concurrent clients against a three-node cluster while a nemesis kills
+//! and restarts the leader; the recorded history must be linearizable.
+//!
+//! The default run is short. Set `UTOPIA_SOAK_SECONDS` for a longer soak;
+//! the test prints how many operations and faults it checked.
+
+mod common;
+#[path = "common/linearizability.rs"]
+mod linearizability;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{free_addr, temp_dir, Server};
+use linearizability::{check, Recorder};
+use tonic::transport::{Channel, Endpoint};
+use utopia_proto::v1 as pb;
+
+const KEYS: [&str; 3] = ["x", "y", "z"];
+const CLIENTS: u64 = 4;
+/// How long one operation may take, retries included, before its outcome
+/// counts as unknown.
+const OP_DEADLINE: Duration = Duration::from_secs(3);
+
+/// A client that follows leader hints and fails over between endpoints.
+struct ClusterClient {
+    channels: Vec<(String, Channel)>,
+    current: usize,
+}
+
+enum Answer<T> {
+    Ok(T),
+    /// Definitely not applied.
+    Failed,
+    /// May or may not have been applied.
+    Unknown,
+}
+
+impl ClusterClient {
+    fn new(addrs: &[String]) -> Self {
+        let channels = addrs
+            .iter()
+            .map(|a| {
+                let ch = Endpoint::from_shared(format!("http://{a}"))
+                    .unwrap()
+                    .connect_timeout(Duration::from_millis(300))
+                    .timeout(Duration::from_secs(1))
+                    .connect_lazy();
+                (a.clone(), ch)
+            })
+            .collect();
+        Self {
+            channels,
+            current: 0,
+        }
+    }
+
+    /// Runs `call` until it answers, following NOT_LEADER redirects. A
+    /// write that failed in any other way may have been applied.
+    async fn run<T, F, Fut>(&mut self, write: bool, mut call: F) -> Answer<T>
+    where
+        F: FnMut(pb::kv_client::KvClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let start = Instant::now();
+        let mut ambiguous = false;
+        while start.elapsed() < OP_DEADLINE {
+            let client = pb::kv_client::KvClient::new(self.channels[self.current].1.clone());
+            match call(client).await {
+                Ok(resp) => return Answer::Ok(resp.into_inner()),
+                Err(s) if s.message().starts_with("not the leader") => {
+                    let hint = s
+                        .metadata()
+                        .get("utopia-leader")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    match hint.and_then(|h| self.channels.iter().position(|(a, _)| *a == h)) {
+                        Some(i) if i != self.current => self.current = i,
+                        _ => {
+                            self.current = (self.current + 1) % self.channels.len();
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                }
+                Err(_) => {
+                    if write {
+                        ambiguous = true;
+                        break;
+                    }
+                    self.current = (self.current + 1) % self.channels.len();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        if write && ambiguous {
+            // Rotate so the next operation tries another server.
+            self.current = (self.current + 1) % self.channels.len();
+            return Answer::Unknown;
+        }
+        if write {
+            Answer::Unknown
+        } else {
+            Answer::Failed
+        }
+    }
+}
+
+fn txn_cas(key: &str, expect: Option<&str>, new: &str) -> pb::TxnRequest {
+    use pb::compare::{CompareResult, CompareTarget, TargetUnion};
+    let compare = match expect {
+        Some(v) => pb::Compare {
+            result: CompareResult::Equal as i32,
+            target: CompareTarget::Value as i32,
+            key: key.into(),
+            target_union: Some(TargetUnion::Value(v.into())),
+            range_end: vec![],
+        },
+        None => pb::Compare {
+            result: CompareResult::Equal as i32,
+            target: CompareTarget::Version as i32,
+            key: key.into(),
+            target_union: Some(TargetUnion::Version(0)),
+            range_end: vec![],
+        },
+    };
+    pb::TxnRequest {
+        compare: vec![compare],
+        success: vec![pb::RequestOp {
+            request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                key: key.into(),
+                value: new.into(),
+                ..Default::default()
+            })),
+        }],
+        failure: vec![],
+    }
+}
+
+async fn client_loop(
+    id: u64,
+    addrs: Vec<String>,
+    rec: Recorder,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> usize {
+    let mut c = ClusterClient::new(&addrs);
+    let mut seq = 0u64;
+    let mut rng = 0x9E37_79B9_7F4A_7C15u64 ^ id;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut last_seen: Option<String> = None;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        seq += 1;
+        let key = KEYS[(next() % KEYS.len() as u64) as usize];
+        let value = format!("c{id}-{seq}");
+        match next() % 3 {
+            0 => {
+                let op = rec.put(id, key, value.clone());
+                let req = pb::PutRequest {
+                    key: key.into(),
+                    value: value.into(),
+                    ..Default::default()
+                };
+                match c
+                    .run(true, |mut k| {
+                        let req = req.clone();
+                        async move { k.put(req).await }
+                    })
+                    .await
+                {
+                    Answer::Ok(_) => op.ok(),
+                    Answer::Failed => op.discard(),
+                    Answer::Unknown => op.unknown(),
+                }
+            }
+            1 => {
+                let op = rec.get(id, key);
+                let req = pb::RangeRequest {
+                    key: key.into(),
+                    ..Default::default()
+                };
+                match c
+                    .run(false, |mut k| {
+                        let req = req.clone();
+                        async move { k.range(req).await }
+                    })
+                    .await
+                {
+                    Answer::Ok(r) => {
+                        let v = r
+                            .kvs
+                            .first()
+                            .map(|kv| String::from_utf8_lossy(&kv.value).to_string());
+                        last_seen = v.clone();
+                        op.ok(v)
+                    }
+                    Answer::Failed | Answer::Unknown => op.discard(),
+                }
+            }
+            _ => {
+                let expect = last_seen.clone();
+                let op = rec.cas(id, key, expect.clone(), value.clone());
+                let req = txn_cas(key, expect.as_deref(), &value);
+                match c
+                    .run(true, |mut k| {
+                        let req = req.clone();
+                        async move { k.txn(req).await }
+                    })
+                    .await
+                {
+                    Answer::Ok(r) => op.ok(r.succeeded),
+                    Answer::Failed => op.discard(),
+                    Answer::Unknown => op.unknown(),
+                }
+            }
+        }
+    }
+    seq as usize
+}
+
+/// Restarts node `l` on its data directory; returns the lock for the caller.
+fn nodes_lock_restart(
+    nodes: &Arc<Mutex<Vec<Server>>>,
+    l: usize,
+) -> std::sync::MutexGuard<'_, Vec<Server>> {
+    let mut guard = nodes.lock().unwrap();
+    guard[l].restart();
+    guard
+}
+
+fn leader_of(nodes: &[Server]) -> Option<usize> {
+    for n in nodes.iter().filter(|n| n.is_running()) {
+        let out = n.cli(&["--output", "json", "status"]);
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+            if let Some(l) = v["leader"].as_u64().filter(|l| *l > 0) {
+                return Some((l - 1) as usize);
+            }
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_under_leader_kills_is_linearizable() {
+    let soak = std::env::var("UTOPIA_SOAK_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok());
+    let run_for = Duration::from_secs(soak.unwrap_or(6));
+    let dir = temp_dir();
+    let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
+    let initial = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let nodes = {
+        let dir = dir.path().to_path_buf();
+        let addrs = addrs.clone();
+        tokio::task::spawn_blocking(move || {
+            let handles: Vec<_> = (0..3)
+                .map(|i| {
+                    let data = dir.join(format!("node{}", i + 1));
+                    let addr = addrs[i].clone();
+                    let initial = initial.clone();
+                    std::thread::spawn(move || {
+                        let id = (i + 1).to_string();
+                        Server::start_at(
+                            &data,
+                            &addr,
+                            &["--node-id", &id, "--initial-cluster", &initial],
+                        )
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("node started"))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap()
+    };
+    let nodes = Arc::new(Mutex::new(nodes));
+
+    let rec = Recorder::new();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|id| tokio::spawn(client_loop(id, addrs.clone(), rec.clone(), stop.clone())))
+        .collect();
+
+    // The nemesis: kill the leader, let the others carry on, restart it.
+    let nemesis = {
+        let nodes = nodes.clone();
+        let nodes_arc = nodes.clone();
+        tokio::task::spawn_blocking(move || {
+            let start = Instant::now();
+            let mut faults = 0;
+            while start.elapsed() < run_for {
+                std::thread::sleep(Duration::from_millis(1000));
+                let mut nodes = nodes.lock().unwrap();
+                let Some(l) = leader_of(&nodes) else { continue };
+                nodes[l].kill9();
+                faults += 1;
+                drop(nodes);
+                std::thread::sleep(Duration::from_millis(1000));
+                nodes = nodes_lock_restart(&nodes_arc, l);
+                drop(nodes);
+            }
+            faults
+        })
+    };
+    let faults = nemesis.await.unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut ops = 0;
+    for c in clients {
+        ops += c.await.unwrap();
+    }
+    // After healing, one more read of every key: whatever was acknowledged
+    // must be reflected in what the cluster now returns.
+    let mut last = ClusterClient::new(&addrs);
+    for key in KEYS {
+        let op = rec.get(CLIENTS, key);
+        let req = pb::RangeRequest {
+            key: key.into(),
+            ..Default::default()
+        };
+        match last
+            .run(false, |mut k| {
+                let req = req.clone();
+                async move { k.range(req).await }
+            })
+            .await
+        {
+            Answer::Ok(r) => op.ok(r
+                .kvs
+                .first()
+                .map(|kv| String::from_utf8_lossy(&kv.value).to_string())),
+            _ => panic!("the healed cluster answers a read of {key}"),
+        }
+    }
+    let history = rec.history();
+    let result = check(&history);
+    eprintln!(
+        "linearizability: {} operations recorded ({} issued, {} with unknown outcome) on {} keys, {} leader kills: {}",
+        history.len(),
+        ops,
+        history.iter().filter(|o| o.return_ns.is_none()).count(),
+        result.keys_checked,
+        faults,
+        if result.ok { "linearizable" } else { "NOT linearizable" }
+    );
+    result.assert_linearizable();
+    drop(nodes);
+}
