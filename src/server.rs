@@ -47,6 +47,7 @@ pub async fn run(
     let data_dir = settings.data_dir.clone();
     let store = utopia_storage::open(&data_dir)
         .with_context(|| format!("open data directory {}", data_dir.display()))?;
+    check_identity(&store.db, &settings)?;
     let listener = TcpListener::bind(&settings.listen)
         .await
         .with_context(|| format!("listen on {}", settings.listen))?;
@@ -171,6 +172,51 @@ pub async fn run(
         .context("sync the write-ahead log at shutdown")?;
     served.context("serve gRPC")?;
     Ok(())
+}
+
+/// Refuses to start a data directory as another node, or with an initial
+/// cluster other than the one it was created with; records the identity of
+/// a new one.
+fn check_identity(db: &utopia_storage::Db, settings: &Settings) -> anyhow::Result<()> {
+    let dir = settings.data_dir.display();
+    match db
+        .identity()
+        .context("read the data directory's identity")?
+    {
+        Some(id) => {
+            if id.node_id != settings.node_id {
+                anyhow::bail!(
+                    "data directory {dir} belongs to node {}, not node {}; start it with --node-id {} or use another directory",
+                    id.node_id,
+                    settings.node_id,
+                    id.node_id
+                );
+            }
+            if !settings.initial_cluster.is_empty()
+                && settings.initial_cluster != id.initial_cluster
+            {
+                let show = |m: &std::collections::BTreeMap<u64, String>| {
+                    m.iter()
+                        .map(|(i, a)| format!("{i}={a}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
+                anyhow::bail!(
+                    "--initial-cluster {} conflicts with the cluster data directory {dir} was created with ({}); \
+                     a restarted node needs no --initial-cluster",
+                    show(&settings.initial_cluster),
+                    if id.initial_cluster.is_empty() { "none".to_string() } else { show(&id.initial_cluster) }
+                );
+            }
+            Ok(())
+        }
+        None => db
+            .set_identity(&utopia_storage::NodeIdentity {
+                node_id: settings.node_id,
+                initial_cluster: settings.initial_cluster.clone(),
+            })
+            .context("record the data directory's identity"),
+    }
 }
 
 /// While this node leads: expires leases and compacts old key history.

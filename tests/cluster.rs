@@ -363,3 +363,41 @@ fn a_wiped_follower_catches_up_through_a_snapshot() {
         "the node caught up by installing a snapshot:\n{log}"
     );
 }
+
+#[test]
+fn a_data_directory_is_refused_under_another_identity() {
+    let dir = temp_dir();
+    let mut c = Cluster::start(dir.path(), 3);
+    let node = &mut c.nodes[2];
+    node.kill9();
+    let run = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(common::UTOPIAD);
+        cmd.arg("--data-dir")
+            .arg(&node.data_dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args);
+        common::run_with_deadline(cmd, Duration::from_secs(30))
+    };
+    let out = run(&["--node-id", "7"]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("belongs to node 3"), "{err}");
+    let out = run(&[
+        "--node-id",
+        "3",
+        "--initial-cluster",
+        "1=127.0.0.1:1,3=127.0.0.1:3",
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("conflicts with the cluster"), "{err}");
+
+    // Adding a member under an id another member already uses is refused.
+    let out = c.cli(&["cluster", "add", "1", &free_addr()]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already in use"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -324,6 +324,13 @@ where
         addr: &str,
         learner_only: bool,
     ) -> Result<(), ProposeError> {
+        if let Some((existing, _)) = self.status().members.get(&id) {
+            if existing != addr {
+                return Err(ProposeError::Invalid(format!(
+                    "node id {id} is already in use by the member at {existing}"
+                )));
+            }
+        }
         self.raft
             .add_learner(
                 id,

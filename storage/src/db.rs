@@ -51,6 +51,32 @@ impl Db {
         self.db.path()
     }
 
+    /// The identity recorded when this data directory was first used.
+    pub fn identity(&self) -> Result<Option<NodeIdentity>, StoreError> {
+        let key = crate::keys::raft_meta::IDENTITY;
+        match self.db.get_cf(self.cf(Cf::RaftMeta), key)? {
+            None => Ok(None),
+            Some(b) => utopia_raft::event::decode(&b)
+                .map(Some)
+                .map_err(|e| StoreError::corrupt(Cf::RaftMeta, key, e.to_string())),
+        }
+    }
+
+    /// Records the data directory's identity (synced).
+    pub fn set_identity(&self, identity: &NodeIdentity) -> Result<(), StoreError> {
+        let bytes =
+            utopia_raft::event::encode(identity).map_err(|e| StoreError::Io(e.to_string()))?;
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(true);
+        self.db.put_cf_opt(
+            self.cf(Cf::RaftMeta),
+            crate::keys::raft_meta::IDENTITY,
+            bytes,
+            &opts,
+        )?;
+        Ok(())
+    }
+
     /// A handle that does not keep the database open.
     pub(crate) fn downgrade(&self) -> WeakDb {
         WeakDb {
@@ -91,6 +117,16 @@ impl StateRead for Db {
                 .map_err(StoreError::from)
         }))
     }
+}
+
+/// Which node a data directory belongs to, recorded on first start so that
+/// a restart with another node id or another initial cluster is refused.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeIdentity {
+    pub node_id: u64,
+    /// The `--initial-cluster` it was created with (empty: a one-member
+    /// cluster, or a node that joined).
+    pub initial_cluster: std::collections::BTreeMap<u64, String>,
 }
 
 /// The three views of one opened data directory.

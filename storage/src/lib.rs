@@ -25,7 +25,7 @@ mod snapshot;
 mod state_machine;
 
 pub use apply::{ChangeRecord, LeaseRecord};
-pub use db::{open, Db, OpenedStore};
+pub use db::{open, Db, NodeIdentity, OpenedStore};
 pub use log_store::LogStore;
 pub use read::{DocPage, Reader, WatchBatch};
 pub use state_machine::StateMachine;
