@@ -1,5 +1,7 @@
-//! Concurrent clients against a three-node cluster while a nemesis kills
-//! and restarts the leader; the recorded history must be linearizable.
+//! Concurrent clients against a three-node cluster while a nemesis
+//! alternately kills and restarts the leader (SIGKILL) and pauses and
+//! resumes it (SIGSTOP / SIGCONT); the recorded history must be
+//! linearizable.
 //!
 //! The default run is short. Set `UTOPIA_SOAK_SECONDS` for a longer soak;
 //! the test prints how many operations and faults it checked.
@@ -244,7 +246,7 @@ fn leader_of(nodes: &[Server]) -> Option<usize> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn history_under_leader_kills_is_linearizable() {
+async fn history_under_leader_faults_is_linearizable() {
     let soak = std::env::var("UTOPIA_SOAK_SECONDS")
         .ok()
         .and_then(|s| s.parse::<u64>().ok());
@@ -301,14 +303,23 @@ async fn history_under_leader_kills_is_linearizable() {
             let mut faults = 0;
             while start.elapsed() < run_for {
                 std::thread::sleep(Duration::from_millis(1000));
-                let mut nodes = nodes.lock().unwrap();
-                let Some(l) = leader_of(&nodes) else { continue };
-                nodes[l].kill9();
+                let mut guard = nodes.lock().unwrap();
+                let Some(l) = leader_of(&guard) else { continue };
+                if faults % 2 == 0 {
+                    // Crash: the leader's process dies; it restarts later.
+                    guard[l].kill9();
+                    drop(guard);
+                    std::thread::sleep(Duration::from_millis(1000));
+                    guard = nodes_lock_restart(&nodes_arc, l);
+                } else {
+                    // Pause: the leader stops answering without dying, then
+                    // resumes believing it still leads.
+                    guard[l].signal("STOP");
+                    std::thread::sleep(Duration::from_millis(1500));
+                    guard[l].signal("CONT");
+                }
+                drop(guard);
                 faults += 1;
-                drop(nodes);
-                std::thread::sleep(Duration::from_millis(1000));
-                nodes = nodes_lock_restart(&nodes_arc, l);
-                drop(nodes);
             }
             faults
         })
@@ -345,7 +356,7 @@ async fn history_under_leader_kills_is_linearizable() {
     let history = rec.history();
     let result = check(&history);
     eprintln!(
-        "linearizability: {} operations recorded ({} issued, {} with unknown outcome) on {} keys, {} leader kills: {}",
+        "linearizability: {} operations recorded ({} issued, {} with unknown outcome) on {} keys, {} leader faults (SIGKILL and SIGSTOP in turn): {}",
         history.len(),
         ops,
         history.iter().filter(|o| o.return_ns.is_none()).count(),

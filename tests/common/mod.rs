@@ -93,6 +93,15 @@ impl Server {
         self.child = Some(child);
     }
 
+    /// Sends a signal (`STOP`, `CONT`, ...) to the running server.
+    pub fn signal(&self, sig: &str) {
+        let child = self.child.as_ref().expect("server is running");
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &child.id().to_string()])
+            .status();
+        assert!(ok.is_ok_and(|s| s.success()), "kill -{sig}");
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
