@@ -232,6 +232,108 @@ async fn housekeeping(node: Arc<Node>, interval: Duration) {
         }
         reap_leases(&node).await;
         compact_history(&node).await;
+        sync_fellows(&node).await;
+    }
+}
+
+/// A follower that has not acknowledged a heartbeat for this long is shown
+/// as inactive in the fellows collection.
+const FELLOW_INACTIVE_AFTER_MS: u64 = 3_000;
+/// Active fellows' `last_active_ms` is refreshed at most this often.
+const FELLOW_REFRESH_MS: u64 = 30_000;
+
+/// Keeps the fellows collection in step with the cluster: while this node
+/// leads, it proposes a FellowStateChanged event for every member whose
+/// role, address or liveness differs from its document (and, for active
+/// members, at least every `FELLOW_REFRESH_MS`), and marks removed members
+/// inactive.
+async fn sync_fellows(node: &Node) {
+    use utopia_raft::event::{FellowRole, FellowState};
+    let st = node.raft.status();
+    let mut wanted: Vec<FellowState> = st
+        .members
+        .iter()
+        .map(|(id, (addr, voter))| {
+            let role = if st.leader == Some(*id) {
+                FellowRole::Leader
+            } else if *voter {
+                FellowRole::Follower
+            } else {
+                FellowRole::Learner
+            };
+            let active = *id == st.id
+                || st
+                    .heartbeat_age_ms
+                    .get(id)
+                    .is_some_and(|age| *age < FELLOW_INACTIVE_AFTER_MS);
+            let host = addr
+                .rsplit_once(':')
+                .map_or(addr.as_str(), |(h, _)| h)
+                .to_string();
+            FellowState {
+                node_id: *id,
+                host,
+                addr: addr.clone(),
+                active,
+                role,
+                weight: 1,
+            }
+        })
+        .collect();
+    // Members that left the cluster stay in the collection, inactive.
+    if let Ok(page) =
+        node.reader
+            .list_documents(utopia_storage::keys::Collection::Fellows, None, 1000, None)
+    {
+        for (id, json) in page.documents {
+            let Ok(id) = id.parse::<u64>() else { continue };
+            if st.members.contains_key(&id) {
+                continue;
+            }
+            let doc: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+            if doc["active"].as_bool() == Some(false) {
+                continue;
+            }
+            let role: FellowRole =
+                serde_json::from_value(doc["state"].clone()).unwrap_or(FellowRole::Follower);
+            wanted.push(FellowState {
+                node_id: id,
+                host: doc["host"].as_str().unwrap_or_default().to_string(),
+                addr: doc["addr"].as_str().unwrap_or_default().to_string(),
+                active: false,
+                role,
+                weight: doc["weight"].as_u64().unwrap_or(1) as u32,
+            });
+        }
+    }
+    let now = crate::now_ms();
+    for f in wanted {
+        let current = node
+            .reader
+            .get_document(
+                utopia_storage::keys::Collection::Fellows,
+                &f.node_id.to_string(),
+            )
+            .ok()
+            .flatten()
+            .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok());
+        let unchanged = current.as_ref().is_some_and(|d| {
+            d["addr"].as_str() == Some(f.addr.as_str())
+                && d["active"].as_bool() == Some(f.active)
+                && d["state"] == serde_json::to_value(f.role).unwrap_or_default()
+                && d["weight"].as_u64() == Some(f.weight as u64)
+                && (!f.active
+                    || d["last_active_ms"]
+                        .as_u64()
+                        .is_some_and(|t| now.saturating_sub(t) < FELLOW_REFRESH_MS))
+        });
+        if unchanged {
+            continue;
+        }
+        let id = f.node_id;
+        if let Err(e) = node.propose(Event::FellowStateChanged(f)).await {
+            tracing::debug!(node = id, error = %e.message(), "update fellow");
+        }
     }
 }
 

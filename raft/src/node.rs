@@ -10,6 +10,7 @@ use openraft::error::{
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::ChangeMembers;
+use openraft::Instant as _;
 use openraft::{BasicNode, Config, Raft, ReadPolicy, ServerState, SnapshotPolicy};
 
 use crate::network::{GrpcNetwork, TransportService, TransportSettings};
@@ -114,6 +115,9 @@ pub struct NodeStatus {
     pub members: BTreeMap<u64, (String, bool)>,
     /// On the leader: the last log index known replicated to each member.
     pub matched: BTreeMap<u64, u64>,
+    /// On the leader: milliseconds since each follower last acknowledged a
+    /// heartbeat (absent: never).
+    pub heartbeat_age_ms: BTreeMap<u64, u64>,
 }
 
 /// A running Raft node.
@@ -310,6 +314,17 @@ where
                 .map(|r| {
                     r.iter()
                         .map(|(id, l)| (*id, l.as_ref().map_or(0, |l| l.index)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            heartbeat_age_ms: m
+                .heartbeat
+                .as_ref()
+                .map(|h| {
+                    h.iter()
+                        .filter_map(|(id, t)| {
+                            t.as_ref().map(|t| (*id, t.elapsed().as_millis() as u64))
+                        })
                         .collect()
                 })
                 .unwrap_or_default(),
