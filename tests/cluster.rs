@@ -281,41 +281,49 @@ fn members_are_added_as_learners_promoted_and_removed_while_serving() {
     }
 
     // The fellows collection follows the cluster through the log.
-    wait_for(
-        "fellows to reflect the membership",
-        Duration::from_secs(20),
-        || {
-            let out = c.cli(&["--output", "json", "doc", "list", "fellows"]);
-            let lines = String::from_utf8_lossy(&out.stdout).to_string();
-            let docs: Vec<serde_json::Value> = lines
-                .lines()
-                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-                .flat_map(|v| match v["documents"].as_array() {
-                    Some(a) => a.clone(),
-                    None => vec![v],
-                })
-                .map(|d| {
-                    if d["document"].is_object() {
-                        d["document"].clone()
-                    } else {
-                        d
-                    }
-                })
-                .collect();
-            let by_id = |id: u64| docs.iter().find(|d| d["id"].as_u64() == Some(id)).cloned();
-            let one = by_id(1)?;
-            let four = by_id(4)?;
-            let leaders = docs
-                .iter()
-                .filter(|d| d["state"] == "leader" && d["active"] == true)
-                .count();
-            (one["active"] == false
-                && four["active"] == true
-                && four["state"] != "learner"
-                && leaders == 1)
-                .then_some(())
-        },
-    );
+    let fellows_ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_for(
+            "fellows to reflect the membership",
+            Duration::from_secs(20),
+            || {
+                let out = c.cli(&["--output", "json", "doc", "list", "fellows"]);
+                let lines = String::from_utf8_lossy(&out.stdout).to_string();
+                let docs: Vec<serde_json::Value> = lines
+                    .lines()
+                    .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                    .flat_map(|v| match v["documents"].as_array() {
+                        Some(a) => a.clone(),
+                        None => vec![v],
+                    })
+                    .map(|d| {
+                        if d["document"].is_object() {
+                            d["document"].clone()
+                        } else {
+                            d
+                        }
+                    })
+                    .collect();
+                let by_id = |id: u64| docs.iter().find(|d| d["id"].as_u64() == Some(id)).cloned();
+                let one = by_id(1)?;
+                let four = by_id(4)?;
+                let leaders = docs
+                    .iter()
+                    .filter(|d| d["state"] == "leader" && d["active"] == true)
+                    .count();
+                (one["active"] == false
+                    && four["active"] == true
+                    && four["state"] != "learner"
+                    && leaders == 1)
+                    .then_some(())
+            },
+        )
+    }));
+    if fellows_ok.is_err() {
+        for n in &c.nodes {
+            eprintln!("==== {}\n{}", n.addr, n.stderr_log());
+        }
+        panic!("fellows did not follow the cluster");
+    }
 
     // Bad requests are refused clearly.
     let out = c.cli(&["cluster", "remove", "99"]);
