@@ -251,6 +251,18 @@ fn members_are_added_as_learners_promoted_and_removed_while_serving() {
     c.endpoints = format!("{},{addr4}", c.endpoints);
     c.nodes.push(node4);
 
+    // Every member has a fellows document (the leader writes them within a
+    // housekeeping tick of a change).
+    wait_for(
+        "a fellows document for every member",
+        Duration::from_secs(20),
+        || {
+            let out = c.cli(&["--output", "json", "doc", "list", "fellows"]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            (v["documents"].as_array()?.len() == 4).then_some(())
+        },
+    );
+
     // Remove node 1, whichever role it has; the cluster keeps serving.
     let out = c.cli(&["cluster", "remove", "1"]);
     assert!(

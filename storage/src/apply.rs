@@ -102,7 +102,10 @@ fn enc<T: Serialize>(value: &T) -> Vec<u8> {
     event::encode(value).unwrap_or_default()
 }
 
-fn range_bounds(key: &[u8], range_end: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
+/// The key bounds etcd's range convention describes: an empty `range_end`
+/// is the key alone, `[0]` is every key from `key` on, anything else is
+/// `[key, range_end)`.
+pub(crate) fn range_bounds(key: &[u8], range_end: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
     if range_end.is_empty() {
         let mut end = key.to_vec();
         end.push(0);

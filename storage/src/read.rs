@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 use utopia_raft::event::{self, Bytes, KeyValue, RangeResult};
 
-use crate::apply::{ChangeRecord, HistoryRecord, LeaseRecord, StateRead};
+use crate::apply::{range_bounds, ChangeRecord, HistoryRecord, LeaseRecord, StateRead};
 use crate::keys::{self, meta, Cf, Collection, DeviceIndex};
 use crate::{Db, StoreError};
 
@@ -54,18 +54,6 @@ fn dec<T: serde::de::DeserializeOwned>(cf: Cf, key: &[u8], bytes: &[u8]) -> Resu
     event::decode(bytes).map_err(|e| StoreError::corrupt(cf, key, e.to_string()))
 }
 
-fn bounds(key: &[u8], range_end: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
-    if range_end.is_empty() {
-        let mut end = key.to_vec();
-        end.push(0);
-        (key.to_vec(), Some(end))
-    } else if range_end == [0] {
-        (key.to_vec(), None)
-    } else {
-        (key.to_vec(), Some(range_end.to_vec()))
-    }
-}
-
 impl Reader {
     pub(crate) fn new(db: Db, changes: broadcast::Sender<Arc<WatchBatch>>) -> Self {
         Self { db, changes }
@@ -102,7 +90,7 @@ impl Reader {
         count_only: bool,
     ) -> Result<RangeResult, ReadError> {
         let (current, compacted) = self.revisions()?;
-        let (start, end) = bounds(key, range_end);
+        let (start, end) = range_bounds(key, range_end);
         let mut kvs = Vec::new();
         let mut count = 0i64;
         let mut keep = |mut kv: KeyValue| {
