@@ -458,3 +458,25 @@ fn a_data_directory_is_refused_under_another_identity() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn leadership_is_transferred_on_request() {
+    let dir = temp_dir();
+    let c = Cluster::start(dir.path(), 3);
+    let leader = c.leader();
+    let target = if leader == 1 { 2 } else { 1 };
+    let out = c.cli(&["cluster", "transfer-leader", &target.to_string()]);
+    assert!(
+        out.status.success(),
+        "transfer: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        "the requested node to lead",
+        Duration::from_secs(20),
+        || (c.leader() == target).then_some(()),
+    );
+    put_ok(&c, "after-transfer", "ok");
+    let out = c.cli(&["cluster", "transfer-leader", "9"]);
+    assert_eq!(out.status.code(), Some(3), "an unknown node cannot lead");
+}
