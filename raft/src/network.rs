@@ -17,7 +17,8 @@ use std::time::Duration;
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::storage::RaftStateMachine;
 use openraft::{AnyError, BasicNode, Raft, RaftNetworkV2};
@@ -187,6 +188,17 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             .await
     }
 
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        self.unary(&req, &option, |mut c, m| async move {
+            c.transfer_leader(m).await
+        })
+        .await
+    }
+
     async fn full_snapshot(
         &mut self,
         vote: openraft::alias::VoteOf<TypeConfig>,
@@ -317,6 +329,19 @@ where
     ) -> Result<tonic::Response<pb::RaftMessage>, tonic::Status> {
         let rpc: VoteRequest<TypeConfig> = decode_request(req.get_ref())?;
         reply(self.raft.vote(rpc).await.map_err(|e| e.to_string()))
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: tonic::Request<pb::RaftMessage>,
+    ) -> Result<tonic::Response<pb::RaftMessage>, tonic::Status> {
+        let rpc: TransferLeaderRequest<TypeConfig> = decode_request(req.get_ref())?;
+        reply(
+            self.raft
+                .handle_transfer_leader(rpc)
+                .await
+                .map_err(|e| e.to_string()),
+        )
     }
 
     async fn install_snapshot(
