@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{cli, free_addr, temp_dir, wait_for, Server};
+use common::{cli, free_addr, leader_id, start_cluster, temp_dir, wait_for, Server};
 
 struct Cluster {
     nodes: Vec<Server>,
@@ -17,36 +17,7 @@ impl Cluster {
     }
 
     fn start_with(dir: &std::path::Path, n: usize, extra: &[&str]) -> Cluster {
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let addrs: Vec<String> = (0..n).map(|_| free_addr()).collect();
-        let initial: Vec<String> = addrs
-            .iter()
-            .enumerate()
-            .map(|(i, a)| format!("{}={a}", i + 1))
-            .collect();
-        let initial = initial.join(",");
-        // Start the nodes concurrently: each waits for a leader, which needs
-        // a majority of them running.
-        let handles: Vec<_> = addrs
-            .iter()
-            .enumerate()
-            .map(|(i, addr)| {
-                let data = dir.join(format!("node{}", i + 1));
-                let addr = addr.clone();
-                let initial = initial.clone();
-                let extra = extra.clone();
-                std::thread::spawn(move || {
-                    let id = (i + 1).to_string();
-                    let mut args = vec!["--node-id", &id, "--initial-cluster", &initial];
-                    args.extend(extra.iter().map(String::as_str));
-                    Server::start_at(&data, &addr, &args)
-                })
-            })
-            .collect();
-        let nodes = handles
-            .into_iter()
-            .map(|h| h.join().expect("node started"))
-            .collect();
+        let (nodes, addrs) = start_cluster(dir, n, extra);
         Cluster {
             nodes,
             endpoints: addrs.join(","),
@@ -67,11 +38,7 @@ impl Cluster {
 
     fn leader(&self) -> u64 {
         wait_for("a leader", Duration::from_secs(20), || {
-            self.nodes.iter().filter(|n| n.is_running()).find_map(|n| {
-                Self::status_of(n)
-                    .and_then(|s| s["leader"].as_u64())
-                    .filter(|l| *l != 0)
-            })
+            leader_id(&self.nodes)
         })
     }
 }

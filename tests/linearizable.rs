@@ -10,10 +10,10 @@ mod common;
 #[path = "common/linearizability.rs"]
 mod linearizability;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{free_addr, temp_dir, Server};
+use common::{leader_id, start_cluster, temp_dir};
 use linearizability::{check, Recorder};
 use tonic::transport::{Channel, Endpoint};
 use utopia_proto::v1 as pb;
@@ -223,28 +223,6 @@ async fn client_loop(
     seq as usize
 }
 
-/// Restarts node `l` on its data directory; returns the lock for the caller.
-fn nodes_lock_restart(
-    nodes: &Arc<Mutex<Vec<Server>>>,
-    l: usize,
-) -> std::sync::MutexGuard<'_, Vec<Server>> {
-    let mut guard = nodes.lock().unwrap();
-    guard[l].restart();
-    guard
-}
-
-fn leader_of(nodes: &[Server]) -> Option<usize> {
-    for n in nodes.iter().filter(|n| n.is_running()) {
-        let out = n.cli(&["--output", "json", "status"]);
-        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
-            if let Some(l) = v["leader"].as_u64().filter(|l| *l > 0) {
-                return Some((l - 1) as usize);
-            }
-        }
-    }
-    None
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_under_leader_faults_is_linearizable() {
     let soak = std::env::var("UTOPIA_SOAK_SECONDS")
@@ -252,41 +230,12 @@ async fn history_under_leader_faults_is_linearizable() {
         .and_then(|s| s.parse::<u64>().ok());
     let run_for = Duration::from_secs(soak.unwrap_or(6));
     let dir = temp_dir();
-    let addrs: Vec<String> = (0..3).map(|_| free_addr()).collect();
-    let initial = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{}={a}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
-    let nodes = {
+    let (nodes, addrs) = {
         let dir = dir.path().to_path_buf();
-        let addrs = addrs.clone();
-        tokio::task::spawn_blocking(move || {
-            let handles: Vec<_> = (0..3)
-                .map(|i| {
-                    let data = dir.join(format!("node{}", i + 1));
-                    let addr = addrs[i].clone();
-                    let initial = initial.clone();
-                    std::thread::spawn(move || {
-                        let id = (i + 1).to_string();
-                        Server::start_at(
-                            &data,
-                            &addr,
-                            &["--node-id", &id, "--initial-cluster", &initial],
-                        )
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("node started"))
-                .collect::<Vec<_>>()
-        })
-        .await
-        .unwrap()
+        tokio::task::spawn_blocking(move || start_cluster(&dir, 3, &[]))
+            .await
+            .unwrap()
     };
-    let nodes = Arc::new(Mutex::new(nodes));
 
     let rec = Recorder::new();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -296,35 +245,35 @@ async fn history_under_leader_faults_is_linearizable() {
 
     // The nemesis: kill the leader, let the others carry on, restart it.
     let nemesis = {
-        let nodes = nodes.clone();
-        let nodes_arc = nodes.clone();
+        // The sleeps are the fault schedule (how long a fault lasts and
+        // how long the cluster runs healthy), not waits for a condition.
         tokio::task::spawn_blocking(move || {
+            let mut nodes = nodes;
             let start = Instant::now();
             let mut faults = 0;
             while start.elapsed() < run_for {
                 std::thread::sleep(Duration::from_millis(1000));
-                let mut guard = nodes.lock().unwrap();
-                let Some(l) = leader_of(&guard) else { continue };
+                let Some(l) = leader_id(&nodes).map(|id| (id - 1) as usize) else {
+                    continue;
+                };
                 if faults % 2 == 0 {
                     // Crash: the leader's process dies; it restarts later.
-                    guard[l].kill9();
-                    drop(guard);
+                    nodes[l].kill9();
                     std::thread::sleep(Duration::from_millis(1000));
-                    guard = nodes_lock_restart(&nodes_arc, l);
+                    nodes[l].restart();
                 } else {
                     // Pause: the leader stops answering without dying, then
                     // resumes believing it still leads.
-                    guard[l].signal("STOP");
+                    nodes[l].signal("STOP");
                     std::thread::sleep(Duration::from_millis(1500));
-                    guard[l].signal("CONT");
+                    nodes[l].signal("CONT");
                 }
-                drop(guard);
                 faults += 1;
             }
-            faults
+            (faults, nodes)
         })
     };
-    let faults = nemesis.await.unwrap();
+    let (faults, nodes) = nemesis.await.unwrap();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut ops = 0;
     for c in clients {

@@ -229,6 +229,48 @@ pub fn wait_for<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Op
     }
 }
 
+/// Starts `n` nodes forming one cluster (ids 1..=n, data in
+/// `dir/node{id}`), concurrently: each waits for a leader, which needs a
+/// majority of them running. Returns the nodes and their addresses.
+pub fn start_cluster(dir: &Path, n: usize, extra_args: &[&str]) -> (Vec<Server>, Vec<String>) {
+    let extra: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+    let addrs: Vec<String> = (0..n).map(|_| free_addr()).collect();
+    let initial = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let handles: Vec<_> = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| {
+            let data = dir.join(format!("node{}", i + 1));
+            let (addr, initial, extra) = (addr.clone(), initial.clone(), extra.clone());
+            std::thread::spawn(move || {
+                let id = (i + 1).to_string();
+                let mut args = vec!["--node-id", &id, "--initial-cluster", &initial];
+                args.extend(extra.iter().map(String::as_str));
+                Server::start_at(&data, &addr, &args)
+            })
+        })
+        .collect();
+    let nodes = handles
+        .into_iter()
+        .map(|h| h.join().expect("node started"))
+        .collect();
+    (nodes, addrs)
+}
+
+/// The leader's node id as the first running node that knows one reports it.
+pub fn leader_id(nodes: &[Server]) -> Option<u64> {
+    nodes.iter().filter(|n| n.is_running()).find_map(|n| {
+        let out = n.cli(&["--output", "json", "status"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v["leader"].as_u64().filter(|l| *l != 0)
+    })
+}
+
 /// A loopback address with a port that was free a moment ago.
 pub fn free_addr() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
