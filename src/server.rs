@@ -239,6 +239,8 @@ async fn housekeeping(node: Arc<Node>, interval: Duration) {
 /// A follower that has not acknowledged a heartbeat for this long is shown
 /// as inactive in the fellows collection.
 const FELLOW_INACTIVE_AFTER_MS: u64 = 3_000;
+/// Fellows documents read per housekeeping tick, at most.
+const FELLOWS_MAX: usize = 1000;
 /// Active fellows' `last_active_ms` is refreshed at most this often.
 const FELLOW_REFRESH_MS: u64 = 30_000;
 
@@ -280,44 +282,44 @@ async fn sync_fellows(node: &Node) {
             }
         })
         .collect();
-    // Members that left the cluster stay in the collection, inactive.
-    if let Ok(page) =
-        node.reader
-            .list_documents(utopia_storage::keys::Collection::Fellows, None, 1000, None)
-    {
-        for (id, json) in page.documents {
-            let Ok(id) = id.parse::<u64>() else { continue };
-            if st.members.contains_key(&id) {
-                continue;
-            }
-            let doc: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
-            if doc["active"].as_bool() == Some(false) {
-                continue;
-            }
-            let role: FellowRole =
-                serde_json::from_value(doc["state"].clone()).unwrap_or(FellowRole::Follower);
-            wanted.push(FellowState {
-                node_id: id,
-                host: doc["host"].as_str().unwrap_or_default().to_string(),
-                addr: doc["addr"].as_str().unwrap_or_default().to_string(),
-                active: false,
-                role,
-                weight: doc["weight"].as_u64().unwrap_or(1) as u32,
-            });
+    // One read of the collection: the documents to compare against, and
+    // members that left (they stay in the collection, inactive).
+    let current: std::collections::BTreeMap<u64, serde_json::Value> = match node
+        .reader
+        .list_documents(
+            utopia_storage::keys::Collection::Fellows,
+            None,
+            FELLOWS_MAX,
+            None,
+        ) {
+        Ok(page) => page
+            .documents
+            .into_iter()
+            .filter_map(|(id, json)| Some((id.parse().ok()?, serde_json::from_str(&json).ok()?)))
+            .collect(),
+        Err(e) => {
+            tracing::error!(error = %e, "read the fellows collection");
+            return;
         }
+    };
+    for (id, doc) in &current {
+        if st.members.contains_key(id) || doc["active"].as_bool() == Some(false) {
+            continue;
+        }
+        let role: FellowRole =
+            serde_json::from_value(doc["state"].clone()).unwrap_or(FellowRole::Follower);
+        wanted.push(FellowState {
+            node_id: *id,
+            host: doc["host"].as_str().unwrap_or_default().to_string(),
+            addr: doc["addr"].as_str().unwrap_or_default().to_string(),
+            active: false,
+            role,
+            weight: doc["weight"].as_u64().unwrap_or(1) as u32,
+        });
     }
     let now = crate::now_ms();
     for f in wanted {
-        let current = node
-            .reader
-            .get_document(
-                utopia_storage::keys::Collection::Fellows,
-                &f.node_id.to_string(),
-            )
-            .ok()
-            .flatten()
-            .and_then(|j| serde_json::from_str::<serde_json::Value>(&j).ok());
-        let unchanged = current.as_ref().is_some_and(|d| {
+        let unchanged = current.get(&f.node_id).is_some_and(|d| {
             d["addr"].as_str() == Some(f.addr.as_str())
                 && d["active"].as_bool() == Some(f.active)
                 && d["state"] == serde_json::to_value(f.role).unwrap_or_default()
