@@ -8,12 +8,17 @@
 //! every setting at its default.
 
 pub mod libconfig;
+pub mod mqtt;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use self::libconfig::{ParseError, Setting, Span, Value};
+use self::mqtt::{
+    Bridge, BridgeRole, BridgeTls, CommandSettings, IngestSettings, MqttSettings, Protocol,
+    Subscription,
+};
 
 /// Everything `utopiad` reads from its configuration file.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +40,8 @@ pub struct Settings {
     pub limits: Limits,
     pub raft: RaftSettings,
     pub log: LogSettings,
+    /// MQTT brokers to ingest device messages from (none: MQTT is off).
+    pub mqtt: MqttSettings,
 }
 
 /// Size and count limits on requests and server resources. All are > 0.
@@ -92,6 +99,7 @@ impl Default for Settings {
             limits: Limits::default(),
             raft: RaftSettings::default(),
             log: LogSettings::default(),
+            mqtt: MqttSettings::default(),
         }
     }
 }
@@ -201,6 +209,7 @@ const TOP: &[&str] = &[
     "limits",
     "raft",
     "log",
+    "mqtt",
 ];
 const LIMITS: &[&str] = &[
     "key_bytes_max",
@@ -221,30 +230,60 @@ const RAFT: &[&str] = &[
     "lease_check_interval_ms",
 ];
 const LOG: &[&str] = &["level", "format"];
+const MQTT: &[&str] = &["bridges", "ingest", "commands"];
+const BRIDGE: &[&str] = &[
+    "name",
+    "role",
+    "host",
+    "port",
+    "protocol",
+    "tls",
+    "username",
+    "password",
+    "client_id",
+    "keep_alive_s",
+    "persistent_session",
+    "subscriptions",
+];
+const BRIDGE_TLS: &[&str] = &["ca_file", "cert_file", "key_file", "server_name"];
+const SUBSCRIPTION: &[&str] = &["filter", "qos"];
+const INGEST: &[&str] = &[
+    "payload_bytes_max",
+    "batch_messages_max",
+    "batch_linger_ms",
+    "pending_messages_max",
+    "dedupe_window_ms",
+    "owner_timeout_ms",
+    "weight",
+    "device_messages_per_s_max",
+];
+const COMMANDS: &[&str] = &["attempts_max", "retry_initial_ms", "retry_max_ms", "qos"];
 
-/// A setting with its dotted path (`limits.key_bytes_max`) for messages.
+/// A setting (or an element of a list) with its path for messages:
+/// dotted names, and `[i]` for the i-th element of a list
+/// (`limits.key_bytes_max`, `mqtt.bridges[0].port`).
 struct Field<'a> {
     path: String,
-    setting: &'a Setting,
+    /// The setting's name; empty for a list element.
+    name: &'a str,
+    value: &'a Value,
+    span: &'a Span,
 }
 
-impl Field<'_> {
+impl<'a> Field<'a> {
     fn err(&self, what: impl std::fmt::Display) -> ConfigError {
-        invalid(
-            &self.setting.span,
-            format!("setting \"{}\": {what}", self.path),
-        )
+        invalid(self.span, format!("setting \"{}\": {what}", self.path))
     }
 
     fn wrong_type(&self, expected: &str) -> ConfigError {
         self.err(format!(
             "expected {expected}, found {}",
-            self.setting.value.type_name()
+            self.value.type_name()
         ))
     }
 
     fn int(&self) -> Result<u64, ConfigError> {
-        match self.setting.value {
+        match *self.value {
             Value::Int(i) => {
                 u64::try_from(i).map_err(|_| self.err(format!("must not be negative, found {i}")))
             }
@@ -260,8 +299,8 @@ impl Field<'_> {
         Ok(v)
     }
 
-    fn string(&self) -> Result<&str, ConfigError> {
-        match &self.setting.value {
+    fn string(&self) -> Result<&'a str, ConfigError> {
+        match self.value {
             Value::Str(s) => Ok(s),
             _ => Err(self.wrong_type("a string")),
         }
@@ -275,11 +314,58 @@ impl Field<'_> {
         Ok(s.to_string())
     }
 
-    fn group(&self) -> Result<&[Setting], ConfigError> {
-        match &self.setting.value {
+    fn group(&self) -> Result<&'a [Setting], ConfigError> {
+        match self.value {
             Value::Group(g) => Ok(g),
             _ => Err(self.wrong_type("a group")),
         }
+    }
+
+    fn boolean(&self) -> Result<bool, ConfigError> {
+        match *self.value {
+            Value::Bool(b) => Ok(b),
+            _ => Err(self.wrong_type("a boolean (true or false)")),
+        }
+    }
+
+    /// An integer in `min..=max`.
+    fn int_in(&self, min: u64, max: u64) -> Result<u64, ConfigError> {
+        let v = self.int()?;
+        if !(min..=max).contains(&v) {
+            return Err(self.err(format!("must be between {min} and {max}, found {v}")));
+        }
+        Ok(v)
+    }
+
+    /// The elements of a list, each with its path `{path}[i]`.
+    fn list(&self) -> Result<Vec<Field<'a>>, ConfigError> {
+        match self.value {
+            Value::List(items) => Ok(items
+                .iter()
+                .enumerate()
+                .map(|(i, (value, span))| Field {
+                    path: format!("{}[{i}]", self.path),
+                    name: "",
+                    value,
+                    span,
+                })
+                .collect()),
+            _ => Err(self.wrong_type("a list")),
+        }
+    }
+
+    /// A file name; a relative one is resolved against the directory of the
+    /// file the setting is written in (as `@include` paths are).
+    fn file_path(&self) -> Result<PathBuf, ConfigError> {
+        let s = self.non_empty()?;
+        let p = Path::new(&s);
+        if p.is_absolute() {
+            return Ok(p.to_path_buf());
+        }
+        Ok(match self.span.file.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.join(p),
+            _ => p.to_path_buf(),
+        })
     }
 }
 
@@ -306,7 +392,12 @@ fn fields<'a>(
                     ),
                 ));
             }
-            Ok(Field { path, setting: s })
+            Ok(Field {
+                path,
+                name: &s.name,
+                value: &s.value,
+                span: &s.span,
+            })
         })
         .collect()
 }
@@ -336,7 +427,7 @@ pub fn parse_initial_cluster(text: &str) -> Result<BTreeMap<u64, String>, String
 fn decode(tree: &[Setting]) -> Result<Settings, ConfigError> {
     let mut out = Settings::default();
     for f in fields(tree, "", TOP)? {
-        match f.setting.name.as_str() {
+        match f.name {
             "node_id" => out.node_id = f.int()?,
             "data_dir" => out.data_dir = PathBuf::from(f.non_empty()?),
             "listen" => {
@@ -355,6 +446,7 @@ fn decode(tree: &[Setting]) -> Result<Settings, ConfigError> {
             "limits" => decode_limits(f.group()?, &mut out.limits)?,
             "raft" => decode_raft(f.group()?, &mut out.raft)?,
             "log" => decode_log(f.group()?, &mut out.log)?,
+            "mqtt" => decode_mqtt(f.group()?, &mut out.mqtt)?,
             _ => return Err(f.err("not handled")),
         }
     }
@@ -364,7 +456,7 @@ fn decode(tree: &[Setting]) -> Result<Settings, ConfigError> {
 fn decode_limits(group: &[Setting], l: &mut Limits) -> Result<(), ConfigError> {
     for f in fields(group, "limits", LIMITS)? {
         let v = f.positive()?;
-        match f.setting.name.as_str() {
+        match f.name {
             "key_bytes_max" => l.key_bytes_max = v,
             "value_bytes_max" => l.value_bytes_max = v,
             "request_bytes_max" => l.request_bytes_max = v,
@@ -386,7 +478,7 @@ fn decode_raft(group: &[Setting], r: &mut RaftSettings) -> Result<(), ConfigErro
     let mut heartbeat_field = None;
     for f in &fs {
         let v = f.positive()?;
-        match f.setting.name.as_str() {
+        match f.name {
             "heartbeat_interval_ms" => {
                 r.heartbeat_interval_ms = v;
                 heartbeat_field = Some(f);
@@ -411,7 +503,7 @@ fn decode_raft(group: &[Setting], r: &mut RaftSettings) -> Result<(), ConfigErro
             r.election_timeout_ms_min, r.election_timeout_ms_max
         );
         if let Some(f) = min_field.or(max_field) {
-            return Err(invalid(&f.setting.span, msg));
+            return Err(invalid(f.span, msg));
         }
     }
     if r.heartbeat_interval_ms >= r.election_timeout_ms_min {
@@ -420,7 +512,7 @@ fn decode_raft(group: &[Setting], r: &mut RaftSettings) -> Result<(), ConfigErro
             r.heartbeat_interval_ms, r.election_timeout_ms_min
         );
         if let Some(f) = heartbeat_field.or(min_field) {
-            return Err(invalid(&f.setting.span, msg));
+            return Err(invalid(f.span, msg));
         }
     }
     Ok(())
@@ -428,7 +520,7 @@ fn decode_raft(group: &[Setting], r: &mut RaftSettings) -> Result<(), ConfigErro
 
 fn decode_log(group: &[Setting], l: &mut LogSettings) -> Result<(), ConfigError> {
     for f in fields(group, "log", LOG)? {
-        match f.setting.name.as_str() {
+        match f.name {
             "level" => l.level = f.non_empty()?,
             "format" => {
                 l.format = match f.string()? {
@@ -447,9 +539,275 @@ fn decode_log(group: &[Setting], l: &mut LogSettings) -> Result<(), ConfigError>
     Ok(())
 }
 
+fn decode_mqtt(group: &[Setting], m: &mut MqttSettings) -> Result<(), ConfigError> {
+    for f in fields(group, "mqtt", MQTT)? {
+        match f.name {
+            "bridges" => {
+                let mut bridges: Vec<(Bridge, String)> = Vec::new();
+                for item in f.list()? {
+                    let (bridge, name_field) = decode_bridge(&item)?;
+                    if let Some((_, first)) = bridges.iter().find(|(b, _)| b.name == bridge.name) {
+                        return Err(name_field.err(format!(
+                            "bridge name {:?} is already used by {first}",
+                            bridge.name
+                        )));
+                    }
+                    bridges.push((bridge, item.path.clone()));
+                }
+                m.bridges = bridges.into_iter().map(|(b, _)| b).collect();
+            }
+            "ingest" => decode_ingest(f.group()?, &mut m.ingest)?,
+            "commands" => decode_commands(f.group()?, &mut m.commands)?,
+            _ => return Err(f.err("not handled")),
+        }
+    }
+    Ok(())
+}
+
+/// One element of `mqtt.bridges`, and its `name` field (for the caller's
+/// uniqueness check).
+fn decode_bridge<'a>(item: &Field<'a>) -> Result<(Bridge, Field<'a>), ConfigError> {
+    let fs = fields(item.group()?, &item.path, BRIDGE)?;
+    let mut b = Bridge::new("", "", 0);
+    let mut name = None;
+    let mut host = false;
+    let mut port = None;
+    let mut username = None;
+    let mut password = None;
+    for f in fs {
+        match f.name {
+            "name" => {
+                b.name = f.non_empty()?;
+                name = Some(f);
+            }
+            "role" => {
+                b.role = match f.string()? {
+                    "devices" => BridgeRole::Devices,
+                    "cluster" => BridgeRole::Cluster,
+                    "all" => BridgeRole::All,
+                    other => {
+                        return Err(f.err(format!(
+                            "unknown bridge role {other:?}; expected \"devices\", \"cluster\" or \"all\""
+                        )));
+                    }
+                }
+            }
+            "host" => {
+                b.host = f.non_empty()?;
+                host = true;
+            }
+            "port" => port = Some(f.int_in(1, u16::MAX.into())? as u16),
+            "protocol" => {
+                b.protocol = match f.int()? {
+                    4 => Protocol::V311,
+                    5 => Protocol::V5,
+                    other => {
+                        return Err(f.err(format!(
+                            "unknown MQTT protocol level {other}; expected 4 (MQTT 3.1.1) or 5 (MQTT 5)"
+                        )));
+                    }
+                }
+            }
+            "tls" => b.tls = Some(decode_bridge_tls(&f)?),
+            "username" => {
+                b.username = Some(f.non_empty()?);
+                username = Some(f);
+            }
+            "password" => {
+                b.password = Some(f.string()?.to_string());
+                password = Some(f);
+            }
+            "client_id" => {
+                let id = f.non_empty()?;
+                if id.contains('\0') {
+                    return Err(f.err("must not contain NUL characters"));
+                }
+                b.client_id = id;
+            }
+            "keep_alive_s" => b.keep_alive_s = f.int_in(1, u16::MAX.into())?,
+            "persistent_session" => b.persistent_session = f.boolean()?,
+            "subscriptions" => {
+                b.subscriptions.clear();
+                for s in f.list()? {
+                    let (sub, filter_field) = decode_subscription(&s)?;
+                    if b.subscriptions.iter().any(|o| o.filter == sub.filter) {
+                        return Err(filter_field.err(format!(
+                            "topic filter {:?} appears twice in {}",
+                            sub.filter, f.path
+                        )));
+                    }
+                    b.subscriptions.push(sub);
+                }
+            }
+            _ => return Err(f.err("not handled")),
+        }
+    }
+    let Some(name) = name else {
+        return Err(item.err("missing \"name\" (every bridge needs a unique name)"));
+    };
+    if !host {
+        return Err(item.err("missing \"host\" (the broker's host name or IP address)"));
+    }
+    b.port = port.unwrap_or(if b.tls.is_some() { 8883 } else { 1883 });
+    match (&username, &password) {
+        (Some(u), None) => {
+            return Err(u.err(format!(
+                "a username needs a password: set \"{}.password\" too",
+                item.path
+            )));
+        }
+        (None, Some(p)) => {
+            return Err(p.err(format!(
+                "a password needs a username: set \"{}.username\" too",
+                item.path
+            )));
+        }
+        _ => {}
+    }
+    Ok((b, name))
+}
+
+fn decode_bridge_tls(group: &Field<'_>) -> Result<BridgeTls, ConfigError> {
+    let mut ca_file = None;
+    let mut cert = None;
+    let mut key = None;
+    let mut server_name = None;
+    for f in fields(group.group()?, &group.path, BRIDGE_TLS)? {
+        match f.name {
+            "ca_file" => ca_file = Some(f.file_path()?),
+            "cert_file" => cert = Some((f.file_path()?, f)),
+            "key_file" => key = Some((f.file_path()?, f)),
+            "server_name" => server_name = Some(f.non_empty()?),
+            _ => return Err(f.err("not handled")),
+        }
+    }
+    let Some(ca_file) = ca_file else {
+        return Err(group
+            .err("missing \"ca_file\" (the CA certificate that signs the broker's certificate)"));
+    };
+    let (cert_file, key_file) = match (cert, key) {
+        (Some((c, _)), Some((k, _))) => (Some(c), Some(k)),
+        (None, None) => (None, None),
+        (Some((_, f)), None) => {
+            return Err(f.err(format!(
+                "a client certificate needs its key: set \"{}.key_file\" too",
+                group.path
+            )));
+        }
+        (None, Some((_, f))) => {
+            return Err(f.err(format!(
+                "a client key needs its certificate: set \"{}.cert_file\" too",
+                group.path
+            )));
+        }
+    };
+    Ok(BridgeTls {
+        ca_file,
+        cert_file,
+        key_file,
+        server_name,
+    })
+}
+
+/// One element of a bridge's `subscriptions`, and its `filter` field.
+fn decode_subscription<'a>(item: &Field<'a>) -> Result<(Subscription, Field<'a>), ConfigError> {
+    let mut filter = None;
+    let mut qos = 1;
+    for f in fields(item.group()?, &item.path, SUBSCRIPTION)? {
+        match f.name {
+            "filter" => {
+                let s = f.string()?;
+                if let Err(e) = check_topic_filter(s) {
+                    return Err(f.err(format!("invalid topic filter {s:?}: {e}")));
+                }
+                filter = Some((s.to_string(), f));
+            }
+            "qos" => qos = f.int_in(0, 2)? as u8,
+            _ => return Err(f.err("not handled")),
+        }
+    }
+    let Some((filter, field)) = filter else {
+        return Err(item.err("missing \"filter\" (an MQTT topic filter such as \"devices/#\")"));
+    };
+    Ok((Subscription { filter, qos }, field))
+}
+
+/// MQTT topic filter syntax (MQTT 3.1.1 §4.7, MQTT 5 §4.7): non-empty, at
+/// most 65535 bytes, no NUL; `+` and `#` only as whole levels, `#` only as
+/// the last one.
+fn check_topic_filter(filter: &str) -> Result<(), &'static str> {
+    if filter.is_empty() {
+        return Err("must not be empty");
+    }
+    if filter.len() > usize::from(u16::MAX) {
+        return Err("longer than 65535 bytes");
+    }
+    if filter.contains('\0') {
+        return Err("contains a NUL character");
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    for (i, level) in levels.iter().enumerate() {
+        if level.contains('#') && (*level != "#" || i + 1 != levels.len()) {
+            return Err("\"#\" must be a whole level and the last one");
+        }
+        if level.contains('+') && *level != "+" {
+            return Err("\"+\" must be a whole level");
+        }
+    }
+    Ok(())
+}
+
+fn decode_ingest(group: &[Setting], i: &mut IngestSettings) -> Result<(), ConfigError> {
+    for f in fields(group, "mqtt.ingest", INGEST)? {
+        match f.name {
+            "payload_bytes_max" => i.payload_bytes_max = f.positive()?,
+            "batch_messages_max" => i.batch_messages_max = f.positive()?,
+            "batch_linger_ms" => i.batch_linger_ms = f.positive()?,
+            "pending_messages_max" => i.pending_messages_max = f.positive()?,
+            "dedupe_window_ms" => i.dedupe_window_ms = f.positive()?,
+            "owner_timeout_ms" => i.owner_timeout_ms = f.positive()?,
+            "weight" => i.weight = f.int_in(1, 1000)? as u32,
+            "device_messages_per_s_max" => i.device_messages_per_s_max = f.positive()?,
+            _ => return Err(f.err("not handled")),
+        }
+    }
+    Ok(())
+}
+
+fn decode_commands(group: &[Setting], c: &mut CommandSettings) -> Result<(), ConfigError> {
+    let fs = fields(group, "mqtt.commands", COMMANDS)?;
+    let mut initial_field = None;
+    let mut max_field = None;
+    for f in &fs {
+        match f.name {
+            "attempts_max" => c.attempts_max = f.positive()?,
+            "retry_initial_ms" => {
+                c.retry_initial_ms = f.positive()?;
+                initial_field = Some(f);
+            }
+            "retry_max_ms" => {
+                c.retry_max_ms = f.positive()?;
+                max_field = Some(f);
+            }
+            "qos" => c.qos = f.int_in(0, 2)? as u8,
+            _ => return Err(f.err("not handled")),
+        }
+    }
+    if c.retry_initial_ms > c.retry_max_ms {
+        let msg = format!(
+            "mqtt.commands.retry_initial_ms ({}) must not be greater than mqtt.commands.retry_max_ms ({})",
+            c.retry_initial_ms, c.retry_max_ms
+        );
+        if let Some(f) = initial_field.or(max_field) {
+            return Err(invalid(f.span, msg));
+        }
+    }
+    Ok(())
+}
+
 /// A commented `utopiad.conf` listing every setting at its default.
 pub fn reference() -> &'static str {
-    r#"# utopiad.conf -- configuration of the utopia server (libconfig syntax).
+    r##"# utopiad.conf -- configuration of the utopia server (libconfig syntax).
 #
 # Every setting is optional: a missing one keeps the default shown here.
 # Unknown settings are errors. Syntax: `name = value;`, groups `{ ... }`,
@@ -501,7 +859,58 @@ log = {
   level = "info,openraft=warn";      # tracing filter, e.g. "info" or "info,utopia=debug" (RUST_LOG overrides)
   format = "text";                   # "text" or "json"
 };
-"#
+
+# MQTT ingest: connections ("bridges") to MQTT brokers, how the messages
+# they deliver are batched into the log, and how device commands are
+# published. No bridges: MQTT ingest is off.
+mqtt = {
+  # Each bridge is a group in this list. An example: only name and host are
+  # required; role, protocol, client_id, keep_alive_s, persistent_session and
+  # subscriptions are shown at their defaults.
+  #   {
+  #     name = "devices";                # unique short name for logs and counters
+  #     role = "devices";                # "devices" (ingest, commands), "cluster" (server topics) or "all"
+  #     host = "broker.example.com";     # the broker's host name or IP address
+  #     port = 8883;                     # 1..65535; default 1883, or 8883 with tls
+  #     protocol = 4;                    # 4: MQTT 3.1.1, 5: MQTT 5
+  #     tls = {                          # omit for plain TCP; relative paths are relative to this file
+  #       ca_file = "ca.crt";            # CA certificate(s) the broker's certificate must chain to (PEM)
+  #       cert_file = "client.crt";      # client certificate and its key (PEM): both or neither
+  #       key_file = "client.key";
+  #       server_name = "broker.example.com"; # name the broker's certificate must carry; default: host
+  #     };
+  #     username = "utopia";             # username and password: both or neither
+  #     password = "secret";
+  #     client_id = "utopia";            # the node id is appended: "utopia-1"
+  #     keep_alive_s = 30;               # 1..65535
+  #     persistent_session = true;       # keep subscriptions and unacknowledged messages across reconnects
+  #     subscriptions = (                # topic filters and QoS (0, 1 or 2)
+  #       { filter = "#"; qos = 1; }
+  #     );
+  #   }
+  bridges = ( );
+
+  # Ingest bounds (each greater than 0).
+  ingest = {
+    payload_bytes_max = 65536;       # largest payload accepted; larger ones are rejected and counted
+    batch_messages_max = 256;        # most messages in one Raft proposal
+    batch_linger_ms = 2;             # how long a partial batch waits for more messages
+    pending_messages_max = 100000;   # most received messages awaiting commit on this node
+    dedupe_window_ms = 300000;       # how long a committed message suppresses redelivered copies
+    owner_timeout_ms = 1500;         # a member silent this long loses its topics to the others
+    weight = 1;                      # this node's share of topics relative to the others (1..1000)
+    device_messages_per_s_max = 1000; # messages per second from one device; the excess is rejected and counted
+  };
+
+  # Device commands. retry_initial_ms <= retry_max_ms.
+  commands = {
+    attempts_max = 5;                # publishes of one command before it is marked failed
+    retry_initial_ms = 1000;         # wait for a reply after the first attempt; doubles per attempt
+    retry_max_ms = 30000;            # longest wait between attempts
+    qos = 1;                         # QoS of command publishes (0, 1 or 2)
+  };
+};
+"##
 }
 
 #[cfg(test)]
@@ -545,7 +954,18 @@ mod tests {
         assert_eq!(d.raft.lease_check_interval_ms, 250);
         assert_eq!(d.log.level, "info,openraft=warn");
         assert_eq!(d.log.format, LogFormat::Text);
+        assert!(d.mqtt.bridges.is_empty());
+        assert_eq!(d.mqtt.ingest, IngestSettings::default());
+        assert_eq!(d.mqtt.commands, CommandSettings::default());
         assert_eq!(Settings::from_str("", file()).unwrap(), d);
+        assert_eq!(
+            Settings::from_str(
+                "mqtt = { bridges = ( ); ingest = { }; commands = { }; };",
+                file()
+            )
+            .unwrap(),
+            d
+        );
         assert_eq!(
             Settings::from_str("# nothing\nlimits = {}; raft = {}; log = {};", file()).unwrap(),
             d
@@ -558,8 +978,19 @@ mod tests {
             Settings::from_str(reference(), file()).unwrap(),
             Settings::default()
         );
-        // It mentions every setting.
-        for name in TOP.iter().chain(LIMITS).chain(RAFT).chain(LOG) {
+        // It mentions every setting (the bridge's in its commented example).
+        for name in TOP
+            .iter()
+            .chain(LIMITS)
+            .chain(RAFT)
+            .chain(LOG)
+            .chain(MQTT)
+            .chain(BRIDGE)
+            .chain(BRIDGE_TLS)
+            .chain(SUBSCRIPTION)
+            .chain(INGEST)
+            .chain(COMMANDS)
+        {
             assert!(
                 reference().contains(&format!("{name} = ")),
                 "reference() lacks {name}"
@@ -624,8 +1055,472 @@ log = { level = "debug,openraft=warn"; format = "json"; };
                 level: "debug,openraft=warn".into(),
                 format: LogFormat::Json,
             },
+            mqtt: MqttSettings::default(),
         };
         assert_eq!(s, want);
+    }
+
+    /// The commented example bridge in [`reference`], uncommented.
+    fn reference_example_bridge() -> String {
+        let lines: Vec<&str> = reference()
+            .lines()
+            .skip_while(|l| *l != "  #   {")
+            .take_while(|l| l.starts_with("  #"))
+            .map(|l| &l[3..])
+            .collect();
+        assert!(lines.len() > 10, "no example bridge in reference()");
+        format!("mqtt = {{ bridges = (\n{}\n); }};", lines.join("\n"))
+    }
+
+    #[test]
+    fn reference_example_bridge_parses() {
+        let text = reference_example_bridge();
+        let s = Settings::from_str(&text, file()).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let want = Bridge {
+            name: "devices".into(),
+            role: BridgeRole::Devices,
+            host: "broker.example.com".into(),
+            port: 8883,
+            protocol: Protocol::V311,
+            tls: Some(BridgeTls {
+                ca_file: "ca.crt".into(),
+                cert_file: Some("client.crt".into()),
+                key_file: Some("client.key".into()),
+                server_name: Some("broker.example.com".into()),
+            }),
+            username: Some("utopia".into()),
+            password: Some("secret".into()),
+            ..Bridge::new("devices", "broker.example.com", 8883)
+        };
+        assert_eq!(s.mqtt.bridges, vec![want]);
+        // Apart from port and the optional parts, its values are the defaults.
+        let minimal = Settings::from_str(
+            "mqtt = { bridges = ( { name = \"devices\"; host = \"broker.example.com\"; } ); };",
+            file(),
+        )
+        .unwrap();
+        assert_eq!(
+            minimal.mqtt.bridges,
+            vec![Bridge::new("devices", "broker.example.com", 1883)]
+        );
+    }
+
+    #[test]
+    fn mqtt_full() {
+        let text = r##"
+mqtt = {
+  bridges = (
+    { name = "devices"; role = "devices"; host = "127.0.0.1"; port = 1883; protocol = 4;
+      tls = { ca_file = "ca.crt"; cert_file = "client.crt"; key_file = "client.key"; server_name = "localhost"; };
+      username = "alice"; password = "s3cret"; client_id = "utopia"; keep_alive_s = 30; persistent_session = true;
+      subscriptions = ( { filter = "#"; qos = 1; } ); },
+    { name = "servers"; role = "cluster"; host = "mqtt.internal"; protocol = 5;
+      tls = { ca_file = "/etc/utopia/ca.pem"; };
+      client_id = "node"; keep_alive_s = 5; persistent_session = false;
+      subscriptions = ( { filter = "fleet/+/status"; qos = 0; }, { filter = "$share/g/cmd/#"; qos = 2; } ); },
+    { name = "both"; role = "all"; host = "::1"; port = 11883; subscriptions = ( ); }
+  );
+  ingest = { payload_bytes_max = 1024; batch_messages_max = 16; batch_linger_ms = 5; pending_messages_max = 500;
+             dedupe_window_ms = 60000; owner_timeout_ms = 900; weight = 1000; device_messages_per_s_max = 7; };
+  commands = { attempts_max = 3; retry_initial_ms = 200; retry_max_ms = 200; qos = 2; };
+};
+"##;
+        let dir = Path::new("/etc/utopia");
+        let s = Settings::from_str(text, &dir.join("utopiad.conf")).unwrap();
+        let want = MqttSettings {
+            bridges: vec![
+                Bridge {
+                    tls: Some(BridgeTls {
+                        ca_file: dir.join("ca.crt"),
+                        cert_file: Some(dir.join("client.crt")),
+                        key_file: Some(dir.join("client.key")),
+                        server_name: Some("localhost".into()),
+                    }),
+                    username: Some("alice".into()),
+                    password: Some("s3cret".into()),
+                    ..Bridge::new("devices", "127.0.0.1", 1883)
+                },
+                Bridge {
+                    role: BridgeRole::Cluster,
+                    protocol: Protocol::V5,
+                    tls: Some(BridgeTls {
+                        ca_file: "/etc/utopia/ca.pem".into(),
+                        cert_file: None,
+                        key_file: None,
+                        server_name: None,
+                    }),
+                    client_id: "node".into(),
+                    keep_alive_s: 5,
+                    persistent_session: false,
+                    subscriptions: vec![
+                        Subscription {
+                            filter: "fleet/+/status".into(),
+                            qos: 0,
+                        },
+                        Subscription {
+                            filter: "$share/g/cmd/#".into(),
+                            qos: 2,
+                        },
+                    ],
+                    // The TLS default port.
+                    ..Bridge::new("servers", "mqtt.internal", 8883)
+                },
+                Bridge {
+                    role: BridgeRole::All,
+                    subscriptions: vec![],
+                    ..Bridge::new("both", "::1", 11883)
+                },
+            ],
+            ingest: IngestSettings {
+                payload_bytes_max: 1024,
+                batch_messages_max: 16,
+                batch_linger_ms: 5,
+                pending_messages_max: 500,
+                dedupe_window_ms: 60_000,
+                owner_timeout_ms: 900,
+                weight: 1000,
+                device_messages_per_s_max: 7,
+            },
+            commands: CommandSettings {
+                attempts_max: 3,
+                retry_initial_ms: 200,
+                retry_max_ms: 200,
+                qos: 2,
+            },
+        };
+        assert_eq!(s.mqtt, want);
+        // Everything else keeps its default.
+        assert_eq!(
+            Settings {
+                mqtt: MqttSettings::default(),
+                ..s
+            },
+            Settings::default()
+        );
+    }
+
+    #[test]
+    fn topic_filters() {
+        for ok in [
+            "#", "+", "a", "a/b", "/", "a/+/c", "a/#", "+/+", "/#", "a//b", "$SYS/#", "ä/ö",
+        ] {
+            assert_eq!(check_topic_filter(ok), Ok(()), "{ok:?}");
+        }
+        for bad in [
+            "", "a#", "#/a", "a/#/b", "a/b#", "a+", "+a/b", "a/b+/c", "##", "a\0b",
+        ] {
+            assert!(check_topic_filter(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_topic_filter(&"a".repeat(65_536)).is_err());
+        assert_eq!(check_topic_filter(&"a".repeat(65_535)), Ok(()));
+    }
+
+    #[test]
+    fn mqtt_errors() {
+        // A valid bridge, as a group in a list, with `extra` settings
+        // spliced in on its second line.
+        let bridge = |extra: &str| {
+            format!(
+                "mqtt = {{\n  bridges = (\n    {{ name = \"b\"; host = \"h\";\n{extra}\n    }}\n  );\n}};"
+            )
+        };
+        let cases: Vec<(String, u32, &str)> = vec![
+            (
+                "mqtt = { brokers = (); };".into(),
+                1,
+                "unknown setting \"mqtt.brokers\"; expected one of: bridges, ingest, commands",
+            ),
+            (
+                "mqtt = ( );".into(),
+                1,
+                "setting \"mqtt\": expected a group, found a list",
+            ),
+            (
+                "mqtt = {\n bridges = { };\n};".into(),
+                2,
+                "setting \"mqtt.bridges\": expected a list, found a group",
+            ),
+            (
+                "mqtt = {\n bridges = (\n   5\n );\n};".into(),
+                3,
+                "setting \"mqtt.bridges[0]\": expected a group, found an integer",
+            ),
+            (
+                "mqtt = { bridges = ( { host = \"h\"; } ); };".into(),
+                1,
+                "setting \"mqtt.bridges[0]\": missing \"name\"",
+            ),
+            (
+                "mqtt = { bridges = (\n { name = \"a\"; host = \"h\"; },\n { name = \"b\"; } ); };".into(),
+                3,
+                "setting \"mqtt.bridges[1]\": missing \"host\"",
+            ),
+            (
+                bridge("port = 0;"),
+                4,
+                "setting \"mqtt.bridges[0].port\": must be between 1 and 65535, found 0",
+            ),
+            (
+                bridge("port = 65536;"),
+                4,
+                "setting \"mqtt.bridges[0].port\": must be between 1 and 65535, found 65536",
+            ),
+            (
+                bridge("port = -1;"),
+                4,
+                "setting \"mqtt.bridges[0].port\": must not be negative, found -1",
+            ),
+            (
+                bridge("port = \"1883\";"),
+                4,
+                "setting \"mqtt.bridges[0].port\": expected an integer, found a string",
+            ),
+            (
+                bridge("protocol = 3;"),
+                4,
+                "setting \"mqtt.bridges[0].protocol\": unknown MQTT protocol level 3; expected 4 (MQTT 3.1.1) or 5 (MQTT 5)",
+            ),
+            (
+                bridge("role = \"device\";"),
+                4,
+                "setting \"mqtt.bridges[0].role\": unknown bridge role \"device\"; expected \"devices\", \"cluster\" or \"all\"",
+            ),
+            (
+                bridge("colour = 1;"),
+                4,
+                "unknown setting \"mqtt.bridges[0].colour\"; expected one of: name, role, host, port, protocol, tls, username, password, client_id, keep_alive_s, persistent_session, subscriptions",
+            ),
+            (
+                bridge("name = \"\";"),
+                4,
+                "duplicate setting \"name\" (first set on line 3)",
+            ),
+            (
+                "mqtt = { bridges = (\n { name = \"\"; host = \"h\"; } ); };".into(),
+                2,
+                "setting \"mqtt.bridges[0].name\": must not be empty",
+            ),
+            (
+                "mqtt = { bridges = ( { name = \"a\"; host = \"h\"; },\n{ name = \"b\"; host = \"h\"; },\n\n { name = \"a\"; host = \"h2\"; } ); };".into(),
+                4,
+                "setting \"mqtt.bridges[2].name\": bridge name \"a\" is already used by mqtt.bridges[0]",
+            ),
+            (
+                bridge("host = \"\";"),
+                4,
+                "duplicate setting \"host\"",
+            ),
+            (
+                bridge("persistent_session = 1;"),
+                4,
+                "setting \"mqtt.bridges[0].persistent_session\": expected a boolean (true or false), found an integer",
+            ),
+            (
+                bridge("keep_alive_s = 0;"),
+                4,
+                "setting \"mqtt.bridges[0].keep_alive_s\": must be between 1 and 65535, found 0",
+            ),
+            (
+                bridge("client_id = \"\";"),
+                4,
+                "setting \"mqtt.bridges[0].client_id\": must not be empty",
+            ),
+            (
+                bridge("  username = \"alice\";"),
+                4,
+                "setting \"mqtt.bridges[0].username\": a username needs a password: set \"mqtt.bridges[0].password\" too",
+            ),
+            (
+                bridge("\n  password = \"s3cret\";"),
+                5,
+                "setting \"mqtt.bridges[0].password\": a password needs a username: set \"mqtt.bridges[0].username\" too",
+            ),
+            (
+                bridge("username = \"\"; password = \"x\";"),
+                4,
+                "setting \"mqtt.bridges[0].username\": must not be empty",
+            ),
+            (
+                bridge("tls = { cert_file = \"c.crt\"; key_file = \"c.key\"; };"),
+                4,
+                "setting \"mqtt.bridges[0].tls\": missing \"ca_file\"",
+            ),
+            (
+                bridge("tls = {\n  ca_file = \"ca.crt\";\n  cert_file = \"c.crt\";\n};"),
+                6,
+                "setting \"mqtt.bridges[0].tls.cert_file\": a client certificate needs its key: set \"mqtt.bridges[0].tls.key_file\" too",
+            ),
+            (
+                bridge("tls = { ca_file = \"ca.crt\";\n key_file = \"c.key\"; };"),
+                5,
+                "setting \"mqtt.bridges[0].tls.key_file\": a client key needs its certificate: set \"mqtt.bridges[0].tls.cert_file\" too",
+            ),
+            (
+                bridge("tls = { ca_file = \"\"; };"),
+                4,
+                "setting \"mqtt.bridges[0].tls.ca_file\": must not be empty",
+            ),
+            (
+                bridge("tls = { ca_file = \"ca.crt\"; verify = false; };"),
+                4,
+                "unknown setting \"mqtt.bridges[0].tls.verify\"; expected one of: ca_file, cert_file, key_file, server_name",
+            ),
+            (
+                bridge("tls = \"ca.crt\";"),
+                4,
+                "setting \"mqtt.bridges[0].tls\": expected a group, found a string",
+            ),
+            (
+                bridge("subscriptions = { filter = \"#\"; };"),
+                4,
+                "setting \"mqtt.bridges[0].subscriptions\": expected a list, found a group",
+            ),
+            (
+                bridge("subscriptions = (\n  { filter = \"a\"; },\n  \"b\" );"),
+                6,
+                "setting \"mqtt.bridges[0].subscriptions[1]\": expected a group, found a string",
+            ),
+            (
+                bridge("subscriptions = ( { qos = 1; } );"),
+                4,
+                "setting \"mqtt.bridges[0].subscriptions[0]\": missing \"filter\"",
+            ),
+            (
+                bridge("subscriptions = (\n { filter = \"a/#/b\"; } );"),
+                5,
+                "setting \"mqtt.bridges[0].subscriptions[0].filter\": invalid topic filter \"a/#/b\": \"#\" must be a whole level and the last one",
+            ),
+            (
+                bridge("subscriptions = ( { filter = \"a/b+\"; } );"),
+                4,
+                "setting \"mqtt.bridges[0].subscriptions[0].filter\": invalid topic filter \"a/b+\": \"+\" must be a whole level",
+            ),
+            (
+                bridge("subscriptions = ( { filter = \"\"; } );"),
+                4,
+                "setting \"mqtt.bridges[0].subscriptions[0].filter\": invalid topic filter \"\": must not be empty",
+            ),
+            (
+                bridge("subscriptions = ( { filter = \"a\\x00b\"; } );"),
+                4,
+                "setting \"mqtt.bridges[0].subscriptions[0].filter\": invalid topic filter \"a\\0b\": contains a NUL character",
+            ),
+            (
+                bridge("subscriptions = ( { filter = \"a\"; qos = 3; } );"),
+                4,
+                "setting \"mqtt.bridges[0].subscriptions[0].qos\": must be between 0 and 2, found 3",
+            ),
+            (
+                bridge("subscriptions = ( { filter = \"a\"; },\n { filter = \"a\"; qos = 0; } );"),
+                5,
+                "setting \"mqtt.bridges[0].subscriptions[1].filter\": topic filter \"a\" appears twice in mqtt.bridges[0].subscriptions",
+            ),
+            (
+                bridge("subscriptions = ( { filter = \"a\"; topic = \"b\"; } );"),
+                4,
+                "unknown setting \"mqtt.bridges[0].subscriptions[0].topic\"; expected one of: filter, qos",
+            ),
+            (
+                "mqtt = {\n ingest = { batch_linger_ms = 0; };\n};".into(),
+                2,
+                "setting \"mqtt.ingest.batch_linger_ms\": must be greater than 0",
+            ),
+            (
+                "mqtt = { ingest = { weight = 0; }; };".into(),
+                1,
+                "setting \"mqtt.ingest.weight\": must be between 1 and 1000, found 0",
+            ),
+            (
+                "mqtt = { ingest = { weight = 1001; }; };".into(),
+                1,
+                "setting \"mqtt.ingest.weight\": must be between 1 and 1000, found 1001",
+            ),
+            (
+                "mqtt = { ingest = { payload_bytes_max = -1; }; };".into(),
+                1,
+                "setting \"mqtt.ingest.payload_bytes_max\": must not be negative, found -1",
+            ),
+            (
+                "mqtt = { ingest = { linger = 1; }; };".into(),
+                1,
+                "unknown setting \"mqtt.ingest.linger\"; expected one of: payload_bytes_max, batch_messages_max",
+            ),
+            (
+                "mqtt = { commands = { attempts_max = 0; }; };".into(),
+                1,
+                "setting \"mqtt.commands.attempts_max\": must be greater than 0",
+            ),
+            (
+                "mqtt = { commands = { qos = 3; }; };".into(),
+                1,
+                "setting \"mqtt.commands.qos\": must be between 0 and 2, found 3",
+            ),
+            (
+                "mqtt = { commands = {\n retry_max_ms = 999;\n}; };".into(),
+                2,
+                "mqtt.commands.retry_initial_ms (1000) must not be greater than mqtt.commands.retry_max_ms (999)",
+            ),
+            (
+                "mqtt = { commands = {\n retry_max_ms = 10;\n retry_initial_ms = 20;\n}; };".into(),
+                3,
+                "mqtt.commands.retry_initial_ms (20) must not be greater than mqtt.commands.retry_max_ms (10)",
+            ),
+            (
+                "mqtt = { commands = { retry_initial_ms = 0; }; };".into(),
+                1,
+                "setting \"mqtt.commands.retry_initial_ms\": must be greater than 0",
+            ),
+        ];
+        for (text, line, message) in cases {
+            let (got_line, got) = err(&text);
+            assert_eq!(got_line, line, "line for {text:?}: {got}");
+            assert!(
+                got.starts_with(message),
+                "for {text:?}\n  want {message:?}\n  got  {got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn mqtt_tls_paths_resolve_against_the_file_that_names_them() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("mqtt")).unwrap();
+        std::fs::write(
+            dir.path().join("mqtt/bridge.conf"),
+            "{ name = \"b\"; host = \"h\";\n  tls = { ca_file = \"ca.crt\"; cert_file = \"../c.crt\"; key_file = \"/k/c.key\"; };\n}\n",
+        )
+        .unwrap();
+        let main = dir.path().join("utopiad.conf");
+        std::fs::write(
+            &main,
+            "mqtt = {\n  bridges = (\n    { name = \"a\"; host = \"h\"; tls = { ca_file = \"certs/ca.crt\"; }; },\n@include \"mqtt/bridge.conf\"\n  );\n};\n",
+        )
+        .unwrap();
+        let s = Settings::load(&main).unwrap();
+        let tls: Vec<&BridgeTls> = s
+            .mqtt
+            .bridges
+            .iter()
+            .map(|b| b.tls.as_ref().unwrap())
+            .collect();
+        assert_eq!(tls[0].ca_file, dir.path().join("certs/ca.crt"));
+        assert_eq!(tls[1].ca_file, dir.path().join("mqtt/ca.crt"));
+        assert_eq!(tls[1].cert_file, Some(dir.path().join("mqtt/../c.crt")));
+        assert_eq!(tls[1].key_file, Some(PathBuf::from("/k/c.key")));
+
+        // An error in the included bridge names the included file and line.
+        std::fs::write(
+            dir.path().join("mqtt/bridge.conf"),
+            "{ name = \"b\"; host = \"h\";\n  port = 0; }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            Settings::load(&main).unwrap_err().to_string(),
+            format!(
+                "{}:2: setting \"mqtt.bridges[1].port\": must be between 1 and 65535, found 0",
+                dir.path().join("mqtt/bridge.conf").display()
+            )
+        );
     }
 
     #[test]
@@ -681,7 +1576,7 @@ log = { level = "debug,openraft=warn"; format = "json"; };
             (
                 "nodeid = 1;",
                 1,
-                "unknown setting \"nodeid\"; expected one of: node_id, data_dir, listen, cluster_name, initial_cluster, limits, raft, log",
+                "unknown setting \"nodeid\"; expected one of: node_id, data_dir, listen, cluster_name, initial_cluster, limits, raft, log, mqtt",
             ),
             (
                 "limits = {\n  key_bytes_max = 1;\n  foo = 2;\n};",
