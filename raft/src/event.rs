@@ -127,6 +127,94 @@ pub enum Event {
         counter: StatCounter,
         by: u64,
     },
+
+    // ---- MQTT ingest
+    /// A member announces the weight it asks for in topic ownership.
+    IngestWeight {
+        node_id: u64,
+        weight: u32,
+    },
+    /// The leader's decision on which members own topics from now on:
+    /// `epoch` increases by one with every change. Batches proposed under an
+    /// older epoch are refused (fencing a member that lost its topics).
+    IngestOwnersChanged {
+        epoch: u64,
+        members: Vec<IngestMember>,
+        /// How long a committed message's digest is kept to suppress
+        /// redelivered copies; decided here so that every replica agrees.
+        dedupe_window_ms: u64,
+    },
+    /// Messages from the MQTT broker, proposed by the owner of their
+    /// devices' topics under `epoch`.
+    IngestBatch {
+        epoch: u64,
+        proposer: u64,
+        items: Vec<IngestItem>,
+    },
+
+    // ---- device commands
+    /// A command for a device; the applier gives it the next command id.
+    CommandIssued {
+        device: String,
+        post_type: String,
+        /// The command's payload, JSON text.
+        json: String,
+        /// Publishes before the command fails.
+        attempts_max: u32,
+    },
+    /// The owner of the device published the command (attempt number
+    /// `attempt`, counting from 1).
+    CommandAttempted {
+        id: u64,
+        attempt: u32,
+    },
+    /// The command is given up: no reply after its last attempt.
+    CommandFailed {
+        id: u64,
+        reason: String,
+    },
+}
+
+/// A member taking part in topic ownership, with its weight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestMember {
+    pub node_id: u64,
+    pub weight: u32,
+}
+
+/// One MQTT message turned into an event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IngestItem {
+    /// blake3 of topic and payload, 16 bytes: what every server matches its
+    /// own copy of the message against, and what suppresses redeliveries.
+    pub digest: Bytes,
+    /// The broker marked this copy as a redelivery (or the proposer may have
+    /// proposed it before): suppressed if the same digest was committed
+    /// within the dedupe window.
+    pub redelivered: bool,
+    pub body: IngestBody,
+}
+
+/// What an ingested message means.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "k", rename_all = "snake_case")]
+pub enum IngestBody {
+    /// Device data.
+    Data(DeviceData),
+    /// A device's reply to command `command_id`.
+    Reply {
+        host: String,
+        zone: String,
+        class: String,
+        device_id: String,
+        command_id: u64,
+        /// The reply payload, JSON text.
+        json: String,
+    },
+    /// A message the owner refused (for example a device over its rate):
+    /// recorded so that every server that holds a copy acknowledges it to
+    /// the broker, and counted.
+    Dropped { device: String, reason: String },
 }
 
 impl Event {
@@ -149,6 +237,12 @@ impl Event {
             Event::ConfigAccepted { .. } => "config_accepted",
             Event::ConfigRejected { .. } => "config_rejected",
             Event::StatIncremented { .. } => "stat_incremented",
+            Event::IngestWeight { .. } => "ingest_weight",
+            Event::IngestOwnersChanged { .. } => "ingest_owners_changed",
+            Event::IngestBatch { .. } => "ingest_batch",
+            Event::CommandIssued { .. } => "command_issued",
+            Event::CommandAttempted { .. } => "command_attempted",
+            Event::CommandFailed { .. } => "command_failed",
         }
     }
 }
@@ -345,6 +439,17 @@ pub enum Outcome {
     Device {
         id: String,
     },
+    /// An ingest batch was applied: how many items became events, how many
+    /// were suppressed as redeliveries, how many were rejected.
+    Ingested {
+        applied: u32,
+        suppressed: u32,
+        rejected: u32,
+    },
+    /// A command was issued under this id.
+    Command {
+        id: u64,
+    },
     Rejected(Rejection),
 }
 
@@ -363,6 +468,10 @@ pub enum Rejection {
     DuplicateKey(String),
     #[error("invalid event: {0}")]
     Invalid(String),
+    #[error("ingest epoch {proposed} is not the current epoch {current}")]
+    StaleEpoch { proposed: u64, current: u64 },
+    #[error("{0} not found")]
+    NotFound(String),
 }
 
 // ------------------------------------------------------------------ codec

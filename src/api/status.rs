@@ -36,7 +36,8 @@ pub fn from_propose(e: ProposeError) -> Status {
 
 pub fn from_rejection(r: Rejection) -> Status {
     let code = match r {
-        Rejection::LeaseNotFound(_) => Code::NotFound,
+        Rejection::LeaseNotFound(_) | Rejection::NotFound(_) => Code::NotFound,
+        Rejection::StaleEpoch { .. } => Code::Aborted,
         Rejection::LeaseExists(_) => Code::AlreadyExists,
         Rejection::Compacted { .. } | Rejection::FutureRevision { .. } => Code::OutOfRange,
         Rejection::DuplicateKey(_) | Rejection::Invalid(_) => Code::InvalidArgument,

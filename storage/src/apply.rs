@@ -23,6 +23,9 @@ use utopia_raft::event::{
 use crate::keys::{self, meta, Cf, DeviceIndex};
 use crate::StoreError;
 
+pub mod ingest;
+pub use ingest::{CommandRecord, CommandState, IngestEffects, IngestOwners, IngestTotals};
+
 /// Read access to the state the events are applied to.
 pub trait StateRead {
     fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
@@ -88,6 +91,7 @@ pub struct Applier<'a, S: StateRead + ?Sized> {
     overlay: BTreeMap<(Cf, Vec<u8>), Option<Vec<u8>>>,
     changes: Vec<(i64, ChangeRecord)>,
     limits: ApplyLimits,
+    effects: IngestEffects,
 }
 
 /// The writes an applier produced: `None` deletes the key.
@@ -128,6 +132,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
             overlay: BTreeMap::new(),
             changes: Vec::new(),
             limits,
+            effects: IngestEffects::default(),
         }
     }
 
@@ -135,6 +140,12 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
     /// applied so far.
     pub fn finish(self) -> (Writes, Vec<(i64, ChangeRecord)>) {
         (self.overlay, self.changes)
+    }
+
+    /// Like [`Applier::finish`], with what the events did to MQTT ingest
+    /// and device commands.
+    pub fn finish_with_effects(self) -> (Writes, Vec<(i64, ChangeRecord)>, IngestEffects) {
+        (self.overlay, self.changes, self.effects)
     }
 
     // ------------------------------------------------------------ state access
@@ -287,6 +298,31 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
                 counter,
                 by,
             } => self.apply_stat(req.at_ms, id, kind, *counter, *by)?,
+            Event::IngestWeight { node_id, weight } => {
+                self.apply_ingest_weight(*node_id, *weight)?
+            }
+            Event::IngestOwnersChanged {
+                epoch,
+                members,
+                dedupe_window_ms,
+            } => self.apply_owners_changed(*epoch, members, *dedupe_window_ms)?,
+            Event::IngestBatch {
+                epoch,
+                proposer,
+                items,
+            } => self.apply_ingest_batch(req.at_ms, *epoch, *proposer, items)?,
+            Event::CommandIssued {
+                device,
+                post_type,
+                json,
+                attempts_max,
+            } => self.apply_command_issued(req.at_ms, device, post_type, json, *attempts_max)?,
+            Event::CommandAttempted { id, attempt } => {
+                self.apply_command_attempted(req.at_ms, *id, *attempt)?
+            }
+            Event::CommandFailed { id, reason } => {
+                self.apply_command_failed(req.at_ms, *id, reason)?
+            }
         };
         Ok(Response {
             revision: self.get_i64(meta::REVISION)?,

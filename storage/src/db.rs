@@ -169,8 +169,8 @@ pub fn open(dir: &Path) -> Result<OpenedStore, StoreError> {
             snapshot_dir.display()
         ))
     })?;
-    let (state_machine, changes) = StateMachine::new(db.clone(), snapshot_dir)?;
-    let reader = Reader::new(db.clone(), changes);
+    let (state_machine, (changes, ingest)) = StateMachine::new(db.clone(), snapshot_dir)?;
+    let reader = Reader::new(db.clone(), changes, ingest);
     let log_store = LogStore::new(db.clone());
     Ok(OpenedStore {
         db,

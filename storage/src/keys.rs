@@ -35,10 +35,14 @@ pub enum Cf {
     Stats,
     /// Secondary indexes on devices: tag ++ escaped value ++ device id → empty.
     DeviceIndex,
+    /// MQTT ingest state; see [`ingest`].
+    Ingest,
+    /// Device commands; see [`commands`].
+    Commands,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 16] = [
+    pub const ALL: [Cf; 18] = [
         Cf::RaftLog,
         Cf::RaftMeta,
         Cf::SmMeta,
@@ -55,11 +59,13 @@ impl Cf {
         Cf::XmlConfigs,
         Cf::Stats,
         Cf::DeviceIndex,
+        Cf::Ingest,
+        Cf::Commands,
     ];
 
     /// The column families that make up the state machine (everything but
     /// the Raft log and its metadata); a snapshot holds exactly these.
-    pub const STATE_MACHINE: [Cf; 14] = [
+    pub const STATE_MACHINE: [Cf; 16] = [
         Cf::SmMeta,
         Cf::Kv,
         Cf::KvHistory,
@@ -74,6 +80,8 @@ impl Cf {
         Cf::XmlConfigs,
         Cf::Stats,
         Cf::DeviceIndex,
+        Cf::Ingest,
+        Cf::Commands,
     ];
 
     pub fn name(self) -> &'static str {
@@ -94,6 +102,8 @@ impl Cf {
             Cf::XmlConfigs => "xml_configs",
             Cf::Stats => "stats",
             Cf::DeviceIndex => "device_index",
+            Cf::Ingest => "ingest",
+            Cf::Commands => "commands",
         }
     }
 
@@ -159,6 +169,63 @@ pub mod raft_meta {
     /// Which node this data directory belongs to, and the cluster it was
     /// created for.
     pub const IDENTITY: &[u8] = b"identity";
+}
+
+/// Keys in [`Cf::Ingest`].
+pub mod ingest {
+    /// CBOR `IngestOwners`: the current ownership epoch and its members.
+    pub const OWNERS: &[u8] = b"o";
+    /// CBOR `IngestTotals`: items applied, suppressed and rejected.
+    pub const TOTALS: &[u8] = b"t";
+    /// `w` ++ node id → CBOR u32: the weight a member asked for.
+    pub const WEIGHT_PREFIX: u8 = b'w';
+    /// `d` ++ digest (16 bytes) → CBOR `DedupeRecord`.
+    pub const DEDUPE_PREFIX: u8 = b'd';
+    /// `x` ++ committed ms ++ digest → empty: dedupe records by age.
+    pub const EXPIRY_PREFIX: u8 = b'x';
+
+    pub fn weight_key(node: u64) -> [u8; 9] {
+        let mut out = [WEIGHT_PREFIX; 9];
+        out[1..].copy_from_slice(&node.to_be_bytes());
+        out
+    }
+
+    pub fn dedupe_key(digest: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + digest.len());
+        out.push(DEDUPE_PREFIX);
+        out.extend_from_slice(digest);
+        out
+    }
+
+    pub fn expiry_key(at_ms: u64, digest: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(9 + digest.len());
+        out.push(EXPIRY_PREFIX);
+        out.extend_from_slice(&at_ms.to_be_bytes());
+        out.extend_from_slice(digest);
+        out
+    }
+}
+
+/// Keys in [`Cf::Commands`].
+pub mod commands {
+    /// CBOR u64: the last command id given out.
+    pub const LAST_ID: &[u8] = b"n";
+    /// `c` ++ id → CBOR `CommandRecord`.
+    pub const RECORD_PREFIX: u8 = b'c';
+    /// `p` ++ id → empty: commands still pending.
+    pub const PENDING_PREFIX: u8 = b'p';
+
+    pub fn record_key(id: u64) -> [u8; 9] {
+        let mut out = [RECORD_PREFIX; 9];
+        out[1..].copy_from_slice(&id.to_be_bytes());
+        out
+    }
+
+    pub fn pending_key(id: u64) -> [u8; 9] {
+        let mut out = [PENDING_PREFIX; 9];
+        out[1..].copy_from_slice(&id.to_be_bytes());
+        out
+    }
 }
 
 pub fn u64_key(n: u64) -> [u8; 8] {

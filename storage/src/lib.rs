@@ -18,6 +18,7 @@
 
 pub mod apply;
 mod db;
+pub mod ingest;
 pub mod keys;
 mod log_store;
 pub mod read;

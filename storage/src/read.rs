@@ -4,12 +4,23 @@
 //! Reads go straight to RocksDB; whether they are linearizable is decided by
 //! the caller (a Raft read barrier before the read), not here.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use serde::Deserialize;
 use tokio::sync::broadcast;
 use utopia_raft::event::{self, Bytes, KeyValue, RangeResult};
 
-use crate::apply::{range_bounds, ChangeRecord, HistoryRecord, LeaseRecord, StateRead};
+use crate::apply::{
+    range_bounds, ChangeRecord, CommandRecord, HistoryRecord, IngestEffects, IngestOwners,
+    IngestTotals, LeaseRecord, StateRead,
+};
+
+/// The part of a dedupe record reads need.
+#[derive(Deserialize)]
+struct DedupeSeen {
+    committed_ms: u64,
+}
 use crate::keys::{self, meta, Cf, Collection, DeviceIndex};
 use crate::{Db, StoreError};
 
@@ -48,6 +59,7 @@ pub struct DocPage {
 pub struct Reader {
     db: Db,
     changes: broadcast::Sender<Arc<WatchBatch>>,
+    ingest: broadcast::Sender<Arc<IngestEffects>>,
 }
 
 fn dec<T: serde::de::DeserializeOwned>(cf: Cf, key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
@@ -55,8 +67,92 @@ fn dec<T: serde::de::DeserializeOwned>(cf: Cf, key: &[u8], bytes: &[u8]) -> Resu
 }
 
 impl Reader {
-    pub(crate) fn new(db: Db, changes: broadcast::Sender<Arc<WatchBatch>>) -> Self {
-        Self { db, changes }
+    pub(crate) fn new(
+        db: Db,
+        changes: broadcast::Sender<Arc<WatchBatch>>,
+        ingest: broadcast::Sender<Arc<IngestEffects>>,
+    ) -> Self {
+        Self {
+            db,
+            changes,
+            ingest,
+        }
+    }
+
+    /// Receives what every applied batch did to MQTT ingest and commands.
+    pub fn subscribe_ingest(&self) -> broadcast::Receiver<Arc<IngestEffects>> {
+        self.ingest.subscribe()
+    }
+
+    /// The members that own topics now.
+    pub fn ingest_owners(&self) -> Result<IngestOwners, StoreError> {
+        match self.db.get(Cf::Ingest, keys::ingest::OWNERS)? {
+            Some(b) => dec(Cf::Ingest, keys::ingest::OWNERS, &b),
+            None => Ok(IngestOwners::default()),
+        }
+    }
+
+    /// Cluster-wide ingest counts.
+    pub fn ingest_totals(&self) -> Result<IngestTotals, StoreError> {
+        match self.db.get(Cf::Ingest, keys::ingest::TOTALS)? {
+            Some(b) => dec(Cf::Ingest, keys::ingest::TOTALS, &b),
+            None => Ok(IngestTotals::default()),
+        }
+    }
+
+    /// The weight each member asked for in topic ownership.
+    pub fn ingest_weights(&self) -> Result<BTreeMap<u64, u32>, StoreError> {
+        let start = [keys::ingest::WEIGHT_PREFIX];
+        let end = [keys::ingest::WEIGHT_PREFIX + 1];
+        let mut out = BTreeMap::new();
+        for item in self.db.scan(Cf::Ingest, &start, Some(&end)) {
+            let (k, v) = item?;
+            let node = keys::parse_u64_key(&k[1..])
+                .ok_or_else(|| StoreError::corrupt(Cf::Ingest, &k, "bad weight key"))?;
+            out.insert(node, dec(Cf::Ingest, &k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Whether a message with this digest was committed at or after
+    /// `since_ms` (and is still remembered).
+    pub fn ingest_committed_since(&self, digest: &[u8], since_ms: u64) -> Result<bool, StoreError> {
+        let key = keys::ingest::dedupe_key(digest);
+        Ok(match self.db.get(Cf::Ingest, &key)? {
+            Some(b) => {
+                let rec: DedupeSeen = dec(Cf::Ingest, &key, &b)?;
+                rec.committed_ms >= since_ms
+            }
+            None => false,
+        })
+    }
+
+    /// A command by id.
+    pub fn command(&self, id: u64) -> Result<Option<CommandRecord>, StoreError> {
+        let key = keys::commands::record_key(id);
+        match self.db.get(Cf::Commands, &key)? {
+            Some(b) => Ok(Some(dec(Cf::Commands, &key, &b)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Pending commands in id order, at most `max`.
+    pub fn pending_commands(&self, max: usize) -> Result<Vec<CommandRecord>, StoreError> {
+        let start = [keys::commands::PENDING_PREFIX];
+        let end = [keys::commands::PENDING_PREFIX + 1];
+        let mut out = Vec::new();
+        for item in self.db.scan(Cf::Commands, &start, Some(&end)) {
+            if out.len() >= max {
+                break;
+            }
+            let (k, _) = item?;
+            let id = keys::parse_u64_key(&k[1..])
+                .ok_or_else(|| StoreError::corrupt(Cf::Commands, &k, "bad pending key"))?;
+            if let Some(c) = self.command(id)? {
+                out.push(c);
+            }
+        }
+        Ok(out)
     }
 
     fn meta_i64(&self, key: &[u8]) -> Result<i64, StoreError> {

@@ -20,6 +20,7 @@ use utopia_raft::openraft_api::{
 };
 use utopia_raft::{Response, TypeConfig};
 
+use crate::apply::IngestEffects;
 use crate::apply::{Applier, StateRead};
 use crate::keys::{meta, Cf};
 use crate::read::WatchBatch;
@@ -29,22 +30,31 @@ use crate::{Db, StoreError};
 /// Batches of changes buffered for slow watchers before they must catch up
 /// from disk.
 pub const WATCH_BROADCAST_BATCHES_MAX: usize = 1024;
+/// Applied batches' ingest effects buffered for the MQTT bridges; one that
+/// falls further behind resynchronises from the store.
+pub const INGEST_BROADCAST_BATCHES_MAX: usize = 4096;
 
 #[derive(Clone)]
 pub struct StateMachine {
     db: Db,
     snapshot_dir: PathBuf,
     changes: broadcast::Sender<Arc<WatchBatch>>,
+    ingest: broadcast::Sender<Arc<IngestEffects>>,
 }
+
+/// The feeds a state machine publishes to: key changes for watchers, and
+/// ingest effects for the MQTT bridges.
+pub(crate) type Feeds = (
+    broadcast::Sender<Arc<WatchBatch>>,
+    broadcast::Sender<Arc<IngestEffects>>,
+);
 
 type Applied = (Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>);
 
 impl StateMachine {
-    pub(crate) fn new(
-        db: Db,
-        snapshot_dir: PathBuf,
-    ) -> Result<(Self, broadcast::Sender<Arc<WatchBatch>>), StoreError> {
+    pub(crate) fn new(db: Db, snapshot_dir: PathBuf) -> Result<(Self, Feeds), StoreError> {
         let (changes, _) = broadcast::channel(WATCH_BROADCAST_BATCHES_MAX);
+        let (ingest, _) = broadcast::channel(INGEST_BROADCAST_BATCHES_MAX);
         // Leftovers of a snapshot that was being written when the process
         // died are never valid; remove them.
         if let Ok(dir) = std::fs::read_dir(&snapshot_dir) {
@@ -59,8 +69,9 @@ impl StateMachine {
                 db,
                 snapshot_dir,
                 changes: changes.clone(),
+                ingest: ingest.clone(),
             },
-            changes,
+            (changes, ingest),
         ))
     }
 
@@ -241,7 +252,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 replies.push((r, response));
             }
         }
-        let (writes, changes) = applier.finish();
+        let (writes, changes, effects) = applier.finish_with_effects();
         let mut batch = WriteBatch::default();
         for ((cf, key), value) in writes {
             match value {
@@ -272,6 +283,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let _ = self
                 .changes
                 .send(Arc::new(WatchBatch { revision, changes }));
+        }
+        if effects != IngestEffects::default() {
+            let _ = self.ingest.send(Arc::new(effects));
         }
         for (responder, response) in replies {
             responder.send(response);
