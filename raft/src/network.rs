@@ -81,6 +81,48 @@ impl GrpcNetwork {
     }
 }
 
+impl GrpcNetwork {
+    /// Hands `request` to the leader at `addr` and returns its result.
+    pub(crate) async fn forward(
+        &self,
+        addr: &str,
+        request: &crate::Request,
+        timeout: Duration,
+    ) -> Result<crate::Response, crate::ProposeError> {
+        use crate::ProposeError;
+        let channel = self.channel(addr).map_err(ProposeError::Unavailable)?;
+        let mut client = RaftTransportClient::new(channel)
+            .max_decoding_message_size(self.settings.message_bytes_max)
+            .max_encoding_message_size(self.settings.message_bytes_max);
+        let cbor = event::encode(request).map_err(|e| ProposeError::Invalid(e.to_string()))?;
+        let reply =
+            match tokio::time::timeout(timeout, client.propose(pb::RaftMessage { cbor })).await {
+                Ok(Ok(reply)) => reply.into_inner(),
+                // Not sent, or refused before proposing: safe to retry.
+                Ok(Err(s)) if s.code() == tonic::Code::Unavailable => {
+                    return Err(ProposeError::Unavailable(format!(
+                        "forward to the leader at {addr}: {}",
+                        s.message()
+                    )))
+                }
+                Ok(Err(s)) => {
+                    return Err(ProposeError::OutcomeUnknown(format!(
+                        "forward to the leader at {addr}: {}",
+                        s.message()
+                    )))
+                }
+                Err(_) => {
+                    return Err(ProposeError::OutcomeUnknown(format!(
+                        "forward to the leader at {addr}: no reply within {timeout:?}"
+                    )))
+                }
+            };
+        let result: Result<crate::Response, ProposeError> = event::decode(&reply.cbor)
+            .map_err(|e| ProposeError::OutcomeUnknown(format!("leader's reply: {e}")))?;
+        result
+    }
+}
+
 /// A client for one peer.
 pub struct PeerClient {
     target: u64,
@@ -342,6 +384,22 @@ where
                 .await
                 .map_err(|e| e.to_string()),
         )
+    }
+
+    async fn propose(
+        &self,
+        req: tonic::Request<pb::RaftMessage>,
+    ) -> Result<tonic::Response<pb::RaftMessage>, tonic::Status> {
+        let request = event::decode_request(&req.get_ref().cbor)
+            .map_err(|e| tonic::Status::invalid_argument(format!("forwarded request: {e}")))?;
+        let result: Result<crate::Response, crate::ProposeError> = self
+            .raft
+            .client_write(request)
+            .await
+            .map(|r| r.data)
+            .map_err(crate::node::write_error);
+        let cbor = event::encode(&result).map_err(|e| tonic::Status::internal(e.to_string()))?;
+        Ok(tonic::Response::new(pb::RaftMessage { cbor }))
     }
 
     async fn install_snapshot(

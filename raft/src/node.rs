@@ -32,7 +32,7 @@ pub struct RaftTimings {
 
 /// Why a proposal or read barrier did not complete. Each variant calls for a
 /// different action by the caller.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum ProposeError {
     /// Ask the leader instead (its id and address, when known).
     #[error("not the leader{}", leader_hint(.leader_id, .leader_addr))]
@@ -59,7 +59,7 @@ pub enum ProposeError {
     Invalid(String),
 }
 
-fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> ProposeError {
+pub(crate) fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> ProposeError {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ProposeError::NotLeader {
             leader_id: f.leader_id,
@@ -124,6 +124,7 @@ pub struct NodeStatus {
 pub struct RaftNode<SM: RaftStateMachine<TypeConfig>> {
     id: u64,
     raft: Raft<TypeConfig, SM>,
+    network: GrpcNetwork,
 }
 
 impl<SM: RaftStateMachine<TypeConfig>> Clone for RaftNode<SM> {
@@ -131,6 +132,7 @@ impl<SM: RaftStateMachine<TypeConfig>> Clone for RaftNode<SM> {
         Self {
             id: self.id,
             raft: self.raft.clone(),
+            network: self.network.clone(),
         }
     }
 }
@@ -177,9 +179,15 @@ where
         .map_err(|e| format!("invalid raft settings: {e}"))?;
 
         let network = GrpcNetwork::new(TransportSettings::default());
-        let raft = Raft::new(id, Arc::new(config), network, log_store, state_machine)
-            .await
-            .map_err(|e| format!("start raft: {e}"))?;
+        let raft = Raft::new(
+            id,
+            Arc::new(config),
+            network.clone(),
+            log_store,
+            state_machine,
+        )
+        .await
+        .map_err(|e| format!("start raft: {e}"))?;
         let initialized = raft
             .is_initialized()
             .await
@@ -224,7 +232,7 @@ where
             tracing::info!(node_id = id, "resumed an existing cluster");
         }
         let service = TransportService::new(raft.clone(), incoming_snapshot_dir);
-        Ok((Self { id, raft }, service))
+        Ok((Self { id, raft, network }, service))
     }
 
     /// False until this node is part of a cluster (a joining node that has
@@ -244,6 +252,26 @@ where
             .await
             .map(|r| r.data)
             .map_err(write_error)
+    }
+
+    /// Proposes one request from any member: on the leader as
+    /// [`RaftNode::propose`], elsewhere handed to the leader over the
+    /// transport (one hop; a leader that moved meanwhile answers NotLeader).
+    /// `timeout` bounds the forwarded call; when it passes, the outcome is
+    /// unknown.
+    pub async fn propose_anywhere(
+        &self,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, ProposeError> {
+        let leader_addr = match self.propose(request.clone()).await {
+            Err(ProposeError::NotLeader {
+                leader_addr: Some(addr),
+                ..
+            }) => addr,
+            other => return other,
+        };
+        self.network.forward(&leader_addr, &request, timeout).await
     }
 
     /// Returns once this node's state machine reflects every write committed
