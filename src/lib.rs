@@ -10,6 +10,8 @@
 //!   events (writes) or storage reads; [`api::status`] is the one place that
 //!   maps internal errors to gRPC status codes.
 //! - [`cli`]: the `utopia` command-line client and its benchmark.
+//! - [`mqtt`]: broker bridges, device ingest exactly once across the
+//!   cluster, device commands.
 //!
 //! The crates beside this one: `utopia-proto` (the gRPC API), `utopia-raft`
 //! (consensus and the events in the log) and `utopia-storage` (RocksDB).
@@ -17,6 +19,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod mqtt;
 pub mod server;
 
 /// Milliseconds since the Unix epoch on this node's clock.

@@ -48,6 +48,9 @@ pub async fn run(
     let store = utopia_storage::open(&data_dir)
         .with_context(|| format!("open data directory {}", data_dir.display()))?;
     check_identity(&store.db, &settings)?;
+    // Subscribed before Raft applies anything, so MQTT ingest sees every
+    // committed batch.
+    let ingest_applied = store.reader.subscribe_ingest();
     let listener = TcpListener::bind(&settings.listen)
         .await
         .with_context(|| format!("listen on {}", settings.listen))?;
@@ -71,6 +74,7 @@ pub async fn run(
         store.reader,
         settings.limits.clone(),
         data_dir.display().to_string(),
+        settings.mqtt.commands.attempts_max.min(u64::from(u32::MAX)) as u32,
     );
     let max_msg = settings.limits.request_bytes_max as usize;
 
@@ -96,6 +100,8 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("build the reflection service")?;
+
+    crate::mqtt::start(node.clone(), &settings, ingest_applied).context("start MQTT bridges")?;
 
     let reaper = tokio::spawn(housekeeping(
         node.clone(),

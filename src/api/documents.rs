@@ -167,4 +167,44 @@ impl pb::documents_server::Documents for DocumentsService {
             device,
         }))
     }
+
+    async fn command(
+        &self,
+        req: Request<pb::DeviceCommandRequest>,
+    ) -> Result<Response<pb::DeviceCommandResponse>, Status> {
+        let r = req.into_inner();
+        if r.device.is_empty() || r.device.len() > 1024 {
+            return Err(self.node.reject(
+                "bad_command",
+                status::invalid("device must be a device document id, HOST/CLASS/ID"),
+            ));
+        }
+        check_level(&self.node, "post_type", &r.post_type)?;
+        self.node.check_value(r.json.as_bytes())?;
+        if let Err(e) = serde_json::from_str::<serde_json::Value>(&r.json) {
+            return Err(self.node.reject(
+                "bad_json",
+                status::invalid(format!("payload is not valid JSON: {e}")),
+            ));
+        }
+        let resp = self
+            .node
+            .propose(Event::CommandIssued {
+                device: r.device,
+                post_type: r.post_type,
+                json: r.json,
+                attempts_max: self.node.command_attempts_max,
+            })
+            .await?;
+        let Outcome::Command { id } = resp.outcome else {
+            return Err(Status::internal(format!(
+                "unexpected outcome {:?}",
+                resp.outcome
+            )));
+        };
+        Ok(Response::new(pb::DeviceCommandResponse {
+            header: self.node.header(resp.revision),
+            command_id: id,
+        }))
+    }
 }

@@ -46,7 +46,25 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
                     matched_index: st.matched.get(&id).copied().unwrap_or(0),
                 })
                 .collect(),
-            counters: self.node.counters.snapshot().into_iter().collect(),
+            counters: {
+                let mut c = self.node.counters.snapshot();
+                // Cluster-wide ingest figures from the replicated state.
+                if let Ok(t) = self.node.reader.ingest_totals() {
+                    c.insert("cluster_ingest_applied_total".into(), t.applied);
+                    c.insert("cluster_ingest_suppressed_total".into(), t.suppressed);
+                    c.insert("cluster_ingest_dropped_total".into(), t.dropped);
+                    c.insert("cluster_ingest_stale_batches_total".into(), t.stale_batches);
+                    c.insert(
+                        "cluster_ingest_replies_ignored_total".into(),
+                        t.replies_ignored,
+                    );
+                }
+                if let Ok(o) = self.node.reader.ingest_owners() {
+                    c.insert("cluster_ingest_owner_epoch".into(), o.epoch);
+                    c.insert("cluster_ingest_owners".into(), o.members.len() as u64);
+                }
+                c.into_iter().collect()
+            },
             role: format!("{:?}", st.role).to_lowercase(),
             raft_snapshot_index: st.snapshot_index,
             raft_purged_index: st.purged_index,

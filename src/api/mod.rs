@@ -40,6 +40,13 @@ impl Counters {
         }
     }
 
+    pub fn get(&self, name: &str) -> u64 {
+        self.values
+            .lock()
+            .map(|v| v.get(name).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
     pub fn snapshot(&self) -> BTreeMap<String, u64> {
         self.values.lock().map(|v| v.clone()).unwrap_or_default()
     }
@@ -52,6 +59,8 @@ pub struct Node {
     pub limits: Limits,
     pub counters: Counters,
     pub data_dir: String,
+    /// Publishes of a device command before it fails (`mqtt.commands`).
+    pub command_attempts_max: u32,
     proposals: Semaphore,
     next_lease_id: AtomicU64,
 }
@@ -62,6 +71,7 @@ impl Node {
         reader: Reader,
         limits: Limits,
         data_dir: String,
+        command_attempts_max: u32,
     ) -> Arc<Self> {
         let permits = limits.proposals_in_flight_max as usize;
         // Lease ids: node id in the top 16 bits, then a millisecond clock,
@@ -73,6 +83,7 @@ impl Node {
             limits,
             counters: Counters::default(),
             data_dir,
+            command_attempts_max,
             proposals: Semaphore::new(permits),
             next_lease_id: AtomicU64::new(seed),
         })

@@ -7,7 +7,7 @@ use utopia_proto::v1 as pb;
 
 use super::client::{self, Client};
 use super::output::{self, Printer};
-use super::{CliError, DeviceReportArgs, DocCommand, DocListArgs, LeaseCommand};
+use super::{CliError, DeviceCmdArgs, DeviceReportArgs, DocCommand, DocListArgs, LeaseCommand};
 
 #[derive(Serialize)]
 struct LeaseGrantJson {
@@ -267,6 +267,94 @@ pub async fn device_report(
         })?;
     } else {
         out.line(resp.device)?;
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct CommandJson {
+    device: String,
+    command_id: u64,
+    revision: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<serde_json::Value>,
+}
+
+pub async fn device_cmd(
+    client: &mut Client,
+    out: &mut Printer,
+    a: DeviceCmdArgs,
+) -> Result<(), CliError> {
+    if let Err(e) = serde_json::from_str::<serde_json::Value>(&a.payload) {
+        return Err(CliError::Usage(format!(
+            "payload {:?} is not JSON ({e}); quote strings, e.g. '\"on\"'",
+            a.payload
+        )));
+    }
+    let req = pb::DeviceCommandRequest {
+        device: a.device.clone(),
+        post_type: a.post_type,
+        json: a.payload,
+    };
+    let resp = client
+        .call(|ch| {
+            let req = req.clone();
+            async move { client::documents(ch).command(req).await }
+        })
+        .await?;
+    let id = resp.command_id;
+    let mut shown = CommandJson {
+        device: a.device.clone(),
+        command_id: id,
+        revision: output::revision(&resp.header),
+        state: None,
+    };
+    if let Some(wait_s) = a.wait {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait_s);
+        loop {
+            let get = pb::GetDocumentRequest {
+                collection: "devices".into(),
+                id: a.device.clone(),
+                consistency: pb::Consistency::Serializable as i32,
+            };
+            let doc = client
+                .call(|ch| {
+                    let get = get.clone();
+                    async move { client::documents(ch).get(get).await }
+                })
+                .await?;
+            let cmd = doc
+                .document
+                .and_then(|d| serde_json::from_str::<serde_json::Value>(&d.json).ok())
+                .and_then(|v| v["commands"].get(id.to_string()).cloned());
+            let state = cmd
+                .as_ref()
+                .and_then(|c| c["state"].as_str())
+                .unwrap_or("pending")
+                .to_string();
+            if state != "pending" || std::time::Instant::now() >= deadline {
+                let failed = state != "acknowledged";
+                shown.state = cmd;
+                if out.json {
+                    out.json_line(&shown)?;
+                } else {
+                    out.line(format!("{id} {state}"))?;
+                }
+                if failed {
+                    return Err(CliError::NotFound(format!(
+                        "command {id} for {} is {state}",
+                        a.device
+                    )));
+                }
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    if out.json {
+        out.json_line(&shown)?;
+    } else {
+        out.line(id.to_string())?;
     }
     Ok(())
 }

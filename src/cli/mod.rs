@@ -370,6 +370,24 @@ pub enum DeviceCommand {
     /// Report a device value (Documents.Report), like the MQTT message
     /// /HOST/ZONE/CLASS/ID/POST_TYPE/PATH...; prints the device's document id.
     Report(DeviceReportArgs),
+    /// Send a command to a device over MQTT; prints the command id. The
+    /// device document's `commands` map shows pending / acknowledged / failed.
+    Cmd(DeviceCmdArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DeviceCmdArgs {
+    /// The device's document id, HOST/CLASS/ID.
+    pub device: String,
+    /// What the command is about; it goes to .../cmd/POST_TYPE.
+    pub post_type: String,
+    /// The payload as JSON (quote strings: '"on"').
+    #[arg(allow_hyphen_values = true)]
+    pub payload: String,
+    /// Wait until the device acknowledges the command or it fails, at most
+    /// this many seconds; exit 1 if it failed or is still pending.
+    #[arg(long, value_name = "SECONDS")]
+    pub wait: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -545,6 +563,7 @@ async fn dispatch(cmd: Command, client: &mut Client, out: &mut Printer) -> Resul
         Command::Lease(c) => admin::lease(client, out, c).await,
         Command::Doc(c) => admin::doc(client, out, c).await,
         Command::Device(DeviceCommand::Report(a)) => admin::device_report(client, out, a).await,
+        Command::Device(DeviceCommand::Cmd(a)) => admin::device_cmd(client, out, a).await,
         Command::Status => admin::status(client, out).await,
         Command::Cluster(c) => cluster::run(client, out, c).await,
         Command::Bench(BenchCommand::Put(a)) => bench::put(client, out, a).await,

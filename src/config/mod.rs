@@ -881,7 +881,7 @@ mqtt = {
   #     };
   #     username = "utopia";             # username and password: both or neither
   #     password = "secret";
-  #     client_id = "utopia";            # the node id is appended: "utopia-1"
+  #     client_id = "utopia";            # node id and bridge name are appended: "utopia-1-devices"
   #     keep_alive_s = 30;               # 1..65535
   #     persistent_session = true;       # keep subscriptions and unacknowledged messages across reconnects
   #     subscriptions = (                # topic filters and QoS (0, 1 or 2)

@@ -72,8 +72,9 @@ pub struct Bridge {
     /// Set together with `password`, or neither.
     pub username: Option<String>,
     pub password: Option<String>,
-    /// Client id prefix; the node id is appended (`${client_id}-${node_id}`)
-    /// so every server has its own session.
+    /// Client id prefix; the node id and the bridge name are appended
+    /// (`${client_id}-${node_id}-${name}`) so that every server and every
+    /// bridge has its own session.
     pub client_id: String,
     /// MQTT keep-alive, 1..=65535 seconds.
     pub keep_alive_s: u64,

@@ -1,0 +1,415 @@
+//! One broker connection (rumqttc), MQTT 3.1.1 or 5: connects with the
+//! bridge's TLS and credentials, subscribes, hands every message to the
+//! ingest core, and acknowledges a message only when the core says so.
+//!
+//! Acknowledgements are manual: a QoS 1/2 message is acknowledged (PUBACK,
+//! or PUBREC for QoS 2) only once it is in the committed log. Packet ids
+//! belong to one connection, so an acknowledgement is sent only on the
+//! connection the message arrived on ([`AckToken::generation`]); after a
+//! reconnect the broker redelivers what was not acknowledged.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5 as m5;
+use tokio::sync::mpsc;
+
+use crate::config::mqtt::{Bridge, Protocol};
+
+/// Requests queued to one connection's event loop, at most.
+const REQUEST_CHANNEL_MAX: usize = 10_000;
+/// Largest MQTT packet accepted from the broker.
+const PACKET_BYTES_MAX: usize = 1 << 20;
+/// Reconnect backoff bounds.
+const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// MQTT 5 session expiry for persistent sessions (seconds).
+const SESSION_EXPIRY_S: u32 = 7 * 24 * 3600;
+
+/// What is needed to acknowledge one message.
+#[derive(Debug, Clone)]
+pub struct AckToken {
+    pub bridge: usize,
+    pub generation: u64,
+    pkid: u16,
+    qos: u8,
+}
+
+/// A message from a broker.
+#[derive(Debug)]
+pub struct Incoming {
+    pub bridge: usize,
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: u8,
+    /// The broker marked it as a redelivery.
+    pub dup: bool,
+    /// None for QoS 0.
+    pub ack: Option<AckToken>,
+}
+
+/// What a bridge tells the ingest core.
+#[derive(Debug)]
+pub enum BridgeEvent {
+    Message(Incoming),
+    /// A new connection: acknowledgements for older generations are void.
+    Connected {
+        bridge: usize,
+        generation: u64,
+    },
+    Disconnected {
+        bridge: usize,
+        error: String,
+    },
+}
+
+#[derive(Clone)]
+enum Client {
+    V4(rumqttc::AsyncClient),
+    V5(rumqttc::v5::AsyncClient),
+}
+
+/// The handle the rest of the server uses to acknowledge and publish.
+#[derive(Clone)]
+pub struct BridgeHandle {
+    pub index: usize,
+    pub name: String,
+    client: Client,
+    generation: Arc<AtomicU64>,
+}
+
+fn qos4(q: u8) -> rumqttc::QoS {
+    match q {
+        0 => rumqttc::QoS::AtMostOnce,
+        1 => rumqttc::QoS::AtLeastOnce,
+        _ => rumqttc::QoS::ExactlyOnce,
+    }
+}
+
+fn qos5(q: u8) -> rumqttc::v5::mqttbytes::QoS {
+    match q {
+        0 => rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+        1 => rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        _ => rumqttc::v5::mqttbytes::QoS::ExactlyOnce,
+    }
+}
+
+impl BridgeHandle {
+    /// Acknowledges a message if its connection is still the current one;
+    /// false when it is not (the broker will redeliver it).
+    pub fn ack(&self, token: &AckToken) -> bool {
+        if token.generation != self.generation.load(Ordering::Acquire) {
+            return false;
+        }
+        match &self.client {
+            Client::V4(c) => {
+                let mut p = rumqttc::Publish::new("", qos4(token.qos), Vec::new());
+                p.pkid = token.pkid;
+                let c = c.clone();
+                if c.try_ack(&p).is_err() {
+                    tokio::spawn(async move {
+                        let _ = c.ack(&p).await;
+                    });
+                }
+            }
+            Client::V5(c) => {
+                let mut p = m5::Publish::new("", qos5(token.qos), Vec::new(), None);
+                p.pkid = token.pkid;
+                let c = c.clone();
+                if c.try_ack(&p).is_err() {
+                    tokio::spawn(async move {
+                        let _ = c.ack(&p).await;
+                    });
+                }
+            }
+        }
+        true
+    }
+
+    /// Publishes (for device commands); errors when the request queue is full.
+    pub async fn publish(&self, topic: String, payload: Vec<u8>, qos: u8) -> anyhow::Result<()> {
+        match &self.client {
+            Client::V4(c) => c.publish(topic, qos4(qos), false, payload).await?,
+            Client::V5(c) => c.publish(topic, qos5(qos), false, payload).await?,
+        }
+        Ok(())
+    }
+}
+
+fn tls_config(b: &Bridge) -> anyhow::Result<Option<rumqttc::TlsConfiguration>> {
+    let Some(tls) = &b.tls else {
+        return Ok(None);
+    };
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).with_context(|| format!("bridge {:?}: read {}", b.name, p.display()))
+    };
+    let ca = read(&tls.ca_file)?;
+    let client_auth = match (&tls.cert_file, &tls.key_file) {
+        (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+        _ => None,
+    };
+    if tls.server_name.as_deref().is_some_and(|n| n != b.host) {
+        tracing::warn!(bridge = %b.name, "tls.server_name differs from host; the broker's certificate is checked against host");
+    }
+    Ok(Some(rumqttc::TlsConfiguration::Simple {
+        ca,
+        alpn: None,
+        client_auth,
+    }))
+}
+
+/// Subscriptions a bridge makes: its own filters, plus the cluster topics
+/// when it carries server traffic.
+pub fn subscriptions(b: &Bridge, cluster_topics: &[String]) -> Vec<(String, u8)> {
+    let mut subs: Vec<(String, u8)> = Vec::new();
+    if b.role != crate::config::mqtt::BridgeRole::Cluster {
+        subs.extend(b.subscriptions.iter().map(|s| (s.filter.clone(), s.qos)));
+    }
+    if b.role != crate::config::mqtt::BridgeRole::Devices {
+        for t in cluster_topics {
+            subs.push((t.clone(), 2));
+            subs.push((format!("{t}/#"), 2));
+        }
+    }
+    subs
+}
+
+/// Connects bridge `index` and runs it until the process stops. Events go
+/// to `events`; a full channel slows the connection down (backpressure)
+/// rather than dropping messages.
+pub fn start(
+    index: usize,
+    b: &Bridge,
+    node_id: u64,
+    cluster_topics: &[String],
+    events: mpsc::Sender<BridgeEvent>,
+) -> anyhow::Result<BridgeHandle> {
+    super::install_crypto_provider();
+    let client_id = format!("{}-{}-{}", b.client_id, node_id, b.name);
+    let subs = subscriptions(b, cluster_topics);
+    let tls = tls_config(b)?;
+    let generation = Arc::new(AtomicU64::new(0));
+    let name = b.name.clone();
+    let client = match b.protocol {
+        Protocol::V311 => {
+            let mut o = rumqttc::MqttOptions::new(client_id, b.host.clone(), b.port);
+            o.set_keep_alive(Duration::from_secs(b.keep_alive_s.max(5)))
+                .set_clean_session(!b.persistent_session)
+                .set_manual_acks(true)
+                .set_max_packet_size(PACKET_BYTES_MAX, PACKET_BYTES_MAX)
+                .set_request_channel_capacity(REQUEST_CHANNEL_MAX);
+            if let (Some(u), Some(p)) = (&b.username, &b.password) {
+                o.set_credentials(u.clone(), p.clone());
+            }
+            if let Some(t) = tls {
+                o.set_transport(rumqttc::Transport::tls_with_config(t));
+            }
+            let (client, eventloop) = rumqttc::AsyncClient::new(o, REQUEST_CHANNEL_MAX);
+            tokio::spawn(run_v4(
+                index,
+                name.clone(),
+                client.clone(),
+                eventloop,
+                subs,
+                generation.clone(),
+                events,
+            ));
+            Client::V4(client)
+        }
+        Protocol::V5 => {
+            let mut o = rumqttc::v5::MqttOptions::new(client_id, b.host.clone(), b.port);
+            o.set_keep_alive(Duration::from_secs(b.keep_alive_s.max(5)))
+                .set_clean_start(!b.persistent_session)
+                .set_manual_acks(true)
+                .set_max_packet_size(Some(PACKET_BYTES_MAX as u32))
+                .set_request_channel_capacity(REQUEST_CHANNEL_MAX);
+            if b.persistent_session {
+                o.set_session_expiry_interval(Some(SESSION_EXPIRY_S));
+            }
+            if let (Some(u), Some(p)) = (&b.username, &b.password) {
+                o.set_credentials(u.clone(), p.clone());
+            }
+            if let Some(t) = tls {
+                o.set_transport(rumqttc::Transport::tls_with_config(t));
+            }
+            let (client, eventloop) = rumqttc::v5::AsyncClient::new(o, REQUEST_CHANNEL_MAX);
+            tokio::spawn(run_v5(
+                index,
+                name.clone(),
+                client.clone(),
+                eventloop,
+                subs,
+                generation.clone(),
+                events,
+            ));
+            Client::V5(client)
+        }
+    };
+    Ok(BridgeHandle {
+        index,
+        name,
+        client,
+        generation,
+    })
+}
+
+async fn backoff(delay: &mut Duration) {
+    tokio::time::sleep(*delay).await;
+    *delay = (*delay * 2).min(RECONNECT_BACKOFF_MAX);
+}
+
+async fn run_v4(
+    index: usize,
+    name: String,
+    client: rumqttc::AsyncClient,
+    mut eventloop: rumqttc::EventLoop,
+    subs: Vec<(String, u8)>,
+    generation: Arc<AtomicU64>,
+    events: mpsc::Sender<BridgeEvent>,
+) {
+    use rumqttc::{Event, Packet};
+    let mut delay = RECONNECT_BACKOFF_MIN;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let qos = p.qos as u8;
+                let ack = (qos > 0).then(|| AckToken {
+                    bridge: index,
+                    generation: generation.load(Ordering::Acquire),
+                    pkid: p.pkid,
+                    qos,
+                });
+                let msg = Incoming {
+                    bridge: index,
+                    topic: p.topic,
+                    payload: p.payload,
+                    qos,
+                    dup: p.dup,
+                    ack,
+                };
+                if events.send(BridgeEvent::Message(msg)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                delay = RECONNECT_BACKOFF_MIN;
+                let g = generation.fetch_add(1, Ordering::AcqRel) + 1;
+                tracing::info!(bridge = %name, session_present = ack.session_present, "connected to the MQTT broker");
+                if !ack.session_present && !subs.is_empty() {
+                    let filters = subs
+                        .iter()
+                        .map(|(f, q)| rumqttc::SubscribeFilter::new(f.clone(), qos4(*q)));
+                    if let Err(e) = client.try_subscribe_many(filters) {
+                        tracing::error!(bridge = %name, error = %e, "subscribe");
+                    }
+                }
+                if events
+                    .send(BridgeEvent::Connected {
+                        bridge: index,
+                        generation: g,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(s))) => {
+                for code in &s.return_codes {
+                    if matches!(code, rumqttc::SubscribeReasonCode::Failure) {
+                        tracing::error!(bridge = %name, "the broker refused a subscription");
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(bridge = %name, error = %e, "MQTT connection failed; reconnecting");
+                let _ = events
+                    .send(BridgeEvent::Disconnected {
+                        bridge: index,
+                        error: e.to_string(),
+                    })
+                    .await;
+                backoff(&mut delay).await;
+            }
+        }
+    }
+}
+
+async fn run_v5(
+    index: usize,
+    name: String,
+    client: rumqttc::v5::AsyncClient,
+    mut eventloop: rumqttc::v5::EventLoop,
+    subs: Vec<(String, u8)>,
+    generation: Arc<AtomicU64>,
+    events: mpsc::Sender<BridgeEvent>,
+) {
+    use m5::Packet;
+    use rumqttc::v5::Event;
+    let mut delay = RECONNECT_BACKOFF_MIN;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let qos = p.qos as u8;
+                let ack = (qos > 0).then(|| AckToken {
+                    bridge: index,
+                    generation: generation.load(Ordering::Acquire),
+                    pkid: p.pkid,
+                    qos,
+                });
+                // The broker checks that topics are UTF-8; a lossy
+                // conversion only guards against a broker that does not.
+                let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                let msg = Incoming {
+                    bridge: index,
+                    topic,
+                    payload: p.payload,
+                    qos,
+                    dup: p.dup,
+                    ack,
+                };
+                if events.send(BridgeEvent::Message(msg)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                delay = RECONNECT_BACKOFF_MIN;
+                let g = generation.fetch_add(1, Ordering::AcqRel) + 1;
+                tracing::info!(bridge = %name, session_present = ack.session_present, "connected to the MQTT broker (v5)");
+                if !ack.session_present && !subs.is_empty() {
+                    let filters = subs
+                        .iter()
+                        .map(|(f, q)| m5::Filter::new(f.clone(), qos5(*q)));
+                    if let Err(e) = client.try_subscribe_many(filters) {
+                        tracing::error!(bridge = %name, error = %e, "subscribe");
+                    }
+                }
+                if events
+                    .send(BridgeEvent::Connected {
+                        bridge: index,
+                        generation: g,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(bridge = %name, error = %e, "MQTT connection failed; reconnecting");
+                let _ = events
+                    .send(BridgeEvent::Disconnected {
+                        bridge: index,
+                        error: e.to_string(),
+                    })
+                    .await;
+                backoff(&mut delay).await;
+            }
+        }
+    }
+}

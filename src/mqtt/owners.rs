@@ -1,0 +1,107 @@
+//! Topic ownership through the log: while a node leads, it keeps the
+//! ingest owners (the members that take part, with their weights) in step
+//! with which voters are alive, one `IngestOwnersChanged` event per change.
+//! Each member announces its own weight (`IngestWeight`), 0 when it has no
+//! device bridge.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use utopia_raft::event::{Event, IngestMember, Request};
+
+use crate::api::Node;
+
+const TICK: Duration = Duration::from_millis(250);
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Announces this node's weight until the log holds it.
+pub async fn announce_weight(node: Arc<Node>, node_id: u64, weight: u32) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match node.reader.ingest_weights() {
+            Ok(w) if w.get(&node_id).copied().unwrap_or(0) == weight => return,
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "read ingest weights"),
+        }
+        let req = Request::new(crate::now_ms(), Event::IngestWeight { node_id, weight });
+        match node.raft.propose_anywhere(req, PROPOSE_TIMEOUT).await {
+            Ok(_) => {
+                tracing::info!(weight, "announced topic ownership weight");
+                return;
+            }
+            Err(e) => tracing::debug!(error = %e, "announce topic ownership weight"),
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// While this node leads, proposes a new owners epoch whenever the live
+/// voters with a weight differ from the current owners.
+pub async fn maintain(node: Arc<Node>, owner_timeout_ms: u64, dedupe_window_ms: u64) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut leader_since: Option<Instant> = None;
+    loop {
+        tick.tick().await;
+        if !node.raft.is_leader() {
+            leader_since = None;
+            continue;
+        }
+        let since = *leader_since.get_or_insert_with(Instant::now);
+        let st = node.raft.status();
+        let (weights, owners) = match (node.reader.ingest_weights(), node.reader.ingest_owners()) {
+            (Ok(w), Ok(o)) => (w, o),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "read ingest owners");
+                continue;
+            }
+        };
+        // A new leader has no heartbeat ages yet: until it has led for one
+        // timeout, a member without one counts as alive.
+        let settled = since.elapsed() >= Duration::from_millis(owner_timeout_ms);
+        let alive = |id: &u64| {
+            *id == st.id
+                || match st.heartbeat_age_ms.get(id) {
+                    Some(age) => *age < owner_timeout_ms,
+                    None => !settled,
+                }
+        };
+        let want: Vec<IngestMember> = st
+            .members
+            .iter()
+            .filter(|(id, (_, voter))| *voter && alive(id))
+            .filter_map(|(id, _)| {
+                let weight = weights.get(id).copied().unwrap_or(0);
+                (weight > 0).then_some(IngestMember {
+                    node_id: *id,
+                    weight,
+                })
+            })
+            .collect();
+        if want == owners.members && owners.dedupe_window_ms == dedupe_window_ms {
+            continue;
+        }
+        if want.is_empty() && owners.epoch == 0 {
+            continue;
+        }
+        let epoch = owners.epoch + 1;
+        let members = want.clone();
+        let req = Request::new(
+            crate::now_ms(),
+            Event::IngestOwnersChanged {
+                epoch,
+                members,
+                dedupe_window_ms,
+            },
+        );
+        match node.raft.propose(req).await {
+            Ok(_) => tracing::info!(
+                epoch,
+                members = ?want.iter().map(|m| m.node_id).collect::<Vec<_>>(),
+                "topic owners changed"
+            ),
+            Err(e) => tracing::debug!(error = %e, "change topic owners"),
+        }
+    }
+}
