@@ -60,6 +60,11 @@ pub async fn run(
         &timings(&settings),
         &settings.initial_cluster,
         settings.join,
+        utopia_raft::TransportSettings {
+            // Peers see this node connect from the address it listens on.
+            source_ip: Some(addr.ip()),
+            ..Default::default()
+        },
         store.log_store,
         store.state_machine,
         data_dir.join("snapshots").join("incoming"),

@@ -156,6 +156,7 @@ where
         timings: &RaftTimings,
         initial_members: &BTreeMap<u64, String>,
         join: bool,
+        transport: TransportSettings,
         log_store: LS,
         state_machine: SM,
         incoming_snapshot_dir: std::path::PathBuf,
@@ -176,7 +177,7 @@ where
         .validate()
         .map_err(|e| format!("invalid raft settings: {e}"))?;
 
-        let network = GrpcNetwork::new(TransportSettings::default());
+        let network = GrpcNetwork::new(transport);
         let raft = Raft::new(id, Arc::new(config), network, log_store, state_machine)
             .await
             .map_err(|e| format!("start raft: {e}"))?;
