@@ -10,6 +10,8 @@
 //!   events (writes) or storage reads; [`api::status`] is the one place that
 //!   maps internal errors to gRPC status codes.
 //! - [`cli`]: the `utopia` command-line client and its benchmark.
+//! - [`tls`]: certificates and keys read at startup, for the server, its
+//!   connections to peers, and the CLI.
 //!
 //! The crates beside this one: `utopia-proto` (the gRPC API), `utopia-raft`
 //! (consensus and the events in the log) and `utopia-storage` (RocksDB).
@@ -18,6 +20,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod server;
+pub mod tls;
 
 /// Milliseconds since the Unix epoch on this node's clock.
 pub fn now_ms() -> u64 {

@@ -38,9 +38,12 @@ fn timings(settings: &Settings) -> RaftTimings {
 }
 
 /// Runs a server until `shutdown` completes. `ready` is called once with the
-/// bound address when the server accepts requests.
+/// bound address when the server accepts requests. `tls` (from
+/// [`crate::tls::load_server`]) secures the listener and the connections to
+/// peers.
 pub async fn run(
     settings: Settings,
+    tls: Option<crate::tls::NodeTls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
@@ -63,6 +66,7 @@ pub async fn run(
         utopia_raft::TransportSettings {
             // Peers see this node connect from the address it listens on.
             source_ip: Some(addr.ip()),
+            tls: tls.as_ref().map(|t| t.peer.clone()),
             ..Default::default()
         },
         store.log_store,
@@ -121,7 +125,13 @@ pub async fn run(
             Ok(s)
         })
     });
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls.server)
+            .context("configure TLS on the listener")?;
+    }
+    let server = builder
         .add_service(health_service)
         .add_service(
             utopia_proto::raft_v1::raft_transport_server::RaftTransportServer::new(transport)

@@ -11,6 +11,8 @@
 //! on a specific address ([`TransportSettings::source_ip`]): on a multi-homed
 //! host peers then see the address they know the node by, and a
 //! fault-injecting proxy can tell the nodes apart by their source address.
+//! With [`TransportSettings::tls`], peers are reached over TLS and this
+//! node presents its own certificate to peers that require one.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -46,6 +48,8 @@ pub struct TransportSettings {
     /// IP); `None` or an unspecified address (`0.0.0.0`, `::`) leaves the
     /// choice to the operating system.
     pub source_ip: Option<IpAddr>,
+    /// TLS for connections to peers (`https`); `None`: plain text.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Default for TransportSettings {
@@ -55,6 +59,7 @@ impl Default for TransportSettings {
             snapshot_chunk_bytes: 1 << 20,
             message_bytes_max: 64 << 20,
             source_ip: None,
+            tls: None,
         }
     }
 }
@@ -96,12 +101,22 @@ impl GrpcNetwork {
         if let Some(ch) = channels.get(addr) {
             return Ok(ch.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))
+        let scheme = if self.settings.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(|e| format!("peer address {addr:?}: {e}"))?
             .connect_timeout(self.settings.connect_timeout)
             .tcp_nodelay(true)
-            .local_address(self.settings.source_ip_for(addr))
-            .connect_lazy();
+            .local_address(self.settings.source_ip_for(addr));
+        if let Some(tls) = &self.settings.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| format!("TLS to peer {addr}: {e}"))?;
+        }
+        let ch = endpoint.connect_lazy();
         channels.insert(addr.to_string(), ch.clone());
         Ok(ch)
     }

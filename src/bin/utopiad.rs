@@ -73,6 +73,15 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    // Certificates are read before anything starts: a missing or unreadable
+    // file is a configuration error like any other.
+    let tls = match utopia::tls::load_server(&settings.tls) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("utopiad: {e}");
+            return ExitCode::from(2);
+        }
+    };
     init_logging(&settings);
 
     let runtime = match tokio::runtime::Runtime::new() {
@@ -86,6 +95,7 @@ fn main() -> ExitCode {
     let node_id = settings.node_id;
     let result = runtime.block_on(utopia::server::run(
         settings,
+        tls,
         utopia::server::shutdown_signal(),
         |addr| {
             // One line, for people and for scripts that need the bound port.

@@ -35,6 +35,29 @@ pub struct Settings {
     pub limits: Limits,
     pub raft: RaftSettings,
     pub log: LogSettings,
+    pub tls: TlsSettings,
+}
+
+/// TLS on the gRPC listener (clients and peers alike) and on connections
+/// to peers. Empty paths are unset; with no `cert_file`, plain text.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TlsSettings {
+    /// This node's certificate chain (PEM).
+    pub cert_file: PathBuf,
+    /// The private key of `cert_file` (PEM).
+    pub key_file: PathBuf,
+    /// CA certificates (PEM): peers' certificates are checked against them,
+    /// and clients' when `client_cert_required`.
+    pub ca_file: PathBuf,
+    /// Mutual TLS: refuse connections without a certificate signed by a CA
+    /// of `ca_file`.
+    pub client_cert_required: bool,
+}
+
+impl TlsSettings {
+    pub fn enabled(&self) -> bool {
+        !self.cert_file.as_os_str().is_empty()
+    }
 }
 
 /// Size and count limits on requests and server resources. All are > 0.
@@ -92,6 +115,7 @@ impl Default for Settings {
             limits: Limits::default(),
             raft: RaftSettings::default(),
             log: LogSettings::default(),
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -201,6 +225,7 @@ const TOP: &[&str] = &[
     "limits",
     "raft",
     "log",
+    "tls",
 ];
 const LIMITS: &[&str] = &[
     "key_bytes_max",
@@ -221,6 +246,7 @@ const RAFT: &[&str] = &[
     "lease_check_interval_ms",
 ];
 const LOG: &[&str] = &["level", "format"];
+const TLS: &[&str] = &["cert_file", "key_file", "ca_file", "client_cert_required"];
 
 /// A setting with its dotted path (`limits.key_bytes_max`) for messages.
 struct Field<'a> {
@@ -273,6 +299,13 @@ impl Field<'_> {
             return Err(self.err("must not be empty"));
         }
         Ok(s.to_string())
+    }
+
+    fn boolean(&self) -> Result<bool, ConfigError> {
+        match self.setting.value {
+            Value::Bool(b) => Ok(b),
+            _ => Err(self.wrong_type("a boolean")),
+        }
     }
 
     fn group(&self) -> Result<&[Setting], ConfigError> {
@@ -355,6 +388,7 @@ fn decode(tree: &[Setting]) -> Result<Settings, ConfigError> {
             "limits" => decode_limits(f.group()?, &mut out.limits)?,
             "raft" => decode_raft(f.group()?, &mut out.raft)?,
             "log" => decode_log(f.group()?, &mut out.log)?,
+            "tls" => decode_tls(&f, &mut out.tls)?,
             _ => return Err(f.err("not handled")),
         }
     }
@@ -447,6 +481,32 @@ fn decode_log(group: &[Setting], l: &mut LogSettings) -> Result<(), ConfigError>
     Ok(())
 }
 
+fn decode_tls(group: &Field, t: &mut TlsSettings) -> Result<(), ConfigError> {
+    for f in fields(group.group()?, "tls", TLS)? {
+        match f.setting.name.as_str() {
+            "cert_file" => t.cert_file = PathBuf::from(f.string()?),
+            "key_file" => t.key_file = PathBuf::from(f.string()?),
+            "ca_file" => t.ca_file = PathBuf::from(f.string()?),
+            "client_cert_required" => t.client_cert_required = f.boolean()?,
+            _ => return Err(f.err("not handled")),
+        }
+    }
+    let set = |p: &PathBuf| !p.as_os_str().is_empty();
+    let problem = if set(&t.cert_file) != set(&t.key_file) {
+        Some("tls.cert_file and tls.key_file are set together or not at all")
+    } else if t.enabled() && !set(&t.ca_file) {
+        Some("tls.ca_file is needed with tls.cert_file: peers' certificates are checked against it")
+    } else if !t.enabled() && (set(&t.ca_file) || t.client_cert_required) {
+        Some("tls.ca_file and tls.client_cert_required need tls.cert_file and tls.key_file")
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => Err(group.err(p)),
+        None => Ok(()),
+    }
+}
+
 /// A commented `utopiad.conf` listing every setting at its default.
 pub fn reference() -> &'static str {
     r#"# utopiad.conf -- configuration of the utopia server (libconfig syntax).
@@ -500,6 +560,17 @@ raft = {
 log = {
   level = "info,openraft=warn";      # tracing filter, e.g. "info" or "info,utopia=debug" (RUST_LOG overrides)
   format = "text";                   # "text" or "json"
+};
+
+# TLS on the gRPC port, for clients and peers alike (PEM files; relative
+# paths are relative to the working directory). No cert_file: plain text.
+# Every member of a cluster uses TLS or none does: a node reaches its peers
+# over TLS when it has a certificate itself.
+tls = {
+  cert_file = "";                    # this node's certificate chain; its subject alternative names must cover the address the members know it by
+  key_file = "";                     # the certificate's private key
+  ca_file = "";                      # CA certificates that peers' (and, when required, clients') certificates are checked against
+  client_cert_required = false;      # mutual TLS: refuse connections without a certificate signed by a CA of ca_file
 };
 "#
 }
@@ -559,7 +630,7 @@ mod tests {
             Settings::default()
         );
         // It mentions every setting.
-        for name in TOP.iter().chain(LIMITS).chain(RAFT).chain(LOG) {
+        for name in TOP.iter().chain(LIMITS).chain(RAFT).chain(LOG).chain(TLS) {
             assert!(
                 reference().contains(&format!("{name} = ")),
                 "reference() lacks {name}"
@@ -593,6 +664,12 @@ raft = {
   lease_check_interval_ms = 100;
 };
 log = { level = "debug,openraft=warn"; format = "json"; };
+tls = {
+  cert_file = "/etc/utopia/node.pem";
+  key_file = "/etc/utopia/node.key";
+  ca_file = "/etc/utopia/ca.pem";
+  client_cert_required = true;
+};
 "#;
         let s = Settings::from_str(text, file()).unwrap();
         let want = Settings {
@@ -623,6 +700,12 @@ log = { level = "debug,openraft=warn"; format = "json"; };
             log: LogSettings {
                 level: "debug,openraft=warn".into(),
                 format: LogFormat::Json,
+            },
+            tls: TlsSettings {
+                cert_file: PathBuf::from("/etc/utopia/node.pem"),
+                key_file: PathBuf::from("/etc/utopia/node.key"),
+                ca_file: PathBuf::from("/etc/utopia/ca.pem"),
+                client_cert_required: true,
             },
         };
         assert_eq!(s, want);
@@ -814,6 +897,31 @@ log = { level = "debug,openraft=warn"; format = "json"; };
                 "data_dir = \"\";",
                 1,
                 "setting \"data_dir\": must not be empty",
+            ),
+            (
+                "tls = {\n  certfile = \"a\"; };",
+                2,
+                "unknown setting \"tls.certfile\"; expected one of: cert_file, key_file, ca_file, client_cert_required",
+            ),
+            (
+                "tls = { client_cert_required = 1; };",
+                1,
+                "setting \"tls.client_cert_required\": expected a boolean, found an integer",
+            ),
+            (
+                "\ntls = { cert_file = \"a.pem\"; ca_file = \"ca.pem\"; };",
+                2,
+                "setting \"tls\": tls.cert_file and tls.key_file are set together or not at all",
+            ),
+            (
+                "tls = { cert_file = \"a.pem\"; key_file = \"a.key\"; };",
+                1,
+                "setting \"tls\": tls.ca_file is needed with tls.cert_file",
+            ),
+            (
+                "tls = { client_cert_required = true; };",
+                1,
+                "setting \"tls\": tls.ca_file and tls.client_cert_required need tls.cert_file and tls.key_file",
             ),
         ] {
             let (got_line, got) = err(text);
