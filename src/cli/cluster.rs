@@ -35,8 +35,11 @@ struct ClusterView {
     members: Vec<MemberView>,
 }
 
-async fn member_status(addr: &str) -> Option<pb::StatusResponse> {
-    let mut c = Client::new(&[addr.to_string()], MEMBER_TIMEOUT).ok()?;
+async fn member_status(
+    addr: &str,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> Option<pb::StatusResponse> {
+    let mut c = Client::new(&[addr.to_string()], MEMBER_TIMEOUT, tls.cloned()).ok()?;
     c.call(|ch| async move { client::maintenance(ch).status(pb::StatusRequest {}).await })
         .await
         .ok()
@@ -108,7 +111,7 @@ async fn status(client: &mut Client, out: &mut Printer) -> Result<(), CliError> 
     let members = first.members.clone();
     let leader_status = match members.iter().find(|m| m.id == leader_id) {
         Some(m) if m.id != first.header.as_ref().map_or(0, |h| h.member_id) => {
-            member_status(&m.addr).await
+            member_status(&m.addr, client.tls()).await
         }
         Some(_) => Some(first.clone()),
         None => None,
@@ -119,7 +122,7 @@ async fn status(client: &mut Client, out: &mut Printer) -> Result<(), CliError> 
         .unwrap_or_default();
     let mut views = Vec::with_capacity(members.len());
     for m in &members {
-        let own = member_status(&m.addr).await;
+        let own = member_status(&m.addr, client.tls()).await;
         views.push(MemberView {
             id: m.id,
             addr: m.addr.clone(),

@@ -236,8 +236,20 @@ pub fn wait_for<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Op
 /// `dir/node{id}`), concurrently: each waits for a leader, which needs a
 /// majority of them running. Returns the nodes and their addresses.
 pub fn start_cluster(dir: &Path, n: usize, extra_args: &[&str]) -> (Vec<Server>, Vec<String>) {
+    start_cluster_each(dir, n, |_| {
+        extra_args.iter().map(|s| s.to_string()).collect()
+    })
+}
+
+/// Like [`start_cluster`], with arguments of each node's own (by id).
+pub fn start_cluster_each(
+    dir: &Path,
+    n: usize,
+    args_of: impl Fn(u64) -> Vec<String>,
+) -> (Vec<Server>, Vec<String>) {
     let addrs: Vec<String> = (0..n).map(|_| free_addr()).collect();
-    let nodes = start_members(dir, &addrs, &addrs, extra_args);
+    let extra: Vec<Vec<String>> = (1..=n as u64).map(args_of).collect();
+    let nodes = start_members(dir, &addrs, &addrs, &extra);
     (nodes, addrs)
 }
 
@@ -256,19 +268,19 @@ pub fn start_partitionable_cluster(
     let network = net::Net::start(&listens);
     let listens: Vec<String> = listens.into_values().collect();
     let members: Vec<String> = network.addrs().values().cloned().collect();
-    let nodes = start_members(dir, &listens, &members, extra_args);
+    let extra: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+    let nodes = start_members(dir, &listens, &members, &vec![extra; n]);
     (nodes, network)
 }
 
-/// Starts node `i + 1` listening on `listens[i]`, all with the initial
-/// cluster `{i + 1 = members[i]}`.
+/// Starts node `i + 1` listening on `listens[i]` with the arguments
+/// `extra[i]`, all with the initial cluster `{i + 1 = members[i]}`.
 fn start_members(
     dir: &Path,
     listens: &[String],
     members: &[String],
-    extra_args: &[&str],
+    extra: &[Vec<String>],
 ) -> Vec<Server> {
-    let extra: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
     let initial = members
         .iter()
         .enumerate()
@@ -280,7 +292,7 @@ fn start_members(
         .enumerate()
         .map(|(i, addr)| {
             let data = dir.join(format!("node{}", i + 1));
-            let (addr, initial, extra) = (addr.clone(), initial.clone(), extra.clone());
+            let (addr, initial, extra) = (addr.clone(), initial.clone(), extra[i].clone());
             std::thread::spawn(move || {
                 let id = (i + 1).to_string();
                 let mut args = vec!["--node-id", &id, "--initial-cluster", &initial];
