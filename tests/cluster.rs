@@ -631,3 +631,81 @@ fn an_isolated_leader_commits_nothing_and_the_cluster_keeps_one_history() {
         kvs.len()
     );
 }
+
+#[test]
+fn a_membership_change_requested_during_another_is_refused() {
+    let dir = temp_dir();
+    let mut c = Cluster::start(dir.path(), 3);
+    let leader = c.leader();
+    let li = (leader - 1) as usize;
+    let others: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let (paused, removed) = (others[0], others[1]);
+    let leader_addr = c.nodes[li].addr.clone();
+
+    // Removing `removed` goes through the joint membership {all three} +
+    // {leader, paused}; the second half needs `paused`, so while it is
+    // stopped the change cannot commit and stays in progress.
+    c.nodes[(paused - 1) as usize].signal("STOP");
+    let first = {
+        let addr = leader_addr.clone();
+        let id = removed.to_string();
+        std::thread::spawn(move || cli(&addr, &["--timeout", "60", "cluster", "remove", &id]))
+    };
+    wait_for(
+        "the removal to be in progress on the leader",
+        Duration::from_secs(20),
+        || {
+            let st = Cluster::status_of(&c.nodes[li])?;
+            (st["raft_membership_index"].as_u64()? > st["raft_applied_index"].as_u64()?)
+                .then_some(())
+        },
+    );
+    let out = cli(&leader_addr, &["--output", "json", "cluster", "status"]);
+    let view: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cluster status");
+    assert_eq!(
+        view["membership_change_in_progress"], true,
+        "cluster status shows the change: {view}"
+    );
+
+    // Any other change is refused at once, with a reason, and changes nothing.
+    let addr4 = free_addr();
+    for args in [
+        vec!["cluster", "add", "4", &addr4, "--learner"],
+        vec!["cluster", "remove", &leader.to_string()],
+    ] {
+        let out = cli(&leader_addr, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {err}");
+        assert!(
+            err.contains("FAILED_PRECONDITION")
+                && err.contains("membership change is already in progress"),
+            "{args:?}: {err}"
+        );
+        eprintln!("utopia {}: {}", args.join(" "), err.trim());
+    }
+
+    // Once the paused node is back, the first change completes.
+    c.nodes[(paused - 1) as usize].signal("CONT");
+    let out = first.join().expect("first change");
+    assert!(
+        out.status.success(),
+        "the first change completes: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.nodes[(removed - 1) as usize].kill9();
+    let view = wait_for("the membership to settle", Duration::from_secs(20), || {
+        let out = cli(&leader_addr, &["--output", "json", "cluster", "status"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v["membership_change_in_progress"] == false).then_some(v)
+    });
+    let mut ids: Vec<u64> = view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["id"].as_u64())
+        .collect();
+    ids.sort();
+    let mut want = vec![leader, paused];
+    want.sort();
+    assert_eq!(ids, want, "only the first change took effect: {view}");
+}

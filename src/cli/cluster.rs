@@ -33,6 +33,9 @@ struct ClusterView {
     leader: u64,
     raft_term: u64,
     members: Vec<MemberView>,
+    /// The leader's membership is not committed and applied yet (another
+    /// change would be refused).
+    membership_change_in_progress: bool,
 }
 
 async fn member_status(
@@ -135,17 +138,30 @@ async fn status(client: &mut Client, out: &mut Printer) -> Result<(), CliError> 
             raft_term: own.as_ref().map(|s| s.raft_term),
         });
     }
+    let in_progress = leader_status
+        .as_ref()
+        .is_some_and(|s| s.raft_membership_index > s.raft_applied_index);
     let view = ClusterView {
         leader: leader_id,
         raft_term: first.raft_term,
         members: views,
+        membership_change_in_progress: in_progress,
     };
     if out.json {
         return out.json_line(&view).map_err(CliError::Io);
     }
     let opt = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
-    out.line(format!("leader {}  term {}", view.leader, view.raft_term))
-        .map_err(CliError::Io)?;
+    out.line(format!(
+        "leader {}  term {}{}",
+        view.leader,
+        view.raft_term,
+        if view.membership_change_in_progress {
+            "  (membership change in progress)"
+        } else {
+            ""
+        }
+    ))
+    .map_err(CliError::Io)?;
     out.line(format!(
         "{:<6} {:<24} {:<8} {:<12} {:>10} {:>10}",
         "ID", "ADDRESS", "MEMBER", "ROLE", "MATCHED", "APPLIED"

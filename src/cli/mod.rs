@@ -45,8 +45,11 @@
 //! - `doc list`: `{"documents":[{"collection","id","document"}...],"next_page_token":string}`
 //! - `device report`: `{"device":string,"revision":i64}`
 //! - `status`: `{"endpoint","version","member_id","leader","raft_term","raft_index",
-//!   "raft_applied_index","revision","compact_revision","data_dir","db_size_bytes",
-//!   "members":[{"id","addr","voter"}],"counters":{name:u64}}` (counters sorted by name)
+//!   "raft_applied_index","raft_snapshot_index","raft_purged_index","role","revision",
+//!   "compact_revision","data_dir","db_size_bytes","members":[{"id","addr","voter"}],
+//!   "counters":{name:u64},"raft_membership_index"}` (counters sorted by name)
+//! - `cluster status`: `{"leader","raft_term","members":[{"id","addr","voter","role",
+//!   "matched_index","applied_index","raft_term"}],"membership_change_in_progress"}`
 //! - `bench put`: `{"ops","errors","seconds","ops_per_second","latency_ms":{"p50","p90","p99","p999","max"}}`
 //!
 //! # Text output
