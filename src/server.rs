@@ -56,9 +56,22 @@ pub async fn run(
         .with_context(|| format!("listen on {}", settings.listen))?;
     let addr = listener.local_addr().context("read the bound address")?;
 
+    // The address this node is known by when it forms a cluster of its own.
+    let advertised = if settings.advertise.is_empty() {
+        if addr.ip().is_unspecified() {
+            tracing::warn!(
+                listen = %addr,
+                "listening on an unspecified address without an advertise address: \
+                 a one-member cluster started now records {addr} as this node's address"
+            );
+        }
+        addr.to_string()
+    } else {
+        settings.advertise.clone()
+    };
     let (raft, transport) = RaftNode::start(
         settings.node_id,
-        &addr.to_string(),
+        &advertised,
         &settings.cluster_name,
         &timings(&settings),
         &settings.initial_cluster,

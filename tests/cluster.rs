@@ -709,3 +709,66 @@ fn a_membership_change_requested_during_another_is_refused() {
     want.sort();
     assert_eq!(ids, want, "only the first change took effect: {view}");
 }
+
+#[test]
+fn a_node_is_known_by_its_advertised_address() {
+    use common::net::{free_addr_on, node_ip, Net};
+    let dir = temp_dir();
+    let real: std::collections::BTreeMap<u64, String> =
+        (1..=2).map(|id| (id, free_addr_on(node_ip(id)))).collect();
+    let net = Net::start(&real);
+
+    // A one-member cluster behind a proxy records the proxy's address.
+    let node1 = Server::start_at(
+        &dir.path().join("node1"),
+        &real[&1],
+        &["--node-id", "1", "--advertise", net.addr(1)],
+    );
+    let st = Cluster::status_of(&node1).expect("status");
+    assert_eq!(st["members"][0]["addr"], net.addr(1), "{st}");
+    put_ok_at(&node1, "adv/a", "1");
+
+    // A second node joins through its own proxy and catches up.
+    let node2 = Server::start_at(
+        &dir.path().join("node2"),
+        &real[&2],
+        &["--node-id", "2", "--join"],
+    );
+    let out = node1.cli(&["cluster", "add", "2", net.addr(2)]);
+    assert!(
+        out.status.success(),
+        "add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("node 2 to catch up", Duration::from_secs(20), || {
+        has_keys(&node2, "adv/", 1)
+    });
+
+    // An advertise address that contradicts the initial cluster is refused.
+    let mut cmd = std::process::Command::new(common::UTOPIAD);
+    cmd.arg("--data-dir")
+        .arg(dir.path().join("node3"))
+        .args(["--listen", "127.0.0.1:0", "--node-id", "3"])
+        .args([
+            "--initial-cluster",
+            "3=127.0.0.1:7703",
+            "--advertise",
+            "127.0.0.1:7713",
+        ]);
+    let out = common::run_with_deadline(cmd, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("differs from node 3's address"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn put_ok_at(node: &Server, key: &str, value: &str) {
+    let out = node.cli(&["put", key, value]);
+    assert!(
+        out.status.success(),
+        "put {key}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

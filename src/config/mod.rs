@@ -24,6 +24,10 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// gRPC listen address, `HOST:PORT` (a valid [`SocketAddr`]).
     pub listen: String,
+    /// The address peers and clients reach this node at when it differs
+    /// from `listen` (empty: `listen`). Used when the node starts a
+    /// one-member cluster.
+    pub advertise: String,
     /// Name of the cluster this node belongs to.
     pub cluster_name: String,
     /// The members a new cluster starts with, by node id; empty: a
@@ -109,6 +113,7 @@ impl Default for Settings {
             node_id: 1,
             data_dir: PathBuf::from("./utopia-data"),
             listen: "127.0.0.1:7700".to_string(),
+            advertise: String::new(),
             cluster_name: "utopia".to_string(),
             initial_cluster: BTreeMap::new(),
             join: false,
@@ -220,6 +225,7 @@ const TOP: &[&str] = &[
     "node_id",
     "data_dir",
     "listen",
+    "advertise",
     "cluster_name",
     "initial_cluster",
     "limits",
@@ -381,6 +387,17 @@ fn decode(tree: &[Setting]) -> Result<Settings, ConfigError> {
                 }
                 out.listen = s.to_string();
             }
+            "advertise" => {
+                let s = f.string()?;
+                if !s.is_empty() {
+                    if let Err(e) = s.parse::<SocketAddr>() {
+                        return Err(f.err(format!(
+                            "invalid address {s:?} ({e}); expected IP:PORT such as 192.0.2.10:7700, or \"\""
+                        )));
+                    }
+                }
+                out.advertise = s.to_string();
+            }
             "cluster_name" => out.cluster_name = f.non_empty()?,
             "initial_cluster" => {
                 out.initial_cluster = parse_initial_cluster(f.string()?).map_err(|e| f.err(e))?
@@ -525,6 +542,13 @@ data_dir = "./utopia-data";
 # gRPC listen address, IP:PORT.
 listen = "127.0.0.1:7700";
 
+# The address other members and clients reach this node at, IP:PORT, when
+# it is not the listen address (behind a proxy or NAT, or listening on
+# 0.0.0.0). Empty: the listen address. Used when this node starts a
+# one-member cluster; the members of a larger one are known by the
+# addresses in initial_cluster or given to `utopia cluster add`.
+advertise = "";
+
 # Name of the cluster this node belongs to.
 cluster_name = "utopia";
 
@@ -644,6 +668,7 @@ mod tests {
 node_id = 7;
 data_dir = "/var/lib/utopia";
 listen : "[::1]:9000";
+advertise = "[2001:db8::1]:9000";
 cluster_name = "fleet-" "eu";
 limits = {
   key_bytes_max = 0x200;
@@ -676,6 +701,7 @@ tls = {
             node_id: 7,
             data_dir: PathBuf::from("/var/lib/utopia"),
             listen: "[::1]:9000".into(),
+            advertise: "[2001:db8::1]:9000".into(),
             cluster_name: "fleet-eu".into(),
             initial_cluster: BTreeMap::new(),
             join: false,
@@ -764,7 +790,7 @@ tls = {
             (
                 "nodeid = 1;",
                 1,
-                "unknown setting \"nodeid\"; expected one of: node_id, data_dir, listen, cluster_name, initial_cluster, limits, raft, log",
+                "unknown setting \"nodeid\"; expected one of: node_id, data_dir, listen, advertise, cluster_name, initial_cluster, limits, raft, log, tls",
             ),
             (
                 "limits = {\n  key_bytes_max = 1;\n  foo = 2;\n};",
@@ -892,6 +918,11 @@ tls = {
                 "cluster_name = \"\";",
                 1,
                 "setting \"cluster_name\": must not be empty",
+            ),
+            (
+                "advertise = \"node1:7700\";",
+                1,
+                "setting \"advertise\": invalid address \"node1:7700\"",
             ),
             (
                 "data_dir = \"\";",
