@@ -6,10 +6,15 @@
 //! ([`load_client`]). Every error names the file and what is wrong with it.
 
 use std::path::Path;
+use std::time::Duration;
 
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
 use crate::config::TlsSettings;
+
+/// Longest a TLS handshake may take, on either side: a connection that
+/// never completes one does not hold a task forever.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A node's TLS: what its listener serves, and how it connects to peers.
 #[derive(Clone)]
@@ -69,7 +74,9 @@ pub fn load_server(settings: &TlsSettings) -> Result<Option<NodeTls>, String> {
     let key = read_pem("tls.key_file", &settings.key_file, "PRIVATE KEY")?;
     let ca = read_pem("tls.ca_file", &settings.ca_file, "CERTIFICATE")?;
     let identity = Identity::from_pem(&cert, &key);
-    let mut server = ServerTlsConfig::new().identity(identity.clone());
+    let mut server = ServerTlsConfig::new()
+        .identity(identity.clone())
+        .timeout(HANDSHAKE_TIMEOUT);
     if settings.client_cert_required {
         server = server.client_ca_root(Certificate::from_pem(&ca));
     }
@@ -83,7 +90,8 @@ pub fn load_server(settings: &TlsSettings) -> Result<Option<NodeTls>, String> {
         .map_err(|e| format!("tls: {files}: {}", chain(&e)))?;
     let peer = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&ca))
-        .identity(identity);
+        .identity(identity)
+        .timeout(HANDSHAKE_TIMEOUT);
     tonic::transport::Endpoint::from_static("https://127.0.0.1:1")
         .tls_config(peer.clone())
         .map_err(|e| {
@@ -105,7 +113,9 @@ pub fn load_client(
     flags: [&str; 3],
 ) -> Result<ClientTlsConfig, String> {
     let ca = read_pem(flags[0], ca_file, "CERTIFICATE")?;
-    let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca));
+    let mut config = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&ca))
+        .timeout(HANDSHAKE_TIMEOUT);
     if let Some((cert_file, key_file)) = cert {
         let cert = read_pem(flags[1], cert_file, "CERTIFICATE")?;
         let key = read_pem(flags[2], key_file, "PRIVATE KEY")?;
