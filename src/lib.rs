@@ -12,6 +12,8 @@
 //! - [`cli`]: the `utopia` command-line client and its benchmark.
 //! - [`mqtt`]: broker bridges, device ingest exactly once across the
 //!   cluster, device commands.
+//! - [`tls`]: certificates and keys read at startup, for the server, its
+//!   connections to peers, and the CLI.
 //!
 //! The crates beside this one: `utopia-proto` (the gRPC API), `utopia-raft`
 //! (consensus and the events in the log) and `utopia-storage` (RocksDB).
@@ -21,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod mqtt;
 pub mod server;
+pub mod tls;
 
 /// Milliseconds since the Unix epoch on this node's clock.
 pub fn now_ms() -> u64 {

@@ -38,9 +38,12 @@ fn timings(settings: &Settings) -> RaftTimings {
 }
 
 /// Runs a server until `shutdown` completes. `ready` is called once with the
-/// bound address when the server accepts requests.
+/// bound address when the server accepts requests. `tls` (from
+/// [`crate::tls::load_server`]) secures the listener and the connections to
+/// peers.
 pub async fn run(
     settings: Settings,
+    tls: Option<crate::tls::NodeTls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     ready: impl FnOnce(SocketAddr),
 ) -> anyhow::Result<()> {
@@ -56,13 +59,32 @@ pub async fn run(
         .with_context(|| format!("listen on {}", settings.listen))?;
     let addr = listener.local_addr().context("read the bound address")?;
 
+    // The address this node is known by when it forms a cluster of its own.
+    let advertised = if settings.advertise.is_empty() {
+        if addr.ip().is_unspecified() {
+            tracing::warn!(
+                listen = %addr,
+                "listening on an unspecified address without an advertise address: \
+                 a one-member cluster started now records {addr} as this node's address"
+            );
+        }
+        addr.to_string()
+    } else {
+        settings.advertise.clone()
+    };
     let (raft, transport) = RaftNode::start(
         settings.node_id,
-        &addr.to_string(),
+        &advertised,
         &settings.cluster_name,
         &timings(&settings),
         &settings.initial_cluster,
         settings.join,
+        utopia_raft::TransportSettings {
+            // Peers see this node connect from the address it listens on.
+            source_ip: Some(addr.ip()),
+            tls: tls.as_ref().map(|t| t.peer.clone()),
+            ..Default::default()
+        },
         store.log_store,
         store.state_machine,
         data_dir.join("snapshots").join("incoming"),
@@ -122,7 +144,13 @@ pub async fn run(
             Ok(s)
         })
     });
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls.server)
+            .context("configure TLS on the listener")?;
+    }
+    let server = builder
         .add_service(health_service)
         .add_service(
             utopia_proto::raft_v1::raft_transport_server::RaftTransportServer::new(transport)

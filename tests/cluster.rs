@@ -447,3 +447,328 @@ fn leadership_is_transferred_on_request() {
     let out = c.cli(&["cluster", "transfer-leader", "9"]);
     assert_eq!(out.status.code(), Some(3), "an unknown node cannot lead");
 }
+
+/// Serializable (local) read of every `prefix` key on one node at `rev`
+/// (0: current): the header's revision and every pair with its revisions
+/// and version.
+fn local_view(node: &Server, prefix: &str, rev: i64) -> Option<(i64, Vec<serde_json::Value>)> {
+    let rev = rev.to_string();
+    let out = node.cli(&[
+        "--output",
+        "json",
+        "--timeout",
+        "5",
+        "get",
+        prefix,
+        "--prefix",
+        "--rev",
+        &rev,
+        "--consistency",
+        "serializable",
+    ]);
+    if !out.status.success() {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some((
+        v["header"]["revision"].as_i64()?,
+        v["kvs"].as_array()?.clone(),
+    ))
+}
+
+fn value_of(kvs: &[serde_json::Value], key: &str) -> Option<String> {
+    kvs.iter()
+        .find(|kv| kv["key"] == key)
+        .and_then(|kv| kv["value"].as_str().map(str::to_string))
+}
+
+#[test]
+fn an_isolated_leader_commits_nothing_and_the_cluster_keeps_one_history() {
+    let dir = temp_dir();
+    let (nodes, net) = common::start_partitionable_cluster(dir.path(), 3, &[]);
+    let endpoints = |ns: &[&Server]| {
+        ns.iter()
+            .map(|n| n.addr.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let all: Vec<&Server> = nodes.iter().collect();
+    let mut acked: Vec<(String, String)> = Vec::new();
+    for i in 0..5 {
+        let (key, value) = (format!("p/before-{i}"), format!("b{i}"));
+        let out = cli(&endpoints(&all), &["put", &key, &value]);
+        assert!(
+            out.status.success(),
+            "put {key}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        acked.push((key, value));
+    }
+    let leader = wait_for("a leader", Duration::from_secs(20), || leader_id(&nodes));
+    let old = &nodes[(leader - 1) as usize];
+    let majority: Vec<&Server> = nodes.iter().filter(|n| n.addr != old.addr).collect();
+    let majority_ids: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+
+    net.isolate(leader);
+
+    // Writes sent to the isolated leader (clients still reach it) are
+    // never acknowledged: it cannot replicate them to a majority.
+    let old_addr = old.addr.clone();
+    let minority = std::thread::spawn(move || {
+        (0..3)
+            .map(|i| {
+                let key = format!("p/minority-{i}");
+                (
+                    key.clone(),
+                    cli(&old_addr, &["--timeout", "2", "put", &key, "lost"]),
+                )
+            })
+            .collect::<Vec<_>>()
+    });
+
+    // The other two elect a leader among themselves and keep acknowledging.
+    let new_leader = wait_for(
+        "the majority to elect a new leader",
+        Duration::from_secs(30),
+        || {
+            majority
+                .iter()
+                .find_map(|n| Cluster::status_of(n)?["leader"].as_u64())
+                .filter(|l| majority_ids.contains(l))
+        },
+    );
+    for i in 0..10 {
+        let (key, value) = (format!("p/majority-{i}"), format!("m{i}"));
+        wait_for(
+            "the majority to acknowledge a write",
+            Duration::from_secs(30),
+            || {
+                cli(
+                    &endpoints(&majority),
+                    &["--timeout", "3", "put", &key, &value],
+                )
+                .status
+                .success()
+                .then_some(())
+            },
+        );
+        acked.push((key, value));
+    }
+
+    for (key, out) in minority.join().expect("minority writer") {
+        assert!(
+            !out.status.success(),
+            "the isolated leader acknowledged {key}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        eprintln!(
+            "write through the isolated leader: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    // The isolated node applied nothing new: it still has exactly the
+    // five writes made before the partition, and none of the majority's.
+    let st = Cluster::status_of(old).expect("the isolated node answers status");
+    let applied = st["raft_applied_index"].as_u64().unwrap_or(0);
+    eprintln!(
+        "isolated node {leader}: role {}, raft_index {}, raft_applied_index {applied}",
+        st["role"], st["raft_index"]
+    );
+    let (_, kvs) = local_view(old, "p/", 0).expect("the isolated node serves local reads");
+    let keys: Vec<&str> = kvs.iter().filter_map(|kv| kv["key"].as_str()).collect();
+    assert_eq!(
+        keys,
+        (0..5).map(|i| format!("p/before-{i}")).collect::<Vec<_>>(),
+        "the isolated node holds exactly the writes from before the partition"
+    );
+    let st = Cluster::status_of(old).expect("status");
+    assert_eq!(
+        st["raft_applied_index"].as_u64().unwrap_or(0),
+        applied,
+        "the isolated node applies nothing while cut off"
+    );
+
+    net.heal();
+
+    // One history: every node converges on the same revision, the same
+    // keys with the same revisions and versions, every acknowledged write
+    // included and none of the isolated leader's.
+    let converged = wait_for(
+        "every node to converge after healing",
+        Duration::from_secs(30),
+        || {
+            let views: Vec<(i64, Vec<serde_json::Value>)> = nodes
+                .iter()
+                .map(|n| local_view(n, "p/", 0))
+                .collect::<Option<_>>()?;
+            let first = &views[0];
+            let same = views.iter().all(|v| v == first);
+            let complete = acked
+                .iter()
+                .all(|(k, v)| value_of(&first.1, k).as_deref() == Some(v.as_str()));
+            (same && complete).then(|| first.clone())
+        },
+    );
+    let (revision, kvs) = converged;
+    assert!(
+        kvs.iter()
+            .all(|kv| !kv["key"].as_str().unwrap_or("").starts_with("p/minority-")),
+        "writes the isolated leader never replicated are gone: {kvs:?}"
+    );
+    // Every past revision reads the same on every node.
+    for rev in 1..=revision {
+        let views: Vec<_> = nodes.iter().map(|n| local_view(n, "p/", rev)).collect();
+        assert!(
+            views.iter().all(|v| v.is_some() && v == &views[0]),
+            "revision {rev} differs between nodes: {views:?}"
+        );
+    }
+    let leader_now = wait_for("a leader after healing", Duration::from_secs(20), || {
+        leader_id(&nodes)
+    });
+    eprintln!(
+        "partition: node {leader} isolated, node {new_leader} elected, node {leader_now} leads after healing; {} keys at revision {revision} on every node",
+        kvs.len()
+    );
+}
+
+#[test]
+fn a_membership_change_requested_during_another_is_refused() {
+    let dir = temp_dir();
+    let mut c = Cluster::start(dir.path(), 3);
+    let leader = c.leader();
+    let li = (leader - 1) as usize;
+    let others: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let (paused, removed) = (others[0], others[1]);
+    let leader_addr = c.nodes[li].addr.clone();
+
+    // Removing `removed` goes through the joint membership {all three} +
+    // {leader, paused}; the second half needs `paused`, so while it is
+    // stopped the change cannot commit and stays in progress.
+    c.nodes[(paused - 1) as usize].signal("STOP");
+    let first = {
+        let addr = leader_addr.clone();
+        let id = removed.to_string();
+        std::thread::spawn(move || cli(&addr, &["--timeout", "60", "cluster", "remove", &id]))
+    };
+    wait_for(
+        "the removal to be in progress on the leader",
+        Duration::from_secs(20),
+        || {
+            let st = Cluster::status_of(&c.nodes[li])?;
+            (st["raft_membership_index"].as_u64()? > st["raft_applied_index"].as_u64()?)
+                .then_some(())
+        },
+    );
+    let out = cli(&leader_addr, &["--output", "json", "cluster", "status"]);
+    let view: serde_json::Value = serde_json::from_slice(&out.stdout).expect("cluster status");
+    assert_eq!(
+        view["membership_change_in_progress"], true,
+        "cluster status shows the change: {view}"
+    );
+
+    // Any other change is refused at once, with a reason, and changes nothing.
+    let addr4 = free_addr();
+    for args in [
+        vec!["cluster", "add", "4", &addr4, "--learner"],
+        vec!["cluster", "remove", &leader.to_string()],
+    ] {
+        let out = cli(&leader_addr, &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {err}");
+        assert!(
+            err.contains("FAILED_PRECONDITION")
+                && err.contains("membership change is already in progress"),
+            "{args:?}: {err}"
+        );
+        eprintln!("utopia {}: {}", args.join(" "), err.trim());
+    }
+
+    // Once the paused node is back, the first change completes.
+    c.nodes[(paused - 1) as usize].signal("CONT");
+    let out = first.join().expect("first change");
+    assert!(
+        out.status.success(),
+        "the first change completes: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.nodes[(removed - 1) as usize].kill9();
+    let view = wait_for("the membership to settle", Duration::from_secs(20), || {
+        let out = cli(&leader_addr, &["--output", "json", "cluster", "status"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v["membership_change_in_progress"] == false).then_some(v)
+    });
+    let mut ids: Vec<u64> = view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["id"].as_u64())
+        .collect();
+    ids.sort();
+    let mut want = vec![leader, paused];
+    want.sort();
+    assert_eq!(ids, want, "only the first change took effect: {view}");
+}
+
+#[test]
+fn a_node_is_known_by_its_advertised_address() {
+    use common::net::{free_addr_on, node_ip, Net};
+    let dir = temp_dir();
+    let real: std::collections::BTreeMap<u64, String> =
+        (1..=2).map(|id| (id, free_addr_on(node_ip(id)))).collect();
+    let net = Net::start(&real);
+
+    // A one-member cluster behind a proxy records the proxy's address.
+    let node1 = Server::start_at(
+        &dir.path().join("node1"),
+        &real[&1],
+        &["--node-id", "1", "--advertise", net.addr(1)],
+    );
+    let st = Cluster::status_of(&node1).expect("status");
+    assert_eq!(st["members"][0]["addr"], net.addr(1), "{st}");
+    put_ok_at(&node1, "adv/a", "1");
+
+    // A second node joins through its own proxy and catches up.
+    let node2 = Server::start_at(
+        &dir.path().join("node2"),
+        &real[&2],
+        &["--node-id", "2", "--join"],
+    );
+    let out = node1.cli(&["cluster", "add", "2", net.addr(2)]);
+    assert!(
+        out.status.success(),
+        "add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("node 2 to catch up", Duration::from_secs(20), || {
+        has_keys(&node2, "adv/", 1)
+    });
+
+    // An advertise address that contradicts the initial cluster is refused.
+    let mut cmd = std::process::Command::new(common::UTOPIAD);
+    cmd.arg("--data-dir")
+        .arg(dir.path().join("node3"))
+        .args(["--listen", "127.0.0.1:0", "--node-id", "3"])
+        .args([
+            "--initial-cluster",
+            "3=127.0.0.1:7703",
+            "--advertise",
+            "127.0.0.1:7713",
+        ]);
+    let out = common::run_with_deadline(cmd, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("differs from node 3's address"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn put_ok_at(node: &Server, key: &str, value: &str) {
+    let out = node.cli(&["put", key, value]);
+    assert!(
+        out.status.success(),
+        "put {key}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,7 +1,9 @@
-//! Concurrent clients against a three-node cluster while a nemesis
-//! alternately kills and restarts the leader (SIGKILL) and pauses and
-//! resumes it (SIGSTOP / SIGCONT); the recorded history must be
-//! linearizable.
+//! Concurrent clients against a three-node cluster while a nemesis, in
+//! turn, kills and restarts the leader (SIGKILL), pauses and resumes it
+//! (SIGSTOP / SIGCONT), and cuts it off from the other two nodes and heals
+//! the partition (the nodes talk through fault-injecting proxies, see
+//! `common/net.rs`; clients reach every node throughout); the recorded
+//! history must be linearizable.
 //!
 //! The default run is short. Set `UTOPIA_SOAK_SECONDS` for a longer soak;
 //! the test prints how many operations and faults it checked.
@@ -13,7 +15,7 @@ mod linearizability;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{leader_id, start_cluster, temp_dir};
+use common::{leader_id, start_partitionable_cluster, temp_dir};
 use linearizability::{check, Recorder};
 use tonic::transport::{Channel, Endpoint};
 use utopia_proto::v1 as pb;
@@ -230,12 +232,15 @@ async fn history_under_leader_faults_is_linearizable() {
         .and_then(|s| s.parse::<u64>().ok());
     let run_for = Duration::from_secs(soak.unwrap_or(6));
     let dir = temp_dir();
-    let (nodes, addrs) = {
+    let (nodes, net) = {
         let dir = dir.path().to_path_buf();
-        tokio::task::spawn_blocking(move || start_cluster(&dir, 3, &[]))
+        tokio::task::spawn_blocking(move || start_partitionable_cluster(&dir, 3, &[]))
             .await
             .unwrap()
     };
+    // Clients use the members' addresses (the proxies), which leader hints
+    // name; a client's connection is never cut.
+    let addrs: Vec<String> = net.addrs().values().cloned().collect();
 
     let rec = Recorder::new();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -243,37 +248,53 @@ async fn history_under_leader_faults_is_linearizable() {
         .map(|id| tokio::spawn(client_loop(id, addrs.clone(), rec.clone(), stop.clone())))
         .collect();
 
-    // The nemesis: kill the leader, let the others carry on, restart it.
+    // The nemesis: crash, pause or isolate the leader, let the others carry
+    // on, then undo the fault.
     let nemesis = {
         // The sleeps are the fault schedule (how long a fault lasts and
         // how long the cluster runs healthy), not waits for a condition.
         tokio::task::spawn_blocking(move || {
             let mut nodes = nodes;
             let start = Instant::now();
-            let mut faults = 0;
-            while start.elapsed() < run_for {
+            let mut faults = [0usize; 3];
+            let mut turn = 0;
+            // Every kind of fault at least once, however short the run.
+            while start.elapsed() < run_for || faults.contains(&0) {
                 std::thread::sleep(Duration::from_millis(1000));
-                let Some(l) = leader_id(&nodes).map(|id| (id - 1) as usize) else {
+                let Some(id) = leader_id(&nodes) else {
                     continue;
                 };
-                if faults % 2 == 0 {
-                    // Crash: the leader's process dies; it restarts later.
-                    nodes[l].kill9();
-                    std::thread::sleep(Duration::from_millis(1000));
-                    nodes[l].restart();
-                } else {
-                    // Pause: the leader stops answering without dying, then
-                    // resumes believing it still leads.
-                    nodes[l].signal("STOP");
-                    std::thread::sleep(Duration::from_millis(1500));
-                    nodes[l].signal("CONT");
+                let l = (id - 1) as usize;
+                match turn % 3 {
+                    0 => {
+                        // Crash: the leader's process dies; it restarts later.
+                        nodes[l].kill9();
+                        std::thread::sleep(Duration::from_millis(1000));
+                        nodes[l].restart();
+                    }
+                    1 => {
+                        // Pause: the leader stops answering without dying,
+                        // then resumes believing it still leads.
+                        nodes[l].signal("STOP");
+                        std::thread::sleep(Duration::from_millis(1500));
+                        nodes[l].signal("CONT");
+                    }
+                    _ => {
+                        // Partition: the leader keeps running and serving
+                        // clients but cannot reach the other two; what it
+                        // sent them meanwhile arrives after the heal.
+                        net.isolate(id);
+                        std::thread::sleep(Duration::from_millis(1500));
+                        net.heal();
+                    }
                 }
-                faults += 1;
+                faults[turn % 3] += 1;
+                turn += 1;
             }
-            (faults, nodes)
+            (faults, nodes, net)
         })
     };
-    let (faults, nodes) = nemesis.await.unwrap();
+    let (faults, nodes, net) = nemesis.await.unwrap();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut ops = 0;
     for c in clients {
@@ -305,14 +326,17 @@ async fn history_under_leader_faults_is_linearizable() {
     let history = rec.history();
     let result = check(&history);
     eprintln!(
-        "linearizability: {} operations recorded ({} issued, {} with unknown outcome) on {} keys, {} leader faults (SIGKILL and SIGSTOP in turn): {}",
+        "linearizability: {} operations recorded ({} issued, {} with unknown outcome) on {} keys; leader faults: {} SIGKILL, {} SIGSTOP, {} partitions: {}",
         history.len(),
         ops,
         history.iter().filter(|o| o.return_ns.is_none()).count(),
         result.keys_checked,
-        faults,
+        faults[0],
+        faults[1],
+        faults[2],
         if result.ok { "linearizable" } else { "NOT linearizable" }
     );
     result.assert_linearizable();
     drop(nodes);
+    drop(net);
 }

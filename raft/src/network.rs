@@ -6,10 +6,18 @@
 //! Snapshots are files; they are streamed in chunks of at most
 //! `snapshot_chunk_bytes`, never held whole in memory, and written to a
 //! temporary file on the receiver before they are installed.
+//!
+//! Connections to peers leave from this node's own listen IP when it listens
+//! on a specific address ([`TransportSettings::source_ip`]): on a multi-homed
+//! host peers then see the address they know the node by, and a
+//! fault-injecting proxy can tell the nodes apart by their source address.
+//! With [`TransportSettings::tls`], peers are reached over TLS and this
+//! node presents its own certificate to peers that require one.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::io::Read;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,6 +44,12 @@ pub struct TransportSettings {
     pub snapshot_chunk_bytes: usize,
     /// Largest message either side accepts.
     pub message_bytes_max: usize,
+    /// The local IP connections to peers are made from (the node's listen
+    /// IP); `None` or an unspecified address (`0.0.0.0`, `::`) leaves the
+    /// choice to the operating system.
+    pub source_ip: Option<IpAddr>,
+    /// TLS for connections to peers (`https`); `None`: plain text.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Default for TransportSettings {
@@ -44,7 +58,23 @@ impl Default for TransportSettings {
             connect_timeout: Duration::from_secs(1),
             snapshot_chunk_bytes: 1 << 20,
             message_bytes_max: 64 << 20,
+            source_ip: None,
+            tls: None,
         }
+    }
+}
+
+impl TransportSettings {
+    /// The local IP to connect to `peer` from: the configured source IP,
+    /// unless it is unspecified, of the other address family, or on the
+    /// other side of the loopback boundary (a node listening on 127.0.0.1
+    /// cannot reach a peer on another host from that address, nor the
+    /// reverse).
+    pub fn source_ip_for(&self, peer: &str) -> Option<IpAddr> {
+        let ip = self.source_ip.filter(|ip| !ip.is_unspecified())?;
+        let peer: SocketAddr = peer.parse().ok()?;
+        (ip.is_ipv4() == peer.is_ipv4() && ip.is_loopback() == peer.ip().is_loopback())
+            .then_some(ip)
     }
 }
 
@@ -71,11 +101,22 @@ impl GrpcNetwork {
         if let Some(ch) = channels.get(addr) {
             return Ok(ch.clone());
         }
-        let ch = Endpoint::from_shared(format!("http://{addr}"))
+        let scheme = if self.settings.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(|e| format!("peer address {addr:?}: {e}"))?
             .connect_timeout(self.settings.connect_timeout)
             .tcp_nodelay(true)
-            .connect_lazy();
+            .local_address(self.settings.source_ip_for(addr));
+        if let Some(tls) = &self.settings.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| format!("TLS to peer {addr}: {e}"))?;
+        }
+        let ch = endpoint.connect_lazy();
         channels.insert(addr.to_string(), ch.clone());
         Ok(ch)
     }
@@ -446,5 +487,39 @@ where
             .map_err(|e| e.to_string());
         let _ = std::fs::remove_file(&path);
         reply(result)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_are_reached_from_the_listen_ip_where_that_can_work() {
+        let with = |ip: &str| TransportSettings {
+            source_ip: Some(ip.parse().unwrap()),
+            ..Default::default()
+        };
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        assert_eq!(
+            with("127.0.0.11").source_ip_for("127.0.0.12:7700"),
+            ip("127.0.0.11")
+        );
+        assert_eq!(
+            with("10.0.0.1").source_ip_for("10.0.0.2:7700"),
+            ip("10.0.0.1")
+        );
+        // Unspecified, another family, across the loopback boundary, or an
+        // address that is not IP:PORT: the operating system chooses.
+        assert_eq!(with("0.0.0.0").source_ip_for("10.0.0.2:7700"), None);
+        assert_eq!(with("::").source_ip_for("[::1]:7700"), None);
+        assert_eq!(with("127.0.0.1").source_ip_for("10.0.0.2:7700"), None);
+        assert_eq!(with("10.0.0.1").source_ip_for("127.0.0.1:7700"), None);
+        assert_eq!(with("10.0.0.1").source_ip_for("[fd00::2]:7700"), None);
+        assert_eq!(with("10.0.0.1").source_ip_for("host:7700"), None);
+        assert_eq!(
+            TransportSettings::default().source_ip_for("127.0.0.1:1"),
+            None
+        );
     }
 }

@@ -69,10 +69,24 @@ pub(crate) fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>
             ProposeError::OutcomeUnknown(e.to_string())
         }
         RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => match c {
-            ChangeMembershipError::InProgress(_)
-            | ChangeMembershipError::UncommittedLeaderLog(_) => {
-                ProposeError::Conflict(format!("a membership change is already in progress: {c}"))
+            ChangeMembershipError::InProgress(p) => {
+                let at = |l: &Option<openraft::alias::LogIdOf<TypeConfig>>| {
+                    l.as_ref()
+                        .map_or_else(|| "none".to_string(), |l| l.index.to_string())
+                };
+                ProposeError::Conflict(format!(
+                    "a membership change is already in progress (the membership at log index {} \
+                     is not committed yet; the last committed one is at {}); \
+                     retry once it completes",
+                    at(&p.membership_log_id),
+                    at(&p.committed)
+                ))
             }
+            ChangeMembershipError::UncommittedLeaderLog(_) => ProposeError::Conflict(
+                "membership changes wait until a new leader has committed its first entry; \
+                 retry shortly"
+                    .to_string(),
+            ),
             other => ProposeError::Invalid(other.to_string()),
         },
         RaftError::APIError(e @ ClientWriteError::PreconditionFailed(_)) => {
@@ -111,6 +125,9 @@ pub struct NodeStatus {
     pub applied_index: u64,
     pub snapshot_index: u64,
     pub purged_index: u64,
+    /// The log index of the membership in use; a change is in progress
+    /// while it is above `applied_index`.
+    pub membership_index: u64,
     /// Members by id: (address, is_voter).
     pub members: BTreeMap<u64, (String, bool)>,
     /// On the leader: the last log index known replicated to each member.
@@ -158,6 +175,7 @@ where
         timings: &RaftTimings,
         initial_members: &BTreeMap<u64, String>,
         join: bool,
+        transport: TransportSettings,
         log_store: LS,
         state_machine: SM,
         incoming_snapshot_dir: std::path::PathBuf,
@@ -178,7 +196,7 @@ where
         .validate()
         .map_err(|e| format!("invalid raft settings: {e}"))?;
 
-        let network = GrpcNetwork::new(TransportSettings::default());
+        let network = GrpcNetwork::new(transport);
         let raft = Raft::new(
             id,
             Arc::new(config),
@@ -335,6 +353,12 @@ where
             applied_index: m.last_applied.as_ref().map(|l| l.index).unwrap_or(0),
             snapshot_index: m.snapshot.as_ref().map(|l| l.index).unwrap_or(0),
             purged_index: m.purged.as_ref().map(|l| l.index).unwrap_or(0),
+            membership_index: m
+                .membership_config
+                .log_id()
+                .as_ref()
+                .map(|l| l.index)
+                .unwrap_or(0),
             members,
             matched: m
                 .replication

@@ -68,6 +68,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             role: format!("{:?}", st.role).to_lowercase(),
             raft_snapshot_index: st.snapshot_index,
             raft_purged_index: st.purged_index,
+            raft_membership_index: st.membership_index,
         }))
     }
 }

@@ -22,6 +22,10 @@ struct Args {
     /// gRPC listen address, HOST:PORT (port 0 picks a free port).
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
+    /// The address peers and clients reach this node at, HOST:PORT, when it
+    /// is not the listen address (a proxy, NAT, or --listen 0.0.0.0:PORT).
+    #[arg(long, value_name = "ADDR")]
+    advertise: Option<String>,
     /// This node's id in the cluster.
     #[arg(long, value_name = "N")]
     node_id: Option<u64>,
@@ -56,6 +60,15 @@ fn main() -> ExitCode {
     if let Some(n) = args.node_id {
         settings.node_id = n;
     }
+    if let Some(a) = args.advertise {
+        if let Err(e) = a.parse::<std::net::SocketAddr>() {
+            eprintln!(
+                "utopiad: --advertise {a:?}: {e}; expected HOST:PORT such as 192.0.2.10:7700"
+            );
+            return ExitCode::from(2);
+        }
+        settings.advertise = a;
+    }
     settings.join = args.join;
     if let Some(members) = args.initial_cluster {
         match utopia::config::parse_initial_cluster(&members) {
@@ -66,6 +79,17 @@ fn main() -> ExitCode {
             }
         }
     }
+    // The initial cluster names this node's address too; two different
+    // answers are a mistake.
+    if let Some(own) = settings.initial_cluster.get(&settings.node_id) {
+        if !settings.advertise.is_empty() && *own != settings.advertise {
+            eprintln!(
+                "utopiad: advertise address {} differs from node {}'s address in the initial cluster ({own})",
+                settings.advertise, settings.node_id
+            );
+            return ExitCode::from(2);
+        }
+    }
     if let Err(e) = settings.listen.parse::<std::net::SocketAddr>() {
         eprintln!(
             "utopiad: --listen {:?}: {e}; expected HOST:PORT such as 127.0.0.1:7700",
@@ -73,6 +97,15 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
+    // Certificates are read before anything starts: a missing or unreadable
+    // file is a configuration error like any other.
+    let tls = match utopia::tls::load_server(&settings.tls) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("utopiad: {e}");
+            return ExitCode::from(2);
+        }
+    };
     init_logging(&settings);
 
     let runtime = match tokio::runtime::Runtime::new() {
@@ -86,6 +119,7 @@ fn main() -> ExitCode {
     let node_id = settings.node_id;
     let result = runtime.block_on(utopia::server::run(
         settings,
+        tls,
         utopia::server::shutdown_signal(),
         |addr| {
             // One line, for people and for scripts that need the bound port.

@@ -384,6 +384,7 @@ struct StatusJson {
     db_size_bytes: u64,
     members: Vec<MemberJson>,
     counters: BTreeMap<String, u64>,
+    raft_membership_index: u64,
 }
 
 pub async fn status(client: &mut Client, out: &mut Printer) -> Result<(), CliError> {
@@ -416,12 +417,13 @@ pub async fn status(client: &mut Client, out: &mut Printer) -> Result<(), CliErr
             })
             .collect(),
         counters: resp.counters.into_iter().collect(),
+        raft_membership_index: resp.raft_membership_index,
     };
     if out.json {
         out.json_line(&s)?;
         return Ok(());
     }
-    let rows: [(&str, String); 14] = [
+    let rows: [(&str, String); 15] = [
         ("endpoint", s.endpoint.clone()),
         ("version", s.version.clone()),
         ("member_id", s.member_id.to_string()),
@@ -432,6 +434,7 @@ pub async fn status(client: &mut Client, out: &mut Printer) -> Result<(), CliErr
         ("raft_applied_index", s.raft_applied_index.to_string()),
         ("raft_snapshot_index", s.raft_snapshot_index.to_string()),
         ("raft_purged_index", s.raft_purged_index.to_string()),
+        ("raft_membership_index", s.raft_membership_index.to_string()),
         ("revision", s.revision.to_string()),
         ("compact_revision", s.compact_revision.to_string()),
         ("data_dir", s.data_dir.clone()),

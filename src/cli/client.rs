@@ -6,11 +6,15 @@
 //! answers UNAVAILABLE (not the leader, shutting down). When an UNAVAILABLE
 //! answer names the leader (`utopia-leader` metadata), the leader is tried
 //! next. Every endpoint is tried at most once per request.
+//!
+//! With TLS settings (`--cacert`, and `--cert` / `--key` for servers that
+//! require a client certificate) endpoints without a scheme are reached over
+//! `https`, leader hints included.
 
 use std::future::Future;
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 use utopia_proto::v1::{
     documents_client::DocumentsClient, kv_client::KvClient, lease_client::LeaseClient,
@@ -31,13 +35,17 @@ pub struct Client {
     timeout: Duration,
     /// The endpoint that answered last, and its channel.
     current: Option<(String, Channel)>,
+    tls: Option<ClientTlsConfig>,
 }
 
-/// `HOST:PORT` → `http://HOST:PORT`; URIs with a scheme are kept.
-pub fn endpoint_uri(s: &str) -> String {
+/// `HOST:PORT` → `http://HOST:PORT` (`https://` with `tls`); URIs with a
+/// scheme are kept.
+pub fn endpoint_uri(s: &str, tls: bool) -> String {
     let s = s.trim();
     if s.contains("://") {
         s.to_string()
+    } else if tls {
+        format!("https://{s}")
     } else {
         format!("http://{s}")
     }
@@ -59,11 +67,17 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 impl Client {
-    pub fn new(endpoints: &[String], timeout: Duration) -> Result<Self, CliError> {
+    /// A client of `endpoints`; with `tls`, endpoints without a scheme are
+    /// reached over https.
+    pub fn new(
+        endpoints: &[String],
+        timeout: Duration,
+        tls: Option<ClientTlsConfig>,
+    ) -> Result<Self, CliError> {
         let endpoints: Vec<String> = endpoints
             .iter()
             .filter(|e| !e.trim().is_empty())
-            .map(|e| endpoint_uri(e))
+            .map(|e| endpoint_uri(e, tls.is_some()))
             .collect();
         if endpoints.is_empty() {
             return Err(CliError::Usage("--endpoints is empty".into()));
@@ -72,6 +86,7 @@ impl Client {
             endpoints,
             timeout,
             current: None,
+            tls,
         })
     }
 
@@ -79,12 +94,26 @@ impl Client {
         self.timeout
     }
 
+    /// The TLS settings connections are made with.
+    pub fn tls(&self) -> Option<&ClientTlsConfig> {
+        self.tls.as_ref()
+    }
+
     /// Opens a new HTTP/2 connection to `uri`.
-    async fn open(uri: &str) -> Result<Channel, String> {
-        let endpoint = Endpoint::from_shared(uri.to_string())
+    async fn open(&self, uri: &str) -> Result<Channel, String> {
+        let mut endpoint = Endpoint::from_shared(uri.to_string())
             .map_err(|e| format!("bad endpoint: {}", error_chain(&e)))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
+        if uri.starts_with("https://") {
+            let tls = self.tls.clone().ok_or_else(|| {
+                "an https endpoint needs --cacert (the CA that signed the server's certificate)"
+                    .to_string()
+            })?;
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| format!("TLS: {}", error_chain(&e)))?;
+        }
         match tokio::time::timeout(
             CONNECT_TIMEOUT + Duration::from_millis(500),
             endpoint.connect(),
@@ -123,7 +152,7 @@ impl Client {
             tried.push(uri.clone());
             let channel = match &self.current {
                 Some((u, ch)) if *u == uri => ch.clone(),
-                _ => match Self::open(&uri).await {
+                _ => match self.open(&uri).await {
                     Ok(ch) => {
                         self.current = Some((uri.clone(), ch.clone()));
                         ch
@@ -143,12 +172,12 @@ impl Client {
                         .and_then(|v| v.to_str().ok())
                         .filter(|s| !s.is_empty())
                     {
-                        queue.push_front(endpoint_uri(leader));
+                        queue.push_front(endpoint_uri(leader, self.tls.is_some()));
                     }
                     self.current = None;
                     last_status = Some(status);
                 }
-                Ok(Err(status)) => return Err(CliError::Rpc(status)),
+                Ok(Err(status)) => return Err(CliError::Rpc(self.explain(status))),
                 Err(_) => {
                     return Err(CliError::Rpc(Status::deadline_exceeded(format!(
                         "no answer from {} within {:?} (--timeout)",
@@ -176,16 +205,37 @@ impl Client {
         }
     }
 
+    /// A status that the connection produced rather than the server (it has
+    /// an error behind it: a refused TLS handshake, a reset) gets that
+    /// error's causes in its message, and a hint at the likely TLS mismatch.
+    fn explain(&self, status: Status) -> Status {
+        let Some(cause) = std::error::Error::source(&status) else {
+            return status;
+        };
+        let mut msg = status.message().to_string();
+        let chain = error_chain(cause);
+        if !msg.contains(&chain) {
+            msg = format!("{msg}: {chain}");
+        }
+        let hint = match &self.tls {
+            None => " (if the server uses TLS, connect with --cacert)",
+            Some(_) => {
+                " (the server may require a client certificate signed by a CA it trusts: --cert and --key)"
+            }
+        };
+        Status::new(status.code(), format!("{msg}{hint}"))
+    }
+
     /// `n` separate connections to the first endpoint that accepts one (for
     /// the benchmark).
     pub async fn connect_many(&mut self, n: usize) -> Result<(String, Vec<Channel>), CliError> {
         let mut errors = Vec::new();
         for uri in self.endpoints.clone() {
-            match Self::open(&uri).await {
+            match self.open(&uri).await {
                 Ok(first) => {
                     let mut channels = vec![first];
                     while channels.len() < n {
-                        let ch = Self::open(&uri).await.map_err(|e| {
+                        let ch = self.open(&uri).await.map_err(|e| {
                             CliError::Connect(format!(
                                 "cannot open connection {} to {}: {e}",
                                 channels.len() + 1,
@@ -212,7 +262,9 @@ impl Client {
 }
 
 fn display_uri(uri: &str) -> &str {
-    uri.strip_prefix("http://").unwrap_or(uri)
+    uri.strip_prefix("http://")
+        .or_else(|| uri.strip_prefix("https://"))
+        .unwrap_or(uri)
 }
 
 pub fn kv(ch: Channel) -> KvClient<Channel> {
@@ -246,15 +298,21 @@ mod tests {
 
     #[test]
     fn endpoint_uris() {
-        assert_eq!(endpoint_uri("127.0.0.1:7700"), "http://127.0.0.1:7700");
-        assert_eq!(endpoint_uri(" host:1 "), "http://host:1");
-        assert_eq!(endpoint_uri("http://h:1"), "http://h:1");
+        assert_eq!(
+            endpoint_uri("127.0.0.1:7700", false),
+            "http://127.0.0.1:7700"
+        );
+        assert_eq!(endpoint_uri(" host:1 ", false), "http://host:1");
+        assert_eq!(endpoint_uri("http://h:1", false), "http://h:1");
+        assert_eq!(endpoint_uri("h:1", true), "https://h:1");
+        assert_eq!(endpoint_uri("http://h:1", true), "http://h:1");
         assert_eq!(display_uri("http://h:1"), "h:1");
+        assert_eq!(display_uri("https://h:1"), "h:1");
     }
 
     #[test]
     fn empty_endpoint_list_is_a_usage_error() {
-        let e = Client::new(&[" ".to_string()], Duration::from_secs(1)).err();
+        let e = Client::new(&[" ".to_string()], Duration::from_secs(1), None).err();
         assert!(matches!(e, Some(CliError::Usage(_))));
     }
 
@@ -264,6 +322,7 @@ mod tests {
         let mut c = Client::new(
             &["127.0.0.1:1".into(), "127.0.0.1:2".into()],
             Duration::from_secs(1),
+            None,
         )
         .unwrap();
         let r = c

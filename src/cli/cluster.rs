@@ -33,10 +33,16 @@ struct ClusterView {
     leader: u64,
     raft_term: u64,
     members: Vec<MemberView>,
+    /// The leader's membership is not committed and applied yet (another
+    /// change would be refused).
+    membership_change_in_progress: bool,
 }
 
-async fn member_status(addr: &str) -> Option<pb::StatusResponse> {
-    let mut c = Client::new(&[addr.to_string()], MEMBER_TIMEOUT).ok()?;
+async fn member_status(
+    addr: &str,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> Option<pb::StatusResponse> {
+    let mut c = Client::new(&[addr.to_string()], MEMBER_TIMEOUT, tls.cloned()).ok()?;
     c.call(|ch| async move { client::maintenance(ch).status(pb::StatusRequest {}).await })
         .await
         .ok()
@@ -108,7 +114,7 @@ async fn status(client: &mut Client, out: &mut Printer) -> Result<(), CliError> 
     let members = first.members.clone();
     let leader_status = match members.iter().find(|m| m.id == leader_id) {
         Some(m) if m.id != first.header.as_ref().map_or(0, |h| h.member_id) => {
-            member_status(&m.addr).await
+            member_status(&m.addr, client.tls()).await
         }
         Some(_) => Some(first.clone()),
         None => None,
@@ -119,7 +125,7 @@ async fn status(client: &mut Client, out: &mut Printer) -> Result<(), CliError> 
         .unwrap_or_default();
     let mut views = Vec::with_capacity(members.len());
     for m in &members {
-        let own = member_status(&m.addr).await;
+        let own = member_status(&m.addr, client.tls()).await;
         views.push(MemberView {
             id: m.id,
             addr: m.addr.clone(),
@@ -132,17 +138,30 @@ async fn status(client: &mut Client, out: &mut Printer) -> Result<(), CliError> 
             raft_term: own.as_ref().map(|s| s.raft_term),
         });
     }
+    let in_progress = leader_status
+        .as_ref()
+        .is_some_and(|s| s.raft_membership_index > s.raft_applied_index);
     let view = ClusterView {
         leader: leader_id,
         raft_term: first.raft_term,
         members: views,
+        membership_change_in_progress: in_progress,
     };
     if out.json {
         return out.json_line(&view).map_err(CliError::Io);
     }
     let opt = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
-    out.line(format!("leader {}  term {}", view.leader, view.raft_term))
-        .map_err(CliError::Io)?;
+    out.line(format!(
+        "leader {}  term {}{}",
+        view.leader,
+        view.raft_term,
+        if view.membership_change_in_progress {
+            "  (membership change in progress)"
+        } else {
+            ""
+        }
+    ))
+    .map_err(CliError::Io)?;
     out.line(format!(
         "{:<6} {:<24} {:<8} {:<12} {:>10} {:>10}",
         "ID", "ADDRESS", "MEMBER", "ROLE", "MATCHED", "APPLIED"

@@ -45,8 +45,11 @@
 //! - `doc list`: `{"documents":[{"collection","id","document"}...],"next_page_token":string}`
 //! - `device report`: `{"device":string,"revision":i64}`
 //! - `status`: `{"endpoint","version","member_id","leader","raft_term","raft_index",
-//!   "raft_applied_index","revision","compact_revision","data_dir","db_size_bytes",
-//!   "members":[{"id","addr","voter"}],"counters":{name:u64}}` (counters sorted by name)
+//!   "raft_applied_index","raft_snapshot_index","raft_purged_index","role","revision",
+//!   "compact_revision","data_dir","db_size_bytes","members":[{"id","addr","voter"}],
+//!   "counters":{name:u64},"raft_membership_index"}` (counters sorted by name)
+//! - `cluster status`: `{"leader","raft_term","members":[{"id","addr","voter","role",
+//!   "matched_index","applied_index","raft_term"}],"membership_change_in_progress"}`
 //! - `bench put`: `{"ops","errors","seconds","ops_per_second","latency_ms":{"p50","p90","p99","p999","max"}}`
 //!
 //! # Text output
@@ -106,6 +109,31 @@ pub struct Cli {
     /// Per-request timeout in seconds (fractions allowed).
     #[arg(long, global = true, default_value = "10", value_parser = parse_seconds)]
     pub timeout: Duration,
+
+    /// Connect over TLS, trusting the CA certificates in FILE (PEM).
+    #[arg(long, global = true, env = "UTOPIA_CACERT", value_name = "FILE")]
+    pub cacert: Option<std::path::PathBuf>,
+
+    /// Client certificate (PEM), for servers that require one (with --key).
+    #[arg(
+        long = "cert",
+        id = "client_cert",
+        global = true,
+        env = "UTOPIA_CERT",
+        value_name = "FILE"
+    )]
+    pub cert: Option<std::path::PathBuf>,
+
+    /// The client certificate's private key (PEM).
+    // Its own id: commands have a positional argument named `key`.
+    #[arg(
+        long = "key",
+        id = "client_key",
+        global = true,
+        env = "UTOPIA_KEY",
+        value_name = "FILE"
+    )]
+    pub key: Option<std::path::PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -541,9 +569,36 @@ pub async fn main_with_args(args: impl IntoIterator<Item = OsString>) -> i32 {
     }
 }
 
+/// The TLS settings from `--cacert`, `--cert` and `--key`; `None` without
+/// `--cacert`.
+fn client_tls(cli: &Cli) -> Result<Option<tonic::transport::ClientTlsConfig>, CliError> {
+    let cert = match (&cli.cert, &cli.key) {
+        (Some(c), Some(k)) => Some((c.as_path(), k.as_path())),
+        (None, None) => None,
+        _ => {
+            return Err(CliError::Usage(
+                "--cert and --key are given together".into(),
+            ))
+        }
+    };
+    let Some(ca) = &cli.cacert else {
+        if cert.is_some() {
+            return Err(CliError::Usage(
+                "--cert and --key need --cacert (the CA that signed the server's certificate)"
+                    .into(),
+            ));
+        }
+        return Ok(None);
+    };
+    crate::tls::load_client(ca, cert, ["--cacert", "--cert", "--key"])
+        .map(Some)
+        .map_err(CliError::Usage)
+}
+
 async fn run(cli: Cli) -> Result<(), CliError> {
     let mut out = Printer::new(cli.output == OutputFormat::Json);
-    let mut client = Client::new(&cli.endpoints, cli.timeout)?;
+    let tls = client_tls(&cli)?;
+    let mut client = Client::new(&cli.endpoints, cli.timeout, tls)?;
     let result = dispatch(cli.command, &mut client, &mut out).await;
     // Flush what was printed even when the command failed afterwards.
     let flushed = out.flush();

@@ -29,6 +29,10 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// gRPC listen address, `HOST:PORT` (a valid [`SocketAddr`]).
     pub listen: String,
+    /// The address peers and clients reach this node at when it differs
+    /// from `listen` (empty: `listen`). Used when the node starts a
+    /// one-member cluster.
+    pub advertise: String,
     /// Name of the cluster this node belongs to.
     pub cluster_name: String,
     /// The members a new cluster starts with, by node id; empty: a
@@ -42,6 +46,29 @@ pub struct Settings {
     pub log: LogSettings,
     /// MQTT brokers to ingest device messages from (none: MQTT is off).
     pub mqtt: MqttSettings,
+    pub tls: TlsSettings,
+}
+
+/// TLS on the gRPC listener (clients and peers alike) and on connections
+/// to peers. Empty paths are unset; with no `cert_file`, plain text.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TlsSettings {
+    /// This node's certificate chain (PEM).
+    pub cert_file: PathBuf,
+    /// The private key of `cert_file` (PEM).
+    pub key_file: PathBuf,
+    /// CA certificates (PEM): peers' certificates are checked against them,
+    /// and clients' when `client_cert_required`.
+    pub ca_file: PathBuf,
+    /// Mutual TLS: refuse connections without a certificate signed by a CA
+    /// of `ca_file`.
+    pub client_cert_required: bool,
+}
+
+impl TlsSettings {
+    pub fn enabled(&self) -> bool {
+        !self.cert_file.as_os_str().is_empty()
+    }
 }
 
 /// Size and count limits on requests and server resources. All are > 0.
@@ -93,6 +120,7 @@ impl Default for Settings {
             node_id: 1,
             data_dir: PathBuf::from("./utopia-data"),
             listen: "127.0.0.1:7700".to_string(),
+            advertise: String::new(),
             cluster_name: "utopia".to_string(),
             initial_cluster: BTreeMap::new(),
             join: false,
@@ -100,6 +128,7 @@ impl Default for Settings {
             raft: RaftSettings::default(),
             log: LogSettings::default(),
             mqtt: MqttSettings::default(),
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -204,12 +233,14 @@ const TOP: &[&str] = &[
     "node_id",
     "data_dir",
     "listen",
+    "advertise",
     "cluster_name",
     "initial_cluster",
     "limits",
     "raft",
     "log",
     "mqtt",
+    "tls",
 ];
 const LIMITS: &[&str] = &[
     "key_bytes_max",
@@ -258,6 +289,7 @@ const INGEST: &[&str] = &[
     "device_messages_per_s_max",
 ];
 const COMMANDS: &[&str] = &["attempts_max", "retry_initial_ms", "retry_max_ms", "qos"];
+const TLS: &[&str] = &["cert_file", "key_file", "ca_file", "client_cert_required"];
 
 /// A setting (or an element of a list) with its path for messages:
 /// dotted names, and `[i]` for the i-th element of a list
@@ -439,6 +471,17 @@ fn decode(tree: &[Setting]) -> Result<Settings, ConfigError> {
                 }
                 out.listen = s.to_string();
             }
+            "advertise" => {
+                let s = f.string()?;
+                if !s.is_empty() {
+                    if let Err(e) = s.parse::<SocketAddr>() {
+                        return Err(f.err(format!(
+                            "invalid address {s:?} ({e}); expected IP:PORT such as 192.0.2.10:7700, or \"\""
+                        )));
+                    }
+                }
+                out.advertise = s.to_string();
+            }
             "cluster_name" => out.cluster_name = f.non_empty()?,
             "initial_cluster" => {
                 out.initial_cluster = parse_initial_cluster(f.string()?).map_err(|e| f.err(e))?
@@ -447,6 +490,7 @@ fn decode(tree: &[Setting]) -> Result<Settings, ConfigError> {
             "raft" => decode_raft(f.group()?, &mut out.raft)?,
             "log" => decode_log(f.group()?, &mut out.log)?,
             "mqtt" => decode_mqtt(f.group()?, &mut out.mqtt)?,
+            "tls" => decode_tls(&f, &mut out.tls)?,
             _ => return Err(f.err("not handled")),
         }
     }
@@ -805,6 +849,32 @@ fn decode_commands(group: &[Setting], c: &mut CommandSettings) -> Result<(), Con
     Ok(())
 }
 
+fn decode_tls(group: &Field, t: &mut TlsSettings) -> Result<(), ConfigError> {
+    for f in fields(group.group()?, "tls", TLS)? {
+        match f.name {
+            "cert_file" => t.cert_file = PathBuf::from(f.string()?),
+            "key_file" => t.key_file = PathBuf::from(f.string()?),
+            "ca_file" => t.ca_file = PathBuf::from(f.string()?),
+            "client_cert_required" => t.client_cert_required = f.boolean()?,
+            _ => return Err(f.err("not handled")),
+        }
+    }
+    let set = |p: &PathBuf| !p.as_os_str().is_empty();
+    let problem = if set(&t.cert_file) != set(&t.key_file) {
+        Some("tls.cert_file and tls.key_file are set together or not at all")
+    } else if t.enabled() && !set(&t.ca_file) {
+        Some("tls.ca_file is needed with tls.cert_file: peers' certificates are checked against it")
+    } else if !t.enabled() && (set(&t.ca_file) || t.client_cert_required) {
+        Some("tls.ca_file and tls.client_cert_required need tls.cert_file and tls.key_file")
+    } else {
+        None
+    };
+    match problem {
+        Some(p) => Err(group.err(p)),
+        None => Ok(()),
+    }
+}
+
 /// A commented `utopiad.conf` listing every setting at its default.
 pub fn reference() -> &'static str {
     r##"# utopiad.conf -- configuration of the utopia server (libconfig syntax).
@@ -822,6 +892,13 @@ data_dir = "./utopia-data";
 
 # gRPC listen address, IP:PORT.
 listen = "127.0.0.1:7700";
+
+# The address other members and clients reach this node at, IP:PORT, when
+# it is not the listen address (behind a proxy or NAT, or listening on
+# 0.0.0.0). Empty: the listen address. Used when this node starts a
+# one-member cluster; the members of a larger one are known by the
+# addresses in initial_cluster or given to `utopia cluster add`.
+advertise = "";
 
 # Name of the cluster this node belongs to.
 cluster_name = "utopia";
@@ -858,6 +935,17 @@ raft = {
 log = {
   level = "info,openraft=warn";      # tracing filter, e.g. "info" or "info,utopia=debug" (RUST_LOG overrides)
   format = "text";                   # "text" or "json"
+};
+
+# TLS on the gRPC port, for clients and peers alike (PEM files; relative
+# paths are relative to the working directory). No cert_file: plain text.
+# Every member of a cluster uses TLS or none does: a node reaches its peers
+# over TLS when it has a certificate itself.
+tls = {
+  cert_file = "";                    # this node's certificate chain; its subject alternative names must cover the address the members know it by
+  key_file = "";                     # the certificate's private key
+  ca_file = "";                      # CA certificates that peers' (and, when required, clients') certificates are checked against
+  client_cert_required = false;      # mutual TLS: refuse connections without a certificate signed by a CA of ca_file
 };
 
 # MQTT ingest: connections ("bridges") to MQTT brokers, how the messages
@@ -990,6 +1078,7 @@ mod tests {
             .chain(SUBSCRIPTION)
             .chain(INGEST)
             .chain(COMMANDS)
+            .chain(TLS)
         {
             assert!(
                 reference().contains(&format!("{name} = ")),
@@ -1004,6 +1093,7 @@ mod tests {
 node_id = 7;
 data_dir = "/var/lib/utopia";
 listen : "[::1]:9000";
+advertise = "[2001:db8::1]:9000";
 cluster_name = "fleet-" "eu";
 limits = {
   key_bytes_max = 0x200;
@@ -1024,12 +1114,19 @@ raft = {
   lease_check_interval_ms = 100;
 };
 log = { level = "debug,openraft=warn"; format = "json"; };
+tls = {
+  cert_file = "/etc/utopia/node.pem";
+  key_file = "/etc/utopia/node.key";
+  ca_file = "/etc/utopia/ca.pem";
+  client_cert_required = true;
+};
 "#;
         let s = Settings::from_str(text, file()).unwrap();
         let want = Settings {
             node_id: 7,
             data_dir: PathBuf::from("/var/lib/utopia"),
             listen: "[::1]:9000".into(),
+            advertise: "[2001:db8::1]:9000".into(),
             cluster_name: "fleet-eu".into(),
             initial_cluster: BTreeMap::new(),
             join: false,
@@ -1056,6 +1153,12 @@ log = { level = "debug,openraft=warn"; format = "json"; };
                 format: LogFormat::Json,
             },
             mqtt: MqttSettings::default(),
+            tls: TlsSettings {
+                cert_file: PathBuf::from("/etc/utopia/node.pem"),
+                key_file: PathBuf::from("/etc/utopia/node.key"),
+                ca_file: PathBuf::from("/etc/utopia/ca.pem"),
+                client_cert_required: true,
+            },
         };
         assert_eq!(s, want);
     }
@@ -1576,7 +1679,7 @@ mqtt = {
             (
                 "nodeid = 1;",
                 1,
-                "unknown setting \"nodeid\"; expected one of: node_id, data_dir, listen, cluster_name, initial_cluster, limits, raft, log, mqtt",
+                "unknown setting \"nodeid\"; expected one of: node_id, data_dir, listen, advertise, cluster_name, initial_cluster, limits, raft, log, mqtt, tls",
             ),
             (
                 "limits = {\n  key_bytes_max = 1;\n  foo = 2;\n};",
@@ -1706,9 +1809,39 @@ mqtt = {
                 "setting \"cluster_name\": must not be empty",
             ),
             (
+                "advertise = \"node1:7700\";",
+                1,
+                "setting \"advertise\": invalid address \"node1:7700\"",
+            ),
+            (
                 "data_dir = \"\";",
                 1,
                 "setting \"data_dir\": must not be empty",
+            ),
+            (
+                "tls = {\n  certfile = \"a\"; };",
+                2,
+                "unknown setting \"tls.certfile\"; expected one of: cert_file, key_file, ca_file, client_cert_required",
+            ),
+            (
+                "tls = { client_cert_required = 1; };",
+                1,
+                "setting \"tls.client_cert_required\": expected a boolean, found an integer",
+            ),
+            (
+                "\ntls = { cert_file = \"a.pem\"; ca_file = \"ca.pem\"; };",
+                2,
+                "setting \"tls\": tls.cert_file and tls.key_file are set together or not at all",
+            ),
+            (
+                "tls = { cert_file = \"a.pem\"; key_file = \"a.key\"; };",
+                1,
+                "setting \"tls\": tls.ca_file is needed with tls.cert_file",
+            ),
+            (
+                "tls = { client_cert_required = true; };",
+                1,
+                "setting \"tls\": tls.ca_file and tls.client_cert_required need tls.cert_file and tls.key_file",
             ),
         ] {
             let (got_line, got) = err(text);

@@ -6,7 +6,9 @@
 #![allow(dead_code)]
 
 pub mod mosquitto;
+pub mod net;
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -235,20 +237,63 @@ pub fn wait_for<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Op
 /// `dir/node{id}`), concurrently: each waits for a leader, which needs a
 /// majority of them running. Returns the nodes and their addresses.
 pub fn start_cluster(dir: &Path, n: usize, extra_args: &[&str]) -> (Vec<Server>, Vec<String>) {
-    let extra: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+    start_cluster_each(dir, n, |_| {
+        extra_args.iter().map(|s| s.to_string()).collect()
+    })
+}
+
+/// Like [`start_cluster`], with arguments of each node's own (by id).
+pub fn start_cluster_each(
+    dir: &Path,
+    n: usize,
+    args_of: impl Fn(u64) -> Vec<String>,
+) -> (Vec<Server>, Vec<String>) {
     let addrs: Vec<String> = (0..n).map(|_| free_addr()).collect();
-    let initial = addrs
+    let extra: Vec<Vec<String>> = (1..=n as u64).map(args_of).collect();
+    let nodes = start_members(dir, &addrs, &addrs, &extra);
+    (nodes, addrs)
+}
+
+/// Like [`start_cluster`], with every node on its own loopback IP behind a
+/// proxy that can partition it from the others ([`net::Net`]). The
+/// membership holds the proxies' addresses; `Server::addr` is the node's
+/// own.
+pub fn start_partitionable_cluster(
+    dir: &Path,
+    n: usize,
+    extra_args: &[&str],
+) -> (Vec<Server>, net::Net) {
+    let listens: BTreeMap<u64, String> = (1..=n as u64)
+        .map(|id| (id, net::free_addr_on(net::node_ip(id))))
+        .collect();
+    let network = net::Net::start(&listens);
+    let listens: Vec<String> = listens.into_values().collect();
+    let members: Vec<String> = network.addrs().values().cloned().collect();
+    let extra: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+    let nodes = start_members(dir, &listens, &members, &vec![extra; n]);
+    (nodes, network)
+}
+
+/// Starts node `i + 1` listening on `listens[i]` with the arguments
+/// `extra[i]`, all with the initial cluster `{i + 1 = members[i]}`.
+fn start_members(
+    dir: &Path,
+    listens: &[String],
+    members: &[String],
+    extra: &[Vec<String>],
+) -> Vec<Server> {
+    let initial = members
         .iter()
         .enumerate()
         .map(|(i, a)| format!("{}={a}", i + 1))
         .collect::<Vec<_>>()
         .join(",");
-    let handles: Vec<_> = addrs
+    let handles: Vec<_> = listens
         .iter()
         .enumerate()
         .map(|(i, addr)| {
             let data = dir.join(format!("node{}", i + 1));
-            let (addr, initial, extra) = (addr.clone(), initial.clone(), extra.clone());
+            let (addr, initial, extra) = (addr.clone(), initial.clone(), extra[i].clone());
             std::thread::spawn(move || {
                 let id = (i + 1).to_string();
                 let mut args = vec!["--node-id", &id, "--initial-cluster", &initial];
@@ -257,11 +302,10 @@ pub fn start_cluster(dir: &Path, n: usize, extra_args: &[&str]) -> (Vec<Server>,
             })
         })
         .collect();
-    let nodes = handles
+    handles
         .into_iter()
         .map(|h| h.join().expect("node started"))
-        .collect();
-    (nodes, addrs)
+        .collect()
 }
 
 /// The leader's node id as the first running node that knows one reports it.
