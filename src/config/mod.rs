@@ -1826,7 +1826,7 @@ mqtt = {
             (
                 "tls = { client_cert_required = 1; };",
                 1,
-                "setting \"tls.client_cert_required\": expected a boolean, found an integer",
+                "setting \"tls.client_cert_required\": expected a boolean (true or false), found an integer",
             ),
             (
                 "\ntls = { cert_file = \"a.pem\"; ca_file = \"ca.pem\"; };",
