@@ -94,6 +94,11 @@ impl Client {
         self.timeout
     }
 
+    /// The endpoints, as URIs.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
     /// The TLS settings connections are made with.
     pub fn tls(&self) -> Option<&ClientTlsConfig> {
         self.tls.as_ref()

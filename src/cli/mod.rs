@@ -67,6 +67,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub mod admin;
 pub mod bench;
+pub mod bench_mqtt;
 pub mod client;
 pub mod cluster;
 pub mod kv;
@@ -440,6 +441,9 @@ pub struct DeviceReportArgs {
 pub enum BenchCommand {
     /// Concurrent puts; prints throughput and latency percentiles.
     Put(bench::BenchPutArgs),
+    /// MQTT ingest through a broker into the cluster, against the broker's
+    /// raw delivery rate in the same run.
+    Mqtt(bench_mqtt::BenchMqttArgs),
 }
 
 /// Why a command failed; decides the exit code and the message on stderr.
@@ -622,6 +626,7 @@ async fn dispatch(cmd: Command, client: &mut Client, out: &mut Printer) -> Resul
         Command::Status => admin::status(client, out).await,
         Command::Cluster(c) => cluster::run(client, out, c).await,
         Command::Bench(BenchCommand::Put(a)) => bench::put(client, out, a).await,
+        Command::Bench(BenchCommand::Mqtt(a)) => bench_mqtt::mqtt(client, out, a).await,
     }
 }
 

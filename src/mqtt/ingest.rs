@@ -43,7 +43,9 @@ const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause before proposing again after a failed proposal.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// Upper bounds of the ingest-lag histogram, in milliseconds.
-const LAG_BUCKETS_MS: [u64; 9] = [1, 5, 10, 50, 100, 500, 1000, 5000, 30_000];
+pub const LAG_BUCKETS_MS: [u64; 20] = [
+    1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200, 300, 500, 1000, 2000, 5000, 30_000,
+];
 
 struct Entry {
     digest: [u8; 16],

@@ -1,0 +1,425 @@
+//! `utopia bench mqtt`: MQTT ingest against the broker's own ceiling, in
+//! one run.
+//!
+//! 1. Raw: `--publishers` clients publish `--total` messages at `--qos`
+//!    through the broker to one plain subscriber; the rate at which the
+//!    subscriber receives them is the ceiling.
+//! 2. Ingest: the same publishers send `--total` device messages
+//!    (`/${prefix}/z/bench/${device}/v`, payload `{"s":N,"pad":"..."}`)
+//!    that the cluster's bridges ingest; the rate is committed events per
+//!    second (the cluster's `cluster_ingest_applied_total`, polled), and
+//!    the latency is each node's arrival → commit applied, from the
+//!    servers' `ingest_lag_ms` histograms (bucket bounds, so percentiles
+//!    are "at most").
+//!
+//! The cluster's bridges must subscribe to the ingest topics
+//! (`/${prefix}/#`) and not to the raw ones (`/${prefix}-raw/...`).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde::Serialize;
+use utopia_proto::v1 as pb;
+
+use super::client::{self, Client};
+use super::output::Printer;
+use super::CliError;
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchMqttArgs {
+    /// The broker, HOST:PORT (plain TCP).
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    pub broker: String,
+    #[arg(long)]
+    pub username: Option<String>,
+    #[arg(long)]
+    pub password: Option<String>,
+    /// Concurrent publishers.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub publishers: u64,
+    /// Messages per phase.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub total: u64,
+    /// Distinct devices the ingest messages are spread over.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub devices: u64,
+    /// QoS of the publishes (and the raw subscriber).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub qos: u8,
+    /// Payload size in bytes (at least the JSON envelope).
+    #[arg(long, default_value_t = 64)]
+    pub payload_bytes: usize,
+    /// First topic level of the ingest messages.
+    #[arg(long, default_value = "bench")]
+    pub prefix: String,
+    /// Skip the raw phase.
+    #[arg(long)]
+    pub skip_raw: bool,
+    /// Give up on a phase after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    pub phase_seconds_max: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct Phase {
+    messages: u64,
+    seconds: f64,
+    messages_per_second: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct MqttBenchResult {
+    publishers: u64,
+    qos: u8,
+    payload_bytes: usize,
+    raw: Option<Phase>,
+    ingest: Phase,
+    /// ingest / raw.
+    ratio: Option<f64>,
+    /// Arrival at a server → commit applied there, at most (bucket bounds).
+    ingest_lag_ms: BTreeMap<String, f64>,
+    batches: u64,
+    mean_batch_messages: f64,
+}
+
+fn qos(q: u8) -> rumqttc::QoS {
+    match q {
+        0 => rumqttc::QoS::AtMostOnce,
+        1 => rumqttc::QoS::AtLeastOnce,
+        _ => rumqttc::QoS::ExactlyOnce,
+    }
+}
+
+fn options(a: &BenchMqttArgs, id: String) -> Result<rumqttc::MqttOptions, CliError> {
+    let (host, port) = a
+        .broker
+        .rsplit_once(':')
+        .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+        .ok_or_else(|| CliError::Usage(format!("--broker {:?} is not HOST:PORT", a.broker)))?;
+    let mut o = rumqttc::MqttOptions::new(id, host, port);
+    o.set_keep_alive(Duration::from_secs(30))
+        .set_inflight(1000)
+        .set_max_packet_size(1 << 20, 1 << 20);
+    if let (Some(u), Some(p)) = (&a.username, &a.password) {
+        o.set_credentials(u.clone(), p.clone());
+    }
+    Ok(o)
+}
+
+/// Publishes `topics_payloads(i)` for i in 0..n on one connection; returns
+/// how many the broker acknowledged (or sent, at QoS 0).
+async fn publish(
+    o: rumqttc::MqttOptions,
+    q: rumqttc::QoS,
+    n: u64,
+    msg: impl Fn(u64) -> (String, Vec<u8>) + Send + 'static,
+    deadline: Instant,
+) -> u64 {
+    use rumqttc::{Event, Incoming, Outgoing};
+    let (client, mut el) = rumqttc::AsyncClient::new(o, 1000);
+    let sender = tokio::spawn(async move {
+        for i in 0..n {
+            let (t, p) = msg(i);
+            if client.publish(t, q, false, p).await.is_err() {
+                break;
+            }
+        }
+        client
+    });
+    let mut done = 0u64;
+    while done < n && Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(5), el.poll()).await {
+            Ok(Ok(Event::Incoming(Incoming::PubAck(_)))) if q == rumqttc::QoS::AtLeastOnce => {
+                done += 1
+            }
+            Ok(Ok(Event::Incoming(Incoming::PubComp(_)))) if q == rumqttc::QoS::ExactlyOnce => {
+                done += 1
+            }
+            Ok(Ok(Event::Outgoing(Outgoing::Publish(_)))) if q == rumqttc::QoS::AtMostOnce => {
+                done += 1
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                eprintln!("publisher: {e}");
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    if let Ok(client) = sender.await {
+        let _ = client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Ok(ev) = el.poll().await {
+                if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    done
+}
+
+fn payload(seq: u64, bytes: usize) -> Vec<u8> {
+    let head = format!("{{\"s\":{seq},\"pad\":\"");
+    let pad = bytes.saturating_sub(head.len() + 2);
+    format!("{head}{}\"}}", "x".repeat(pad)).into_bytes()
+}
+
+fn split(total: u64, parts: u64, i: u64) -> u64 {
+    total / parts + u64::from(i < total % parts)
+}
+
+async fn raw_phase(a: &BenchMqttArgs, run: u64) -> Result<Phase, CliError> {
+    use rumqttc::{Event, Incoming};
+    let deadline = Instant::now() + Duration::from_secs(a.phase_seconds_max);
+    let filter = format!("/{}-raw/{run}/#", a.prefix);
+    let (sub, mut el) = rumqttc::AsyncClient::new(options(a, format!("bench-sub-{run}"))?, 1000);
+    sub.subscribe(filter.clone(), qos(a.qos))
+        .await
+        .map_err(|e| CliError::Usage(format!("subscribe: {e}")))?;
+    // Wait for the SUBACK before publishing.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), el.poll()).await {
+            Ok(Ok(Event::Incoming(Incoming::SubAck(_)))) => break,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(CliError::Usage(format!("broker {}: {e}", a.broker))),
+            Err(_) => return Err(CliError::Usage("no SUBACK from the broker".into())),
+        }
+    }
+    let total = a.total;
+    let receiver = tokio::spawn(async move {
+        let mut got = 0u64;
+        let mut last = Instant::now();
+        while got < total && Instant::now() < deadline {
+            match tokio::time::timeout(Duration::from_secs(10), el.poll()).await {
+                Ok(Ok(Event::Incoming(Incoming::Publish(_)))) => {
+                    got += 1;
+                    last = Instant::now();
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+        (got, last)
+    });
+    let start = Instant::now();
+    let mut pubs = Vec::new();
+    for i in 0..a.publishers {
+        let n = split(a.total, a.publishers, i);
+        let (prefix, bytes) = (a.prefix.clone(), a.payload_bytes);
+        let o = options(a, format!("bench-raw-{run}-{i}"))?;
+        pubs.push(tokio::spawn(publish(
+            o,
+            qos(a.qos),
+            n,
+            move |s| (format!("/{prefix}-raw/{run}/{i}"), payload(s, bytes)),
+            deadline,
+        )));
+    }
+    for p in pubs {
+        let _ = p.await;
+    }
+    let (got, last) = receiver
+        .await
+        .map_err(|e| CliError::Usage(format!("subscriber: {e}")))?;
+    let seconds = last.duration_since(start).as_secs_f64().max(1e-9);
+    let _ = sub.disconnect().await;
+    Ok(Phase {
+        messages: got,
+        seconds,
+        messages_per_second: got as f64 / seconds,
+    })
+}
+
+/// Counters summed over every endpoint.
+async fn cluster_counters(client: &Client) -> BTreeMap<String, u64> {
+    let mut sum = BTreeMap::new();
+    for ep in client.endpoints() {
+        let Ok(mut one) = Client::new(
+            std::slice::from_ref(ep),
+            client.timeout(),
+            client.tls().cloned(),
+        ) else {
+            continue;
+        };
+        let Ok(resp) = one
+            .call(|ch| async move { client::maintenance(ch).status(pb::StatusRequest {}).await })
+            .await
+        else {
+            continue;
+        };
+        for (k, v) in resp.counters {
+            if k.starts_with("cluster_") {
+                // The same replicated figure on every node: keep the largest.
+                let e = sum.entry(k).or_insert(0);
+                *e = (*e).max(v);
+            } else {
+                *sum.entry(k).or_insert(0) += v;
+            }
+        }
+    }
+    sum
+}
+
+fn lag_percentiles(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> BTreeMap<String, f64> {
+    let delta = |k: &str| {
+        after.get(k).copied().unwrap_or(0)
+            - before
+                .get(k)
+                .copied()
+                .unwrap_or(0)
+                .min(after.get(k).copied().unwrap_or(0))
+    };
+    let count = delta("ingest_lag_ms_count");
+    let mut out = BTreeMap::new();
+    if count == 0 {
+        return out;
+    }
+    out.insert(
+        "mean".into(),
+        delta("ingest_lag_ms_sum") as f64 / count as f64,
+    );
+    for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)] {
+        let want = (count as f64 * q).ceil() as u64;
+        let bound = crate::mqtt::ingest::LAG_BUCKETS_MS
+            .iter()
+            .find(|le| delta(&format!("ingest_lag_ms_bucket{{le=\"{le}\"}}")) >= want)
+            .map_or(f64::INFINITY, |le| *le as f64);
+        out.insert(name.into(), bound);
+    }
+    out
+}
+
+pub async fn mqtt(
+    client: &mut Client,
+    out: &mut Printer,
+    a: BenchMqttArgs,
+) -> Result<(), CliError> {
+    crate::mqtt::install_crypto_provider();
+    let run = crate::now_ms();
+    let raw = if a.skip_raw {
+        None
+    } else {
+        Some(raw_phase(&a, run).await?)
+    };
+
+    let before = cluster_counters(client).await;
+    if before.get("cluster_ingest_owners").copied().unwrap_or(0) == 0 {
+        return Err(CliError::Usage(
+            "no server ingests MQTT: configure a bridge subscribed to the ingest topics".into(),
+        ));
+    }
+    let applied0 = before
+        .get("cluster_ingest_applied_total")
+        .copied()
+        .unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(a.phase_seconds_max);
+    let start = Instant::now();
+    let mut pubs = Vec::new();
+    for i in 0..a.publishers {
+        let n = split(a.total, a.publishers, i);
+        let (prefix, bytes, devices, publishers) =
+            (a.prefix.clone(), a.payload_bytes, a.devices, a.publishers);
+        let o = options(&a, format!("bench-pub-{run}-{i}"))?;
+        pubs.push(tokio::spawn(publish(
+            o,
+            qos(a.qos),
+            n,
+            move |s| {
+                let device = (s * publishers + i) % devices;
+                (
+                    format!("/{prefix}/z/bench/{device}/v"),
+                    payload(s * publishers + i, bytes),
+                )
+            },
+            deadline,
+        )));
+    }
+    let mut published = 0;
+    for p in pubs {
+        published += p.await.unwrap_or(0);
+    }
+    // Committed: the cluster's applied count covers every message.
+    let mut applied = 0;
+    while Instant::now() < deadline {
+        let c = cluster_counters(client).await;
+        applied = c
+            .get("cluster_ingest_applied_total")
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(applied0);
+        if applied >= published {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let after = cluster_counters(client).await;
+    let batches = after.get("ingest_batches_total").copied().unwrap_or(0)
+        - before.get("ingest_batches_total").copied().unwrap_or(0);
+    let batch_msgs = after
+        .get("ingest_batch_messages_total")
+        .copied()
+        .unwrap_or(0)
+        - before
+            .get("ingest_batch_messages_total")
+            .copied()
+            .unwrap_or(0);
+    let ingest = Phase {
+        messages: applied,
+        seconds,
+        messages_per_second: applied as f64 / seconds.max(1e-9),
+    };
+    let result = MqttBenchResult {
+        publishers: a.publishers,
+        qos: a.qos,
+        payload_bytes: a.payload_bytes,
+        ratio: raw
+            .as_ref()
+            .map(|r| ingest.messages_per_second / r.messages_per_second.max(1e-9)),
+        raw,
+        ingest,
+        ingest_lag_ms: lag_percentiles(&before, &after),
+        batches,
+        mean_batch_messages: batch_msgs as f64 / batches.max(1) as f64,
+    };
+    if out.json {
+        out.json_line(&result)?;
+    } else {
+        if let Some(r) = &result.raw {
+            out.line(format!(
+                "raw broker:   {} messages in {:.2}s = {:.0} msg/s (publishers -> broker -> one subscriber, QoS {})",
+                r.messages, r.seconds, r.messages_per_second, a.qos
+            ))?;
+        }
+        out.line(format!(
+            "utopia ingest: {} committed events in {:.2}s = {:.0} events/s (publishers -> broker -> cluster, QoS {})",
+            result.ingest.messages, result.ingest.seconds, result.ingest.messages_per_second, a.qos
+        ))?;
+        if let Some(r) = result.ratio {
+            out.line(format!("ratio ingest/raw: {:.2}", r))?;
+        }
+        out.line(format!(
+            "batches: {} (mean {:.1} messages)",
+            result.batches, result.mean_batch_messages
+        ))?;
+        let lag: Vec<String> = result
+            .ingest_lag_ms
+            .iter()
+            .map(|(k, v)| format!("{k} {}{v:.1}", if k == "mean" { "" } else { "<=" }))
+            .collect();
+        out.line(format!("arrival -> commit (ms): {}", lag.join(", ")))?;
+    }
+    if applied < published {
+        return Err(CliError::Usage(format!(
+            "only {applied} of {published} acknowledged messages were committed within {}s",
+            a.phase_seconds_max
+        )));
+    }
+    Ok(())
+}
