@@ -466,3 +466,144 @@ fn three_nodes_ingest_every_acknowledged_message_exactly_once_across_a_sigkill()
     );
     let _ = endpoints;
 }
+
+/// A TCP proxy that can cut every connection through it and refuse new
+/// ones until it is restored.
+struct CuttableProxy {
+    addr: std::net::SocketAddr,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl CuttableProxy {
+    fn start(rt: &tokio::runtime::Runtime, target: std::net::SocketAddr) -> CuttableProxy {
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind the proxy");
+        let addr = listener.local_addr().unwrap();
+        let (cut, cut_rx) = tokio::sync::watch::channel(false);
+        rt.spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut cut_rx = cut_rx.clone();
+                if *cut_rx.borrow() {
+                    continue; // refused: dropped at once
+                }
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut_rx.wait_for(|c| *c) => {}
+                    }
+                });
+            }
+        });
+        CuttableProxy { addr, cut }
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.send_replace(cut);
+    }
+}
+
+#[test]
+fn a_member_cut_off_from_the_broker_gives_up_its_devices_until_it_is_back() {
+    const DEVICES: u64 = 30;
+    let m = Mosquitto::start();
+    let rt = runtime();
+    let proxy = CuttableProxy::start(&rt, m.plain);
+    let dir = temp_dir();
+    let addrs: Vec<String> = (0..3).map(|_| common::free_addr()).collect();
+    let initial = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    // Node 3 reaches the broker through the proxy.
+    let confs: Vec<String> = (1..=3u64)
+        .map(|id| {
+            let port = if id == 3 { proxy.addr.port() } else { m.plain.port() };
+            let d = dir.path().join(format!("conf{id}"));
+            std::fs::create_dir_all(&d).unwrap();
+            write_config(
+                &d,
+                &format!(
+                    r#"mqtt = {{ bridges = ( {{ name = "devices"; host = "127.0.0.1"; port = {port}; subscriptions = ( {{ filter = "/cut/#"; qos = 1; }} ); }} ); }};
+"#
+                ),
+            )
+        })
+        .collect();
+    let handles: Vec<_> = (0..3)
+        .map(|i| {
+            let data = dir.path().join(format!("node{}", i + 1));
+            let (addr, initial, conf) = (addrs[i].clone(), initial.clone(), confs[i].clone());
+            std::thread::spawn(move || {
+                let id = (i + 1).to_string();
+                Server::start_at(
+                    &data,
+                    &addr,
+                    &[
+                        "--node-id",
+                        &id,
+                        "--initial-cluster",
+                        &initial,
+                        "--config",
+                        &conf,
+                    ],
+                )
+            })
+        })
+        .collect();
+    let nodes: Vec<Server> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    wait_for("three topic owners", DEADLINE, || {
+        (counter(&addrs[0], "cluster_ingest_owners") == 3).then_some(())
+    });
+
+    proxy.set_cut(true);
+    wait_for("node 3 giving up its devices", DEADLINE, || {
+        (counter(&addrs[0], "cluster_ingest_owners") == 2).then_some(())
+    });
+    let batch: Vec<(String, Vec<u8>)> = (0..DEVICES * 10)
+        .map(|n| {
+            (
+                format!("/cut/z/c/{}/n/{n}", n % DEVICES),
+                n.to_string().into_bytes(),
+            )
+        })
+        .collect();
+    let acked = rt.block_on(publish_all(
+        Endpoint::plain(m.plain),
+        &batch,
+        QoS::AtLeastOnce,
+    ));
+    assert!(acked.iter().all(|a| *a));
+    let total = DEVICES * 10;
+    wait_for("every message committed by nodes 1 and 2", DEADLINE, || {
+        (counter(&addrs[0], "cluster_ingest_applied_total") == total).then_some(())
+    });
+
+    // Back: node 3 takes devices again, and the messages its broker session
+    // kept for it are acknowledged without new events.
+    proxy.set_cut(false);
+    wait_for("node 3 owning devices again", DEADLINE, || {
+        (counter(&addrs[0], "cluster_ingest_owners") == 3).then_some(())
+    });
+    wait_for("node 3 settling its session's backlog", DEADLINE, || {
+        (counter(&addrs[2], "mqtt_messages_received_total") >= total
+            && counter(&addrs[2], "ingest_pending_messages") == 0)
+            .then_some(())
+    });
+    let c = status_counters(&addrs[2]);
+    let get = |n: &str| c.get(n).and_then(Value::as_u64).unwrap_or(0);
+    assert_eq!(get("cluster_ingest_applied_total"), total, "{c:?}");
+    for d in 0..DEVICES {
+        let doc = device(&addrs[2], &format!("cut/c/{d}")).unwrap();
+        assert_eq!(doc["data"]["n"].as_object().unwrap().len(), 10, "{doc}");
+    }
+    drop(nodes);
+}

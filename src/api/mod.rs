@@ -40,6 +40,13 @@ impl Counters {
         }
     }
 
+    /// Sets a gauge (a value that goes up and down).
+    pub fn set(&self, name: &str, value: u64) {
+        if let Ok(mut v) = self.values.lock() {
+            v.insert(name.to_string(), value);
+        }
+    }
+
     pub fn get(&self, name: &str) -> u64 {
         self.values
             .lock()

@@ -93,6 +93,11 @@ pub struct Core {
     rate_second: u64,
     rate_counts: HashMap<String, u64>,
     commands: watch::Sender<u64>,
+    /// The weight this node asks for: configured while every device bridge
+    /// is connected, 0 after one has been down for `owner_timeout_ms`.
+    weight: watch::Sender<u32>,
+    connected: Vec<bool>,
+    down_since: Option<Instant>,
 }
 
 type BatchResult = (Vec<u64>, Result<Response, ProposeError>);
@@ -107,6 +112,7 @@ impl Core {
         bridges: Vec<BridgeHandle>,
         ingests: Vec<bool>,
         commands: watch::Sender<u64>,
+        weight: watch::Sender<u32>,
     ) -> Self {
         let n = bridges.len();
         Core {
@@ -131,6 +137,9 @@ impl Core {
             rate_second: 0,
             rate_counts: HashMap::new(),
             commands,
+            weight,
+            connected: vec![false; n],
+            down_since: Some(Instant::now()),
         }
     }
 
@@ -162,7 +171,13 @@ impl Core {
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
                 Some((seqs, result)) = results.recv() => self.on_result(seqs, result),
-                _ = tick.tick() => self.expire_tombstones(),
+                _ = tick.tick() => {
+                    self.expire_tombstones();
+                    self.update_weight();
+                    self.node
+                        .counters
+                        .set("ingest_pending_messages", self.entries.len() as u64);
+                }
             }
             self.propose(&results_tx);
         }
@@ -176,9 +191,45 @@ impl Core {
                 if let Some(g) = self.generations.get_mut(bridge) {
                     *g = generation;
                 }
+                if let Some(c) = self.connected.get_mut(bridge) {
+                    *c = true;
+                }
+                self.update_weight();
             }
-            BridgeEvent::Disconnected { .. } => self.count("mqtt_connection_errors_total"),
+            BridgeEvent::Disconnected { bridge, .. } => {
+                self.count("mqtt_connection_errors_total");
+                if let Some(c) = self.connected.get_mut(bridge) {
+                    *c = false;
+                }
+                self.update_weight();
+            }
         }
+    }
+
+    /// A member whose device bridge is down does not receive its devices'
+    /// messages: after `owner_timeout_ms` it gives its devices up (weight 0)
+    /// until the bridge is back.
+    fn update_weight(&mut self) {
+        let all_up = self
+            .connected
+            .iter()
+            .zip(&self.ingests)
+            .all(|(up, ingests)| *up || !*ingests);
+        let wanted = if all_up {
+            self.down_since = None;
+            self.settings.weight
+        } else {
+            let since = *self.down_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < Duration::from_millis(self.settings.owner_timeout_ms) {
+                return;
+            }
+            0
+        };
+        self.weight.send_if_modified(|w| {
+            let changed = *w != wanted;
+            *w = wanted;
+            changed
+        });
     }
 
     fn ack(&mut self, token: &Option<AckToken>) -> bool {

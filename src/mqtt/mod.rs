@@ -59,12 +59,12 @@ pub fn start(
         .iter()
         .map(|b| b.role != BridgeRole::Cluster)
         .collect();
-    let has_devices = ingests.iter().any(|i| *i);
-    let weight = if has_devices { mqtt.ingest.weight } else { 0 };
-    tokio::spawn(owners::announce_weight(
+    // Weight 0 until the device bridges are connected.
+    let (weight_tx, weight_rx) = watch::channel(0u32);
+    tokio::spawn(owners::keep_weight(
         node.clone(),
         settings.node_id,
-        weight,
+        weight_rx,
     ));
     if mqtt.bridges.is_empty() {
         return Ok(());
@@ -108,6 +108,7 @@ pub fn start(
         handles,
         ingests,
         commands_tx,
+        weight_tx,
     );
     tokio::spawn(core.run(rx, applied));
     Ok(())

@@ -7,6 +7,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
+
 use utopia_raft::event::{Event, IngestMember, Request};
 
 use crate::api::Node;
@@ -14,20 +16,32 @@ use crate::api::Node;
 const TICK: Duration = Duration::from_millis(250);
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Announces this node's weight until the log holds it.
-pub async fn announce_weight(node: Arc<Node>, node_id: u64, weight: u32) {
+/// Keeps this node's weight in the log equal to the wanted one: the
+/// configured weight while its device bridges are connected, 0 while one is
+/// not (so that its devices move to members that receive their messages).
+pub async fn keep_weight(node: Arc<Node>, node_id: u64, mut wanted: watch::Receiver<u32>) {
     let mut delay = Duration::from_millis(100);
     loop {
-        match node.reader.ingest_weights() {
-            Ok(w) if w.get(&node_id).copied().unwrap_or(0) == weight => return,
-            Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "read ingest weights"),
+        let weight = *wanted.borrow_and_update();
+        let current = match node.reader.ingest_weights() {
+            Ok(w) => w.get(&node_id).copied(),
+            Err(e) => {
+                tracing::error!(error = %e, "read ingest weights");
+                None
+            }
+        };
+        if current == Some(weight) || (current.is_none() && weight == 0) {
+            delay = Duration::from_millis(100);
+            // Until the wanted weight changes, or a while (a restored
+            // snapshot could hold another value).
+            let _ = tokio::time::timeout(Duration::from_secs(5), wanted.changed()).await;
+            continue;
         }
         let req = Request::new(crate::now_ms(), Event::IngestWeight { node_id, weight });
         match node.raft.propose_anywhere(req, PROPOSE_TIMEOUT).await {
             Ok(_) => {
                 tracing::info!(weight, "announced topic ownership weight");
-                return;
+                continue;
             }
             Err(e) => tracing::debug!(error = %e, "announce topic ownership weight"),
         }
