@@ -359,6 +359,8 @@ pub async fn mqtt(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let seconds = start.elapsed().as_secs_f64();
+    // The servers publish their lag figures every 50 ms.
+    tokio::time::sleep(Duration::from_millis(150)).await;
     let after = cluster_counters(client).await;
     let batches = after.get("ingest_batches_total").copied().unwrap_or(0)
         - before.get("ingest_batches_total").copied().unwrap_or(0);

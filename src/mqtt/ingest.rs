@@ -42,6 +42,8 @@ const BATCHES_IN_FLIGHT_MAX: usize = 4;
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause before proposing again after a failed proposal.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// How often the pending and lag figures are published to the counters.
+const GAUGES_INTERVAL: Duration = Duration::from_millis(50);
 /// Upper bounds of the ingest-lag histogram, in milliseconds.
 pub const LAG_BUCKETS_MS: [u64; 20] = [
     1, 2, 3, 5, 7, 10, 15, 20, 30, 50, 70, 100, 150, 200, 300, 500, 1000, 2000, 5000, 30_000,
@@ -98,6 +100,11 @@ pub struct Core {
     weight: watch::Sender<u32>,
     connected: Vec<bool>,
     down_since: Option<Instant>,
+    /// Ingest lag histogram (cumulative per bucket, then +Inf), sum and
+    /// count, published to the counters on every tick.
+    lag_buckets: [u64; LAG_BUCKETS_MS.len() + 1],
+    lag_sum_ms: u64,
+    lag_count: u64,
 }
 
 type BatchResult = (Vec<u64>, Result<Response, ProposeError>);
@@ -140,6 +147,9 @@ impl Core {
             weight,
             connected: vec![false; n],
             down_since: Some(Instant::now()),
+            lag_buckets: [0; LAG_BUCKETS_MS.len() + 1],
+            lag_sum_ms: 0,
+            lag_count: 0,
         }
     }
 
@@ -158,6 +168,7 @@ impl Core {
         let (results_tx, mut results) = mpsc::channel::<BatchResult>(BATCHES_IN_FLIGHT_MAX * 2);
         let linger = Duration::from_millis(self.settings.batch_linger_ms.max(1));
         let mut tick = tokio::time::interval(linger);
+        let mut gauges_at = Instant::now();
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -174,9 +185,10 @@ impl Core {
                 _ = tick.tick() => {
                     self.expire_tombstones();
                     self.update_weight();
-                    self.node
-                        .counters
-                        .set("ingest_pending_messages", self.entries.len() as u64);
+                    if gauges_at.elapsed() >= GAUGES_INTERVAL {
+                        gauges_at = Instant::now();
+                        self.publish_gauges();
+                    }
                 }
             }
             self.propose(&results_tx);
@@ -452,17 +464,28 @@ impl Core {
         }
     }
 
-    fn observe_lag(&self, lag: Duration) {
+    fn observe_lag(&mut self, lag: Duration) {
         let ms = lag.as_millis() as u64;
-        let c = &self.node.counters;
-        c.add("ingest_lag_ms_sum", ms);
-        c.add("ingest_lag_ms_count", 1);
-        for le in LAG_BUCKETS_MS {
-            if ms <= le {
-                c.add(&format!("ingest_lag_ms_bucket{{le=\"{le}\"}}"), 1);
-            }
+        self.lag_sum_ms += ms;
+        self.lag_count += 1;
+        let first = LAG_BUCKETS_MS.partition_point(|le| *le < ms);
+        for b in &mut self.lag_buckets[first..] {
+            *b += 1;
         }
-        c.add("ingest_lag_ms_bucket{le=\"+Inf\"}", 1);
+    }
+
+    fn publish_gauges(&self) {
+        let c = &self.node.counters;
+        c.set("ingest_pending_messages", self.entries.len() as u64);
+        c.set("ingest_lag_ms_sum", self.lag_sum_ms);
+        c.set("ingest_lag_ms_count", self.lag_count);
+        for (le, n) in LAG_BUCKETS_MS.iter().zip(&self.lag_buckets) {
+            c.set(&format!("ingest_lag_ms_bucket{{le=\"{le}\"}}"), *n);
+        }
+        c.set(
+            "ingest_lag_ms_bucket{le=\"+Inf\"}",
+            self.lag_buckets[LAG_BUCKETS_MS.len()],
+        );
     }
 
     fn add_tombstone(&mut self, digest: [u8; 16]) {
