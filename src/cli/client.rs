@@ -79,8 +79,13 @@ impl Client {
         self.timeout
     }
 
+    /// The endpoints as URIs, in order.
+    pub fn endpoint_uris(&self) -> Vec<String> {
+        self.endpoints.clone()
+    }
+
     /// Opens a new HTTP/2 connection to `uri`.
-    async fn open(uri: &str) -> Result<Channel, String> {
+    pub async fn open(uri: &str) -> Result<Channel, String> {
         let endpoint = Endpoint::from_shared(uri.to_string())
             .map_err(|e| format!("bad endpoint: {}", error_chain(&e)))?
             .connect_timeout(CONNECT_TIMEOUT)
@@ -182,20 +187,7 @@ impl Client {
         let mut errors = Vec::new();
         for uri in self.endpoints.clone() {
             match Self::open(&uri).await {
-                Ok(first) => {
-                    let mut channels = vec![first];
-                    while channels.len() < n {
-                        let ch = Self::open(&uri).await.map_err(|e| {
-                            CliError::Connect(format!(
-                                "cannot open connection {} to {}: {e}",
-                                channels.len() + 1,
-                                display_uri(&uri)
-                            ))
-                        })?;
-                        channels.push(ch);
-                    }
-                    return Ok((display_uri(&uri).to_string(), channels));
-                }
+                Ok(first) => return Self::open_more(&uri, first, n).await,
                 Err(e) => errors.push(format!("{}: {e}", display_uri(&uri))),
             }
         }
@@ -203,6 +195,37 @@ impl Client {
             "cannot connect to any endpoint ({})",
             errors.join("; ")
         )))
+    }
+
+    /// `n` separate connections to `uri` (for the benchmark).
+    pub async fn connect_many_to(
+        &mut self,
+        uri: &str,
+        n: usize,
+    ) -> Result<(String, Vec<Channel>), CliError> {
+        let first = Self::open(uri).await.map_err(|e| {
+            CliError::Connect(format!("cannot connect to {}: {e}", display_uri(uri)))
+        })?;
+        Self::open_more(uri, first, n).await
+    }
+
+    async fn open_more(
+        uri: &str,
+        first: Channel,
+        n: usize,
+    ) -> Result<(String, Vec<Channel>), CliError> {
+        let mut channels = vec![first];
+        while channels.len() < n {
+            let ch = Self::open(uri).await.map_err(|e| {
+                CliError::Connect(format!(
+                    "cannot open connection {} to {}: {e}",
+                    channels.len() + 1,
+                    display_uri(uri)
+                ))
+            })?;
+            channels.push(ch);
+        }
+        Ok((display_uri(uri).to_string(), channels))
     }
 
     /// The endpoint that answered the last request.

@@ -5,7 +5,8 @@
 //! Modules: [`client`] (endpoints, failover, timeouts), [`output`] (text and
 //! JSON rendering), [`kv`] (put/get/del/cas/txn/compact), [`txn`] (the
 //! transaction file format), [`watch`], [`admin`] (lease, documents, device
-//! reports, status) and [`bench`] (`utopia bench put`).
+//! reports, status) and [`bench`] (`utopia bench put|get|mixed`, against
+//! utopia or etcd).
 //!
 //! # Exit codes
 //!
@@ -47,7 +48,12 @@
 //! - `status`: `{"endpoint","version","member_id","leader","raft_term","raft_index",
 //!   "raft_applied_index","revision","compact_revision","data_dir","db_size_bytes",
 //!   "members":[{"id","addr","voter"}],"counters":{name:u64}}` (counters sorted by name)
-//! - `bench put`: `{"ops","errors","seconds","ops_per_second","latency_ms":{"p50","p90","p99","p999","max"}}`
+//! - `bench put|get|mixed`: `{"ops","errors","seconds","ops_per_second",
+//!   "latency_ms":{"p50","p90","p99","p999","max"},"target":"utopia"|"etcd",
+//!   "workload":"put"|"get"|"mixed","endpoint","clients","connections",
+//!   "key_bytes","value_bytes","keys_space"}`, plus `"consistency"` for `get`
+//!   and `mixed`, and `"read_percent"`, `"gets"` and `"puts"` (each
+//!   `{"ops","errors","latency_ms"}`) for `mixed`
 //!
 //! # Text output
 //!
@@ -165,7 +171,7 @@ pub enum Command {
     Cluster(ClusterCommand),
     /// Benchmarks.
     #[command(subcommand)]
-    Bench(BenchCommand),
+    Bench(bench::BenchCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -390,12 +396,6 @@ pub struct DeviceReportArgs {
     pub json: String,
 }
 
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// Concurrent puts; prints throughput and latency percentiles.
-    Put(bench::BenchPutArgs),
-}
-
 /// Why a command failed; decides the exit code and the message on stderr.
 #[derive(Debug)]
 pub enum CliError {
@@ -547,7 +547,7 @@ async fn dispatch(cmd: Command, client: &mut Client, out: &mut Printer) -> Resul
         Command::Device(DeviceCommand::Report(a)) => admin::device_report(client, out, a).await,
         Command::Status => admin::status(client, out).await,
         Command::Cluster(c) => cluster::run(client, out, c).await,
-        Command::Bench(BenchCommand::Put(a)) => bench::put(client, out, a).await,
+        Command::Bench(b) => bench::run(client, out, b).await,
     }
 }
 
@@ -686,6 +686,20 @@ mod tests {
                 "--connections",
                 "2",
             ],
+            &[
+                "bench",
+                "get",
+                "--target",
+                "etcd",
+                "--consistency",
+                "serializable",
+                "--fill",
+                "--keys-space",
+                "1000",
+                "--key-bytes",
+                "12",
+            ],
+            &["bench", "mixed", "--read-percent", "90", "--clients", "64"],
         ];
         for args in ok {
             if let Err(e) = parse(args) {
