@@ -1,5 +1,6 @@
 //! Generates the tonic/prost code for utopia's API, plus the encoded file
-//! descriptor set that the gRPC reflection service serves.
+//! descriptor set that the gRPC reflection service serves; and a client (no
+//! server) for the subset of etcd's API that the benchmark drives.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
@@ -9,5 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &["proto/utopia/v1/utopia.proto", "proto/utopia/v1/raft.proto"],
             &["proto"],
         )?;
+    tonic_prost_build::configure()
+        .build_server(false)
+        .compile_protos(&["proto/etcd/rpc.proto"], &["proto"])?;
     Ok(())
 }

@@ -16,3 +16,9 @@ pub mod v1 {
 pub mod raft_v1 {
     tonic::include_proto!("utopia.raft.v1");
 }
+
+/// A client for the part of etcd's v3 API that `utopia bench --target etcd`
+/// uses (`etcdserverpb.KV` Range/Put, `etcdserverpb.Maintenance` Status).
+pub mod etcd {
+    tonic::include_proto!("etcdserverpb");
+}

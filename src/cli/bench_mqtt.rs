@@ -236,9 +236,9 @@ async fn raw_phase(a: &BenchMqttArgs, run: u64) -> Result<Phase, CliError> {
 /// Counters summed over every endpoint.
 async fn cluster_counters(client: &Client) -> BTreeMap<String, u64> {
     let mut sum = BTreeMap::new();
-    for ep in client.endpoints() {
+    for ep in client.endpoint_uris() {
         let Ok(mut one) = Client::new(
-            std::slice::from_ref(ep),
+            std::slice::from_ref(&ep),
             client.timeout(),
             client.tls().cloned(),
         ) else {

@@ -94,9 +94,9 @@ impl Client {
         self.timeout
     }
 
-    /// The endpoints, as URIs.
-    pub fn endpoints(&self) -> &[String] {
-        &self.endpoints
+    /// The endpoints as URIs, in order.
+    pub fn endpoint_uris(&self) -> Vec<String> {
+        self.endpoints.clone()
     }
 
     /// The TLS settings connections are made with.
@@ -104,8 +104,8 @@ impl Client {
         self.tls.as_ref()
     }
 
-    /// Opens a new HTTP/2 connection to `uri`.
-    async fn open(&self, uri: &str) -> Result<Channel, String> {
+    /// Opens a new HTTP/2 connection to `uri` (over TLS for https).
+    pub async fn open(&self, uri: &str) -> Result<Channel, String> {
         let mut endpoint = Endpoint::from_shared(uri.to_string())
             .map_err(|e| format!("bad endpoint: {}", error_chain(&e)))?
             .connect_timeout(CONNECT_TIMEOUT)
@@ -237,20 +237,7 @@ impl Client {
         let mut errors = Vec::new();
         for uri in self.endpoints.clone() {
             match self.open(&uri).await {
-                Ok(first) => {
-                    let mut channels = vec![first];
-                    while channels.len() < n {
-                        let ch = self.open(&uri).await.map_err(|e| {
-                            CliError::Connect(format!(
-                                "cannot open connection {} to {}: {e}",
-                                channels.len() + 1,
-                                display_uri(&uri)
-                            ))
-                        })?;
-                        channels.push(ch);
-                    }
-                    return Ok((display_uri(&uri).to_string(), channels));
-                }
+                Ok(first) => return self.open_more(&uri, first, n).await,
                 Err(e) => errors.push(format!("{}: {e}", display_uri(&uri))),
             }
         }
@@ -258,6 +245,38 @@ impl Client {
             "cannot connect to any endpoint ({})",
             errors.join("; ")
         )))
+    }
+
+    /// `n` separate connections to `uri` (for the benchmark).
+    pub async fn connect_many_to(
+        &mut self,
+        uri: &str,
+        n: usize,
+    ) -> Result<(String, Vec<Channel>), CliError> {
+        let first = self.open(uri).await.map_err(|e| {
+            CliError::Connect(format!("cannot connect to {}: {e}", display_uri(uri)))
+        })?;
+        self.open_more(uri, first, n).await
+    }
+
+    async fn open_more(
+        &self,
+        uri: &str,
+        first: Channel,
+        n: usize,
+    ) -> Result<(String, Vec<Channel>), CliError> {
+        let mut channels = vec![first];
+        while channels.len() < n {
+            let ch = self.open(uri).await.map_err(|e| {
+                CliError::Connect(format!(
+                    "cannot open connection {} to {}: {e}",
+                    channels.len() + 1,
+                    display_uri(uri)
+                ))
+            })?;
+            channels.push(ch);
+        }
+        Ok((display_uri(uri).to_string(), channels))
     }
 
     /// The endpoint that answered the last request.

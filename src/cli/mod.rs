@@ -5,7 +5,8 @@
 //! Modules: [`client`] (endpoints, failover, timeouts), [`output`] (text and
 //! JSON rendering), [`kv`] (put/get/del/cas/txn/compact), [`txn`] (the
 //! transaction file format), [`watch`], [`admin`] (lease, documents, device
-//! reports, status) and [`bench`] (`utopia bench put`).
+//! reports, status) and [`bench`] (`utopia bench put|get|mixed`, against
+//! utopia or etcd).
 //!
 //! # Exit codes
 //!
@@ -50,7 +51,15 @@
 //!   "counters":{name:u64},"raft_membership_index"}` (counters sorted by name)
 //! - `cluster status`: `{"leader","raft_term","members":[{"id","addr","voter","role",
 //!   "matched_index","applied_index","raft_term"}],"membership_change_in_progress"}`
-//! - `bench put`: `{"ops","errors","seconds","ops_per_second","latency_ms":{"p50","p90","p99","p999","max"}}`
+//! - `bench put|get|mixed`: `{"ops","errors","seconds","ops_per_second",
+//!   "latency_ms":{"p50","p90","p99","p999","max"},"target":"utopia"|"etcd",
+//!   "workload":"put"|"get"|"mixed","endpoint","clients","connections",
+//!   "key_bytes","value_bytes","keys_space"}`, plus `"consistency"` for `get`
+//!   and `mixed`, and `"read_percent"`, `"gets"` and `"puts"` (each
+//!   `{"ops","errors","latency_ms"}`) for `mixed`
+//! - `bench mqtt`: `{"publishers","qos","payload_bytes","raw":{"messages","seconds",
+//!   "messages_per_second"}|null,"ingest":{...},"ratio","ingest_lag_ms":{name:f64},
+//!   "batches","mean_batch_messages"}`
 //!
 //! # Text output
 //!
@@ -194,7 +203,7 @@ pub enum Command {
     Cluster(ClusterCommand),
     /// Benchmarks.
     #[command(subcommand)]
-    Bench(BenchCommand),
+    Bench(bench::BenchCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -437,15 +446,6 @@ pub struct DeviceReportArgs {
     pub json: String,
 }
 
-#[derive(Debug, Subcommand)]
-pub enum BenchCommand {
-    /// Concurrent puts; prints throughput and latency percentiles.
-    Put(bench::BenchPutArgs),
-    /// MQTT ingest through a broker into the cluster, against the broker's
-    /// raw delivery rate in the same run.
-    Mqtt(bench_mqtt::BenchMqttArgs),
-}
-
 /// Why a command failed; decides the exit code and the message on stderr.
 #[derive(Debug)]
 pub enum CliError {
@@ -625,8 +625,7 @@ async fn dispatch(cmd: Command, client: &mut Client, out: &mut Printer) -> Resul
         Command::Device(DeviceCommand::Cmd(a)) => admin::device_cmd(client, out, a).await,
         Command::Status => admin::status(client, out).await,
         Command::Cluster(c) => cluster::run(client, out, c).await,
-        Command::Bench(BenchCommand::Put(a)) => bench::put(client, out, a).await,
-        Command::Bench(BenchCommand::Mqtt(a)) => bench_mqtt::mqtt(client, out, a).await,
+        Command::Bench(b) => bench::run(client, out, b).await,
     }
 }
 
@@ -765,6 +764,20 @@ mod tests {
                 "--connections",
                 "2",
             ],
+            &[
+                "bench",
+                "get",
+                "--target",
+                "etcd",
+                "--consistency",
+                "serializable",
+                "--fill",
+                "--keys-space",
+                "1000",
+                "--key-bytes",
+                "12",
+            ],
+            &["bench", "mixed", "--read-percent", "90", "--clients", "64"],
         ];
         for args in ok {
             if let Err(e) = parse(args) {
