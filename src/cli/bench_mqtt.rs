@@ -56,6 +56,10 @@ pub struct BenchMqttArgs {
     /// Skip the raw phase.
     #[arg(long)]
     pub skip_raw: bool,
+    /// Messages in the latency phase: one at a time, each timed from its
+    /// publish until a linearizable read of its device shows it (0: skip).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(0..=100_000))]
+    pub latency_samples: u64,
     /// Give up on a phase after this many seconds.
     #[arg(long, default_value_t = 300)]
     pub phase_seconds_max: u64,
@@ -81,6 +85,8 @@ struct MqttBenchResult {
     ingest_lag_ms: BTreeMap<String, f64>,
     batches: u64,
     mean_batch_messages: f64,
+    /// Unloaded publish → committed and readable, one message at a time.
+    publish_to_commit_ms: Option<super::bench::LatencyMs>,
 }
 
 fn qos(q: u8) -> rumqttc::QoS {
@@ -295,6 +301,84 @@ fn lag_percentiles(
     out
 }
 
+/// One publisher, one device, one message at a time: each is timed from
+/// the publish until a linearizable read of the device shows its sequence
+/// number (so the figure includes one read, polled every 200 µs).
+async fn latency_phase(
+    client: &mut Client,
+    a: &BenchMqttArgs,
+    run: u64,
+) -> Result<super::bench::LatencyMs, CliError> {
+    use rumqttc::{Event, Incoming};
+    let deadline = Instant::now() + Duration::from_secs(a.phase_seconds_max);
+    let device = format!("latency-{run}");
+    let doc_id = format!("{}/bench/{device}", a.prefix);
+    let topic = format!("/{}/z/bench/{device}/v", a.prefix);
+    let (mqtt, mut el) = rumqttc::AsyncClient::new(options(a, format!("bench-lat-{run}"))?, 100);
+    let poller = tokio::spawn(async move {
+        // Keeps the connection going; PUBACKs are not waited for.
+        loop {
+            match el.poll().await {
+                Ok(Event::Incoming(Incoming::Disconnect)) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    });
+    let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
+        .map_err(|e| CliError::Usage(format!("histogram: {e}")))?;
+    for seq in 0..a.latency_samples {
+        if Instant::now() > deadline {
+            break;
+        }
+        let start = Instant::now();
+        mqtt.publish(
+            topic.clone(),
+            qos(a.qos),
+            false,
+            payload(seq, a.payload_bytes),
+        )
+        .await
+        .map_err(|e| CliError::Usage(format!("publish: {e}")))?;
+        loop {
+            let get = pb::GetDocumentRequest {
+                collection: "devices".into(),
+                id: doc_id.clone(),
+                consistency: pb::Consistency::Linearizable as i32,
+            };
+            let seen = client
+                .call(|ch| {
+                    let get = get.clone();
+                    async move { client::documents(ch).get(get).await }
+                })
+                .await
+                .ok()
+                .and_then(|r| r.document)
+                .and_then(|d| serde_json::from_str::<serde_json::Value>(&d.json).ok())
+                .and_then(|v| v["data"]["v"]["s"].as_u64());
+            if seen == Some(seq) {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(CliError::Usage(format!(
+                    "message {seq} of the latency phase was not committed in time"
+                )));
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        let _ = hist.record(start.elapsed().as_micros().max(1) as u64);
+    }
+    let _ = mqtt.disconnect().await;
+    poller.abort();
+    let ms = |us: u64| us as f64 / 1000.0;
+    Ok(super::bench::LatencyMs {
+        p50: ms(hist.value_at_quantile(0.5)),
+        p90: ms(hist.value_at_quantile(0.9)),
+        p99: ms(hist.value_at_quantile(0.99)),
+        p999: ms(hist.value_at_quantile(0.999)),
+        max: ms(hist.max()),
+    })
+}
+
 pub async fn mqtt(
     client: &mut Client,
     out: &mut Printer,
@@ -389,6 +473,11 @@ pub async fn mqtt(
         ingest_lag_ms: lag_percentiles(&before, &after),
         batches,
         mean_batch_messages: batch_msgs as f64 / batches.max(1) as f64,
+        publish_to_commit_ms: if a.latency_samples > 0 {
+            Some(latency_phase(client, &a, run).await?)
+        } else {
+            None
+        },
     };
     if out.json {
         out.json_line(&result)?;
@@ -416,6 +505,12 @@ pub async fn mqtt(
             .map(|(k, v)| format!("{k} {}{v:.1}", if k == "mean" { "" } else { "<=" }))
             .collect();
         out.line(format!("arrival -> commit (ms): {}", lag.join(", ")))?;
+        if let Some(l) = &result.publish_to_commit_ms {
+            out.line(format!(
+                "publish -> commit, one at a time (ms): p50 {:.2}, p90 {:.2}, p99 {:.2}, max {:.2}",
+                l.p50, l.p90, l.p99, l.max
+            ))?;
+        }
     }
     if applied < published {
         return Err(CliError::Usage(format!(

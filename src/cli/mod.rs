@@ -59,7 +59,7 @@
 //!   `{"ops","errors","latency_ms"}`) for `mixed`
 //! - `bench mqtt`: `{"publishers","qos","payload_bytes","raw":{"messages","seconds",
 //!   "messages_per_second"}|null,"ingest":{...},"ratio","ingest_lag_ms":{name:f64},
-//!   "batches","mean_batch_messages"}`
+//!   "batches","mean_batch_messages","publish_to_commit_ms":{"p50","p90","p99","p999","max"}|null}`
 //!
 //! # Text output
 //!
