@@ -266,7 +266,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
                 device_id,
             } => {
                 let id = self
-                    .register_device(req.at_ms, host, zone, class, device_id)?
+                    .register_device(req.at_ms, host, zone, class, device_id, true)?
                     .0;
                 Outcome::Device { id }
             }
@@ -724,7 +724,8 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
     }
 
     /// Registers a device in a zone if it is new there. Returns the device id
-    /// and its document.
+    /// and its document, which is written here only with `write_doc` (a
+    /// caller that changes it further writes it once itself).
     fn register_device(
         &mut self,
         at_ms: u64,
@@ -732,6 +733,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         zone: &str,
         class: &str,
         device_id: &str,
+        write_doc: bool,
     ) -> Result<(String, Map<String, Value>), StoreError> {
         let id = device_doc_id(host, class, device_id);
         let mut doc = match self.get_doc(Cf::Devices, &id)? {
@@ -783,7 +785,9 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
             );
         }
         doc.insert("last_seen_ms".into(), json!(at_ms));
-        self.put_doc(Cf::Devices, &id, doc.clone());
+        if write_doc {
+            self.put_doc(Cf::Devices, &id, doc.clone());
+        }
         Ok((id, doc))
     }
 
@@ -839,7 +843,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
             )));
         }
         let (id, mut doc) =
-            self.register_device(at_ms, &d.host, &d.zone, &d.class, &d.device_id)?;
+            self.register_device(at_ms, &d.host, &d.zone, &d.class, &d.device_id, false)?;
         let data = doc.entry("data").or_insert_with(|| json!({}));
         set_path(
             data,
