@@ -772,3 +772,111 @@ fn put_ok_at(node: &Server, key: &str, value: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_node_killed_while_receiving_a_snapshot_restarts_and_catches_up() {
+    let dir = temp_dir();
+    let conf = dir.path().join("small-log.conf");
+    std::fs::write(
+        &conf,
+        "raft = { snapshot_log_entries = 20; log_entries_kept_after_snapshot = 5; };\n",
+    )
+    .unwrap();
+    let mut c = Cluster::start_with(dir.path(), 3, &["--config", conf.to_str().unwrap()]);
+    let leader = c.leader();
+    let victim = if leader == 3 { 2 } else { 3 };
+    let vi = (victim - 1) as usize;
+    c.nodes[vi].kill9();
+    std::fs::remove_dir_all(&c.nodes[vi].data_dir).unwrap();
+    let out = c.cli(&["cluster", "remove", &victim.to_string()]);
+    assert!(out.status.success(), "remove: {out:?}");
+
+    // A snapshot of tens of megabytes, so that its transfer takes a while.
+    let leader_addr = c.nodes[(c.leader() - 1) as usize].addr.clone();
+    let out = cli(
+        &leader_addr,
+        &[
+            "bench",
+            "put",
+            "--total",
+            "300",
+            "--clients",
+            "4",
+            "--value-bytes",
+            "100000",
+            "--keys-space",
+            "300",
+            "--key-prefix",
+            "big/",
+        ],
+    );
+    assert!(out.status.success(), "bench put: {out:?}");
+    for i in 0..30 {
+        put_ok(&c, &format!("w/{i:02}"), "v");
+    }
+    wait_for(
+        "the leader to purge its log behind a snapshot",
+        Duration::from_secs(30),
+        || {
+            let st = Cluster::status_of(&c.nodes[(c.leader() - 1) as usize])?;
+            (st["raft_purged_index"].as_u64()? > 20).then_some(())
+        },
+    );
+
+    let addr = c.nodes[vi].addr.clone();
+    let data = c.nodes[vi].data_dir.clone();
+    let conf_arg = conf.to_str().unwrap().to_string();
+    let mut node = Server::start_at(
+        &data,
+        &addr,
+        &[
+            "--node-id",
+            &victim.to_string(),
+            "--join",
+            "--config",
+            &conf_arg,
+        ],
+    );
+    let out = c.cli(&["cluster", "add", &victim.to_string(), &addr]);
+    assert!(out.status.success(), "re-add: {out:?}");
+    // Kill it as soon as the snapshot starts arriving (polled every
+    // millisecond: the transfer is short).
+    let incoming = data
+        .join("snapshots")
+        .join("incoming")
+        .join("incoming.snap.tmp");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !incoming.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no snapshot transfer started:\n{}",
+            node.stderr_log()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    node.kill9();
+    assert!(
+        incoming.exists(),
+        "the node finished installing before it was killed; the test needs a larger snapshot"
+    );
+
+    node.restart();
+    wait_for(
+        "the restarted node to hold every key",
+        Duration::from_secs(60),
+        || has_keys(&node, "w/", 30).and(has_keys(&node, "big/", leader_big_keys(&c)?)),
+    );
+}
+
+fn leader_big_keys(c: &Cluster) -> Option<usize> {
+    let out = c.cli(&[
+        "--output",
+        "json",
+        "get",
+        "big/",
+        "--prefix",
+        "--count-only",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    Some(v["count"].as_u64()? as usize)
+}
