@@ -47,21 +47,6 @@ pub fn read_pem(what: &str, path: &Path, label: &str) -> Result<Vec<u8>, String>
     Ok(bytes)
 }
 
-/// An error and its causes on one line (tonic's own Display is terse).
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let m = s.to_string();
-        if !msg.contains(&m) {
-            msg.push_str(": ");
-            msg.push_str(&m);
-        }
-        source = s.source();
-    }
-    msg
-}
-
 /// The node's TLS from its settings, or `None` when TLS is off. The
 /// configurations are built here once so that a certificate that does not
 /// match its key, or a CA file without a usable certificate, is reported at
@@ -87,7 +72,7 @@ pub fn load_server(settings: &TlsSettings) -> Result<Option<NodeTls>, String> {
     );
     tonic::transport::Server::builder()
         .tls_config(server.clone())
-        .map_err(|e| format!("tls: {files}: {}", chain(&e)))?;
+        .map_err(|e| format!("tls: {files}: {}", crate::error_chain(&e)))?;
     let peer = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&ca))
         .identity(identity)
@@ -98,7 +83,7 @@ pub fn load_server(settings: &TlsSettings) -> Result<Option<NodeTls>, String> {
             format!(
                 "tls: {files} with {}: {}",
                 settings.ca_file.display(),
-                chain(&e)
+                crate::error_chain(&e)
             )
         })?;
     Ok(Some(NodeTls { server, peer }))
@@ -123,7 +108,7 @@ pub fn load_client(
     }
     tonic::transport::Endpoint::from_static("https://127.0.0.1:1")
         .tls_config(config.clone())
-        .map_err(|e| format!("TLS settings: {}", chain(&e)))?;
+        .map_err(|e| format!("TLS settings: {}", crate::error_chain(&e)))?;
     Ok(config)
 }
 

@@ -51,21 +51,6 @@ pub fn endpoint_uri(s: &str, tls: bool) -> String {
     }
 }
 
-/// A transport error with its causes (tonic's Display is just "transport error").
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let m = s.to_string();
-        if !msg.contains(&m) {
-            msg.push_str(": ");
-            msg.push_str(&m);
-        }
-        source = s.source();
-    }
-    msg
-}
-
 impl Client {
     /// A client of `endpoints`; with `tls`, endpoints without a scheme are
     /// reached over https.
@@ -107,7 +92,7 @@ impl Client {
     /// Opens a new HTTP/2 connection to `uri` (over TLS for https).
     pub async fn open(&self, uri: &str) -> Result<Channel, String> {
         let mut endpoint = Endpoint::from_shared(uri.to_string())
-            .map_err(|e| format!("bad endpoint: {}", error_chain(&e)))?
+            .map_err(|e| format!("bad endpoint: {}", crate::error_chain(&e)))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
         if uri.starts_with("https://") {
@@ -117,7 +102,7 @@ impl Client {
             })?;
             endpoint = endpoint
                 .tls_config(tls)
-                .map_err(|e| format!("TLS: {}", error_chain(&e)))?;
+                .map_err(|e| format!("TLS: {}", crate::error_chain(&e)))?;
         }
         match tokio::time::timeout(
             CONNECT_TIMEOUT + Duration::from_millis(500),
@@ -126,7 +111,7 @@ impl Client {
         .await
         {
             Ok(Ok(channel)) => Ok(channel),
-            Ok(Err(e)) => Err(error_chain(&e)),
+            Ok(Err(e)) => Err(crate::error_chain(&e)),
             Err(_) => Err(format!("no connection within {CONNECT_TIMEOUT:?}")),
         }
     }
@@ -218,7 +203,7 @@ impl Client {
             return status;
         };
         let mut msg = status.message().to_string();
-        let chain = error_chain(cause);
+        let chain = crate::error_chain(cause);
         if !msg.contains(&chain) {
             msg = format!("{msg}: {chain}");
         }
