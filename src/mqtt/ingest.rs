@@ -244,7 +244,7 @@ impl Core {
         });
     }
 
-    fn ack(&mut self, token: &Option<AckToken>) -> bool {
+    fn ack(&self, token: &Option<AckToken>) -> bool {
         match token {
             Some(t) => self.bridges.get(t.bridge).is_some_and(|b| b.ack(t)),
             None => true,
@@ -259,24 +259,21 @@ impl Core {
         // power of two of each reason, so a flood cannot drown it.
         let seen = self.node.counters.get(&name);
         if seen.is_power_of_two() {
-            tracing::warn!(topic = %topic_shown(&m.topic), reason, count = seen, error = %bad, "MQTT message rejected");
+            tracing::warn!(topic = %topic::shown(&m.topic), reason, count = seen, error = %bad, "MQTT message rejected");
         }
-        let ack = m.ack.clone();
-        self.ack(&ack);
+        self.ack(&m.ack);
     }
 
     fn on_message(&mut self, m: Incoming) {
         self.count("mqtt_messages_received_total");
         if m.topic.starts_with(&self.cluster_prefix) {
             self.count("mqtt_cluster_messages_total");
-            tracing::info!(topic = %topic_shown(&m.topic), bytes = m.payload.len(), "cluster topic message");
-            let ack = m.ack.clone();
-            self.ack(&ack);
+            tracing::info!(topic = %topic::shown(&m.topic), bytes = m.payload.len(), "cluster topic message");
+            self.ack(&m.ack);
             return;
         }
         if !self.ingests.get(m.bridge).copied().unwrap_or(false) || m.topic.starts_with('$') {
-            let ack = m.ack.clone();
-            self.ack(&ack);
+            self.ack(&m.ack);
             return;
         }
         let parsed = match topic::parse_topic(&m.topic) {
@@ -285,8 +282,7 @@ impl Core {
         };
         if parsed.post_type == "cmd" {
             // A command to a device (possibly our own publish): not data.
-            let ack = m.ack.clone();
-            self.ack(&ack);
+            self.ack(&m.ack);
             return;
         }
         let value =
@@ -301,7 +297,7 @@ impl Core {
                 .filter(|_| parsed.path.len() == 1)
                 .and_then(|s| s.parse::<u64>().ok())
             else {
-                return self.reject(&m, &BadMessage::BadReply(topic_shown(&m.topic)));
+                return self.reject(&m, &BadMessage::BadReply(topic::shown(&m.topic)));
             };
             IngestBody::Reply {
                 host: parsed.host.to_string(),
@@ -332,8 +328,7 @@ impl Core {
                 self.tombstones.by_digest.remove(&digest);
             }
             self.count("ingest_copies_already_committed_total");
-            let ack = m.ack.clone();
-            self.ack(&ack);
+            self.ack(&m.ack);
             return;
         }
         // A redelivery of a copy held from an earlier connection: it takes
@@ -666,12 +661,4 @@ impl Core {
         // Ownership may have moved meanwhile.
         self.reload_owners();
     }
-}
-
-fn topic_shown(topic: &str) -> String {
-    let mut end = topic.len().min(120);
-    while !topic.is_char_boundary(end) {
-        end -= 1;
-    }
-    topic[..end].to_string()
 }

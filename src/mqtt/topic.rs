@@ -77,7 +77,8 @@ impl BadMessage {
     }
 }
 
-fn shown(topic: &str) -> String {
+/// A topic cut to 120 bytes (on a character boundary), for messages.
+pub fn shown(topic: &str) -> String {
     let mut end = topic.len().min(120);
     while !topic.is_char_boundary(end) {
         end -= 1;

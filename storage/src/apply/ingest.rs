@@ -6,7 +6,7 @@ use utopia_raft::event::{
     Bytes, IngestBody, IngestItem, IngestMember, Outcome, Rejection, StatCounter,
 };
 
-use super::{dec, enc, Applier, StateRead};
+use super::{enc, Applier, StateRead};
 use crate::keys::{self, Cf};
 use crate::StoreError;
 
@@ -436,13 +436,4 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         self.put_command(at_ms, &c)?;
         Ok(true)
     }
-}
-
-/// Reads a CBOR value from the ingest or commands column family.
-pub fn decode_record<T: serde::de::DeserializeOwned>(
-    cf: Cf,
-    key: &[u8],
-    bytes: &[u8],
-) -> Result<T, StoreError> {
-    dec(cf, key, bytes)
 }
