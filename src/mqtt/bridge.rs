@@ -193,6 +193,14 @@ pub fn start(
     let tls = tls_config(b)?;
     let generation = Arc::new(AtomicU64::new(0));
     let name = b.name.clone();
+    let link = Link {
+        index,
+        name: name.clone(),
+        generation: generation.clone(),
+        events,
+        delay: RECONNECT_BACKOFF_MIN,
+        subscriptions_empty: subs.is_empty(),
+    };
     let client = match b.protocol {
         Protocol::V311 => {
             let mut o = rumqttc::MqttOptions::new(client_id, b.host.clone(), b.port);
@@ -208,15 +216,7 @@ pub fn start(
                 o.set_transport(rumqttc::Transport::tls_with_config(t));
             }
             let (client, eventloop) = rumqttc::AsyncClient::new(o, REQUEST_CHANNEL_MAX);
-            tokio::spawn(run_v4(
-                index,
-                name.clone(),
-                client.clone(),
-                eventloop,
-                subs,
-                generation.clone(),
-                events,
-            ));
+            tokio::spawn(run_v4(link, client.clone(), eventloop, subs));
             Client::V4(client)
         }
         Protocol::V5 => {
@@ -236,15 +236,7 @@ pub fn start(
                 o.set_transport(rumqttc::Transport::tls_with_config(t));
             }
             let (client, eventloop) = rumqttc::v5::AsyncClient::new(o, REQUEST_CHANNEL_MAX);
-            tokio::spawn(run_v5(
-                index,
-                name.clone(),
-                client.clone(),
-                eventloop,
-                subs,
-                generation.clone(),
-                events,
-            ));
+            tokio::spawn(run_v5(link, client.clone(), eventloop, subs));
             Client::V5(client)
         }
     };
@@ -256,160 +248,156 @@ pub fn start(
     })
 }
 
-async fn backoff(delay: &mut Duration) {
-    tokio::time::sleep(*delay).await;
-    *delay = (*delay * 2).min(RECONNECT_BACKOFF_MAX);
+/// What both protocol versions' event loops share: turning packets into
+/// [`BridgeEvent`]s, the connection generation, and reconnect backoff.
+struct Link {
+    index: usize,
+    name: String,
+    generation: Arc<AtomicU64>,
+    events: mpsc::Sender<BridgeEvent>,
+    delay: Duration,
+    subscriptions_empty: bool,
+}
+
+impl Link {
+    /// Hands a PUBLISH to the core; false once the core is gone.
+    async fn message(&self, topic: String, payload: Bytes, qos: u8, dup: bool, pkid: u16) -> bool {
+        let ack = (qos > 0).then(|| AckToken {
+            bridge: self.index,
+            generation: self.generation.load(Ordering::Acquire),
+            pkid,
+            qos,
+        });
+        let msg = Incoming {
+            bridge: self.index,
+            topic,
+            payload,
+            qos,
+            dup,
+            ack,
+        };
+        self.events.send(BridgeEvent::Message(msg)).await.is_ok()
+    }
+
+    /// A CONNACK: a new generation, subscriptions when the broker kept no
+    /// session (`subscribe`); false once the core is gone.
+    async fn connected(
+        &mut self,
+        session_present: bool,
+        subscribe: impl FnOnce() -> Result<(), String>,
+    ) -> bool {
+        self.delay = RECONNECT_BACKOFF_MIN;
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        tracing::info!(bridge = %self.name, session_present, "connected to the MQTT broker");
+        if !session_present && !self.subscriptions_empty {
+            if let Err(e) = subscribe() {
+                tracing::error!(bridge = %self.name, error = %e, "subscribe");
+            }
+        }
+        self.events
+            .send(BridgeEvent::Connected {
+                bridge: self.index,
+                generation,
+            })
+            .await
+            .is_ok()
+    }
+
+    /// A connection error: told to the core, then a growing pause before
+    /// the event loop reconnects.
+    async fn failed(&mut self, error: String) {
+        tracing::warn!(bridge = %self.name, %error, "MQTT connection failed; reconnecting");
+        let _ = self
+            .events
+            .send(BridgeEvent::Disconnected {
+                bridge: self.index,
+                error,
+            })
+            .await;
+        tokio::time::sleep(self.delay).await;
+        self.delay = (self.delay * 2).min(RECONNECT_BACKOFF_MAX);
+    }
 }
 
 async fn run_v4(
-    index: usize,
-    name: String,
+    mut link: Link,
     client: rumqttc::AsyncClient,
     mut eventloop: rumqttc::EventLoop,
     subs: Vec<(String, u8)>,
-    generation: Arc<AtomicU64>,
-    events: mpsc::Sender<BridgeEvent>,
 ) {
     use rumqttc::{Event, Packet};
-    let mut delay = RECONNECT_BACKOFF_MIN;
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                let qos = p.qos as u8;
-                let ack = (qos > 0).then(|| AckToken {
-                    bridge: index,
-                    generation: generation.load(Ordering::Acquire),
-                    pkid: p.pkid,
-                    qos,
-                });
-                let msg = Incoming {
-                    bridge: index,
-                    topic: p.topic,
-                    payload: p.payload,
-                    qos,
-                    dup: p.dup,
-                    ack,
-                };
-                if events.send(BridgeEvent::Message(msg)).await.is_err() {
+                if !link
+                    .message(p.topic, p.payload, p.qos as u8, p.dup, p.pkid)
+                    .await
+                {
                     return;
                 }
             }
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                delay = RECONNECT_BACKOFF_MIN;
-                let g = generation.fetch_add(1, Ordering::AcqRel) + 1;
-                tracing::info!(bridge = %name, session_present = ack.session_present, "connected to the MQTT broker");
-                if !ack.session_present && !subs.is_empty() {
-                    let filters = subs
-                        .iter()
-                        .map(|(f, q)| rumqttc::SubscribeFilter::new(f.clone(), qos4(*q)));
-                    if let Err(e) = client.try_subscribe_many(filters) {
-                        tracing::error!(bridge = %name, error = %e, "subscribe");
-                    }
-                }
-                if events
-                    .send(BridgeEvent::Connected {
-                        bridge: index,
-                        generation: g,
-                    })
-                    .await
-                    .is_err()
-                {
+                let filters = subs
+                    .iter()
+                    .map(|(f, q)| rumqttc::SubscribeFilter::new(f.clone(), qos4(*q)));
+                let subscribe = || {
+                    client
+                        .try_subscribe_many(filters)
+                        .map_err(|e| e.to_string())
+                };
+                if !link.connected(ack.session_present, subscribe).await {
                     return;
                 }
             }
             Ok(Event::Incoming(Packet::SubAck(s))) => {
                 for code in &s.return_codes {
                     if matches!(code, rumqttc::SubscribeReasonCode::Failure) {
-                        tracing::error!(bridge = %name, "the broker refused a subscription");
+                        tracing::error!(bridge = %link.name, "the broker refused a subscription");
                     }
                 }
             }
             Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(bridge = %name, error = %e, "MQTT connection failed; reconnecting");
-                let _ = events
-                    .send(BridgeEvent::Disconnected {
-                        bridge: index,
-                        error: e.to_string(),
-                    })
-                    .await;
-                backoff(&mut delay).await;
-            }
+            Err(e) => link.failed(e.to_string()).await,
         }
     }
 }
 
 async fn run_v5(
-    index: usize,
-    name: String,
+    mut link: Link,
     client: rumqttc::v5::AsyncClient,
     mut eventloop: rumqttc::v5::EventLoop,
     subs: Vec<(String, u8)>,
-    generation: Arc<AtomicU64>,
-    events: mpsc::Sender<BridgeEvent>,
 ) {
     use m5::Packet;
     use rumqttc::v5::Event;
-    let mut delay = RECONNECT_BACKOFF_MIN;
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::Publish(p))) => {
-                let qos = p.qos as u8;
-                let ack = (qos > 0).then(|| AckToken {
-                    bridge: index,
-                    generation: generation.load(Ordering::Acquire),
-                    pkid: p.pkid,
-                    qos,
-                });
                 // The broker checks that topics are UTF-8; a lossy
                 // conversion only guards against a broker that does not.
                 let topic = String::from_utf8_lossy(&p.topic).into_owned();
-                let msg = Incoming {
-                    bridge: index,
-                    topic,
-                    payload: p.payload,
-                    qos,
-                    dup: p.dup,
-                    ack,
-                };
-                if events.send(BridgeEvent::Message(msg)).await.is_err() {
-                    return;
-                }
-            }
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                delay = RECONNECT_BACKOFF_MIN;
-                let g = generation.fetch_add(1, Ordering::AcqRel) + 1;
-                tracing::info!(bridge = %name, session_present = ack.session_present, "connected to the MQTT broker (v5)");
-                if !ack.session_present && !subs.is_empty() {
-                    let filters = subs
-                        .iter()
-                        .map(|(f, q)| m5::Filter::new(f.clone(), qos5(*q)));
-                    if let Err(e) = client.try_subscribe_many(filters) {
-                        tracing::error!(bridge = %name, error = %e, "subscribe");
-                    }
-                }
-                if events
-                    .send(BridgeEvent::Connected {
-                        bridge: index,
-                        generation: g,
-                    })
+                if !link
+                    .message(topic, p.payload, p.qos as u8, p.dup, p.pkid)
                     .await
-                    .is_err()
                 {
                     return;
                 }
             }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(bridge = %name, error = %e, "MQTT connection failed; reconnecting");
-                let _ = events
-                    .send(BridgeEvent::Disconnected {
-                        bridge: index,
-                        error: e.to_string(),
-                    })
-                    .await;
-                backoff(&mut delay).await;
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                let filters = subs
+                    .iter()
+                    .map(|(f, q)| m5::Filter::new(f.clone(), qos5(*q)));
+                let subscribe = || {
+                    client
+                        .try_subscribe_many(filters)
+                        .map_err(|e| e.to_string())
+                };
+                if !link.connected(ack.session_present, subscribe).await {
+                    return;
+                }
             }
+            Ok(_) => {}
+            Err(e) => link.failed(e.to_string()).await,
         }
     }
 }
