@@ -71,6 +71,20 @@ fn device(addr: &str, id: &str) -> Option<Value> {
     Some(v["document"].clone())
 }
 
+/// One `utopiad` with `config` in `dir`, returned once it owns topics and
+/// its bridge is connected.
+fn start_ingesting(dir: &Path, config: &str) -> Server {
+    let conf = write_config(dir, config);
+    let server = Server::start_with(&dir.join("data"), &["--config", &conf]);
+    let addr = server.addr.clone();
+    wait_for("topic owners", DEADLINE, || {
+        (counter(&addr, "cluster_ingest_owner_epoch") >= 1
+            && counter(&addr, "mqtt_connects_total") >= 1)
+            .then_some(())
+    });
+    server
+}
+
 fn msgs(items: &[(&str, &[u8])]) -> Vec<(String, Vec<u8>)> {
     items
         .iter()
@@ -193,20 +207,14 @@ fn device_messages_become_documents_through_plain_tls_and_password_bridges() {
 fn bad_input_is_counted_and_valid_traffic_beside_it_is_ingested() {
     let m = Mosquitto::start();
     let dir = temp_dir();
-    let conf = write_config(
+    let server = start_ingesting(
         dir.path(),
         &format!(
             "mqtt = {{ bridges = ( {} ); ingest = {{ payload_bytes_max = 1024; device_messages_per_s_max = 20; }}; }};\n",
             plain_bridge("devices", &m, "#")
         ),
     );
-    let server = Server::start_with(&dir.path().join("data"), &["--config", &conf]);
     let addr = server.addr.clone();
-    wait_for("topic owners", DEADLINE, || {
-        (counter(&addr, "cluster_ingest_owner_epoch") >= 1
-            && counter(&addr, "mqtt_connects_total") >= 1)
-            .then_some(())
-    });
     let big = vec![b'7'; 2048];
     let mut batch: Vec<(String, Vec<u8>)> = Vec::new();
     for i in 0..20 {
@@ -269,20 +277,14 @@ fn bad_input_is_counted_and_valid_traffic_beside_it_is_ingested() {
 fn commands_are_acknowledged_by_a_replying_device_and_fail_without_one() {
     let m = Mosquitto::start();
     let dir = temp_dir();
-    let conf = write_config(
+    let server = start_ingesting(
         dir.path(),
         &format!(
             "mqtt = {{ bridges = ( {} ); commands = {{ attempts_max = 3; retry_initial_ms = 200; retry_max_ms = 400; }}; }};\n",
             plain_bridge("devices", &m, "/h/#")
         ),
     );
-    let server = Server::start_with(&dir.path().join("data"), &["--config", &conf]);
     let addr = server.addr.clone();
-    wait_for("topic owners", DEADLINE, || {
-        (counter(&addr, "cluster_ingest_owner_epoch") >= 1
-            && counter(&addr, "mqtt_connects_total") >= 1)
-            .then_some(())
-    });
     let rt = runtime();
     rt.block_on(publish_all(
         Endpoint::plain(m.plain),
@@ -516,50 +518,24 @@ fn a_member_cut_off_from_the_broker_gives_up_its_devices_until_it_is_back() {
     let rt = runtime();
     let proxy = CuttableProxy::start(&rt, m.plain);
     let dir = temp_dir();
-    let addrs: Vec<String> = (0..3).map(|_| common::free_addr()).collect();
-    let initial = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{}={a}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
     // Node 3 reaches the broker through the proxy.
-    let confs: Vec<String> = (1..=3u64)
-        .map(|id| {
-            let port = if id == 3 { proxy.addr.port() } else { m.plain.port() };
-            let d = dir.path().join(format!("conf{id}"));
-            std::fs::create_dir_all(&d).unwrap();
-            write_config(
-                &d,
-                &format!(
-                    r#"mqtt = {{ bridges = ( {{ name = "devices"; host = "127.0.0.1"; port = {port}; subscriptions = ( {{ filter = "/cut/#"; qos = 1; }} ); }} ); }};
+    let (nodes, addrs) = common::start_cluster_each(dir.path(), 3, |id| {
+        let port = if id == 3 {
+            proxy.addr.port()
+        } else {
+            m.plain.port()
+        };
+        let d = dir.path().join(format!("conf{id}"));
+        std::fs::create_dir_all(&d).unwrap();
+        let conf = write_config(
+            &d,
+            &format!(
+                r#"mqtt = {{ bridges = ( {{ name = "devices"; host = "127.0.0.1"; port = {port}; subscriptions = ( {{ filter = "/cut/#"; qos = 1; }} ); }} ); }};
 "#
-                ),
-            )
-        })
-        .collect();
-    let handles: Vec<_> = (0..3)
-        .map(|i| {
-            let data = dir.path().join(format!("node{}", i + 1));
-            let (addr, initial, conf) = (addrs[i].clone(), initial.clone(), confs[i].clone());
-            std::thread::spawn(move || {
-                let id = (i + 1).to_string();
-                Server::start_at(
-                    &data,
-                    &addr,
-                    &[
-                        "--node-id",
-                        &id,
-                        "--initial-cluster",
-                        &initial,
-                        "--config",
-                        &conf,
-                    ],
-                )
-            })
-        })
-        .collect();
-    let nodes: Vec<Server> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+            ),
+        );
+        vec!["--config".to_string(), conf]
+    });
     wait_for("three topic owners", DEADLINE, || {
         (counter(&addrs[0], "cluster_ingest_owners") == 3).then_some(())
     });
