@@ -316,66 +316,23 @@ fn members_are_added_as_learners_promoted_and_removed_while_serving() {
 #[test]
 fn a_wiped_follower_catches_up_through_a_snapshot() {
     let dir = temp_dir();
-    let conf = dir.path().join("small-log.conf");
-    std::fs::write(
-        &conf,
-        "raft = { snapshot_log_entries = 20; log_entries_kept_after_snapshot = 5; };\n",
-    )
-    .unwrap();
-    let mut c = Cluster::start_with(dir.path(), 3, &["--config", conf.to_str().unwrap()]);
-    let leader = c.leader();
-    let victim = if leader == 3 { 2 } else { 3 };
-    let vi = (victim - 1) as usize;
+    let (mut c, conf) = small_log_cluster(dir.path());
+    let victim = if c.leader() == 3 { 2 } else { 3 };
 
     for i in 0..20 {
         put_ok(&c, &format!("w/{i:02}"), "before");
     }
-    // Wipe the follower: kill it, delete its data, remove it.
-    c.nodes[vi].kill9();
-    std::fs::remove_dir_all(&c.nodes[vi].data_dir).unwrap();
-    let out = c.cli(&["cluster", "remove", &victim.to_string()]);
-    assert!(
-        out.status.success(),
-        "remove: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    wipe_and_remove(&mut c, victim);
     // Enough writes that the log it would need is purged behind a snapshot.
     for i in 20..80 {
         put_ok(&c, &format!("w/{i:02}"), "after");
     }
 
     // The log the wiped node would need is gone from the leader.
-    wait_for(
-        "the leader to purge its log behind a snapshot",
-        Duration::from_secs(20),
-        || {
-            let leader = &c.nodes[(c.leader() - 1) as usize];
-            let st = Cluster::status_of(leader)?;
-            (st["raft_purged_index"].as_u64()? > 20).then_some(())
-        },
-    );
+    wait_for_purge(&c);
 
     // It comes back empty, joins, and catches up by installing a snapshot.
-    let addr = c.nodes[vi].addr.clone();
-    let data = c.nodes[vi].data_dir.clone();
-    let conf_arg = conf.to_str().unwrap().to_string();
-    let node = Server::start_at(
-        &data,
-        &addr,
-        &[
-            "--node-id",
-            &victim.to_string(),
-            "--join",
-            "--config",
-            &conf_arg,
-        ],
-    );
-    let out = c.cli(&["cluster", "add", &victim.to_string(), &addr]);
-    assert!(
-        out.status.success(),
-        "re-add: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let node = rejoin(&c, victim, &conf);
     wait_for(
         "the wiped node to hold every key",
         Duration::from_secs(30),
@@ -386,6 +343,67 @@ fn a_wiped_follower_catches_up_through_a_snapshot() {
         log.contains("installed snapshot"),
         "the node caught up by installing a snapshot:\n{log}"
     );
+}
+
+/// A three-node cluster that snapshots every 20 entries and keeps 5 behind,
+/// and the configuration file that says so.
+fn small_log_cluster(dir: &std::path::Path) -> (Cluster, std::path::PathBuf) {
+    let conf = dir.join("small-log.conf");
+    std::fs::write(
+        &conf,
+        "raft = { snapshot_log_entries = 20; log_entries_kept_after_snapshot = 5; };\n",
+    )
+    .unwrap();
+    let c = Cluster::start_with(dir, 3, &["--config", conf.to_str().unwrap()]);
+    (c, conf)
+}
+
+/// Kills follower `victim`, deletes its data and removes it from the cluster.
+fn wipe_and_remove(c: &mut Cluster, victim: u64) {
+    let node = &mut c.nodes[(victim - 1) as usize];
+    node.kill9();
+    std::fs::remove_dir_all(&node.data_dir).unwrap();
+    let out = c.cli(&["cluster", "remove", &victim.to_string()]);
+    assert!(
+        out.status.success(),
+        "remove: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn wait_for_purge(c: &Cluster) {
+    wait_for(
+        "the leader to purge its log behind a snapshot",
+        Duration::from_secs(30),
+        || {
+            let st = Cluster::status_of(&c.nodes[(c.leader() - 1) as usize])?;
+            (st["raft_purged_index"].as_u64()? > 20).then_some(())
+        },
+    );
+}
+
+/// Starts the wiped node `victim` again, empty, with `--join`, and adds it
+/// back to the cluster.
+fn rejoin(c: &Cluster, victim: u64, conf: &std::path::Path) -> Server {
+    let old = &c.nodes[(victim - 1) as usize];
+    let node = Server::start_at(
+        &old.data_dir,
+        &old.addr,
+        &[
+            "--node-id",
+            &victim.to_string(),
+            "--join",
+            "--config",
+            conf.to_str().unwrap(),
+        ],
+    );
+    let out = c.cli(&["cluster", "add", &victim.to_string(), &old.addr]);
+    assert!(
+        out.status.success(),
+        "re-add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    node
 }
 
 #[test]
@@ -776,20 +794,9 @@ fn put_ok_at(node: &Server, key: &str, value: &str) {
 #[test]
 fn a_node_killed_while_receiving_a_snapshot_restarts_and_catches_up() {
     let dir = temp_dir();
-    let conf = dir.path().join("small-log.conf");
-    std::fs::write(
-        &conf,
-        "raft = { snapshot_log_entries = 20; log_entries_kept_after_snapshot = 5; };\n",
-    )
-    .unwrap();
-    let mut c = Cluster::start_with(dir.path(), 3, &["--config", conf.to_str().unwrap()]);
-    let leader = c.leader();
-    let victim = if leader == 3 { 2 } else { 3 };
-    let vi = (victim - 1) as usize;
-    c.nodes[vi].kill9();
-    std::fs::remove_dir_all(&c.nodes[vi].data_dir).unwrap();
-    let out = c.cli(&["cluster", "remove", &victim.to_string()]);
-    assert!(out.status.success(), "remove: {out:?}");
+    let (mut c, conf) = small_log_cluster(dir.path());
+    let victim = if c.leader() == 3 { 2 } else { 3 };
+    wipe_and_remove(&mut c, victim);
 
     // A snapshot of tens of megabytes, so that its transfer takes a while.
     let leader_addr = c.nodes[(c.leader() - 1) as usize].addr.clone();
@@ -814,31 +821,10 @@ fn a_node_killed_while_receiving_a_snapshot_restarts_and_catches_up() {
     for i in 0..30 {
         put_ok(&c, &format!("w/{i:02}"), "v");
     }
-    wait_for(
-        "the leader to purge its log behind a snapshot",
-        Duration::from_secs(30),
-        || {
-            let st = Cluster::status_of(&c.nodes[(c.leader() - 1) as usize])?;
-            (st["raft_purged_index"].as_u64()? > 20).then_some(())
-        },
-    );
+    wait_for_purge(&c);
 
-    let addr = c.nodes[vi].addr.clone();
-    let data = c.nodes[vi].data_dir.clone();
-    let conf_arg = conf.to_str().unwrap().to_string();
-    let mut node = Server::start_at(
-        &data,
-        &addr,
-        &[
-            "--node-id",
-            &victim.to_string(),
-            "--join",
-            "--config",
-            &conf_arg,
-        ],
-    );
-    let out = c.cli(&["cluster", "add", &victim.to_string(), &addr]);
-    assert!(out.status.success(), "re-add: {out:?}");
+    let mut node = rejoin(&c, victim, &conf);
+    let data = node.data_dir.clone();
     // Kill it as soon as the snapshot starts arriving (polled every
     // millisecond: the transfer is short).
     let incoming = data
