@@ -269,18 +269,18 @@ async fn cluster_counters(client: &Client) -> BTreeMap<String, u64> {
     sum
 }
 
+/// How much counter `name` grew between two readings (0 if it went back,
+/// as after a server restart).
+fn counter_delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, name: &str) -> u64 {
+    let get = |m: &BTreeMap<String, u64>| m.get(name).copied().unwrap_or(0);
+    get(after).saturating_sub(get(before))
+}
+
 fn lag_percentiles(
     before: &BTreeMap<String, u64>,
     after: &BTreeMap<String, u64>,
 ) -> BTreeMap<String, f64> {
-    let delta = |k: &str| {
-        after.get(k).copied().unwrap_or(0)
-            - before
-                .get(k)
-                .copied()
-                .unwrap_or(0)
-                .min(after.get(k).copied().unwrap_or(0))
-    };
+    let delta = |k: &str| counter_delta(before, after, k);
     let count = delta("ingest_lag_ms_count");
     let mut out = BTreeMap::new();
     if count == 0 {
@@ -446,16 +446,8 @@ pub async fn mqtt(
     // The servers publish their lag figures every 50 ms.
     tokio::time::sleep(Duration::from_millis(150)).await;
     let after = cluster_counters(client).await;
-    let batches = after.get("ingest_batches_total").copied().unwrap_or(0)
-        - before.get("ingest_batches_total").copied().unwrap_or(0);
-    let batch_msgs = after
-        .get("ingest_batch_messages_total")
-        .copied()
-        .unwrap_or(0)
-        - before
-            .get("ingest_batch_messages_total")
-            .copied()
-            .unwrap_or(0);
+    let batches = counter_delta(&before, &after, "ingest_batches_total");
+    let batch_msgs = counter_delta(&before, &after, "ingest_batch_messages_total");
     let ingest = Phase {
         messages: applied,
         seconds,
