@@ -47,7 +47,9 @@ pub async fn run(
 ) {
     loop {
         tokio::select! {
-            _ = changed.changed() => {},
+            // Once the ingest core is gone nothing signals: pass on the
+            // interval only (an `Err` here returns at once, every time).
+            Ok(()) = changed.changed() => {},
             _ = tokio::time::sleep(PASS_INTERVAL) => {},
         }
         let owners = match node.reader.ingest_owners() {

@@ -15,6 +15,9 @@ use crate::api::Node;
 
 const TICK: Duration = Duration::from_millis(250);
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the weight in the log is compared with the wanted one when
+/// nothing has changed.
+const RECHECK: Duration = Duration::from_secs(5);
 
 /// Keeps this node's weight in the log equal to the wanted one: the
 /// configured weight while its device bridges are connected, 0 while one is
@@ -34,7 +37,7 @@ pub async fn keep_weight(node: Arc<Node>, node_id: u64, mut wanted: watch::Recei
             delay = Duration::from_millis(100);
             // Until the wanted weight changes, or a while (a restored
             // snapshot could hold another value).
-            let _ = tokio::time::timeout(Duration::from_secs(5), wanted.changed()).await;
+            changed_or_elapsed(&mut wanted, RECHECK).await;
             continue;
         }
         let req = Request::new(crate::now_ms(), Event::IngestWeight { node_id, weight });
@@ -47,6 +50,16 @@ pub async fn keep_weight(node: Arc<Node>, node_id: u64, mut wanted: watch::Recei
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Waits until `rx` sees a new value or `interval` has passed. Once the
+/// sender is gone (a node without device bridges drops it at start),
+/// `changed` fails at once every time: then it waits out the interval,
+/// instead of turning its caller into a busy loop.
+async fn changed_or_elapsed<T>(rx: &mut watch::Receiver<T>, interval: Duration) {
+    if let Ok(Err(_closed)) = tokio::time::timeout(interval, rx.changed()).await {
+        tokio::time::sleep(interval).await;
     }
 }
 
@@ -117,5 +130,38 @@ pub async fn maintain(node: Arc<Node>, owner_timeout_ms: u64, dedupe_window_ms: 
             ),
             Err(e) => tracing::debug!(error = %e, "change topic owners"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_watch_waits_out_the_interval() {
+        let (tx, mut rx) = watch::channel(0u32);
+        drop(tx);
+        let start = tokio::time::Instant::now();
+        changed_or_elapsed(&mut rx, RECHECK).await;
+        assert!(
+            start.elapsed() >= RECHECK,
+            "returned after {:?}",
+            start.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_value_ends_the_wait_early() {
+        let (tx, mut rx) = watch::channel(0u32);
+        let start = tokio::time::Instant::now();
+        let sender = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            tx.send(7).unwrap();
+            tx
+        });
+        changed_or_elapsed(&mut rx, RECHECK).await;
+        assert_eq!(*rx.borrow(), 7);
+        assert!(start.elapsed() < RECHECK, "waited {:?}", start.elapsed());
+        drop(sender.await.unwrap());
     }
 }
