@@ -47,6 +47,14 @@ pub struct ChangeRecord {
     /// For a delete: the key, `mod_revision` = the delete's revision, the
     /// rest zero.
     pub kv: KeyValue,
+    /// The revision of the key's history record this change supersedes
+    /// (its previous `mod_revision`), if it existed. Compaction deletes that
+    /// record by key instead of searching the history for it. Absent in
+    /// records written before it was kept: such a record's predecessor
+    /// stays in the history (unreachable, since reads below the compacted
+    /// revision are refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev_revision: Option<i64>,
 }
 
 /// A key's state at one revision, in `kv_history`.
@@ -430,13 +438,24 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         self.get_dec(Cf::Kv, key)
     }
 
-    fn record_change(&mut self, rev: i64, sub: &mut u32, deleted: bool, kv: KeyValue) {
+    fn record_change(
+        &mut self,
+        rev: i64,
+        sub: &mut u32,
+        deleted: bool,
+        kv: KeyValue,
+        prev_revision: Option<i64>,
+    ) {
         let hist = HistoryRecord {
             deleted,
             kv: kv.clone(),
         };
         self.put(Cf::KvHistory, keys::history_key(&kv.key, rev), enc(&hist));
-        let change = ChangeRecord { deleted, kv };
+        let change = ChangeRecord {
+            deleted,
+            kv,
+            prev_revision,
+        };
         self.put(
             Cf::KvChanges,
             keys::change_key(rev, *sub).to_vec(),
@@ -469,7 +488,8 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
             );
         }
         self.put(Cf::Kv, op.key.to_vec(), enc(&kv));
-        self.record_change(rev, sub, false, kv);
+        let prev_revision = prev.as_ref().map(|p| p.mod_revision);
+        self.record_change(rev, sub, false, kv, prev_revision);
         Ok(StepResult::Put {
             prev: if op.prev_kv { prev } else { None },
         })
@@ -486,7 +506,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
                 mod_revision: rev,
                 ..Default::default()
             };
-            self.record_change(rev, sub, true, tomb);
+            self.record_change(rev, sub, true, tomb, Some(kv.mod_revision));
         }
     }
 
@@ -594,31 +614,32 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
                 current,
             }));
         }
-        // Every change below `revision` leaves the change feed. Its history
-        // record goes too unless it is the key's newest state at or below
-        // `revision` and not a deletion: reads at `revision` still need it.
+        // What stays in the history is each key's newest state at or below
+        // `revision` (unless it is a deletion) and everything above it.
+        // Every change at or below `revision` drops the record it superseded
+        // (by key: no history search per change); every change below
+        // `revision` also leaves the change feed, and a deletion's own
+        // record goes with it (at `revision` the key is absent, or a later
+        // change covers it).
         let changes = self.scan(
             Cf::KvChanges,
             &keys::change_key(compacted, 0),
-            Some(&keys::change_key(revision, 0)),
+            Some(&keys::change_key(revision + 1, 0)),
             0,
         )?;
         for (ck, cv) in changes {
             let (rev, _) = keys::parse_change_key(&ck)
                 .ok_or_else(|| StoreError::corrupt(Cf::KvChanges, &ck, "bad change key"))?;
             let change: ChangeRecord = dec(Cf::KvChanges, &ck, &cv)?;
+            if let Some(prev) = change.prev_revision {
+                self.delete(Cf::KvHistory, keys::history_key(&change.kv.key, prev));
+            }
+            if rev == revision {
+                continue;
+            }
             self.delete(Cf::KvChanges, ck);
-            let hk = keys::history_key(&change.kv.key, rev);
-            let superseded = !self
-                .scan(
-                    Cf::KvHistory,
-                    &keys::history_key(&change.kv.key, rev + 1),
-                    Some(&keys::history_key(&change.kv.key, revision + 1)),
-                    1,
-                )?
-                .is_empty();
-            if superseded || change.deleted {
-                self.delete(Cf::KvHistory, hk);
+            if change.deleted {
+                self.delete(Cf::KvHistory, keys::history_key(&change.kv.key, rev));
             }
         }
         self.put(Cf::SmMeta, meta::COMPACT_REVISION.to_vec(), enc(&revision));

@@ -346,6 +346,36 @@ fn compaction_keeps_what_reads_at_the_revision_need() {
     ));
 }
 
+#[test]
+fn a_later_compaction_drops_the_state_an_earlier_one_kept() {
+    let mut s = MemState::default();
+    s.apply(put("a", "1")); // 1
+    s.apply(put("b", "1")); // 2
+    s.apply(put("c", "1")); // 3
+    s.apply(Event::Compact { revision: 3 }); // keeps a@1, b@2, c@3
+    s.apply(put("a", "2")); // 4
+    s.apply(del("b", "")); // 5
+    s.apply(put("c", "2")); // 6
+    s.apply(put("a", "3")); // 7
+    let r = s.apply(Event::Compact { revision: 6 });
+    assert!(matches!(r.outcome, Outcome::Done), "{r:?}");
+    let hist: Vec<(Vec<u8>, i64)> = s
+        .scan(Cf::KvHistory, &[], None)
+        .map(|r| keys::parse_history_key(&r.unwrap().0).unwrap())
+        .collect();
+    // a: @4 is its state at 6, @7 above it; b: deleted at 5, nothing left;
+    // c: @6 (the compacted revision itself) replaces @3.
+    assert_eq!(
+        hist,
+        vec![(b"a".to_vec(), 4), (b"a".to_vec(), 7), (b"c".to_vec(), 6),]
+    );
+    let changes: Vec<i64> = s
+        .scan(Cf::KvChanges, &[], None)
+        .map(|r| keys::parse_change_key(&r.unwrap().0).unwrap().0)
+        .collect();
+    assert_eq!(changes, vec![6, 7]);
+}
+
 fn device(zone: &str, post_type: &str, path: &[&str], json: &str) -> Event {
     Event::DeviceDataUpdated(DeviceData {
         host: "gw1".into(),
