@@ -133,6 +133,11 @@ impl SnapshotWriter {
         })
     }
 
+    /// Entries written so far.
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
     /// Writes the trailer, syncs and renames the file into place.
     pub fn finish(self) -> Result<PathBuf, StoreError> {
         // Everything before the trailer goes through the hasher.
