@@ -328,6 +328,12 @@ where
             .map_err(|e| e.to_string())
     }
 
+    /// The current term, without building a whole [`NodeStatus`]: every
+    /// response header carries it.
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow_watched().current_term
+    }
+
     pub fn status(&self) -> NodeStatus {
         let m = self.raft.metrics();
         let m = m.borrow_watched();

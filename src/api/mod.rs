@@ -145,11 +145,10 @@ impl Node {
     }
 
     pub fn header(&self, revision: i64) -> Option<pb::ResponseHeader> {
-        let st = self.raft.status();
         Some(pb::ResponseHeader {
             revision,
-            member_id: st.id,
-            raft_term: st.term,
+            member_id: self.raft.id(),
+            raft_term: self.raft.term(),
         })
     }
 
