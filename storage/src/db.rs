@@ -151,14 +151,36 @@ fn db_options() -> Options {
     opts
 }
 
+/// Uncompressed blocks cached in memory, shared by every column family.
+const BLOCK_CACHE_BYTES: usize = 64 << 20;
+
+/// Per column family: LZ4 like the rest, blocks from the shared cache, and
+/// for the current key-value state (read by key on every put, to carry
+/// versions and leases forward) bloom filters on its tables and memtable,
+/// so that a lookup of a key that is not there touches no data block.
+fn cf_options(cf: Cf, cache: &rocksdb::Cache) -> Options {
+    let mut opts = Options::default();
+    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    let mut table = rocksdb::BlockBasedOptions::default();
+    table.set_block_cache(cache);
+    if cf == Cf::Kv {
+        table.set_bloom_filter(10.0, false);
+        opts.set_memtable_whole_key_filtering(true);
+        opts.set_memtable_prefix_bloom_ratio(0.05);
+    }
+    opts.set_block_based_table_factory(&table);
+    opts
+}
+
 /// Opens (creating if needed) the database in `dir`.
 pub fn open(dir: &Path) -> Result<OpenedStore, StoreError> {
     std::fs::create_dir_all(dir)
         .map_err(|e| StoreError::Io(format!("create data directory {}: {e}", dir.display())))?;
     let db_dir = dir.join("db");
+    let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
     let cfs = Cf::ALL
         .iter()
-        .map(|cf| ColumnFamilyDescriptor::new(cf.name(), Options::default()));
+        .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(*cf, &cache)));
     let db = DB::open_cf_descriptors(&db_options(), &db_dir, cfs)
         .map_err(|e| StoreError::Rocks(format!("open rocksdb at {}: {e}", db_dir.display())))?;
     let db = Db { db: Arc::new(db) };
