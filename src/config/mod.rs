@@ -154,8 +154,8 @@ impl Default for RaftSettings {
             heartbeat_interval_ms: 100,
             election_timeout_ms_min: 400,
             election_timeout_ms_max: 800,
-            snapshot_log_entries: 50_000,
-            log_entries_kept_after_snapshot: 1000,
+            snapshot_log_entries: 100_000,
+            log_entries_kept_after_snapshot: 5000,
             lease_check_interval_ms: 250,
         }
     }
@@ -926,8 +926,8 @@ raft = {
   heartbeat_interval_ms = 100;       # leader heartbeat period
   election_timeout_ms_min = 400;     # shortest election timeout
   election_timeout_ms_max = 800;     # longest election timeout
-  snapshot_log_entries = 50000;      # build a snapshot after this many log entries
-  log_entries_kept_after_snapshot = 1000; # entries kept behind a snapshot for lagging peers
+  snapshot_log_entries = 100000;     # build a snapshot after this many log entries
+  log_entries_kept_after_snapshot = 5000; # entries kept behind a snapshot for lagging peers
   lease_check_interval_ms = 250;     # how often expired leases are reaped
 };
 
@@ -1038,7 +1038,7 @@ mod tests {
         assert_eq!(d.raft.heartbeat_interval_ms, 100);
         assert_eq!(d.raft.election_timeout_ms_min, 400);
         assert_eq!(d.raft.election_timeout_ms_max, 800);
-        assert_eq!(d.raft.snapshot_log_entries, 50_000);
+        assert_eq!(d.raft.snapshot_log_entries, 100_000);
         assert_eq!(d.raft.lease_check_interval_ms, 250);
         assert_eq!(d.log.level, "info,openraft=warn");
         assert_eq!(d.log.format, LogFormat::Text);
