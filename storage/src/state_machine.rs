@@ -76,16 +76,10 @@ impl StateMachine {
     }
 
     fn read_applied(&self) -> Result<Applied, StoreError> {
-        let applied = match self.db.get(Cf::SmMeta, meta::APPLIED)? {
-            Some(b) => event::decode(&b)
-                .map_err(|e| StoreError::corrupt(Cf::SmMeta, meta::APPLIED, e.to_string()))?,
-            None => None,
-        };
-        let membership = match self.db.get(Cf::SmMeta, meta::MEMBERSHIP)? {
-            Some(b) => event::decode(&b)
-                .map_err(|e| StoreError::corrupt(Cf::SmMeta, meta::MEMBERSHIP, e.to_string()))?,
-            None => StoredMembershipOf::<TypeConfig>::default(),
-        };
+        let read = |key: &[u8]| self.db.get(Cf::SmMeta, key);
+        let applied = decode_meta(meta::APPLIED, read(meta::APPLIED)?)?.flatten();
+        let membership =
+            decode_meta(meta::MEMBERSHIP, read(meta::MEMBERSHIP)?)?.unwrap_or_default();
         Ok((applied, membership))
     }
 
@@ -124,19 +118,12 @@ impl StateMachine {
     fn build(&self) -> Result<(SnapshotMeta, PathBuf), StoreError> {
         let started = std::time::Instant::now();
         let snap = self.db.db.snapshot();
-        let read = |cf: Cf, key: &[u8]| -> Result<Option<Vec<u8>>, StoreError> {
-            Ok(snap.get_cf(self.db.cf(cf), key)?)
+        let read = |key: &[u8]| -> Result<Option<Vec<u8>>, StoreError> {
+            Ok(snap.get_cf(self.db.cf(Cf::SmMeta), key)?)
         };
-        let last_log_id = match read(Cf::SmMeta, meta::APPLIED)? {
-            Some(b) => event::decode(&b)
-                .map_err(|e| StoreError::corrupt(Cf::SmMeta, meta::APPLIED, e.to_string()))?,
-            None => None,
-        };
-        let last_membership = match read(Cf::SmMeta, meta::MEMBERSHIP)? {
-            Some(b) => event::decode(&b)
-                .map_err(|e| StoreError::corrupt(Cf::SmMeta, meta::MEMBERSHIP, e.to_string()))?,
-            None => StoredMembershipOf::<TypeConfig>::default(),
-        };
+        let last_log_id = decode_meta(meta::APPLIED, read(meta::APPLIED)?)?.flatten();
+        let last_membership =
+            decode_meta(meta::MEMBERSHIP, read(meta::MEMBERSHIP)?)?.unwrap_or_default();
         let meta = SnapshotMeta {
             last_log_id,
             last_membership,
@@ -145,12 +132,8 @@ impl StateMachine {
         let mut w = SnapshotWriter::create(path, &meta)?;
         // The change feed below the compacted revision is deleted: start
         // there rather than step over its tombstones one by one.
-        let compacted: i64 = match read(Cf::SmMeta, meta::COMPACT_REVISION)? {
-            Some(b) => event::decode(&b).map_err(|e| {
-                StoreError::corrupt(Cf::SmMeta, meta::COMPACT_REVISION, e.to_string())
-            })?,
-            None => 0,
-        };
+        let compacted: i64 =
+            decode_meta(meta::COMPACT_REVISION, read(meta::COMPACT_REVISION)?)?.unwrap_or(0);
         let changes_from = keys::change_key(compacted, 0);
         for cf in Cf::STATE_MACHINE {
             let mode = if cf == Cf::KvChanges {
@@ -220,6 +203,15 @@ impl StateMachine {
         tracing::info!(snapshot = %path.display(), "installed snapshot");
         Ok(())
     }
+}
+
+/// Decodes a state-machine meta value read from `key`, if it was there.
+fn decode_meta<T: serde::de::DeserializeOwned>(
+    key: &[u8],
+    raw: Option<Vec<u8>>,
+) -> Result<Option<T>, StoreError> {
+    raw.map(|b| event::decode(&b).map_err(|e| StoreError::corrupt(Cf::SmMeta, key, e.to_string())))
+        .transpose()
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {

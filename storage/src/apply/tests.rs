@@ -55,6 +55,20 @@ impl MemState {
             .map(|b| event::decode(&b).unwrap())
     }
 
+    /// Every history record's (key, revision), in key order.
+    fn history(&self) -> Vec<(Vec<u8>, i64)> {
+        self.scan(Cf::KvHistory, &[], None)
+            .map(|r| keys::parse_history_key(&r.unwrap().0).unwrap())
+            .collect()
+    }
+
+    /// The revision of every change in the feed, in order.
+    fn change_revisions(&self) -> Vec<i64> {
+        self.scan(Cf::KvChanges, &[], None)
+            .map(|r| keys::parse_change_key(&r.unwrap().0).unwrap().0)
+            .collect()
+    }
+
     fn doc(&self, cf: Cf, id: &str) -> Value {
         serde_json::from_slice(
             &self
@@ -319,20 +333,14 @@ fn compaction_keeps_what_reads_at_the_revision_need() {
     s.apply(put("a", "3")); // 5
     let r = s.apply(Event::Compact { revision: 4 });
     assert!(matches!(r.outcome, Outcome::Done), "{r:?}");
-    let hist: Vec<(Vec<u8>, i64)> = s
-        .scan(Cf::KvHistory, &[], None)
-        .map(|r| keys::parse_history_key(&r.unwrap().0).unwrap())
-        .collect();
+    let hist = s.history();
     // a@2 is a's state at revision 4; a@1 and b@3 are gone. The deletion of
     // b at revision 4 stays until a later compaction passes it.
     assert_eq!(
         hist,
         vec![(b"a".to_vec(), 2), (b"a".to_vec(), 5), (b"b".to_vec(), 4)]
     );
-    let changes: Vec<i64> = s
-        .scan(Cf::KvChanges, &[], None)
-        .map(|r| keys::parse_change_key(&r.unwrap().0).unwrap().0)
-        .collect();
+    let changes = s.change_revisions();
     assert_eq!(changes, vec![4, 5]);
     let again = s.apply(Event::Compact { revision: 3 });
     assert!(matches!(
@@ -359,20 +367,14 @@ fn a_later_compaction_drops_the_state_an_earlier_one_kept() {
     s.apply(put("a", "3")); // 7
     let r = s.apply(Event::Compact { revision: 6 });
     assert!(matches!(r.outcome, Outcome::Done), "{r:?}");
-    let hist: Vec<(Vec<u8>, i64)> = s
-        .scan(Cf::KvHistory, &[], None)
-        .map(|r| keys::parse_history_key(&r.unwrap().0).unwrap())
-        .collect();
+    let hist = s.history();
     // a: @4 is its state at 6, @7 above it; b: deleted at 5, nothing left;
     // c: @6 (the compacted revision itself) replaces @3.
     assert_eq!(
         hist,
         vec![(b"a".to_vec(), 4), (b"a".to_vec(), 7), (b"c".to_vec(), 6),]
     );
-    let changes: Vec<i64> = s
-        .scan(Cf::KvChanges, &[], None)
-        .map(|r| keys::parse_change_key(&r.unwrap().0).unwrap().0)
-        .collect();
+    let changes = s.change_revisions();
     assert_eq!(changes, vec![6, 7]);
 }
 
