@@ -86,13 +86,7 @@ pub struct GetArgs {
 #[derive(Debug, Clone, Args)]
 pub struct MixedArgs {
     #[command(flatten)]
-    pub kv: KvArgs,
-    /// Read consistency.
-    #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
-    pub consistency: ConsistencyArg,
-    /// Put every key of --keys-space once before measuring.
-    #[arg(long)]
-    pub fill: bool,
+    pub reads: GetArgs,
     /// Share of requests that are reads, in percent; the rest are puts.
     #[arg(long, default_value_t = 90, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub read_percent: u8,
@@ -189,23 +183,28 @@ pub async fn put(client: &mut Client, out: &mut Printer, a: PutArgs) -> Result<(
 }
 
 pub async fn get(client: &mut Client, out: &mut Printer, a: GetArgs) -> Result<(), CliError> {
-    let mix = Mix {
-        read_percent: 100,
-        serializable: a.consistency == ConsistencyArg::Serializable,
-        lease: 0,
-    };
-    let c = Some(a.consistency);
-    bench(client, out, a.kv, Workload::Get, mix, a.fill, c).await
+    reads(client, out, a, Workload::Get, 100).await
 }
 
 pub async fn mixed(client: &mut Client, out: &mut Printer, a: MixedArgs) -> Result<(), CliError> {
+    reads(client, out, a.reads, Workload::Mixed, a.read_percent).await
+}
+
+/// A workload with reads: `read_percent` of its requests, puts the rest.
+async fn reads(
+    client: &mut Client,
+    out: &mut Printer,
+    a: GetArgs,
+    workload: Workload,
+    read_percent: u8,
+) -> Result<(), CliError> {
     let mix = Mix {
-        read_percent: a.read_percent.into(),
+        read_percent: read_percent.into(),
         serializable: a.consistency == ConsistencyArg::Serializable,
         lease: 0,
     };
     let c = Some(a.consistency);
-    bench(client, out, a.kv, Workload::Mixed, mix, a.fill, c).await
+    bench(client, out, a.kv, workload, mix, a.fill, c).await
 }
 
 #[derive(Default)]
