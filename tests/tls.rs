@@ -311,75 +311,48 @@ fn missing_or_unusable_certificate_files_are_named() {
     pki.cert("node1", "ca", "node");
     let data = dir.path().join("data");
 
-    // utopiad: exit 2, naming the setting and the file.
+    // Exit 2 with a message that contains `expected`.
+    let refused = |out: std::process::Output, expected: &str| {
+        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        assert!(stderr(&out).contains(expected), "{}", stderr(&out));
+    };
+    let conf = dir.path().join("tls.conf");
+    let start_with = |cert: &str, key: &str| {
+        std::fs::write(
+            &conf,
+            format!(
+                "tls = {{ cert_file = \"{cert}\"; key_file = \"{key}\"; ca_file = \"{}\"; }};\n",
+                pki.path("ca.pem")
+            ),
+        )
+        .unwrap();
+        utopiad(&data, &["--config", conf.to_str().unwrap()])
+    };
+
+    // utopiad names the setting and the file.
     let missing = dir.path().join("missing.pem");
-    let conf = dir.path().join("missing.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "tls = {{ cert_file = \"{}\"; key_file = \"{}\"; ca_file = \"{}\"; }};\n",
-            missing.display(),
-            pki.path("node1.key"),
-            pki.path("ca.pem")
-        ),
-    )
-    .unwrap();
-    let out = utopiad(&data, &["--config", conf.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains(&format!("tls.cert_file {}: cannot read", missing.display())),
-        "{}",
-        stderr(&out)
+    let missing = missing.to_str().unwrap();
+    refused(
+        start_with(missing, &pki.path("node1.key")),
+        &format!("tls.cert_file {missing}: cannot read"),
     );
-
     // A key file that holds a certificate.
-    std::fs::write(
-        &conf,
-        format!(
-            "tls = {{ cert_file = \"{}\"; key_file = \"{}\"; ca_file = \"{}\"; }};\n",
-            pki.path("node1.pem"),
-            pki.path("node1.pem"),
-            pki.path("ca.pem")
-        ),
-    )
-    .unwrap();
-    let out = utopiad(&data, &["--config", conf.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains(&format!(
-            "tls.key_file {}: not a PEM file with a PRIVATE KEY",
-            pki.path("node1.pem")
-        )),
-        "{}",
-        stderr(&out)
+    let cert = pki.path("node1.pem");
+    refused(
+        start_with(&cert, &cert),
+        &format!("tls.key_file {cert}: not a PEM file with a PRIVATE KEY"),
     );
 
-    // The CLI: exit 2, naming the flag and the file.
-    let out = cli(
-        "127.0.0.1:1",
-        &["--cacert", missing.to_str().unwrap(), "get", "k"],
+    // The CLI names the flag and the file.
+    refused(
+        cli("127.0.0.1:1", &["--cacert", missing, "get", "k"]),
+        &format!("--cacert {missing}: cannot read"),
     );
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains(&format!("--cacert {}: cannot read", missing.display())),
-        "{}",
-        stderr(&out)
-    );
-    let out = cli(
-        "127.0.0.1:1",
-        &[
-            "--cacert",
-            &pki.path("ca.pem"),
-            "--cert",
-            &pki.path("node1.pem"),
-            "get",
-            "k",
-        ],
-    );
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("--cert and --key"),
-        "{}",
-        stderr(&out)
+    refused(
+        cli(
+            "127.0.0.1:1",
+            &["--cacert", &pki.path("ca.pem"), "--cert", &cert, "get", "k"],
+        ),
+        "--cert and --key",
     );
 }
