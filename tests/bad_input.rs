@@ -6,6 +6,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{run_with_deadline, temp_dir, Server, UTOPIAD};
+use utopia_proto::raft_v1 as raft_pb;
+use utopia_proto::raft_v1::raft_transport_client::RaftTransportClient;
 use utopia_proto::v1 as pb;
 
 fn utopiad_with_config(text: &str) -> (i32, String) {
@@ -193,6 +195,21 @@ async fn bad_requests_get_clear_errors_and_valid_traffic_goes_on() {
         .unwrap()
         .into_inner();
     assert_eq!(at.kvs.len(), 1);
+
+    // A replication stream whose message is not an AppendEntries: the
+    // stream ends with a clear error.
+    let mut raft = RaftTransportClient::connect(s.endpoint()).await.unwrap();
+    let garbage = raft_pb::RaftMessage {
+        cbor: b"not an AppendEntries".to_vec(),
+    };
+    let mut replies = raft
+        .stream_append(futures::stream::iter([garbage]))
+        .await
+        .expect("stream opens")
+        .into_inner();
+    let err = replies.message().await.expect_err("garbage is refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("raft message"), "{}", err.message());
 
     // Through all of it the server kept serving, and counted what it refused.
     assert_eq!(s.cli_json(&["get", "ok"])["kvs"][0]["version"], 1);

@@ -3,6 +3,12 @@
 //! Messages are CBOR-encoded inside protobuf envelopes
 //! (`utopia.raft.v1.RaftTransport`). One lazily connected tonic channel per
 //! peer address is shared by every client openraft creates for that peer.
+//!
+//! Replication to a follower is one long-lived `StreamAppend` stream: the
+//! leader sends AppendEntries as entries arrive, up to
+//! [`APPEND_IN_FLIGHT_MAX`] ahead of the follower's replies, so the next
+//! entries travel while the follower syncs the previous ones, and each
+//! message costs one HTTP/2 data frame instead of a whole call.
 //! Snapshots are files; they are streamed in chunks of at most
 //! `snapshot_chunk_bytes`, never held whole in memory, and written to a
 //! temporary file on the receiver before they are installed.
@@ -14,19 +20,22 @@
 //! With [`TransportSettings::tls`], peers are reached over TLS and this
 //! node presents its own certificate to peers that require one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use futures::{Stream, StreamExt};
+
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::storage::RaftStateMachine;
 use openraft::{AnyError, BasicNode, Raft, RaftNetworkV2};
@@ -50,6 +59,11 @@ pub struct TransportSettings {
     pub source_ip: Option<IpAddr>,
     /// TLS for connections to peers (`https`); `None`: plain text.
     pub tls: Option<tonic::transport::ClientTlsConfig>,
+    /// How long a follower may take to answer an AppendEntries sent on a
+    /// replication stream before the stream is dropped as broken. A
+    /// follower's disk may pause a sync for a few hundred milliseconds
+    /// under load; that is slow, not unreachable.
+    pub append_reply_timeout: Duration,
 }
 
 impl Default for TransportSettings {
@@ -58,6 +72,7 @@ impl Default for TransportSettings {
             connect_timeout: Duration::from_secs(1),
             snapshot_chunk_bytes: 1 << 20,
             message_bytes_max: 64 << 20,
+            append_reply_timeout: Duration::from_secs(1),
             source_ip: None,
             tls: None,
         }
@@ -198,6 +213,15 @@ fn network(target: u64, addr: &str, e: impl std::fmt::Display) -> NetworkError<T
     NetworkError::new(&AnyError::error(format!("node {target} at {addr}: {e}")))
 }
 
+fn status_error(target: u64, addr: &str, status: tonic::Status) -> RPCError<TypeConfig> {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            RPCError::Unreachable(unreachable(target, addr, status.message()))
+        }
+        _ => RPCError::Network(network(target, addr, status)),
+    }
+}
+
 impl PeerClient {
     fn client(&self) -> Result<RaftTransportClient<Channel>, RPCError<TypeConfig>> {
         self.client
@@ -206,12 +230,7 @@ impl PeerClient {
     }
 
     fn status_error(&self, status: tonic::Status) -> RPCError<TypeConfig> {
-        match status.code() {
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
-                RPCError::Unreachable(unreachable(self.target, &self.addr, status.message()))
-            }
-            _ => RPCError::Network(network(self.target, &self.addr, status)),
-        }
+        status_error(self.target, &self.addr, status)
     }
 
     async fn unary<Req, Resp, F, Fut>(
@@ -248,8 +267,168 @@ impl PeerClient {
     }
 }
 
+/// AppendEntries requests on one replication stream sent and not yet
+/// answered, at most. A request is taken from openraft only when one of
+/// these slots is free, so entries that arrive while the follower is busy
+/// go out together in the next request instead of one request each.
+const APPEND_IN_FLIGHT_MAX: usize = 4;
+
+/// The requests of one replication stream sent and not yet answered, by
+/// the time each was sent, each holding one of the stream's slots.
+struct InFlight {
+    sent: Mutex<VecDeque<(Instant, tokio::sync::OwnedSemaphorePermit)>>,
+    slots: Arc<tokio::sync::Semaphore>,
+    /// Woken when a request is sent, so an idle wait for replies starts the
+    /// new request's deadline.
+    more: tokio::sync::Notify,
+}
+
+impl InFlight {
+    fn new() -> Self {
+        Self {
+            sent: Mutex::default(),
+            slots: Arc::new(tokio::sync::Semaphore::new(APPEND_IN_FLIGHT_MAX)),
+            more: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn sent(&self, slot: tokio::sync::OwnedSemaphorePermit) {
+        self.lock().push_back((Instant::now(), slot));
+        self.more.notify_one();
+    }
+
+    fn oldest(&self) -> Option<Instant> {
+        self.lock().front().map(|(sent, _)| *sent)
+    }
+
+    fn answered(&self) {
+        self.lock().pop_front();
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, VecDeque<(Instant, tokio::sync::OwnedSemaphorePermit)>> {
+        self.sent
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// What one reply on a replication stream carries: the follower's result
+/// for one request, or why its Raft node cannot answer at all.
+type StreamReply = Result<StreamAppendResult<TypeConfig>, String>;
+
+type StreamItem = Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>;
+
+impl PeerClient {
+    /// Opens a `StreamAppend` stream to the peer: requests are encoded and
+    /// sent as openraft yields them; each reply is matched to the oldest
+    /// unanswered request. A request unanswered for `ttl` ends the stream
+    /// with an error (openraft then starts a new one after its backoff).
+    async fn open_stream<S>(
+        &self,
+        input: S,
+        ttl: Duration,
+    ) -> Result<BoxStream<'static, StreamItem>, RPCError<TypeConfig>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        let mut client = self.client()?;
+        let in_flight = Arc::new(InFlight::new());
+        let (target, addr) = (self.target, self.addr.clone());
+        let requests = futures::stream::unfold(
+            (input, in_flight.clone()),
+            move |(mut input, in_flight)| async move {
+                let slot = in_flight.slots.clone().acquire_owned().await.ok()?;
+                let req = input.next().await?;
+                match event::encode(&req) {
+                    Ok(cbor) => {
+                        in_flight.sent(slot);
+                        Some((pb::RaftMessage { cbor }, (input, in_flight)))
+                    }
+                    Err(e) => {
+                        tracing::error!(target, "encode AppendEntries for the stream: {e}");
+                        None
+                    }
+                }
+            },
+        );
+        let opened = tokio::time::timeout(ttl, client.stream_append(requests)).await;
+        let replies = match opened {
+            Ok(Ok(replies)) => replies.into_inner(),
+            Ok(Err(status)) => return Err(self.status_error(status)),
+            Err(_) => {
+                return Err(RPCError::Unreachable(unreachable(
+                    target,
+                    &addr,
+                    format!("stream not opened within {ttl:?}"),
+                )))
+            }
+        };
+        let state = (replies, in_flight, self.target, self.addr.clone());
+        let out = futures::stream::unfold(Some(state), move |state| async move {
+            let (mut replies, in_flight, target, addr) = state?;
+            let item = loop {
+                let next = match in_flight.oldest() {
+                    Some(sent) => {
+                        let due = tokio::time::Instant::from_std(sent + ttl);
+                        match tokio::time::timeout_at(due, replies.message()).await {
+                            Ok(next) => next,
+                            Err(_) => {
+                                break Err(RPCError::Unreachable(unreachable(
+                                    target,
+                                    &addr,
+                                    format!("no reply within {ttl:?}"),
+                                )))
+                            }
+                        }
+                    }
+                    None => tokio::select! {
+                        next = replies.message() => next,
+                        () = in_flight.more.notified() => continue,
+                    },
+                };
+                break match next {
+                    Ok(Some(m)) => {
+                        in_flight.answered();
+                        match event::decode::<StreamReply>(&m.cbor) {
+                            Ok(Ok(result)) => Ok(result),
+                            Ok(Err(e)) => Err(RPCError::Network(network(
+                                target,
+                                &addr,
+                                format!("remote: {e}"),
+                            ))),
+                            Err(e) => Err(RPCError::Network(network(target, &addr, e))),
+                        }
+                    }
+                    Ok(None) => return None,
+                    Err(status) => Err(status_error(target, &addr, status)),
+                };
+            };
+            let next = match &item {
+                Ok(Ok(_)) => Some((replies, in_flight, target, addr)),
+                _ => None,
+            };
+            Some((item, next))
+        });
+        Ok(Box::pin(out))
+    }
+}
+
 impl RaftNetworkV2<TypeConfig> for PeerClient {
     type SnapshotData = std::fs::File;
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<BoxStream<'s, StreamItem>, RPCError<TypeConfig>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
+    {
+        let ttl = self.settings.append_reply_timeout.max(option.hard_ttl());
+        Box::pin(async move { self.open_stream(input, ttl).await })
+    }
 
     async fn append_entries(
         &mut self,
@@ -404,6 +583,45 @@ where
                 .await
                 .map_err(|e| e.to_string()),
         )
+    }
+
+    type StreamAppendStream = BoxStream<'static, Result<pb::RaftMessage, tonic::Status>>;
+
+    async fn stream_append(
+        &self,
+        req: tonic::Request<tonic::Streaming<pb::RaftMessage>>,
+    ) -> Result<tonic::Response<Self::StreamAppendStream>, tonic::Status> {
+        // A message that does not decode ends the requests; the replies to
+        // the requests before it are sent, then the error.
+        let bad = Arc::new(Mutex::new(None::<tonic::Status>));
+        let bad_in = bad.clone();
+        let requests = futures::stream::unfold(req.into_inner(), move |mut inbound| {
+            let bad = bad_in.clone();
+            async move {
+                let m = inbound.message().await.ok()??;
+                match decode_request::<AppendEntriesRequest<TypeConfig>>(&m) {
+                    Ok(rpc) => Some((rpc, inbound)),
+                    Err(status) => {
+                        *bad.lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(status);
+                        None
+                    }
+                }
+            }
+        });
+        let replies = self.raft.stream_append(requests).map(|result| {
+            let reply: StreamReply = result.map_err(|fatal| fatal.to_string());
+            event::encode(&reply)
+                .map(|cbor| pb::RaftMessage { cbor })
+                .map_err(|e| tonic::Status::internal(e.to_string()))
+        });
+        let trailer = futures::stream::once(async move {
+            bad.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take()
+        })
+        .filter_map(|status| std::future::ready(status.map(Err)));
+        Ok(tonic::Response::new(Box::pin(replies.chain(trailer))))
     }
 
     async fn vote(

@@ -196,6 +196,12 @@ where
         .validate()
         .map_err(|e| format!("invalid raft settings: {e}"))?;
 
+        // A follower that has not answered within an election timeout is
+        // as good as gone; one that answers later was only slow.
+        let transport = TransportSettings {
+            append_reply_timeout: Duration::from_millis(timings.election_timeout_ms_min),
+            ..transport
+        };
         let network = GrpcNetwork::new(transport);
         let raft = Raft::new(
             id,
