@@ -97,6 +97,17 @@ fn three_nodes_replicate_and_survive_losing_the_leader() {
         acked.push(key);
     }
 
+    // While a member is down the leader retries it at a measured pace, not
+    // in a loop: over a few seconds it stays far below one core.
+    let busy = &c.nodes[(new_leader - 1) as usize];
+    let (cpu_before, since) = (busy.cpu_time(), std::time::Instant::now());
+    std::thread::sleep(Duration::from_secs(3));
+    let (cpu, wall) = (busy.cpu_time() - cpu_before, since.elapsed());
+    assert!(
+        cpu < wall / 4,
+        "leader used {cpu:?} of CPU in {wall:?} with one member down"
+    );
+
     // The killed node restarts on its data directory and catches up.
     let restarted = (leader - 1) as usize;
     c.nodes[restarted].restart();

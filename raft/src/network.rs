@@ -335,24 +335,24 @@ impl PeerClient {
     {
         let mut client = self.client()?;
         let in_flight = Arc::new(InFlight::new());
-        let (target, addr) = (self.target, self.addr.clone());
-        let requests = futures::stream::unfold(
+        let mut input = input;
+        // openraft paces retries to a follower that keeps failing inside
+        // the request stream, before it yields a request. Taking the first
+        // request before connecting makes a refused connection wait out
+        // that pace instead of being retried at once, over and over.
+        let Some(first) = take_request(&mut input, &in_flight, self.target).await else {
+            return Ok(Box::pin(futures::stream::empty()));
+        };
+        let target = self.target;
+        let rest = futures::stream::unfold(
             (input, in_flight.clone()),
             move |(mut input, in_flight)| async move {
-                let slot = in_flight.slots.clone().acquire_owned().await.ok()?;
-                let req = input.next().await?;
-                match event::encode(&req) {
-                    Ok(cbor) => {
-                        in_flight.sent(slot);
-                        Some((pb::RaftMessage { cbor }, (input, in_flight)))
-                    }
-                    Err(e) => {
-                        tracing::error!(target, "encode AppendEntries for the stream: {e}");
-                        None
-                    }
-                }
+                let m = take_request(&mut input, &in_flight, target).await?;
+                Some((m, (input, in_flight)))
             },
         );
+        let requests = futures::stream::once(std::future::ready(first)).chain(rest);
+        let addr = self.addr.clone();
         let opened = tokio::time::timeout(ttl, client.stream_append(requests)).await;
         let replies = match opened {
             Ok(Ok(replies)) => replies.into_inner(),
@@ -412,6 +412,31 @@ impl PeerClient {
             Some((item, next))
         });
         Ok(Box::pin(out))
+    }
+}
+
+/// The next request of a replication stream, encoded, once a slot is
+/// free; `None` when openraft ends the stream (or, never expected, the
+/// request does not encode).
+async fn take_request<S>(
+    input: &mut S,
+    in_flight: &InFlight,
+    target: u64,
+) -> Option<pb::RaftMessage>
+where
+    S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Unpin,
+{
+    let slot = in_flight.slots.clone().acquire_owned().await.ok()?;
+    let req = input.next().await?;
+    match event::encode(&req) {
+        Ok(cbor) => {
+            in_flight.sent(slot);
+            Some(pb::RaftMessage { cbor })
+        }
+        Err(e) => {
+            tracing::error!(target, "encode AppendEntries for the stream: {e}");
+            None
+        }
     }
 }
 

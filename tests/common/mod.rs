@@ -106,6 +106,19 @@ impl Server {
         assert!(ok.is_ok_and(|s| s.success()), "kill -{sig}");
     }
 
+    /// CPU time (user and system) the running server has used so far.
+    pub fn cpu_time(&self) -> Duration {
+        let child = self.child.as_ref().expect("server is running");
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id()))
+            .expect("read the server's /proc stat");
+        // Fields after the parenthesised command name; utime and stime are
+        // the 14th and 15th fields, in clock ticks (USER_HZ, 100 on Linux).
+        let rest = stat.rsplit_once(')').expect("stat has a command name").1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        Duration::from_millis(ticks * 10)
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
