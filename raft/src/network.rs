@@ -62,7 +62,8 @@ pub struct TransportSettings {
     /// How long a follower may take to answer an AppendEntries sent on a
     /// replication stream before the stream is dropped as broken. A
     /// follower's disk may pause a sync for a few hundred milliseconds
-    /// under load; that is slow, not unreachable.
+    /// under load; that is slow, not unreachable. `RaftNode::start` sets
+    /// it to the election timeout.
     pub append_reply_timeout: Duration,
 }
 
@@ -327,23 +328,22 @@ impl PeerClient {
     /// with an error (openraft then starts a new one after its backoff).
     async fn open_stream<S>(
         &self,
-        input: S,
+        mut input: S,
         ttl: Duration,
     ) -> Result<BoxStream<'static, StreamItem>, RPCError<TypeConfig>>
     where
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + Send + Unpin + 'static,
     {
         let mut client = self.client()?;
+        let (target, addr) = (self.target, self.addr.clone());
         let in_flight = Arc::new(InFlight::new());
-        let mut input = input;
         // openraft paces retries to a follower that keeps failing inside
         // the request stream, before it yields a request. Taking the first
         // request before connecting makes a refused connection wait out
         // that pace instead of being retried at once, over and over.
-        let Some(first) = take_request(&mut input, &in_flight, self.target).await else {
+        let Some(first) = take_request(&mut input, &in_flight, target).await else {
             return Ok(Box::pin(futures::stream::empty()));
         };
-        let target = self.target;
         let rest = futures::stream::unfold(
             (input, in_flight.clone()),
             move |(mut input, in_flight)| async move {
@@ -352,7 +352,6 @@ impl PeerClient {
             },
         );
         let requests = futures::stream::once(std::future::ready(first)).chain(rest);
-        let addr = self.addr.clone();
         let opened = tokio::time::timeout(ttl, client.stream_append(requests)).await;
         let replies = match opened {
             Ok(Ok(replies)) => replies.into_inner(),
@@ -365,7 +364,7 @@ impl PeerClient {
                 )))
             }
         };
-        let state = (replies, in_flight, self.target, self.addr.clone());
+        let state = (replies, in_flight, target, addr);
         let out = futures::stream::unfold(Some(state), move |state| async move {
             let (mut replies, in_flight, target, addr) = state?;
             let item = loop {
