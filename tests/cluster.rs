@@ -356,6 +356,52 @@ fn a_wiped_follower_catches_up_through_a_snapshot() {
     );
 }
 
+#[test]
+fn a_snapshot_served_after_a_crash_is_the_recovered_state() {
+    let dir = temp_dir();
+    let (mut c, conf) = small_log_cluster(dir.path());
+    let victim = if c.leader() == 3 { 2 } else { 3 };
+    wipe_and_remove(&mut c, victim);
+    for i in 0..60 {
+        put_ok(&c, &format!("w/{i:02}"), &format!("v{i}"));
+    }
+    wait_for_purge(&c);
+
+    // Both remaining members crash and restart: the snapshot they can serve
+    // is now the state each recovered, taken at startup.
+    for id in [1, 2, 3] {
+        if id != victim {
+            let node = &mut c.nodes[(id - 1) as usize];
+            node.kill9();
+            node.restart();
+        }
+    }
+    c.leader();
+    for i in 60..70 {
+        put_ok(&c, &format!("w/{i:02}"), &format!("v{i}"));
+    }
+
+    let node = rejoin(&c, victim, &conf);
+    wait_for(
+        "the wiped node to hold every key",
+        Duration::from_secs(30),
+        || has_keys(&node, "w/", 70),
+    );
+    assert!(
+        node.stderr_log().contains("installed snapshot"),
+        "the node caught up by installing a snapshot:\n{}",
+        node.stderr_log()
+    );
+    let got = node.cli_json(&["get", "w/", "--prefix", "--consistency", "serializable"]);
+    let kvs = got["kvs"].as_array().expect("kvs");
+    assert_eq!(kvs.len(), 70);
+    for (i, kv) in kvs.iter().enumerate() {
+        assert_eq!(kv["key"], format!("w/{i:02}"));
+        assert_eq!(kv["value"], format!("v{i}"));
+        assert_eq!(kv["version"], 1);
+    }
+}
+
 /// A three-node cluster that snapshots every 20 entries and keeps 5 behind,
 /// and the configuration file that says so.
 fn small_log_cluster(dir: &std::path::Path) -> (Cluster, std::path::PathBuf) {

@@ -119,26 +119,21 @@ async fn snapshots_purge_the_log_and_restarts_resume_from_them() {
         .await
         .unwrap();
     }
-    let snapshots = || -> Vec<std::path::PathBuf> {
-        std::fs::read_dir(data.join("snapshots"))
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|e| e == "snap"))
-                    .collect()
-            })
-            .unwrap_or_default()
+    // A snapshot every 50 entries, and the log purged behind it.
+    let positions = |s: &Server| {
+        let st = s.cli_json(&["status"]);
+        (
+            st["raft_snapshot_index"].as_u64().unwrap_or(0),
+            st["raft_purged_index"].as_u64().unwrap_or(0),
+        )
     };
-    common::wait_for(
-        "a snapshot file",
+    let (snapshot, purged) = common::wait_for(
+        "the log to be purged behind a recent snapshot",
         std::time::Duration::from_secs(20),
-        || (!snapshots().is_empty()).then_some(()),
-    );
-    // A newer snapshot replaces the older one once it is complete.
-    common::wait_for(
-        "older snapshots to be removed",
-        std::time::Duration::from_secs(20),
-        || (snapshots().len() == 1).then_some(()),
+        || {
+            let (snapshot, purged) = positions(&s);
+            (snapshot >= 250 && purged > 0).then_some((snapshot, purged))
+        },
     );
 
     s.kill9();
@@ -166,4 +161,11 @@ async fn snapshots_purge_the_log_and_restarts_resume_from_them() {
         .await
         .unwrap();
     assert_eq!(next.into_inner().header.unwrap().revision, 301);
+    // The restarted node's snapshot is the state it recovered, and the log
+    // it had purged stays purged.
+    let (snapshot_after, purged_after) = positions(&s);
+    assert!(
+        snapshot_after >= snapshot && purged_after >= purged,
+        "before the crash: snapshot {snapshot}, purged {purged}; after: {snapshot_after}, {purged_after}"
+    );
 }

@@ -17,6 +17,29 @@ pub use event::{Event, Request, Response};
 pub use network::{TransportService, TransportSettings};
 pub use node::{NodeStatus, ProposeError, RaftNode, RaftTimings, Role};
 
+/// A snapshot's bytes on their way between the state machine and the
+/// transport, read once from front to back: a file a follower received, or
+/// a state-machine view encoded as it is read.
+pub struct SnapshotData(Box<dyn std::io::Read + Send>);
+
+impl SnapshotData {
+    pub fn new(bytes: impl std::io::Read + Send + 'static) -> Self {
+        Self(Box::new(bytes))
+    }
+}
+
+impl std::io::Read for SnapshotData {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl std::fmt::Debug for SnapshotData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SnapshotData")
+    }
+}
+
 openraft::declare_raft_types!(
     /// utopia's openraft type configuration: node ids are `u64`, nodes are
     /// known by their gRPC address, log entries carry a [`Request`].

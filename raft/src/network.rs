@@ -9,9 +9,10 @@
 //! [`APPEND_IN_FLIGHT_MAX`] ahead of the follower's replies, so the next
 //! entries travel while the follower syncs the previous ones, and each
 //! message costs one HTTP/2 data frame instead of a whole call.
-//! Snapshots are files; they are streamed in chunks of at most
-//! `snapshot_chunk_bytes`, never held whole in memory, and written to a
-//! temporary file on the receiver before they are installed.
+//! Snapshots are streamed in chunks of at most `snapshot_chunk_bytes`, read
+//! from the state machine as they are sent and never held whole in memory,
+//! and written to a temporary file on the receiver before they are
+//! installed.
 //!
 //! Connections to peers leave from this node's own listen IP when it listens
 //! on a specific address ([`TransportSettings::source_ip`]): on a multi-homed
@@ -440,7 +441,7 @@ where
 }
 
 impl RaftNetworkV2<TypeConfig> for PeerClient {
-    type SnapshotData = std::fs::File;
+    type SnapshotData = crate::SnapshotData;
 
     fn stream_append<'s, S>(
         &'s mut self,
@@ -488,7 +489,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     async fn full_snapshot(
         &mut self,
         vote: openraft::alias::VoteOf<TypeConfig>,
-        snapshot: openraft::alias::SnapshotOf<TypeConfig, std::fs::File>,
+        snapshot: openraft::alias::SnapshotOf<TypeConfig, crate::SnapshotData>,
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
@@ -500,9 +501,9 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         let vote_cbor = event::encode(&vote).map_err(|e| net_err(e.to_string()))?;
         let meta_cbor = event::encode(&snapshot.meta).map_err(|e| net_err(e.to_string()))?;
         let chunk_bytes = self.settings.snapshot_chunk_bytes.max(1);
-        // Read the file on a blocking thread, a bounded number of chunks ahead.
+        // Read the snapshot on a blocking thread, a bounded number of chunks ahead.
         let (tx, rx) = tokio::sync::mpsc::channel::<pb::SnapshotChunk>(4);
-        let mut file = snapshot.snapshot;
+        let mut data = snapshot.snapshot;
         let reader = tokio::task::spawn_blocking(move || -> Result<(), String> {
             let first = pb::SnapshotChunk {
                 vote_cbor,
@@ -514,7 +515,7 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             loop {
                 let mut buf = vec![0u8; chunk_bytes];
                 let n =
-                    read_full(&mut file, &mut buf).map_err(|e| format!("read snapshot: {e}"))?;
+                    read_full(&mut data, &mut buf).map_err(|e| format!("read snapshot: {e}"))?;
                 if n == 0 {
                     return Ok(());
                 }
@@ -553,10 +554,10 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
     }
 }
 
-fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+fn read_full(data: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
-        let n = file.read(&mut buf[filled..])?;
+        let n = data.read(&mut buf[filled..])?;
         if n == 0 {
             break;
         }
@@ -567,13 +568,13 @@ fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize>
 
 /// The server side of the transport: hands messages from peers to the
 /// local Raft node.
-pub struct TransportService<SM: RaftStateMachine<TypeConfig, SnapshotData = std::fs::File>> {
+pub struct TransportService<SM: RaftStateMachine<TypeConfig, SnapshotData = crate::SnapshotData>> {
     raft: Raft<TypeConfig, SM>,
     /// Where incoming snapshots are written before they are installed.
     incoming_dir: PathBuf,
 }
 
-impl<SM: RaftStateMachine<TypeConfig, SnapshotData = std::fs::File>> TransportService<SM> {
+impl<SM: RaftStateMachine<TypeConfig, SnapshotData = crate::SnapshotData>> TransportService<SM> {
     pub(crate) fn new(raft: Raft<TypeConfig, SM>, incoming_dir: PathBuf) -> Self {
         Self { raft, incoming_dir }
     }
@@ -594,7 +595,7 @@ fn decode_request<T: serde::de::DeserializeOwned>(m: &pb::RaftMessage) -> Result
 #[tonic::async_trait]
 impl<SM> pb::raft_transport_server::RaftTransport for TransportService<SM>
 where
-    SM: RaftStateMachine<TypeConfig, SnapshotData = std::fs::File>,
+    SM: RaftStateMachine<TypeConfig, SnapshotData = crate::SnapshotData>,
 {
     async fn append_entries(
         &self,
@@ -718,9 +719,9 @@ where
         drop(file);
         let file = std::fs::File::open(&path)
             .map_err(|e| tonic::Status::internal(format!("open {}: {e}", path.display())))?;
-        let snapshot = openraft::alias::SnapshotOf::<TypeConfig, std::fs::File> {
+        let snapshot = openraft::alias::SnapshotOf::<TypeConfig, crate::SnapshotData> {
             meta,
-            snapshot: file,
+            snapshot: crate::SnapshotData::new(file),
         };
         let result = self
             .raft

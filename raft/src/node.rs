@@ -156,7 +156,7 @@ impl<SM: RaftStateMachine<TypeConfig>> Clone for RaftNode<SM> {
 
 impl<SM> RaftNode<SM>
 where
-    SM: RaftStateMachine<TypeConfig, SnapshotData = std::fs::File>,
+    SM: RaftStateMachine<TypeConfig, SnapshotData = crate::SnapshotData>,
 {
     /// Starts the node on the given storage, and returns it with the gRPC
     /// service its peers send Raft messages to.

@@ -23,10 +23,7 @@ impl std::fmt::Debug for Db {
 
 impl Db {
     pub(crate) fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
-        // Every column family in `Cf::ALL` is created in `open`.
-        self.db
-            .cf_handle(cf.name())
-            .expect("column family created at open")
+        cf_handle(&self.db, cf)
     }
 
     /// Syncs the WAL: everything written before the call is durable after it.
@@ -77,12 +74,50 @@ impl Db {
         Ok(())
     }
 
+    /// A consistent view of the whole database as it is now. Taking one
+    /// costs nothing; while it is held, compaction keeps the versions it
+    /// sees.
+    pub(crate) fn view(&self) -> DbView {
+        DbView::new(self.db.clone(), |db| db.snapshot())
+    }
+
     /// A handle that does not keep the database open.
     pub(crate) fn downgrade(&self) -> WeakDb {
         WeakDb {
             db: Arc::downgrade(&self.db),
         }
     }
+}
+
+type RocksSnapshot<'a> = rocksdb::SnapshotWithThreadMode<'a, DB>;
+
+self_cell::self_cell!(
+    /// A RocksDB snapshot together with the database handle it borrows, so
+    /// that it can be kept past the call that took it.
+    pub(crate) struct DbView {
+        owner: Arc<DB>,
+        #[covariant]
+        dependent: RocksSnapshot,
+    }
+);
+
+impl DbView {
+    pub(crate) fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let handle = cf_handle(self.borrow_owner(), cf);
+        Ok(self.borrow_dependent().get_cf(handle, key)?)
+    }
+
+    /// An iterator over `cf` in this view, not yet positioned.
+    pub(crate) fn raw_iterator(&self, cf: Cf) -> rocksdb::DBRawIteratorWithThreadMode<'_, DB> {
+        let handle = cf_handle(self.borrow_owner(), cf);
+        self.borrow_dependent().raw_iterator_cf(handle)
+    }
+}
+
+fn cf_handle(db: &DB, cf: Cf) -> &rocksdb::ColumnFamily {
+    // Every column family in `Cf::ALL` is created in `open`.
+    db.cf_handle(cf.name())
+        .expect("column family created at open")
 }
 
 /// A database handle that lets the database close when every [`Db`] is

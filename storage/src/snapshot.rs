@@ -1,21 +1,29 @@
-//! Snapshot files.
+//! Snapshots of the state machine.
 //!
-//! A snapshot is one file: a CBOR header with the Raft snapshot metadata,
-//! then one CBOR record per state-machine key (column family, key, value) in
+//! The state machine is already durable in RocksDB, so a snapshot is not a
+//! copy made ahead of time: building one takes a RocksDB snapshot (a
+//! consistent view, free to take) right after the batch that applied its
+//! last entry, and keeps it until the next one. Its bytes are produced only
+//! when somebody reads them, a follower that needs them, by
+//! [`SnapshotEncoder`], straight from that view.
+//!
+//! The format: a magic line, a CBOR header with the Raft snapshot metadata,
+//! one CBOR record per state-machine key (column family, key, value) in
 //! column-family and key order, then a trailer with the record count and
-//! the blake3 hash of every byte before it. Files are written to a temporary
-//! name, fsynced and renamed, so a crash never leaves a half-written file
-//! under a snapshot's name; a reader verifies the hash before trusting the
-//! content.
+//! the blake3 hash of every byte before it. A follower writes what it
+//! receives to a file, and [`SnapshotReader`] verifies the hash before the
+//! install is committed.
 
-use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use utopia_raft::openraft_api::SnapshotMetaOf;
 use utopia_raft::TypeConfig;
 
+use crate::db::DbView;
+use crate::keys::Cf;
 use crate::StoreError;
 
 const MAGIC: &[u8; 12] = b"UTOPIASNAP1\n";
@@ -38,7 +46,7 @@ enum Record {
     },
 }
 
-/// What the writer serializes: [`Record`]'s header and entries, borrowed
+/// What the encoder serializes: [`Record`]'s header and entries, borrowed
 /// (same variant and field names, so the same bytes), so that writing a
 /// record copies nothing.
 #[derive(Serialize)]
@@ -51,22 +59,6 @@ enum RecordRef<'a> {
         key: &'a serde_bytes::Bytes,
         value: &'a serde_bytes::Bytes,
     },
-}
-
-struct HashingWriter<W: Write> {
-    inner: W,
-    hasher: blake3::Hasher,
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 struct HashingReader<R: Read> {
@@ -82,110 +74,180 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-/// Writes a snapshot file record by record.
-pub struct SnapshotWriter {
-    tmp: PathBuf,
-    path: PathBuf,
-    /// Buffered before hashing: CBOR is written a few bytes at a time, and
-    /// blake3 is fast on large chunks and slow on tiny ones.
-    out: BufWriter<HashingWriter<File>>,
-    records: u64,
-}
+/// Bytes encoded per refill of a [`SnapshotEncoder`]'s buffer (the last
+/// record may take it past this).
+const ENCODE_CHUNK_BYTES: usize = 256 << 10;
 
 fn io_err(what: &str, path: &Path, e: impl std::fmt::Display) -> StoreError {
     StoreError::Io(format!("{what} {}: {e}", path.display()))
 }
 
-impl SnapshotWriter {
-    pub fn create(path: PathBuf, meta: &SnapshotMeta) -> Result<Self, StoreError> {
-        let tmp = path.with_extension("tmp");
-        let file = File::create(&tmp).map_err(|e| io_err("create snapshot", &tmp, e))?;
-        let mut out = BufWriter::with_capacity(
-            64 << 10,
-            HashingWriter {
-                inner: file,
-                hasher: blake3::Hasher::new(),
-            },
-        );
-        out.write_all(MAGIC)
-            .map_err(|e| io_err("write snapshot", &tmp, e))?;
-        let mut w = Self {
-            tmp,
-            path,
-            out,
+/// Where an encoder is in its view.
+enum Stage {
+    Header,
+    /// Records of `Cf::STATE_MACHINE[cf]` from key `from` on.
+    Records {
+        cf: usize,
+        from: Vec<u8>,
+    },
+    Trailer,
+    Done,
+    /// Reading the view failed; every later read fails the same way.
+    Failed(String),
+}
+
+/// A snapshot's bytes, encoded from a view of the state machine as they
+/// are read; at most about [`ENCODE_CHUNK_BYTES`] are held at a time.
+pub(crate) struct SnapshotEncoder {
+    view: Arc<DbView>,
+    meta: SnapshotMeta,
+    /// Where the change feed starts: below the compacted revision it is
+    /// deleted, and stepping over its tombstones one by one is slow.
+    changes_from: Vec<u8>,
+    stage: Stage,
+    buf: Vec<u8>,
+    pos: usize,
+    hasher: blake3::Hasher,
+    records: u64,
+}
+
+impl SnapshotEncoder {
+    pub(crate) fn new(view: Arc<DbView>, meta: SnapshotMeta, changes_from: Vec<u8>) -> Self {
+        Self {
+            view,
+            meta,
+            changes_from,
+            stage: Stage::Header,
+            buf: Vec::new(),
+            pos: 0,
+            hasher: blake3::Hasher::new(),
             records: 0,
-        };
-        w.write_record(&RecordRef::Header { meta })?;
-        Ok(w)
-    }
-
-    fn write_record(&mut self, rec: &RecordRef<'_>) -> Result<(), StoreError> {
-        ciborium::into_writer(rec, &mut self.out)
-            .map_err(|e| io_err("write snapshot", &self.tmp, e))
-    }
-
-    pub fn entry(&mut self, cf: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.records += 1;
-        self.write_record(&RecordRef::Entry {
-            cf,
-            key: serde_bytes::Bytes::new(key),
-            value: serde_bytes::Bytes::new(value),
-        })
-    }
-
-    /// Entries written so far.
-    pub fn records(&self) -> u64 {
-        self.records
-    }
-
-    /// Writes the trailer, syncs and renames the file into place.
-    pub fn finish(self) -> Result<PathBuf, StoreError> {
-        // Everything before the trailer goes through the hasher.
-        let HashingWriter {
-            inner: file,
-            hasher,
-        } = self
-            .out
-            .into_inner()
-            .map_err(|e| io_err("flush snapshot", &self.tmp, e.error()))?;
-        let trailer = Record::Trailer {
-            records: self.records,
-            blake3: hasher.finalize().to_hex().to_string(),
-        };
-        let mut file = BufWriter::new(file);
-        ciborium::into_writer(&trailer, &mut file)
-            .map_err(|e| io_err("write snapshot", &self.tmp, e))?;
-        let file = file
-            .into_inner()
-            .map_err(|e| io_err("flush snapshot", &self.tmp, e.error()))?;
-        file.sync_all()
-            .map_err(|e| io_err("sync snapshot", &self.tmp, e))?;
-        std::fs::rename(&self.tmp, &self.path)
-            .map_err(|e| io_err("rename snapshot", &self.path, e))?;
-        if let Some(dir) = self.path.parent() {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io_err("sync directory", dir, e))?;
         }
-        Ok(self.path)
+    }
+
+    fn first_key(&self, cf: usize) -> Vec<u8> {
+        if Cf::STATE_MACHINE.get(cf) == Some(&Cf::KvChanges) {
+            self.changes_from.clone()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Replaces the buffer with the next bytes of the snapshot.
+    fn fill(&mut self) -> Result<(), StoreError> {
+        fn encode_err(e: impl std::fmt::Display) -> StoreError {
+            StoreError::Io(format!("encode snapshot record: {e}"))
+        }
+        self.buf.clear();
+        self.pos = 0;
+        // Every byte before the trailer is hashed.
+        let mut unhashed_from = 0;
+        while self.buf.len() < ENCODE_CHUNK_BYTES {
+            match std::mem::replace(&mut self.stage, Stage::Done) {
+                Stage::Header => {
+                    self.buf.extend_from_slice(MAGIC);
+                    ciborium::into_writer(&RecordRef::Header { meta: &self.meta }, &mut self.buf)
+                        .map_err(encode_err)?;
+                    self.stage = Stage::Records {
+                        cf: 0,
+                        from: self.first_key(0),
+                    };
+                }
+                Stage::Records { cf, from } => {
+                    let Some(&name) = Cf::STATE_MACHINE.get(cf) else {
+                        self.stage = Stage::Trailer;
+                        continue;
+                    };
+                    let view = self.view.clone();
+                    let mut it = view.raw_iterator(name);
+                    it.seek(&from);
+                    while let (Some(key), Some(value)) = (it.key(), it.value()) {
+                        ciborium::into_writer(
+                            &RecordRef::Entry {
+                                cf: name.name(),
+                                key: serde_bytes::Bytes::new(key),
+                                value: serde_bytes::Bytes::new(value),
+                            },
+                            &mut self.buf,
+                        )
+                        .map_err(encode_err)?;
+                        self.records += 1;
+                        if self.buf.len() >= ENCODE_CHUNK_BYTES {
+                            // Resume at the key's immediate successor.
+                            let mut from = key.to_vec();
+                            from.push(0);
+                            self.stage = Stage::Records { cf, from };
+                            break;
+                        }
+                        it.next();
+                    }
+                    if matches!(self.stage, Stage::Done) {
+                        it.status()?;
+                        self.stage = Stage::Records {
+                            cf: cf + 1,
+                            from: self.first_key(cf + 1),
+                        };
+                    }
+                }
+                Stage::Trailer => {
+                    self.hasher.update(&self.buf[unhashed_from..]);
+                    let trailer = Record::Trailer {
+                        records: self.records,
+                        blake3: self.hasher.finalize().to_hex().to_string(),
+                    };
+                    ciborium::into_writer(&trailer, &mut self.buf).map_err(encode_err)?;
+                    unhashed_from = self.buf.len();
+                    break;
+                }
+                stage @ (Stage::Done | Stage::Failed(_)) => {
+                    self.stage = stage;
+                    break;
+                }
+            }
+        }
+        self.hasher.update(&self.buf[unhashed_from..]);
+        Ok(())
+    }
+}
+
+impl Read for SnapshotEncoder {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.buf.len() {
+            match &self.stage {
+                Stage::Done => return Ok(0),
+                Stage::Failed(e) => return Err(io::Error::other(e.clone())),
+                _ => {}
+            }
+            if let Err(e) = self.fill() {
+                self.buf.clear();
+                self.pos = 0;
+                self.stage = Stage::Failed(e.to_string());
+                return Err(io::Error::other(e.to_string()));
+            }
+        }
+        let n = out.len().min(self.buf.len() - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
     }
 }
 
 /// One state-machine record: column family name, key, value.
 pub type SnapshotEntry = (String, Vec<u8>, Vec<u8>);
 
-/// Reads a snapshot file, verifying its hash once the trailer is reached.
-pub struct SnapshotReader {
+/// Reads a snapshot, verifying its hash once the trailer is reached.
+pub struct SnapshotReader<R: Read> {
     path: PathBuf,
-    input: HashingReader<BufReader<File>>,
+    input: HashingReader<BufReader<R>>,
     records: u64,
     pub meta: SnapshotMeta,
 }
 
-impl SnapshotReader {
-    pub fn open(file: File, path: &Path) -> Result<Self, StoreError> {
+impl<R: Read> SnapshotReader<R> {
+    /// Starts reading `input`; `path` names it in errors.
+    pub fn open(input: R, path: &Path) -> Result<Self, StoreError> {
         let mut input = HashingReader {
-            inner: BufReader::new(file),
+            inner: BufReader::new(input),
             hasher: blake3::Hasher::new(),
         };
         let mut magic = [0u8; 12];
@@ -277,32 +339,43 @@ mod tests {
     }
 
     #[test]
-    fn written_snapshots_read_back_and_verify() {
+    fn encoded_views_read_back_verify_and_stay_at_their_moment() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.snap");
-        let mut w = SnapshotWriter::create(path.clone(), &SnapshotMeta::default()).unwrap();
-        // Enough records to cross the write buffer several times.
+        let store = crate::db::open(dir.path()).unwrap();
+        let db = &store.db;
+        // Enough records to refill the encoder's buffer several times.
         for i in 0..20_000u32 {
-            w.entry("kv", &i.to_be_bytes(), &[b'v'; 100]).unwrap();
+            db.db
+                .put_cf(db.cf(Cf::Kv), i.to_be_bytes(), [b'v'; 100])
+                .unwrap();
         }
-        let path = w.finish().unwrap();
-        let mut r = SnapshotReader::open(File::open(&path).unwrap(), &path).unwrap();
+        let view = Arc::new(db.view());
+        // Written after the view was taken: not in the snapshot.
+        db.db.put_cf(db.cf(Cf::Kv), b"later", b"x").unwrap();
+        db.db.delete_cf(db.cf(Cf::Kv), 7u32.to_be_bytes()).unwrap();
+
+        let meta = SnapshotMeta::default();
+        let mut bytes = Vec::new();
+        SnapshotEncoder::new(view, meta.clone(), Vec::new())
+            .read_to_end(&mut bytes)
+            .unwrap();
+        let label = Path::new("test snapshot");
+        let mut r = SnapshotReader::open(&bytes[..], label).unwrap();
+        assert_eq!(r.meta, meta);
         let mut n = 0u32;
         while let Some((cf, k, v)) = r.next_entry().unwrap() {
-            assert_eq!(
-                (cf.as_str(), k, v),
-                ("kv", n.to_be_bytes().to_vec(), vec![b'v'; 100])
-            );
+            if cf != "kv" {
+                continue;
+            }
+            assert_eq!((k, v), (n.to_be_bytes().to_vec(), vec![b'v'; 100]));
             n += 1;
         }
         assert_eq!(n, 20_000);
 
         // One flipped byte in the middle fails the check.
-        let mut bytes = std::fs::read(&path).unwrap();
         let mid = bytes.len() / 2;
         bytes[mid] ^= 0x01;
-        std::fs::write(&path, &bytes).unwrap();
-        let mut r = SnapshotReader::open(File::open(&path).unwrap(), &path).unwrap();
+        let mut r = SnapshotReader::open(&bytes[..], label).unwrap();
         let failed = loop {
             match r.next_entry() {
                 Ok(Some(_)) => continue,

@@ -8,7 +8,7 @@
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::TryStreamExt;
 use rocksdb::WriteBatch;
@@ -18,13 +18,14 @@ use utopia_raft::openraft_api::{
     EntryPayload, EntryResponder, LogIdOf, OptionalSend, RaftEntry, RaftSnapshotBuilder,
     RaftStateMachine, SnapshotOf, StoredMembershipOf,
 };
-use utopia_raft::{Response, TypeConfig};
+use utopia_raft::{Response, SnapshotData, TypeConfig};
 
 use crate::apply::IngestEffects;
 use crate::apply::{Applier, StateRead};
+use crate::db::DbView;
 use crate::keys::{self, meta, Cf};
 use crate::read::WatchBatch;
-use crate::snapshot::{SnapshotMeta, SnapshotReader, SnapshotWriter};
+use crate::snapshot::{SnapshotEncoder, SnapshotMeta, SnapshotReader};
 use crate::{Db, StoreError};
 
 /// Batches of changes buffered for slow watchers before they must catch up
@@ -37,9 +38,52 @@ pub const INGEST_BROADCAST_BATCHES_MAX: usize = 4096;
 #[derive(Clone)]
 pub struct StateMachine {
     db: Db,
-    snapshot_dir: PathBuf,
+    /// The newest snapshot: its metadata and the view it reads from.
+    current: Arc<Mutex<Option<CurrentSnapshot>>>,
     changes: broadcast::Sender<Arc<WatchBatch>>,
     ingest: broadcast::Sender<Arc<IngestEffects>>,
+}
+
+#[derive(Clone)]
+struct CurrentSnapshot {
+    meta: SnapshotMeta,
+    view: Arc<DbView>,
+    /// Where its change feed starts (see [`SnapshotEncoder`]).
+    changes_from: Vec<u8>,
+}
+
+impl CurrentSnapshot {
+    /// The snapshot that `view` holds, or `None` if nothing was applied
+    /// before it was taken.
+    fn of(view: DbView) -> Result<Option<Self>, StoreError> {
+        let read = |key: &[u8]| view.get(Cf::SmMeta, key);
+        let Some(last_log_id) = decode_meta(meta::APPLIED, read(meta::APPLIED)?)?.flatten() else {
+            return Ok(None);
+        };
+        let last_membership =
+            decode_meta(meta::MEMBERSHIP, read(meta::MEMBERSHIP)?)?.unwrap_or_default();
+        let compacted: i64 =
+            decode_meta(meta::COMPACT_REVISION, read(meta::COMPACT_REVISION)?)?.unwrap_or(0);
+        Ok(Some(Self {
+            meta: SnapshotMeta {
+                last_log_id: Some(last_log_id),
+                last_membership,
+            },
+            view: Arc::new(view),
+            changes_from: keys::change_key(compacted, 0).to_vec(),
+        }))
+    }
+
+    fn data(&self) -> SnapshotOf<TypeConfig, SnapshotData> {
+        SnapshotOf::<TypeConfig, SnapshotData> {
+            meta: self.meta.clone(),
+            snapshot: SnapshotData::new(SnapshotEncoder::new(
+                self.view.clone(),
+                self.meta.clone(),
+                self.changes_from.clone(),
+            )),
+        }
+    }
 }
 
 /// The feeds a state machine publishes to: key changes for watchers, and
@@ -55,11 +99,16 @@ impl StateMachine {
     pub(crate) fn new(db: Db, snapshot_dir: PathBuf) -> Result<(Self, Feeds), StoreError> {
         let (changes, _) = broadcast::channel(WATCH_BROADCAST_BATCHES_MAX);
         let (ingest, _) = broadcast::channel(INGEST_BROADCAST_BATCHES_MAX);
-        // Leftovers of a snapshot that was being written when the process
-        // died are never valid; remove them.
+        // Snapshots are views of the database, not files: snapshot files
+        // left by earlier versions, and temporary files of a write that was
+        // cut short, are never read again.
         if let Ok(dir) = std::fs::read_dir(&snapshot_dir) {
             for entry in dir.flatten() {
-                if entry.path().extension().is_some_and(|e| e == "tmp") {
+                if entry
+                    .path()
+                    .extension()
+                    .is_some_and(|e| e == "tmp" || e == "snap")
+                {
                     let _ = std::fs::remove_file(entry.path());
                 }
             }
@@ -67,7 +116,7 @@ impl StateMachine {
         Ok((
             Self {
                 db,
-                snapshot_dir,
+                current: Arc::new(Mutex::new(None)),
                 changes: changes.clone(),
                 ingest: ingest.clone(),
             },
@@ -83,84 +132,33 @@ impl StateMachine {
         Ok((applied, membership))
     }
 
-    fn snapshot_path(&self, meta: &SnapshotMeta) -> PathBuf {
-        let (term, index) = meta
-            .last_log_id
+    fn current(&self) -> std::sync::MutexGuard<'_, Option<CurrentSnapshot>> {
+        // Nothing panics while holding the lock; a poisoned one still holds
+        // a whole value.
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes `snap` the current snapshot unless a newer one already is (a
+    /// snapshot installed from the leader while this one was being built).
+    fn set_current(&self, snap: CurrentSnapshot) {
+        let mut current = self.current();
+        if current
             .as_ref()
-            .map_or((0, 0), |l| (l.committed_leader_id().term, l.index()));
-        self.snapshot_dir
-            .join(format!("snapshot-{term:020}-{index:020}.snap"))
-    }
-
-    /// The newest snapshot file, if any.
-    fn latest_snapshot_file(&self) -> Option<PathBuf> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.snapshot_dir)
-            .ok()?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "snap"))
-            .collect();
-        files.sort();
-        files.pop()
-    }
-
-    fn remove_snapshots_except(&self, keep: &std::path::Path) {
-        if let Ok(dir) = std::fs::read_dir(&self.snapshot_dir) {
-            for entry in dir.flatten() {
-                let p = entry.path();
-                if p != keep && p.extension().is_some_and(|e| e == "snap") {
-                    let _ = std::fs::remove_file(p);
-                }
-            }
+            .is_none_or(|c| c.meta.last_log_id <= snap.meta.last_log_id)
+        {
+            *current = Some(snap);
         }
     }
 
-    fn build(&self) -> Result<(SnapshotMeta, PathBuf), StoreError> {
-        let started = std::time::Instant::now();
-        let snap = self.db.db.snapshot();
-        let read = |key: &[u8]| -> Result<Option<Vec<u8>>, StoreError> {
-            Ok(snap.get_cf(self.db.cf(Cf::SmMeta), key)?)
-        };
-        let last_log_id = decode_meta(meta::APPLIED, read(meta::APPLIED)?)?.flatten();
-        let last_membership =
-            decode_meta(meta::MEMBERSHIP, read(meta::MEMBERSHIP)?)?.unwrap_or_default();
-        let meta = SnapshotMeta {
-            last_log_id,
-            last_membership,
-        };
-        let path = self.snapshot_path(&meta);
-        let mut w = SnapshotWriter::create(path, &meta)?;
-        // The change feed below the compacted revision is deleted: start
-        // there rather than step over its tombstones one by one.
-        let compacted: i64 =
-            decode_meta(meta::COMPACT_REVISION, read(meta::COMPACT_REVISION)?)?.unwrap_or(0);
-        let changes_from = keys::change_key(compacted, 0);
-        for cf in Cf::STATE_MACHINE {
-            let mode = if cf == Cf::KvChanges {
-                rocksdb::IteratorMode::From(&changes_from, rocksdb::Direction::Forward)
-            } else {
-                rocksdb::IteratorMode::Start
-            };
-            for item in snap.iterator_cf(self.db.cf(cf), mode) {
-                let (k, v) = item?;
-                w.entry(cf.name(), &k, &v)?;
-            }
+    fn install<R: std::io::Read>(&self, meta: &SnapshotMeta, data: R) -> Result<(), StoreError> {
+        let label = std::path::Path::new("snapshot from the leader");
+        let mut reader = SnapshotReader::open(data, label)?;
+        if reader.meta.last_log_id != meta.last_log_id {
+            return Err(StoreError::Io(format!(
+                "snapshot holds the state at {:?}, but was sent as the state at {:?}",
+                reader.meta.last_log_id, meta.last_log_id
+            )));
         }
-        let records = w.records();
-        let path = w.finish()?;
-        self.remove_snapshots_except(&path);
-        tracing::info!(
-            snapshot = %path.display(),
-            records,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "built snapshot"
-        );
-        Ok((meta, path))
-    }
-
-    fn install(&self, meta: &SnapshotMeta, file: std::fs::File) -> Result<(), StoreError> {
-        let path = self.snapshot_path(meta);
-        let mut reader = SnapshotReader::open(file, &path)?;
         // One write batch replaces the whole state machine, so a crash
         // leaves either the old state or the new one.
         let mut batch = WriteBatch::default();
@@ -174,7 +172,7 @@ impl StateMachine {
                 batch.delete_cf(self.db.cf(cf), k);
             }
         }
-        let mut copy = SnapshotWriter::create(path.clone(), meta)?;
+        let mut records = 0u64;
         while let Some((cf_name, k, v)) = reader.next_entry()? {
             let cf = Cf::from_name(&cf_name)
                 .filter(|cf| Cf::STATE_MACHINE.contains(cf))
@@ -182,7 +180,7 @@ impl StateMachine {
                     StoreError::Io(format!("snapshot names unknown column family {cf_name:?}"))
                 })?;
             batch.put_cf(self.db.cf(cf), &k, &v);
-            copy.entry(&cf_name, &k, &v)?;
+            records += 1;
         }
         let enc_err = |e: event::CodecError| StoreError::Io(e.to_string());
         batch.put_cf(
@@ -198,9 +196,16 @@ impl StateMachine {
         let mut opts = rocksdb::WriteOptions::default();
         opts.set_sync(true);
         self.db.db.write_opt(batch, &opts)?;
-        let path = copy.finish()?;
-        self.remove_snapshots_except(&path);
-        tracing::info!(snapshot = %path.display(), "installed snapshot");
+        // Nothing is applied between the write and this view: installing
+        // and applying both run on openraft's state-machine task.
+        if let Some(snap) = CurrentSnapshot::of(self.db.view())? {
+            *self.current() = Some(snap);
+        }
+        tracing::info!(
+            last_log_index = meta.last_log_id.map_or(0, |l| l.index()),
+            records,
+            "installed snapshot"
+        );
         Ok(())
     }
 }
@@ -214,25 +219,41 @@ fn decode_meta<T: serde::de::DeserializeOwned>(
         .transpose()
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
-    type SnapshotData = std::fs::File;
+/// Builds a snapshot from a view taken when openraft asked for the builder,
+/// between two applied batches.
+pub struct SnapshotBuilder {
+    sm: StateMachine,
+    view: Option<DbView>,
+}
 
-    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, std::fs::File>, io::Error> {
-        let sm = self.clone();
-        let (meta, path) = tokio::task::spawn_blocking(move || sm.build())
-            .await
-            .map_err(io::Error::other)??;
-        let file = std::fs::File::open(&path)?;
-        Ok(SnapshotOf::<TypeConfig, std::fs::File> {
-            meta,
-            snapshot: file,
-        })
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<TypeConfig, SnapshotData>, io::Error> {
+        let view = self
+            .view
+            .take()
+            .ok_or_else(|| io::Error::other("snapshot builder used twice"))?;
+        let Some(snap) = CurrentSnapshot::of(view)? else {
+            // Nothing applied yet: an empty state machine.
+            return Ok(SnapshotOf::<TypeConfig, SnapshotData> {
+                meta: SnapshotMeta::default(),
+                snapshot: SnapshotData::new(std::io::empty()),
+            });
+        };
+        tracing::info!(
+            last_log_index = snap.meta.last_log_id.map_or(0, |l| l.index()),
+            "took snapshot"
+        );
+        let data = snap.data();
+        self.sm.set_current(snap);
+        Ok(data)
     }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotData = std::fs::File;
-    type SnapshotBuilder = Self;
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<Applied, io::Error> {
         Ok(self.read_applied()?)
@@ -307,13 +328,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        self.clone()
+        SnapshotBuilder {
+            sm: self.clone(),
+            view: Some(self.db.view()),
+        }
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta,
-        snapshot: std::fs::File,
+        snapshot: SnapshotData,
     ) -> Result<(), io::Error> {
         let sm = self.clone();
         let meta = meta.clone();
@@ -323,18 +347,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(())
     }
 
+    /// The newest snapshot; after a restart, one of the state as it was
+    /// recovered, which is as good a snapshot as any: the state machine is
+    /// durable, and what it holds is a prefix of the log.
     async fn get_current_snapshot(
         &mut self,
-    ) -> Result<Option<SnapshotOf<TypeConfig, std::fs::File>>, io::Error> {
-        let Some(path) = self.latest_snapshot_file() else {
-            return Ok(None);
-        };
-        let file = std::fs::File::open(&path)?;
-        let meta = SnapshotReader::open(file.try_clone()?, &path)?.meta;
-        let file = std::fs::File::open(&path)?;
-        Ok(Some(SnapshotOf::<TypeConfig, std::fs::File> {
-            meta,
-            snapshot: file,
-        }))
+    ) -> Result<Option<SnapshotOf<TypeConfig, SnapshotData>>, io::Error> {
+        let mut current = self.current();
+        if current.is_none() {
+            *current = CurrentSnapshot::of(self.db.view())?;
+        }
+        Ok(current.as_ref().map(CurrentSnapshot::data))
     }
 }
