@@ -165,7 +165,6 @@ pub mod meta {
 pub mod raft_meta {
     pub const VOTE: &[u8] = b"vote";
     pub const LAST_PURGED: &[u8] = b"last_purged";
-    pub const COMMITTED: &[u8] = b"committed";
     /// Which node this data directory belongs to, and the cluster it was
     /// created for.
     pub const IDENTITY: &[u8] = b"identity";

@@ -282,25 +282,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 
-    async fn save_committed(
-        &mut self,
-        committed: Option<LogIdOf<TypeConfig>>,
-    ) -> Result<(), io::Error> {
-        // Not synced: a lost committed id is recomputed by Raft; it only
-        // lets a restarted node apply sooner.
-        let bytes = event::encode(&committed).map_err(|e| io::Error::other(e.to_string()))?;
-        self.db
-            .db
-            .put_cf(self.db.cf(Cf::RaftMeta), raft_meta::COMMITTED, bytes)
-            .map_err(StoreError::from)?;
-        Ok(())
-    }
-
-    async fn read_committed(&mut self) -> Result<Option<LogIdOf<TypeConfig>>, io::Error> {
-        Ok(self
-            .get_meta::<Option<LogIdOf<TypeConfig>>>(raft_meta::COMMITTED)?
-            .flatten())
-    }
+    // The committed log id is not stored (openraft's default): every
+    // applied batch records its last log id in the same WAL as the log, so
+    // what a restarted node can serve never goes back, and entries that
+    // were committed but not yet applied were never answered to anybody;
+    // Raft commits them again. Storing it cost a RocksDB write on every
+    // node at every commit.
 
     async fn append<I>(
         &mut self,
