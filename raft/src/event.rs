@@ -49,8 +49,10 @@ impl std::fmt::Display for Response {
     }
 }
 
-/// A byte string serialised as a CBOR byte string rather than an array.
-pub type Bytes = serde_bytes::ByteBuf;
+/// A byte string serialised as a CBOR byte string rather than an array;
+/// reference-counted, so that cloning a log entry (once for each follower
+/// and once for the state machine) does not copy its keys and values.
+pub type Bytes = bytes::Bytes;
 
 /// Everything that can change utopia's state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -592,6 +594,17 @@ mod tests {
         // 100 integers (~200 bytes); the rest is field names and framing.
         let len = encode(&req).unwrap().len();
         assert!(len < 160, "{len} bytes");
+    }
+
+    #[test]
+    fn byte_strings_encode_as_they_did_when_they_were_byte_bufs() {
+        // Logs and state written before keys and values became
+        // reference-counted must read back the same.
+        for v in [vec![], vec![0u8, 1, 0xff], vec![7u8; 300]] {
+            let old = encode(&serde_bytes::ByteBuf::from(v.clone())).unwrap();
+            assert_eq!(encode(&Bytes::from(v.clone())).unwrap(), old);
+            assert_eq!(decode::<Bytes>(&old).unwrap(), Bytes::from(v));
+        }
     }
 
     #[test]

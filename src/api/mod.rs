@@ -199,8 +199,8 @@ impl Node {
 
 pub fn kv_to_pb(kv: KeyValue) -> pb::KeyValue {
     pb::KeyValue {
-        key: kv.key.into_vec(),
-        value: kv.value.into_vec(),
+        key: Vec::from(kv.key),
+        value: Vec::from(kv.value),
         create_revision: kv.create_revision,
         mod_revision: kv.mod_revision,
         version: kv.version,

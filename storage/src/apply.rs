@@ -574,7 +574,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         };
         for kv in targets {
             let ord = match (&cmp.target, &kv) {
-                (CompareTarget::Value(want), Some(kv)) => kv.value.as_slice().cmp(want.as_slice()),
+                (CompareTarget::Value(want), Some(kv)) => kv.value[..].cmp(&want[..]),
                 // A missing key has no value: every value comparison fails.
                 (CompareTarget::Value(_), None) => return Ok(false),
                 (CompareTarget::Version(n), kv) => kv.as_ref().map_or(0, |k| k.version).cmp(n),

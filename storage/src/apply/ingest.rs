@@ -83,7 +83,7 @@ pub struct IngestEffects {
 }
 
 fn digest16(b: &Bytes) -> Option<[u8; 16]> {
-    b.as_slice().try_into().ok()
+    b[..].try_into().ok()
 }
 
 /// The document id an item belongs to (and whose owner proposes it).
