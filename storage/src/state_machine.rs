@@ -57,11 +57,9 @@ impl CurrentSnapshot {
     /// before it was taken.
     fn of(view: DbView) -> Result<Option<Self>, StoreError> {
         let read = |key: &[u8]| view.get(Cf::SmMeta, key);
-        let Some(last_log_id) = decode_meta(meta::APPLIED, read(meta::APPLIED)?)?.flatten() else {
+        let (Some(last_log_id), last_membership) = read_applied(read)? else {
             return Ok(None);
         };
-        let last_membership =
-            decode_meta(meta::MEMBERSHIP, read(meta::MEMBERSHIP)?)?.unwrap_or_default();
         let compacted: i64 =
             decode_meta(meta::COMPACT_REVISION, read(meta::COMPACT_REVISION)?)?.unwrap_or(0);
         Ok(Some(Self {
@@ -122,14 +120,6 @@ impl StateMachine {
             },
             (changes, ingest),
         ))
-    }
-
-    fn read_applied(&self) -> Result<Applied, StoreError> {
-        let read = |key: &[u8]| self.db.get(Cf::SmMeta, key);
-        let applied = decode_meta(meta::APPLIED, read(meta::APPLIED)?)?.flatten();
-        let membership =
-            decode_meta(meta::MEMBERSHIP, read(meta::MEMBERSHIP)?)?.unwrap_or_default();
-        Ok((applied, membership))
     }
 
     fn current(&self) -> std::sync::MutexGuard<'_, Option<CurrentSnapshot>> {
@@ -210,6 +200,16 @@ impl StateMachine {
     }
 }
 
+/// The applied log id and membership, read through `read` (the live
+/// database or a view of it).
+fn read_applied(
+    read: impl Fn(&[u8]) -> Result<Option<Vec<u8>>, StoreError>,
+) -> Result<Applied, StoreError> {
+    let applied = decode_meta(meta::APPLIED, read(meta::APPLIED)?)?.flatten();
+    let membership = decode_meta(meta::MEMBERSHIP, read(meta::MEMBERSHIP)?)?.unwrap_or_default();
+    Ok((applied, membership))
+}
+
 /// Decodes a state-machine meta value read from `key`, if it was there.
 fn decode_meta<T: serde::de::DeserializeOwned>(
     key: &[u8],
@@ -256,7 +256,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<Applied, io::Error> {
-        Ok(self.read_applied()?)
+        Ok(read_applied(|key| self.db.get(Cf::SmMeta, key))?)
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
