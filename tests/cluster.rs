@@ -349,19 +349,13 @@ fn a_wiped_follower_catches_up_through_a_snapshot() {
         Duration::from_secs(30),
         || has_keys(&node, "w/", 80),
     );
-    let log = node.stderr_log();
-    assert!(
-        log.contains("installed snapshot"),
-        "the node caught up by installing a snapshot:\n{log}"
-    );
+    assert_caught_up_by_snapshot(&node);
 }
 
 #[test]
 fn a_snapshot_served_after_a_crash_is_the_recovered_state() {
     let dir = temp_dir();
-    let (mut c, conf) = small_log_cluster(dir.path());
-    let victim = if c.leader() == 3 { 2 } else { 3 };
-    wipe_and_remove(&mut c, victim);
+    let (mut c, conf, victim) = cluster_with_a_wiped_follower(dir.path());
     for i in 0..60 {
         put_ok(&c, &format!("w/{i:02}"), &format!("v{i}"));
     }
@@ -387,11 +381,7 @@ fn a_snapshot_served_after_a_crash_is_the_recovered_state() {
         Duration::from_secs(30),
         || has_keys(&node, "w/", 70),
     );
-    assert!(
-        node.stderr_log().contains("installed snapshot"),
-        "the node caught up by installing a snapshot:\n{}",
-        node.stderr_log()
-    );
+    assert_caught_up_by_snapshot(&node);
     let got = node.cli_json(&["get", "w/", "--prefix", "--consistency", "serializable"]);
     let kvs = got["kvs"].as_array().expect("kvs");
     assert_eq!(kvs.len(), 70);
@@ -413,6 +403,23 @@ fn small_log_cluster(dir: &std::path::Path) -> (Cluster, std::path::PathBuf) {
     .unwrap();
     let c = Cluster::start_with(dir, 3, &["--config", conf.to_str().unwrap()]);
     (c, conf)
+}
+
+/// A small-log cluster (see [`small_log_cluster`]) with one follower,
+/// returned last, wiped and removed.
+fn cluster_with_a_wiped_follower(dir: &std::path::Path) -> (Cluster, std::path::PathBuf, u64) {
+    let (mut c, conf) = small_log_cluster(dir);
+    let victim = if c.leader() == 3 { 2 } else { 3 };
+    wipe_and_remove(&mut c, victim);
+    (c, conf, victim)
+}
+
+fn assert_caught_up_by_snapshot(node: &Server) {
+    let log = node.stderr_log();
+    assert!(
+        log.contains("installed snapshot"),
+        "the node caught up by installing a snapshot:\n{log}"
+    );
 }
 
 /// Kills follower `victim`, deletes its data and removes it from the cluster.
@@ -851,9 +858,7 @@ fn put_ok_at(node: &Server, key: &str, value: &str) {
 #[test]
 fn a_node_killed_while_receiving_a_snapshot_restarts_and_catches_up() {
     let dir = temp_dir();
-    let (mut c, conf) = small_log_cluster(dir.path());
-    let victim = if c.leader() == 3 { 2 } else { 3 };
-    wipe_and_remove(&mut c, victim);
+    let (c, conf, victim) = cluster_with_a_wiped_follower(dir.path());
 
     // A snapshot of tens of megabytes, so that its transfer takes a while.
     let leader_addr = c.nodes[(c.leader() - 1) as usize].addr.clone();
