@@ -70,9 +70,15 @@ struct Entry {
     ack: Option<AckToken>,
 }
 
+/// Digests committed before this node's copy of them arrived, counted, for
+/// the dedupe window and at most `pending_messages_max` of them.
 struct Tombstones {
     by_digest: HashMap<[u8; 16], u32>,
     order: VecDeque<([u8; 16], Instant)>,
+    /// When one was last dropped for room rather than age: until the dedupe
+    /// window has passed since, a copy without a tombstone may still be of
+    /// a committed message, and the store is asked.
+    evicted_at: Option<Instant>,
 }
 
 /// The core's state; one task owns it, so there are no locks.
@@ -137,6 +143,7 @@ impl Core {
             tombstones: Tombstones {
                 by_digest: HashMap::new(),
                 order: VecDeque::new(),
+                evicted_at: None,
             },
             owners: IngestOwners::default(),
             batches_in_flight: 0,
@@ -356,6 +363,21 @@ impl Core {
                 }
             }
         }
+        let mine = self.owns(&device);
+        // Committed, as far as the store's dedupe records tell (a record
+        // is one commit of this digest within the dedupe window). Asked for
+        // a redelivery, which may be of a committed message by definition,
+        // and for any copy while tombstones may be missing for room.
+        let evicted = self.tombstones_evicted_recently();
+        let committed = (m.dup || evicted) && self.committed_recently(&digest);
+        if committed && !mine && !self.by_digest.contains_key(&digest) {
+            self.count("ingest_copies_already_committed_total");
+            if evicted {
+                self.count("ingest_copies_settled_by_store_total");
+            }
+            self.ack(&m.ack);
+            return;
+        }
         if self.entries.len() as u64 >= self.settings.pending_messages_max {
             // Not acknowledged: the broker redelivers it after a reconnect.
             self.count("mqtt_rejected_total{reason=\"pending_full\"}");
@@ -363,7 +385,6 @@ impl Core {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let mine = self.owns(&device);
         // Rate by arrival, once per copy: a backlog proposed after a
         // handover is not a flood.
         let second = crate::now_ms() / 1000;
@@ -388,7 +409,8 @@ impl Core {
                 received: Instant::now(),
                 received_ms: crate::now_ms(),
                 dup: m.dup,
-                maybe_committed: false,
+                // The applier suppresses it if the store's record is of it.
+                maybe_committed: committed,
                 epoch_at_receipt: self.owners.epoch,
                 owned_at_receipt: mine,
                 over_rate,
@@ -488,6 +510,32 @@ impl Core {
         self.tombstones.order.push_back((digest, Instant::now()));
         while self.tombstones.order.len() as u64 > self.settings.pending_messages_max {
             self.drop_oldest_tombstone();
+            self.tombstones.evicted_at = Some(Instant::now());
+            self.count("ingest_tombstones_evicted_total");
+        }
+    }
+
+    fn tombstones_evicted_recently(&mut self) -> bool {
+        let window = Duration::from_millis(self.settings.dedupe_window_ms);
+        if self
+            .tombstones
+            .evicted_at
+            .is_some_and(|t| t.elapsed() > window)
+        {
+            self.tombstones.evicted_at = None;
+        }
+        self.tombstones.evicted_at.is_some()
+    }
+
+    /// Whether the store holds a commit of `digest` within the dedupe window.
+    fn committed_recently(&self, digest: &[u8; 16]) -> bool {
+        let since_ms = crate::now_ms().saturating_sub(self.settings.dedupe_window_ms);
+        match self.node.reader.ingest_committed_since(digest, since_ms) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "read ingest dedupe record");
+                false
+            }
         }
     }
 
