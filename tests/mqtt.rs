@@ -274,6 +274,56 @@ fn bad_input_is_counted_and_valid_traffic_beside_it_is_ingested() {
 }
 
 #[test]
+fn a_burst_beyond_the_pending_bound_waits_in_the_broker_and_is_all_ingested() {
+    const DEVICES: u64 = 30;
+    const TOTAL: u64 = 900;
+    let m = Mosquitto::start();
+    let dir = temp_dir();
+    let server = start_ingesting(
+        dir.path(),
+        &format!(
+            "mqtt = {{ bridges = ( {} ); ingest = {{ pending_messages_max = 20; device_messages_per_s_max = 100000; }}; }};\n",
+            plain_bridge("devices", &m, "/burst/#")
+        ),
+    );
+    let addr = server.addr.clone();
+    let batch: Vec<(String, Vec<u8>)> = (0..TOTAL)
+        .map(|n| {
+            (
+                format!("/burst/z/c/{}/n/{n}", n % DEVICES),
+                n.to_string().into_bytes(),
+            )
+        })
+        .collect();
+    let rt = runtime();
+    let acked = rt.block_on(publish_all(
+        Endpoint::plain(m.plain),
+        &batch,
+        QoS::AtLeastOnce,
+    ));
+    assert!(acked.iter().all(|a| *a));
+    let c = wait_for("every message of the burst committed", DEADLINE, || {
+        let c = status_counters(&addr);
+        let get = |n: &str| c.get(n).and_then(Value::as_u64).unwrap_or(0);
+        (get("cluster_ingest_applied_total") == TOTAL && get("ingest_pending_messages") == 0)
+            .then_some(c)
+    });
+    let rejected: Vec<_> = c
+        .iter()
+        .filter(|(k, _)| k.starts_with("mqtt_rejected_total"))
+        .collect();
+    assert!(rejected.is_empty(), "{rejected:?}");
+    for d in 0..DEVICES {
+        let doc = device(&addr, &format!("burst/c/{d}")).unwrap();
+        assert_eq!(
+            doc["data"]["n"].as_object().unwrap().len() as u64,
+            TOTAL / DEVICES,
+            "{doc}"
+        );
+    }
+}
+
+#[test]
 fn commands_are_acknowledged_by_a_replying_device_and_fail_without_one() {
     let m = Mosquitto::start();
     let dir = temp_dir();

@@ -178,8 +178,12 @@ impl Core {
         let mut gauges_at = Instant::now();
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            // At the bound, messages wait in the bridges and then in the
+            // broker (their connections are not read) until commits make
+            // room: nothing is refused that would then never come back.
+            let room = (self.entries.len() as u64) < self.settings.pending_messages_max;
             tokio::select! {
-                ev = events.recv() => match ev {
+                ev = events.recv(), if room => match ev {
                     Some(ev) => self.on_bridge_event(ev),
                     None => return,
                 },
@@ -376,11 +380,6 @@ impl Core {
                 self.count("ingest_copies_settled_by_store_total");
             }
             self.ack(&m.ack);
-            return;
-        }
-        if self.entries.len() as u64 >= self.settings.pending_messages_max {
-            // Not acknowledged: the broker redelivers it after a reconnect.
-            self.count("mqtt_rejected_total{reason=\"pending_full\"}");
             return;
         }
         let seq = self.next_seq;
