@@ -10,7 +10,7 @@
 //! produce the same bytes on every replica. Maps are `BTreeMap`s, JSON objects
 //! are ordered, and time comes from the event (`Request::at_ms`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -97,6 +97,12 @@ impl Default for ApplyLimits {
 pub struct Applier<'a, S: StateRead + ?Sized> {
     base: &'a S,
     overlay: BTreeMap<(Cf, Vec<u8>), Option<Vec<u8>>>,
+    /// Device and zone documents written in this batch, decoded: an ingest
+    /// batch updates each device many times, and each document is parsed
+    /// once and encoded once (into the overlay, when the batch finishes).
+    /// Nothing in the applier reads these column families but through
+    /// [`Applier::get_doc`].
+    docs: BTreeMap<Cf, HashMap<String, Map<String, Value>>>,
     changes: Vec<(i64, ChangeRecord)>,
     limits: ApplyLimits,
     effects: IngestEffects,
@@ -138,6 +144,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         Self {
             base,
             overlay: BTreeMap::new(),
+            docs: BTreeMap::new(),
             changes: Vec::new(),
             limits,
             effects: IngestEffects::default(),
@@ -147,12 +154,19 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
     /// The writes and the key changes (by revision, in order) of everything
     /// applied so far.
     pub fn finish(self) -> (Writes, Vec<(i64, ChangeRecord)>) {
-        (self.overlay, self.changes)
+        let (writes, changes, _) = self.finish_with_effects();
+        (writes, changes)
     }
 
     /// Like [`Applier::finish`], with what the events did to MQTT ingest
     /// and device commands.
-    pub fn finish_with_effects(self) -> (Writes, Vec<(i64, ChangeRecord)>, IngestEffects) {
+    pub fn finish_with_effects(mut self) -> (Writes, Vec<(i64, ChangeRecord)>, IngestEffects) {
+        for (cf, docs) in std::mem::take(&mut self.docs) {
+            for (id, doc) in docs {
+                let bytes = serde_json::to_vec(&Value::Object(doc)).unwrap_or_default();
+                self.overlay.insert((cf, id.into_bytes()), Some(bytes));
+            }
+        }
         (self.overlay, self.changes, self.effects)
     }
 
@@ -724,7 +738,15 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
 
     // ------------------------------------------------------------ documents
 
+    /// The column families whose documents are kept decoded for the batch.
+    fn doc_cached(cf: Cf) -> bool {
+        matches!(cf, Cf::Devices | Cf::Zones)
+    }
+
     fn get_doc(&self, cf: Cf, id: &str) -> Result<Option<Map<String, Value>>, StoreError> {
+        if let Some(doc) = self.docs.get(&cf).and_then(|d| d.get(id)) {
+            return Ok(Some(doc.clone()));
+        }
         match self.get(cf, id.as_bytes())? {
             None => Ok(None),
             Some(bytes) => match serde_json::from_slice::<Value>(&bytes) {
@@ -740,6 +762,10 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
     }
 
     fn put_doc(&mut self, cf: Cf, id: &str, doc: Map<String, Value>) {
+        if Self::doc_cached(cf) {
+            self.docs.entry(cf).or_default().insert(id.to_string(), doc);
+            return;
+        }
         let bytes = serde_json::to_vec(&Value::Object(doc)).unwrap_or_default();
         self.put(cf, id.as_bytes().to_vec(), bytes);
     }

@@ -391,6 +391,31 @@ fn device(zone: &str, post_type: &str, path: &[&str], json: &str) -> Event {
 }
 
 #[test]
+fn documents_updated_many_times_in_one_batch_match_one_event_per_batch() {
+    let events: Vec<(u64, Event)> = (0..40u64)
+        .map(|n| {
+            let zone = if n % 7 == 0 { "garage" } else { "kitchen" };
+            let json = format!("{{\"n\":{n},\"t\":{}.25}}", n % 5);
+            (
+                100 + n,
+                device(zone, "temp", &["x", &(n % 3).to_string()], &json),
+            )
+        })
+        .collect();
+    let mut together = MemState::default();
+    together.apply_batch(events.clone());
+    let mut apart = MemState::default();
+    for e in events {
+        apart.apply_batch(vec![e]);
+    }
+    assert_eq!(together.data, apart.data);
+    assert_eq!(
+        together.doc(Cf::Devices, "gw1/thermo/7")["last_seen_ms"],
+        139
+    );
+}
+
+#[test]
 fn device_data_builds_documents_zones_and_indexes() {
     let mut s = MemState::default();
     s.apply_batch(vec![(5, device("kitchen", "temp", &[], "21.5"))]);
