@@ -488,6 +488,17 @@ pub enum CodecError {
     Version { found: u16, supported: u16 },
 }
 
+impl Event {
+    /// How many events applying this one amounts to: an ingest batch counts
+    /// its items. Bounds the work applied in one write.
+    pub fn work_units(&self) -> usize {
+        match self {
+            Event::IngestBatch { items, .. } => items.len().max(1),
+            _ => 1,
+        }
+    }
+}
+
 /// Serialises any value to CBOR.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
     let mut out = Vec::with_capacity(64);

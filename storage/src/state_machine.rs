@@ -251,25 +251,43 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
-impl RaftStateMachine<TypeConfig> for StateMachine {
-    type SnapshotData = SnapshotData;
-    type SnapshotBuilder = SnapshotBuilder;
+/// Committed entries applied together in one write.
+#[derive(Default)]
+struct Chunk {
+    entries: Vec<EntryResponder<TypeConfig>>,
+    /// Events in them (an ingest batch counts its items).
+    work: usize,
+}
 
-    async fn applied_state(&mut self) -> Result<Applied, io::Error> {
-        Ok(read_applied(|key| self.db.get(Cf::SmMeta, key))?)
+/// Events applied in one write, at most (a chunk ends at the first entry
+/// that reaches it).
+const APPLY_CHUNK_WORK_MAX: usize = 1024;
+
+/// Events a chunk may hold and still be applied without leaving the
+/// runtime's thread (a round of puts from a few hundred clients).
+const APPLY_IN_PLACE_WORK_MAX: usize = 512;
+
+impl StateMachine {
+    /// Applies a chunk on this thread. A large one is synchronous CPU and
+    /// RocksDB work for tens of milliseconds: a multi-threaded runtime is
+    /// told to move its other tasks (Raft's core, heartbeats, RPCs)
+    /// elsewhere meanwhile. A small one is cheaper to run in place.
+    fn apply_off_runtime(&mut self, chunk: Chunk) -> Result<(), io::Error> {
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        if multi_thread && chunk.work >= APPLY_IN_PLACE_WORK_MAX {
+            tokio::task::block_in_place(|| self.apply_chunk(chunk))
+        } else {
+            self.apply_chunk(chunk)
+        }
     }
 
-    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
-    where
-        Strm: futures::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>>
-            + Unpin
-            + OptionalSend,
-    {
+    fn apply_chunk(&mut self, chunk: Chunk) -> Result<(), io::Error> {
         let mut applier = Applier::new(&self.db);
         let mut last_applied = None;
         let mut last_membership = None;
         let mut replies: Vec<(_, Response)> = Vec::new();
-        while let Some((entry, responder)) = entries.try_next().await? {
+        for (entry, responder) in chunk.entries {
             last_applied = Some(entry.log_id());
             let response = match &entry.payload {
                 EntryPayload::Blank => Response::default(),
@@ -323,6 +341,43 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         for (responder, response) in replies {
             responder.send(response);
+        }
+        Ok(())
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<Applied, io::Error> {
+        Ok(read_applied(|key| self.db.get(Cf::SmMeta, key))?)
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: futures::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>>
+            + Unpin
+            + OptionalSend,
+    {
+        // Committed entries are applied in chunks of bounded work, each its
+        // own atomic write: a large backlog (a follower catching up on
+        // ingest batches) neither builds one huge write nor holds a runtime
+        // thread for seconds.
+        let mut chunk = Chunk::default();
+        while let Some((entry, responder)) = entries.try_next().await? {
+            chunk.work += match &entry.payload {
+                EntryPayload::Normal(req) => req.event.work_units(),
+                _ => 1,
+            };
+            chunk.entries.push((entry, responder));
+            if chunk.work >= APPLY_CHUNK_WORK_MAX {
+                self.apply_off_runtime(std::mem::take(&mut chunk))?;
+                tokio::task::yield_now().await;
+            }
+        }
+        if !chunk.entries.is_empty() {
+            self.apply_off_runtime(chunk)?;
         }
         Ok(())
     }
