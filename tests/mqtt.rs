@@ -92,6 +92,32 @@ fn msgs(items: &[(&str, &[u8])]) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
+/// `total` messages `/{prefix}/z/c/{device}/n/{n}` with payload `n`, spread
+/// round-robin over `devices` devices.
+fn numbered(prefix: &str, devices: u64, total: u64) -> Vec<(String, Vec<u8>)> {
+    (0..total)
+        .map(|n| {
+            (
+                format!("/{prefix}/z/c/{}/n/{n}", n % devices),
+                n.to_string().into_bytes(),
+            )
+        })
+        .collect()
+}
+
+/// Asserts that every one of `devices` devices under `prefix` holds
+/// `per_device` entries in its `n` data, as read from `addr`.
+fn assert_numbered_documents(addr: &str, prefix: &str, devices: u64, per_device: usize) {
+    for d in 0..devices {
+        let doc = device(addr, &format!("{prefix}/c/{d}")).unwrap();
+        assert_eq!(
+            doc["data"]["n"].as_object().unwrap().len(),
+            per_device,
+            "{doc}"
+        );
+    }
+}
+
 #[test]
 fn device_messages_become_documents_through_plain_tls_and_password_bridges() {
     let m = Mosquitto::start();
@@ -287,14 +313,7 @@ fn a_burst_beyond_the_pending_bound_waits_in_the_broker_and_is_all_ingested() {
         ),
     );
     let addr = server.addr.clone();
-    let batch: Vec<(String, Vec<u8>)> = (0..TOTAL)
-        .map(|n| {
-            (
-                format!("/burst/z/c/{}/n/{n}", n % DEVICES),
-                n.to_string().into_bytes(),
-            )
-        })
-        .collect();
+    let batch = numbered("burst", DEVICES, TOTAL);
     let rt = runtime();
     let acked = rt.block_on(publish_all(
         Endpoint::plain(m.plain),
@@ -313,14 +332,7 @@ fn a_burst_beyond_the_pending_bound_waits_in_the_broker_and_is_all_ingested() {
         .filter(|(k, _)| k.starts_with("mqtt_rejected_total"))
         .collect();
     assert!(rejected.is_empty(), "{rejected:?}");
-    for d in 0..DEVICES {
-        let doc = device(&addr, &format!("burst/c/{d}")).unwrap();
-        assert_eq!(
-            doc["data"]["n"].as_object().unwrap().len() as u64,
-            TOTAL / DEVICES,
-            "{doc}"
-        );
-    }
+    assert_numbered_documents(&addr, "burst", DEVICES, (TOTAL / DEVICES) as usize);
 }
 
 #[test]
@@ -599,14 +611,7 @@ fn a_member_cut_off_from_the_broker_gives_up_its_devices_until_it_is_back() {
     wait_for("node 3 giving up its devices", DEADLINE, || {
         (counter(&addrs[0], "cluster_ingest_owners") == 2).then_some(())
     });
-    let batch: Vec<(String, Vec<u8>)> = (0..DEVICES * 10)
-        .map(|n| {
-            (
-                format!("/cut/z/c/{}/n/{n}", n % DEVICES),
-                n.to_string().into_bytes(),
-            )
-        })
-        .collect();
+    let batch = numbered("cut", DEVICES, DEVICES * 10);
     let acked = rt.block_on(publish_all(
         Endpoint::plain(m.plain),
         &batch,
@@ -634,9 +639,6 @@ fn a_member_cut_off_from_the_broker_gives_up_its_devices_until_it_is_back() {
     assert_eq!(get("cluster_ingest_applied_total"), total, "{c:?}");
     assert!(get("ingest_tombstones_evicted_total") > 0, "{c:?}");
     assert!(get("ingest_copies_settled_by_store_total") > 0, "{c:?}");
-    for d in 0..DEVICES {
-        let doc = device(&addrs[2], &format!("cut/c/{d}")).unwrap();
-        assert_eq!(doc["data"]["n"].as_object().unwrap().len(), 10, "{doc}");
-    }
+    assert_numbered_documents(&addrs[2], "cut", DEVICES, 10);
     drop(nodes);
 }
