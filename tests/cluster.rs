@@ -343,13 +343,7 @@ fn a_wiped_follower_catches_up_through_a_snapshot() {
     wait_for_purge(&c);
 
     // It comes back empty, joins, and catches up by installing a snapshot.
-    let node = rejoin(&c, victim, &conf);
-    wait_for(
-        "the wiped node to hold every key",
-        Duration::from_secs(30),
-        || has_keys(&node, "w/", 80),
-    );
-    assert_caught_up_by_snapshot(&node);
+    let _node = rejoin_by_snapshot(&c, victim, &conf, 80);
 }
 
 #[test]
@@ -375,13 +369,7 @@ fn a_snapshot_served_after_a_crash_is_the_recovered_state() {
         put_ok(&c, &format!("w/{i:02}"), &format!("v{i}"));
     }
 
-    let node = rejoin(&c, victim, &conf);
-    wait_for(
-        "the wiped node to hold every key",
-        Duration::from_secs(30),
-        || has_keys(&node, "w/", 70),
-    );
-    assert_caught_up_by_snapshot(&node);
+    let node = rejoin_by_snapshot(&c, victim, &conf, 70);
     let got = node.cli_json(&["get", "w/", "--prefix", "--consistency", "serializable"]);
     let kvs = got["kvs"].as_array().expect("kvs");
     assert_eq!(kvs.len(), 70);
@@ -414,12 +402,22 @@ fn cluster_with_a_wiped_follower(dir: &std::path::Path) -> (Cluster, std::path::
     (c, conf, victim)
 }
 
-fn assert_caught_up_by_snapshot(node: &Server) {
+/// Rejoins the wiped node `victim` and waits until it holds all `keys`
+/// keys under `w/`, which it must have caught up on by installing a
+/// snapshot.
+fn rejoin_by_snapshot(c: &Cluster, victim: u64, conf: &std::path::Path, keys: usize) -> Server {
+    let node = rejoin(c, victim, conf);
+    wait_for(
+        "the wiped node to hold every key",
+        Duration::from_secs(30),
+        || has_keys(&node, "w/", keys),
+    );
     let log = node.stderr_log();
     assert!(
         log.contains("installed snapshot"),
         "the node caught up by installing a snapshot:\n{log}"
     );
+    node
 }
 
 /// Kills follower `victim`, deletes its data and removes it from the cluster.
