@@ -115,6 +115,12 @@ fn dec<T: serde::de::DeserializeOwned>(cf: Cf, key: &[u8], bytes: &[u8]) -> Resu
     event::decode(bytes).map_err(|e| StoreError::corrupt(cf, key, e.to_string()))
 }
 
+/// A document as stored: JSON, keys in order.
+fn doc_bytes(doc: Map<String, Value>) -> Vec<u8> {
+    // Serializing a JSON value into a Vec cannot fail.
+    serde_json::to_vec(&Value::Object(doc)).unwrap_or_default()
+}
+
 fn enc<T: Serialize>(value: &T) -> Vec<u8> {
     // Encoding our own plain data types into a Vec cannot fail.
     event::encode(value).unwrap_or_default()
@@ -163,8 +169,8 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
     pub fn finish_with_effects(mut self) -> (Writes, Vec<(i64, ChangeRecord)>, IngestEffects) {
         for (cf, docs) in std::mem::take(&mut self.docs) {
             for (id, doc) in docs {
-                let bytes = serde_json::to_vec(&Value::Object(doc)).unwrap_or_default();
-                self.overlay.insert((cf, id.into_bytes()), Some(bytes));
+                self.overlay
+                    .insert((cf, id.into_bytes()), Some(doc_bytes(doc)));
             }
         }
         (self.overlay, self.changes, self.effects)
@@ -766,8 +772,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
             self.docs.entry(cf).or_default().insert(id.to_string(), doc);
             return;
         }
-        let bytes = serde_json::to_vec(&Value::Object(doc)).unwrap_or_default();
-        self.put(cf, id.as_bytes().to_vec(), bytes);
+        self.put(cf, id.as_bytes().to_vec(), doc_bytes(doc));
     }
 
     /// Registers a device in a zone if it is new there. Returns the device id
@@ -1039,11 +1044,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
                     {
                         other.insert("state".into(), json!("superseded"));
                         other.insert("decided_ms".into(), json!(at_ms));
-                        self.put(
-                            Cf::XmlConfigs,
-                            k,
-                            serde_json::to_vec(&Value::Object(other)).unwrap_or_default(),
-                        );
+                        self.put(Cf::XmlConfigs, k, doc_bytes(other));
                     }
                 }
                 doc.insert("state".into(), json!("accepted"));
