@@ -41,10 +41,28 @@ fn node_of(ip: IpAddr) -> Option<u64> {
     }
 }
 
-/// A port on `ip` that was free a moment ago.
+/// Ports the harness gives servers: below Linux's ephemeral range
+/// (32768..61000 by default), which outgoing connections draw their source
+/// ports from. A port picked from that range and bound a moment later may
+/// have been taken by a connection meanwhile; one picked here can only
+/// collide with another test's pick.
+const LISTEN_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A port on `ip` that was free a moment ago, outside the ephemeral range.
 pub fn free_addr_on(ip: IpAddr) -> String {
-    let l = std::net::TcpListener::bind((ip, 0)).expect("bind an ephemeral port");
-    l.local_addr().expect("local address").to_string()
+    use std::hash::BuildHasher;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PICKS: AtomicU64 = AtomicU64::new(0);
+    let random = std::collections::hash_map::RandomState::new();
+    for _ in 0..1000 {
+        let pick = random.hash_one((std::process::id(), PICKS.fetch_add(1, Ordering::Relaxed)));
+        let span = u64::from(LISTEN_PORTS.end - LISTEN_PORTS.start);
+        let port = LISTEN_PORTS.start + (pick % span) as u16;
+        if let Ok(l) = std::net::TcpListener::bind((ip, port)) {
+            return l.local_addr().expect("local address").to_string();
+        }
+    }
+    panic!("no free port on {ip} in {LISTEN_PORTS:?} after 1000 tries");
 }
 
 struct State {
