@@ -1,8 +1,9 @@
-//! The `utopiad` process: open storage, start Raft, serve gRPC, reap
-//! expired leases, and shut down cleanly.
+//! The `utopiad` process: open storage, start Raft, serve clients on the
+//! client port and the other members on the peer port, reap expired leases,
+//! and shut down cleanly.
 //!
-//! [`run`] takes the listener's settings and a shutdown future, so the binary
-//! and tests share one entry point.
+//! [`run`] takes the settings and a shutdown future, so the binary and
+//! tests share one entry point.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use utopia_proto::v1 as pb;
 use utopia_raft::event::Event;
-use utopia_raft::{RaftNode, RaftTimings};
+use utopia_raft::{ClusterId, NodeConfig, PeerPolicy, RaftNode, RaftTimings};
 
 use crate::api::{self, Node};
 use crate::config::Settings;
@@ -37,20 +38,29 @@ fn timings(settings: &Settings) -> RaftTimings {
     }
 }
 
+/// The addresses a running server is bound to.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// The client port.
+    pub client: SocketAddr,
+    /// The peer port.
+    pub peer: SocketAddr,
+}
+
 /// Runs a server until `shutdown` completes. `ready` is called once with the
-/// bound address when the server accepts requests. `tls` (from
-/// [`crate::tls::load_server`]) secures the listener and the connections to
-/// peers.
+/// bound addresses when the server accepts requests. `tls` (from
+/// [`crate::tls::load_server`]) secures both listeners and the connections
+/// to peers.
 pub async fn run(
     settings: Settings,
     tls: Option<crate::tls::NodeTls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    ready: impl FnOnce(SocketAddr),
+    ready: impl FnOnce(Bound),
 ) -> anyhow::Result<()> {
     let data_dir = settings.data_dir.clone();
     let store = utopia_storage::open(&data_dir)
         .with_context(|| format!("open data directory {}", data_dir.display()))?;
-    check_identity(&store.db, &settings)?;
+    let identity = check_identity(&store.db, &settings)?;
     // Subscribed before Raft applies anything, so MQTT ingest sees every
     // committed batch.
     let ingest_applied = store.reader.subscribe_ingest();
@@ -58,45 +68,71 @@ pub async fn run(
         .await
         .with_context(|| format!("listen on {}", settings.listen))?;
     let addr = listener.local_addr().context("read the bound address")?;
+    let peer_listener = TcpListener::bind(&settings.peer_listen)
+        .await
+        .with_context(|| format!("listen for peers on {}", settings.peer_listen))?;
+    let peer_addr = peer_listener
+        .local_addr()
+        .context("read the bound peer address")?;
+    if tls.is_none() {
+        tracing::warn!(
+            peer_listen = %peer_addr,
+            "the peer port has no TLS: any process that reaches it can act as a member of \
+             this cluster; keep it on a network only the members can reach, or set tls"
+        );
+    }
+    let client_advertised = advertised(&settings.advertise, addr, "advertise");
+    let peer_advertised = advertised(&settings.peer_advertise, peer_addr, "peer_advertise");
 
-    // The address this node is known by when it forms a cluster of its own.
-    let advertised = if settings.advertise.is_empty() {
-        if addr.ip().is_unspecified() {
-            tracing::warn!(
-                listen = %addr,
-                "listening on an unspecified address without an advertise address: \
-                 a one-member cluster started now records {addr} as this node's address"
-            );
-        }
-        addr.to_string()
-    } else {
-        settings.advertise.clone()
+    let cluster_id = {
+        let db = store.db.clone();
+        let recorded = identity.clone();
+        ClusterId::new(identity.cluster_id, move |id| {
+            db.set_identity(&utopia_storage::NodeIdentity {
+                cluster_id: id,
+                ..recorded.clone()
+            })
+            .map_err(|e| e.to_string())
+        })
     };
     let (raft, transport) = RaftNode::start(
-        settings.node_id,
-        &advertised,
-        &settings.cluster_name,
-        &timings(&settings),
-        &settings.initial_cluster,
-        settings.join,
-        utopia_raft::TransportSettings {
-            // Peers see this node connect from the address it listens on.
-            source_ip: Some(addr.ip()),
-            tls: tls.as_ref().map(|t| t.peer.clone()),
-            ..Default::default()
+        NodeConfig {
+            id: settings.node_id,
+            peer_addr: peer_advertised,
+            cluster_name: settings.cluster_name.clone(),
+            timings: timings(&settings),
+            initial_members: settings.initial_cluster.clone(),
+            join: settings.join,
+            transport: utopia_raft::TransportSettings {
+                // Peers see this node connect from the address it listens on.
+                source_ip: Some(peer_addr.ip()),
+                tls: tls.as_ref().map(|t| t.peer.clone()),
+                ..Default::default()
+            },
+            peers: PeerPolicy {
+                cluster_id,
+                certificate_required: tls.is_some(),
+                allowed_names: settings.tls.peer_allowed_names.clone(),
+                snapshot_bytes_max: settings.raft.snapshot_bytes_max,
+                forward_check: crate::api::forward::check(
+                    settings.limits.clone(),
+                    settings.raft.forwarded_clock_skew_ms_max,
+                ),
+            },
+            incoming_snapshot_dir: data_dir.join("snapshots").join("incoming"),
         },
         store.log_store,
         store.state_machine,
-        data_dir.join("snapshots").join("incoming"),
     )
-    .await
-    .map_err(anyhow::Error::msg)?;
+    .await?;
+    let peer_guard = transport.guard();
     let node = Node::new(
         raft.clone(),
         store.reader,
         settings.limits.clone(),
         data_dir.display().to_string(),
         settings.mqtt.commands.attempts_max.min(u64::from(u32::MAX)) as u32,
+        peer_guard,
     );
     let max_msg = settings.limits.request_bytes_max as usize;
 
@@ -129,21 +165,34 @@ pub async fn run(
         node.clone(),
         Duration::from_millis(settings.raft.lease_check_interval_ms),
     ));
+    let publisher = tokio::spawn(publish_client_address(
+        node.clone(),
+        client_advertised.clone(),
+    ));
 
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
-        let _ = stop_tx.send(());
+        let _ = stop_tx.send(true);
     });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
 
-    // Small replies must not wait for Nagle's algorithm and the peer's
-    // delayed ACK (~40 ms each on Linux): every accepted socket is NODELAY.
-    let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |conn| {
-        conn.and_then(|s| {
-            s.set_nodelay(true)?;
-            Ok(s)
-        })
-    });
+    let mut peer_builder = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        peer_builder = peer_builder
+            .tls_config(tls.peer_server.clone())
+            .context("configure TLS on the peer listener")?;
+    }
+    let peer_server = peer_builder
+        .add_service(
+            utopia_proto::raft_v1::raft_transport_server::RaftTransportServer::new(transport)
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20),
+        )
+        .serve_with_incoming_shutdown(nodelay(peer_listener), stopped(stop_rx.clone()));
+
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = tls {
         builder = builder
@@ -152,11 +201,6 @@ pub async fn run(
     }
     let server = builder
         .add_service(health_service)
-        .add_service(
-            utopia_proto::raft_v1::raft_transport_server::RaftTransportServer::new(transport)
-                .max_decoding_message_size(64 << 20)
-                .max_encoding_message_size(64 << 20),
-        )
         .add_service(reflection)
         .add_service(
             pb::kv_server::KvServer::new(api::kv::KvService::new(node.clone()))
@@ -184,34 +228,134 @@ pub async fn run(
         .add_service(pb::maintenance_server::MaintenanceServer::new(
             api::maintenance::MaintenanceService::new(node.clone()),
         ))
-        .serve_with_incoming_shutdown(incoming, async {
-            let _ = stop_rx.await;
-        });
+        .serve_with_incoming_shutdown(nodelay(listener), stopped(stop_rx));
 
     // Serve first: peers need this node's transport to elect a leader.
+    let peer_server = tokio::spawn(peer_server);
     let server = tokio::spawn(server);
     if !raft.is_initialized().await {
-        tracing::info!("not a member of any cluster yet: add this node with `utopia cluster add`");
+        tracing::info!(
+            peer_addr = %peer_addr,
+            "not a member of any cluster yet: add this node with `utopia cluster add {} {peer_addr}`",
+            settings.node_id
+        );
     } else if let Err(e) = raft.wait_for_leader(LEADER_WAIT).await {
         tracing::warn!(error = %e, "no leader known yet; serving anyway");
+    } else {
+        // Before saying it is ready, a member makes sure the cluster knows
+        // its client address: a follower can then send clients on to it.
+        let deadline = tokio::time::Instant::now() + PUBLISH_WAIT;
+        while !publish(&node, &client_advertised).await {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!("the cluster has not recorded this member's client address yet");
+                break;
+            }
+            tokio::time::sleep(PUBLISH_RETRY).await;
+        }
     }
-    ready(addr);
+    ready(Bound {
+        client: addr,
+        peer: peer_addr,
+    });
     let served = server.await.context("join the gRPC server")?;
+    let peers_served = peer_server.await.context("join the peer server")?;
     tracing::info!("shutting down");
     reaper.abort();
+    publisher.abort();
     raft.shutdown().await;
     store
         .db
         .sync_wal()
         .context("sync the write-ahead log at shutdown")?;
     served.context("serve gRPC")?;
+    peers_served.context("serve peers")?;
     Ok(())
+}
+
+/// Accepted connections with NODELAY: small replies must not wait for
+/// Nagle's algorithm and the peer's delayed ACK (~40 ms each on Linux).
+fn nodelay(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |conn| {
+        conn.and_then(|s| {
+            s.set_nodelay(true)?;
+            Ok(s)
+        })
+    })
+}
+
+/// The address a bound listener is known by: `configured` (the setting
+/// named `setting`), or the bound address.
+fn advertised(configured: &str, bound: SocketAddr, setting: &str) -> String {
+    if !configured.is_empty() {
+        return configured.to_string();
+    }
+    if bound.ip().is_unspecified() {
+        tracing::warn!(
+            listen = %bound,
+            "listening on an unspecified address without {setting}: others are told {bound}, \
+             which they cannot reach; set {setting}"
+        );
+    }
+    bound.to_string()
+}
+
+/// How often a member checks that the cluster knows its client address.
+const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a starting member waits for its client address to be recorded
+/// before it says it is ready anyway, and how often it tries meanwhile.
+const PUBLISH_WAIT: Duration = Duration::from_secs(10);
+const PUBLISH_RETRY: Duration = Duration::from_millis(100);
+
+/// Keeps this member's client address in its fellows document, so that any
+/// member can name the leader's client address to a client that asked a
+/// follower. Reads locally every [`PUBLISH_INTERVAL`]; proposes (through
+/// the leader) only when the document differs.
+async fn publish_client_address(node: Arc<Node>, addr: String) {
+    let mut tick = tokio::time::interval(PUBLISH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if node.raft.status().leader.is_some() {
+            publish(&node, &addr).await;
+        }
+    }
+}
+
+/// True once this member's fellows document holds `addr` as its client
+/// address; proposes it (through the leader) when it does not.
+async fn publish(node: &Node, addr: &str) -> bool {
+    let id = node.raft.id();
+    if node.client_addr_of(id).as_deref() == Some(addr) {
+        return true;
+    }
+    let event = Event::ClientAddressPublished {
+        node_id: id,
+        addr: addr.to_string(),
+    };
+    let req = utopia_raft::Request::new(crate::now_ms(), event);
+    match node.raft.propose_anywhere(req, PUBLISH_INTERVAL * 5).await {
+        Ok(_) => {
+            tracing::info!(addr = %addr, "published this member's client address");
+            // Applied on the leader; this member's copy may lag a moment.
+            node.client_addr_of(id).as_deref() == Some(addr)
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "publish this member's client address");
+            false
+        }
+    }
 }
 
 /// Refuses to start a data directory as another node, or with an initial
 /// cluster other than the one it was created with; records the identity of
-/// a new one.
-fn check_identity(db: &utopia_storage::Db, settings: &Settings) -> anyhow::Result<()> {
+/// a new one, with the id of the cluster it starts (or none yet, for a node
+/// that waits to join one). Returns the identity.
+fn check_identity(
+    db: &utopia_storage::Db,
+    settings: &Settings,
+) -> anyhow::Result<utopia_storage::NodeIdentity> {
     let dir = settings.data_dir.display();
     match db
         .identity()
@@ -242,15 +386,65 @@ fn check_identity(db: &utopia_storage::Db, settings: &Settings) -> anyhow::Resul
                     if id.initial_cluster.is_empty() { "none".to_string() } else { show(&id.initial_cluster) }
                 );
             }
-            Ok(())
+            if id.cluster_id != 0 || id.initial_cluster.is_empty() {
+                return Ok(id);
+            }
+            // Written before cluster ids: the members it was started with
+            // derive the same id, as they would have at bootstrap.
+            let id = utopia_storage::NodeIdentity {
+                cluster_id: derived_cluster_id(&settings.cluster_name, &id.initial_cluster),
+                ..id
+            };
+            db.set_identity(&id)
+                .context("record the data directory's cluster id")?;
+            Ok(id)
         }
-        None => db
-            .set_identity(&utopia_storage::NodeIdentity {
+        None => {
+            let cluster_id = if settings.join {
+                0
+            } else if settings.initial_cluster.is_empty() {
+                random_cluster_id()
+            } else {
+                derived_cluster_id(&settings.cluster_name, &settings.initial_cluster)
+            };
+            let id = utopia_storage::NodeIdentity {
                 node_id: settings.node_id,
                 initial_cluster: settings.initial_cluster.clone(),
-            })
-            .context("record the data directory's identity"),
+                cluster_id,
+            };
+            db.set_identity(&id)
+                .context("record the data directory's identity")?;
+            Ok(id)
+        }
     }
+}
+
+/// The id every member of a new cluster computes alike from its name and
+/// initial members, without talking to each other.
+fn derived_cluster_id(name: &str, members: &std::collections::BTreeMap<u64, String>) -> u64 {
+    let mut h = blake3::Hasher::new();
+    h.update(b"utopia cluster id v1\0");
+    h.update(name.as_bytes());
+    for (id, addr) in members {
+        h.update(format!("\0{id}={addr}").as_bytes());
+    }
+    let bytes = h.finalize();
+    let id = u64::from_le_bytes(bytes.as_bytes()[..8].try_into().expect("8 bytes"));
+    id.max(1)
+}
+
+/// A new one-member cluster's id: nobody else needs to agree on it.
+fn random_cluster_id() -> u64 {
+    use std::hash::BuildHasher;
+    // RandomState is keyed from the operating system's random source.
+    let seed = (
+        std::process::id(),
+        crate::now_ms(),
+        std::time::Instant::now(),
+    );
+    std::collections::hash_map::RandomState::new()
+        .hash_one(format!("{seed:?}"))
+        .max(1)
 }
 
 /// While this node leads: expires leases and compacts old key history.

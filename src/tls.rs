@@ -16,12 +16,17 @@ use crate::config::TlsSettings;
 /// never completes one does not hold a task forever.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A node's TLS: what its listener serves, and how it connects to peers.
+/// A node's TLS: what its two listeners serve, and how it connects to
+/// peers.
 #[derive(Clone)]
 pub struct NodeTls {
+    /// The client port: this node's certificate; client certificates from
+    /// `ca_file` when required.
     pub server: ServerTlsConfig,
-    /// Trusts `ca_file` and presents this node's certificate (for peers
-    /// that require one).
+    /// The peer port: this node's certificate, and a certificate from the
+    /// peer CA required of every caller.
+    pub peer_server: ServerTlsConfig,
+    /// Trusts the peer CA and presents this node's certificate.
     pub peer: ClientTlsConfig,
 }
 
@@ -58,6 +63,11 @@ pub fn load_server(settings: &TlsSettings) -> Result<Option<NodeTls>, String> {
     let cert = read_pem("tls.cert_file", &settings.cert_file, "CERTIFICATE")?;
     let key = read_pem("tls.key_file", &settings.key_file, "PRIVATE KEY")?;
     let ca = read_pem("tls.ca_file", &settings.ca_file, "CERTIFICATE")?;
+    let peer_ca = if settings.peer_ca_file.as_os_str().is_empty() {
+        ca.clone()
+    } else {
+        read_pem("tls.peer_ca_file", &settings.peer_ca_file, "CERTIFICATE")?
+    };
     let identity = Identity::from_pem(&cert, &key);
     let mut server = ServerTlsConfig::new()
         .identity(identity.clone())
@@ -73,8 +83,21 @@ pub fn load_server(settings: &TlsSettings) -> Result<Option<NodeTls>, String> {
     tonic::transport::Server::builder()
         .tls_config(server.clone())
         .map_err(|e| format!("tls: {files}: {}", crate::error_chain(&e)))?;
+    let peer_server = ServerTlsConfig::new()
+        .identity(identity.clone())
+        .client_ca_root(Certificate::from_pem(&peer_ca))
+        .timeout(HANDSHAKE_TIMEOUT);
+    tonic::transport::Server::builder()
+        .tls_config(peer_server.clone())
+        .map_err(|e| {
+            format!(
+                "tls: {files} with {}: {}",
+                settings.peer_ca().display(),
+                crate::error_chain(&e)
+            )
+        })?;
     let peer = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&ca))
+        .ca_certificate(Certificate::from_pem(&peer_ca))
         .identity(identity)
         .timeout(HANDSHAKE_TIMEOUT);
     tonic::transport::Endpoint::from_static("https://127.0.0.1:1")
@@ -82,11 +105,15 @@ pub fn load_server(settings: &TlsSettings) -> Result<Option<NodeTls>, String> {
         .map_err(|e| {
             format!(
                 "tls: {files} with {}: {}",
-                settings.ca_file.display(),
+                settings.peer_ca().display(),
                 crate::error_chain(&e)
             )
         })?;
-    Ok(Some(NodeTls { server, peer }))
+    Ok(Some(NodeTls {
+        server,
+        peer_server,
+        peer,
+    }))
 }
 
 /// A client's TLS: trust `ca_file`; present `cert_file` / `key_file` when

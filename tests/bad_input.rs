@@ -19,7 +19,7 @@ fn utopiad_with_config(text: &str) -> (i32, String) {
         .arg(&conf)
         .arg("--data-dir")
         .arg(dir.path().join("data"))
-        .args(["--listen", "127.0.0.1:0"]);
+        .args(["--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0"]);
     let out = run_with_deadline(cmd, Duration::from_secs(30));
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     (out.status.code().unwrap_or(-1), stderr)
@@ -198,9 +198,15 @@ async fn bad_requests_get_clear_errors_and_valid_traffic_goes_on() {
 
     // A replication stream whose message is not an AppendEntries: the
     // stream ends with a clear error.
-    let mut raft = RaftTransportClient::connect(s.endpoint()).await.unwrap();
+    let cluster_id = s.cli_json(&["status"])["cluster_id"]
+        .as_u64()
+        .expect("status shows the cluster id");
+    let mut raft = RaftTransportClient::connect(format!("http://{}", s.peer_addr))
+        .await
+        .unwrap();
     let garbage = raft_pb::RaftMessage {
         cbor: b"not an AppendEntries".to_vec(),
+        cluster_id,
     };
     let mut replies = raft
         .stream_append(futures::stream::iter([garbage]))

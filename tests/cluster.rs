@@ -197,7 +197,7 @@ fn members_are_added_as_learners_promoted_and_removed_while_serving() {
         &addr4,
         &["--node-id", "4", "--join"],
     );
-    let out = c.cli(&["cluster", "add", "4", &addr4, "--learner"]);
+    let out = c.cli(&["cluster", "add", "4", &node4.peer_addr, "--learner"]);
     assert!(
         out.status.success(),
         "add learner: {}",
@@ -214,7 +214,7 @@ fn members_are_added_as_learners_promoted_and_removed_while_serving() {
     });
 
     // Promoted to voter.
-    let out = c.cli(&["cluster", "add", "4", &addr4]);
+    let out = c.cli(&["cluster", "add", "4", &node4.peer_addr]);
     assert!(
         out.status.success(),
         "promote: {}",
@@ -448,9 +448,10 @@ fn wait_for_purge(c: &Cluster) {
 /// back to the cluster.
 fn rejoin(c: &Cluster, victim: u64, conf: &std::path::Path) -> Server {
     let old = &c.nodes[(victim - 1) as usize];
-    let node = Server::start_at(
+    let node = Server::start_member(
         &old.data_dir,
         &old.addr,
+        &old.peer_addr,
         &[
             "--node-id",
             &victim.to_string(),
@@ -459,7 +460,7 @@ fn rejoin(c: &Cluster, victim: u64, conf: &std::path::Path) -> Server {
             conf.to_str().unwrap(),
         ],
     );
-    let out = c.cli(&["cluster", "add", &victim.to_string(), &old.addr]);
+    let out = c.cli(&["cluster", "add", &victim.to_string(), &old.peer_addr]);
     assert!(
         out.status.success(),
         "re-add: {}",
@@ -478,7 +479,7 @@ fn a_data_directory_is_refused_under_another_identity() {
         let mut cmd = std::process::Command::new(common::UTOPIAD);
         cmd.arg("--data-dir")
             .arg(&node.data_dir)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0"])
             .args(args);
         common::run_with_deadline(cmd, Duration::from_secs(30))
     };
@@ -799,18 +800,20 @@ fn a_node_is_known_by_its_advertised_address() {
     let net = Net::start(&real);
 
     // A one-member cluster behind a proxy records the proxy's address.
-    let node1 = Server::start_at(
+    let node1 = Server::start_member(
         &dir.path().join("node1"),
+        &free_addr_on(node_ip(1)),
         &real[&1],
-        &["--node-id", "1", "--advertise", net.addr(1)],
+        &["--node-id", "1", "--peer-advertise", net.addr(1)],
     );
     let st = Cluster::status_of(&node1).expect("status");
     assert_eq!(st["members"][0]["addr"], net.addr(1), "{st}");
     put_ok_at(&node1, "adv/a", "1");
 
     // A second node joins through its own proxy and catches up.
-    let node2 = Server::start_at(
+    let node2 = Server::start_member(
         &dir.path().join("node2"),
+        &free_addr_on(node_ip(2)),
         &real[&2],
         &["--node-id", "2", "--join"],
     );
@@ -824,15 +827,22 @@ fn a_node_is_known_by_its_advertised_address() {
         has_keys(&node2, "adv/", 1)
     });
 
-    // An advertise address that contradicts the initial cluster is refused.
+    // A peer advertise address that contradicts the initial cluster is refused.
     let mut cmd = std::process::Command::new(common::UTOPIAD);
     cmd.arg("--data-dir")
         .arg(dir.path().join("node3"))
-        .args(["--listen", "127.0.0.1:0", "--node-id", "3"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--peer-listen",
+            "127.0.0.1:0",
+            "--node-id",
+            "3",
+        ])
         .args([
             "--initial-cluster",
             "3=127.0.0.1:7703",
-            "--advertise",
+            "--peer-advertise",
             "127.0.0.1:7713",
         ]);
     let out = common::run_with_deadline(cmd, Duration::from_secs(30));
@@ -887,12 +897,17 @@ fn a_node_killed_while_receiving_a_snapshot_restarts_and_catches_up() {
     let data = node.data_dir.clone();
     // Kill it as soon as the snapshot starts arriving (polled every
     // millisecond: the transfer is short).
-    let incoming = data
-        .join("snapshots")
-        .join("incoming")
-        .join("incoming.snap.tmp");
+    let incoming_dir = data.join("snapshots").join("incoming");
+    let receiving = || {
+        std::fs::read_dir(&incoming_dir)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".snap.tmp"))
+            })
+            .unwrap_or(false)
+    };
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !incoming.exists() {
+    while !receiving() {
         assert!(
             std::time::Instant::now() < deadline,
             "no snapshot transfer started:\n{}",
@@ -902,7 +917,7 @@ fn a_node_killed_while_receiving_a_snapshot_restarts_and_catches_up() {
     }
     node.kill9();
     assert!(
-        incoming.exists(),
+        receiving(),
         "the node finished installing before it was killed; the test needs a larger snapshot"
     );
 

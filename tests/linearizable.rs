@@ -238,9 +238,10 @@ async fn history_under_leader_faults_is_linearizable() {
             .await
             .unwrap()
     };
-    // Clients use the members' addresses (the proxies), which leader hints
-    // name; a client's connection is never cut.
-    let addrs: Vec<String> = net.addrs().values().cloned().collect();
+    // Clients use the members' client ports, which leader hints name; the
+    // proxies sit on the peer ports only, so a client's connection is never
+    // cut.
+    let addrs: Vec<String> = nodes.iter().map(|n| n.addr.clone()).collect();
 
     let rec = Recorder::new();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

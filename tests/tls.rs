@@ -35,6 +35,11 @@ subjectAltName = IP:127.0.0.1
 basicConstraints = critical,CA:FALSE
 keyUsage = critical,digitalSignature
 extendedKeyUsage = clientAuth
+[peer]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature
+extendedKeyUsage = serverAuth,clientAuth
+subjectAltName = DNS:peer.utopia.test,IP:127.0.0.1
 ";
 
 impl Pki {
@@ -128,11 +133,22 @@ impl Pki {
 
     /// A `utopiad.conf` with a `tls` group for `name`'s certificate.
     fn node_conf(&self, name: &str, ca: &str, client_cert_required: bool) -> String {
+        self.node_conf_with(name, ca, client_cert_required, "")
+    }
+
+    /// Like [`Pki::node_conf`], with `extra` settings inside the group.
+    fn node_conf_with(
+        &self,
+        name: &str,
+        ca: &str,
+        client_cert_required: bool,
+        extra: &str,
+    ) -> String {
         let conf = self.dir.join(format!("{name}.conf"));
         std::fs::write(
             &conf,
             format!(
-                "tls = {{\n  cert_file = \"{}\";\n  key_file = \"{}\";\n  ca_file = \"{}\";\n  client_cert_required = {client_cert_required};\n}};\n",
+                "tls = {{\n  cert_file = \"{}\";\n  key_file = \"{}\";\n  ca_file = \"{}\";\n  client_cert_required = {client_cert_required};\n  {extra}\n}};\n",
                 self.path(&format!("{name}.pem")),
                 self.path(&format!("{name}.key")),
                 self.path(&format!("{ca}.pem")),
@@ -140,6 +156,21 @@ impl Pki {
         )
         .unwrap();
         conf.display().to_string()
+    }
+
+    /// A gRPC client's TLS: trust `ca`, present `name`'s certificate.
+    fn client_tls(&self, ca: &str, name: Option<&str>) -> tonic::transport::ClientTlsConfig {
+        let read = |f: String| std::fs::read(self.dir.join(f)).unwrap();
+        let mut tls = tonic::transport::ClientTlsConfig::new().ca_certificate(
+            tonic::transport::Certificate::from_pem(read(format!("{ca}.pem"))),
+        );
+        if let Some(name) = name {
+            tls = tls.identity(tonic::transport::Identity::from_pem(
+                read(format!("{name}.pem")),
+                read(format!("{name}.key")),
+            ));
+        }
+        tls
     }
 
     /// CLI flags for a client with `name`'s certificate (None: no
@@ -298,7 +329,7 @@ fn utopiad(data_dir: &Path, args: &[&str]) -> std::process::Output {
     let mut cmd = Command::new(common::UTOPIAD);
     cmd.arg("--data-dir")
         .arg(data_dir)
-        .args(["--listen", "127.0.0.1:0"])
+        .args(["--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0"])
         .args(args);
     run_with_deadline(cmd, Duration::from_secs(30))
 }
@@ -355,4 +386,98 @@ fn missing_or_unusable_certificate_files_are_named() {
         ),
         "--cert and --key",
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_is_not_a_peer() {
+    use common::forge::{self, Seen};
+    let dir = temp_dir();
+    let pki = Pki::new(dir.path().join("pki"));
+    pki.ca("ca");
+    for id in 1..=3 {
+        pki.cert(&format!("node{id}"), "ca", "peer");
+    }
+    // Signed by the members' own CA, valid for 127.0.0.1, but not a peer.
+    pki.cert("client", "ca", "node");
+    pki.ca("other-ca");
+    pki.cert("stranger", "other-ca", "peer");
+    let (nodes, addrs) = start_cluster_each(dir.path(), 3, |id| {
+        vec![
+            "--config".to_string(),
+            pki.node_conf_with(
+                &format!("node{id}"),
+                "ca",
+                true,
+                "peer_allowed_names = ( \"peer.utopia.test\" );",
+            ),
+        ]
+    });
+    let client = pki.client_flags("ca", Some("client"));
+    let endpoints = addrs.join(",");
+    let out = run_cli(&endpoints, &client, &["put", "before", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status = |node: &Server| -> serde_json::Value {
+        let out = run_cli(&node.addr, &client, &["--output", "json", "status"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let before = status(&nodes[0]);
+    let cluster_id = before["cluster_id"].as_u64().unwrap();
+    let seen = Seen::from_status(&before);
+    let follower = nodes
+        .iter()
+        .find(|n| status(n)["member_id"].as_u64() != Some(seen.leader))
+        .unwrap();
+    let endpoint = format!("https://{}", follower.peer_addr);
+
+    // A client certificate of the members' CA: past TLS, refused by name,
+    // even with the cluster id.
+    let results = forge::send_all(
+        &endpoint,
+        Some(pki.client_tls("ca", Some("client"))),
+        cluster_id,
+        seen,
+        3,
+    )
+    .await;
+    for (what, r) in &results {
+        let s = r.as_ref().expect_err(what);
+        assert_eq!(s.code(), tonic::Code::PermissionDenied, "{what}: {s:?}");
+        assert!(s.message().contains("peer_allowed_names"), "{what}: {s:?}");
+    }
+    // No certificate, or a peer's certificate from another CA: refused
+    // by TLS itself.
+    for name in [None, Some("stranger")] {
+        let tls = match name {
+            None => pki.client_tls("ca", None),
+            Some(n) => pki
+                .client_tls("ca", None)
+                .identity(tonic::transport::Identity::from_pem(
+                    std::fs::read(dir.path().join(format!("pki/{n}.pem"))).unwrap(),
+                    std::fs::read(dir.path().join(format!("pki/{n}.key"))).unwrap(),
+                )),
+        };
+        let results = forge::send_all(&endpoint, Some(tls), cluster_id, seen, 3).await;
+        for (what, r) in &results {
+            let s = r.as_ref().expect_err(what);
+            assert!(
+                matches!(
+                    s.code(),
+                    tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+                ),
+                "{name:?} {what}: {s:?}"
+            );
+        }
+    }
+
+    // Nothing changed, and the cluster goes on.
+    for node in &nodes {
+        let st = status(node);
+        assert_eq!(st["leader"], before["leader"], "{st}");
+        assert_eq!(st["raft_term"], before["raft_term"], "{st}");
+    }
+    let out = run_cli(&endpoints, &client, &["put", "after", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run_cli(&endpoints, &client, &["get", "forged/unary"]);
+    assert_eq!(out.status.code(), Some(1), "the forged key is absent");
 }

@@ -175,6 +175,14 @@ pub enum Event {
         id: u64,
         reason: String,
     },
+
+    // ---- cluster (continued)
+    /// A member tells the cluster the address clients reach it at, so that
+    /// any member can send clients on to the leader.
+    ClientAddressPublished {
+        node_id: u64,
+        addr: String,
+    },
 }
 
 /// A member taking part in topic ownership, with its weight.
@@ -245,6 +253,7 @@ impl Event {
             Event::CommandIssued { .. } => "command_issued",
             Event::CommandAttempted { .. } => "command_attempted",
             Event::CommandFailed { .. } => "command_failed",
+            Event::ClientAddressPublished { .. } => "client_address_published",
         }
     }
 }

@@ -9,13 +9,17 @@
 //! traits; openraft's own types stay inside this crate and `storage`, so that
 //! an openraft upgrade touches few files.
 
+mod error;
 pub mod event;
 pub mod network;
 mod node;
 
+pub use error::ProposeError;
 pub use event::{Event, Request, Response};
-pub use network::{TransportService, TransportSettings};
-pub use node::{NodeStatus, ProposeError, RaftNode, RaftTimings, Role};
+pub use network::{
+    ClusterId, ForwardCheck, PeerGuard, Refusal, TransportService, TransportSettings,
+};
+pub use node::{NodeConfig, NodeStatus, PeerPolicy, RaftNode, RaftTimings, Role, StartError};
 
 /// A snapshot's bytes on their way between the state machine and the
 /// transport, read once from front to back: a file a follower received, or

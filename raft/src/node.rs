@@ -4,16 +4,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{
-    ChangeMembershipError, ClientWriteError, InitializeError, LinearizableReadError, RaftError,
-};
+use openraft::error::{InitializeError, LinearizableReadError, RaftError};
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::ChangeMembers;
 use openraft::Instant as _;
 use openraft::{BasicNode, Config, Raft, ReadPolicy, ServerState, SnapshotPolicy};
 
-use crate::network::{GrpcNetwork, TransportService, TransportSettings};
+use crate::error::write_error;
+use crate::network::{
+    ClusterId, ForwardCheck, GrpcNetwork, PeerGuard, TransportService, TransportSettings,
+};
+use crate::ProposeError;
 use crate::{Request, Response, TypeConfig};
 
 /// Timing and log-retention settings for one node.
@@ -30,78 +32,49 @@ pub struct RaftTimings {
     pub proposals_in_flight_max: u64,
 }
 
-/// Why a proposal or read barrier did not complete. Each variant calls for a
-/// different action by the caller.
-#[derive(Debug, thiserror::Error, serde::Serialize, serde::Deserialize)]
-pub enum ProposeError {
-    /// Ask the leader instead (its id and address, when known).
-    #[error("not the leader{}", leader_hint(.leader_id, .leader_addr))]
-    NotLeader {
-        leader_id: Option<u64>,
-        leader_addr: Option<String>,
-    },
-    /// A quorum could not be reached; retrying later may succeed.
-    #[error("cluster unavailable: {0}")]
-    Unavailable(String),
-    /// The node has stopped (shutdown or a storage failure).
-    #[error("raft node stopped: {0}")]
-    Stopped(String),
-    /// The proposal may or may not commit (its entry was appended, then
-    /// leadership changed): retrying could apply it twice.
-    #[error("outcome unknown: {0}")]
-    OutcomeUnknown(String),
-    /// The request conflicts with the cluster's state (for example another
-    /// membership change is in progress); retry once that has settled.
-    #[error("{0}")]
-    Conflict(String),
-    /// The request cannot succeed as given.
-    #[error("{0}")]
-    Invalid(String),
+/// Everything [`RaftNode::start`] needs besides storage.
+pub struct NodeConfig {
+    pub id: u64,
+    /// The address this node's peers reach it at; recorded as its member
+    /// address when it starts a one-member cluster.
+    pub peer_addr: String,
+    pub cluster_name: String,
+    pub timings: RaftTimings,
+    /// The members a new cluster starts with (id → peer address).
+    pub initial_members: BTreeMap<u64, String>,
+    /// Wait to be added to an existing cluster instead of starting one.
+    pub join: bool,
+    pub transport: TransportSettings,
+    pub peers: PeerPolicy,
+    /// Where incoming snapshots are written before they are installed.
+    pub incoming_snapshot_dir: std::path::PathBuf,
 }
 
-pub(crate) fn write_error(e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> ProposeError {
-    match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => ProposeError::NotLeader {
-            leader_id: f.leader_id,
-            leader_addr: f.leader_node.map(|n| n.addr),
-        },
-        RaftError::APIError(e @ ClientWriteError::LogEntryDiscarded(_)) => {
-            ProposeError::OutcomeUnknown(e.to_string())
-        }
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => match c {
-            ChangeMembershipError::InProgress(p) => {
-                let at = |l: &Option<openraft::alias::LogIdOf<TypeConfig>>| {
-                    l.as_ref()
-                        .map_or_else(|| "none".to_string(), |l| l.index.to_string())
-                };
-                ProposeError::Conflict(format!(
-                    "a membership change is already in progress (the membership at log index {} \
-                     is not committed yet; the last committed one is at {}); \
-                     retry once it completes",
-                    at(&p.membership_log_id),
-                    at(&p.committed)
-                ))
-            }
-            ChangeMembershipError::UncommittedLeaderLog(_) => ProposeError::Conflict(
-                "membership changes wait until a new leader has committed its first entry; \
-                 retry shortly"
-                    .to_string(),
-            ),
-            other => ProposeError::Invalid(other.to_string()),
-        },
-        RaftError::APIError(e @ ClientWriteError::PreconditionFailed(_)) => {
-            ProposeError::Conflict(e.to_string())
-        }
-        RaftError::Fatal(e) => ProposeError::Stopped(e.to_string()),
-    }
+/// Who may call this node as a peer, and what it accepts from them.
+pub struct PeerPolicy {
+    pub cluster_id: ClusterId,
+    /// Peer TLS is on: callers must present a certificate from the peer CA.
+    pub certificate_required: bool,
+    /// DNS names or IP addresses one of which a peer's certificate must
+    /// carry (empty: any certificate from the peer CA).
+    pub allowed_names: Vec<String>,
+    /// Largest snapshot accepted from a leader, in bytes.
+    pub snapshot_bytes_max: u64,
+    /// What a forwarded proposal must pass before this node proposes it.
+    pub forward_check: ForwardCheck,
 }
 
-fn leader_hint(id: &Option<u64>, addr: &Option<String>) -> String {
-    match (id, addr) {
-        (Some(id), Some(addr)) => format!("; leader is node {id} at {addr}"),
-        (Some(id), None) => format!("; leader is node {id}"),
-        _ => "; no leader is known".to_string(),
-    }
+/// Why a node did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid raft settings: {0}")]
+    Settings(String),
+    #[error("node id {id} is not in the initial cluster ({})", .members.iter().map(u64::to_string).collect::<Vec<_>>().join(", "))]
+    NotInInitialCluster { id: u64, members: Vec<u64> },
+    #[error("start raft: {0}")]
+    Raft(String),
+    #[error("initialise the cluster: {0}")]
+    Initialize(String),
 }
 
 /// The role of a node, as seen in its metrics.
@@ -159,32 +132,35 @@ where
     SM: RaftStateMachine<TypeConfig, SnapshotData = crate::SnapshotData>,
 {
     /// Starts the node on the given storage, and returns it with the gRPC
-    /// service its peers send Raft messages to.
+    /// service its peers send Raft messages to (served on the peer port).
     ///
     /// A storage that has never been initialised is initialised with
-    /// `initial_members` (id → address), which must include this node; when
-    /// it is empty, as a one-member cluster of this node at `addr`. With
-    /// `join`, it is left uninitialised: the node waits for a cluster's
-    /// leader to add it (`utopia cluster add`). An
+    /// `initial_members` (id → peer address), which must include this node;
+    /// when it is empty, as a one-member cluster of this node at
+    /// `peer_addr`. With `join`, it is left uninitialised: the node waits
+    /// for a cluster's leader to add it (`utopia cluster add`). An
     /// initialised storage is resumed as it was: the members it knows win.
-    #[allow(clippy::too_many_arguments)]
     pub async fn start<LS>(
-        id: u64,
-        addr: &str,
-        cluster_name: &str,
-        timings: &RaftTimings,
-        initial_members: &BTreeMap<u64, String>,
-        join: bool,
-        transport: TransportSettings,
+        config: NodeConfig,
         log_store: LS,
         state_machine: SM,
-        incoming_snapshot_dir: std::path::PathBuf,
-    ) -> Result<(Self, TransportService<SM>), String>
+    ) -> Result<(Self, TransportService<SM>), StartError>
     where
         LS: RaftLogStorage<TypeConfig>,
     {
-        let config = Config {
-            cluster_name: cluster_name.to_string(),
+        let NodeConfig {
+            id,
+            peer_addr,
+            cluster_name,
+            timings,
+            initial_members,
+            join,
+            transport,
+            peers,
+            incoming_snapshot_dir,
+        } = config;
+        let raft_config = Config {
+            cluster_name,
             heartbeat_interval: timings.heartbeat_interval_ms,
             election_timeout_min: timings.election_timeout_ms_min,
             election_timeout_max: timings.election_timeout_ms_max,
@@ -194,7 +170,7 @@ where
             ..Default::default()
         }
         .validate()
-        .map_err(|e| format!("invalid raft settings: {e}"))?;
+        .map_err(|e| StartError::Settings(e.to_string()))?;
 
         // A follower that has not answered within an election timeout is
         // as good as gone; one that answers later was only slow.
@@ -202,40 +178,37 @@ where
             append_reply_timeout: Duration::from_millis(timings.election_timeout_ms_min),
             ..transport
         };
-        let network = GrpcNetwork::new(transport);
+        let guard = PeerGuard::new(
+            peers.cluster_id.clone(),
+            peers.certificate_required,
+            &peers.allowed_names,
+        )
+        .map_err(StartError::Settings)?;
+        let network = GrpcNetwork::new(transport, peers.cluster_id);
         let raft = Raft::new(
             id,
-            Arc::new(config),
+            Arc::new(raft_config),
             network.clone(),
             log_store,
             state_machine,
         )
         .await
-        .map_err(|e| format!("start raft: {e}"))?;
+        .map_err(|e| StartError::Raft(e.to_string()))?;
         let initialized = raft
             .is_initialized()
             .await
-            .map_err(|e| format!("start raft: {e}"))?;
+            .map_err(|e| StartError::Raft(e.to_string()))?;
         if !initialized && join {
             tracing::info!(node_id = id, "waiting to be added to a cluster");
         } else if !initialized {
             let members: BTreeMap<u64, BasicNode> = if initial_members.is_empty() {
-                BTreeMap::from([(
-                    id,
-                    BasicNode {
-                        addr: addr.to_string(),
-                    },
-                )])
+                BTreeMap::from([(id, BasicNode { addr: peer_addr })])
             } else {
                 if !initial_members.contains_key(&id) {
-                    return Err(format!(
-                        "node id {id} is not in the initial cluster ({})",
-                        initial_members
-                            .keys()
-                            .map(u64::to_string)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ));
+                    return Err(StartError::NotInInitialCluster {
+                        id,
+                        members: initial_members.keys().copied().collect(),
+                    });
                 }
                 initial_members
                     .iter()
@@ -250,12 +223,18 @@ where
                 Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
                     tracing::info!(node_id = id, reason = %e, "joined a cluster initialised elsewhere")
                 }
-                Err(e) => return Err(format!("initialise the cluster: {e}")),
+                Err(e) => return Err(StartError::Initialize(e.to_string())),
             }
         } else {
             tracing::info!(node_id = id, "resumed an existing cluster");
         }
-        let service = TransportService::new(raft.clone(), incoming_snapshot_dir);
+        let service = TransportService::new(
+            raft.clone(),
+            Arc::new(guard),
+            incoming_snapshot_dir,
+            peers.snapshot_bytes_max,
+            peers.forward_check,
+        );
         Ok((Self { id, raft, network }, service))
     }
 

@@ -44,10 +44,18 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
                     addr,
                     voter,
                     matched_index: st.matched.get(&id).copied().unwrap_or(0),
+                    client_addr: self.node.client_addr_of(id).unwrap_or_default(),
                 })
                 .collect(),
+            cluster_id: self.node.peers.cluster().get(),
             counters: {
                 let mut c = self.node.counters.snapshot();
+                for (why, n) in self.node.peers.refusals() {
+                    c.insert(
+                        format!("peer_messages_refused_total{{reason=\"{}\"}}", why.name()),
+                        n,
+                    );
+                }
                 // Cluster-wide ingest figures from the replicated state.
                 if let Ok(t) = self.node.reader.ingest_totals() {
                     c.insert("cluster_ingest_applied_total".into(), t.applied);
@@ -104,7 +112,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             .raft
             .add_member(r.id, &r.addr, r.learner)
             .await
-            .map_err(status::from_propose)?;
+            .map_err(|e| self.node.propose_status(e))?;
         tracing::info!(node = r.id, addr = %r.addr, learner = r.learner, "member added");
         Ok(Response::new(pb::AddMemberResponse {
             header: self.node.header(self.node.current_revision()?),
@@ -120,7 +128,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             .raft
             .remove_member(id)
             .await
-            .map_err(status::from_propose)?;
+            .map_err(|e| self.node.propose_status(e))?;
         tracing::info!(node = id, "member removed");
         Ok(Response::new(pb::RemoveMemberResponse {
             header: self.node.header(self.node.current_revision()?),
@@ -136,7 +144,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             .raft
             .transfer_leader(id)
             .await
-            .map_err(status::from_propose)?;
+            .map_err(|e| self.node.propose_status(e))?;
         Ok(Response::new(pb::TransferLeaderResponse {
             header: self.node.header(self.node.current_revision()?),
         }))

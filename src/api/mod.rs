@@ -8,6 +8,7 @@
 //! (local) read.
 
 pub mod documents;
+pub mod forward;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
@@ -22,7 +23,7 @@ use tokio::sync::Semaphore;
 use tonic::Status;
 use utopia_proto::v1 as pb;
 use utopia_raft::event::{Bytes, Event, KeyValue, Outcome, Request, Response};
-use utopia_raft::RaftNode;
+use utopia_raft::{PeerGuard, ProposeError, RaftNode};
 use utopia_storage::{Reader, StateMachine};
 
 use crate::config::Limits;
@@ -74,6 +75,8 @@ pub struct Node {
     pub data_dir: String,
     /// Publishes of a device command before it fails (`mqtt.commands`).
     pub command_attempts_max: u32,
+    /// The peer port's checks: the cluster id, and what it refused.
+    pub peers: Arc<PeerGuard>,
     proposals: Semaphore,
     next_lease_id: AtomicU64,
 }
@@ -85,6 +88,7 @@ impl Node {
         limits: Limits,
         data_dir: String,
         command_attempts_max: u32,
+        peers: Arc<PeerGuard>,
     ) -> Arc<Self> {
         let permits = limits.proposals_in_flight_max as usize;
         // Lease ids: node id in the top 16 bits, then a millisecond clock,
@@ -97,6 +101,7 @@ impl Node {
             counters: Counters::default(),
             data_dir,
             command_attempts_max,
+            peers,
             proposals: Semaphore::new(permits),
             next_lease_id: AtomicU64::new(seed),
         })
@@ -133,7 +138,7 @@ impl Node {
             .raft
             .propose(Request::new(crate::now_ms(), event))
             .await
-            .map_err(status::from_propose)?;
+            .map_err(|e| self.propose_status(e))?;
         self.counters
             .add(&format!("events_applied_total{{event=\"{name}\"}}"), 1);
         if let Outcome::Rejected(r) = resp.outcome {
@@ -147,7 +152,34 @@ impl Node {
         if consistency == pb::Consistency::Serializable as i32 {
             return Ok(());
         }
-        self.raft.read_barrier().await.map_err(status::from_propose)
+        self.raft
+            .read_barrier()
+            .await
+            .map_err(|e| self.propose_status(e))
+    }
+
+    /// The status for a failed proposal or barrier. A follower names the
+    /// leader by the address clients reach it at (as the leader published
+    /// it), never by its peer address.
+    pub fn propose_status(&self, e: ProposeError) -> Status {
+        let e = match e {
+            ProposeError::NotLeader { leader_id, .. } => ProposeError::NotLeader {
+                leader_id,
+                leader_addr: leader_id.and_then(|id| self.client_addr_of(id)),
+            },
+            other => other,
+        };
+        status::from_propose(e)
+    }
+
+    /// The client address member `id` published, if it has.
+    pub fn client_addr_of(&self, id: u64) -> Option<String> {
+        let doc = self
+            .reader
+            .get_document(utopia_storage::keys::Collection::Fellows, &id.to_string())
+            .ok()??;
+        let doc: serde_json::Value = serde_json::from_str(&doc).ok()?;
+        doc["client_addr"].as_str().map(str::to_string)
     }
 
     pub fn header(&self, revision: i64) -> Option<pb::ResponseHeader> {

@@ -9,7 +9,8 @@ use utopia::config::{LogFormat, Settings};
 /// utopia server: an event-sourced, replicated key-value and document store.
 ///
 /// With no arguments it starts a single-node server with data in
-/// ./utopia-data, listening on 127.0.0.1:7700.
+/// ./utopia-data, serving clients on 127.0.0.1:7700 and peers on
+/// 127.0.0.1:7800.
 #[derive(Parser, Debug)]
 #[command(name = "utopiad", version)]
 struct Args {
@@ -19,18 +20,26 @@ struct Args {
     /// Data directory.
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// gRPC listen address, HOST:PORT (port 0 picks a free port).
+    /// Client port: gRPC listen address, HOST:PORT (port 0 picks a free port).
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
-    /// The address peers and clients reach this node at, HOST:PORT, when it
-    /// is not the listen address (a proxy, NAT, or --listen 0.0.0.0:PORT).
+    /// The address clients reach this node at, HOST:PORT, when it is not
+    /// the listen address (a proxy, NAT, or --listen 0.0.0.0:PORT).
     #[arg(long, value_name = "ADDR")]
     advertise: Option<String>,
+    /// Peer port: where the other members reach this node, HOST:PORT (port
+    /// 0 picks a free port).
+    #[arg(long, value_name = "ADDR")]
+    peer_listen: Option<String>,
+    /// The address the other members reach this node at, HOST:PORT, when it
+    /// is not the peer listen address.
+    #[arg(long, value_name = "ADDR")]
+    peer_advertise: Option<String>,
     /// This node's id in the cluster.
     #[arg(long, value_name = "N")]
     node_id: Option<u64>,
-    /// The members a new cluster starts with: ID=HOST:PORT,ID=HOST:PORT,...
-    /// Read only when the data directory is new.
+    /// The members a new cluster starts with, by peer address:
+    /// ID=HOST:PORT,ID=HOST:PORT,... Read only when the data directory is new.
     #[arg(long, value_name = "MEMBERS")]
     initial_cluster: Option<String>,
     /// Join an existing cluster: start a new data directory without
@@ -54,20 +63,42 @@ fn main() -> ExitCode {
     if let Some(d) = args.data_dir {
         settings.data_dir = d;
     }
-    if let Some(l) = args.listen {
-        settings.listen = l;
-    }
     if let Some(n) = args.node_id {
         settings.node_id = n;
     }
-    if let Some(a) = args.advertise {
-        if let Err(e) = a.parse::<std::net::SocketAddr>() {
-            eprintln!(
-                "utopiad: --advertise {a:?}: {e}; expected HOST:PORT such as 192.0.2.10:7700"
-            );
-            return ExitCode::from(2);
+    for (flag, value, setting, example) in [
+        (
+            "--listen",
+            args.listen,
+            &mut settings.listen,
+            "127.0.0.1:7700",
+        ),
+        (
+            "--advertise",
+            args.advertise,
+            &mut settings.advertise,
+            "192.0.2.10:7700",
+        ),
+        (
+            "--peer-listen",
+            args.peer_listen,
+            &mut settings.peer_listen,
+            "127.0.0.1:7800",
+        ),
+        (
+            "--peer-advertise",
+            args.peer_advertise,
+            &mut settings.peer_advertise,
+            "192.0.2.10:7800",
+        ),
+    ] {
+        if let Some(a) = value {
+            if let Err(e) = a.parse::<std::net::SocketAddr>() {
+                eprintln!("utopiad: {flag} {a:?}: {e}; expected HOST:PORT such as {example}");
+                return ExitCode::from(2);
+            }
+            *setting = a;
         }
-        settings.advertise = a;
     }
     settings.join = args.join;
     if let Some(members) = args.initial_cluster {
@@ -79,23 +110,16 @@ fn main() -> ExitCode {
             }
         }
     }
-    // The initial cluster names this node's address too; two different
-    // answers are a mistake.
+    // The initial cluster names this node's peer address too; two
+    // different answers are a mistake.
     if let Some(own) = settings.initial_cluster.get(&settings.node_id) {
-        if !settings.advertise.is_empty() && *own != settings.advertise {
+        if !settings.peer_advertise.is_empty() && *own != settings.peer_advertise {
             eprintln!(
-                "utopiad: advertise address {} differs from node {}'s address in the initial cluster ({own})",
-                settings.advertise, settings.node_id
+                "utopiad: peer advertise address {} differs from node {}'s address in the initial cluster ({own})",
+                settings.peer_advertise, settings.node_id
             );
             return ExitCode::from(2);
         }
-    }
-    if let Err(e) = settings.listen.parse::<std::net::SocketAddr>() {
-        eprintln!(
-            "utopiad: --listen {:?}: {e}; expected HOST:PORT such as 127.0.0.1:7700",
-            settings.listen
-        );
-        return ExitCode::from(2);
     }
     // Certificates are read before anything starts: a missing or unreadable
     // file is a configuration error like any other.
@@ -123,7 +147,10 @@ fn main() -> ExitCode {
         utopia::server::shutdown_signal(),
         |addr| {
             // One line, for people and for scripts that need the bound port.
-            println!("utopiad ready: node {node_id} listening on {addr}, data in {data_dir}");
+            println!(
+                "utopiad ready: node {node_id} listening on {}, peers on {}, data in {data_dir}",
+                addr.client, addr.peer
+            );
         },
     ));
     match result {

@@ -362,7 +362,10 @@ pub async fn device_cmd(
 #[derive(Serialize)]
 struct MemberJson {
     id: u64,
+    /// Its peer address.
     addr: String,
+    /// The address clients reach it at (empty: not published yet).
+    client_addr: String,
     voter: bool,
 }
 
@@ -371,6 +374,8 @@ struct StatusJson {
     endpoint: String,
     version: String,
     member_id: u64,
+    /// The cluster this node belongs to (0: not known yet).
+    cluster_id: u64,
     leader: u64,
     raft_term: u64,
     raft_index: u64,
@@ -396,6 +401,7 @@ pub async fn status(client: &mut Client, out: &mut Printer) -> Result<(), CliErr
         endpoint: client.current_endpoint().unwrap_or_default().to_string(),
         version: resp.version,
         member_id: h.member_id,
+        cluster_id: resp.cluster_id,
         leader: resp.leader,
         raft_term: resp.raft_term,
         raft_index: resp.raft_index,
@@ -413,6 +419,7 @@ pub async fn status(client: &mut Client, out: &mut Printer) -> Result<(), CliErr
             .map(|m| MemberJson {
                 id: m.id,
                 addr: m.addr,
+                client_addr: m.client_addr,
                 voter: m.voter,
             })
             .collect(),
@@ -423,9 +430,10 @@ pub async fn status(client: &mut Client, out: &mut Printer) -> Result<(), CliErr
         out.json_line(&s)?;
         return Ok(());
     }
-    let rows: [(&str, String); 15] = [
+    let rows: [(&str, String); 16] = [
         ("endpoint", s.endpoint.clone()),
         ("version", s.version.clone()),
+        ("cluster_id", format!("{:016x}", s.cluster_id)),
         ("member_id", s.member_id.to_string()),
         ("leader", s.leader.to_string()),
         ("raft_term", s.raft_term.to_string()),
@@ -452,7 +460,15 @@ pub async fn status(client: &mut Client, out: &mut Printer) -> Result<(), CliErr
             ""
         };
         let leader = if m.id == s.leader { " (leader)" } else { "" };
-        out.line(format!("  {:<20} {:<24} {role}{me}{leader}", m.id, m.addr))?;
+        let client = if m.client_addr.is_empty() {
+            "-"
+        } else {
+            &m.client_addr
+        };
+        out.line(format!(
+            "  {:<20} peer {:<24} client {:<24} {role}{me}{leader}",
+            m.id, m.addr, client
+        ))?;
     }
     out.line(format!("counters ({}):", s.counters.len()))?;
     let width = s.counters.keys().map(|k| k.len()).max().unwrap_or(0);

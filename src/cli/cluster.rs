@@ -1,8 +1,9 @@
 //! `utopia cluster ...`: cluster status and membership changes.
 //!
 //! `cluster status` asks the endpoints for the member list, then every
-//! member for its own view (role, applied index); the leader adds how far
-//! it has replicated to each member.
+//! member, at the client address it published, for its own view (role,
+//! applied index); the leader adds how far it has replicated to each
+//! member. Members are added by their peer address.
 
 use std::time::Duration;
 
@@ -19,7 +20,10 @@ const MEMBER_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Serialize)]
 struct MemberView {
     id: u64,
+    /// The peer address (what the membership records).
     addr: String,
+    /// The client address the member published (empty: not yet).
+    client_addr: String,
     voter: bool,
     /// leader, follower, learner, candidate, or unreachable.
     role: String,
@@ -112,11 +116,25 @@ async fn status(client: &mut Client, out: &mut Printer) -> Result<(), CliError> 
         .await?;
     let leader_id = first.leader;
     let members = first.members.clone();
-    let leader_status = match members.iter().find(|m| m.id == leader_id) {
-        Some(m) if m.id != first.header.as_ref().map_or(0, |h| h.member_id) => {
-            member_status(&m.addr, client.tls()).await
+    let asked = first.header.as_ref().map_or(0, |h| h.member_id);
+    // Each member's own view: the endpoint that answered is one of them;
+    // the others at the client address they published.
+    let own_status = |m: &pb::Member| {
+        let first = first.clone();
+        let (id, client_addr) = (m.id, m.client_addr.clone());
+        let tls = client.tls().cloned();
+        async move {
+            if id == asked {
+                Some(first)
+            } else if client_addr.is_empty() {
+                None
+            } else {
+                member_status(&client_addr, tls.as_ref()).await
+            }
         }
-        Some(_) => Some(first.clone()),
+    };
+    let leader_status = match members.iter().find(|m| m.id == leader_id) {
+        Some(m) => own_status(m).await,
         None => None,
     };
     let matched: std::collections::BTreeMap<u64, u64> = leader_status
@@ -125,10 +143,11 @@ async fn status(client: &mut Client, out: &mut Printer) -> Result<(), CliError> 
         .unwrap_or_default();
     let mut views = Vec::with_capacity(members.len());
     for m in &members {
-        let own = member_status(&m.addr, client.tls()).await;
+        let own = own_status(m).await;
         views.push(MemberView {
             id: m.id,
             addr: m.addr.clone(),
+            client_addr: m.client_addr.clone(),
             voter: m.voter,
             role: own
                 .as_ref()
@@ -163,15 +182,20 @@ async fn status(client: &mut Client, out: &mut Printer) -> Result<(), CliError> 
     ))
     .map_err(CliError::Io)?;
     out.line(format!(
-        "{:<6} {:<24} {:<8} {:<12} {:>10} {:>10}",
-        "ID", "ADDRESS", "MEMBER", "ROLE", "MATCHED", "APPLIED"
+        "{:<6} {:<24} {:<24} {:<8} {:<12} {:>10} {:>10}",
+        "ID", "PEER ADDRESS", "CLIENT ADDRESS", "MEMBER", "ROLE", "MATCHED", "APPLIED"
     ))
     .map_err(CliError::Io)?;
     for m in &view.members {
         out.line(format!(
-            "{:<6} {:<24} {:<8} {:<12} {:>10} {:>10}",
+            "{:<6} {:<24} {:<24} {:<8} {:<12} {:>10} {:>10}",
             m.id,
             m.addr,
+            if m.client_addr.is_empty() {
+                "-"
+            } else {
+                &m.client_addr
+            },
             if m.voter { "voter" } else { "learner" },
             m.role,
             opt(m.matched_index),

@@ -214,7 +214,8 @@ pub enum ClusterCommand {
     Add {
         /// The new node's id.
         id: u64,
-        /// The new node's gRPC address, HOST:PORT.
+        /// The new node's peer address, HOST:PORT (its `peer_listen`, or
+        /// `peer_advertise`).
         addr: String,
         /// Keep it a learner.
         #[arg(long)]

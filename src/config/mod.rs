@@ -27,12 +27,18 @@ pub struct Settings {
     pub node_id: u64,
     /// Where RocksDB and Raft state live.
     pub data_dir: PathBuf,
-    /// gRPC listen address, `HOST:PORT` (a valid [`SocketAddr`]).
+    /// gRPC listen address for clients, `HOST:PORT` (a valid [`SocketAddr`]).
     pub listen: String,
-    /// The address peers and clients reach this node at when it differs
-    /// from `listen` (empty: `listen`). Used when the node starts a
-    /// one-member cluster.
+    /// The address clients reach this node at when it differs from
+    /// `listen` (empty: `listen`); published to the other members, which
+    /// name it to clients that must go to the leader.
     pub advertise: String,
+    /// Listen address of the peer port (the Raft transport), `HOST:PORT`.
+    pub peer_listen: String,
+    /// The address the other members reach this node at when it differs
+    /// from `peer_listen` (empty: `peer_listen`). Recorded as its member
+    /// address when the node starts a one-member cluster.
+    pub peer_advertise: String,
     /// Name of the cluster this node belongs to.
     pub cluster_name: String,
     /// The members a new cluster starts with, by node id; empty: a
@@ -63,11 +69,27 @@ pub struct TlsSettings {
     /// Mutual TLS: refuse connections without a certificate signed by a CA
     /// of `ca_file`.
     pub client_cert_required: bool,
+    /// CA certificates (PEM) that peers' certificates must chain to on the
+    /// peer port (empty: `ca_file`). The peer port always requires one.
+    pub peer_ca_file: PathBuf,
+    /// DNS names or IP addresses, one of which a peer's certificate must
+    /// carry as a subject alternative name (empty: any certificate from
+    /// the peer CA is a peer).
+    pub peer_allowed_names: Vec<String>,
 }
 
 impl TlsSettings {
     pub fn enabled(&self) -> bool {
         !self.cert_file.as_os_str().is_empty()
+    }
+
+    /// The CA file peers' certificates are checked against.
+    pub fn peer_ca(&self) -> &Path {
+        if self.peer_ca_file.as_os_str().is_empty() {
+            &self.ca_file
+        } else {
+            &self.peer_ca_file
+        }
     }
 }
 
@@ -97,6 +119,11 @@ pub struct RaftSettings {
     pub snapshot_log_entries: u64,
     pub log_entries_kept_after_snapshot: u64,
     pub lease_check_interval_ms: u64,
+    /// Largest snapshot this node accepts from a leader, in bytes.
+    pub snapshot_bytes_max: u64,
+    /// How far a proposal forwarded by another member may have been
+    /// stamped from this node's clock, in milliseconds.
+    pub forwarded_clock_skew_ms_max: u64,
 }
 
 /// Logging: a `tracing` filter (overridden by `RUST_LOG`) and an output format.
@@ -121,6 +148,8 @@ impl Default for Settings {
             data_dir: PathBuf::from("./utopia-data"),
             listen: "127.0.0.1:7700".to_string(),
             advertise: String::new(),
+            peer_listen: "127.0.0.1:7800".to_string(),
+            peer_advertise: String::new(),
             cluster_name: "utopia".to_string(),
             initial_cluster: BTreeMap::new(),
             join: false,
@@ -157,6 +186,8 @@ impl Default for RaftSettings {
             snapshot_log_entries: 100_000,
             log_entries_kept_after_snapshot: 5000,
             lease_check_interval_ms: 250,
+            snapshot_bytes_max: 64 << 30,
+            forwarded_clock_skew_ms_max: 60_000,
         }
     }
 }
@@ -234,6 +265,8 @@ const TOP: &[&str] = &[
     "data_dir",
     "listen",
     "advertise",
+    "peer_listen",
+    "peer_advertise",
     "cluster_name",
     "initial_cluster",
     "limits",
@@ -259,6 +292,8 @@ const RAFT: &[&str] = &[
     "snapshot_log_entries",
     "log_entries_kept_after_snapshot",
     "lease_check_interval_ms",
+    "snapshot_bytes_max",
+    "forwarded_clock_skew_ms_max",
 ];
 const LOG: &[&str] = &["level", "format"];
 const MQTT: &[&str] = &["bridges", "ingest", "commands"];
@@ -289,7 +324,14 @@ const INGEST: &[&str] = &[
     "device_messages_per_s_max",
 ];
 const COMMANDS: &[&str] = &["attempts_max", "retry_initial_ms", "retry_max_ms", "qos"];
-const TLS: &[&str] = &["cert_file", "key_file", "ca_file", "client_cert_required"];
+const TLS: &[&str] = &[
+    "cert_file",
+    "key_file",
+    "ca_file",
+    "client_cert_required",
+    "peer_ca_file",
+    "peer_allowed_names",
+];
 
 /// A setting (or an element of a list) with its path for messages:
 /// dotted names, and `[i]` for the i-th element of a list
@@ -367,6 +409,19 @@ impl<'a> Field<'a> {
             return Err(self.err(format!("must be between {min} and {max}, found {v}")));
         }
         Ok(v)
+    }
+
+    /// An `IP:PORT` address, or `""` for none; `example` shows the form.
+    fn optional_addr(&self, example: &str) -> Result<String, ConfigError> {
+        let s = self.string()?;
+        if !s.is_empty() {
+            if let Err(e) = s.parse::<SocketAddr>() {
+                return Err(self.err(format!(
+                    "invalid address {s:?} ({e}); expected IP:PORT such as {example}, or \"\""
+                )));
+            }
+        }
+        Ok(s.to_string())
     }
 
     /// The elements of a list, each with its path `{path}[i]`.
@@ -471,17 +526,17 @@ fn decode(tree: &[Setting]) -> Result<Settings, ConfigError> {
                 }
                 out.listen = s.to_string();
             }
-            "advertise" => {
+            "advertise" => out.advertise = f.optional_addr("192.0.2.10:7700")?,
+            "peer_listen" => {
                 let s = f.string()?;
-                if !s.is_empty() {
-                    if let Err(e) = s.parse::<SocketAddr>() {
-                        return Err(f.err(format!(
-                            "invalid address {s:?} ({e}); expected IP:PORT such as 192.0.2.10:7700, or \"\""
-                        )));
-                    }
+                if let Err(e) = s.parse::<SocketAddr>() {
+                    return Err(f.err(format!(
+                        "invalid address {s:?} ({e}); expected IP:PORT such as 127.0.0.1:7800"
+                    )));
                 }
-                out.advertise = s.to_string();
+                out.peer_listen = s.to_string();
             }
+            "peer_advertise" => out.peer_advertise = f.optional_addr("192.0.2.10:7800")?,
             "cluster_name" => out.cluster_name = f.non_empty()?,
             "initial_cluster" => {
                 out.initial_cluster = parse_initial_cluster(f.string()?).map_err(|e| f.err(e))?
@@ -538,6 +593,8 @@ fn decode_raft(group: &[Setting], r: &mut RaftSettings) -> Result<(), ConfigErro
             "snapshot_log_entries" => r.snapshot_log_entries = v,
             "log_entries_kept_after_snapshot" => r.log_entries_kept_after_snapshot = v,
             "lease_check_interval_ms" => r.lease_check_interval_ms = v,
+            "snapshot_bytes_max" => r.snapshot_bytes_max = v,
+            "forwarded_clock_skew_ms_max" => r.forwarded_clock_skew_ms_max = v,
             _ => return Err(f.err("not handled")),
         }
     }
@@ -856,6 +913,19 @@ fn decode_tls(group: &Field, t: &mut TlsSettings) -> Result<(), ConfigError> {
             "key_file" => t.key_file = PathBuf::from(f.string()?),
             "ca_file" => t.ca_file = PathBuf::from(f.string()?),
             "client_cert_required" => t.client_cert_required = f.boolean()?,
+            "peer_ca_file" => t.peer_ca_file = PathBuf::from(f.string()?),
+            "peer_allowed_names" => {
+                t.peer_allowed_names.clear();
+                for item in f.list()? {
+                    let name = item.non_empty()?;
+                    if rustls::pki_types::ServerName::try_from(name.as_str()).is_err() {
+                        return Err(
+                            item.err(format!("{name:?} is neither a DNS name nor an IP address"))
+                        );
+                    }
+                    t.peer_allowed_names.push(name);
+                }
+            }
             _ => return Err(f.err("not handled")),
         }
     }
@@ -864,8 +934,13 @@ fn decode_tls(group: &Field, t: &mut TlsSettings) -> Result<(), ConfigError> {
         Some("tls.cert_file and tls.key_file are set together or not at all")
     } else if t.enabled() && !set(&t.ca_file) {
         Some("tls.ca_file is needed with tls.cert_file: peers' certificates are checked against it")
-    } else if !t.enabled() && (set(&t.ca_file) || t.client_cert_required) {
-        Some("tls.ca_file and tls.client_cert_required need tls.cert_file and tls.key_file")
+    } else if !t.enabled()
+        && (set(&t.ca_file)
+            || t.client_cert_required
+            || set(&t.peer_ca_file)
+            || !t.peer_allowed_names.is_empty())
+    {
+        Some("tls.ca_file, tls.client_cert_required, tls.peer_ca_file and tls.peer_allowed_names need tls.cert_file and tls.key_file")
     } else {
         None
     };
@@ -890,20 +965,32 @@ node_id = 1;
 # Directory for the node's data (RocksDB and Raft state).
 data_dir = "./utopia-data";
 
-# gRPC listen address, IP:PORT.
+# Client port: gRPC listen address for clients, IP:PORT.
 listen = "127.0.0.1:7700";
 
-# The address other members and clients reach this node at, IP:PORT, when
-# it is not the listen address (behind a proxy or NAT, or listening on
-# 0.0.0.0). Empty: the listen address. Used when this node starts a
-# one-member cluster; the members of a larger one are known by the
-# addresses in initial_cluster or given to `utopia cluster add`.
+# The address clients reach this node at, IP:PORT, when it is not the
+# listen address (behind a proxy or NAT, or listening on 0.0.0.0). Empty:
+# the listen address. Published to the other members, which name it to
+# clients that must go to the leader.
 advertise = "";
+
+# Peer port: where the other members reach this node (the Raft
+# transport), IP:PORT. Clients are never served here, and peers never on
+# the client port. Without TLS, keep it on a network only the members can
+# reach: whoever reaches it can act as a member.
+peer_listen = "127.0.0.1:7800";
+
+# The address the other members reach this node at, IP:PORT, when it is
+# not peer_listen. Empty: peer_listen. Used when this node starts a
+# one-member cluster; the members of a larger one are known by the peer
+# addresses in initial_cluster or given to `utopia cluster add`.
+peer_advertise = "";
 
 # Name of the cluster this node belongs to.
 cluster_name = "utopia";
 
-# The members a new cluster starts with: "ID=HOST:PORT,ID=HOST:PORT,...".
+# The members a new cluster starts with, by peer address:
+# "ID=HOST:PORT,ID=HOST:PORT,...".
 # Empty: a one-member cluster of this node. Read only when the data
 # directory is new; a restarted node rejoins the cluster it belongs to.
 initial_cluster = "";
@@ -929,6 +1016,8 @@ raft = {
   snapshot_log_entries = 100000;     # build a snapshot after this many log entries
   log_entries_kept_after_snapshot = 5000; # entries kept behind a snapshot for lagging peers
   lease_check_interval_ms = 250;     # how often expired leases are reaped
+  snapshot_bytes_max = 68719476736;  # largest snapshot accepted from a leader, in bytes (64 GiB); a larger stream is refused before it fills the disk
+  forwarded_clock_skew_ms_max = 60000; # a proposal another member forwards must be stamped within this of this node's clock
 };
 
 # Logging.
@@ -937,15 +1026,18 @@ log = {
   format = "text";                   # "text" or "json"
 };
 
-# TLS on the gRPC port, for clients and peers alike (PEM files; relative
-# paths are relative to the working directory). No cert_file: plain text.
-# Every member of a cluster uses TLS or none does: a node reaches its peers
-# over TLS when it has a certificate itself.
+# TLS on both ports (PEM files; relative paths are relative to the working
+# directory). No cert_file: plain text on both. Every member of a cluster
+# uses TLS or none does: a node reaches its peers over TLS, presenting its
+# own certificate, when it has one. The peer port always requires a peer
+# certificate (mutual TLS); the client port only with client_cert_required.
 tls = {
-  cert_file = "";                    # this node's certificate chain; its subject alternative names must cover the address the members know it by
+  cert_file = "";                    # this node's certificate chain; its subject alternative names must cover the addresses clients and members know it by
   key_file = "";                     # the certificate's private key
-  ca_file = "";                      # CA certificates that peers' (and, when required, clients') certificates are checked against
-  client_cert_required = false;      # mutual TLS: refuse connections without a certificate signed by a CA of ca_file
+  ca_file = "";                      # CA certificates that members' certificates (and, when required, clients') are checked against
+  client_cert_required = false;      # mutual TLS on the client port: refuse clients without a certificate signed by a CA of ca_file
+  peer_ca_file = "";                 # CA certificates peers' certificates must chain to; empty: ca_file (use a CA of its own, or peer_allowed_names, so that a client certificate is not a peer)
+  peer_allowed_names = ( );          # DNS names or IP addresses, one of which a peer's certificate must carry as a subject alternative name; empty: any certificate from the peer CA
 };
 
 # MQTT ingest: connections ("bridges") to MQTT brokers, how the messages
@@ -1094,6 +1186,8 @@ node_id = 7;
 data_dir = "/var/lib/utopia";
 listen : "[::1]:9000";
 advertise = "[2001:db8::1]:9000";
+peer_listen = "[::1]:9100";
+peer_advertise = "[2001:db8::1]:9100";
 cluster_name = "fleet-" "eu";
 limits = {
   key_bytes_max = 0x200;
@@ -1112,6 +1206,8 @@ raft = {
   snapshot_log_entries = 1000;
   log_entries_kept_after_snapshot = 10;
   lease_check_interval_ms = 100;
+  snapshot_bytes_max = 1073741824;
+  forwarded_clock_skew_ms_max = 5000;
 };
 log = { level = "debug,openraft=warn"; format = "json"; };
 tls = {
@@ -1119,6 +1215,8 @@ tls = {
   key_file = "/etc/utopia/node.key";
   ca_file = "/etc/utopia/ca.pem";
   client_cert_required = true;
+  peer_ca_file = "/etc/utopia/peers.pem";
+  peer_allowed_names = ( "n1.utopia.internal", "10.0.0.2" );
 };
 "#;
         let s = Settings::from_str(text, file()).unwrap();
@@ -1127,6 +1225,8 @@ tls = {
             data_dir: PathBuf::from("/var/lib/utopia"),
             listen: "[::1]:9000".into(),
             advertise: "[2001:db8::1]:9000".into(),
+            peer_listen: "[::1]:9100".into(),
+            peer_advertise: "[2001:db8::1]:9100".into(),
             cluster_name: "fleet-eu".into(),
             initial_cluster: BTreeMap::new(),
             join: false,
@@ -1147,6 +1247,8 @@ tls = {
                 snapshot_log_entries: 1000,
                 log_entries_kept_after_snapshot: 10,
                 lease_check_interval_ms: 100,
+                snapshot_bytes_max: 1 << 30,
+                forwarded_clock_skew_ms_max: 5000,
             },
             log: LogSettings {
                 level: "debug,openraft=warn".into(),
@@ -1158,6 +1260,8 @@ tls = {
                 key_file: PathBuf::from("/etc/utopia/node.key"),
                 ca_file: PathBuf::from("/etc/utopia/ca.pem"),
                 client_cert_required: true,
+                peer_ca_file: PathBuf::from("/etc/utopia/peers.pem"),
+                peer_allowed_names: vec!["n1.utopia.internal".into(), "10.0.0.2".into()],
             },
         };
         assert_eq!(s, want);
@@ -1679,7 +1783,7 @@ mqtt = {
             (
                 "nodeid = 1;",
                 1,
-                "unknown setting \"nodeid\"; expected one of: node_id, data_dir, listen, advertise, cluster_name, initial_cluster, limits, raft, log, mqtt, tls",
+                "unknown setting \"nodeid\"; expected one of: node_id, data_dir, listen, advertise, peer_listen, peer_advertise, cluster_name, initial_cluster, limits, raft, log, mqtt, tls",
             ),
             (
                 "limits = {\n  key_bytes_max = 1;\n  foo = 2;\n};",
@@ -1841,7 +1945,7 @@ mqtt = {
             (
                 "tls = { client_cert_required = true; };",
                 1,
-                "setting \"tls\": tls.ca_file and tls.client_cert_required need tls.cert_file and tls.key_file",
+                "setting \"tls\": tls.ca_file, tls.client_cert_required, tls.peer_ca_file and tls.peer_allowed_names need tls.cert_file and tls.key_file",
             ),
         ] {
             let (got_line, got) = err(text);

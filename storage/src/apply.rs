@@ -351,6 +351,9 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
             Event::CommandFailed { id, reason } => {
                 self.apply_command_failed(req.at_ms, *id, reason)?
             }
+            Event::ClientAddressPublished { node_id, addr } => {
+                self.apply_client_address(*node_id, addr)?
+            }
         };
         Ok(Response {
             revision: self.get_i64(meta::REVISION)?,
@@ -932,6 +935,20 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
             doc.insert("last_active_ms".into(), json!(at_ms));
         }
         doc.insert("stats".into(), json!(format!("fellow/{id}")));
+        self.put_doc(Cf::Fellows, &id, doc);
+        Ok(Outcome::Done)
+    }
+
+    /// Records the address clients reach member `node_id` at, in its
+    /// fellows document (the leader's fellow updates keep it).
+    fn apply_client_address(&mut self, node_id: u64, addr: &str) -> Result<Outcome, StoreError> {
+        let id = node_id.to_string();
+        let mut doc = self.get_doc(Cf::Fellows, &id)?.unwrap_or_else(|| {
+            let mut m = Map::new();
+            m.insert("id".into(), json!(node_id));
+            m
+        });
+        doc.insert("client_addr".into(), json!(addr));
         self.put_doc(Cf::Fellows, &id, doc);
         Ok(Outcome::Done)
     }

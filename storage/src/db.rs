@@ -162,6 +162,10 @@ pub struct NodeIdentity {
     /// The `--initial-cluster` it was created with (empty: a one-member
     /// cluster, or a node that joined).
     pub initial_cluster: std::collections::BTreeMap<u64, String>,
+    /// The cluster this node belongs to (0: not known yet, a node waiting
+    /// to be added; absent in directories written before cluster ids).
+    #[serde(default)]
+    pub cluster_id: u64,
 }
 
 /// The three views of one opened data directory.

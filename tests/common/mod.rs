@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod forge;
 pub mod mosquitto;
 pub mod net;
 
@@ -25,7 +26,11 @@ pub struct Server {
     child: Option<Child>,
     /// The address to listen on: `127.0.0.1:0` picks a new port each start.
     listen: String,
+    /// The client port's address.
     pub addr: String,
+    /// The peer port's address: fixed for the server's life, since the
+    /// cluster's membership records it.
+    pub peer_addr: String,
     pub data_dir: PathBuf,
     extra_args: Vec<String>,
     stderr_log: PathBuf,
@@ -41,15 +46,37 @@ impl Server {
         Self::start_at(data_dir, "127.0.0.1:0", extra_args)
     }
 
-    /// Starts `utopiad` listening on `listen` (a fixed address keeps the
-    /// node's address stable across restarts, as cluster members need).
+    /// Starts `utopiad` with its client port on `listen`, and its peer port
+    /// on a free port of the same IP that it keeps across restarts (unless
+    /// `extra_args` give `--peer-listen`).
     pub fn start_at(data_dir: &Path, listen: &str, extra_args: &[&str]) -> Server {
+        let ip: std::net::IpAddr = listen
+            .rsplit_once(':')
+            .and_then(|(ip, _)| ip.parse().ok())
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+        let peer_listen = net::free_addr_on(ip);
+        Self::start_member(data_dir, listen, &peer_listen, extra_args)
+    }
+
+    /// Starts `utopiad` with its client port on `listen` and its peer port
+    /// on `peer_listen` (a fixed address, as members need).
+    pub fn start_member(
+        data_dir: &Path,
+        listen: &str,
+        peer_listen: &str,
+        extra_args: &[&str],
+    ) -> Server {
+        let mut extra_args: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
+        if !extra_args.iter().any(|a| a == "--peer-listen") {
+            extra_args.extend(["--peer-listen".to_string(), peer_listen.to_string()]);
+        }
         let mut s = Server {
             child: None,
             listen: listen.to_string(),
             addr: String::new(),
+            peer_addr: String::new(),
             data_dir: data_dir.to_path_buf(),
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            extra_args,
             stderr_log: data_dir.with_extension("stderr.log"),
         };
         s.spawn();
@@ -74,18 +101,22 @@ impl Server {
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
+            // "utopiad ready: node N listening on ADDR, peers on ADDR, data in DIR"
+            let after = |line: &str, what: &str| {
+                line.split(what)
+                    .nth(1)
+                    .and_then(|rest| rest.split([',', ' ']).next())
+                    .map(str::to_string)
+            };
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let addr = rest
-                        .split([',', ' '])
-                        .next()
-                        .unwrap_or_default()
-                        .to_string();
-                    let _ = tx.send(addr);
+                if let (Some(addr), Some(peer)) =
+                    (after(&line, "listening on "), after(&line, "peers on "))
+                {
+                    let _ = tx.send((addr, peer));
                 }
             }
         });
-        let addr = match rx.recv_timeout(READY_DEADLINE) {
+        let (addr, peer_addr) = match rx.recv_timeout(READY_DEADLINE) {
             Ok(addr) => addr,
             Err(_) => {
                 let _ = child.kill();
@@ -94,6 +125,7 @@ impl Server {
             }
         };
         self.addr = addr;
+        self.peer_addr = peer_addr;
         self.child = Some(child);
     }
 
@@ -248,7 +280,8 @@ pub fn wait_for<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Op
 
 /// Starts `n` nodes forming one cluster (ids 1..=n, data in
 /// `dir/node{id}`), concurrently: each waits for a leader, which needs a
-/// majority of them running. Returns the nodes and their addresses.
+/// majority of them running. Returns the nodes and their client addresses
+/// (fixed across restarts, as the peer addresses are).
 pub fn start_cluster(dir: &Path, n: usize, extra_args: &[&str]) -> (Vec<Server>, Vec<String>) {
     start_cluster_each(dir, n, |_| {
         extra_args.iter().map(|s| s.to_string()).collect()
@@ -262,36 +295,42 @@ pub fn start_cluster_each(
     args_of: impl Fn(u64) -> Vec<String>,
 ) -> (Vec<Server>, Vec<String>) {
     let addrs: Vec<String> = (0..n).map(|_| free_addr()).collect();
+    let peers: Vec<String> = (0..n).map(|_| free_addr()).collect();
     let extra: Vec<Vec<String>> = (1..=n as u64).map(args_of).collect();
-    let nodes = start_members(dir, &addrs, &addrs, &extra);
+    let nodes = start_members(dir, &addrs, &peers, &peers, &extra);
     (nodes, addrs)
 }
 
-/// Like [`start_cluster`], with every node on its own loopback IP behind a
-/// proxy that can partition it from the others ([`net::Net`]). The
-/// membership holds the proxies' addresses; `Server::addr` is the node's
-/// own.
+/// Like [`start_cluster`], with every node on its own loopback IP and its
+/// peer port behind a proxy that can partition it from the others
+/// ([`net::Net`]). The membership holds the proxies' addresses;
+/// `Server::addr` and `Server::peer_addr` are the node's own.
 pub fn start_partitionable_cluster(
     dir: &Path,
     n: usize,
     extra_args: &[&str],
 ) -> (Vec<Server>, net::Net) {
-    let listens: BTreeMap<u64, String> = (1..=n as u64)
+    let peer_listens: BTreeMap<u64, String> = (1..=n as u64)
         .map(|id| (id, net::free_addr_on(net::node_ip(id))))
         .collect();
-    let network = net::Net::start(&listens);
-    let listens: Vec<String> = listens.into_values().collect();
+    let network = net::Net::start(&peer_listens);
+    let listens: Vec<String> = (1..=n as u64)
+        .map(|id| net::free_addr_on(net::node_ip(id)))
+        .collect();
+    let peer_listens: Vec<String> = peer_listens.into_values().collect();
     let members: Vec<String> = network.addrs().values().cloned().collect();
     let extra: Vec<String> = extra_args.iter().map(|s| s.to_string()).collect();
-    let nodes = start_members(dir, &listens, &members, &vec![extra; n]);
+    let nodes = start_members(dir, &listens, &peer_listens, &members, &vec![extra; n]);
     (nodes, network)
 }
 
-/// Starts node `i + 1` listening on `listens[i]` with the arguments
-/// `extra[i]`, all with the initial cluster `{i + 1 = members[i]}`.
+/// Starts node `i + 1` with its client port on `listens[i]`, its peer port
+/// on `peer_listens[i]` and the arguments `extra[i]`, all with the initial
+/// cluster `{i + 1 = members[i]}`.
 fn start_members(
     dir: &Path,
     listens: &[String],
+    peer_listens: &[String],
     members: &[String],
     extra: &[Vec<String>],
 ) -> Vec<Server> {
@@ -306,12 +345,17 @@ fn start_members(
         .enumerate()
         .map(|(i, addr)| {
             let data = dir.join(format!("node{}", i + 1));
-            let (addr, initial, extra) = (addr.clone(), initial.clone(), extra[i].clone());
+            let (addr, peer, initial, extra) = (
+                addr.clone(),
+                peer_listens[i].clone(),
+                initial.clone(),
+                extra[i].clone(),
+            );
             std::thread::spawn(move || {
                 let id = (i + 1).to_string();
                 let mut args = vec!["--node-id", &id, "--initial-cluster", &initial];
                 args.extend(extra.iter().map(String::as_str));
-                Server::start_at(&data, &addr, &args)
+                Server::start_member(&data, &addr, &peer, &args)
             })
         })
         .collect();
@@ -332,8 +376,7 @@ pub fn leader_id(nodes: &[Server]) -> Option<u64> {
 
 /// A loopback address with a port that was free a moment ago.
 pub fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local address").to_string()
+    net::free_addr_on(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
 }
 
 pub fn temp_dir() -> tempfile::TempDir {

@@ -122,8 +122,8 @@ async fn utopia_leader(client: &mut Client) -> Option<String> {
         .ok()?;
     st.members
         .iter()
-        .find(|m| m.id == st.leader && st.leader != 0)
-        .map(|m| client::endpoint_uri(&m.addr, client.tls().is_some()))
+        .find(|m| m.id == st.leader && st.leader != 0 && !m.client_addr.is_empty())
+        .map(|m| client::endpoint_uri(&m.client_addr, client.tls().is_some()))
 }
 
 /// The endpoint whose member id is the leader its peers name. etcd's

@@ -1,0 +1,224 @@
+//! What the leader checks on a proposal another member forwards over the
+//! peer port, before it proposes it.
+//!
+//! Members forward only what their MQTT bridges and their own bookkeeping
+//! produce; everything clients send is proposed by the member they reached
+//! after the API's checks, and never forwarded. So a forwarded proposal
+//! must be one of those kinds, within the same bounds the API enforces,
+//! and stamped near the leader's clock (apply takes time from the stamp:
+//! a lease expiry or a rate window must not be moved by a peer's clock or a
+//! forged stamp).
+
+use std::sync::Arc;
+
+use utopia_raft::event::{DeviceData, Event, IngestBody};
+use utopia_raft::{ForwardCheck, Request};
+
+use crate::config::Limits;
+
+/// Most items one forwarded ingest batch may carry (`batch_messages_max`
+/// is bounded far below this).
+const INGEST_BATCH_ITEMS_MAX: usize = 65_536;
+/// Longest topic level, as MQTT topics are checked.
+const LEVEL_BYTES_MAX: usize = 256;
+/// Most data levels under a post type.
+const PATH_LEVELS_MAX: usize = 16;
+/// Longest free-text reason a member may record.
+const REASON_BYTES_MAX: usize = 1024;
+/// Highest ingest weight a member may ask for (`mqtt.ingest.weight`).
+const INGEST_WEIGHT_MAX: u32 = 1000;
+
+/// The check the transport runs on every forwarded proposal.
+pub fn check(limits: Limits, clock_skew_ms_max: u64) -> ForwardCheck {
+    Arc::new(move |req: &Request| check_request(req, &limits, clock_skew_ms_max, crate::now_ms()))
+}
+
+fn check_request(
+    req: &Request,
+    limits: &Limits,
+    clock_skew_ms_max: u64,
+    now_ms: u64,
+) -> Result<(), String> {
+    let skew = req.at_ms.abs_diff(now_ms);
+    if skew > clock_skew_ms_max {
+        return Err(format!(
+            "stamped at {} ms, {skew} ms from this node's clock ({now_ms} ms); \
+             the limit is raft.forwarded_clock_skew_ms_max = {clock_skew_ms_max}",
+            req.at_ms
+        ));
+    }
+    match &req.event {
+        Event::IngestBatch { items, .. } => {
+            if items.len() > INGEST_BATCH_ITEMS_MAX {
+                return Err(format!(
+                    "{} items; at most {INGEST_BATCH_ITEMS_MAX}",
+                    items.len()
+                ));
+            }
+            for item in items {
+                if item.digest.len() != 16 {
+                    return Err(format!(
+                        "digest of {} bytes; expected 16",
+                        item.digest.len()
+                    ));
+                }
+                match &item.body {
+                    IngestBody::Data(d) => device_data(d, limits)?,
+                    IngestBody::Reply {
+                        host,
+                        zone,
+                        class,
+                        device_id,
+                        json,
+                        ..
+                    } => {
+                        for (what, v) in [
+                            ("host", host),
+                            ("zone", zone),
+                            ("class", class),
+                            ("device_id", device_id),
+                        ] {
+                            level(what, v)?;
+                        }
+                        json_text(json, limits)?;
+                    }
+                    IngestBody::Dropped { device, reason } => {
+                        bounded("device", device, 4 * LEVEL_BYTES_MAX)?;
+                        bounded("reason", reason, REASON_BYTES_MAX)?;
+                    }
+                }
+            }
+            Ok(())
+        }
+        Event::IngestWeight { weight, .. } => {
+            if *weight > INGEST_WEIGHT_MAX {
+                return Err(format!("weight {weight}; at most {INGEST_WEIGHT_MAX}"));
+            }
+            Ok(())
+        }
+        Event::CommandAttempted { .. } => Ok(()),
+        Event::CommandFailed { reason, .. } => bounded("reason", reason, REASON_BYTES_MAX),
+        Event::ClientAddressPublished { addr, .. } => addr
+            .parse::<std::net::SocketAddr>()
+            .map(|_| ())
+            .map_err(|e| format!("address {addr:?}: {e}")),
+        other => Err(format!(
+            "{} is not an event members forward; clients' requests are proposed where they arrive",
+            other.name()
+        )),
+    }
+}
+
+fn device_data(d: &DeviceData, limits: &Limits) -> Result<(), String> {
+    for (what, v) in [
+        ("host", &d.host),
+        ("zone", &d.zone),
+        ("class", &d.class),
+        ("device_id", &d.device_id),
+        ("post_type", &d.post_type),
+    ] {
+        level(what, v)?;
+    }
+    if d.path.len() > PATH_LEVELS_MAX {
+        return Err(format!(
+            "{} data levels; at most {PATH_LEVELS_MAX}",
+            d.path.len()
+        ));
+    }
+    for p in &d.path {
+        level("data level", p)?;
+    }
+    json_text(&d.json, limits)
+}
+
+/// A topic level: non-empty, bounded, no `/`, MQTT wildcards or NUL.
+fn level(what: &str, v: &str) -> Result<(), String> {
+    if v.is_empty() || v.len() > LEVEL_BYTES_MAX || v.contains(['/', '+', '#', '\0']) {
+        return Err(format!(
+            "{what} {:?} must be 1..={LEVEL_BYTES_MAX} bytes without '/', '+', '#' or NUL",
+            v.chars().take(64).collect::<String>()
+        ));
+    }
+    Ok(())
+}
+
+fn bounded(what: &str, v: &str, max: usize) -> Result<(), String> {
+    if v.len() > max {
+        return Err(format!("{what} of {} bytes; at most {max}", v.len()));
+    }
+    Ok(())
+}
+
+fn json_text(json: &str, limits: &Limits) -> Result<(), String> {
+    bounded("value", json, limits.value_bytes_max as usize)?;
+    serde_json::from_str::<serde::de::IgnoredAny>(json)
+        .map(|_| ())
+        .map_err(|e| format!("value is not JSON: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use utopia_raft::event::{IngestItem, PutOp};
+
+    fn data(path: usize, json: &str) -> Event {
+        Event::IngestBatch {
+            epoch: 1,
+            proposer: 2,
+            items: vec![IngestItem {
+                digest: vec![0u8; 16].into(),
+                redelivered: false,
+                body: IngestBody::Data(DeviceData {
+                    host: "h".into(),
+                    zone: "z".into(),
+                    class: "c".into(),
+                    device_id: "1".into(),
+                    post_type: "temp".into(),
+                    path: vec!["p".into(); path],
+                    json: json.into(),
+                }),
+            }],
+        }
+    }
+
+    #[test]
+    fn forwarded_proposals_pass_the_api_bounds_and_a_clock_window() {
+        let limits = Limits::default();
+        let now = 1_800_000_000_000;
+        let at = |ms: u64, e: Event| check_request(&Request::new(ms, e), &limits, 60_000, now);
+        assert!(at(now, data(2, "21.5")).is_ok());
+        assert!(at(now - 59_000, data(0, "{}")).is_ok());
+        // A stamp far from the leader's clock (a lease "expired" at 2^63).
+        assert!(at(1 << 63, data(0, "1")).unwrap_err().contains("clock"));
+        assert!(at(now - 61_000, data(0, "1")).is_err());
+        assert!(at(now, data(17, "1")).unwrap_err().contains("data levels"));
+        assert!(at(now, data(1, "{")).unwrap_err().contains("not JSON"));
+        // Clients' kinds of events are never forwarded.
+        let put = Event::Put(PutOp {
+            key: vec![b'k'; 10].into(),
+            value: vec![].into(),
+            lease: 0,
+            prev_kv: false,
+        });
+        assert!(at(now, put)
+            .unwrap_err()
+            .contains("not an event members forward"));
+        assert!(at(now, Event::LeaseExpired { id: 1 }).is_err());
+        assert!(at(
+            now,
+            Event::ClientAddressPublished {
+                node_id: 1,
+                addr: "127.0.0.1:7700".into()
+            }
+        )
+        .is_ok());
+        assert!(at(
+            now,
+            Event::ClientAddressPublished {
+                node_id: 1,
+                addr: "nowhere".into()
+            }
+        )
+        .is_err());
+    }
+}
