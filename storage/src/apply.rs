@@ -103,9 +103,18 @@ pub struct Applier<'a, S: StateRead + ?Sized> {
     /// Nothing in the applier reads these column families but through
     /// [`Applier::get_doc`].
     docs: BTreeMap<Cf, HashMap<String, Map<String, Value>>>,
-    changes: Vec<(i64, ChangeRecord)>,
+    changes: Vec<FeedChange>,
     limits: ApplyLimits,
     effects: IngestEffects,
+}
+
+/// One change in the key-value change feed: its revision, its index within
+/// the revision (the feed's key is `revision ++ sub`) and the change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedChange {
+    pub revision: i64,
+    pub sub: u32,
+    pub change: ChangeRecord,
 }
 
 /// The writes an applier produced: `None` deletes the key.
@@ -159,14 +168,14 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
 
     /// The writes and the key changes (by revision, in order) of everything
     /// applied so far.
-    pub fn finish(self) -> (Writes, Vec<(i64, ChangeRecord)>) {
+    pub fn finish(self) -> (Writes, Vec<FeedChange>) {
         let (writes, changes, _) = self.finish_with_effects();
         (writes, changes)
     }
 
     /// Like [`Applier::finish`], with what the events did to MQTT ingest
     /// and device commands.
-    pub fn finish_with_effects(mut self) -> (Writes, Vec<(i64, ChangeRecord)>, IngestEffects) {
+    pub fn finish_with_effects(mut self) -> (Writes, Vec<FeedChange>, IngestEffects) {
         for (cf, docs) in std::mem::take(&mut self.docs) {
             for (id, doc) in docs {
                 self.overlay
@@ -481,7 +490,11 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
             keys::change_key(rev, *sub).to_vec(),
             enc(&change),
         );
-        self.changes.push((rev, change));
+        self.changes.push(FeedChange {
+            revision: rev,
+            sub: *sub,
+            change,
+        });
         *sub += 1;
     }
 
