@@ -305,6 +305,15 @@ impl Reader {
         Ok(out)
     }
 
+    /// Events (and ingest items) rejected because their content could not
+    /// be applied, cluster-wide (replicated state).
+    pub fn events_rejected(&self) -> Result<u64, StoreError> {
+        match self.db.get(Cf::SmMeta, meta::EVENTS_REJECTED)? {
+            Some(b) => dec(Cf::SmMeta, meta::EVENTS_REJECTED, &b),
+            None => Ok(0),
+        }
+    }
+
     /// A lease and the keys attached to it.
     pub fn lease(&self, id: i64) -> Result<Option<LeaseInfo>, StoreError> {
         let key = keys::u64_key(id as u64);
