@@ -331,6 +331,16 @@ impl<'a> Field<'a> {
         Ok(v)
     }
 
+    /// An integer in `1..=max`: the upper bound is what the code using the
+    /// value holds.
+    fn positive_in(&self, max: u64) -> Result<u64, ConfigError> {
+        let v = self.positive()?;
+        if v > max {
+            return Err(self.err(format!("must be between 1 and {max}, found {v}")));
+        }
+        Ok(v)
+    }
+
     fn string(&self) -> Result<&'a str, ConfigError> {
         match self.value {
             Value::Str(s) => Ok(s),
@@ -497,18 +507,31 @@ fn decode(tree: &[Setting]) -> Result<Settings, ConfigError> {
     Ok(out)
 }
 
+// Upper bounds of the numeric settings: each is what the code using the
+// value holds, so that an absurd value is refused here (exit 2, with the
+// setting's name) rather than panicking or wrapping later.
+
+/// Counts: they become `u32` counters, `usize` lengths, semaphore permits
+/// (at most `usize::MAX >> 3`) and channel sizes.
+const COUNT_MAX: u64 = u32::MAX as u64;
+/// Sizes of a gRPC message or a part of one: gRPC frames a message with a
+/// 32-bit length.
+const MESSAGE_BYTES_MAX: u64 = u32::MAX as u64;
+/// Durations in milliseconds: a year, far inside what tokio's timer
+/// (2^36 ms) and `Instant` arithmetic hold.
+const DURATION_MS_MAX: u64 = 365 * 86_400_000;
+
 fn decode_limits(group: &[Setting], l: &mut Limits) -> Result<(), ConfigError> {
     for f in fields(group, "limits", LIMITS)? {
-        let v = f.positive()?;
         match f.name {
-            "key_bytes_max" => l.key_bytes_max = v,
-            "value_bytes_max" => l.value_bytes_max = v,
-            "request_bytes_max" => l.request_bytes_max = v,
-            "txn_ops_max" => l.txn_ops_max = v,
-            "range_limit_max" => l.range_limit_max = v,
-            "watchers_max" => l.watchers_max = v,
-            "proposals_in_flight_max" => l.proposals_in_flight_max = v,
-            "history_revisions_max" => l.history_revisions_max = v,
+            "key_bytes_max" => l.key_bytes_max = f.positive_in(MESSAGE_BYTES_MAX)?,
+            "value_bytes_max" => l.value_bytes_max = f.positive_in(MESSAGE_BYTES_MAX)?,
+            "request_bytes_max" => l.request_bytes_max = f.positive_in(MESSAGE_BYTES_MAX)?,
+            "txn_ops_max" => l.txn_ops_max = f.positive_in(COUNT_MAX)?,
+            "range_limit_max" => l.range_limit_max = f.positive_in(COUNT_MAX)?,
+            "watchers_max" => l.watchers_max = f.positive_in(COUNT_MAX)?,
+            "proposals_in_flight_max" => l.proposals_in_flight_max = f.positive_in(COUNT_MAX)?,
+            "history_revisions_max" => l.history_revisions_max = f.positive_in(COUNT_MAX)?,
             _ => return Err(f.err("not handled")),
         }
     }
@@ -521,7 +544,12 @@ fn decode_raft(group: &[Setting], r: &mut RaftSettings) -> Result<(), ConfigErro
     let mut max_field = None;
     let mut heartbeat_field = None;
     for f in &fs {
-        let v = f.positive()?;
+        let v = match f.name {
+            "snapshot_log_entries" | "log_entries_kept_after_snapshot" => {
+                f.positive_in(COUNT_MAX)?
+            }
+            _ => f.positive_in(DURATION_MS_MAX)?,
+        };
         match f.name {
             "heartbeat_interval_ms" => {
                 r.heartbeat_interval_ms = v;
@@ -804,14 +832,20 @@ fn check_topic_filter(filter: &str) -> Result<(), &'static str> {
 fn decode_ingest(group: &[Setting], i: &mut IngestSettings) -> Result<(), ConfigError> {
     for f in fields(group, "mqtt.ingest", INGEST)? {
         match f.name {
-            "payload_bytes_max" => i.payload_bytes_max = f.positive()?,
-            "batch_messages_max" => i.batch_messages_max = f.positive()?,
-            "batch_linger_ms" => i.batch_linger_ms = f.positive()?,
-            "pending_messages_max" => i.pending_messages_max = f.positive()?,
-            "dedupe_window_ms" => i.dedupe_window_ms = f.positive()?,
-            "owner_timeout_ms" => i.owner_timeout_ms = f.positive()?,
+            // A larger payload never arrives: the bridges take MQTT packets
+            // up to this size.
+            "payload_bytes_max" => {
+                i.payload_bytes_max = f.positive_in(crate::mqtt::bridge::PACKET_BYTES_MAX as u64)?
+            }
+            "batch_messages_max" => i.batch_messages_max = f.positive_in(COUNT_MAX)?,
+            "batch_linger_ms" => i.batch_linger_ms = f.positive_in(DURATION_MS_MAX)?,
+            "pending_messages_max" => i.pending_messages_max = f.positive_in(COUNT_MAX)?,
+            "dedupe_window_ms" => i.dedupe_window_ms = f.positive_in(DURATION_MS_MAX)?,
+            "owner_timeout_ms" => i.owner_timeout_ms = f.positive_in(DURATION_MS_MAX)?,
             "weight" => i.weight = f.int_in(1, 1000)? as u32,
-            "device_messages_per_s_max" => i.device_messages_per_s_max = f.positive()?,
+            "device_messages_per_s_max" => {
+                i.device_messages_per_s_max = f.positive_in(COUNT_MAX)?
+            }
             _ => return Err(f.err("not handled")),
         }
     }
@@ -824,13 +858,13 @@ fn decode_commands(group: &[Setting], c: &mut CommandSettings) -> Result<(), Con
     let mut max_field = None;
     for f in &fs {
         match f.name {
-            "attempts_max" => c.attempts_max = f.positive()?,
+            "attempts_max" => c.attempts_max = f.positive_in(COUNT_MAX)?,
             "retry_initial_ms" => {
-                c.retry_initial_ms = f.positive()?;
+                c.retry_initial_ms = f.positive_in(DURATION_MS_MAX)?;
                 initial_field = Some(f);
             }
             "retry_max_ms" => {
-                c.retry_max_ms = f.positive()?;
+                c.retry_max_ms = f.positive_in(DURATION_MS_MAX)?;
                 max_field = Some(f);
             }
             "qos" => c.qos = f.int_in(0, 2)? as u8,
@@ -908,7 +942,8 @@ cluster_name = "utopia";
 # directory is new; a restarted node rejoins the cluster it belongs to.
 initial_cluster = "";
 
-# Request and resource limits (each greater than 0).
+# Request and resource limits (each greater than 0; byte sizes and counts
+# at most 4294967295).
 limits = {
   key_bytes_max = 4096;              # largest key, in bytes
   value_bytes_max = 1048576;         # largest value, in bytes (1 MiB)
@@ -920,7 +955,8 @@ limits = {
   history_revisions_max = 100000;    # key revisions kept for past reads and watches; older ones are compacted
 };
 
-# Raft timing, in milliseconds unless noted.
+# Raft timing, in milliseconds unless noted (each greater than 0; times at
+# most 31536000000 ms, a year; counts at most 4294967295).
 # heartbeat_interval_ms < election_timeout_ms_min < election_timeout_ms_max.
 raft = {
   heartbeat_interval_ms = 100;       # leader heartbeat period
@@ -978,7 +1014,9 @@ mqtt = {
   #   }
   bridges = ( );
 
-  # Ingest bounds (each greater than 0).
+  # Ingest bounds (each greater than 0; times at most 31536000000 ms, a
+  # year; counts at most 4294967295; payloads at most 1048576 bytes, the
+  # largest MQTT packet a bridge takes).
   ingest = {
     payload_bytes_max = 65536;       # largest payload accepted; larger ones are rejected and counted
     batch_messages_max = 256;        # most messages in one Raft proposal
@@ -990,7 +1028,8 @@ mqtt = {
     device_messages_per_s_max = 1000; # messages per second from one device; the excess is rejected and counted
   };
 
-  # Device commands. retry_initial_ms <= retry_max_ms.
+  # Device commands. retry_initial_ms <= retry_max_ms (times at most
+  # 31536000000 ms, a year; attempts_max at most 4294967295).
   commands = {
     attempts_max = 5;                # publishes of one command before it is marked failed
     retry_initial_ms = 1000;         # wait for a reply after the first attempt; doubles per attempt
