@@ -255,6 +255,8 @@ const NUMERIC_SETTINGS: &[(&str, u64)] = &[
     ("limits.watchers_max", u32::MAX as u64),
     ("limits.proposals_in_flight_max", u32::MAX as u64),
     ("limits.history_revisions_max", u32::MAX as u64),
+    ("limits.json_depth_max", 64),
+    ("limits.document_bytes_max", 16 << 20),
     ("raft.snapshot_log_entries", u32::MAX as u64),
     ("raft.log_entries_kept_after_snapshot", u32::MAX as u64),
     ("raft.lease_check_interval_ms", 31_536_000_000),

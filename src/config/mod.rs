@@ -14,6 +14,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use utopia_storage::apply::bounds;
+
 use self::libconfig::{ParseError, Setting, Span, Value};
 use self::mqtt::{
     Bridge, BridgeRole, BridgeTls, CommandSettings, IngestSettings, MqttSettings, Protocol,
@@ -84,6 +86,12 @@ pub struct Limits {
     pub watchers_max: u64,
     pub proposals_in_flight_max: u64,
     pub history_revisions_max: u64,
+    /// Deepest JSON (or CBOR) value accepted from a device, a report or a
+    /// command: 1..=[`bounds::JSON_DEPTH_MAX`], the most the applier takes.
+    pub json_depth_max: u64,
+    /// Largest document an event this node proposes may leave behind,
+    /// carried in the event (every replica applies the proposer's value).
+    pub document_bytes_max: u64,
 }
 
 /// Raft timing. `heartbeat_interval_ms < election_timeout_ms_min <
@@ -144,6 +152,8 @@ impl Default for Limits {
             watchers_max: 1024,
             proposals_in_flight_max: 1024,
             history_revisions_max: 100_000,
+            json_depth_max: 32,
+            document_bytes_max: 1_048_576,
         }
     }
 }
@@ -251,6 +261,8 @@ const LIMITS: &[&str] = &[
     "watchers_max",
     "proposals_in_flight_max",
     "history_revisions_max",
+    "json_depth_max",
+    "document_bytes_max",
 ];
 const RAFT: &[&str] = &[
     "heartbeat_interval_ms",
@@ -520,6 +532,9 @@ const MESSAGE_BYTES_MAX: u64 = u32::MAX as u64;
 /// Durations in milliseconds: a year, far inside what tokio's timer
 /// (2^36 ms) and `Instant` arithmetic hold.
 const DURATION_MS_MAX: u64 = 365 * 86_400_000;
+/// Smallest document limit: a device's document with nothing in it takes
+/// a few hundred bytes.
+const DOCUMENT_BYTES_MIN: u64 = 1024;
 
 fn decode_limits(group: &[Setting], l: &mut Limits) -> Result<(), ConfigError> {
     for f in fields(group, "limits", LIMITS)? {
@@ -532,6 +547,12 @@ fn decode_limits(group: &[Setting], l: &mut Limits) -> Result<(), ConfigError> {
             "watchers_max" => l.watchers_max = f.positive_in(COUNT_MAX)?,
             "proposals_in_flight_max" => l.proposals_in_flight_max = f.positive_in(COUNT_MAX)?,
             "history_revisions_max" => l.history_revisions_max = f.positive_in(COUNT_MAX)?,
+            "json_depth_max" => {
+                l.json_depth_max = f.positive_in(bounds::JSON_DEPTH_MAX as u64)?;
+            }
+            "document_bytes_max" => {
+                l.document_bytes_max = f.int_in(DOCUMENT_BYTES_MIN, bounds::DOCUMENT_BYTES_MAX)?;
+            }
             _ => return Err(f.err("not handled")),
         }
     }
@@ -953,6 +974,8 @@ limits = {
   watchers_max = 1024;               # most concurrent watchers
   proposals_in_flight_max = 1024;    # most Raft proposals awaiting commit
   history_revisions_max = 100000;    # key revisions kept for past reads and watches; older ones are compacted
+  json_depth_max = 32;               # deepest JSON or CBOR value taken from a device, report or command (1..64)
+  document_bytes_max = 1048576;      # largest document a write may leave behind (1 KiB..16 MiB): a document is read and rewritten whole on every update and served whole in one reply
 };
 
 # Raft timing, in milliseconds unless noted (each greater than 0; times at
@@ -1178,6 +1201,8 @@ tls = {
                 watchers_max: 10,
                 proposals_in_flight_max: 32,
                 history_revisions_max: 500,
+                json_depth_max: 32,
+                document_bytes_max: 1_048_576,
             },
             raft: RaftSettings {
                 heartbeat_interval_ms: 50,
@@ -1691,7 +1716,8 @@ mqtt = {
     #[test]
     fn errors() {
         let unknown_limits = "unknown setting \"limits.foo\"; expected one of: key_bytes_max, value_bytes_max, \
-                              request_bytes_max, txn_ops_max, range_limit_max, watchers_max, proposals_in_flight_max, history_revisions_max";
+                              request_bytes_max, txn_ops_max, range_limit_max, watchers_max, proposals_in_flight_max, history_revisions_max, \
+                              json_depth_max, document_bytes_max";
         for (text, line, message) in [
             // Syntax errors pass through.
             (
