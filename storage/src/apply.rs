@@ -155,6 +155,9 @@ pub struct Applier<'a, S: StateRead + ?Sized> {
     /// What the current event replaced, newest last, so that a rejected
     /// event (or ingest item) can be rolled back to a [`Savepoint`].
     undo: Undo,
+    /// Whether the current event's writes go into `undo`: key-value and
+    /// lease events never fail on their content, and skip the cost.
+    journal: bool,
     /// The largest document the current event may leave behind.
     document_bytes_max: u64,
 }
@@ -257,6 +260,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
             limits,
             effects: IngestEffects::default(),
             undo: Undo::default(),
+            journal: true,
             document_bytes_max: bounds::DOCUMENT_BYTES_MAX,
         }
     }
@@ -299,8 +303,29 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
 
     /// Every write goes through here, recording what it replaced.
     fn write(&mut self, cf: Cf, key: Vec<u8>, value: Option<Vec<u8>>) {
+        if !self.journal {
+            self.overlay.insert((cf, key), value);
+            return;
+        }
         let old = self.overlay.insert((cf, key.clone()), value);
         self.undo.overlay.push(((cf, key), old));
+    }
+
+    /// Whether applying `event` can fail on its content (and so must be
+    /// able to roll back): everything that writes documents.
+    fn may_be_rejected(event: &Event) -> bool {
+        !matches!(
+            event,
+            Event::Put(_)
+                | Event::Delete(_)
+                | Event::Txn(_)
+                | Event::Compact { .. }
+                | Event::LeaseGrant { .. }
+                | Event::LeaseRevoke { .. }
+                | Event::LeaseExpired { .. }
+                | Event::IngestWeight { .. }
+                | Event::IngestOwnersChanged { .. }
+        )
     }
 
     // ------------------------------------------------------------ rollback
@@ -452,10 +477,17 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
             .map_or(bounds::DOCUMENT_BYTES_MAX, |n| {
                 n.min(bounds::DOCUMENT_BYTES_MAX)
             });
+        self.journal = Self::may_be_rejected(&req.event);
         let sp = self.savepoint();
         let outcome = match self.apply_event(req) {
             Ok(outcome) => outcome,
             Err(ApplyError::Store(e)) => return Err(e),
+            Err(ApplyError::Content(reason)) if !self.journal => {
+                // Its writes cannot be rolled back: a bug, not user data.
+                return Err(StoreError::Io(format!(
+                    "{req} failed on its content, which it cannot: {reason}"
+                )));
+            }
             Err(ApplyError::Content(reason)) => {
                 self.rollback(sp);
                 self.count_rejected(req, &reason)?;
@@ -969,7 +1001,9 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
                 return too_large(bytes, self.document_bytes_max);
             }
             let old = self.docs.entry(cf).or_default().insert(id.to_string(), doc);
-            self.undo.docs.push((cf, id.to_string(), old));
+            if self.journal {
+                self.undo.docs.push((cf, id.to_string(), old));
+            }
             return Ok(());
         }
         let bytes = doc_bytes(doc);
