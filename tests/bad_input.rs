@@ -228,3 +228,135 @@ async fn bad_requests_get_clear_errors_and_valid_traffic_goes_on() {
         .sum();
     assert!(rejected >= 4, "rejections are counted: {counters:?}");
 }
+
+/// A configuration setting `path` (dotted; `mqtt.bridges[0].x` is a field of
+/// one bridge) to `value`, as a whole file on one line.
+fn config_with(path: &str, value: &str) -> String {
+    let bridge = |field: &str| {
+        format!(
+            "mqtt = {{ bridges = ( {{ name = \"b\"; host = \"127.0.0.1\"; {field} = {value}; }} ); }};"
+        )
+    };
+    match path.split('.').collect::<Vec<_>>().as_slice() {
+        ["mqtt", "bridges[0]", field] => bridge(field),
+        ["mqtt", "bridges[0]", "subscriptions[0]", field] => format!(
+            "mqtt = {{ bridges = ( {{ name = \"b\"; host = \"127.0.0.1\"; subscriptions = ( {{ filter = \"#\"; {field} = {value}; }} ); }} ); }};"
+        ),
+        [group, sub, name] => format!("{group} = {{ {sub} = {{ {name} = {value}; }}; }};"),
+        [group, name] => format!("{group} = {{ {name} = {value}; }};"),
+        [name] => format!("{name} = {value};"),
+        _ => panic!("unexpected setting path {path}"),
+    }
+}
+
+/// Every numeric setting with the largest value it takes: one more, and
+/// the largest integer a configuration file holds, are refused with the
+/// setting's name and line, never accepted to panic or wrap later.
+const NUMERIC_SETTINGS: &[(&str, u64)] = &[
+    ("limits.key_bytes_max", u32::MAX as u64),
+    ("limits.value_bytes_max", u32::MAX as u64),
+    ("limits.request_bytes_max", u32::MAX as u64),
+    ("limits.txn_ops_max", u32::MAX as u64),
+    ("limits.range_limit_max", u32::MAX as u64),
+    ("limits.watchers_max", u32::MAX as u64),
+    ("limits.proposals_in_flight_max", u32::MAX as u64),
+    ("limits.history_revisions_max", u32::MAX as u64),
+    ("limits.json_depth_max", 64),
+    ("limits.document_bytes_max", 16 << 20),
+    ("raft.snapshot_log_entries", u32::MAX as u64),
+    ("raft.log_entries_kept_after_snapshot", u32::MAX as u64),
+    ("raft.lease_check_interval_ms", 31_536_000_000),
+    ("raft.snapshot_bytes_max", 1 << 50),
+    ("raft.forwarded_clock_skew_ms_max", 31_536_000_000),
+    ("mqtt.ingest.payload_bytes_max", 1 << 20),
+    ("mqtt.ingest.batch_messages_max", u32::MAX as u64),
+    ("mqtt.ingest.batch_linger_ms", 31_536_000_000),
+    ("mqtt.ingest.pending_messages_max", u32::MAX as u64),
+    ("mqtt.ingest.dedupe_window_ms", 31_536_000_000),
+    ("mqtt.ingest.owner_timeout_ms", 31_536_000_000),
+    ("mqtt.ingest.weight", 1000),
+    ("mqtt.ingest.device_messages_per_s_max", u32::MAX as u64),
+    ("mqtt.commands.attempts_max", u32::MAX as u64),
+    ("mqtt.commands.qos", 2),
+    ("mqtt.bridges[0].port", 65535),
+    ("mqtt.bridges[0].keep_alive_s", 65535),
+    ("mqtt.bridges[0].subscriptions[0].qos", 2),
+];
+
+#[test]
+fn absurd_numeric_settings_are_refused_with_their_name() {
+    use utopia::config::Settings;
+    let file = std::path::Path::new("utopiad.conf");
+    for &(path, max) in NUMERIC_SETTINGS {
+        let text = config_with(path, &max.to_string());
+        if let Err(e) = Settings::from_str(&text, file) {
+            panic!("{path} = {max} is the largest value it takes, yet: {e}");
+        }
+        for absurd in [max + 1, i64::MAX as u64] {
+            let text = config_with(path, &absurd.to_string());
+            let err = match Settings::from_str(&text, file) {
+                Ok(_) => panic!("{path} = {absurd} was accepted"),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                err.starts_with("utopiad.conf:1: ")
+                    && err.contains(&format!("setting \"{path}\""))
+                    && err.contains(&max.to_string()),
+                "{path} = {absurd}: {err}"
+            );
+        }
+    }
+    // Raft times, set alone, must keep their order; each is bounded too.
+    for (path, text) in [
+        (
+            "raft.heartbeat_interval_ms",
+            "raft = { heartbeat_interval_ms = 31536000001; election_timeout_ms_min = 31536000002; election_timeout_ms_max = 31536000003; };",
+        ),
+        (
+            "raft.election_timeout_ms_max",
+            "raft = { election_timeout_ms_max = 9223372036854775807; };",
+        ),
+        (
+            "mqtt.commands.retry_max_ms",
+            "mqtt = { commands = { retry_max_ms = 31536000001; }; };",
+        ),
+    ] {
+        let err = Settings::from_str(text, file).unwrap_err().to_string();
+        assert!(err.contains(&format!("setting \"{path}\"")), "{path}: {err}");
+    }
+    assert!(Settings::from_str(
+        "raft = { heartbeat_interval_ms = 31535999998; election_timeout_ms_min = 31535999999; election_timeout_ms_max = 31536000000; };",
+        file
+    )
+    .is_ok());
+
+    // The binary: exit 2 and the setting's name, for values that used to
+    // panic (a semaphore of too many permits) or wrap.
+    for (path, value) in [
+        ("limits.watchers_max", "9223372036854775807"),
+        ("limits.proposals_in_flight_max", "4294967296"),
+        ("raft.election_timeout_ms_max", "9223372036854775807"),
+        ("limits.history_revisions_max", "9223372036854775807"),
+    ] {
+        let (code, stderr) = utopiad_with_config(&format!("{}\n", config_with(path, value)));
+        assert_eq!(code, 2, "{path} = {value}: {stderr}");
+        assert!(
+            stderr.contains("utopiad.conf:1:") && stderr.contains(&format!("setting \"{path}\"")),
+            "{path} = {value}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    // Flags too: a node id beyond what it holds is a usage error.
+    let dir = temp_dir();
+    let mut cmd = Command::new(UTOPIAD);
+    cmd.arg("--data-dir").arg(dir.path().join("data")).args([
+        "--listen",
+        "127.0.0.1:0",
+        "--node-id",
+        "18446744073709551616",
+    ]);
+    let out = run_with_deadline(cmd, Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--node-id"), "{stderr}");
+}

@@ -25,6 +25,12 @@ pub struct Request {
     pub at_ms: u64,
     #[serde(rename = "e")]
     pub event: Event,
+    /// The largest document, in bytes, applying this event may leave behind:
+    /// the proposer's `limits.document_bytes_max`, carried in the event so
+    /// that every replica applies the same limit. None (events that write
+    /// no document, and entries from older builds): the applier's ceiling.
+    #[serde(rename = "d", default, skip_serializing_if = "Option::is_none")]
+    pub document_bytes_max: Option<u64>,
 }
 
 impl Request {
@@ -33,7 +39,14 @@ impl Request {
             version: EVENT_VERSION,
             at_ms,
             event,
+            document_bytes_max: None,
         }
+    }
+
+    /// The same request, limiting the documents it writes to `bytes`.
+    pub fn with_document_bytes_max(mut self, bytes: u64) -> Self {
+        self.document_bytes_max = Some(bytes);
+        self
     }
 }
 
@@ -625,6 +638,29 @@ mod tests {
             assert_eq!(encode(&Bytes::from(v.clone())).unwrap(), old);
             assert_eq!(decode::<Bytes>(&old).unwrap(), Bytes::from(v));
         }
+    }
+
+    #[test]
+    fn the_document_limit_travels_in_the_request_and_is_optional() {
+        let req = Request::new(5, Event::LeaseRevoke { id: 1 }).with_document_bytes_max(1024);
+        assert_eq!(decode_request(&encode(&req).unwrap()).unwrap(), req);
+        // Entries written before the limit was carried read back without it,
+        // and a request without it encodes as they did.
+        #[derive(Serialize)]
+        struct Before {
+            v: u16,
+            t: u64,
+            e: Event,
+        }
+        let before = Before {
+            v: EVENT_VERSION,
+            t: 5,
+            e: Event::LeaseRevoke { id: 1 },
+        };
+        let old = encode(&before).unwrap();
+        let read = decode_request(&old).unwrap();
+        assert_eq!(read.document_bytes_max, None);
+        assert_eq!(encode(&read).unwrap(), old);
     }
 
     #[test]

@@ -138,10 +138,12 @@ impl pb::documents_server::Documents for DocumentsService {
         check_level(&self.node, "class", &r.class)?;
         check_level(&self.node, "device_id", &r.device_id)?;
         check_level(&self.node, "post_type", &r.post_type)?;
+        self.node.check_path(r.path.len())?;
         for p in &r.path {
             check_level(&self.node, "path segment", p)?;
         }
         self.node.check_value(r.json.as_bytes())?;
+        self.node.check_json_depth(&r.json, "value")?;
         if let Err(e) = serde_json::from_str::<serde_json::Value>(&r.json) {
             return Err(self.node.reject(
                 "bad_json",
@@ -181,6 +183,7 @@ impl pb::documents_server::Documents for DocumentsService {
         }
         check_level(&self.node, "post_type", &r.post_type)?;
         self.node.check_value(r.json.as_bytes())?;
+        self.node.check_json_depth(&r.json, "payload")?;
         if let Err(e) = serde_json::from_str::<serde_json::Value>(&r.json) {
             return Err(self.node.reject(
                 "bad_json",

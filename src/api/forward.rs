@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use utopia_raft::event::{DeviceData, Event, IngestBody};
 use utopia_raft::{ForwardCheck, Request};
+use utopia_storage::apply::bounds;
 
 use crate::config::Limits;
 
@@ -21,8 +22,6 @@ use crate::config::Limits;
 const INGEST_BATCH_ITEMS_MAX: usize = 65_536;
 /// Longest topic level, as MQTT topics are checked.
 const LEVEL_BYTES_MAX: usize = 256;
-/// Most data levels under a post type.
-const PATH_LEVELS_MAX: usize = 16;
 /// Longest free-text reason a member may record.
 const REASON_BYTES_MAX: usize = 1024;
 /// Highest ingest weight a member may ask for (`mqtt.ingest.weight`).
@@ -46,6 +45,14 @@ fn check_request(
              the limit is raft.forwarded_clock_skew_ms_max = {clock_skew_ms_max}",
             req.at_ms
         ));
+    }
+    if let Some(bytes) = req.document_bytes_max {
+        if bytes > limits.document_bytes_max {
+            return Err(format!(
+                "asks for documents of up to {bytes} bytes; the limit is document_bytes_max = {}",
+                limits.document_bytes_max
+            ));
+        }
     }
     match &req.event {
         Event::IngestBatch { items, .. } => {
@@ -119,12 +126,7 @@ fn device_data(d: &DeviceData, limits: &Limits) -> Result<(), String> {
     ] {
         level(what, v)?;
     }
-    if d.path.len() > PATH_LEVELS_MAX {
-        return Err(format!(
-            "{} data levels; at most {PATH_LEVELS_MAX}",
-            d.path.len()
-        ));
-    }
+    bounds::check_path_segments(d.path.len())?;
     for p in &d.path {
         level("data level", p)?;
     }
@@ -151,6 +153,12 @@ fn bounded(what: &str, v: &str, max: usize) -> Result<(), String> {
 
 fn json_text(json: &str, limits: &Limits) -> Result<(), String> {
     bounded("value", json, limits.value_bytes_max as usize)?;
+    let max = limits.json_depth_max as usize;
+    if bounds::json_text_depth(json.as_bytes(), max) > max {
+        return Err(format!(
+            "value is nested more than {max} levels deep; the limit is json_depth_max = {max}"
+        ));
+    }
     serde_json::from_str::<serde::de::IgnoredAny>(json)
         .map(|_| ())
         .map_err(|e| format!("value is not JSON: {e}"))
@@ -191,8 +199,17 @@ mod tests {
         // A stamp far from the leader's clock (a lease "expired" at 2^63).
         assert!(at(1 << 63, data(0, "1")).unwrap_err().contains("clock"));
         assert!(at(now - 61_000, data(0, "1")).is_err());
-        assert!(at(now, data(17, "1")).unwrap_err().contains("data levels"));
+        assert!(at(now, data(17, "1")).unwrap_err().contains("segments"));
         assert!(at(now, data(1, "{")).unwrap_err().contains("not JSON"));
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(at(now, data(1, &deep))
+            .unwrap_err()
+            .contains("json_depth_max"));
+        let mut big = Request::new(now, data(0, "1"));
+        big.document_bytes_max = Some(1 << 40);
+        assert!(check_request(&big, &limits, 60_000, now)
+            .unwrap_err()
+            .contains("document_bytes_max"));
         // Clients' kinds of events are never forwarded.
         let put = Event::Put(PutOp {
             key: vec![b'k'; 10].into(),

@@ -67,6 +67,11 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
                         t.replies_ignored,
                     );
                 }
+                // Events rejected alike on every replica because their
+                // content could not be applied.
+                if let Ok(n) = self.node.reader.events_rejected() {
+                    c.insert("cluster_events_rejected_total".into(), n);
+                }
                 if let Ok(o) = self.node.reader.ingest_owners() {
                     c.insert("cluster_ingest_owner_epoch".into(), o.epoch);
                     c.insert("cluster_ingest_owners".into(), o.members.len() as u64);

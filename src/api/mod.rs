@@ -24,6 +24,7 @@ use tonic::Status;
 use utopia_proto::v1 as pb;
 use utopia_raft::event::{Bytes, Event, KeyValue, Outcome, Request, Response};
 use utopia_raft::{PeerGuard, ProposeError, RaftNode};
+use utopia_storage::apply::bounds;
 use utopia_storage::{Reader, StateMachine};
 
 use crate::config::Limits;
@@ -134,9 +135,14 @@ impl Node {
             )
         })?;
         let name = event.name();
+        let mut req = Request::new(crate::now_ms(), event);
+        if writes_documents(&req.event) {
+            // Carried in the event: every replica applies this node's limit.
+            req = req.with_document_bytes_max(self.limits.document_bytes_max);
+        }
         let resp = self
             .raft
-            .propose(Request::new(crate::now_ms(), event))
+            .propose(req)
             .await
             .map_err(|e| self.propose_status(e))?;
         self.counters
@@ -212,6 +218,28 @@ impl Node {
         )
     }
 
+    /// JSON text from a client must nest at most `json_depth_max` levels
+    /// (checked on the text, before parsing it).
+    pub fn check_json_depth(&self, json: &str, what: &str) -> Result<(), Status> {
+        let max = self.limits.json_depth_max as usize;
+        if bounds::json_text_depth(json.as_bytes(), max) > max {
+            return Err(self.reject(
+                "too_deep",
+                status::invalid(format!(
+                    "{what} is nested more than {max} levels deep; the limit is json_depth_max = {max}"
+                )),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A document path (under a device's post type) has at most
+    /// [`bounds::DOCUMENT_PATH_SEGMENTS_MAX`] segments.
+    pub fn check_path(&self, segments: usize) -> Result<(), Status> {
+        bounds::check_path_segments(segments)
+            .map_err(|e| self.reject("path_too_deep", status::invalid(e)))
+    }
+
     pub fn check_len(&self, len: usize, max: u64, what: &str, setting: &str) -> Result<(), Status> {
         if len as u64 > max {
             return Err(self.reject(
@@ -233,6 +261,14 @@ impl Node {
             (requested as usize).min(max)
         }
     }
+}
+
+/// Events that write documents carry the document size limit.
+fn writes_documents(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::DeviceDataUpdated(_) | Event::DeviceRegistered { .. } | Event::CommandIssued { .. }
+    )
 }
 
 pub fn kv_to_pb(kv: KeyValue) -> pb::KeyValue {

@@ -5,6 +5,12 @@
 //! broadcast, skipping what it already sent. A watcher that falls behind the
 //! broadcast buffer goes back to the change feed; one whose next revision
 //! has been compacted meanwhile gets OUT_OF_RANGE and the stream ends.
+//!
+//! Where a watcher is in the feed is a [`Cursor`]: a revision and the index
+//! of a change within it (the feed's own key), so a revision that changed
+//! more keys than one catch-up read holds is read in several steps and
+//! nothing of it is skipped. Such a revision's events then go out in more
+//! than one response, as etcd does for large revisions.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,7 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use utopia_proto::v1 as pb;
 use utopia_storage::read::ReadError;
-use utopia_storage::ChangeRecord;
+use utopia_storage::FeedChange;
 
 use super::{kv_to_pb, status, Node};
 
@@ -106,30 +112,81 @@ impl pb::watch_server::Watch for WatchService {
     }
 }
 
+/// The next change a watcher sends: a position in the change feed.
+/// Everything before it has been sent (or filtered out).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Cursor {
+    revision: i64,
+    /// The index of the change within `revision`.
+    sub: u32,
+}
+
+impl Cursor {
+    fn at(c: &FeedChange) -> Cursor {
+        Cursor {
+            revision: c.revision,
+            sub: c.sub,
+        }
+    }
+
+    /// The position right after `c`.
+    fn after(c: &FeedChange) -> Cursor {
+        Cursor {
+            revision: c.revision,
+            sub: c.sub.saturating_add(1),
+        }
+    }
+
+    /// The start of the next revision, once the current one is known to be
+    /// complete (a revision is written in one atomic batch, and broadcast
+    /// whole).
+    fn revision_done(self) -> Cursor {
+        if self.sub == 0 {
+            self
+        } else {
+            Cursor {
+                revision: self.revision + 1,
+                sub: 0,
+            }
+        }
+    }
+}
+
 async fn run_watcher(
     node: Arc<Node>,
     filter: Filter,
     prev_kv: bool,
-    mut next: i64,
+    start_revision: i64,
     mut live: broadcast::Receiver<Arc<utopia_storage::WatchBatch>>,
     tx: mpsc::Sender<Result<pb::WatchResponse, Status>>,
     _permit: OwnedSemaphorePermit,
 ) {
+    let mut next = Cursor {
+        revision: start_revision,
+        sub: 0,
+    };
     loop {
         // Catch up from disk.
         loop {
-            let changes = match node.reader.changes_from(next, CATCH_UP_BATCH_MAX) {
-                Ok(c) => c,
-                Err(e) => {
-                    let _ = tx.send(Err(status::from_read(e))).await;
-                    return;
-                }
-            };
+            let changes =
+                match node
+                    .reader
+                    .changes_from(next.revision, next.sub, CATCH_UP_BATCH_MAX)
+                {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = tx.send(Err(status::from_read(e))).await;
+                        return;
+                    }
+                };
             let done = changes.len() < CATCH_UP_BATCH_MAX;
             if !send(&node, &filter, prev_kv, &mut next, &changes, &tx).await {
                 return;
             }
             if done {
+                // The read reached the end of the feed as it was: the last
+                // revision in it was complete.
+                next = next.revision_done();
                 break;
             }
         }
@@ -139,13 +196,14 @@ async fn run_watcher(
                 _ = tx.closed() => return,
                 msg = live.recv() => match msg {
                     Ok(batch) => {
-                        if batch.changes.first().is_some_and(|c| c.0 > next) {
+                        if batch.changes.first().is_some_and(|c| Cursor::at(c) > next) {
                             // A gap (for example after a lag): read it from disk.
                             break;
                         }
                         if !send(&node, &filter, prev_kv, &mut next, &batch.changes, &tx).await {
                             return;
                         }
+                        next = next.revision_done();
                     }
                     Err(broadcast::error::RecvError::Lagged(_)) => break,
                     Err(broadcast::error::RecvError::Closed) => return,
@@ -156,23 +214,28 @@ async fn run_watcher(
 }
 
 /// Sends the changes at or after `next`, grouped by revision, and advances
-/// `next`. False when the client has gone.
+/// `next` past them. False when the client has gone.
 async fn send(
     node: &Node,
     filter: &Filter,
     prev_kv: bool,
-    next: &mut i64,
-    changes: &[(i64, ChangeRecord)],
+    next: &mut Cursor,
+    changes: &[FeedChange],
     tx: &mpsc::Sender<Result<pb::WatchResponse, Status>>,
 ) -> bool {
     let mut i = 0;
     while i < changes.len() {
-        let rev = changes[i].0;
+        let rev = changes[i].revision;
         let mut events = Vec::new();
-        while i < changes.len() && changes[i].0 == rev {
-            let change = &changes[i].1;
+        while i < changes.len() && changes[i].revision == rev {
+            let feed = &changes[i];
+            let change = &feed.change;
             i += 1;
-            if rev < *next || !filter.matches(&change.kv.key) {
+            if Cursor::at(feed) < *next {
+                continue;
+            }
+            *next = Cursor::after(feed);
+            if !filter.matches(&change.kv.key) {
                 continue;
             }
             let prev = if prev_kv {
@@ -195,9 +258,6 @@ async fn send(
                 kv: Some(kv_to_pb(change.kv.clone())),
                 prev_kv: prev,
             });
-        }
-        if rev >= *next {
-            *next = rev + 1;
         }
         if !events.is_empty()
             && tx

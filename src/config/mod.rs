@@ -14,6 +14,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use utopia_storage::apply::bounds;
+
 use self::libconfig::{ParseError, Setting, Span, Value};
 use self::mqtt::{
     Bridge, BridgeRole, BridgeTls, CommandSettings, IngestSettings, MqttSettings, Protocol,
@@ -106,6 +108,12 @@ pub struct Limits {
     pub watchers_max: u64,
     pub proposals_in_flight_max: u64,
     pub history_revisions_max: u64,
+    /// Deepest JSON (or CBOR) value accepted from a device, a report or a
+    /// command: 1..=[`bounds::JSON_DEPTH_MAX`], the most the applier takes.
+    pub json_depth_max: u64,
+    /// Largest document an event this node proposes may leave behind,
+    /// carried in the event (every replica applies the proposer's value).
+    pub document_bytes_max: u64,
 }
 
 /// Raft timing. `heartbeat_interval_ms < election_timeout_ms_min <
@@ -173,6 +181,8 @@ impl Default for Limits {
             watchers_max: 1024,
             proposals_in_flight_max: 1024,
             history_revisions_max: 100_000,
+            json_depth_max: 32,
+            document_bytes_max: 1_048_576,
         }
     }
 }
@@ -284,6 +294,8 @@ const LIMITS: &[&str] = &[
     "watchers_max",
     "proposals_in_flight_max",
     "history_revisions_max",
+    "json_depth_max",
+    "document_bytes_max",
 ];
 const RAFT: &[&str] = &[
     "heartbeat_interval_ms",
@@ -369,6 +381,16 @@ impl<'a> Field<'a> {
         let v = self.int()?;
         if v == 0 {
             return Err(self.err("must be greater than 0"));
+        }
+        Ok(v)
+    }
+
+    /// An integer in `1..=max`: the upper bound is what the code using the
+    /// value holds.
+    fn positive_in(&self, max: u64) -> Result<u64, ConfigError> {
+        let v = self.positive()?;
+        if v > max {
+            return Err(self.err(format!("must be between 1 and {max}, found {v}")));
         }
         Ok(v)
     }
@@ -552,18 +574,43 @@ fn decode(tree: &[Setting]) -> Result<Settings, ConfigError> {
     Ok(out)
 }
 
+// Upper bounds of the numeric settings: each is what the code using the
+// value holds, so that an absurd value is refused here (exit 2, with the
+// setting's name) rather than panicking or wrapping later.
+
+/// Counts: they become `u32` counters, `usize` lengths, semaphore permits
+/// (at most `usize::MAX >> 3`) and channel sizes.
+const COUNT_MAX: u64 = u32::MAX as u64;
+/// Sizes of a gRPC message or a part of one: gRPC frames a message with a
+/// 32-bit length.
+const MESSAGE_BYTES_MAX: u64 = u32::MAX as u64;
+/// Durations in milliseconds: a year, far inside what tokio's timer
+/// (2^36 ms) and `Instant` arithmetic hold.
+const DURATION_MS_MAX: u64 = 365 * 86_400_000;
+/// Sizes of whole stores (a snapshot, the database): 1 PiB, far beyond any
+/// disk a node has, far inside what a `u64` of bytes holds.
+const STORE_BYTES_MAX: u64 = 1 << 50;
+/// Smallest document limit: a device's document with nothing in it takes
+/// a few hundred bytes.
+const DOCUMENT_BYTES_MIN: u64 = 1024;
+
 fn decode_limits(group: &[Setting], l: &mut Limits) -> Result<(), ConfigError> {
     for f in fields(group, "limits", LIMITS)? {
-        let v = f.positive()?;
         match f.name {
-            "key_bytes_max" => l.key_bytes_max = v,
-            "value_bytes_max" => l.value_bytes_max = v,
-            "request_bytes_max" => l.request_bytes_max = v,
-            "txn_ops_max" => l.txn_ops_max = v,
-            "range_limit_max" => l.range_limit_max = v,
-            "watchers_max" => l.watchers_max = v,
-            "proposals_in_flight_max" => l.proposals_in_flight_max = v,
-            "history_revisions_max" => l.history_revisions_max = v,
+            "key_bytes_max" => l.key_bytes_max = f.positive_in(MESSAGE_BYTES_MAX)?,
+            "value_bytes_max" => l.value_bytes_max = f.positive_in(MESSAGE_BYTES_MAX)?,
+            "request_bytes_max" => l.request_bytes_max = f.positive_in(MESSAGE_BYTES_MAX)?,
+            "txn_ops_max" => l.txn_ops_max = f.positive_in(COUNT_MAX)?,
+            "range_limit_max" => l.range_limit_max = f.positive_in(COUNT_MAX)?,
+            "watchers_max" => l.watchers_max = f.positive_in(COUNT_MAX)?,
+            "proposals_in_flight_max" => l.proposals_in_flight_max = f.positive_in(COUNT_MAX)?,
+            "history_revisions_max" => l.history_revisions_max = f.positive_in(COUNT_MAX)?,
+            "json_depth_max" => {
+                l.json_depth_max = f.positive_in(bounds::JSON_DEPTH_MAX as u64)?;
+            }
+            "document_bytes_max" => {
+                l.document_bytes_max = f.int_in(DOCUMENT_BYTES_MIN, bounds::DOCUMENT_BYTES_MAX)?;
+            }
             _ => return Err(f.err("not handled")),
         }
     }
@@ -576,7 +623,13 @@ fn decode_raft(group: &[Setting], r: &mut RaftSettings) -> Result<(), ConfigErro
     let mut max_field = None;
     let mut heartbeat_field = None;
     for f in &fs {
-        let v = f.positive()?;
+        let v = match f.name {
+            "snapshot_log_entries" | "log_entries_kept_after_snapshot" => {
+                f.positive_in(COUNT_MAX)?
+            }
+            "snapshot_bytes_max" => f.positive_in(STORE_BYTES_MAX)?,
+            _ => f.positive_in(DURATION_MS_MAX)?,
+        };
         match f.name {
             "heartbeat_interval_ms" => {
                 r.heartbeat_interval_ms = v;
@@ -861,14 +914,20 @@ fn check_topic_filter(filter: &str) -> Result<(), &'static str> {
 fn decode_ingest(group: &[Setting], i: &mut IngestSettings) -> Result<(), ConfigError> {
     for f in fields(group, "mqtt.ingest", INGEST)? {
         match f.name {
-            "payload_bytes_max" => i.payload_bytes_max = f.positive()?,
-            "batch_messages_max" => i.batch_messages_max = f.positive()?,
-            "batch_linger_ms" => i.batch_linger_ms = f.positive()?,
-            "pending_messages_max" => i.pending_messages_max = f.positive()?,
-            "dedupe_window_ms" => i.dedupe_window_ms = f.positive()?,
-            "owner_timeout_ms" => i.owner_timeout_ms = f.positive()?,
+            // A larger payload never arrives: the bridges take MQTT packets
+            // up to this size.
+            "payload_bytes_max" => {
+                i.payload_bytes_max = f.positive_in(crate::mqtt::bridge::PACKET_BYTES_MAX as u64)?
+            }
+            "batch_messages_max" => i.batch_messages_max = f.positive_in(COUNT_MAX)?,
+            "batch_linger_ms" => i.batch_linger_ms = f.positive_in(DURATION_MS_MAX)?,
+            "pending_messages_max" => i.pending_messages_max = f.positive_in(COUNT_MAX)?,
+            "dedupe_window_ms" => i.dedupe_window_ms = f.positive_in(DURATION_MS_MAX)?,
+            "owner_timeout_ms" => i.owner_timeout_ms = f.positive_in(DURATION_MS_MAX)?,
             "weight" => i.weight = f.int_in(1, 1000)? as u32,
-            "device_messages_per_s_max" => i.device_messages_per_s_max = f.positive()?,
+            "device_messages_per_s_max" => {
+                i.device_messages_per_s_max = f.positive_in(COUNT_MAX)?
+            }
             _ => return Err(f.err("not handled")),
         }
     }
@@ -881,13 +940,13 @@ fn decode_commands(group: &[Setting], c: &mut CommandSettings) -> Result<(), Con
     let mut max_field = None;
     for f in &fs {
         match f.name {
-            "attempts_max" => c.attempts_max = f.positive()?,
+            "attempts_max" => c.attempts_max = f.positive_in(COUNT_MAX)?,
             "retry_initial_ms" => {
-                c.retry_initial_ms = f.positive()?;
+                c.retry_initial_ms = f.positive_in(DURATION_MS_MAX)?;
                 initial_field = Some(f);
             }
             "retry_max_ms" => {
-                c.retry_max_ms = f.positive()?;
+                c.retry_max_ms = f.positive_in(DURATION_MS_MAX)?;
                 max_field = Some(f);
             }
             "qos" => c.qos = f.int_in(0, 2)? as u8,
@@ -995,7 +1054,8 @@ cluster_name = "utopia";
 # directory is new; a restarted node rejoins the cluster it belongs to.
 initial_cluster = "";
 
-# Request and resource limits (each greater than 0).
+# Request and resource limits (each greater than 0; byte sizes and counts
+# at most 4294967295).
 limits = {
   key_bytes_max = 4096;              # largest key, in bytes
   value_bytes_max = 1048576;         # largest value, in bytes (1 MiB)
@@ -1005,9 +1065,12 @@ limits = {
   watchers_max = 1024;               # most concurrent watchers
   proposals_in_flight_max = 1024;    # most Raft proposals awaiting commit
   history_revisions_max = 100000;    # key revisions kept for past reads and watches; older ones are compacted
+  json_depth_max = 32;               # deepest JSON or CBOR value taken from a device, report or command (1..64)
+  document_bytes_max = 1048576;      # largest document a write may leave behind (1 KiB..16 MiB): a document is read and rewritten whole on every update and served whole in one reply
 };
 
-# Raft timing, in milliseconds unless noted.
+# Raft timing, in milliseconds unless noted (each greater than 0; times at
+# most 31536000000 ms, a year; counts at most 4294967295).
 # heartbeat_interval_ms < election_timeout_ms_min < election_timeout_ms_max.
 raft = {
   heartbeat_interval_ms = 100;       # leader heartbeat period
@@ -1070,7 +1133,9 @@ mqtt = {
   #   }
   bridges = ( );
 
-  # Ingest bounds (each greater than 0).
+  # Ingest bounds (each greater than 0; times at most 31536000000 ms, a
+  # year; counts at most 4294967295; payloads at most 1048576 bytes, the
+  # largest MQTT packet a bridge takes).
   ingest = {
     payload_bytes_max = 65536;       # largest payload accepted; larger ones are rejected and counted
     batch_messages_max = 256;        # most messages in one Raft proposal
@@ -1082,7 +1147,8 @@ mqtt = {
     device_messages_per_s_max = 1000; # messages per second from one device; the excess is rejected and counted
   };
 
-  # Device commands. retry_initial_ms <= retry_max_ms.
+  # Device commands. retry_initial_ms <= retry_max_ms (times at most
+  # 31536000000 ms, a year; attempts_max at most 4294967295).
   commands = {
     attempts_max = 5;                # publishes of one command before it is marked failed
     retry_initial_ms = 1000;         # wait for a reply after the first attempt; doubles per attempt
@@ -1239,6 +1305,8 @@ tls = {
                 watchers_max: 10,
                 proposals_in_flight_max: 32,
                 history_revisions_max: 500,
+                json_depth_max: 32,
+                document_bytes_max: 1_048_576,
             },
             raft: RaftSettings {
                 heartbeat_interval_ms: 50,
@@ -1756,7 +1824,8 @@ mqtt = {
     #[test]
     fn errors() {
         let unknown_limits = "unknown setting \"limits.foo\"; expected one of: key_bytes_max, value_bytes_max, \
-                              request_bytes_max, txn_ops_max, range_limit_max, watchers_max, proposals_in_flight_max, history_revisions_max";
+                              request_bytes_max, txn_ops_max, range_limit_max, watchers_max, proposals_in_flight_max, history_revisions_max, \
+                              json_depth_max, document_bytes_max";
         for (text, line, message) in [
             // Syntax errors pass through.
             (

@@ -22,7 +22,7 @@ use crate::config::mqtt::{Bridge, Protocol};
 /// Requests queued to one connection's event loop, at most.
 const REQUEST_CHANNEL_MAX: usize = 10_000;
 /// Largest MQTT packet accepted from the broker.
-const PACKET_BYTES_MAX: usize = 1 << 20;
+pub const PACKET_BYTES_MAX: usize = 1 << 20;
 /// Reconnect backoff bounds.
 const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(5);

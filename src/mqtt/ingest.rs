@@ -296,11 +296,14 @@ impl Core {
             self.ack(&m.ack);
             return;
         }
-        let value =
-            match topic::decode_payload(&m.payload, self.settings.payload_bytes_max as usize) {
-                Ok(v) => v,
-                Err(bad) => return self.reject(&m, &bad),
-            };
+        let value = match topic::decode_payload(
+            &m.payload,
+            self.settings.payload_bytes_max as usize,
+            self.node.limits.json_depth_max as usize,
+        ) {
+            Ok(v) => v,
+            Err(bad) => return self.reject(&m, &bad),
+        };
         let body = if parsed.post_type == "reply" {
             let Some(id) = parsed
                 .path
@@ -664,10 +667,10 @@ impl Core {
                 items,
             };
             let tx = results.clone();
+            let req = Request::new(now_ms, event)
+                .with_document_bytes_max(self.node.limits.document_bytes_max);
             tokio::spawn(async move {
-                let result = raft
-                    .propose_anywhere(Request::new(now_ms, event), PROPOSE_TIMEOUT)
-                    .await;
+                let result = raft.propose_anywhere(req, PROPOSE_TIMEOUT).await;
                 let _ = tx.send((seqs, result)).await;
             });
         }

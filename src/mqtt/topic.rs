@@ -17,6 +17,11 @@
 //! 5. anything else: one CBOR data item (nothing after it), converted to
 //!    JSON — map keys become strings, byte strings become hex strings, tags
 //!    are dropped; not CBOR: rejected.
+//!
+//! A JSON or CBOR value nested deeper than `limits.json_depth_max` is
+//! rejected (`too_deep`) before it is parsed further: depth is counted on
+//! the text, and CBOR conversion stops at the limit (a CBOR tag counts as a
+//! level), so no input recurses deeper than that.
 
 use serde_json::{Map, Number, Value};
 
@@ -24,10 +29,9 @@ use serde_json::{Map, Number, Value};
 pub const TOPIC_BYTES_MAX: usize = 1024;
 /// Longest topic level, in bytes.
 pub const LEVEL_BYTES_MAX: usize = 256;
-/// Most `${data}` levels after the post type.
-pub const DATA_LEVELS_MAX: usize = 16;
-/// Deepest CBOR nesting converted.
-const CBOR_DEPTH_MAX: usize = 32;
+/// Most `${data}` levels after the post type: the most path segments a
+/// document takes.
+pub const DATA_LEVELS_MAX: usize = utopia_storage::apply::bounds::DOCUMENT_PATH_SEGMENTS_MAX;
 
 /// The parts of a device topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +62,8 @@ pub enum BadMessage {
     TooLarge { len: usize, max: usize },
     #[error("payload is not valid JSON: {0}")]
     BadJson(String),
+    #[error("payload is nested more than {max} levels deep (json_depth_max = {max})")]
+    TooDeep { max: usize },
     #[error("payload is neither UTF-8 text nor CBOR: {0}")]
     NotTextOrCbor(String),
     #[error("reply topic must end in /reply/COMMAND_ID, found {0:?}")]
@@ -71,6 +77,7 @@ impl BadMessage {
             BadMessage::BadTopic { .. } => "bad_topic",
             BadMessage::TooLarge { .. } => "payload_too_large",
             BadMessage::BadJson(_) => "bad_json",
+            BadMessage::TooDeep { .. } => "too_deep",
             BadMessage::NotTextOrCbor(_) => "bad_payload",
             BadMessage::BadReply(_) => "bad_reply",
         }
@@ -139,8 +146,9 @@ fn is_text(bytes: &[u8]) -> Option<&str> {
     Some(text)
 }
 
-/// Decodes a payload by the rules in the module documentation.
-pub fn decode_payload(payload: &[u8], max: usize) -> Result<Value, BadMessage> {
+/// Decodes a payload by the rules in the module documentation: at most
+/// `max` bytes, nested at most `depth_max` levels.
+pub fn decode_payload(payload: &[u8], max: usize, depth_max: usize) -> Result<Value, BadMessage> {
     if payload.len() > max {
         return Err(BadMessage::TooLarge {
             len: payload.len(),
@@ -152,6 +160,14 @@ pub fn decode_payload(payload: &[u8], max: usize) -> Result<Value, BadMessage> {
     }
     if let Some(text) = is_text(payload) {
         let trimmed = text.trim();
+        // Only text that starts with a bracket can be a nested value (any
+        // other JSON text is a scalar, and anything else a string).
+        if trimmed.starts_with(['{', '['])
+            && utopia_storage::apply::bounds::json_text_depth(trimmed.as_bytes(), depth_max)
+                > depth_max
+        {
+            return Err(BadMessage::TooDeep { max: depth_max });
+        }
         return match serde_json::from_str::<Value>(trimmed) {
             Ok(v) => Ok(v),
             Err(e) if trimmed.starts_with(['{', '[']) => Err(BadMessage::BadJson(e.to_string())),
@@ -167,15 +183,14 @@ pub fn decode_payload(payload: &[u8], max: usize) -> Result<Value, BadMessage> {
             reader.len()
         )));
     }
-    cbor_to_json(item, 0)
+    cbor_to_json(item, 0, depth_max)
 }
 
-fn cbor_to_json(v: ciborium::Value, depth: usize) -> Result<Value, BadMessage> {
+/// Converts a CBOR item inside `depth` containers (or tags).
+fn cbor_to_json(v: ciborium::Value, depth: usize, depth_max: usize) -> Result<Value, BadMessage> {
     use ciborium::Value as C;
-    if depth > CBOR_DEPTH_MAX {
-        return Err(BadMessage::NotTextOrCbor(format!(
-            "CBOR nested deeper than {CBOR_DEPTH_MAX}"
-        )));
+    if matches!(v, C::Array(_) | C::Map(_) | C::Tag(..)) && depth >= depth_max {
+        return Err(BadMessage::TooDeep { max: depth_max });
     }
     Ok(match v {
         C::Null => Value::Null,
@@ -194,7 +209,7 @@ fn cbor_to_json(v: ciborium::Value, depth: usize) -> Result<Value, BadMessage> {
         C::Array(items) => Value::Array(
             items
                 .into_iter()
-                .map(|x| cbor_to_json(x, depth + 1))
+                .map(|x| cbor_to_json(x, depth + 1, depth_max))
                 .collect::<Result<_, _>>()?,
         ),
         C::Map(pairs) => {
@@ -202,16 +217,16 @@ fn cbor_to_json(v: ciborium::Value, depth: usize) -> Result<Value, BadMessage> {
             for (k, v) in pairs {
                 let key = match k {
                     C::Text(s) => s,
-                    other => match cbor_to_json(other, depth + 1)? {
+                    other => match cbor_to_json(other, depth + 1, depth_max)? {
                         Value::String(s) => s,
                         j => j.to_string(),
                     },
                 };
-                m.insert(key, cbor_to_json(v, depth + 1)?);
+                m.insert(key, cbor_to_json(v, depth + 1, depth_max)?);
             }
             Value::Object(m)
         }
-        C::Tag(_, inner) => cbor_to_json(*inner, depth + 1)?,
+        C::Tag(_, inner) => cbor_to_json(*inner, depth + 1, depth_max)?,
         _ => Value::Null,
     })
 }
@@ -254,7 +269,7 @@ mod tests {
 
     #[test]
     fn payloads_decode_by_the_documented_rules() {
-        let d = |b: &[u8]| decode_payload(b, 1024);
+        let d = |b: &[u8]| decode_payload(b, 1024, 32);
         assert_eq!(d(b"").unwrap(), Value::Null);
         assert_eq!(d(b"21.5").unwrap(), json!(21.5));
         assert_eq!(d(b" true\n").unwrap(), json!(true));
@@ -264,6 +279,43 @@ mod tests {
         assert_eq!(d(b"{\"a\":").unwrap_err().reason(), "bad_json");
         assert_eq!(d(b"[1,").unwrap_err().reason(), "bad_json");
         assert_eq!(d(&[b'x'; 2000]).unwrap_err().reason(), "payload_too_large");
+    }
+
+    #[test]
+    fn payloads_nested_too_deep_are_refused_before_parsing() {
+        let nested = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        let d = |b: &[u8]| decode_payload(b, 1 << 20, 32);
+        assert_eq!(depth_of(&d(nested(32).as_bytes()).unwrap()), 32);
+        for n in [33, 126, 100_000] {
+            let err = d(nested(n).as_bytes()).unwrap_err();
+            assert_eq!(err.reason(), "too_deep", "{n}: {err}");
+            assert!(err.to_string().contains("json_depth_max = 32"), "{err}");
+        }
+        // Objects count as arrays do; brackets inside strings do not count.
+        let objects = format!("{}{}", r#"{"a":"#.repeat(33), "}".repeat(33));
+        assert_eq!(d(objects.as_bytes()).unwrap_err().reason(), "too_deep");
+        assert_eq!(
+            d(br#"{"a":"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}"#).unwrap()["a"]
+                .as_str()
+                .unwrap()
+                .len(),
+            40
+        );
+        // The same in CBOR: 32 nested arrays convert, 33 do not.
+        let cbor = |n: usize| {
+            std::iter::repeat_n(0x81u8, n)
+                .chain([0x01])
+                .collect::<Vec<u8>>()
+        };
+        assert_eq!(depth_of(&d(&cbor(32)).unwrap()), 32);
+        assert_eq!(d(&cbor(33)).unwrap_err().reason(), "too_deep");
+        // A tag counts as a level.
+        let tagged: Vec<u8> = std::iter::repeat_n(0xc6u8, 40).chain([0x01]).collect();
+        assert_eq!(d(&tagged).unwrap_err().reason(), "too_deep");
+    }
+
+    fn depth_of(v: &Value) -> usize {
+        utopia_storage::apply::bounds::json_value_depth(v, usize::MAX)
     }
 
     #[test]
@@ -284,24 +336,26 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            decode_payload(&buf, 1024).unwrap(),
+            decode_payload(&buf, 1024, 32).unwrap(),
             json!({"t": 21.5, "1": "dead"})
         );
         // A CBOR small integer is a control character, not text.
-        assert_eq!(decode_payload(&[0x01], 1024).unwrap(), json!(1));
+        assert_eq!(decode_payload(&[0x01], 1024, 32).unwrap(), json!(1));
     }
 
     #[test]
     fn garbage_is_refused_never_a_panic() {
         assert_eq!(
-            decode_payload(&[0xff, 0xfe, 0x00, 0x80], 1024)
+            decode_payload(&[0xff, 0xfe, 0x00, 0x80], 1024, 32)
                 .unwrap_err()
                 .reason(),
             "bad_payload"
         );
         // Two CBOR items.
         assert_eq!(
-            decode_payload(&[0x01, 0x02], 1024).unwrap_err().reason(),
+            decode_payload(&[0x01, 0x02], 1024, 32)
+                .unwrap_err()
+                .reason(),
             "bad_payload"
         );
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
@@ -314,13 +368,13 @@ mod tests {
                     state as u8
                 })
                 .collect();
-            let _ = decode_payload(&bytes, 1024);
+            let _ = decode_payload(&bytes, 1024, 32);
             if let Ok(s) = std::str::from_utf8(&bytes) {
                 let _ = parse_topic(s);
             }
         }
         // Deep CBOR nesting is bounded.
         let deep: Vec<u8> = std::iter::repeat_n(0x81u8, 1000).chain([0x01]).collect();
-        assert!(decode_payload(&deep, 4096).is_err());
+        assert!(decode_payload(&deep, 4096, 32).is_err());
     }
 }

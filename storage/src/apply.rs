@@ -9,6 +9,31 @@
 //! Determinism is the contract: the same events applied to the same state
 //! produce the same bytes on every replica. Maps are `BTreeMap`s, JSON objects
 //! are ordered, and time comes from the event (`Request::at_ms`).
+//!
+//! # Errors: reject the event, or stop the node
+//!
+//! Applying an event fails in one of two ways ([`ApplyError`]):
+//!
+//! - **Content**: what the event carries, or a document it touches, cannot
+//!   be applied: JSON nested deeper than [`bounds::JSON_DEPTH_MAX`], a path
+//!   longer than [`bounds::DOCUMENT_PATH_SEGMENTS_MAX`], a document that
+//!   would grow past the event's document size limit, a stored JSON
+//!   document that does not decode (written by an older build without these
+//!   bounds). Every replica holds the same state and the same event, so
+//!   every replica reaches the same error: the event is rejected alike
+//!   everywhere. Exactly that event's writes are rolled back (the overlay,
+//!   the decoded documents, the key changes and the ingest effects), it
+//!   answers [`Outcome::Rejected`], it is counted in `sm_meta`
+//!   ([`keys::meta::EVENTS_REJECTED`]) and logged, and applying goes on with
+//!   the next event. Within an ingest batch, the same holds per item: the
+//!   item is rolled back and counted as dropped, its neighbours apply.
+//! - **Store**: RocksDB failed, or one of utopia's own CBOR records does not
+//!   decode. Bit rot is caught by RocksDB's block checksums (a RocksDB error,
+//!   which may differ between replicas), and a CBOR record the applier wrote
+//!   itself that no longer decodes is a bug or a damaged store, not user
+//!   data: rejecting events over it could fork this replica from the
+//!   others, so the node stops instead. An event from a newer build stops
+//!   the node for the same reason.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -23,8 +48,29 @@ use utopia_raft::event::{
 use crate::keys::{self, meta, Cf, DeviceIndex};
 use crate::StoreError;
 
+pub mod bounds;
 pub mod ingest;
 pub use ingest::{CommandRecord, CommandState, IngestEffects, IngestOwners, IngestTotals};
+
+/// Why applying an event failed; see the module documentation.
+#[derive(Debug)]
+pub(crate) enum ApplyError {
+    /// The event's content (or a document it touches) cannot be applied:
+    /// reject the event on every replica alike.
+    Content(String),
+    /// Storage failed: stop the node.
+    Store(StoreError),
+}
+
+impl From<StoreError> for ApplyError {
+    fn from(e: StoreError) -> Self {
+        ApplyError::Store(e)
+    }
+}
+
+fn content<T>(reason: impl Into<String>) -> Result<T, ApplyError> {
+    Err(ApplyError::Content(reason.into()))
+}
 
 /// Read access to the state the events are applied to.
 pub trait StateRead {
@@ -103,9 +149,48 @@ pub struct Applier<'a, S: StateRead + ?Sized> {
     /// Nothing in the applier reads these column families but through
     /// [`Applier::get_doc`].
     docs: BTreeMap<Cf, HashMap<String, Map<String, Value>>>,
-    changes: Vec<(i64, ChangeRecord)>,
+    changes: Vec<FeedChange>,
     limits: ApplyLimits,
     effects: IngestEffects,
+    /// What the current event replaced, newest last, so that a rejected
+    /// event (or ingest item) can be rolled back to a [`Savepoint`].
+    undo: Undo,
+    /// Whether the current event's writes go into `undo`: key-value and
+    /// lease events never fail on their content, and skip the cost.
+    journal: bool,
+    /// The largest document the current event may leave behind.
+    document_bytes_max: u64,
+}
+
+/// One change in the key-value change feed: its revision, its index within
+/// the revision (the feed's key is `revision ++ sub`) and the change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedChange {
+    pub revision: i64,
+    pub sub: u32,
+    pub change: ChangeRecord,
+}
+
+/// What an overlay entry held before a write: `None` if it had no entry.
+type OverlayBefore = ((Cf, Vec<u8>), Option<Option<Vec<u8>>>);
+/// What the decoded-document cache held before a write.
+type DocBefore = (Cf, String, Option<Map<String, Value>>);
+
+/// The previous values of what the current event wrote.
+#[derive(Default)]
+struct Undo {
+    overlay: Vec<OverlayBefore>,
+    docs: Vec<DocBefore>,
+}
+
+/// Where to roll back to: lengths of the undo logs and the outputs.
+struct Savepoint {
+    overlay: usize,
+    docs: usize,
+    changes: usize,
+    committed: usize,
+    owners_changed: bool,
+    commands_changed: bool,
 }
 
 /// The writes an applier produced: `None` deletes the key.
@@ -115,10 +200,30 @@ fn dec<T: serde::de::DeserializeOwned>(cf: Cf, key: &[u8], bytes: &[u8]) -> Resu
     event::decode(bytes).map_err(|e| StoreError::corrupt(cf, key, e.to_string()))
 }
 
-/// A document as stored: JSON, keys in order.
+/// A document as stored: JSON, keys in order. Documents are at most
+/// [`bounds::DOCUMENT_NESTING_MAX`] deep, so encoding (which recurses) is
+/// bounded.
 fn doc_bytes(doc: Map<String, Value>) -> Vec<u8> {
     // Serializing a JSON value into a Vec cannot fail.
     serde_json::to_vec(&Value::Object(doc)).unwrap_or_default()
+}
+
+/// Decodes a stored JSON document. One that does not decode (or is not an
+/// object) was written that way by every replica: a content error.
+fn doc_decode(cf: Cf, id: &[u8], bytes: &[u8]) -> Result<Map<String, Value>, ApplyError> {
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => content(format!(
+            "document {}/{} is not a JSON object",
+            cf.name(),
+            crate::printable_key(id)
+        )),
+        Err(e) => content(format!(
+            "document {}/{} cannot be decoded: {e}",
+            cf.name(),
+            crate::printable_key(id)
+        )),
+    }
 }
 
 fn enc<T: Serialize>(value: &T) -> Vec<u8> {
@@ -154,19 +259,22 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
             changes: Vec::new(),
             limits,
             effects: IngestEffects::default(),
+            undo: Undo::default(),
+            journal: true,
+            document_bytes_max: bounds::DOCUMENT_BYTES_MAX,
         }
     }
 
     /// The writes and the key changes (by revision, in order) of everything
     /// applied so far.
-    pub fn finish(self) -> (Writes, Vec<(i64, ChangeRecord)>) {
+    pub fn finish(self) -> (Writes, Vec<FeedChange>) {
         let (writes, changes, _) = self.finish_with_effects();
         (writes, changes)
     }
 
     /// Like [`Applier::finish`], with what the events did to MQTT ingest
     /// and device commands.
-    pub fn finish_with_effects(mut self) -> (Writes, Vec<(i64, ChangeRecord)>, IngestEffects) {
+    pub fn finish_with_effects(mut self) -> (Writes, Vec<FeedChange>, IngestEffects) {
         for (cf, docs) in std::mem::take(&mut self.docs) {
             for (id, doc) in docs {
                 self.overlay
@@ -186,11 +294,95 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
     }
 
     fn put(&mut self, cf: Cf, key: Vec<u8>, value: Vec<u8>) {
-        self.overlay.insert((cf, key), Some(value));
+        self.write(cf, key, Some(value));
     }
 
     fn delete(&mut self, cf: Cf, key: Vec<u8>) {
-        self.overlay.insert((cf, key), None);
+        self.write(cf, key, None);
+    }
+
+    /// Every write goes through here, recording what it replaced.
+    fn write(&mut self, cf: Cf, key: Vec<u8>, value: Option<Vec<u8>>) {
+        if !self.journal {
+            self.overlay.insert((cf, key), value);
+            return;
+        }
+        let old = self.overlay.insert((cf, key.clone()), value);
+        self.undo.overlay.push(((cf, key), old));
+    }
+
+    /// Whether applying `event` can fail on its content (and so must be
+    /// able to roll back): everything that writes documents.
+    fn may_be_rejected(event: &Event) -> bool {
+        !matches!(
+            event,
+            Event::Put(_)
+                | Event::Delete(_)
+                | Event::Txn(_)
+                | Event::Compact { .. }
+                | Event::LeaseGrant { .. }
+                | Event::LeaseRevoke { .. }
+                | Event::LeaseExpired { .. }
+                | Event::IngestWeight { .. }
+                | Event::IngestOwnersChanged { .. }
+        )
+    }
+
+    // ------------------------------------------------------------ rollback
+
+    fn savepoint(&self) -> Savepoint {
+        Savepoint {
+            overlay: self.undo.overlay.len(),
+            docs: self.undo.docs.len(),
+            changes: self.changes.len(),
+            committed: self.effects.committed.len(),
+            owners_changed: self.effects.owners_changed,
+            commands_changed: self.effects.commands_changed,
+        }
+    }
+
+    /// Undoes everything written since `sp`, newest first.
+    fn rollback(&mut self, sp: Savepoint) {
+        while self.undo.overlay.len() > sp.overlay {
+            let Some((key, old)) = self.undo.overlay.pop() else {
+                break;
+            };
+            match old {
+                Some(v) => self.overlay.insert(key, v),
+                None => self.overlay.remove(&key),
+            };
+        }
+        while self.undo.docs.len() > sp.docs {
+            let Some((cf, id, old)) = self.undo.docs.pop() else {
+                break;
+            };
+            let docs = self.docs.entry(cf).or_default();
+            match old {
+                Some(doc) => docs.insert(id, doc),
+                None => docs.remove(&id),
+            };
+        }
+        self.changes.truncate(sp.changes);
+        self.effects.committed.truncate(sp.committed);
+        self.effects.owners_changed = sp.owners_changed;
+        self.effects.commands_changed = sp.commands_changed;
+    }
+
+    /// Counts (in replicated state) and logs an event or ingest item
+    /// rejected for its content. The log shows the first and then every
+    /// power of two, so that a flood cannot drown it.
+    fn count_rejected(&mut self, req: &Request, reason: &str) -> Result<(), StoreError> {
+        let n = self
+            .get_dec::<u64>(Cf::SmMeta, meta::EVENTS_REJECTED)?
+            .unwrap_or(0)
+            .saturating_add(1);
+        self.put(Cf::SmMeta, meta::EVENTS_REJECTED.to_vec(), enc(&n));
+        if n.is_power_of_two() {
+            tracing::warn!(event = %req, rejected_total = n, reason, "event rejected: its content cannot be applied");
+        } else {
+            tracing::debug!(event = %req, rejected_total = n, reason, "event rejected: its content cannot be applied");
+        }
+        Ok(())
     }
 
     fn get_dec<T: serde::de::DeserializeOwned>(
@@ -267,7 +459,9 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
 
     // ------------------------------------------------------------ entry point
 
-    /// Applies one event.
+    /// Applies one event. An event whose content cannot be applied is
+    /// rolled back and answers [`Outcome::Rejected`]; only a storage error
+    /// (or an event from a newer build) is an `Err`, and stops the node.
     pub fn apply(&mut self, req: &Request) -> Result<Response, StoreError> {
         // An event from a newer build cannot be applied faithfully: stop
         // rather than diverge from the replicas that understand it.
@@ -278,7 +472,40 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
                 event::EVENT_VERSION
             )));
         }
-        let outcome = match &req.event {
+        self.document_bytes_max = req
+            .document_bytes_max
+            .map_or(bounds::DOCUMENT_BYTES_MAX, |n| {
+                n.min(bounds::DOCUMENT_BYTES_MAX)
+            });
+        self.journal = Self::may_be_rejected(&req.event);
+        let sp = self.savepoint();
+        let outcome = match self.apply_event(req) {
+            Ok(outcome) => outcome,
+            Err(ApplyError::Store(e)) => return Err(e),
+            Err(ApplyError::Content(reason)) if !self.journal => {
+                // Its writes cannot be rolled back: a bug, not user data.
+                return Err(StoreError::Io(format!(
+                    "{req} failed on its content, which it cannot: {reason}"
+                )));
+            }
+            Err(ApplyError::Content(reason)) => {
+                self.rollback(sp);
+                self.count_rejected(req, &reason)?;
+                Outcome::Rejected(Rejection::Invalid(reason))
+            }
+        };
+        // Applied or rejected, this event is settled: nothing rolls it
+        // back any more.
+        self.undo.overlay.clear();
+        self.undo.docs.clear();
+        Ok(Response {
+            revision: self.get_i64(meta::REVISION)?,
+            outcome,
+        })
+    }
+
+    fn apply_event(&mut self, req: &Request) -> Result<Outcome, ApplyError> {
+        Ok(match &req.event {
             Event::Put(op) => self.apply_single(req, TxnStep::Put(op.clone()))?,
             Event::Delete(op) => self.apply_single(req, TxnStep::Delete(op.clone()))?,
             Event::Txn(txn) => self.apply_txn(req, txn)?,
@@ -338,7 +565,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
                 epoch,
                 proposer,
                 items,
-            } => self.apply_ingest_batch(req.at_ms, *epoch, *proposer, items)?,
+            } => self.apply_ingest_batch(req, *epoch, *proposer, items)?,
             Event::CommandIssued {
                 device,
                 post_type,
@@ -354,16 +581,12 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
             Event::ClientAddressPublished { node_id, addr } => {
                 self.apply_client_address(*node_id, addr)?
             }
-        };
-        Ok(Response {
-            revision: self.get_i64(meta::REVISION)?,
-            outcome,
         })
     }
 
     // ------------------------------------------------------------ key-value
 
-    fn apply_single(&mut self, _req: &Request, step: TxnStep) -> Result<Outcome, StoreError> {
+    fn apply_single(&mut self, _req: &Request, step: TxnStep) -> Result<Outcome, ApplyError> {
         if let Some(rej) = self.check_steps(std::slice::from_ref(&step))? {
             return Ok(Outcome::Rejected(rej));
         }
@@ -379,7 +602,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         })
     }
 
-    fn apply_txn(&mut self, _req: &Request, txn: &TxnOp) -> Result<Outcome, StoreError> {
+    fn apply_txn(&mut self, _req: &Request, txn: &TxnOp) -> Result<Outcome, ApplyError> {
         let mut succeeded = true;
         for cmp in &txn.compares {
             if !self.compare(cmp)? {
@@ -484,7 +707,11 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
             keys::change_key(rev, *sub).to_vec(),
             enc(&change),
         );
-        self.changes.push((rev, change));
+        self.changes.push(FeedChange {
+            revision: rev,
+            sub: *sub,
+            change,
+        });
         *sub += 1;
     }
 
@@ -622,7 +849,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         Ok(true)
     }
 
-    fn apply_compact(&mut self, revision: i64) -> Result<Outcome, StoreError> {
+    fn apply_compact(&mut self, revision: i64) -> Result<Outcome, ApplyError> {
         let compacted = self.get_i64(meta::COMPACT_REVISION)?;
         let current = self.get_i64(meta::REVISION)?;
         if revision <= compacted {
@@ -676,7 +903,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         at_ms: u64,
         id: i64,
         ttl_s: i64,
-    ) -> Result<Outcome, StoreError> {
+    ) -> Result<Outcome, ApplyError> {
         if id <= 0 || ttl_s <= 0 {
             return Ok(Outcome::Rejected(Rejection::Invalid(format!(
                 "lease id and ttl must be positive (id {id}, ttl {ttl_s}s)"
@@ -707,7 +934,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         &mut self,
         id: i64,
         expired_at_ms: Option<u64>,
-    ) -> Result<Outcome, StoreError> {
+    ) -> Result<Outcome, ApplyError> {
         let key = keys::u64_key(id as u64);
         let Some(lease) = self.get_dec::<LeaseRecord>(Cf::Leases, &key)? else {
             return Ok(Outcome::Rejected(Rejection::LeaseNotFound(id)));
@@ -752,30 +979,42 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         matches!(cf, Cf::Devices | Cf::Zones)
     }
 
-    fn get_doc(&self, cf: Cf, id: &str) -> Result<Option<Map<String, Value>>, StoreError> {
+    fn get_doc(&self, cf: Cf, id: &str) -> Result<Option<Map<String, Value>>, ApplyError> {
         if let Some(doc) = self.docs.get(&cf).and_then(|d| d.get(id)) {
             return Ok(Some(doc.clone()));
         }
         match self.get(cf, id.as_bytes())? {
             None => Ok(None),
-            Some(bytes) => match serde_json::from_slice::<Value>(&bytes) {
-                Ok(Value::Object(m)) => Ok(Some(m)),
-                Ok(_) => Err(StoreError::corrupt(
-                    cf,
-                    id.as_bytes(),
-                    "document is not a JSON object",
-                )),
-                Err(e) => Err(StoreError::corrupt(cf, id.as_bytes(), e.to_string())),
-            },
+            Some(bytes) => doc_decode(cf, id.as_bytes(), &bytes).map(Some),
         }
     }
 
-    fn put_doc(&mut self, cf: Cf, id: &str, doc: Map<String, Value>) {
+    /// Writes a document, unless it is larger than the event may leave a
+    /// document: then the event is rejected.
+    fn put_doc(&mut self, cf: Cf, id: &str, doc: Map<String, Value>) -> Result<(), ApplyError> {
+        let too_large = |bytes: u64, max: u64| {
+            content(format!(
+                "document {}/{id} would be {bytes} bytes; the limit is {max} bytes (document_bytes_max)",
+                cf.name()
+            ))
+        };
         if Self::doc_cached(cf) {
-            self.docs.entry(cf).or_default().insert(id.to_string(), doc);
-            return;
+            let bytes = bounds::json_encoded_bytes(&doc);
+            if bytes > self.document_bytes_max {
+                return too_large(bytes, self.document_bytes_max);
+            }
+            let old = self.docs.entry(cf).or_default().insert(id.to_string(), doc);
+            if self.journal {
+                self.undo.docs.push((cf, id.to_string(), old));
+            }
+            return Ok(());
         }
-        self.put(cf, id.as_bytes().to_vec(), doc_bytes(doc));
+        let bytes = doc_bytes(doc);
+        if bytes.len() as u64 > self.document_bytes_max {
+            return too_large(bytes.len() as u64, self.document_bytes_max);
+        }
+        self.put(cf, id.as_bytes().to_vec(), bytes);
+        Ok(())
     }
 
     /// Registers a device in a zone if it is new there. Returns the device id
@@ -789,7 +1028,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         class: &str,
         device_id: &str,
         write_doc: bool,
-    ) -> Result<(String, Map<String, Value>), StoreError> {
+    ) -> Result<(String, Map<String, Value>), ApplyError> {
         let id = device_doc_id(host, class, device_id);
         let mut doc = match self.get_doc(Cf::Devices, &id)? {
             Some(doc) => doc,
@@ -841,7 +1080,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         }
         doc.insert("last_seen_ms".into(), json!(at_ms));
         if write_doc {
-            self.put_doc(Cf::Devices, &id, doc.clone());
+            self.put_doc(Cf::Devices, &id, doc.clone())?;
         }
         Ok((id, doc))
     }
@@ -851,7 +1090,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         zone: &str,
         device: &str,
         present: bool,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), ApplyError> {
         let mut doc = self.get_doc(Cf::Zones, zone)?.unwrap_or_else(|| {
             let mut m = Map::new();
             m.insert("zone".into(), json!(zone));
@@ -879,23 +1118,23 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         }
         doc.insert("device_count".into(), json!(devices.len()));
         doc.insert("devices".into(), json!(devices));
-        self.put_doc(Cf::Zones, zone, doc);
+        self.put_doc(Cf::Zones, zone, doc)?;
         Ok(())
     }
 
-    fn apply_device_data(&mut self, at_ms: u64, d: &DeviceData) -> Result<Outcome, StoreError> {
+    fn apply_device_data(&mut self, at_ms: u64, d: &DeviceData) -> Result<Outcome, ApplyError> {
+        // The entrances check these first; a committed entry may still come
+        // from an older build or a forwarded proposal.
+        bounds::check_path_segments(d.path.len())
+            .or_else(|e| content(format!("device path: {e}")))?;
+        bounds::check_json_depth(&d.json, bounds::JSON_DEPTH_MAX)
+            .or_else(|e| content(format!("device value: {e}")))?;
         let value: Value = match serde_json::from_str(&d.json) {
             Ok(v) => v,
-            Err(e) => {
-                return Ok(Outcome::Rejected(Rejection::Invalid(format!(
-                    "device value is not JSON: {e}"
-                ))))
-            }
+            Err(e) => return content(format!("device value is not JSON: {e}")),
         };
         if d.post_type.is_empty() {
-            return Ok(Outcome::Rejected(Rejection::Invalid(
-                "empty post_type".into(),
-            )));
+            return content("empty post_type");
         }
         let (id, mut doc) =
             self.register_device(at_ms, &d.host, &d.zone, &d.class, &d.device_id, false)?;
@@ -915,11 +1154,11 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
                 json!({ "path": d.path, "value": value, "at_ms": at_ms }),
             );
         }
-        self.put_doc(Cf::Devices, &id, doc);
+        self.put_doc(Cf::Devices, &id, doc)?;
         Ok(Outcome::Device { id })
     }
 
-    fn apply_fellow(&mut self, at_ms: u64, f: &FellowState) -> Result<Outcome, StoreError> {
+    fn apply_fellow(&mut self, at_ms: u64, f: &FellowState) -> Result<Outcome, ApplyError> {
         let id = f.node_id.to_string();
         let mut doc = self.get_doc(Cf::Fellows, &id)?.unwrap_or_default();
         doc.insert("id".into(), json!(f.node_id));
@@ -935,13 +1174,13 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
             doc.insert("last_active_ms".into(), json!(at_ms));
         }
         doc.insert("stats".into(), json!(format!("fellow/{id}")));
-        self.put_doc(Cf::Fellows, &id, doc);
+        self.put_doc(Cf::Fellows, &id, doc)?;
         Ok(Outcome::Done)
     }
 
     /// Records the address clients reach member `node_id` at, in its
     /// fellows document (the leader's fellow updates keep it).
-    fn apply_client_address(&mut self, node_id: u64, addr: &str) -> Result<Outcome, StoreError> {
+    fn apply_client_address(&mut self, node_id: u64, addr: &str) -> Result<Outcome, ApplyError> {
         let id = node_id.to_string();
         let mut doc = self.get_doc(Cf::Fellows, &id)?.unwrap_or_else(|| {
             let mut m = Map::new();
@@ -949,7 +1188,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
             m
         });
         doc.insert("client_addr".into(), json!(addr));
-        self.put_doc(Cf::Fellows, &id, doc);
+        self.put_doc(Cf::Fellows, &id, doc)?;
         Ok(Outcome::Done)
     }
 
@@ -960,7 +1199,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         port: u16,
         kind: &str,
         problem: Option<&String>,
-    ) -> Result<Outcome, StoreError> {
+    ) -> Result<Outcome, ApplyError> {
         let id = format!("{host}:{port}:{kind}");
         let mut doc = self.get_doc(Cf::DbServers, &id)?.unwrap_or_else(|| {
             let mut m = Map::new();
@@ -982,7 +1221,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
             }
         }
         doc.insert("updated_ms".into(), json!(at_ms));
-        self.put_doc(Cf::DbServers, &id, doc);
+        self.put_doc(Cf::DbServers, &id, doc)?;
         Ok(Outcome::Done)
     }
 
@@ -990,7 +1229,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         &mut self,
         at_ms: u64,
         c: &ConfigVersion,
-    ) -> Result<Outcome, StoreError> {
+    ) -> Result<Outcome, ApplyError> {
         let id = format!("{}@{}", c.name, c.version);
         if let Some(existing) = self.get_doc(Cf::XmlConfigs, &id)? {
             // Competing proposals for one name and version: the higher
@@ -1015,7 +1254,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         doc.insert("weight".into(), json!(c.weight));
         doc.insert("state".into(), json!("proposed"));
         doc.insert("proposed_ms".into(), json!(at_ms));
-        self.put_doc(Cf::XmlConfigs, &id, doc);
+        self.put_doc(Cf::XmlConfigs, &id, doc)?;
         Ok(Outcome::Done)
     }
 
@@ -1026,7 +1265,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         version: u64,
         hash: &str,
         rejected: Option<&String>,
-    ) -> Result<Outcome, StoreError> {
+    ) -> Result<Outcome, ApplyError> {
         let id = format!("{name}@{version}");
         let Some(mut doc) = self.get_doc(Cf::XmlConfigs, &id)? else {
             return Ok(Outcome::Rejected(Rejection::Invalid(format!(
@@ -1048,13 +1287,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
                 let prefix = format!("{name}@");
                 let end = keys::prefix_end(prefix.as_bytes());
                 for (k, v) in self.scan(Cf::XmlConfigs, prefix.as_bytes(), end.as_deref(), 0)? {
-                    let Ok(Value::Object(mut other)) = serde_json::from_slice::<Value>(&v) else {
-                        return Err(StoreError::corrupt(
-                            Cf::XmlConfigs,
-                            &k,
-                            "document is not a JSON object",
-                        ));
-                    };
+                    let mut other = doc_decode(Cf::XmlConfigs, &k, &v)?;
                     let other_version = other.get("version").and_then(Value::as_u64).unwrap_or(0);
                     if other_version < version
                         && other.get("state").and_then(Value::as_str) == Some("accepted")
@@ -1068,7 +1301,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
             }
         }
         doc.insert("decided_ms".into(), json!(at_ms));
-        self.put_doc(Cf::XmlConfigs, &id, doc);
+        self.put_doc(Cf::XmlConfigs, &id, doc)?;
         Ok(Outcome::Done)
     }
 
@@ -1079,11 +1312,17 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         kind: &str,
         counter: StatCounter,
         by: u64,
-    ) -> Result<Outcome, StoreError> {
+    ) -> Result<Outcome, ApplyError> {
         let doc_id = format!("{kind}/{id}");
         let mut stats: StatsDoc = match self.get_doc(Cf::Stats, &doc_id)? {
-            Some(m) => serde_json::from_value(Value::Object(m))
-                .map_err(|e| StoreError::corrupt(Cf::Stats, doc_id.as_bytes(), e.to_string()))?,
+            Some(m) => match serde_json::from_value(Value::Object(m)) {
+                Ok(stats) => stats,
+                Err(e) => {
+                    return content(format!(
+                        "document stats/{doc_id} is not a stats document: {e}"
+                    ))
+                }
+            },
             None => StatsDoc {
                 id: id.to_string(),
                 kind: kind.to_string(),
@@ -1109,7 +1348,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         stats.recompute(day);
         let value = serde_json::to_value(&stats).unwrap_or(Value::Null);
         if let Value::Object(m) = value {
-            self.put_doc(Cf::Stats, &doc_id, m);
+            self.put_doc(Cf::Stats, &doc_id, m)?;
         }
         Ok(Outcome::Done)
     }

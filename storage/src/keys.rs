@@ -159,6 +159,9 @@ pub mod meta {
     pub const MEMBERSHIP: &[u8] = b"membership";
     pub const REVISION: &[u8] = b"revision";
     pub const COMPACT_REVISION: &[u8] = b"compact_revision";
+    /// CBOR u64: events (and ingest items) rejected because their content
+    /// could not be applied (see `apply`'s module documentation).
+    pub const EVENTS_REJECTED: &[u8] = b"events_rejected";
 }
 
 /// Keys in [`Cf::RaftMeta`].

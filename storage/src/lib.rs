@@ -25,7 +25,7 @@ pub mod read;
 mod snapshot;
 mod state_machine;
 
-pub use apply::{ChangeRecord, LeaseRecord};
+pub use apply::{ChangeRecord, FeedChange, LeaseRecord};
 pub use db::{open, Db, NodeIdentity, OpenedStore};
 pub use log_store::LogStore;
 pub use read::{DocPage, Reader, WatchBatch};

@@ -12,7 +12,7 @@ use tokio::sync::broadcast;
 use utopia_raft::event::{self, Bytes, KeyValue, RangeResult};
 
 use crate::apply::{
-    range_bounds, ChangeRecord, CommandRecord, HistoryRecord, IngestEffects, IngestOwners,
+    range_bounds, CommandRecord, FeedChange, HistoryRecord, IngestEffects, IngestOwners,
     IngestTotals, LeaseRecord, StateRead,
 };
 
@@ -24,12 +24,13 @@ struct DedupeSeen {
 use crate::keys::{self, meta, Cf, Collection, DeviceIndex};
 use crate::{Db, StoreError};
 
-/// Key changes applied together, in revision order.
+/// Key changes applied together, in revision order (and within a revision,
+/// in feed order): every change of a revision is in the same batch.
 #[derive(Debug, Clone)]
 pub struct WatchBatch {
     /// The highest revision in `changes`.
     pub revision: i64,
-    pub changes: Vec<(i64, ChangeRecord)>,
+    pub changes: Vec<FeedChange>,
 }
 
 /// Why a read at a revision cannot be served.
@@ -265,13 +266,18 @@ impl Reader {
         self.changes.subscribe()
     }
 
-    /// Changes with revision >= `from`, in order, at most `max` of them.
-    /// Fails if `from` has been compacted.
+    /// Changes from the feed position (`from`, `from_sub`) on (revision
+    /// `from` starting at its change `from_sub`, then every later
+    /// revision), in order, at most `max` of them. A revision that changed
+    /// more than `max` keys is read in several calls: resume at the
+    /// position after the last change returned. Fails if `from` has been
+    /// compacted.
     pub fn changes_from(
         &self,
         from: i64,
+        from_sub: u32,
         max: usize,
-    ) -> Result<Vec<(i64, ChangeRecord)>, ReadError> {
+    ) -> Result<Vec<FeedChange>, ReadError> {
         let (_, compacted) = self.revisions()?;
         if from < compacted {
             return Err(ReadError::Compacted {
@@ -282,17 +288,30 @@ impl Reader {
         let mut out = Vec::new();
         for item in self
             .db
-            .scan(Cf::KvChanges, &keys::change_key(from, 0), None)
+            .scan(Cf::KvChanges, &keys::change_key(from, from_sub), None)
         {
             if out.len() >= max {
                 break;
             }
             let (k, v) = item?;
-            let (rev, _) = keys::parse_change_key(&k)
+            let (revision, sub) = keys::parse_change_key(&k)
                 .ok_or_else(|| StoreError::corrupt(Cf::KvChanges, &k, "bad key"))?;
-            out.push((rev, dec(Cf::KvChanges, &k, &v)?));
+            out.push(FeedChange {
+                revision,
+                sub,
+                change: dec(Cf::KvChanges, &k, &v)?,
+            });
         }
         Ok(out)
+    }
+
+    /// Events (and ingest items) rejected because their content could not
+    /// be applied, cluster-wide (replicated state).
+    pub fn events_rejected(&self) -> Result<u64, StoreError> {
+        match self.db.get(Cf::SmMeta, meta::EVENTS_REJECTED)? {
+            Some(b) => dec(Cf::SmMeta, meta::EVENTS_REJECTED, &b),
+            None => Ok(0),
+        }
     }
 
     /// A lease and the keys attached to it.

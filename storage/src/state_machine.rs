@@ -330,7 +330,7 @@ impl StateMachine {
         // shares this WAL; a crash loses at most a suffix that Raft re-applies.
         self.db.db.write(batch).map_err(StoreError::from)?;
         if !changes.is_empty() {
-            let revision = changes.last().map_or(0, |c| c.0);
+            let revision = changes.last().map_or(0, |c| c.revision);
             // No receivers is fine: nobody is watching.
             let _ = self
                 .changes

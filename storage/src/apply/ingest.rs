@@ -3,10 +3,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use utopia_raft::event::{
-    Bytes, IngestBody, IngestItem, IngestMember, Outcome, Rejection, StatCounter,
+    Bytes, IngestBody, IngestItem, IngestMember, Outcome, Rejection, Request, StatCounter,
 };
 
-use super::{enc, Applier, StateRead};
+use super::{bounds, content, enc, Applier, ApplyError, StateRead};
 use crate::keys::{self, Cf};
 use crate::StoreError;
 
@@ -31,7 +31,9 @@ pub struct IngestTotals {
     pub applied: u64,
     /// Redelivered copies of committed messages, suppressed.
     pub suppressed: u64,
-    /// Items refused by their owner (rate limits).
+    /// Items refused by their owner (rate limits), and items whose content
+    /// could not be applied (rolled back; also counted in
+    /// `sm_meta/events_rejected`).
     pub dropped: u64,
     /// Batches refused because their epoch was stale.
     pub stale_batches: u64,
@@ -82,6 +84,14 @@ pub struct IngestEffects {
     pub commands_changed: bool,
 }
 
+/// What one ingest item came to.
+enum ItemOutcome {
+    Applied,
+    Dropped,
+    /// A reply to a command that is unknown or already settled.
+    Ignored,
+}
+
 fn digest16(b: &Bytes) -> Option<[u8; 16]> {
     b[..].try_into().ok()
 }
@@ -117,7 +127,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         &mut self,
         node: u64,
         weight: u32,
-    ) -> Result<Outcome, StoreError> {
+    ) -> Result<Outcome, ApplyError> {
         self.put(
             Cf::Ingest,
             keys::ingest::weight_key(node).to_vec(),
@@ -131,7 +141,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         epoch: u64,
         members: &[IngestMember],
         dedupe_window_ms: u64,
-    ) -> Result<Outcome, StoreError> {
+    ) -> Result<Outcome, ApplyError> {
         let current = self.ingest_owners()?;
         if epoch != current.epoch + 1 {
             return Ok(Outcome::Rejected(Rejection::StaleEpoch {
@@ -151,11 +161,12 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
 
     pub(super) fn apply_ingest_batch(
         &mut self,
-        at_ms: u64,
+        req: &Request,
         epoch: u64,
         proposer: u64,
         items: &[IngestItem],
-    ) -> Result<Outcome, StoreError> {
+    ) -> Result<Outcome, ApplyError> {
+        let at_ms = req.at_ms;
         let owners = self.ingest_owners()?;
         let mut totals = self.ingest_totals()?;
         if epoch != owners.epoch {
@@ -169,16 +180,16 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         self.expire_dedupe(at_ms.saturating_sub(owners.dedupe_window_ms))?;
         let (mut applied, mut suppressed, mut dropped) = (0u32, 0u32, 0u32);
         for item in items {
+            // A malformed batch is rejected whole: the items before the bad
+            // one are rolled back with it.
             let Some(digest) = digest16(&item.digest) else {
-                return Ok(Outcome::Rejected(Rejection::Invalid(
-                    "ingest digest must be 16 bytes".into(),
-                )));
+                return content("ingest digest must be 16 bytes");
             };
             let device = item_device(&item.body);
             if crate::ingest::owner_of(&device, &owners.members) != Some(proposer) {
-                return Ok(Outcome::Rejected(Rejection::Invalid(format!(
+                return content(format!(
                     "node {proposer} does not own device {device:?} in epoch {epoch}"
-                ))));
+                ));
             }
             let dedupe_key = keys::ingest::dedupe_key(&digest);
             let seen: Option<DedupeRecord> = self.get_dec(Cf::Ingest, &dedupe_key)?;
@@ -209,11 +220,15 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
                 keys::ingest::expiry_key(at_ms, &digest),
                 Vec::new(),
             );
-            match &item.body {
-                IngestBody::Data(d) => match self.apply_device_data(at_ms, d)? {
-                    Outcome::Rejected(_) => dropped += 1,
-                    _ => applied += 1,
-                },
+            // An item whose content cannot be applied is rolled back alone
+            // and counted; it stays committed (acknowledged to the broker),
+            // and the items beside it apply.
+            let sp = self.savepoint();
+            let result = match &item.body {
+                IngestBody::Data(d) => self.apply_device_data(at_ms, d).map(|o| match o {
+                    Outcome::Rejected(_) => ItemOutcome::Dropped,
+                    _ => ItemOutcome::Applied,
+                }),
                 IngestBody::Reply {
                     host,
                     class,
@@ -223,13 +238,27 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
                     ..
                 } => {
                     let device = super::device_doc_id(host, class, device_id);
-                    if self.settle_command(at_ms, *command_id, &device, Ok(json))? {
-                        applied += 1;
-                    } else {
-                        totals.replies_ignored += 1;
-                    }
+                    self.settle_command(at_ms, *command_id, &device, Ok(json))
+                        .map(|settled| {
+                            if settled {
+                                ItemOutcome::Applied
+                            } else {
+                                ItemOutcome::Ignored
+                            }
+                        })
                 }
-                IngestBody::Dropped { .. } => dropped += 1,
+                IngestBody::Dropped { .. } => Ok(ItemOutcome::Dropped),
+            };
+            match result {
+                Ok(ItemOutcome::Applied) => applied += 1,
+                Ok(ItemOutcome::Dropped) => dropped += 1,
+                Ok(ItemOutcome::Ignored) => totals.replies_ignored += 1,
+                Err(ApplyError::Content(reason)) => {
+                    self.rollback(sp);
+                    self.count_rejected(req, &format!("ingest item for {device}: {reason}"))?;
+                    dropped += 1;
+                }
+                Err(e) => return Err(e),
             }
         }
         totals.applied += u64::from(applied);
@@ -266,7 +295,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         self.get_dec(Cf::Commands, &keys::commands::record_key(id))
     }
 
-    fn put_command(&mut self, at_ms: u64, c: &CommandRecord) -> Result<(), StoreError> {
+    fn put_command(&mut self, at_ms: u64, c: &CommandRecord) -> Result<(), ApplyError> {
         self.put(
             Cf::Commands,
             keys::commands::record_key(c.id).to_vec(),
@@ -287,6 +316,14 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         if !commands.is_object() {
             *commands = json!({});
         }
+        let reply = match c.reply_json.as_deref() {
+            None => None,
+            Some(j) => {
+                bounds::check_json_depth(j, bounds::JSON_DEPTH_MAX)
+                    .or_else(|e| content(format!("command reply: {e}")))?;
+                serde_json::from_str::<Value>(j).ok()
+            }
+        };
         if let Value::Object(m) = commands {
             m.insert(
                 c.id.to_string(),
@@ -297,7 +334,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
                     "issued_ms": c.issued_ms,
                     "last_attempt_ms": c.last_attempt_ms,
                     "settled_ms": c.settled_ms,
-                    "reply": c.reply_json.as_deref().and_then(|j| serde_json::from_str::<Value>(j).ok()),
+                    "reply": reply,
                     "reason": c.reason,
                 }),
             );
@@ -311,7 +348,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
             }
         }
         doc.insert("last_command_ms".into(), json!(at_ms));
-        self.put_doc(Cf::Devices, &c.device, doc);
+        self.put_doc(Cf::Devices, &c.device, doc)?;
         Ok(())
     }
 
@@ -322,12 +359,14 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         post_type: &str,
         json_text: &str,
         attempts_max: u32,
-    ) -> Result<Outcome, StoreError> {
+    ) -> Result<Outcome, ApplyError> {
         let Some(doc) = self.get_doc(Cf::Devices, device)? else {
             return Ok(Outcome::Rejected(Rejection::NotFound(format!(
                 "device {device:?}"
             ))));
         };
+        bounds::check_json_depth(json_text, bounds::JSON_DEPTH_MAX)
+            .or_else(|e| content(format!("command payload: {e}")))?;
         if serde_json::from_str::<Value>(json_text).is_err() {
             return Ok(Outcome::Rejected(Rejection::Invalid(
                 "command payload is not JSON".into(),
@@ -372,7 +411,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         at_ms: u64,
         id: u64,
         attempt: u32,
-    ) -> Result<Outcome, StoreError> {
+    ) -> Result<Outcome, ApplyError> {
         let Some(mut c) = self.command(id)? else {
             return Ok(Outcome::Rejected(Rejection::NotFound(format!(
                 "command {id}"
@@ -395,7 +434,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         at_ms: u64,
         id: u64,
         reason: &str,
-    ) -> Result<Outcome, StoreError> {
+    ) -> Result<Outcome, ApplyError> {
         let Some(c) = self.command(id)? else {
             return Ok(Outcome::Rejected(Rejection::NotFound(format!(
                 "command {id}"
@@ -414,7 +453,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         id: u64,
         device: &str,
         result: Result<&str, &str>,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<bool, ApplyError> {
         let Some(mut c) = self.command(id)? else {
             return Ok(false);
         };
