@@ -24,17 +24,39 @@ pub use node::{NodeConfig, NodeStatus, PeerPolicy, RaftNode, RaftTimings, Role, 
 /// A snapshot's bytes on their way between the state machine and the
 /// transport, read once from front to back: a file a follower received, or
 /// a state-machine view encoded as it is read.
-pub struct SnapshotData(Box<dyn std::io::Read + Send>);
+pub struct SnapshotData {
+    bytes: Box<dyn std::io::Read + Send>,
+    /// The file the bytes are in, when they are in one: the state machine
+    /// keeps it (renamed) until it has installed it.
+    file: Option<std::path::PathBuf>,
+}
 
 impl SnapshotData {
     pub fn new(bytes: impl std::io::Read + Send + 'static) -> Self {
-        Self(Box::new(bytes))
+        Self {
+            bytes: Box::new(bytes),
+            file: None,
+        }
+    }
+
+    /// The snapshot in the file at `path`.
+    pub fn from_file(path: std::path::PathBuf) -> std::io::Result<Self> {
+        let file = std::fs::File::open(&path)?;
+        Ok(Self {
+            bytes: Box::new(file),
+            file: Some(path),
+        })
+    }
+
+    /// The file the snapshot is in, if it is in one.
+    pub fn file(&self) -> Option<&std::path::Path> {
+        self.file.as_deref()
     }
 }
 
 impl std::io::Read for SnapshotData {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.0.read(buf)
+        self.bytes.read(buf)
     }
 }
 

@@ -156,6 +156,13 @@ impl Node {
     /// A read barrier for linearizable reads; nothing for serializable ones.
     pub async fn read_barrier(&self, consistency: i32) -> Result<(), Status> {
         if consistency == pb::Consistency::Serializable as i32 {
+            if self.reader.installing_snapshot() {
+                // Never a state that existed: half of a snapshot.
+                return Err(Status::unavailable(
+                    "this node is installing a snapshot from the leader; \
+                     read from another member or retry shortly",
+                ));
+            }
             return Ok(());
         }
         self.raft

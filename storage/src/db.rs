@@ -13,6 +13,9 @@ use crate::{LogStore, Reader, StateMachine, StoreError};
 #[derive(Clone)]
 pub struct Db {
     pub(crate) db: Arc<DB>,
+    /// A snapshot is being installed: the state machine is partly written
+    /// and local reads are refused.
+    installing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Db {
@@ -24,6 +27,17 @@ impl std::fmt::Debug for Db {
 impl Db {
     pub(crate) fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
         cf_handle(&self.db, cf)
+    }
+
+    /// True while a snapshot is being installed (the state machine is then
+    /// partly written, and not to be read).
+    pub fn installing(&self) -> bool {
+        self.installing.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(crate) fn set_installing(&self, on: bool) {
+        self.installing
+            .store(on, std::sync::atomic::Ordering::Release);
     }
 
     /// Syncs the WAL: everything written before the call is durable after it.
@@ -85,6 +99,7 @@ impl Db {
     pub(crate) fn downgrade(&self) -> WeakDb {
         WeakDb {
             db: Arc::downgrade(&self.db),
+            installing: self.installing.clone(),
         }
     }
 }
@@ -124,11 +139,15 @@ fn cf_handle(db: &DB, cf: Cf) -> &rocksdb::ColumnFamily {
 /// gone, for background threads that must not outlive their owner.
 pub(crate) struct WeakDb {
     db: std::sync::Weak<DB>,
+    installing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl WeakDb {
     pub(crate) fn upgrade(&self) -> Option<Db> {
-        self.db.upgrade().map(|db| Db { db })
+        self.db.upgrade().map(|db| Db {
+            db,
+            installing: self.installing.clone(),
+        })
     }
 }
 
@@ -222,7 +241,10 @@ pub fn open(dir: &Path) -> Result<OpenedStore, StoreError> {
         .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(*cf, &cache)));
     let db = DB::open_cf_descriptors(&db_options(), &db_dir, cfs)
         .map_err(|e| StoreError::Rocks(format!("open rocksdb at {}: {e}", db_dir.display())))?;
-    let db = Db { db: Arc::new(db) };
+    let db = Db {
+        db: Arc::new(db),
+        installing: Arc::default(),
+    };
     let snapshot_dir = dir.join("snapshots");
     std::fs::create_dir_all(&snapshot_dir).map_err(|e| {
         StoreError::Io(format!(

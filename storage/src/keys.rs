@@ -156,6 +156,9 @@ impl Collection {
 /// Keys in [`Cf::SmMeta`].
 pub mod meta {
     pub const APPLIED: &[u8] = b"applied";
+    /// Present while a snapshot is being installed: the snapshot's
+    /// metadata. The state machine is partly written until it is gone.
+    pub const INSTALLING: &[u8] = b"installing";
     pub const MEMBERSHIP: &[u8] = b"membership";
     pub const REVISION: &[u8] = b"revision";
     pub const COMPACT_REVISION: &[u8] = b"compact_revision";

@@ -175,6 +175,12 @@ impl Reader {
         self.db.size_bytes()
     }
 
+    /// True while this node installs a snapshot: its state machine is then
+    /// partly written, and local (serializable) reads must wait.
+    pub fn installing_snapshot(&self) -> bool {
+        self.db.installing()
+    }
+
     /// Keys in the range at `revision` (0: now), at most `limit` of them
     /// (0: no limit).
     pub fn range(

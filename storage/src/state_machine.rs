@@ -7,7 +7,7 @@
 //! then are the clients answered.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use futures::TryStreamExt;
@@ -38,6 +38,8 @@ pub const INGEST_BROADCAST_BATCHES_MAX: usize = 4096;
 #[derive(Clone)]
 pub struct StateMachine {
     db: Db,
+    /// Where a snapshot being installed is kept until it is complete.
+    snapshot_dir: PathBuf,
     /// The newest snapshot: its metadata and the view it reads from.
     current: Arc<Mutex<Option<CurrentSnapshot>>>,
     changes: broadcast::Sender<Arc<WatchBatch>>,
@@ -111,9 +113,15 @@ impl StateMachine {
                 }
             }
         }
+        // A crash cut a snapshot install short: until it is installed again,
+        // the state machine is not to be read.
+        if db.get(Cf::SmMeta, meta::INSTALLING)?.is_some() {
+            db.set_installing(true);
+        }
         Ok((
             Self {
                 db,
+                snapshot_dir,
                 current: Arc::new(Mutex::new(None)),
                 changes: changes.clone(),
                 ingest: ingest.clone(),
@@ -140,28 +148,45 @@ impl StateMachine {
         }
     }
 
-    fn install<R: std::io::Read>(&self, meta: &SnapshotMeta, data: R) -> Result<(), StoreError> {
-        let label = std::path::Path::new("snapshot from the leader");
-        let mut reader = SnapshotReader::open(data, label)?;
-        if reader.meta.last_log_id != meta.last_log_id {
-            return Err(StoreError::Io(format!(
-                "snapshot holds the state at {:?}, but was sent as the state at {:?}",
-                reader.meta.last_log_id, meta.last_log_id
-            )));
-        }
-        // One write batch replaces the whole state machine, so a crash
-        // leaves either the old state or the new one.
+    /// The file a snapshot being installed is kept in until the install is
+    /// complete.
+    fn installing_path(&self) -> PathBuf {
+        self.snapshot_dir.join(INSTALLING_FILE)
+    }
+
+    /// Installs a snapshot in bounded memory: the state machine is cleared
+    /// with range deletions, then the records are written in batches of at
+    /// most [`INSTALL_BATCH_BYTES`], then the applied log id and membership.
+    ///
+    /// A crash in between leaves a partly written state machine, marked as
+    /// such ([`meta::INSTALLING`]) and never read: the snapshot's file is
+    /// kept until the install is complete, and after a restart the state
+    /// machine reports nothing applied and offers that file as its current
+    /// snapshot, which Raft installs again before anything else. The file's
+    /// checksum is verified before anything is cleared.
+    fn install(&self, meta: &SnapshotMeta, data: SnapshotData) -> Result<(), StoreError> {
+        let path = self.installing_path();
+        self.keep_snapshot_file(data, &path)?;
+        let label = path.as_path();
+        verify(&path, meta)?;
+
+        self.db.set_installing(true);
         let mut batch = WriteBatch::default();
         for cf in Cf::STATE_MACHINE {
-            for item in self
-                .db
-                .db
-                .iterator_cf(self.db.cf(cf), rocksdb::IteratorMode::Start)
-            {
-                let (k, _) = item?;
-                batch.delete_cf(self.db.cf(cf), k);
-            }
+            self.clear_cf(&mut batch, cf)?;
         }
+        let enc_err = |e: event::CodecError| StoreError::Io(e.to_string());
+        batch.put_cf(
+            self.db.cf(Cf::SmMeta),
+            meta::INSTALLING,
+            event::encode(meta).map_err(enc_err)?,
+        );
+        self.write_synced(batch)?;
+
+        let file = std::fs::File::open(&path)
+            .map_err(|e| StoreError::Io(format!("open {}: {e}", path.display())))?;
+        let mut reader = SnapshotReader::open(file, label)?;
+        let mut batch = WriteBatch::default();
         let mut records = 0u64;
         while let Some((cf_name, k, v)) = reader.next_entry()? {
             let cf = Cf::from_name(&cf_name)
@@ -171,8 +196,13 @@ impl StateMachine {
                 })?;
             batch.put_cf(self.db.cf(cf), &k, &v);
             records += 1;
+            if batch.size_in_bytes() >= INSTALL_BATCH_BYTES {
+                self.db
+                    .db
+                    .write(std::mem::take(&mut batch))
+                    .map_err(StoreError::from)?;
+            }
         }
-        let enc_err = |e: event::CodecError| StoreError::Io(e.to_string());
         batch.put_cf(
             self.db.cf(Cf::SmMeta),
             meta::APPLIED,
@@ -183,9 +213,11 @@ impl StateMachine {
             meta::MEMBERSHIP,
             event::encode(&meta.last_membership).map_err(enc_err)?,
         );
-        let mut opts = rocksdb::WriteOptions::default();
-        opts.set_sync(true);
-        self.db.db.write_opt(batch, &opts)?;
+        batch.delete_cf(self.db.cf(Cf::SmMeta), meta::INSTALLING);
+        // Synced: it makes every batch before it durable too (one WAL).
+        self.write_synced(batch)?;
+        self.db.set_installing(false);
+        let _ = std::fs::remove_file(&path);
         // Nothing is applied between the write and this view: installing
         // and applying both run on openraft's state-machine task.
         if let Some(snap) = CurrentSnapshot::of(self.db.view())? {
@@ -198,7 +230,75 @@ impl StateMachine {
         );
         Ok(())
     }
+
+    /// Puts the snapshot's bytes at `path`, durably: a received file is
+    /// renamed there, any other stream is copied.
+    fn keep_snapshot_file(&self, mut data: SnapshotData, path: &Path) -> Result<(), StoreError> {
+        let io = |what: &str, e: std::io::Error| StoreError::Io(format!("{what} {}: {e}", path.display()));
+        match data.file().map(Path::to_path_buf) {
+            Some(file) if file == path => {}
+            Some(file) => std::fs::rename(&file, path).map_err(|e| io("move the snapshot to", e))?,
+            None => {
+                let mut out = std::fs::File::create(path).map_err(|e| io("create", e))?;
+                std::io::copy(&mut data, &mut out).map_err(|e| io("write", e))?;
+                out.sync_all().map_err(|e| io("sync", e))?;
+            }
+        }
+        std::fs::File::open(&self.snapshot_dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("sync the directory of", e))
+    }
+
+    /// Adds to `batch` the deletion of every key of `cf`, as one range.
+    fn clear_cf(&self, batch: &mut WriteBatch, cf: Cf) -> Result<(), StoreError> {
+        let mut it = self.db.db.raw_iterator_cf(self.db.cf(cf));
+        it.seek_to_last();
+        it.status()?;
+        if let Some(last) = it.key() {
+            let mut end = last.to_vec();
+            end.push(0);
+            batch.delete_range_cf(self.db.cf(cf), Vec::<u8>::new(), end);
+        }
+        Ok(())
+    }
+
+    fn write_synced(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(true);
+        Ok(self.db.db.write_opt(batch, &opts)?)
+    }
+
+    /// The snapshot whose install a crash cut short, if one was.
+    fn interrupted_install(&self) -> Result<Option<SnapshotMeta>, StoreError> {
+        decode_meta(
+            meta::INSTALLING,
+            self.db.get(Cf::SmMeta, meta::INSTALLING)?,
+        )
+    }
 }
+
+/// Reads the whole snapshot at `path` once, checking its checksum and that
+/// it holds the state `meta` says, before anything of it is installed.
+fn verify(path: &Path, meta: &SnapshotMeta) -> Result<(), StoreError> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| StoreError::Io(format!("open {}: {e}", path.display())))?;
+    let mut reader = SnapshotReader::open(file, path)?;
+    if reader.meta.last_log_id != meta.last_log_id {
+        return Err(StoreError::Io(format!(
+            "snapshot holds the state at {:?}, but was sent as the state at {:?}",
+            reader.meta.last_log_id, meta.last_log_id
+        )));
+    }
+    while reader.next_entry()?.is_some() {}
+    Ok(())
+}
+
+/// The file name, in the snapshot directory, of a snapshot being installed.
+const INSTALLING_FILE: &str = "installing.snapshot";
+
+/// Largest write batch while installing a snapshot: memory stays bounded
+/// whatever the size of the store.
+const INSTALL_BATCH_BYTES: usize = 4 << 20;
 
 /// The applied log id and membership, read through `read` (the live
 /// database or a view of it).
@@ -351,6 +451,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
     async fn applied_state(&mut self) -> Result<Applied, io::Error> {
+        if self.interrupted_install()?.is_some() {
+            // Partly written: nothing is applied until the snapshot that
+            // was being installed is installed again (the current snapshot
+            // below).
+            return Ok((None, Default::default()));
+        }
         Ok(read_applied(|key| self.db.get(Cf::SmMeta, key))?)
     }
 
@@ -408,6 +514,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<SnapshotOf<TypeConfig, SnapshotData>>, io::Error> {
+        if let Some(meta) = self.interrupted_install()? {
+            // A crash cut an install short: the snapshot is still in its
+            // file, and Raft installs it again from there at start.
+            self.db.set_installing(true);
+            let path = self.installing_path();
+            tracing::warn!(
+                last_log_index = meta.last_log_id.map_or(0, |l| l.index()),
+                file = %path.display(),
+                "a snapshot install was cut short; installing it again"
+            );
+            return Ok(Some(SnapshotOf::<TypeConfig, SnapshotData> {
+                meta,
+                snapshot: SnapshotData::from_file(path)?,
+            }));
+        }
         let mut current = self.current();
         if current.is_none() {
             *current = CurrentSnapshot::of(self.db.view())?;

@@ -223,18 +223,25 @@ where
             incoming.dir.display()
         ))
     })?;
-    let reader = file
-        .reopen()
-        .map_err(|e| Status::internal(format!("reopen the received snapshot: {e}")))?;
+    // The state machine takes the file over (it keeps it until the install
+    // is complete, to finish it after a crash); if it never does, because
+    // Raft refused the snapshot, it is removed here.
+    let path = file
+        .into_temp_path()
+        .keep()
+        .map_err(|e| Status::internal(format!("keep the received snapshot: {e}")))?;
+    let data = crate::SnapshotData::from_file(path.clone())
+        .map_err(|e| Status::internal(format!("open the received snapshot: {e}")))?;
     let snapshot = openraft::alias::SnapshotOf::<TypeConfig, crate::SnapshotData> {
         meta,
-        snapshot: crate::SnapshotData::new(reader),
+        snapshot: data,
     };
     let result = raft
         .install_full_snapshot(vote, snapshot)
         .await
         .map_err(|e| e.to_string());
-    // The temporary file goes when `file` drops, installed or not.
-    drop(file);
+    if path.exists() {
+        let _ = std::fs::remove_file(&path);
+    }
     Ok(result)
 }
