@@ -324,6 +324,7 @@ async fn sync_fellows(node: &Node) {
             utopia_storage::keys::Collection::Fellows,
             None,
             FELLOWS_MAX,
+            usize::MAX,
             None,
         ) {
         Ok(page) => page

@@ -167,6 +167,7 @@ impl pb::kv_server::Kv for KvService {
                 &r.key,
                 &r.range_end,
                 limit,
+                self.node.limits.response_bytes_max as usize,
                 r.revision,
                 r.keys_only,
                 r.count_only,

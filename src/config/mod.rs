@@ -84,6 +84,9 @@ pub struct Limits {
     pub watchers_max: u64,
     pub proposals_in_flight_max: u64,
     pub history_revisions_max: u64,
+    /// Largest Range response or page of documents, in bytes (one pair or
+    /// document always goes, whatever its size).
+    pub response_bytes_max: u64,
 }
 
 /// Raft timing. `heartbeat_interval_ms < election_timeout_ms_min <
@@ -144,6 +147,7 @@ impl Default for Limits {
             watchers_max: 1024,
             proposals_in_flight_max: 1024,
             history_revisions_max: 100_000,
+            response_bytes_max: 4 << 20,
         }
     }
 }
@@ -251,6 +255,7 @@ const LIMITS: &[&str] = &[
     "watchers_max",
     "proposals_in_flight_max",
     "history_revisions_max",
+    "response_bytes_max",
 ];
 const RAFT: &[&str] = &[
     "heartbeat_interval_ms",
@@ -499,6 +504,9 @@ fn decode(tree: &[Setting]) -> Result<Settings, ConfigError> {
 
 fn decode_limits(group: &[Setting], l: &mut Limits) -> Result<(), ConfigError> {
     for f in fields(group, "limits", LIMITS)? {
+        if decode_byte_limits(&f, l)? {
+            continue;
+        }
         let v = f.positive()?;
         match f.name {
             "key_bytes_max" => l.key_bytes_max = v,
@@ -513,6 +521,17 @@ fn decode_limits(group: &[Setting], l: &mut Limits) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// The `limits` settings bounded in bytes, time or totals, each within a
+/// range; false for any other setting.
+fn decode_byte_limits(f: &Field<'_>, l: &mut Limits) -> Result<bool, ConfigError> {
+    match f.name {
+        // A page holds at least one pair; the encoder allows 64 MiB.
+        "response_bytes_max" => l.response_bytes_max = f.int_in(4096, 64 << 20)?,
+        _ => return Ok(false),
+    }
+    Ok(true)
 }
 
 fn decode_raft(group: &[Setting], r: &mut RaftSettings) -> Result<(), ConfigError> {
@@ -918,6 +937,7 @@ limits = {
   watchers_max = 1024;               # most concurrent watchers
   proposals_in_flight_max = 1024;    # most Raft proposals awaiting commit
   history_revisions_max = 100000;    # key revisions kept for past reads and watches; older ones are compacted
+  response_bytes_max = 4194304;      # largest Range response or document page, in bytes (4096..64 MiB); the rest is left for the next page (`more`)
 };
 
 # Raft timing, in milliseconds unless noted.
@@ -1139,6 +1159,7 @@ tls = {
                 watchers_max: 10,
                 proposals_in_flight_max: 32,
                 history_revisions_max: 500,
+                ..Limits::default()
             },
             raft: RaftSettings {
                 heartbeat_interval_ms: 50,

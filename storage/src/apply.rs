@@ -822,14 +822,14 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
                     Cf::DeviceIndex,
                     keys::device_index_key(DeviceIndex::Zone, old, &id),
                 );
-                self.zone_membership(old, &id, false)?;
+                self.zone_membership(old, false)?;
             }
             self.put(
                 Cf::DeviceIndex,
                 keys::device_index_key(DeviceIndex::Zone, zone, &id),
                 Vec::new(),
             );
-            self.zone_membership(zone, &id, true)?;
+            self.zone_membership(zone, true)?;
             doc.insert("zone".into(), json!(zone));
             doc.insert(
                 "topic_focus".into(),
@@ -843,39 +843,27 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         Ok((id, doc))
     }
 
-    fn zone_membership(
-        &mut self,
-        zone: &str,
-        device: &str,
-        present: bool,
-    ) -> Result<(), StoreError> {
+    /// Counts a device in or out of a zone's document. The document keeps
+    /// only the count: which devices are in the zone is the zone index
+    /// (`Cf::DeviceIndex`), which readers serve the list from, so a new
+    /// device rewrites a document of constant size rather than the whole
+    /// list. Called only when the device's zone changes.
+    fn zone_membership(&mut self, zone: &str, present: bool) -> Result<(), StoreError> {
         let mut doc = self.get_doc(Cf::Zones, zone)?.unwrap_or_else(|| {
             let mut m = Map::new();
             m.insert("zone".into(), json!(zone));
-            m.insert("devices".into(), json!([]));
             m
         });
-        let mut devices: Vec<String> = doc
-            .get("devices")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
-        match (
-            devices.binary_search_by(|d| d.as_str().cmp(device)),
-            present,
-        ) {
-            (Err(pos), true) => devices.insert(pos, device.to_string()),
-            (Ok(pos), false) => {
-                devices.remove(pos);
-            }
-            _ => return Ok(()),
-        }
-        doc.insert("device_count".into(), json!(devices.len()));
-        doc.insert("devices".into(), json!(devices));
+        // Documents stored before the list moved to the index carry it (and
+        // its count): the list goes, the count stays.
+        doc.remove("devices");
+        let count = doc.get("device_count").and_then(Value::as_u64).unwrap_or(0);
+        let count = if present {
+            count + 1
+        } else {
+            count.saturating_sub(1)
+        };
+        doc.insert("device_count".into(), json!(count));
         self.put_doc(Cf::Zones, zone, doc);
         Ok(())
     }

@@ -44,6 +44,25 @@ impl Db {
             .sum()
     }
 
+    /// A raw iterator over `cf` from `start` up to `end` (exclusive; `None`:
+    /// to the last key), positioned at `start`. Keys and values are read
+    /// in place, not copied: a caller that only counts keys, or decodes a
+    /// value and drops it, holds one entry at a time.
+    pub(crate) fn raw_range(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        end: Option<&[u8]>,
+    ) -> rocksdb::DBRawIteratorWithThreadMode<'_, DB> {
+        let mut opts = rocksdb::ReadOptions::default();
+        if let Some(end) = end {
+            opts.set_iterate_upper_bound(end.to_vec());
+        }
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(cf), opts);
+        it.seek(start);
+        it
+    }
+
     pub fn path(&self) -> &Path {
         self.db.path()
     }

@@ -433,10 +433,7 @@ fn device_data_builds_documents_zones_and_indexes() {
     assert_eq!(d["first_seen_ms"], 5);
     assert_eq!(d["last_seen_ms"], 6);
     assert_eq!(d["topic_focus"], "/gw1/kitchen/thermo/7");
-    assert_eq!(
-        s.doc(Cf::Zones, "kitchen")["devices"],
-        json!(["gw1/thermo/7"])
-    );
+    assert_eq!(s.doc(Cf::Zones, "kitchen")["device_count"], 1);
     assert!(s
         .get(
             Cf::DeviceIndex,
@@ -447,11 +444,8 @@ fn device_data_builds_documents_zones_and_indexes() {
 
     // Moving zones updates both zone documents and the index.
     s.apply(device("garage", "temp", &[], "3"));
-    assert_eq!(s.doc(Cf::Zones, "kitchen")["devices"], json!([]));
-    assert_eq!(
-        s.doc(Cf::Zones, "garage")["devices"],
-        json!(["gw1/thermo/7"])
-    );
+    assert_eq!(s.doc(Cf::Zones, "kitchen")["device_count"], 0);
+    assert_eq!(s.doc(Cf::Zones, "garage")["device_count"], 1);
     assert!(s
         .get(
             Cf::DeviceIndex,
@@ -461,6 +455,43 @@ fn device_data_builds_documents_zones_and_indexes() {
         .is_none());
     // Device events do not touch the key-value revision.
     assert_eq!(s.apply(put("k", "v")).revision, 1);
+}
+
+#[test]
+fn a_zone_document_keeps_a_count_not_its_device_list() {
+    let mut s = MemState::default();
+    let register = |id: u64, zone: &str| Event::DeviceRegistered {
+        host: "gw1".into(),
+        zone: zone.into(),
+        class: "cam".into(),
+        device_id: format!("{id:04}"),
+    };
+    let mut stored_bytes = Vec::new();
+    for id in 0..200 {
+        s.apply(register(id, "hall"));
+        stored_bytes.push(s.get(Cf::Zones, b"hall").unwrap().unwrap().len());
+    }
+    let hall = s.doc(Cf::Zones, "hall");
+    assert_eq!(hall["device_count"], 200);
+    assert!(
+        hall.get("devices").is_none(),
+        "the device list is served from the zone index, not stored: {hall}"
+    );
+    // What a new device rewrites does not grow with the zone (a digit or
+    // two of the count at most).
+    let (first, last) = (stored_bytes[0], stored_bytes[199]);
+    assert!(last <= first + 2, "{first} bytes, then {last}");
+    // Moving a device out counts it out; the index says which devices.
+    s.apply(register(7, "yard"));
+    assert_eq!(s.doc(Cf::Zones, "hall")["device_count"], 199);
+    assert_eq!(s.doc(Cf::Zones, "yard")["device_count"], 1);
+    assert!(s
+        .get(
+            Cf::DeviceIndex,
+            &keys::device_index_key(DeviceIndex::Zone, "yard", "gw1/cam/0007")
+        )
+        .unwrap()
+        .is_some());
 }
 
 #[test]
