@@ -170,3 +170,135 @@ async fn a_document_list_is_paged_by_response_bytes() {
         );
     }
 }
+
+/// What no node may reach while refusing the transaction below.
+const RSS_BYTES_MAX: u64 = 256 * MIB as u64;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_reading_gigabytes_is_refused_before_it_is_proposed() {
+    let dir = temp_dir();
+    let (nodes, _) = common::start_cluster(dir.path(), 3, &[]);
+    let leader = common::wait_for("a leader", std::time::Duration::from_secs(30), || {
+        common::leader_id(&nodes)
+    });
+    let leader = &nodes[leader as usize - 1];
+    let mut kv = kv_client(leader).await;
+    for i in 0..4 {
+        kv.put(pb::PutRequest {
+            key: format!("blob/{i}").into_bytes(),
+            value: vec![b'z'; MIB - 64],
+            ..Default::default()
+        })
+        .await
+        .expect("put a value just under 1 MiB");
+    }
+    let before: Vec<u64> = nodes.iter().map(|n| n.peak_rss_bytes()).collect();
+    for (i, rss) in before.iter().enumerate() {
+        assert!(*rss < RSS_BYTES_MAX, "node {} starts at {rss} bytes", i + 1);
+    }
+
+    // 128 ranges over the 4 MiB prefix: 512 MiB of reads in one
+    // transaction, applied on every replica if it reached the log.
+    let ranges = (0..128)
+        .map(|_| pb::RequestOp {
+            request: Some(pb::request_op::Request::RequestRange(range(
+                b"blob/", b"blob0",
+            ))),
+        })
+        .collect();
+    let result = kv
+        .txn(pb::TxnRequest {
+            compare: vec![],
+            success: ranges,
+            failure: vec![],
+        })
+        .await;
+    for (i, n) in nodes.iter().enumerate() {
+        let rss = n.peak_rss_bytes();
+        eprintln!("node {}: peak RSS {} MiB", i + 1, rss >> 20);
+        assert!(
+            rss < RSS_BYTES_MAX,
+            "node {}: peak RSS {rss} bytes after the transaction, bounded by {RSS_BYTES_MAX}",
+            i + 1
+        );
+    }
+    let err = result.expect_err("a transaction reading 512 MiB is refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("txn_bytes_max"),
+        "names the limit: {}",
+        err.message()
+    );
+
+    // Refused before it was proposed: the leader applied no transaction.
+    let counters = &leader.cli_json(&["status"])["counters"];
+    assert!(
+        counters["events_applied_total{event=\"txn\"}"].is_null(),
+        "{counters}"
+    );
+    assert_eq!(
+        counters["requests_rejected_total{reason=\"txn_too_large\"}"].as_u64(),
+        Some(1),
+        "{counters}"
+    );
+
+    // A transaction within the bound goes through, and so does a write.
+    let ranges = (0..2)
+        .map(|_| pb::RequestOp {
+            request: Some(pb::request_op::Request::RequestRange(range(
+                b"blob/", b"blob0",
+            ))),
+        })
+        .collect();
+    let ok = kv
+        .txn(pb::TxnRequest {
+            compare: vec![],
+            success: ranges,
+            failure: vec![],
+        })
+        .await
+        .expect("two ranges over 4 MiB are within the bound")
+        .into_inner();
+    assert!(ok.succeeded);
+    assert_eq!(ok.responses.len(), 2);
+    kv.put(pb::PutRequest {
+        key: b"after".to_vec(),
+        value: b"ok".to_vec(),
+        ..Default::default()
+    })
+    .await
+    .expect("writes go on");
+
+    // A delete that would send back 17 MiB of previous pairs is refused the
+    // same way; without them it touches only keys, and goes through.
+    for i in 4..17 {
+        kv.put(pb::PutRequest {
+            key: format!("blob/{i:02}").into_bytes(),
+            value: vec![b'z'; MIB - 64],
+            ..Default::default()
+        })
+        .await
+        .expect("put a value just under 1 MiB");
+    }
+    let delete = |prev_kv| pb::DeleteRangeRequest {
+        key: b"blob/".to_vec(),
+        range_end: b"blob0".to_vec(),
+        prev_kv,
+    };
+    let err = kv
+        .delete_range(delete(true))
+        .await
+        .expect_err("17 MiB of previous pairs is refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("txn_bytes_max"), "{}", err.message());
+    let deleted = kv
+        .delete_range(delete(false))
+        .await
+        .expect("a delete of 17 keys")
+        .into_inner();
+    assert_eq!(deleted.deleted, 17);
+    for (i, n) in nodes.iter().enumerate() {
+        let rss = n.peak_rss_bytes();
+        assert!(rss < RSS_BYTES_MAX, "node {}: peak RSS {rss} bytes", i + 1);
+    }
+}

@@ -326,6 +326,12 @@ pub struct TxnOp {
     pub compares: Vec<Compare>,
     pub success: Vec<TxnStep>,
     pub failure: Vec<TxnStep>,
+    /// The most bytes the transaction may read or touch when it is
+    /// applied (`limits.txn_bytes_max` of the proposer), carried here so
+    /// that every replica applies the same bound. 0 in entries written
+    /// before it was carried: the applier's own bound then.
+    #[serde(default)]
+    pub bytes_max: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -474,6 +480,14 @@ pub enum Rejection {
     StaleEpoch { proposed: u64, current: u64 },
     #[error("{0} not found")]
     NotFound(String),
+    /// A transaction (or a delete) would read or touch more bytes than its
+    /// bound: ranges and range compares count their pairs, deletes their
+    /// keys, `prev_kv` the previous values.
+    #[error(
+        "the request reads or touches more than {bytes_max} bytes (txn_bytes_max); \
+         read large ranges with Range, which pages them, and delete in smaller ranges"
+    )]
+    TooLarge { bytes_max: u64 },
 }
 
 // ------------------------------------------------------------------ codec
@@ -565,6 +579,7 @@ mod tests {
                     keys_only: false,
                     count_only: false,
                 })],
+                bytes_max: 1 << 20,
             }),
             Event::LeaseGrant { id: 7, ttl_s: 10 },
             Event::DeviceDataUpdated(DeviceData {

@@ -87,6 +87,8 @@ pub struct Limits {
     /// Largest Range response or page of documents, in bytes (one pair or
     /// document always goes, whatever its size).
     pub response_bytes_max: u64,
+    /// Most bytes one transaction (or delete) may read or touch.
+    pub txn_bytes_max: u64,
 }
 
 /// Raft timing. `heartbeat_interval_ms < election_timeout_ms_min <
@@ -148,6 +150,7 @@ impl Default for Limits {
             proposals_in_flight_max: 1024,
             history_revisions_max: 100_000,
             response_bytes_max: 4 << 20,
+            txn_bytes_max: 16 << 20,
         }
     }
 }
@@ -256,6 +259,7 @@ const LIMITS: &[&str] = &[
     "proposals_in_flight_max",
     "history_revisions_max",
     "response_bytes_max",
+    "txn_bytes_max",
 ];
 const RAFT: &[&str] = &[
     "heartbeat_interval_ms",
@@ -529,6 +533,10 @@ fn decode_byte_limits(f: &Field<'_>, l: &mut Limits) -> Result<bool, ConfigError
     match f.name {
         // A page holds at least one pair; the encoder allows 64 MiB.
         "response_bytes_max" => l.response_bytes_max = f.int_in(4096, 64 << 20)?,
+        // At most what the applier itself allows (APPLY_BYTES_MAX).
+        "txn_bytes_max" => {
+            l.txn_bytes_max = f.int_in(1 << 20, utopia_storage::apply::APPLY_BYTES_MAX)?
+        }
         _ => return Ok(false),
     }
     Ok(true)
@@ -938,6 +946,7 @@ limits = {
   proposals_in_flight_max = 1024;    # most Raft proposals awaiting commit
   history_revisions_max = 100000;    # key revisions kept for past reads and watches; older ones are compacted
   response_bytes_max = 4194304;      # largest Range response or document page, in bytes (4096..64 MiB); the rest is left for the next page (`more`)
+  txn_bytes_max = 16777216;          # most bytes a transaction or delete may read or touch: ranges and range compares count their pairs, deletes their keys, prev_kv the old pairs (1 MiB..64 MiB)
 };
 
 # Raft timing, in milliseconds unless noted.

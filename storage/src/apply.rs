@@ -141,6 +141,71 @@ pub(crate) fn range_bounds(key: &[u8], range_end: &[u8]) -> (Vec<u8>, Option<Vec
     }
 }
 
+/// The byte bound of a transaction logged before the bound travelled in
+/// the event, and of a single put or delete: the largest
+/// `limits.txn_bytes_max` accepts, so that whatever a proposer allowed,
+/// applying stays within it.
+pub const APPLY_BYTES_MAX: u64 = 64 << 20;
+
+/// Bytes each pair read or key touched counts beyond its own (its framing
+/// in a response, its tombstone records for a delete).
+pub const TOUCHED_ITEM_OVERHEAD_BYTES: u64 = 64;
+
+/// A transaction's bound in bytes, as applied.
+fn txn_bytes_max(txn: &TxnOp) -> u64 {
+    match txn.bytes_max {
+        0 => APPLY_BYTES_MAX,
+        n => n.min(APPLY_BYTES_MAX),
+    }
+}
+
+/// What a request may still read or touch, in bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct ByteBudget {
+    max: u64,
+    left: u64,
+}
+
+impl ByteBudget {
+    pub fn new(max: u64) -> Self {
+        Self { max, left: max }
+    }
+
+    /// Takes `n` bytes; false, taking nothing, when fewer are left.
+    fn take(&mut self, n: u64) -> bool {
+        match self.left.checked_sub(n) {
+            Some(left) => {
+                self.left = left;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn used(&self) -> u64 {
+        self.max - self.left
+    }
+}
+
+/// Whether one key's state (`None`: absent) satisfies a compare.
+fn compare_one(cmp: &Compare, kv: Option<&KeyValue>) -> bool {
+    let ord = match (&cmp.target, kv) {
+        (CompareTarget::Value(want), Some(kv)) => kv.value[..].cmp(&want[..]),
+        // A missing key has no value: every value comparison fails.
+        (CompareTarget::Value(_), None) => return false,
+        (CompareTarget::Version(n), kv) => kv.map_or(0, |k| k.version).cmp(n),
+        (CompareTarget::CreateRevision(n), kv) => kv.map_or(0, |k| k.create_revision).cmp(n),
+        (CompareTarget::ModRevision(n), kv) => kv.map_or(0, |k| k.mod_revision).cmp(n),
+        (CompareTarget::Lease(n), kv) => kv.map_or(0, |k| k.lease).cmp(n),
+    };
+    match cmp.op {
+        CompareOp::Equal => ord.is_eq(),
+        CompareOp::NotEqual => ord.is_ne(),
+        CompareOp::Greater => ord.is_gt(),
+        CompareOp::Less => ord.is_lt(),
+    }
+}
+
 impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
     pub fn new(base: &'a S) -> Self {
         Self::with_limits(base, ApplyLimits::default())
@@ -214,55 +279,64 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Pairs, StoreError> {
-        let pending: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = self
+        let mut out = Vec::new();
+        self.scan_each(cf, start, end, |k, v| {
+            out.push((k.to_vec(), v.to_vec()));
+            Ok(limit == 0 || out.len() < limit)
+        })?;
+        Ok(out)
+    }
+
+    /// Visits the entries of `cf` in `[start, end)`, base merged with the
+    /// overlay, in key order, one at a time (nothing is collected), until
+    /// `visit` returns false.
+    pub fn scan_each(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        end: Option<&[u8]>,
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut pending = self
             .overlay
             .range((cf, start.to_vec())..)
             .take_while(|((c, k), _)| *c == cf && end.is_none_or(|e| k.as_slice() < e))
             .map(|((_, k), v)| (k, v))
-            .collect();
-        let mut out = Vec::new();
-        let mut pi = pending.into_iter().peekable();
+            .peekable();
         let mut base = self.base.scan(cf, start, end).peekable();
         loop {
-            if limit != 0 && out.len() >= limit {
-                break;
-            }
-            let next_base = match base.peek() {
-                Some(Ok((k, _))) => Some(k.clone()),
-                Some(Err(_)) => {
-                    if let Some(Err(e)) = base.next() {
-                        return Err(e);
-                    }
-                    unreachable!("peeked an error")
-                }
-                None => None,
+            // Which comes next: the base's entry, the overlay's, or the
+            // overlay's in place of the base's (same key).
+            let order = match (base.peek(), pending.peek()) {
+                (Some(Err(_)), _) => match base.next() {
+                    Some(Err(e)) => return Err(e),
+                    _ => unreachable!("peeked an error"),
+                },
+                (None, None) => return Ok(()),
+                (None, Some(_)) => std::cmp::Ordering::Less,
+                (Some(Ok(_)), None) => std::cmp::Ordering::Greater,
+                (Some(Ok((bk, _))), Some((pk, _))) => pk.as_slice().cmp(bk.as_slice()),
             };
-            let next_pending = pi.peek().map(|(k, _)| (*k).clone());
-            match (next_base, next_pending) {
-                (None, None) => break,
-                (Some(bk), Some(pk)) if pk <= bk => {
-                    if pk == bk {
-                        base.next();
-                    }
-                    let (k, v) = pi.next().expect("peeked");
-                    if let Some(v) = v {
-                        out.push((k.clone(), v.clone()));
-                    }
+            let go_on = if order.is_gt() {
+                match base.next() {
+                    Some(Ok((k, v))) => visit(&k, &v)?,
+                    _ => unreachable!("peeked an entry"),
                 }
-                (None, Some(_)) => {
-                    let (k, v) = pi.next().expect("peeked");
-                    if let Some(v) = v {
-                        out.push((k.clone(), v.clone()));
-                    }
+            } else {
+                if order.is_eq() {
+                    base.next();
                 }
-                (Some(_), _) => {
-                    if let Some(Ok(kv)) = base.next() {
-                        out.push(kv);
-                    }
+                match pending.next() {
+                    Some((k, Some(v))) => visit(k, v)?,
+                    // Deleted in this batch.
+                    Some((_, None)) => true,
+                    None => unreachable!("peeked an entry"),
                 }
+            };
+            if !go_on {
+                return Ok(());
             }
         }
-        Ok(out)
     }
 
     // ------------------------------------------------------------ entry point
@@ -364,8 +438,15 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         if let Some(rej) = self.check_steps(std::slice::from_ref(&step))? {
             return Ok(Outcome::Rejected(rej));
         }
+        let mut budget = ByteBudget::new(APPLY_BYTES_MAX);
+        if !self.charge_step(&step, &mut budget, false)? {
+            return Ok(Outcome::Rejected(Rejection::TooLarge {
+                bytes_max: APPLY_BYTES_MAX,
+            }));
+        }
         let rev = self.get_i64(meta::REVISION)?;
-        let (mut results, wrote) = self.run_steps(rev + 1, std::slice::from_ref(&step))?;
+        let (mut results, wrote) =
+            self.run_steps(rev + 1, std::slice::from_ref(&step), &mut budget)?;
         if wrote {
             self.put(Cf::SmMeta, meta::REVISION.to_vec(), enc(&(rev + 1)));
         }
@@ -376,12 +457,28 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         })
     }
 
+    /// Applies a transaction within its byte bound (`TxnOp::bytes_max`):
+    /// compares and the chosen branch's deletes and `prev_kv` reads are
+    /// counted before anything is written, and a transaction over the
+    /// bound is rejected whole; ranges then take what is left and stop
+    /// there (`more`). The proposer refuses a transaction it estimates to
+    /// be over the bound, so this is the guard for a state that grew
+    /// between the estimate and the commit, or a proposer that did not
+    /// check: whatever reaches the log, applying it stays bounded, and the
+    /// same on every replica.
     fn apply_txn(&mut self, _req: &Request, txn: &TxnOp) -> Result<Outcome, StoreError> {
+        let bytes_max = txn_bytes_max(txn);
+        let too_large = Outcome::Rejected(Rejection::TooLarge { bytes_max });
+        let mut budget = ByteBudget::new(bytes_max);
         let mut succeeded = true;
         for cmp in &txn.compares {
-            if !self.compare(cmp)? {
-                succeeded = false;
-                break;
+            match self.compare(cmp, &mut budget)? {
+                Some(true) => {}
+                Some(false) => {
+                    succeeded = false;
+                    break;
+                }
+                None => return Ok(too_large),
             }
         }
         let steps = if succeeded {
@@ -392,12 +489,97 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         if let Some(rej) = self.check_steps(steps)? {
             return Ok(Outcome::Rejected(rej));
         }
+        for step in steps {
+            if !self.charge_step(step, &mut budget, false)? {
+                return Ok(too_large);
+            }
+        }
         let rev = self.get_i64(meta::REVISION)?;
-        let (results, wrote) = self.run_steps(rev + 1, steps)?;
+        let (results, wrote) = self.run_steps(rev + 1, steps, &mut budget)?;
         if wrote {
             self.put(Cf::SmMeta, meta::REVISION.to_vec(), enc(&(rev + 1)));
         }
         Ok(Outcome::Txn { succeeded, results })
+    }
+
+    /// The bytes `txn` would read or touch in the current state, counting
+    /// both branches in full (the larger of the two) and stopping once
+    /// past `bytes_max`: `None` then. What a proposer checks before
+    /// proposing; the applier applies the same bound when it commits.
+    pub fn txn_bytes(&self, txn: &TxnOp, bytes_max: u64) -> Result<Option<u64>, StoreError> {
+        let mut budget = ByteBudget::new(bytes_max);
+        for cmp in &txn.compares {
+            if self.compare(cmp, &mut budget)?.is_none() {
+                return Ok(None);
+            }
+        }
+        let mut largest = 0;
+        for steps in [&txn.success, &txn.failure] {
+            let mut branch = budget;
+            for step in steps {
+                if !self.charge_step(step, &mut branch, true)? {
+                    return Ok(None);
+                }
+            }
+            largest = largest.max(branch.used());
+        }
+        Ok(Some(largest))
+    }
+
+    /// Counts into `budget` what `step` reads or touches now: a delete its
+    /// keys (and their pairs with `prev_kv`), a put its key and value (and
+    /// the previous pair with `prev_kv`), and with `ranges` a range its
+    /// pairs (its keys with `keys_only`, nothing with `count_only`), up to
+    /// its count limit. Sizes are of the stored records, not decoded.
+    /// False, as soon as it is known, when `budget` cannot hold it all.
+    fn charge_step(
+        &self,
+        step: &TxnStep,
+        budget: &mut ByteBudget,
+        ranges: bool,
+    ) -> Result<bool, StoreError> {
+        match step {
+            TxnStep::Range(r) => {
+                if !ranges || r.count_only {
+                    return Ok(true);
+                }
+                let (start, end) = range_bounds(&r.key, &r.range_end);
+                let limit = usize::try_from(r.limit).unwrap_or(0);
+                let (mut seen, mut fits) = (0usize, true);
+                self.scan_each(Cf::Kv, &start, end.as_deref(), |k, v| {
+                    seen += 1;
+                    let size = if r.keys_only {
+                        k.len()
+                    } else {
+                        k.len() + v.len()
+                    };
+                    fits = budget.take(size as u64 + TOUCHED_ITEM_OVERHEAD_BYTES);
+                    Ok(fits && (limit == 0 || seen < limit))
+                })?;
+                Ok(fits)
+            }
+            TxnStep::Put(p) => {
+                let mut size = (p.key.len() + p.value.len()) as u64;
+                if p.prev_kv {
+                    size += self.get(Cf::Kv, &p.key)?.map_or(0, |v| v.len() as u64);
+                }
+                Ok(budget.take(size + TOUCHED_ITEM_OVERHEAD_BYTES))
+            }
+            TxnStep::Delete(d) => {
+                let (start, end) = range_bounds(&d.key, &d.range_end);
+                let mut fits = true;
+                self.scan_each(Cf::Kv, &start, end.as_deref(), |k, v| {
+                    let size = if d.prev_kv {
+                        k.len() + v.len()
+                    } else {
+                        k.len()
+                    };
+                    fits = budget.take(size as u64 + TOUCHED_ITEM_OVERHEAD_BYTES);
+                    Ok(fits)
+                })?;
+                Ok(fits)
+            }
+        }
     }
 
     /// Checks what must hold before any step of a write runs, so that a
@@ -437,16 +619,19 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         Ok(None)
     }
 
+    /// Runs the steps at revision `rev`; ranges take their pairs out of
+    /// `budget` (what the checks before left of it).
     fn run_steps(
         &mut self,
         rev: i64,
         steps: &[TxnStep],
+        budget: &mut ByteBudget,
     ) -> Result<(Vec<StepResult>, bool), StoreError> {
         let mut results = Vec::with_capacity(steps.len());
         let mut sub = 0u32;
         for step in steps {
             results.push(match step {
-                TxnStep::Range(r) => StepResult::Range(self.range_current(r)?),
+                TxnStep::Range(r) => StepResult::Range(self.range_current(r, budget)?),
                 TxnStep::Put(p) => self.put_key(rev, &mut sub, p)?,
                 TxnStep::Delete(d) => self.delete_range(rev, &mut sub, d)?,
             });
@@ -537,11 +722,18 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         op: &DeleteOp,
     ) -> Result<StepResult, StoreError> {
         let (start, end) = range_bounds(&op.key, &op.range_end);
-        let victims = self
-            .scan(Cf::Kv, &start, end.as_deref(), 0)?
-            .into_iter()
-            .map(|(k, v)| dec::<KeyValue>(Cf::Kv, &k, &v))
-            .collect::<Result<Vec<_>, _>>()?;
+        // Without prev_kv a deleted pair's value is not needed: only its
+        // key, lease and revision are held (the checks before counted the
+        // keys against the request's bound).
+        let mut victims = Vec::new();
+        self.scan_each(Cf::Kv, &start, end.as_deref(), |k, v| {
+            let mut kv: KeyValue = dec(Cf::Kv, k, v)?;
+            if !op.prev_kv {
+                kv.value = Bytes::new();
+            }
+            victims.push(kv);
+            Ok(true)
+        })?;
         let deleted = victims.len() as i64;
         let prev = if op.prev_kv {
             victims.clone()
@@ -552,71 +744,86 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         Ok(StepResult::Delete { deleted, prev })
     }
 
-    fn range_current(&self, op: &RangeOp) -> Result<RangeResult, StoreError> {
+    /// A range inside a transaction: every key in it is counted (from the
+    /// keys, without decoding), and pairs are taken while `budget` holds
+    /// them and the count limit allows; `more` when some were left out.
+    fn range_current(
+        &self,
+        op: &RangeOp,
+        budget: &mut ByteBudget,
+    ) -> Result<RangeResult, StoreError> {
         let (start, end) = range_bounds(&op.key, &op.range_end);
-        let all = self.scan(Cf::Kv, &start, end.as_deref(), 0)?;
-        let count = all.len() as i64;
         let limit = if op.limit > 0 {
             op.limit as usize
         } else {
             usize::MAX
         };
         let mut kvs = Vec::new();
-        if !op.count_only {
-            for (k, v) in all.iter().take(limit) {
-                let mut kv: KeyValue = dec(Cf::Kv, k, v)?;
-                if op.keys_only {
-                    kv.value = Bytes::new();
-                }
-                kvs.push(kv);
+        let mut count = 0i64;
+        let mut full = op.count_only;
+        self.scan_each(Cf::Kv, &start, end.as_deref(), |k, v| {
+            count += 1;
+            if full || kvs.len() >= limit {
+                full = true;
+                return Ok(true);
             }
-        }
+            let size = if op.keys_only {
+                k.len()
+            } else {
+                k.len() + v.len()
+            };
+            if !budget.take(size as u64 + TOUCHED_ITEM_OVERHEAD_BYTES) {
+                full = true;
+                return Ok(true);
+            }
+            let mut kv: KeyValue = dec(Cf::Kv, k, v)?;
+            if op.keys_only {
+                kv.value = Bytes::new();
+            }
+            kvs.push(kv);
+            Ok(true)
+        })?;
         Ok(RangeResult {
-            more: (count as usize) > limit,
+            more: !op.count_only && (kvs.len() as i64) < count,
             count,
             kvs,
         })
     }
 
-    fn compare(&self, cmp: &Compare) -> Result<bool, StoreError> {
-        let (start, end) = range_bounds(&cmp.key, &cmp.range_end);
-        let targets: Vec<Option<KeyValue>> = if cmp.range_end.is_empty() {
-            vec![self.current(&cmp.key)?]
-        } else {
-            let found = self.scan(Cf::Kv, &start, end.as_deref(), 0)?;
-            if found.is_empty() {
-                return Ok(false);
-            }
-            found
-                .iter()
-                .map(|(k, v)| dec(Cf::Kv, k, v).map(Some))
-                .collect::<Result<_, _>>()?
-        };
-        for kv in targets {
-            let ord = match (&cmp.target, &kv) {
-                (CompareTarget::Value(want), Some(kv)) => kv.value[..].cmp(&want[..]),
-                // A missing key has no value: every value comparison fails.
-                (CompareTarget::Value(_), None) => return Ok(false),
-                (CompareTarget::Version(n), kv) => kv.as_ref().map_or(0, |k| k.version).cmp(n),
-                (CompareTarget::CreateRevision(n), kv) => {
-                    kv.as_ref().map_or(0, |k| k.create_revision).cmp(n)
+    /// Evaluates a compare, counting the pairs it reads into `budget`:
+    /// `None` when they do not fit.
+    fn compare(&self, cmp: &Compare, budget: &mut ByteBudget) -> Result<Option<bool>, StoreError> {
+        if cmp.range_end.is_empty() {
+            let current = match self.get(Cf::Kv, &cmp.key)? {
+                Some(v) => {
+                    if !budget.take((cmp.key.len() + v.len()) as u64 + TOUCHED_ITEM_OVERHEAD_BYTES)
+                    {
+                        return Ok(None);
+                    }
+                    Some(dec::<KeyValue>(Cf::Kv, &cmp.key, &v)?)
                 }
-                (CompareTarget::ModRevision(n), kv) => {
-                    kv.as_ref().map_or(0, |k| k.mod_revision).cmp(n)
-                }
-                (CompareTarget::Lease(n), kv) => kv.as_ref().map_or(0, |k| k.lease).cmp(n),
+                None => None,
             };
-            let ok = match cmp.op {
-                CompareOp::Equal => ord.is_eq(),
-                CompareOp::NotEqual => ord.is_ne(),
-                CompareOp::Greater => ord.is_gt(),
-                CompareOp::Less => ord.is_lt(),
-            };
-            if !ok {
-                return Ok(false);
-            }
+            return Ok(Some(compare_one(cmp, current.as_ref())));
         }
-        Ok(true)
+        let (start, end) = range_bounds(&cmp.key, &cmp.range_end);
+        // A range compare holds when the range is not empty and every pair
+        // in it matches.
+        let (mut any, mut holds, mut fits) = (false, true, true);
+        self.scan_each(Cf::Kv, &start, end.as_deref(), |k, v| {
+            if !budget.take((k.len() + v.len()) as u64 + TOUCHED_ITEM_OVERHEAD_BYTES) {
+                fits = false;
+                return Ok(false);
+            }
+            any = true;
+            let kv: KeyValue = dec(Cf::Kv, k, v)?;
+            holds = compare_one(cmp, Some(&kv));
+            Ok(holds)
+        })?;
+        if !fits {
+            return Ok(None);
+        }
+        Ok(Some(any && holds))
     }
 
     fn apply_compact(&mut self, revision: i64) -> Result<Outcome, StoreError> {
@@ -641,26 +848,31 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         // `revision` also leaves the change feed, and a deletion's own
         // record goes with it (at `revision` the key is absent, or a later
         // change covers it).
-        let changes = self.scan(
+        // Change records carry values: each is decoded and dropped in turn,
+        // and only the keys to delete are kept.
+        let mut doomed = Vec::new();
+        self.scan_each(
             Cf::KvChanges,
             &keys::change_key(compacted, 0),
             Some(&keys::change_key(revision + 1, 0)),
-            0,
+            |ck, cv| {
+                let (rev, _) = keys::parse_change_key(ck)
+                    .ok_or_else(|| StoreError::corrupt(Cf::KvChanges, ck, "bad change key"))?;
+                let change: ChangeRecord = dec(Cf::KvChanges, ck, cv)?;
+                if let Some(prev) = change.prev_revision {
+                    doomed.push((Cf::KvHistory, keys::history_key(&change.kv.key, prev)));
+                }
+                if rev != revision {
+                    doomed.push((Cf::KvChanges, ck.to_vec()));
+                    if change.deleted {
+                        doomed.push((Cf::KvHistory, keys::history_key(&change.kv.key, rev)));
+                    }
+                }
+                Ok(true)
+            },
         )?;
-        for (ck, cv) in changes {
-            let (rev, _) = keys::parse_change_key(&ck)
-                .ok_or_else(|| StoreError::corrupt(Cf::KvChanges, &ck, "bad change key"))?;
-            let change: ChangeRecord = dec(Cf::KvChanges, &ck, &cv)?;
-            if let Some(prev) = change.prev_revision {
-                self.delete(Cf::KvHistory, keys::history_key(&change.kv.key, prev));
-            }
-            if rev == revision {
-                continue;
-            }
-            self.delete(Cf::KvChanges, ck);
-            if change.deleted {
-                self.delete(Cf::KvHistory, keys::history_key(&change.kv.key, rev));
-            }
+        for (cf, key) in doomed {
+            self.delete(cf, key);
         }
         self.put(Cf::SmMeta, meta::COMPACT_REVISION.to_vec(), enc(&revision));
         Ok(Outcome::Done)
@@ -723,7 +935,9 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         let mut victims = Vec::with_capacity(attached.len());
         for (lk, _) in attached {
             let user_key = &lk[8..];
-            if let Some(kv) = self.current(user_key)? {
+            // Only the key, lease and revision are needed to delete it.
+            if let Some(mut kv) = self.current(user_key)? {
+                kv.value = Bytes::new();
                 victims.push(kv);
             }
             self.delete(Cf::LeaseKeys, lk);

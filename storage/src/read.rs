@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use tokio::sync::broadcast;
-use utopia_raft::event::{self, Bytes, KeyValue, RangeResult};
+use utopia_raft::event::{self, Bytes, KeyValue, RangeResult, TxnOp};
 
 use crate::apply::{
     range_bounds, ChangeRecord, CommandRecord, HistoryRecord, IngestEffects, IngestOwners,
@@ -406,6 +406,13 @@ impl Reader {
         let rec: HistoryRecord = dec(Cf::KvHistory, &history_key, &bytes)?;
         out.offer(rec.kv);
         Ok(())
+    }
+
+    /// The bytes `txn` would read or touch in the current state, both
+    /// branches counted in full; `None` once past `bytes_max` (the work
+    /// stops there). See [`crate::apply::Applier::txn_bytes`].
+    pub fn txn_bytes(&self, txn: &TxnOp, bytes_max: u64) -> Result<Option<u64>, StoreError> {
+        crate::apply::Applier::new(&self.db).txn_bytes(txn, bytes_max)
     }
 
     /// A key's last state strictly before `revision`, if it existed then.

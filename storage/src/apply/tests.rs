@@ -160,6 +160,7 @@ fn txn_takes_both_branches() {
                 keys_only: false,
                 count_only: false,
             })],
+            bytes_max: 0,
         })
     };
     let r = s.apply(cas(7));
@@ -190,6 +191,169 @@ fn txn_takes_both_branches() {
     assert_eq!(s.kv("k").unwrap().value, b("new"));
 }
 
+fn range_step(k: &str, end: &str) -> TxnStep {
+    TxnStep::Range(RangeOp {
+        key: b(k),
+        range_end: b(end),
+        limit: 0,
+        keys_only: false,
+        count_only: false,
+    })
+}
+
+/// Ten keys of 1 KiB each, `k0`..`k9`.
+fn ten_kib() -> MemState {
+    let mut s = MemState::default();
+    for i in 0..10 {
+        s.apply(Event::Put(PutOp {
+            key: b(&format!("k{i}")),
+            value: Bytes::from(vec![b'v'; 1024]),
+            lease: 0,
+            prev_kv: false,
+        }));
+    }
+    s
+}
+
+#[test]
+fn txn_ranges_stop_at_the_bytes_the_event_carries() {
+    let mut s = ten_kib();
+    // Room for about four pairs of the ten in each of two ranges' share.
+    let r = s.apply(Event::Txn(TxnOp {
+        compares: vec![],
+        success: vec![range_step("k", "l"), range_step("k", "l")],
+        failure: vec![],
+        bytes_max: 4 * 1100,
+    }));
+    let Outcome::Txn { results, .. } = r.outcome else {
+        panic!("{r:?}")
+    };
+    let StepResult::Range(first) = &results[0] else {
+        panic!()
+    };
+    let StepResult::Range(second) = &results[1] else {
+        panic!()
+    };
+    assert_eq!((first.count, first.more), (10, true));
+    assert!(
+        !first.kvs.is_empty() && first.kvs.len() < 10,
+        "{}",
+        first.kvs.len()
+    );
+    // The second range gets what the first left.
+    assert_eq!((second.count, second.more), (10, true));
+    assert!(second.kvs.len() < first.kvs.len(), "{}", second.kvs.len());
+    // An entry logged before the bound travelled uses the applier's own.
+    let r = s.apply(Event::Txn(TxnOp {
+        compares: vec![],
+        success: vec![range_step("k", "l")],
+        failure: vec![],
+        bytes_max: 0,
+    }));
+    let Outcome::Txn { results, .. } = r.outcome else {
+        panic!("{r:?}")
+    };
+    let StepResult::Range(all) = &results[0] else {
+        panic!()
+    };
+    assert_eq!((all.kvs.len(), all.more), (10, false));
+}
+
+#[test]
+fn txn_over_its_bytes_is_rejected_whole_before_any_write() {
+    let mut s = ten_kib();
+    let before = s.data.clone();
+    let over = |compares: Vec<Compare>, success: Vec<TxnStep>| {
+        Event::Txn(TxnOp {
+            compares,
+            success,
+            failure: vec![],
+            bytes_max: 4 * 1100,
+        })
+    };
+    let put_x = TxnStep::Put(PutOp {
+        key: b("x"),
+        value: b("1"),
+        lease: 0,
+        prev_kv: false,
+    });
+    let cases = [
+        // A compare over a range of ten pairs.
+        over(
+            vec![Compare {
+                key: b("k"),
+                range_end: b("l"),
+                op: CompareOp::Greater,
+                target: CompareTarget::Version(0),
+            }],
+            vec![put_x.clone()],
+        ),
+        // A delete returning ten previous pairs.
+        over(
+            vec![],
+            vec![
+                put_x.clone(),
+                TxnStep::Delete(DeleteOp {
+                    key: b("k"),
+                    range_end: b("l"),
+                    prev_kv: true,
+                }),
+            ],
+        ),
+    ];
+    for event in cases {
+        let r = s.apply(event);
+        assert!(
+            matches!(
+                r.outcome,
+                Outcome::Rejected(Rejection::TooLarge { bytes_max: 4400 })
+            ),
+            "{r:?}"
+        );
+        assert_eq!(s.data, before, "nothing was written");
+    }
+    // The same delete without prev_kv touches only keys: within the bound.
+    let r = s.apply(over(
+        vec![],
+        vec![TxnStep::Delete(DeleteOp {
+            key: b("k"),
+            range_end: b("l"),
+            prev_kv: false,
+        })],
+    ));
+    assert!(
+        matches!(
+            r.outcome,
+            Outcome::Txn {
+                succeeded: true,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    assert!(s.kv("k3").is_none());
+}
+
+#[test]
+fn a_txn_is_estimated_over_both_branches_and_stops_at_the_bound() {
+    let s = ten_kib();
+    let applier = Applier::new(&s);
+    let txn = |success: Vec<TxnStep>, failure: Vec<TxnStep>| TxnOp {
+        compares: vec![],
+        success,
+        failure,
+        bytes_max: 0,
+    };
+    let small = txn(vec![range_step("k0", "")], vec![]);
+    let one = applier.txn_bytes(&small, 1 << 20).unwrap().unwrap();
+    assert!((1024..1200).contains(&one), "{one}");
+    // The larger branch counts, even if it is the failure branch.
+    let large = txn(vec![range_step("k0", "")], vec![range_step("k", "l")]);
+    let all = applier.txn_bytes(&large, 1 << 20).unwrap().unwrap();
+    assert!(all >= 10 * 1024, "{all}");
+    assert_eq!(applier.txn_bytes(&large, 5000).unwrap(), None);
+}
+
 #[test]
 fn txn_rejects_a_key_written_twice() {
     let mut s = MemState::default();
@@ -209,6 +373,7 @@ fn txn_rejects_a_key_written_twice() {
             }),
         ],
         failure: vec![],
+        bytes_max: 0,
     }));
     assert!(
         matches!(r.outcome, Outcome::Rejected(Rejection::DuplicateKey(_))),
@@ -230,6 +395,7 @@ fn compares_on_missing_keys_and_values() {
             }],
             success: vec![],
             failure: vec![],
+            bytes_max: 0,
         })
     };
     let ok = |r: Response| {
