@@ -12,6 +12,8 @@
 //! - [`cli`]: the `utopia` command-line client and its benchmark.
 //! - [`mqtt`]: broker bridges, device ingest exactly once across the
 //!   cluster, device commands.
+//! - [`space`]: each node's database size against `limits.db_bytes_max`,
+//!   and the NOSPACE alarm.
 //! - [`tls`]: certificates and keys read at startup, for the server, its
 //!   connections to peers, and the CLI.
 //!
@@ -23,6 +25,7 @@ pub mod cli;
 pub mod config;
 pub mod mqtt;
 pub mod server;
+pub mod space;
 pub mod tls;
 
 /// Milliseconds since the Unix epoch on this node's clock.

@@ -125,6 +125,11 @@ pub async fn run(
 
     crate::mqtt::start(node.clone(), &settings, ingest_applied).context("start MQTT bridges")?;
 
+    tokio::spawn(crate::space::watch(
+        node.clone(),
+        settings.limits.db_bytes_max,
+    ));
+
     let reaper = tokio::spawn(housekeeping(
         node.clone(),
         Duration::from_millis(settings.raft.lease_check_interval_ms),

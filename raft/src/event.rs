@@ -175,6 +175,42 @@ pub enum Event {
         id: u64,
         reason: String,
     },
+
+    // ---- alarms
+    /// Member `node_id` raises an alarm: for [`AlarmKind::NoSpace`], its
+    /// database passed its `limits.db_bytes_max`. While any alarm is
+    /// active, events that add data are rejected on every replica (see
+    /// [`Event::adds_data`]).
+    AlarmRaised {
+        node_id: u64,
+        alarm: AlarmKind,
+        /// How many disarms the member had applied when it measured: a
+        /// raise measured before a later disarm is stale, and ignored.
+        disarms: u64,
+    },
+    /// An operator disarms `alarm` of member `node_id` (0: of every
+    /// member). A member still over its limit raises it again.
+    AlarmDisarmed {
+        node_id: u64,
+        alarm: AlarmKind,
+    },
+}
+
+/// What an alarm is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlarmKind {
+    /// A member's database passed `limits.db_bytes_max` (etcd's NOSPACE).
+    NoSpace,
+}
+
+impl AlarmKind {
+    /// The name operators see, as etcd spells its alarms.
+    pub fn name(self) -> &'static str {
+        match self {
+            AlarmKind::NoSpace => "NOSPACE",
+        }
+    }
 }
 
 /// A member taking part in topic ownership, with its weight.
@@ -245,6 +281,49 @@ impl Event {
             Event::CommandIssued { .. } => "command_issued",
             Event::CommandAttempted { .. } => "command_attempted",
             Event::CommandFailed { .. } => "command_failed",
+            Event::AlarmRaised { .. } => "alarm_raised",
+            Event::AlarmDisarmed { .. } => "alarm_disarmed",
+        }
+    }
+
+    /// Whether the event adds data to the store, and is therefore refused
+    /// while an alarm is active: puts, transactions with a put in either
+    /// branch, lease grants, device data and registrations, ingest
+    /// batches, new commands, proposed configurations and statistics.
+    /// Reads, deletes, compaction, lease revocation and expiry, alarms,
+    /// membership and ownership upkeep, and the progress of commands
+    /// already issued go on (as etcd lets deletes, compaction and disarm
+    /// through under NOSPACE).
+    pub fn adds_data(&self) -> bool {
+        match self {
+            Event::Put(_)
+            | Event::LeaseGrant { .. }
+            | Event::DeviceDataUpdated(_)
+            | Event::DeviceRegistered { .. }
+            | Event::IngestBatch { .. }
+            | Event::CommandIssued { .. }
+            | Event::ConfigProposed(_)
+            | Event::StatIncremented { .. } => true,
+            Event::Txn(t) => t
+                .success
+                .iter()
+                .chain(&t.failure)
+                .any(|s| matches!(s, TxnStep::Put(_))),
+            Event::Delete(_)
+            | Event::Compact { .. }
+            | Event::LeaseRevoke { .. }
+            | Event::LeaseExpired { .. }
+            | Event::FellowStateChanged(_)
+            | Event::DbServerRegistered { .. }
+            | Event::DbServerProblematic { .. }
+            | Event::ConfigAccepted { .. }
+            | Event::ConfigRejected { .. }
+            | Event::IngestWeight { .. }
+            | Event::IngestOwnersChanged { .. }
+            | Event::CommandAttempted { .. }
+            | Event::CommandFailed { .. }
+            | Event::AlarmRaised { .. }
+            | Event::AlarmDisarmed { .. } => false,
         }
     }
 }
@@ -488,6 +567,15 @@ pub enum Rejection {
          read large ranges with Range, which pages them, and delete in smaller ranges"
     )]
     TooLarge { bytes_max: u64 },
+    /// An event that adds data while an alarm is active (etcd's "mvcc:
+    /// database space exceeded").
+    #[error(
+        "database space exceeded: {} alarm of member {node_id} is active (its database passed \
+         limits.db_bytes_max); reads, deletes, compaction and lease revokes still work: free \
+         space (delete, compact), then `utopia alarm disarm`",
+        alarm.name()
+    )]
+    Alarm { node_id: u64, alarm: AlarmKind },
 }
 
 // ------------------------------------------------------------------ codec

@@ -7,6 +7,7 @@
 //! passes a Raft read barrier unless the client asked for a serializable
 //! (local) read.
 
+pub mod alarm;
 pub mod documents;
 pub mod kv;
 pub mod lease;
@@ -119,6 +120,7 @@ impl Node {
     /// `proposals_in_flight_max` proposals wait at once; beyond that the
     /// request is refused with RESOURCE_EXHAUSTED rather than queued.
     pub async fn propose(&self, event: Event) -> Result<Response, Status> {
+        self.refuse_under_alarm(&event)?;
         let _permit = self.proposals.try_acquire().map_err(|_| {
             self.reject(
                 "overloaded",

@@ -43,6 +43,8 @@ pub fn from_rejection(r: Rejection) -> Status {
         Rejection::DuplicateKey(_) | Rejection::Invalid(_) => Code::InvalidArgument,
         // Retrying does not help: the request must be made smaller.
         Rejection::TooLarge { .. } => Code::InvalidArgument,
+        // Like etcd's NOSPACE: nothing more fits until an operator acts.
+        Rejection::Alarm { .. } => Code::ResourceExhausted,
     };
     Status::new(code, r.to_string())
 }

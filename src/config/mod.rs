@@ -89,6 +89,9 @@ pub struct Limits {
     pub response_bytes_max: u64,
     /// Most bytes one transaction (or delete) may read or touch.
     pub txn_bytes_max: u64,
+    /// The state machine's size on disk past which this node raises the
+    /// NOSPACE alarm.
+    pub db_bytes_max: u64,
 }
 
 /// Raft timing. `heartbeat_interval_ms < election_timeout_ms_min <
@@ -151,6 +154,7 @@ impl Default for Limits {
             history_revisions_max: 100_000,
             response_bytes_max: 4 << 20,
             txn_bytes_max: 16 << 20,
+            db_bytes_max: 8 << 30,
         }
     }
 }
@@ -260,6 +264,7 @@ const LIMITS: &[&str] = &[
     "history_revisions_max",
     "response_bytes_max",
     "txn_bytes_max",
+    "db_bytes_max",
 ];
 const RAFT: &[&str] = &[
     "heartbeat_interval_ms",
@@ -537,6 +542,7 @@ fn decode_byte_limits(f: &Field<'_>, l: &mut Limits) -> Result<bool, ConfigError
         "txn_bytes_max" => {
             l.txn_bytes_max = f.int_in(1 << 20, utopia_storage::apply::APPLY_BYTES_MAX)?
         }
+        "db_bytes_max" => l.db_bytes_max = f.int_in(1 << 20, 1 << 50)?,
         _ => return Ok(false),
     }
     Ok(true)
@@ -947,6 +953,7 @@ limits = {
   history_revisions_max = 100000;    # key revisions kept for past reads and watches; older ones are compacted
   response_bytes_max = 4194304;      # largest Range response or document page, in bytes (4096..64 MiB); the rest is left for the next page (`more`)
   txn_bytes_max = 16777216;          # most bytes a transaction or delete may read or touch: ranges and range compares count their pairs, deletes their keys, prev_kv the old pairs (1 MiB..64 MiB)
+  db_bytes_max = 8589934592;         # state machine size on disk (8 GiB) past which this node raises the NOSPACE alarm: writes that add data are refused until `utopia alarm disarm` (1 MiB..1 PiB)
 };
 
 # Raft timing, in milliseconds unless noted.

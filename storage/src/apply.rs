@@ -23,7 +23,9 @@ use utopia_raft::event::{
 use crate::keys::{self, meta, Cf, DeviceIndex};
 use crate::StoreError;
 
+pub mod alarm;
 pub mod ingest;
+pub use alarm::{AlarmRecord, AlarmState};
 pub use ingest::{CommandRecord, CommandState, IngestEffects, IngestOwners, IngestTotals};
 
 /// Read access to the state the events are applied to.
@@ -352,6 +354,12 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
                 event::EVENT_VERSION
             )));
         }
+        if let Some(rejection) = self.refused_by_alarm(&req.event)? {
+            return Ok(Response {
+                revision: self.get_i64(meta::REVISION)?,
+                outcome: Outcome::Rejected(rejection),
+            });
+        }
         let outcome = match &req.event {
             Event::Put(op) => self.apply_single(req, TxnStep::Put(op.clone()))?,
             Event::Delete(op) => self.apply_single(req, TxnStep::Delete(op.clone()))?,
@@ -424,6 +432,14 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
             }
             Event::CommandFailed { id, reason } => {
                 self.apply_command_failed(req.at_ms, *id, reason)?
+            }
+            Event::AlarmRaised {
+                node_id,
+                alarm,
+                disarms,
+            } => self.apply_alarm_raised(req.at_ms, *node_id, *alarm, *disarms)?,
+            Event::AlarmDisarmed { node_id, alarm } => {
+                self.apply_alarm_disarmed(*node_id, *alarm)?
             }
         };
         Ok(Response {

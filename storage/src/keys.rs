@@ -159,6 +159,8 @@ pub mod meta {
     pub const MEMBERSHIP: &[u8] = b"membership";
     pub const REVISION: &[u8] = b"revision";
     pub const COMPACT_REVISION: &[u8] = b"compact_revision";
+    /// CBOR `AlarmState`: the active alarms, and the disarms applied.
+    pub const ALARMS: &[u8] = b"alarms";
 }
 
 /// Keys in [`Cf::RaftMeta`].

@@ -12,8 +12,8 @@ use tokio::sync::broadcast;
 use utopia_raft::event::{self, Bytes, KeyValue, RangeResult, TxnOp};
 
 use crate::apply::{
-    range_bounds, ChangeRecord, CommandRecord, HistoryRecord, IngestEffects, IngestOwners,
-    IngestTotals, LeaseRecord, StateRead,
+    range_bounds, AlarmRecord, AlarmState, ChangeRecord, CommandRecord, HistoryRecord,
+    IngestEffects, IngestOwners, IngestTotals, LeaseRecord, StateRead,
 };
 
 /// Bytes one key-value pair or document adds to a response beyond its
@@ -272,6 +272,35 @@ impl Reader {
             Some(b) => dec(Cf::SmMeta, key, &b),
             None => Ok(0),
         }
+    }
+
+    /// The active alarms, by member then kind.
+    pub fn alarms(&self) -> Result<Vec<AlarmRecord>, StoreError> {
+        Ok(self.alarm_state()?.alarms)
+    }
+
+    /// The active alarms and how many disarms have been applied.
+    pub fn alarm_state(&self) -> Result<AlarmState, StoreError> {
+        match self.db.get(Cf::SmMeta, meta::ALARMS)? {
+            Some(b) => dec(Cf::SmMeta, meta::ALARMS, &b),
+            None => Ok(AlarmState::default()),
+        }
+    }
+
+    /// Bytes the state machine takes on disk (its column families' table
+    /// files and memtables; not the Raft log), what `limits.db_bytes_max`
+    /// bounds.
+    pub fn state_machine_bytes(&self) -> u64 {
+        self.db.state_machine_bytes()
+    }
+
+    /// Flushes the state machine's memtables and compacts its column
+    /// families, so that what deletes and history compaction freed leaves
+    /// the disk; returns [`Reader::state_machine_bytes`] after. Blocking,
+    /// and heavy on a large database.
+    pub fn compact_state_machine(&self) -> Result<u64, StoreError> {
+        self.db.compact_state_machine()?;
+        Ok(self.db.state_machine_bytes())
     }
 
     /// The current revision and the compacted revision.
