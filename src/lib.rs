@@ -6,6 +6,8 @@
 //! - [`config`]: `utopiad.conf` (libconfig syntax) → [`config::Settings`].
 //! - [`server`]: process lifecycle — open storage, start Raft, serve gRPC,
 //!   run the lease reaper, shut down on a signal.
+//! - [`listener`]: bounds on the gRPC listener: open connections, TCP
+//!   keep-alive, deadlines on unary requests.
 //! - [`api`]: the gRPC services. Requests are validated and turned into
 //!   events (writes) or storage reads; [`api::status`] is the one place that
 //!   maps internal errors to gRPC status codes.
@@ -23,6 +25,7 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod listener;
 pub mod mqtt;
 pub mod server;
 pub mod space;

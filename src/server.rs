@@ -11,13 +11,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use utopia_proto::v1 as pb;
 use utopia_raft::event::Event;
 use utopia_raft::{RaftNode, RaftTimings};
 
 use crate::api::{self, Node};
 use crate::config::Settings;
+use crate::listener::Deadline;
 
 /// Leases expired per reaper tick, at most; the rest wait for the next tick.
 const LEASES_EXPIRED_PER_TICK_MAX: usize = 256;
@@ -143,13 +143,21 @@ pub async fn run(
 
     // Small replies must not wait for Nagle's algorithm and the peer's
     // delayed ACK (~40 ms each on Linux): every accepted socket is NODELAY.
-    let incoming = tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |conn| {
-        conn.and_then(|s| {
-            s.set_nodelay(true)?;
-            Ok(s)
-        })
-    });
-    let mut builder = tonic::transport::Server::builder();
+    let limits = &settings.limits;
+    let incoming = crate::listener::incoming(
+        listener,
+        limits.connections_max as usize,
+        Duration::from_millis(limits.tcp_keepalive_ms),
+        node.clone(),
+    );
+    let deadline = Duration::from_millis(limits.request_timeout_ms);
+    let mut builder = tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.streams_per_connection_max as u32)
+        .http2_keepalive_interval(Some(Duration::from_millis(limits.keepalive_interval_ms)))
+        .http2_keepalive_timeout(Some(Duration::from_millis(limits.keepalive_timeout_ms)))
+        // Streams a client opens and resets at once (the "rapid reset"
+        // flood) are bounded too.
+        .http2_max_pending_accept_reset_streams(Some(limits.streams_per_connection_max as usize));
     if let Some(tls) = tls {
         builder = builder
             .tls_config(tls.server)
@@ -163,31 +171,41 @@ pub async fn run(
                 .max_encoding_message_size(64 << 20),
         )
         .add_service(reflection)
-        .add_service(
+        .add_service(Deadline::new(
             pb::kv_server::KvServer::new(api::kv::KvService::new(node.clone()))
                 .max_decoding_message_size(max_msg)
                 .max_encoding_message_size(max_msg.max(64 << 20)),
-        )
+            deadline,
+            node.clone(),
+        ))
         .add_service(
             pb::watch_server::WatchServer::new(api::watch::WatchService::new(node.clone()))
                 .max_decoding_message_size(max_msg),
         )
-        .add_service(
+        .add_service(Deadline::new(
             pb::lease_server::LeaseServer::new(api::lease::LeaseService::new(node.clone()))
                 .max_decoding_message_size(max_msg),
-        )
-        .add_service(
+            deadline,
+            node.clone(),
+        ))
+        .add_service(Deadline::new(
             pb::documents_server::DocumentsServer::new(api::documents::DocumentsService::new(
                 node.clone(),
             ))
             .max_decoding_message_size(max_msg)
             .max_encoding_message_size(max_msg.max(64 << 20)),
-        )
+            deadline,
+            node.clone(),
+        ))
         .add_service(pb::cluster_server::ClusterServer::new(
             api::maintenance::ClusterService::new(node.clone()),
         ))
-        .add_service(pb::maintenance_server::MaintenanceServer::new(
-            api::maintenance::MaintenanceService::new(node.clone()),
+        .add_service(Deadline::new(
+            pb::maintenance_server::MaintenanceServer::new(
+                api::maintenance::MaintenanceService::new(node.clone()),
+            ),
+            deadline,
+            node.clone(),
         ))
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stop_rx.await;

@@ -92,6 +92,18 @@ pub struct Limits {
     /// The state machine's size on disk past which this node raises the
     /// NOSPACE alarm.
     pub db_bytes_max: u64,
+    /// Open gRPC connections (clients and peers); more wait to be accepted.
+    pub connections_max: u64,
+    /// Concurrent HTTP/2 streams (calls) on one connection.
+    pub streams_per_connection_max: u64,
+    /// HTTP/2 keep-alive: a PING after this long without one...
+    pub keepalive_interval_ms: u64,
+    /// ...and the connection closed if it is not answered within this.
+    pub keepalive_timeout_ms: u64,
+    /// TCP keep-alive probes after this long without traffic.
+    pub tcp_keepalive_ms: u64,
+    /// How long a unary request may take before DEADLINE_EXCEEDED.
+    pub request_timeout_ms: u64,
 }
 
 /// Raft timing. `heartbeat_interval_ms < election_timeout_ms_min <
@@ -155,6 +167,12 @@ impl Default for Limits {
             response_bytes_max: 4 << 20,
             txn_bytes_max: 16 << 20,
             db_bytes_max: 8 << 30,
+            connections_max: 1024,
+            streams_per_connection_max: 256,
+            keepalive_interval_ms: 30_000,
+            keepalive_timeout_ms: 10_000,
+            tcp_keepalive_ms: 60_000,
+            request_timeout_ms: 30_000,
         }
     }
 }
@@ -265,6 +283,12 @@ const LIMITS: &[&str] = &[
     "response_bytes_max",
     "txn_bytes_max",
     "db_bytes_max",
+    "connections_max",
+    "streams_per_connection_max",
+    "keepalive_interval_ms",
+    "keepalive_timeout_ms",
+    "tcp_keepalive_ms",
+    "request_timeout_ms",
 ];
 const RAFT: &[&str] = &[
     "heartbeat_interval_ms",
@@ -543,6 +567,12 @@ fn decode_byte_limits(f: &Field<'_>, l: &mut Limits) -> Result<bool, ConfigError
             l.txn_bytes_max = f.int_in(1 << 20, utopia_storage::apply::APPLY_BYTES_MAX)?
         }
         "db_bytes_max" => l.db_bytes_max = f.int_in(1 << 20, 1 << 50)?,
+        "connections_max" => l.connections_max = f.int_in(1, 65_536)?,
+        "streams_per_connection_max" => l.streams_per_connection_max = f.int_in(1, 10_000)?,
+        "keepalive_interval_ms" => l.keepalive_interval_ms = f.int_in(1000, 3_600_000)?,
+        "keepalive_timeout_ms" => l.keepalive_timeout_ms = f.int_in(1000, 600_000)?,
+        "tcp_keepalive_ms" => l.tcp_keepalive_ms = f.int_in(1000, 7_200_000)?,
+        "request_timeout_ms" => l.request_timeout_ms = f.int_in(100, 3_600_000)?,
         _ => return Ok(false),
     }
     Ok(true)
@@ -954,6 +984,12 @@ limits = {
   response_bytes_max = 4194304;      # largest Range response or document page, in bytes (4096..64 MiB); the rest is left for the next page (`more`)
   txn_bytes_max = 16777216;          # most bytes a transaction or delete may read or touch: ranges and range compares count their pairs, deletes their keys, prev_kv the old pairs (1 MiB..64 MiB)
   db_bytes_max = 8589934592;         # state machine size on disk (8 GiB) past which this node raises the NOSPACE alarm: writes that add data are refused until `utopia alarm disarm` (1 MiB..1 PiB)
+  connections_max = 1024;            # open gRPC connections, clients and peers alike; more wait to be accepted (1..65536)
+  streams_per_connection_max = 256;  # concurrent calls (HTTP/2 streams) on one connection (1..10000)
+  keepalive_interval_ms = 30000;     # HTTP/2 PING after this long without one (1000..3600000)
+  keepalive_timeout_ms = 10000;      # a connection whose PING is not answered within this is closed (1000..600000)
+  tcp_keepalive_ms = 60000;          # TCP keep-alive probes after this long without traffic, then at this interval (1000..7200000)
+  request_timeout_ms = 30000;        # a unary request (not Watch or membership changes) answered DEADLINE_EXCEEDED after this (100..3600000)
 };
 
 # Raft timing, in milliseconds unless noted.
