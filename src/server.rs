@@ -290,6 +290,7 @@ async fn housekeeping(node: Arc<Node>, interval: Duration) {
         reap_leases(&node).await;
         compact_history(&node).await;
         sync_fellows(&node).await;
+        sync_quotas(&node).await;
     }
 }
 
@@ -394,6 +395,19 @@ async fn sync_fellows(node: &Node) {
         if let Err(e) = node.propose(Event::FellowStateChanged(f)).await {
             tracing::debug!(node = id, error = %e.message(), "update fellow");
         }
+    }
+}
+
+/// Makes the replicated quotas this node's `limits` (while it leads).
+async fn sync_quotas(node: &Node) {
+    let wanted = node.limits.quotas();
+    match node.reader.quotas() {
+        Ok(current) if current == wanted => {}
+        Ok(_) => match node.propose(Event::QuotasChanged(wanted)).await {
+            Ok(_) => tracing::info!(quotas = ?wanted, "quotas set"),
+            Err(e) => tracing::warn!(error = %e.message(), "set the quotas"),
+        },
+        Err(e) => tracing::error!(error = %e, "read the quotas"),
     }
 }
 

@@ -194,6 +194,32 @@ pub enum Event {
         node_id: u64,
         alarm: AlarmKind,
     },
+
+    // ---- quotas
+    /// The quotas every replica applies from here on: the leader's
+    /// `limits`, proposed when they differ from the ones in the state.
+    QuotasChanged(Quotas),
+}
+
+/// Quotas on what the store holds, applied alike on every replica because
+/// they are part of the replicated state. 0: no quota (as before any was
+/// set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Quotas {
+    /// Devices registered under one host; a new device past it is
+    /// rejected (its MQTT messages are dropped and counted).
+    #[serde(default)]
+    pub devices_per_host_max: u64,
+    /// Leases granted and not yet revoked or expired.
+    #[serde(default)]
+    pub leases_max: u64,
+    /// Device commands awaiting a reply.
+    #[serde(default)]
+    pub commands_pending_max: u64,
+    /// How long a settled (acknowledged or failed) command's record is
+    /// kept.
+    #[serde(default)]
+    pub command_retention_ms: u64,
 }
 
 /// What an alarm is about.
@@ -283,6 +309,7 @@ impl Event {
             Event::CommandFailed { .. } => "command_failed",
             Event::AlarmRaised { .. } => "alarm_raised",
             Event::AlarmDisarmed { .. } => "alarm_disarmed",
+            Event::QuotasChanged(_) => "quotas_changed",
         }
     }
 
@@ -323,7 +350,8 @@ impl Event {
             | Event::CommandAttempted { .. }
             | Event::CommandFailed { .. }
             | Event::AlarmRaised { .. }
-            | Event::AlarmDisarmed { .. } => false,
+            | Event::AlarmDisarmed { .. }
+            | Event::QuotasChanged(_) => false,
         }
     }
 }
@@ -576,6 +604,28 @@ pub enum Rejection {
         alarm.name()
     )]
     Alarm { node_id: u64, alarm: AlarmKind },
+    /// A quota of [`Quotas`] would be passed.
+    #[error("quota exceeded: {0}")]
+    Quota(String),
+}
+
+impl Rejection {
+    /// Short name, for counters.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::LeaseNotFound(_) => "lease_not_found",
+            Rejection::LeaseExists(_) => "lease_exists",
+            Rejection::Compacted { .. } => "compacted",
+            Rejection::FutureRevision { .. } => "future_revision",
+            Rejection::DuplicateKey(_) => "duplicate_key",
+            Rejection::Invalid(_) => "invalid",
+            Rejection::StaleEpoch { .. } => "stale_epoch",
+            Rejection::NotFound(_) => "not_found",
+            Rejection::TooLarge { .. } => "too_large",
+            Rejection::Alarm { .. } => "alarm",
+            Rejection::Quota(_) => "quota",
+        }
+    }
 }
 
 // ------------------------------------------------------------------ codec

@@ -59,6 +59,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
                         "cluster_ingest_replies_ignored_total".into(),
                         t.replies_ignored,
                     );
+                    c.insert("cluster_ingest_over_quota_total".into(), t.over_quota);
                 }
                 if let Ok(o) = self.node.reader.ingest_owners() {
                     c.insert("cluster_ingest_owner_epoch".into(), o.epoch);

@@ -139,6 +139,10 @@ impl Node {
         self.counters
             .add(&format!("events_applied_total{{event=\"{name}\"}}"), 1);
         if let Outcome::Rejected(r) = resp.outcome {
+            self.counters.add(
+                &format!("events_rejected_total{{reason=\"{}\"}}", r.reason()),
+                1,
+            );
             return Err(status::from_rejection(r));
         }
         Ok(resp)

@@ -44,7 +44,7 @@ pub fn from_rejection(r: Rejection) -> Status {
         // Retrying does not help: the request must be made smaller.
         Rejection::TooLarge { .. } => Code::InvalidArgument,
         // Like etcd's NOSPACE: nothing more fits until an operator acts.
-        Rejection::Alarm { .. } => Code::ResourceExhausted,
+        Rejection::Alarm { .. } | Rejection::Quota(_) => Code::ResourceExhausted,
     };
     Status::new(code, r.to_string())
 }

@@ -104,6 +104,14 @@ pub struct Limits {
     pub tcp_keepalive_ms: u64,
     /// How long a unary request may take before DEADLINE_EXCEEDED.
     pub request_timeout_ms: u64,
+    /// Devices registered under one host, at most.
+    pub devices_per_host_max: u64,
+    /// Active leases, at most.
+    pub leases_max: u64,
+    /// Device commands awaiting a reply, at most.
+    pub commands_pending_max: u64,
+    /// How long a settled device command's record is kept.
+    pub command_retention_ms: u64,
 }
 
 /// Raft timing. `heartbeat_interval_ms < election_timeout_ms_min <
@@ -173,6 +181,23 @@ impl Default for Limits {
             keepalive_timeout_ms: 10_000,
             tcp_keepalive_ms: 60_000,
             request_timeout_ms: 30_000,
+            devices_per_host_max: 10_000,
+            leases_max: 100_000,
+            commands_pending_max: 10_000,
+            command_retention_ms: 7 * 24 * 3_600_000,
+        }
+    }
+}
+
+impl Limits {
+    /// The quotas every replica applies (proposed by the leader when they
+    /// differ from the ones in the replicated state).
+    pub fn quotas(&self) -> utopia_raft::event::Quotas {
+        utopia_raft::event::Quotas {
+            devices_per_host_max: self.devices_per_host_max,
+            leases_max: self.leases_max,
+            commands_pending_max: self.commands_pending_max,
+            command_retention_ms: self.command_retention_ms,
         }
     }
 }
@@ -289,6 +314,10 @@ const LIMITS: &[&str] = &[
     "keepalive_timeout_ms",
     "tcp_keepalive_ms",
     "request_timeout_ms",
+    "devices_per_host_max",
+    "leases_max",
+    "commands_pending_max",
+    "command_retention_ms",
 ];
 const RAFT: &[&str] = &[
     "heartbeat_interval_ms",
@@ -573,6 +602,13 @@ fn decode_byte_limits(f: &Field<'_>, l: &mut Limits) -> Result<bool, ConfigError
         "keepalive_timeout_ms" => l.keepalive_timeout_ms = f.int_in(1000, 600_000)?,
         "tcp_keepalive_ms" => l.tcp_keepalive_ms = f.int_in(1000, 7_200_000)?,
         "request_timeout_ms" => l.request_timeout_ms = f.int_in(100, 3_600_000)?,
+        "devices_per_host_max" => l.devices_per_host_max = f.int_in(1, 100_000_000)?,
+        "leases_max" => l.leases_max = f.int_in(1, 100_000_000)?,
+        "commands_pending_max" => l.commands_pending_max = f.int_in(1, 100_000_000)?,
+        // One minute to one year.
+        "command_retention_ms" => {
+            l.command_retention_ms = f.int_in(60_000, 366 * 24 * 3_600_000)?
+        }
         _ => return Ok(false),
     }
     Ok(true)
@@ -990,6 +1026,10 @@ limits = {
   keepalive_timeout_ms = 10000;      # a connection whose PING is not answered within this is closed (1000..600000)
   tcp_keepalive_ms = 60000;          # TCP keep-alive probes after this long without traffic, then at this interval (1000..7200000)
   request_timeout_ms = 30000;        # a unary request (not Watch or membership changes) answered DEADLINE_EXCEEDED after this (100..3600000)
+  devices_per_host_max = 10000;      # devices registered under one host; a new one past it is refused and its MQTT messages dropped and counted (the leader's value applies)
+  leases_max = 100000;               # active leases; a grant past it is refused (the leader's value applies)
+  commands_pending_max = 10000;      # device commands awaiting a reply; a new one past it is refused (the leader's value applies)
+  command_retention_ms = 604800000;  # how long an acknowledged or failed command's record is kept (7 days; 60000..1 year; the leader's value applies)
 };
 
 # Raft timing, in milliseconds unless noted.

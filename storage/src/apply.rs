@@ -25,6 +25,7 @@ use crate::StoreError;
 
 pub mod alarm;
 pub mod ingest;
+pub mod quota;
 pub use alarm::{AlarmRecord, AlarmState};
 pub use ingest::{CommandRecord, CommandState, IngestEffects, IngestOwners, IngestTotals};
 
@@ -374,12 +375,10 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
                 zone,
                 class,
                 device_id,
-            } => {
-                let id = self
-                    .register_device(req.at_ms, host, zone, class, device_id, true)?
-                    .0;
-                Outcome::Device { id }
-            }
+            } => match self.register_device(req.at_ms, host, zone, class, device_id, true)? {
+                Ok((id, _)) => Outcome::Device { id },
+                Err(rejection) => Outcome::Rejected(rejection),
+            },
             Event::FellowStateChanged(f) => self.apply_fellow(req.at_ms, f)?,
             Event::DbServerRegistered { host, port, kind } => {
                 self.apply_db_server(req.at_ms, host, *port, kind, None)?
@@ -438,6 +437,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
                 alarm,
                 disarms,
             } => self.apply_alarm_raised(req.at_ms, *node_id, *alarm, *disarms)?,
+            Event::QuotasChanged(q) => self.apply_quotas_changed(q)?,
             Event::AlarmDisarmed { node_id, alarm } => {
                 self.apply_alarm_disarmed(*node_id, *alarm)?
             }
@@ -911,6 +911,10 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         if self.get(Cf::Leases, &key)?.is_some() {
             return Ok(Outcome::Rejected(Rejection::LeaseExists(id)));
         }
+        if let Some(why) = self.lease_refusal()? {
+            return Ok(Outcome::Rejected(Rejection::Quota(why)));
+        }
+        self.count_lease(true)?;
         let lease = LeaseRecord {
             id,
             ttl_s,
@@ -968,6 +972,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
             Cf::LeaseDeadlines,
             keys::deadline_key(lease.deadline_ms(), id).to_vec(),
         );
+        self.count_lease(false)?;
         self.delete(Cf::Leases, key.to_vec());
         Ok(Outcome::Done)
     }
@@ -1007,7 +1012,9 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
 
     /// Registers a device in a zone if it is new there. Returns the device id
     /// and its document, which is written here only with `write_doc` (a
-    /// caller that changes it further writes it once itself).
+    /// caller that changes it further writes it once itself); or, for a
+    /// new device of a host at its quota, why it is refused (nothing is
+    /// written then).
     fn register_device(
         &mut self,
         at_ms: u64,
@@ -1016,11 +1023,15 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         class: &str,
         device_id: &str,
         write_doc: bool,
-    ) -> Result<(String, Map<String, Value>), StoreError> {
+    ) -> Result<Result<Registered, Rejection>, StoreError> {
         let id = device_doc_id(host, class, device_id);
         let mut doc = match self.get_doc(Cf::Devices, &id)? {
             Some(doc) => doc,
             None => {
+                if let Some(why) = self.device_refusal(host)? {
+                    return Ok(Err(Rejection::Quota(why)));
+                }
+                self.count_new_device(host)?;
                 let mut doc = Map::new();
                 doc.insert("id".into(), json!(id));
                 doc.insert("host".into(), json!(host));
@@ -1070,7 +1081,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         if write_doc {
             self.put_doc(Cf::Devices, &id, doc.clone());
         }
-        Ok((id, doc))
+        Ok(Ok((id, doc)))
     }
 
     /// Counts a device in or out of a zone's document. The document keeps
@@ -1113,7 +1124,10 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
             )));
         }
         let (id, mut doc) =
-            self.register_device(at_ms, &d.host, &d.zone, &d.class, &d.device_id, false)?;
+            match self.register_device(at_ms, &d.host, &d.zone, &d.class, &d.device_id, false)? {
+                Ok(registered) => registered,
+                Err(rejection) => return Ok(Outcome::Rejected(rejection)),
+            };
         let data = doc.entry("data").or_insert_with(|| json!({}));
         set_path(
             data,
@@ -1315,6 +1329,9 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         Ok(Outcome::Done)
     }
 }
+
+/// A registered device: its document id and its document.
+type Registered = (String, Map<String, Value>);
 
 /// A device's document id: `${host}/${class}/${id}`.
 pub fn device_doc_id(host: &str, class: &str, device_id: &str) -> String {

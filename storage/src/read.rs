@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use tokio::sync::broadcast;
-use utopia_raft::event::{self, Bytes, KeyValue, RangeResult, TxnOp};
+use utopia_raft::event::{self, Bytes, KeyValue, Quotas, RangeResult, TxnOp};
 
 use crate::apply::{
     range_bounds, AlarmRecord, AlarmState, ChangeRecord, CommandRecord, HistoryRecord,
@@ -271,6 +271,14 @@ impl Reader {
         match self.db.get(Cf::SmMeta, key)? {
             Some(b) => dec(Cf::SmMeta, key, &b),
             None => Ok(0),
+        }
+    }
+
+    /// The quotas applied.
+    pub fn quotas(&self) -> Result<Quotas, StoreError> {
+        match self.db.get(Cf::SmMeta, meta::QUOTAS)? {
+            Some(b) => dec(Cf::SmMeta, meta::QUOTAS, &b),
+            None => Ok(Quotas::default()),
         }
     }
 

@@ -37,6 +37,10 @@ pub struct IngestTotals {
     pub stale_batches: u64,
     /// Device replies to commands that were unknown or already settled.
     pub replies_ignored: u64,
+    /// Items of new devices refused by the devices-per-host quota (also
+    /// counted in `dropped`).
+    #[serde(default)]
+    pub over_quota: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,6 +215,10 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
             );
             match &item.body {
                 IngestBody::Data(d) => match self.apply_device_data(at_ms, d)? {
+                    Outcome::Rejected(Rejection::Quota(_)) => {
+                        totals.over_quota += 1;
+                        dropped += 1;
+                    }
                     Outcome::Rejected(_) => dropped += 1,
                     _ => applied += 1,
                 },
@@ -338,6 +346,9 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
                 "command post_type {post_type:?} must be one topic level"
             ))));
         }
+        if let Some(why) = self.command_refusal(at_ms)? {
+            return Ok(Outcome::Rejected(Rejection::Quota(why)));
+        }
         let focus = doc
             .get("topic_focus")
             .and_then(Value::as_str)
@@ -363,6 +374,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
             reply_json: None,
             reason: None,
         };
+        self.count_command(id, None)?;
         self.put_command(at_ms, &record)?;
         Ok(Outcome::Command { id })
     }
@@ -433,6 +445,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
                 self.apply_stat(at_ms, &c.device, "device", StatCounter::Failures, 1)?;
             }
         }
+        self.count_command(id, Some(at_ms))?;
         self.put_command(at_ms, &c)?;
         Ok(true)
     }

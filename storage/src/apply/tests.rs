@@ -1038,6 +1038,110 @@ mod ingest_events {
             Outcome::Rejected(Rejection::NotFound(_))
         ));
     }
+
+    #[test]
+    fn quotas_bound_devices_per_host_leases_and_pending_commands() {
+        use utopia_raft::event::Quotas;
+        let quota = |r: &Response| matches!(r.outcome, Outcome::Rejected(Rejection::Quota(_)));
+        let mut s = MemState::default();
+        s.apply(owners(1, &[7]));
+        // Two devices of host h before any quota; their count is then
+        // dropped, as in a state written before counts were kept.
+        s.apply(batch(
+            1,
+            7,
+            vec![item("1", "1", false), item("2", "1", false)],
+        ));
+        s.data
+            .remove(&(Cf::DeviceIndex, keys::host_devices_key("h")))
+            .expect("the count is kept");
+        s.apply(Event::QuotasChanged(Quotas {
+            devices_per_host_max: 2,
+            leases_max: 1,
+            commands_pending_max: 1,
+            command_retention_ms: 1000,
+        }));
+
+        // A third device of h: its message is dropped and counted (and
+        // committed, so it is acknowledged); known devices go on.
+        let r = s.apply(batch(
+            1,
+            7,
+            vec![item("3", "1", false), item("1", "2", false)],
+        ));
+        assert_eq!(
+            r.outcome,
+            Outcome::Ingested {
+                applied: 1,
+                suppressed: 0,
+                rejected: 1
+            }
+        );
+        assert_eq!(totals(&s).over_quota, 1);
+        assert!(s.get(Cf::Devices, b"h/c/3").unwrap().is_none());
+        let register = |host: &str, id: &str| Event::DeviceRegistered {
+            host: host.into(),
+            zone: "z".into(),
+            class: "c".into(),
+            device_id: id.into(),
+        };
+        assert!(quota(&s.apply(register("h", "4"))));
+        assert!(matches!(
+            s.apply(register("g", "4")).outcome,
+            Outcome::Device { .. }
+        ));
+
+        // One lease at a time, counted from the records when the count is
+        // missing.
+        assert!(!quota(&s.apply(Event::LeaseGrant { id: 1, ttl_s: 60 })));
+        assert!(quota(&s.apply(Event::LeaseGrant { id: 2, ttl_s: 60 })));
+        s.data.remove(&(Cf::SmMeta, meta::LEASE_COUNT.to_vec()));
+        assert!(quota(&s.apply(Event::LeaseGrant { id: 2, ttl_s: 60 })));
+        s.apply(Event::LeaseRevoke { id: 1 });
+        assert!(!quota(&s.apply(Event::LeaseGrant { id: 2, ttl_s: 60 })));
+
+        // One pending command at a time; settled ones expire after the
+        // retention, when a later command is issued.
+        let issue = |s: &mut MemState, at: u64| {
+            s.apply_batch(vec![(
+                at,
+                Event::CommandIssued {
+                    device: "h/c/1".into(),
+                    post_type: "set".into(),
+                    json: "1".into(),
+                    attempts_max: 2,
+                },
+            )])
+            .pop()
+            .unwrap()
+        };
+        let fail = |s: &mut MemState, at: u64, id: u64| {
+            s.apply_batch(vec![(
+                at,
+                Event::CommandFailed {
+                    id,
+                    reason: "no reply".into(),
+                },
+            )]);
+        };
+        let record = |s: &MemState, id: u64| {
+            s.get(Cf::Commands, &keys::commands::record_key(id))
+                .unwrap()
+                .is_some()
+        };
+        assert_eq!(issue(&mut s, 1000).outcome, Outcome::Command { id: 1 });
+        assert!(quota(&issue(&mut s, 1100)));
+        fail(&mut s, 1500, 1);
+        assert_eq!(issue(&mut s, 1600).outcome, Outcome::Command { id: 2 });
+        assert!(record(&s, 1), "settled 100 ms ago: kept");
+        fail(&mut s, 1700, 2);
+        assert_eq!(issue(&mut s, 5000).outcome, Outcome::Command { id: 3 });
+        assert!(
+            !record(&s, 1) && !record(&s, 2),
+            "settled long ago: expired"
+        );
+        assert!(record(&s, 3));
+    }
 }
 
 #[test]
