@@ -1740,6 +1740,73 @@ mqtt = {
     }
 
     #[test]
+    fn byte_time_and_quota_limits_are_bounded() {
+        for (text, name) in [
+            (
+                "limits = { response_bytes_max = 1; };",
+                "response_bytes_max",
+            ),
+            ("limits = { txn_bytes_max = 1073741824; };", "txn_bytes_max"),
+            ("limits = { db_bytes_max = 0; };", "db_bytes_max"),
+            ("limits = { connections_max = 0; };", "connections_max"),
+            (
+                "limits = { streams_per_connection_max = 100000; };",
+                "streams_per_connection_max",
+            ),
+            (
+                "limits = { keepalive_interval_ms = 10; };",
+                "keepalive_interval_ms",
+            ),
+            (
+                "limits = { keepalive_timeout_ms = 10; };",
+                "keepalive_timeout_ms",
+            ),
+            ("limits = { tcp_keepalive_ms = 10; };", "tcp_keepalive_ms"),
+            (
+                "limits = { request_timeout_ms = 99999999999; };",
+                "request_timeout_ms",
+            ),
+            (
+                "limits = { devices_per_host_max = 0; };",
+                "devices_per_host_max",
+            ),
+            ("limits = { leases_max = 0; };", "leases_max"),
+            (
+                "limits = { commands_pending_max = 0; };",
+                "commands_pending_max",
+            ),
+            (
+                "limits = { command_retention_ms = 1; };",
+                "command_retention_ms",
+            ),
+        ] {
+            let (line, msg) = err(text);
+            assert_eq!(line, 1, "{text}");
+            assert!(
+                msg.contains(&format!("limits.{name}")) && msg.contains("must be between"),
+                "{text}: {msg}"
+            );
+        }
+        let s = Settings::from_str(
+            "limits = { db_bytes_max = 1048576; connections_max = 3; txn_bytes_max = 1048576; };",
+            file(),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                s.limits.db_bytes_max,
+                s.limits.connections_max,
+                s.limits.txn_bytes_max
+            ),
+            (1 << 20, 3, 1 << 20)
+        );
+        assert_eq!(
+            s.limits.response_bytes_max,
+            Limits::default().response_bytes_max
+        );
+    }
+
+    #[test]
     fn partial_groups_keep_defaults() {
         let s = Settings::from_str(
             "limits = { txn_ops_max = 5; };\nraft = { election_timeout_ms_max = 900; };",
