@@ -6,12 +6,16 @@
 //! - [`config`]: `utopiad.conf` (libconfig syntax) → [`config::Settings`].
 //! - [`server`]: process lifecycle — open storage, start Raft, serve gRPC,
 //!   run the lease reaper, shut down on a signal.
+//! - [`listener`]: bounds on the gRPC listener: open connections, TCP
+//!   keep-alive, deadlines on unary requests.
 //! - [`api`]: the gRPC services. Requests are validated and turned into
 //!   events (writes) or storage reads; [`api::status`] is the one place that
 //!   maps internal errors to gRPC status codes.
 //! - [`cli`]: the `utopia` command-line client and its benchmark.
 //! - [`mqtt`]: broker bridges, device ingest exactly once across the
 //!   cluster, device commands.
+//! - [`space`]: each node's database size against `limits.db_bytes_max`,
+//!   and the NOSPACE alarm.
 //! - [`tls`]: certificates and keys read at startup, for the server, its
 //!   connections to peers, and the CLI.
 //!
@@ -21,8 +25,10 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod listener;
 pub mod mqtt;
 pub mod server;
+pub mod space;
 pub mod tls;
 
 /// Milliseconds since the Unix epoch on this node's clock.

@@ -12,13 +12,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use utopia_proto::v1 as pb;
 use utopia_raft::event::Event;
 use utopia_raft::{ClusterId, NodeConfig, PeerPolicy, RaftNode, RaftTimings};
 
 use crate::api::{self, Node};
 use crate::config::Settings;
+use crate::listener::Deadline;
 
 /// Leases expired per reaper tick, at most; the rest wait for the next tick.
 const LEASES_EXPIRED_PER_TICK_MAX: usize = 256;
@@ -161,6 +161,11 @@ pub async fn run(
 
     crate::mqtt::start(node.clone(), &settings, ingest_applied).context("start MQTT bridges")?;
 
+    tokio::spawn(crate::space::watch(
+        node.clone(),
+        settings.limits.db_bytes_max,
+    ));
+
     let reaper = tokio::spawn(housekeeping(
         node.clone(),
         Duration::from_millis(settings.raft.lease_check_interval_ms),
@@ -185,15 +190,34 @@ pub async fn run(
             .tls_config(tls.peer_server.clone())
             .context("configure TLS on the peer listener")?;
     }
+    let limits = &settings.limits;
+    // The peer port has the same bounds as the client port: it is reachable
+    // before any caller is known to be a peer.
+    let peer_incoming = crate::listener::incoming(
+        peer_listener,
+        crate::listener::Port::Peer,
+        limits.connections_max as usize,
+        Duration::from_millis(limits.tcp_keepalive_ms),
+        node.clone(),
+    );
+    let mut peer_builder = http2_bounds(peer_builder, limits);
     let peer_server = peer_builder
         .add_service(
             utopia_proto::raft_v1::raft_transport_server::RaftTransportServer::new(transport)
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20),
         )
-        .serve_with_incoming_shutdown(nodelay(peer_listener), stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(peer_incoming, stopped(stop_rx.clone()));
 
-    let mut builder = tonic::transport::Server::builder();
+    let incoming = crate::listener::incoming(
+        listener,
+        crate::listener::Port::Client,
+        limits.connections_max as usize,
+        Duration::from_millis(limits.tcp_keepalive_ms),
+        node.clone(),
+    );
+    let deadline = Duration::from_millis(limits.request_timeout_ms);
+    let mut builder = http2_bounds(tonic::transport::Server::builder(), limits);
     if let Some(tls) = tls {
         builder = builder
             .tls_config(tls.server)
@@ -202,33 +226,43 @@ pub async fn run(
     let server = builder
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(
+        .add_service(Deadline::new(
             pb::kv_server::KvServer::new(api::kv::KvService::new(node.clone()))
                 .max_decoding_message_size(max_msg)
                 .max_encoding_message_size(max_msg.max(64 << 20)),
-        )
+            deadline,
+            node.clone(),
+        ))
         .add_service(
             pb::watch_server::WatchServer::new(api::watch::WatchService::new(node.clone()))
                 .max_decoding_message_size(max_msg),
         )
-        .add_service(
+        .add_service(Deadline::new(
             pb::lease_server::LeaseServer::new(api::lease::LeaseService::new(node.clone()))
                 .max_decoding_message_size(max_msg),
-        )
-        .add_service(
+            deadline,
+            node.clone(),
+        ))
+        .add_service(Deadline::new(
             pb::documents_server::DocumentsServer::new(api::documents::DocumentsService::new(
                 node.clone(),
             ))
             .max_decoding_message_size(max_msg)
             .max_encoding_message_size(max_msg.max(64 << 20)),
-        )
+            deadline,
+            node.clone(),
+        ))
         .add_service(pb::cluster_server::ClusterServer::new(
             api::maintenance::ClusterService::new(node.clone()),
         ))
-        .add_service(pb::maintenance_server::MaintenanceServer::new(
-            api::maintenance::MaintenanceService::new(node.clone()),
+        .add_service(Deadline::new(
+            pb::maintenance_server::MaintenanceServer::new(
+                api::maintenance::MaintenanceService::new(node.clone()),
+            ),
+            deadline,
+            node.clone(),
         ))
-        .serve_with_incoming_shutdown(nodelay(listener), stopped(stop_rx));
+        .serve_with_incoming_shutdown(incoming, stopped(stop_rx));
 
     // Serve first: peers need this node's transport to elect a leader.
     let peer_server = tokio::spawn(peer_server);
@@ -272,17 +306,18 @@ pub async fn run(
     Ok(())
 }
 
-/// Accepted connections with NODELAY: small replies must not wait for
-/// Nagle's algorithm and the peer's delayed ACK (~40 ms each on Linux).
-fn nodelay(
-    listener: TcpListener,
-) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    tokio_stream::StreamExt::map(TcpListenerStream::new(listener), |conn| {
-        conn.and_then(|s| {
-            s.set_nodelay(true)?;
-            Ok(s)
-        })
-    })
+/// HTTP/2's own bounds on a server: concurrent streams per connection,
+/// keep-alive pings, and streams opened and reset at once (the "rapid
+/// reset" flood).
+fn http2_bounds(
+    builder: tonic::transport::Server,
+    limits: &crate::config::Limits,
+) -> tonic::transport::Server {
+    builder
+        .max_concurrent_streams(limits.streams_per_connection_max as u32)
+        .http2_keepalive_interval(Some(Duration::from_millis(limits.keepalive_interval_ms)))
+        .http2_keepalive_timeout(Some(Duration::from_millis(limits.keepalive_timeout_ms)))
+        .http2_max_pending_accept_reset_streams(Some(limits.streams_per_connection_max as usize))
 }
 
 /// The address a bound listener is known by: `configured` (the setting
@@ -461,6 +496,7 @@ async fn housekeeping(node: Arc<Node>, interval: Duration) {
         reap_leases(&node).await;
         compact_history(&node).await;
         sync_fellows(&node).await;
+        sync_quotas(&node).await;
     }
 }
 
@@ -518,6 +554,7 @@ async fn sync_fellows(node: &Node) {
             utopia_storage::keys::Collection::Fellows,
             None,
             FELLOWS_MAX,
+            usize::MAX,
             None,
         ) {
         Ok(page) => page
@@ -564,6 +601,19 @@ async fn sync_fellows(node: &Node) {
         if let Err(e) = node.propose(Event::FellowStateChanged(f)).await {
             tracing::debug!(node = id, error = %e.message(), "update fellow");
         }
+    }
+}
+
+/// Makes the replicated quotas this node's `limits` (while it leads).
+async fn sync_quotas(node: &Node) {
+    let wanted = node.limits.quotas();
+    match node.reader.quotas() {
+        Ok(current) if current == wanted => {}
+        Ok(_) => match node.propose(Event::QuotasChanged(wanted)).await {
+            Ok(_) => tracing::info!(quotas = ?wanted, "quotas set"),
+            Err(e) => tracing::warn!(error = %e.message(), "set the quotas"),
+        },
+        Err(e) => tracing::error!(error = %e, "read the quotas"),
     }
 }
 

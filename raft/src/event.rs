@@ -196,6 +196,67 @@ pub enum Event {
         node_id: u64,
         addr: String,
     },
+    // ---- alarms
+    /// Member `node_id` raises an alarm: for [`AlarmKind::NoSpace`], its
+    /// database passed its `limits.db_bytes_max`. While any alarm is
+    /// active, events that add data are rejected on every replica (see
+    /// [`Event::adds_data`]).
+    AlarmRaised {
+        node_id: u64,
+        alarm: AlarmKind,
+        /// How many disarms the member had applied when it measured: a
+        /// raise measured before a later disarm is stale, and ignored.
+        disarms: u64,
+    },
+    /// An operator disarms `alarm` of member `node_id` (0: of every
+    /// member). A member still over its limit raises it again.
+    AlarmDisarmed {
+        node_id: u64,
+        alarm: AlarmKind,
+    },
+
+    // ---- quotas
+    /// The quotas every replica applies from here on: the leader's
+    /// `limits`, proposed when they differ from the ones in the state.
+    QuotasChanged(Quotas),
+}
+
+/// Quotas on what the store holds, applied alike on every replica because
+/// they are part of the replicated state. 0: no quota (as before any was
+/// set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Quotas {
+    /// Devices registered under one host; a new device past it is
+    /// rejected (its MQTT messages are dropped and counted).
+    #[serde(default)]
+    pub devices_per_host_max: u64,
+    /// Leases granted and not yet revoked or expired.
+    #[serde(default)]
+    pub leases_max: u64,
+    /// Device commands awaiting a reply.
+    #[serde(default)]
+    pub commands_pending_max: u64,
+    /// How long a settled (acknowledged or failed) command's record is
+    /// kept.
+    #[serde(default)]
+    pub command_retention_ms: u64,
+}
+
+/// What an alarm is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlarmKind {
+    /// A member's database passed `limits.db_bytes_max` (etcd's NOSPACE).
+    NoSpace,
+}
+
+impl AlarmKind {
+    /// The name operators see, as etcd spells its alarms.
+    pub fn name(self) -> &'static str {
+        match self {
+            AlarmKind::NoSpace => "NOSPACE",
+        }
+    }
 }
 
 /// A member taking part in topic ownership, with its weight.
@@ -267,6 +328,52 @@ impl Event {
             Event::CommandAttempted { .. } => "command_attempted",
             Event::CommandFailed { .. } => "command_failed",
             Event::ClientAddressPublished { .. } => "client_address_published",
+            Event::AlarmRaised { .. } => "alarm_raised",
+            Event::AlarmDisarmed { .. } => "alarm_disarmed",
+            Event::QuotasChanged(_) => "quotas_changed",
+        }
+    }
+
+    /// Whether the event adds data to the store, and is therefore refused
+    /// while an alarm is active: puts, transactions with a put in either
+    /// branch, lease grants, device data and registrations, ingest
+    /// batches, new commands, proposed configurations and statistics.
+    /// Reads, deletes, compaction, lease revocation and expiry, alarms,
+    /// membership and ownership upkeep, and the progress of commands
+    /// already issued go on (as etcd lets deletes, compaction and disarm
+    /// through under NOSPACE).
+    pub fn adds_data(&self) -> bool {
+        match self {
+            Event::Put(_)
+            | Event::LeaseGrant { .. }
+            | Event::DeviceDataUpdated(_)
+            | Event::DeviceRegistered { .. }
+            | Event::IngestBatch { .. }
+            | Event::CommandIssued { .. }
+            | Event::ConfigProposed(_)
+            | Event::StatIncremented { .. } => true,
+            Event::Txn(t) => t
+                .success
+                .iter()
+                .chain(&t.failure)
+                .any(|s| matches!(s, TxnStep::Put(_))),
+            Event::Delete(_)
+            | Event::Compact { .. }
+            | Event::LeaseRevoke { .. }
+            | Event::LeaseExpired { .. }
+            | Event::FellowStateChanged(_)
+            | Event::DbServerRegistered { .. }
+            | Event::DbServerProblematic { .. }
+            | Event::ConfigAccepted { .. }
+            | Event::ConfigRejected { .. }
+            | Event::IngestWeight { .. }
+            | Event::IngestOwnersChanged { .. }
+            | Event::CommandAttempted { .. }
+            | Event::CommandFailed { .. }
+            | Event::AlarmRaised { .. }
+            | Event::AlarmDisarmed { .. }
+            | Event::QuotasChanged(_)
+            | Event::ClientAddressPublished { .. } => false,
         }
     }
 }
@@ -348,6 +455,12 @@ pub struct TxnOp {
     pub compares: Vec<Compare>,
     pub success: Vec<TxnStep>,
     pub failure: Vec<TxnStep>,
+    /// The most bytes the transaction may read or touch when it is
+    /// applied (`limits.txn_bytes_max` of the proposer), carried here so
+    /// that every replica applies the same bound. 0 in entries written
+    /// before it was carried: the applier's own bound then.
+    #[serde(default)]
+    pub bytes_max: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -496,6 +609,45 @@ pub enum Rejection {
     StaleEpoch { proposed: u64, current: u64 },
     #[error("{0} not found")]
     NotFound(String),
+    /// A transaction (or a delete) would read or touch more bytes than its
+    /// bound: ranges and range compares count their pairs, deletes their
+    /// keys, `prev_kv` the previous values.
+    #[error(
+        "the request reads or touches more than {bytes_max} bytes (txn_bytes_max); \
+         read large ranges with Range, which pages them, and delete in smaller ranges"
+    )]
+    TooLarge { bytes_max: u64 },
+    /// An event that adds data while an alarm is active (etcd's "mvcc:
+    /// database space exceeded").
+    #[error(
+        "database space exceeded: {} alarm of member {node_id} is active (its database passed \
+         limits.db_bytes_max); reads, deletes, compaction and lease revokes still work: free \
+         space (delete, compact), then `utopia alarm disarm`",
+        alarm.name()
+    )]
+    Alarm { node_id: u64, alarm: AlarmKind },
+    /// A quota of [`Quotas`] would be passed.
+    #[error("quota exceeded: {0}")]
+    Quota(String),
+}
+
+impl Rejection {
+    /// Short name, for counters.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::LeaseNotFound(_) => "lease_not_found",
+            Rejection::LeaseExists(_) => "lease_exists",
+            Rejection::Compacted { .. } => "compacted",
+            Rejection::FutureRevision { .. } => "future_revision",
+            Rejection::DuplicateKey(_) => "duplicate_key",
+            Rejection::Invalid(_) => "invalid",
+            Rejection::StaleEpoch { .. } => "stale_epoch",
+            Rejection::NotFound(_) => "not_found",
+            Rejection::TooLarge { .. } => "too_large",
+            Rejection::Alarm { .. } => "alarm",
+            Rejection::Quota(_) => "quota",
+        }
+    }
 }
 
 // ------------------------------------------------------------------ codec
@@ -587,6 +739,7 @@ mod tests {
                     keys_only: false,
                     count_only: false,
                 })],
+                bytes_max: 1 << 20,
             }),
             Event::LeaseGrant { id: 7, ttl_s: 10 },
             Event::DeviceDataUpdated(DeviceData {

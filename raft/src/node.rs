@@ -296,6 +296,36 @@ where
         }
     }
 
+    /// Takes a snapshot of the state applied so far and waits, up to
+    /// `timeout`, until it is this node's current snapshot. The storage
+    /// keeps the state as of its current snapshot readable, so the space
+    /// of everything deleted since the previous one comes free only once
+    /// a newer one replaces it.
+    pub async fn snapshot_now(&self, timeout: Duration) -> Result<(), String> {
+        let applied = self.raft.metrics().borrow_watched().last_applied;
+        let Some(applied) = applied else {
+            return Ok(());
+        };
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|e| format!("trigger a snapshot: {e}"))?;
+        self.raft
+            .wait(Some(timeout))
+            .metrics(
+                |m| {
+                    m.snapshot
+                        .as_ref()
+                        .is_some_and(|s| s.index >= applied.index)
+                },
+                "take a snapshot",
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
     /// True while this node believes it leads the cluster.
     pub fn is_leader(&self) -> bool {
         let m = self.raft.metrics();

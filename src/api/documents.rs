@@ -58,7 +58,11 @@ impl pb::documents_server::Documents for DocumentsService {
         let Some(json) = self
             .node
             .reader
-            .get_document(collection, &r.id)
+            .get_document(
+                collection,
+                &r.id,
+                self.node.limits.response_bytes_max as usize,
+            )
             .map_err(status::from_store)?
         else {
             return Err(Status::not_found(format!(
@@ -111,7 +115,13 @@ impl pb::documents_server::Documents for DocumentsService {
         let page = self
             .node
             .reader
-            .list_documents(collection, filter, limit, token)
+            .list_documents(
+                collection,
+                filter,
+                limit,
+                self.node.limits.response_bytes_max as usize,
+                token,
+            )
             .map_err(status::from_store)?;
         Ok(Response::new(pb::ListDocumentsResponse {
             header: self.node.header(self.node.current_revision()?),

@@ -2,7 +2,7 @@
 //! peer port, before it proposes it.
 //!
 //! Members forward only what their MQTT bridges and their own bookkeeping
-//! produce; everything clients send is proposed by the member they reached
+//! (client address, space alarms) produce; everything clients send is proposed by the member they reached
 //! after the API's checks, and never forwarded. So a forwarded proposal
 //! must be one of those kinds, within the same bounds the API enforces,
 //! and stamped near the leader's clock (apply takes time from the stamp:
@@ -104,6 +104,8 @@ fn check_request(
             Ok(())
         }
         Event::CommandAttempted { .. } => Ok(()),
+        // A member whose database passed its quota raises NOSPACE.
+        Event::AlarmRaised { .. } => Ok(()),
         Event::CommandFailed { reason, .. } => bounded("reason", reason, REASON_BYTES_MAX),
         Event::ClientAddressPublished { addr, .. } => addr
             .parse::<std::net::SocketAddr>()

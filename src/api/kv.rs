@@ -141,6 +141,36 @@ impl KvService {
     }
 }
 
+impl KvService {
+    /// Refuses, before it is proposed, a transaction that would read or
+    /// touch more than `txn_bytes_max` in the current state (estimated on
+    /// this node, off the runtime's threads; the work stops at the
+    /// bound). The applier holds the same bound, carried in the event, for
+    /// a state that grows in between. Hands the transaction back.
+    async fn check_txn_bytes(&self, txn: TxnOp) -> Result<TxnOp, Status> {
+        let reader = self.node.reader.clone();
+        let bytes_max = txn.bytes_max;
+        let (txn, estimate) = tokio::task::spawn_blocking(move || {
+            let estimate = reader.txn_bytes(&txn, bytes_max);
+            (txn, estimate)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("estimate the transaction's bytes: {e}")))?;
+        match estimate.map_err(status::from_store)? {
+            Some(_) => Ok(txn),
+            None => Err(self.node.reject(
+                "txn_too_large",
+                status::invalid(format!(
+                    "the request would read or touch more than txn_bytes_max = {bytes_max} bytes \
+                     (ranges and range compares count their pairs, deletes their keys, prev_kv the \
+                     previous pairs); read large ranges with Range, which pages them, and delete \
+                     in smaller ranges"
+                )),
+            )),
+        }
+    }
+}
+
 pub fn range_to_pb(node: &Node, revision: i64, r: RangeResult) -> pb::RangeResponse {
     pb::RangeResponse {
         header: node.header(revision),
@@ -167,6 +197,7 @@ impl pb::kv_server::Kv for KvService {
                 &r.key,
                 &r.range_end,
                 limit,
+                self.node.limits.response_bytes_max as usize,
                 r.revision,
                 r.keys_only,
                 r.count_only,
@@ -198,6 +229,15 @@ impl pb::kv_server::Kv for KvService {
         req: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
         let op = self.delete_op(req.into_inner())?;
+        let check = TxnOp {
+            compares: vec![],
+            success: vec![TxnStep::Delete(op)],
+            failure: vec![],
+            bytes_max: self.node.limits.txn_bytes_max,
+        };
+        let Some(TxnStep::Delete(op)) = self.check_txn_bytes(check).await?.success.pop() else {
+            return Err(Status::internal("the checked delete went missing"));
+        };
         let resp = self.node.propose(Event::Delete(op)).await?;
         let (deleted, prev) = match resp.outcome {
             Outcome::Delete { deleted, prev } => (deleted, prev),
@@ -222,7 +262,7 @@ impl pb::kv_server::Kv for KvService {
                 )),
             ));
         }
-        let txn = TxnOp {
+        let mut txn = TxnOp {
             compares: t
                 .compare
                 .into_iter()
@@ -238,7 +278,9 @@ impl pb::kv_server::Kv for KvService {
                 .into_iter()
                 .map(|s| self.step(s))
                 .collect::<Result<_, _>>()?,
+            bytes_max: self.node.limits.txn_bytes_max,
         };
+        txn = self.check_txn_bytes(txn).await?;
         let resp = self.node.propose(Event::Txn(txn)).await?;
         let Outcome::Txn { succeeded, results } = resp.outcome else {
             return Err(Status::internal(

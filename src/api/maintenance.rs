@@ -1,9 +1,10 @@
-//! The Maintenance service: node and cluster status.
+//! The Maintenance service: node and cluster status, and alarms.
 
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 use utopia_proto::v1 as pb;
+use utopia_raft::event::Event;
 
 use super::{status, Node};
 
@@ -66,6 +67,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
                         "cluster_ingest_replies_ignored_total".into(),
                         t.replies_ignored,
                     );
+                    c.insert("cluster_ingest_over_quota_total".into(), t.over_quota);
                 }
                 // Events rejected alike on every replica because their
                 // content could not be applied.
@@ -82,6 +84,45 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             raft_snapshot_index: st.snapshot_index,
             raft_purged_index: st.purged_index,
             raft_membership_index: st.membership_index,
+        }))
+    }
+
+    async fn alarm(
+        &self,
+        req: Request<pb::AlarmRequest>,
+    ) -> Result<Response<pb::AlarmResponse>, Status> {
+        let r = req.into_inner();
+        let alarm =
+            super::alarm::alarm_from_pb(r.alarm).map_err(|e| self.node.reject("bad_alarm", e))?;
+        let revision = match pb::alarm_request::AlarmAction::try_from(r.action) {
+            Ok(pb::alarm_request::AlarmAction::List) => {
+                self.node
+                    .read_barrier(pb::Consistency::Linearizable as i32)
+                    .await?;
+                self.node.current_revision()?
+            }
+            Ok(pb::alarm_request::AlarmAction::Disarm) => {
+                let resp = self
+                    .node
+                    .propose(Event::AlarmDisarmed {
+                        node_id: r.member_id,
+                        alarm,
+                    })
+                    .await?;
+                tracing::info!(member = r.member_id, alarm = alarm.name(), "alarm disarmed");
+                resp.revision
+            }
+            Err(_) => {
+                return Err(self.node.reject(
+                    "bad_alarm",
+                    status::invalid(format!("unknown alarm action {}", r.action)),
+                ))
+            }
+        };
+        let alarms = self.node.reader.alarms().map_err(status::from_store)?;
+        Ok(Response::new(pb::AlarmResponse {
+            header: self.node.header(revision),
+            alarms: super::alarm::alarms_to_pb(alarms),
         }))
     }
 }

@@ -7,6 +7,7 @@
 //! passes a Raft read barrier unless the client asked for a serializable
 //! (local) read.
 
+pub mod alarm;
 pub mod documents;
 pub mod forward;
 pub mod kv;
@@ -125,6 +126,7 @@ impl Node {
     /// `proposals_in_flight_max` proposals wait at once; beyond that the
     /// request is refused with RESOURCE_EXHAUSTED rather than queued.
     pub async fn propose(&self, event: Event) -> Result<Response, Status> {
+        self.refuse_under_alarm(&event)?;
         let _permit = self.proposals.try_acquire().map_err(|_| {
             self.reject(
                 "overloaded",
@@ -148,6 +150,10 @@ impl Node {
         self.counters
             .add(&format!("events_applied_total{{event=\"{name}\"}}"), 1);
         if let Outcome::Rejected(r) = resp.outcome {
+            self.counters.add(
+                &format!("events_rejected_total{{reason=\"{}\"}}", r.reason()),
+                1,
+            );
             return Err(status::from_rejection(r));
         }
         Ok(resp)
@@ -189,7 +195,11 @@ impl Node {
     pub fn client_addr_of(&self, id: u64) -> Option<String> {
         let doc = self
             .reader
-            .get_document(utopia_storage::keys::Collection::Fellows, &id.to_string())
+            .get_document(
+                utopia_storage::keys::Collection::Fellows,
+                &id.to_string(),
+                self.limits.response_bytes_max as usize,
+            )
             .ok()??;
         let doc: serde_json::Value = serde_json::from_str(&doc).ok()?;
         doc["client_addr"].as_str().map(str::to_string)

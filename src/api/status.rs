@@ -41,6 +41,10 @@ pub fn from_rejection(r: Rejection) -> Status {
         Rejection::LeaseExists(_) => Code::AlreadyExists,
         Rejection::Compacted { .. } | Rejection::FutureRevision { .. } => Code::OutOfRange,
         Rejection::DuplicateKey(_) | Rejection::Invalid(_) => Code::InvalidArgument,
+        // Retrying does not help: the request must be made smaller.
+        Rejection::TooLarge { .. } => Code::InvalidArgument,
+        // Like etcd's NOSPACE: nothing more fits until an operator acts.
+        Rejection::Alarm { .. } | Rejection::Quota(_) => Code::ResourceExhausted,
     };
     Status::new(code, r.to_string())
 }

@@ -49,6 +49,8 @@
 //!   "raft_applied_index","raft_snapshot_index","raft_purged_index","role","revision",
 //!   "compact_revision","data_dir","db_size_bytes","members":[{"id","addr","voter"}],
 //!   "counters":{name:u64},"raft_membership_index"}` (counters sorted by name)
+//! - `alarm list|disarm`: `{"alarms":[{"member_id":u64,"alarm":"NOSPACE"}...]}`
+//!   (after a disarm: the alarms still active)
 //! - `cluster status`: `{"leader","raft_term","members":[{"id","addr","voter","role",
 //!   "matched_index","applied_index","raft_term"}],"membership_change_in_progress"}`
 //! - `bench put|get|mixed`: `{"ops","errors","seconds","ops_per_second",
@@ -75,6 +77,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub mod admin;
+pub mod alarm;
 pub mod bench;
 pub mod bench_mqtt;
 pub mod client;
@@ -201,6 +204,9 @@ pub enum Command {
     /// Cluster status and membership.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Alarms: list them, or disarm NOSPACE after freeing space.
+    #[command(subcommand)]
+    Alarm(alarm::AlarmCommand),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -626,6 +632,7 @@ async fn dispatch(cmd: Command, client: &mut Client, out: &mut Printer) -> Resul
         Command::Device(DeviceCommand::Cmd(a)) => admin::device_cmd(client, out, a).await,
         Command::Status => admin::status(client, out).await,
         Command::Cluster(c) => cluster::run(client, out, c).await,
+        Command::Alarm(c) => alarm::run(client, out, c).await,
         Command::Bench(b) => bench::run(client, out, b).await,
     }
 }

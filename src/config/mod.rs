@@ -114,6 +114,35 @@ pub struct Limits {
     /// Largest document an event this node proposes may leave behind,
     /// carried in the event (every replica applies the proposer's value).
     pub document_bytes_max: u64,
+    /// Largest Range response or page of documents, in bytes (one pair or
+    /// document always goes, whatever its size).
+    pub response_bytes_max: u64,
+    /// Most bytes one transaction (or delete) may read or touch.
+    pub txn_bytes_max: u64,
+    /// The state machine's size on disk past which this node raises the
+    /// NOSPACE alarm.
+    pub db_bytes_max: u64,
+    /// Open gRPC connections on each port (client, peer); more wait to be
+    /// accepted.
+    pub connections_max: u64,
+    /// Concurrent HTTP/2 streams (calls) on one connection.
+    pub streams_per_connection_max: u64,
+    /// HTTP/2 keep-alive: a PING after this long without one...
+    pub keepalive_interval_ms: u64,
+    /// ...and the connection closed if it is not answered within this.
+    pub keepalive_timeout_ms: u64,
+    /// TCP keep-alive probes after this long without traffic.
+    pub tcp_keepalive_ms: u64,
+    /// How long a unary request may take before DEADLINE_EXCEEDED.
+    pub request_timeout_ms: u64,
+    /// Devices registered under one host, at most.
+    pub devices_per_host_max: u64,
+    /// Active leases, at most.
+    pub leases_max: u64,
+    /// Device commands awaiting a reply, at most.
+    pub commands_pending_max: u64,
+    /// How long a settled device command's record is kept.
+    pub command_retention_ms: u64,
 }
 
 /// Raft timing. `heartbeat_interval_ms < election_timeout_ms_min <
@@ -183,6 +212,32 @@ impl Default for Limits {
             history_revisions_max: 100_000,
             json_depth_max: 32,
             document_bytes_max: 1_048_576,
+            response_bytes_max: 4 << 20,
+            txn_bytes_max: 16 << 20,
+            db_bytes_max: 8 << 30,
+            connections_max: 1024,
+            streams_per_connection_max: 256,
+            keepalive_interval_ms: 30_000,
+            keepalive_timeout_ms: 10_000,
+            tcp_keepalive_ms: 60_000,
+            request_timeout_ms: 30_000,
+            devices_per_host_max: 10_000,
+            leases_max: 100_000,
+            commands_pending_max: 10_000,
+            command_retention_ms: 7 * 24 * 3_600_000,
+        }
+    }
+}
+
+impl Limits {
+    /// The quotas every replica applies (proposed by the leader when they
+    /// differ from the ones in the replicated state).
+    pub fn quotas(&self) -> utopia_raft::event::Quotas {
+        utopia_raft::event::Quotas {
+            devices_per_host_max: self.devices_per_host_max,
+            leases_max: self.leases_max,
+            commands_pending_max: self.commands_pending_max,
+            command_retention_ms: self.command_retention_ms,
         }
     }
 }
@@ -296,6 +351,19 @@ const LIMITS: &[&str] = &[
     "history_revisions_max",
     "json_depth_max",
     "document_bytes_max",
+    "response_bytes_max",
+    "txn_bytes_max",
+    "db_bytes_max",
+    "connections_max",
+    "streams_per_connection_max",
+    "keepalive_interval_ms",
+    "keepalive_timeout_ms",
+    "tcp_keepalive_ms",
+    "request_timeout_ms",
+    "devices_per_host_max",
+    "leases_max",
+    "commands_pending_max",
+    "command_retention_ms",
 ];
 const RAFT: &[&str] = &[
     "heartbeat_interval_ms",
@@ -596,6 +664,9 @@ const DOCUMENT_BYTES_MIN: u64 = 1024;
 
 fn decode_limits(group: &[Setting], l: &mut Limits) -> Result<(), ConfigError> {
     for f in fields(group, "limits", LIMITS)? {
+        if decode_byte_limits(&f, l)? {
+            continue;
+        }
         match f.name {
             "key_bytes_max" => l.key_bytes_max = f.positive_in(MESSAGE_BYTES_MAX)?,
             "value_bytes_max" => l.value_bytes_max = f.positive_in(MESSAGE_BYTES_MAX)?,
@@ -615,6 +686,35 @@ fn decode_limits(group: &[Setting], l: &mut Limits) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// The `limits` settings bounded in bytes, time or totals, each within a
+/// range; false for any other setting.
+fn decode_byte_limits(f: &Field<'_>, l: &mut Limits) -> Result<bool, ConfigError> {
+    match f.name {
+        // A page holds at least one pair; the encoder allows 64 MiB.
+        "response_bytes_max" => l.response_bytes_max = f.int_in(4096, 64 << 20)?,
+        // At most what the applier itself allows (APPLY_BYTES_MAX).
+        "txn_bytes_max" => {
+            l.txn_bytes_max = f.int_in(1 << 20, utopia_storage::apply::APPLY_BYTES_MAX)?
+        }
+        "db_bytes_max" => l.db_bytes_max = f.int_in(1 << 20, 1 << 50)?,
+        "connections_max" => l.connections_max = f.int_in(1, 65_536)?,
+        "streams_per_connection_max" => l.streams_per_connection_max = f.int_in(1, 10_000)?,
+        "keepalive_interval_ms" => l.keepalive_interval_ms = f.int_in(1000, 3_600_000)?,
+        "keepalive_timeout_ms" => l.keepalive_timeout_ms = f.int_in(1000, 600_000)?,
+        "tcp_keepalive_ms" => l.tcp_keepalive_ms = f.int_in(1000, 7_200_000)?,
+        "request_timeout_ms" => l.request_timeout_ms = f.int_in(100, 3_600_000)?,
+        "devices_per_host_max" => l.devices_per_host_max = f.int_in(1, 100_000_000)?,
+        "leases_max" => l.leases_max = f.int_in(1, 100_000_000)?,
+        "commands_pending_max" => l.commands_pending_max = f.int_in(1, 100_000_000)?,
+        // One minute to one year.
+        "command_retention_ms" => {
+            l.command_retention_ms = f.int_in(60_000, 366 * 24 * 3_600_000)?
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
 }
 
 fn decode_raft(group: &[Setting], r: &mut RaftSettings) -> Result<(), ConfigError> {
@@ -1067,6 +1167,19 @@ limits = {
   history_revisions_max = 100000;    # key revisions kept for past reads and watches; older ones are compacted
   json_depth_max = 32;               # deepest JSON or CBOR value taken from a device, report or command (1..64)
   document_bytes_max = 1048576;      # largest document a write may leave behind (1 KiB..16 MiB): a document is read and rewritten whole on every update and served whole in one reply
+  response_bytes_max = 4194304;      # largest Range response or document page, in bytes (4096..64 MiB); the rest is left for the next page (`more`)
+  txn_bytes_max = 16777216;          # most bytes a transaction or delete may read or touch: ranges and range compares count their pairs, deletes their keys, prev_kv the old pairs (1 MiB..64 MiB)
+  db_bytes_max = 8589934592;         # state machine size on disk (8 GiB) past which this node raises the NOSPACE alarm: writes that add data are refused until `utopia alarm disarm` (1 MiB..1 PiB)
+  connections_max = 1024;            # open gRPC connections on each port (client, peer); more wait to be accepted (1..65536)
+  streams_per_connection_max = 256;  # concurrent calls (HTTP/2 streams) on one connection (1..10000)
+  keepalive_interval_ms = 30000;     # HTTP/2 PING after this long without one (1000..3600000)
+  keepalive_timeout_ms = 10000;      # a connection whose PING is not answered within this is closed (1000..600000)
+  tcp_keepalive_ms = 60000;          # TCP keep-alive probes after this long without traffic, then at this interval (1000..7200000)
+  request_timeout_ms = 30000;        # a unary request (not Watch or membership changes) answered DEADLINE_EXCEEDED after this (100..3600000)
+  devices_per_host_max = 10000;      # devices registered under one host; a new one past it is refused and its MQTT messages dropped and counted (the leader's value applies)
+  leases_max = 100000;               # active leases; a grant past it is refused (the leader's value applies)
+  commands_pending_max = 10000;      # device commands awaiting a reply; a new one past it is refused (the leader's value applies)
+  command_retention_ms = 604800000;  # how long an acknowledged or failed command's record is kept (7 days; 60000..1 year; the leader's value applies)
 };
 
 # Raft timing, in milliseconds unless noted (each greater than 0; times at
@@ -1307,6 +1420,7 @@ tls = {
                 history_revisions_max: 500,
                 json_depth_max: 32,
                 document_bytes_max: 1_048_576,
+                ..Limits::default()
             },
             raft: RaftSettings {
                 heartbeat_interval_ms: 50,
@@ -1795,6 +1909,73 @@ mqtt = {
                 "{}:2: setting \"mqtt.bridges[1].port\": must be between 1 and 65535, found 0",
                 dir.path().join("mqtt/bridge.conf").display()
             )
+        );
+    }
+
+    #[test]
+    fn byte_time_and_quota_limits_are_bounded() {
+        for (text, name) in [
+            (
+                "limits = { response_bytes_max = 1; };",
+                "response_bytes_max",
+            ),
+            ("limits = { txn_bytes_max = 1073741824; };", "txn_bytes_max"),
+            ("limits = { db_bytes_max = 0; };", "db_bytes_max"),
+            ("limits = { connections_max = 0; };", "connections_max"),
+            (
+                "limits = { streams_per_connection_max = 100000; };",
+                "streams_per_connection_max",
+            ),
+            (
+                "limits = { keepalive_interval_ms = 10; };",
+                "keepalive_interval_ms",
+            ),
+            (
+                "limits = { keepalive_timeout_ms = 10; };",
+                "keepalive_timeout_ms",
+            ),
+            ("limits = { tcp_keepalive_ms = 10; };", "tcp_keepalive_ms"),
+            (
+                "limits = { request_timeout_ms = 99999999999; };",
+                "request_timeout_ms",
+            ),
+            (
+                "limits = { devices_per_host_max = 0; };",
+                "devices_per_host_max",
+            ),
+            ("limits = { leases_max = 0; };", "leases_max"),
+            (
+                "limits = { commands_pending_max = 0; };",
+                "commands_pending_max",
+            ),
+            (
+                "limits = { command_retention_ms = 1; };",
+                "command_retention_ms",
+            ),
+        ] {
+            let (line, msg) = err(text);
+            assert_eq!(line, 1, "{text}");
+            assert!(
+                msg.contains(&format!("limits.{name}")) && msg.contains("must be between"),
+                "{text}: {msg}"
+            );
+        }
+        let s = Settings::from_str(
+            "limits = { db_bytes_max = 1048576; connections_max = 3; txn_bytes_max = 1048576; };",
+            file(),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                s.limits.db_bytes_max,
+                s.limits.connections_max,
+                s.limits.txn_bytes_max
+            ),
+            (1 << 20, 3, 1 << 20)
+        );
+        assert_eq!(
+            s.limits.response_bytes_max,
+            Limits::default().response_bytes_max
         );
     }
 

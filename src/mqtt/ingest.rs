@@ -42,6 +42,10 @@ const BATCHES_IN_FLIGHT_MAX: usize = 4;
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause before proposing again after a failed proposal.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// The first pause in proposing while an alarm refuses new data; it
+/// doubles while the alarm stays, up to [`ALARM_PAUSE_MAX`].
+const ALARM_PAUSE_MIN: Duration = Duration::from_millis(250);
+const ALARM_PAUSE_MAX: Duration = Duration::from_secs(5);
 /// How often the pending and lag figures are published to the counters.
 const GAUGES_INTERVAL: Duration = Duration::from_millis(50);
 /// Upper bounds of the ingest-lag histogram, in milliseconds.
@@ -111,6 +115,9 @@ pub struct Core {
     lag_buckets: [u64; LAG_BUCKETS_MS.len() + 1],
     lag_sum_ms: u64,
     lag_count: u64,
+    /// The current pause while an alarm (NOSPACE) refuses new data; zero
+    /// when none is active.
+    alarm_pause: Duration,
 }
 
 type BatchResult = (Vec<u64>, Result<Response, ProposeError>);
@@ -157,6 +164,7 @@ impl Core {
             lag_buckets: [0; LAG_BUCKETS_MS.len() + 1],
             lag_sum_ms: 0,
             lag_count: 0,
+            alarm_pause: Duration::ZERO,
         }
     }
 
@@ -426,6 +434,40 @@ impl Core {
         }
     }
 
+    /// Whether an alarm (NOSPACE) refuses new data now. While one does,
+    /// held messages are not proposed (every replica would reject the
+    /// batch, and the log would only grow): they stay unacknowledged, the
+    /// pending bound then stops reading the brokers, and the rest waits in
+    /// the brokers until the alarm is disarmed. Nothing acknowledged is
+    /// lost, and the core checks again after a pause that doubles up to
+    /// [`ALARM_PAUSE_MAX`] instead of spinning.
+    fn alarm_active(&mut self) -> bool {
+        let active = match self.node.reader.alarms() {
+            Ok(alarms) => !alarms.is_empty(),
+            Err(e) => {
+                tracing::error!(error = %e, "read the active alarms");
+                false
+            }
+        };
+        if !active && !self.alarm_pause.is_zero() {
+            tracing::info!("alarm disarmed: proposing held MQTT messages again");
+            self.alarm_pause = Duration::ZERO;
+        }
+        active
+    }
+
+    fn pause_for_alarm(&mut self) {
+        if self.alarm_pause.is_zero() {
+            tracing::warn!(
+                held = self.entries.len(),
+                "an alarm refuses new data: MQTT messages are held unacknowledged until it is disarmed"
+            );
+        }
+        self.alarm_pause = (self.alarm_pause * 2).clamp(ALARM_PAUSE_MIN, ALARM_PAUSE_MAX);
+        self.pause_until = Some(Instant::now() + self.alarm_pause);
+        self.count("ingest_alarm_pauses_total");
+    }
+
     fn owns(&self, device: &str) -> bool {
         self.owners.epoch > 0
             && utopia_storage::ingest::owner_of(device, &self.owners.members) == Some(self.node_id)
@@ -599,6 +641,10 @@ impl Core {
             return;
         }
         self.pause_until = None;
+        if !self.ready.is_empty() && self.alarm_active() {
+            self.pause_for_alarm();
+            return;
+        }
         let max = self.settings.batch_messages_max.max(1) as usize;
         let linger = Duration::from_millis(self.settings.batch_linger_ms);
         while self.batches_in_flight < BATCHES_IN_FLIGHT_MAX && !self.ready.is_empty() {
@@ -684,6 +730,21 @@ impl Core {
                 outcome: Outcome::Ingested { .. },
                 ..
             }) => return, // settled when the batch is applied here
+            Ok(Response {
+                outcome: Outcome::Rejected(Rejection::Alarm { .. }),
+                ..
+            }) => {
+                // Raised after the check before proposing: held, as above.
+                self.count("ingest_batches_refused_alarm_total");
+                for seq in seqs.iter().rev() {
+                    if let Some(e) = self.entries.get_mut(seq) {
+                        e.in_flight = false;
+                    }
+                }
+                self.rebuild_ready();
+                self.pause_for_alarm();
+                return;
+            }
             Ok(Response {
                 outcome: Outcome::Rejected(Rejection::StaleEpoch { proposed, current }),
                 ..

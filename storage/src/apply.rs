@@ -48,8 +48,11 @@ use utopia_raft::event::{
 use crate::keys::{self, meta, Cf, DeviceIndex};
 use crate::StoreError;
 
+pub mod alarm;
 pub mod bounds;
 pub mod ingest;
+pub mod quota;
+pub use alarm::{AlarmRecord, AlarmState};
 pub use ingest::{CommandRecord, CommandState, IngestEffects, IngestOwners, IngestTotals};
 
 /// Why applying an event failed; see the module documentation.
@@ -246,6 +249,71 @@ pub(crate) fn range_bounds(key: &[u8], range_end: &[u8]) -> (Vec<u8>, Option<Vec
     }
 }
 
+/// The byte bound of a transaction logged before the bound travelled in
+/// the event, and of a single put or delete: the largest
+/// `limits.txn_bytes_max` accepts, so that whatever a proposer allowed,
+/// applying stays within it.
+pub const APPLY_BYTES_MAX: u64 = 64 << 20;
+
+/// Bytes each pair read or key touched counts beyond its own (its framing
+/// in a response, its tombstone records for a delete).
+pub const TOUCHED_ITEM_OVERHEAD_BYTES: u64 = 64;
+
+/// A transaction's bound in bytes, as applied.
+fn txn_bytes_max(txn: &TxnOp) -> u64 {
+    match txn.bytes_max {
+        0 => APPLY_BYTES_MAX,
+        n => n.min(APPLY_BYTES_MAX),
+    }
+}
+
+/// What a request may still read or touch, in bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct ByteBudget {
+    max: u64,
+    left: u64,
+}
+
+impl ByteBudget {
+    pub fn new(max: u64) -> Self {
+        Self { max, left: max }
+    }
+
+    /// Takes `n` bytes; false, taking nothing, when fewer are left.
+    fn take(&mut self, n: u64) -> bool {
+        match self.left.checked_sub(n) {
+            Some(left) => {
+                self.left = left;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn used(&self) -> u64 {
+        self.max - self.left
+    }
+}
+
+/// Whether one key's state (`None`: absent) satisfies a compare.
+fn compare_one(cmp: &Compare, kv: Option<&KeyValue>) -> bool {
+    let ord = match (&cmp.target, kv) {
+        (CompareTarget::Value(want), Some(kv)) => kv.value[..].cmp(&want[..]),
+        // A missing key has no value: every value comparison fails.
+        (CompareTarget::Value(_), None) => return false,
+        (CompareTarget::Version(n), kv) => kv.map_or(0, |k| k.version).cmp(n),
+        (CompareTarget::CreateRevision(n), kv) => kv.map_or(0, |k| k.create_revision).cmp(n),
+        (CompareTarget::ModRevision(n), kv) => kv.map_or(0, |k| k.mod_revision).cmp(n),
+        (CompareTarget::Lease(n), kv) => kv.map_or(0, |k| k.lease).cmp(n),
+    };
+    match cmp.op {
+        CompareOp::Equal => ord.is_eq(),
+        CompareOp::NotEqual => ord.is_ne(),
+        CompareOp::Greater => ord.is_gt(),
+        CompareOp::Less => ord.is_lt(),
+    }
+}
+
 impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
     pub fn new(base: &'a S) -> Self {
         Self::with_limits(base, ApplyLimits::default())
@@ -406,55 +474,64 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Pairs, StoreError> {
-        let pending: Vec<(&Vec<u8>, &Option<Vec<u8>>)> = self
+        let mut out = Vec::new();
+        self.scan_each(cf, start, end, |k, v| {
+            out.push((k.to_vec(), v.to_vec()));
+            Ok(limit == 0 || out.len() < limit)
+        })?;
+        Ok(out)
+    }
+
+    /// Visits the entries of `cf` in `[start, end)`, base merged with the
+    /// overlay, in key order, one at a time (nothing is collected), until
+    /// `visit` returns false.
+    pub fn scan_each(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        end: Option<&[u8]>,
+        mut visit: impl FnMut(&[u8], &[u8]) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut pending = self
             .overlay
             .range((cf, start.to_vec())..)
             .take_while(|((c, k), _)| *c == cf && end.is_none_or(|e| k.as_slice() < e))
             .map(|((_, k), v)| (k, v))
-            .collect();
-        let mut out = Vec::new();
-        let mut pi = pending.into_iter().peekable();
+            .peekable();
         let mut base = self.base.scan(cf, start, end).peekable();
         loop {
-            if limit != 0 && out.len() >= limit {
-                break;
-            }
-            let next_base = match base.peek() {
-                Some(Ok((k, _))) => Some(k.clone()),
-                Some(Err(_)) => {
-                    if let Some(Err(e)) = base.next() {
-                        return Err(e);
-                    }
-                    unreachable!("peeked an error")
-                }
-                None => None,
+            // Which comes next: the base's entry, the overlay's, or the
+            // overlay's in place of the base's (same key).
+            let order = match (base.peek(), pending.peek()) {
+                (Some(Err(_)), _) => match base.next() {
+                    Some(Err(e)) => return Err(e),
+                    _ => unreachable!("peeked an error"),
+                },
+                (None, None) => return Ok(()),
+                (None, Some(_)) => std::cmp::Ordering::Less,
+                (Some(Ok(_)), None) => std::cmp::Ordering::Greater,
+                (Some(Ok((bk, _))), Some((pk, _))) => pk.as_slice().cmp(bk.as_slice()),
             };
-            let next_pending = pi.peek().map(|(k, _)| (*k).clone());
-            match (next_base, next_pending) {
-                (None, None) => break,
-                (Some(bk), Some(pk)) if pk <= bk => {
-                    if pk == bk {
-                        base.next();
-                    }
-                    let (k, v) = pi.next().expect("peeked");
-                    if let Some(v) = v {
-                        out.push((k.clone(), v.clone()));
-                    }
+            let go_on = if order.is_gt() {
+                match base.next() {
+                    Some(Ok((k, v))) => visit(&k, &v)?,
+                    _ => unreachable!("peeked an entry"),
                 }
-                (None, Some(_)) => {
-                    let (k, v) = pi.next().expect("peeked");
-                    if let Some(v) = v {
-                        out.push((k.clone(), v.clone()));
-                    }
+            } else {
+                if order.is_eq() {
+                    base.next();
                 }
-                (Some(_), _) => {
-                    if let Some(Ok(kv)) = base.next() {
-                        out.push(kv);
-                    }
+                match pending.next() {
+                    Some((k, Some(v))) => visit(k, v)?,
+                    // Deleted in this batch.
+                    Some((_, None)) => true,
+                    None => unreachable!("peeked an entry"),
                 }
+            };
+            if !go_on {
+                return Ok(());
             }
         }
-        Ok(out)
     }
 
     // ------------------------------------------------------------ entry point
@@ -477,6 +554,12 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
             .map_or(bounds::DOCUMENT_BYTES_MAX, |n| {
                 n.min(bounds::DOCUMENT_BYTES_MAX)
             });
+        if let Some(rejection) = self.refused_by_alarm(&req.event)? {
+            return Ok(Response {
+                revision: self.get_i64(meta::REVISION)?,
+                outcome: Outcome::Rejected(rejection),
+            });
+        }
         self.journal = Self::may_be_rejected(&req.event);
         let sp = self.savepoint();
         let outcome = match self.apply_event(req) {
@@ -519,12 +602,10 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
                 zone,
                 class,
                 device_id,
-            } => {
-                let id = self
-                    .register_device(req.at_ms, host, zone, class, device_id, true)?
-                    .0;
-                Outcome::Device { id }
-            }
+            } => match self.register_device(req.at_ms, host, zone, class, device_id, true)? {
+                Ok((id, _)) => Outcome::Device { id },
+                Err(rejection) => Outcome::Rejected(rejection),
+            },
             Event::FellowStateChanged(f) => self.apply_fellow(req.at_ms, f)?,
             Event::DbServerRegistered { host, port, kind } => {
                 self.apply_db_server(req.at_ms, host, *port, kind, None)?
@@ -581,6 +662,15 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
             Event::ClientAddressPublished { node_id, addr } => {
                 self.apply_client_address(*node_id, addr)?
             }
+            Event::AlarmRaised {
+                node_id,
+                alarm,
+                disarms,
+            } => self.apply_alarm_raised(req.at_ms, *node_id, *alarm, *disarms)?,
+            Event::QuotasChanged(q) => self.apply_quotas_changed(q)?,
+            Event::AlarmDisarmed { node_id, alarm } => {
+                self.apply_alarm_disarmed(*node_id, *alarm)?
+            }
         })
     }
 
@@ -590,8 +680,15 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         if let Some(rej) = self.check_steps(std::slice::from_ref(&step))? {
             return Ok(Outcome::Rejected(rej));
         }
+        let mut budget = ByteBudget::new(APPLY_BYTES_MAX);
+        if !self.charge_step(&step, &mut budget, false)? {
+            return Ok(Outcome::Rejected(Rejection::TooLarge {
+                bytes_max: APPLY_BYTES_MAX,
+            }));
+        }
         let rev = self.get_i64(meta::REVISION)?;
-        let (mut results, wrote) = self.run_steps(rev + 1, std::slice::from_ref(&step))?;
+        let (mut results, wrote) =
+            self.run_steps(rev + 1, std::slice::from_ref(&step), &mut budget)?;
         if wrote {
             self.put(Cf::SmMeta, meta::REVISION.to_vec(), enc(&(rev + 1)));
         }
@@ -602,12 +699,28 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         })
     }
 
+    /// Applies a transaction within its byte bound (`TxnOp::bytes_max`):
+    /// compares and the chosen branch's deletes and `prev_kv` reads are
+    /// counted before anything is written, and a transaction over the
+    /// bound is rejected whole; ranges then take what is left and stop
+    /// there (`more`). The proposer refuses a transaction it estimates to
+    /// be over the bound, so this is the guard for a state that grew
+    /// between the estimate and the commit, or a proposer that did not
+    /// check: whatever reaches the log, applying it stays bounded, and the
+    /// same on every replica.
     fn apply_txn(&mut self, _req: &Request, txn: &TxnOp) -> Result<Outcome, ApplyError> {
+        let bytes_max = txn_bytes_max(txn);
+        let too_large = Outcome::Rejected(Rejection::TooLarge { bytes_max });
+        let mut budget = ByteBudget::new(bytes_max);
         let mut succeeded = true;
         for cmp in &txn.compares {
-            if !self.compare(cmp)? {
-                succeeded = false;
-                break;
+            match self.compare(cmp, &mut budget)? {
+                Some(true) => {}
+                Some(false) => {
+                    succeeded = false;
+                    break;
+                }
+                None => return Ok(too_large),
             }
         }
         let steps = if succeeded {
@@ -618,12 +731,97 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         if let Some(rej) = self.check_steps(steps)? {
             return Ok(Outcome::Rejected(rej));
         }
+        for step in steps {
+            if !self.charge_step(step, &mut budget, false)? {
+                return Ok(too_large);
+            }
+        }
         let rev = self.get_i64(meta::REVISION)?;
-        let (results, wrote) = self.run_steps(rev + 1, steps)?;
+        let (results, wrote) = self.run_steps(rev + 1, steps, &mut budget)?;
         if wrote {
             self.put(Cf::SmMeta, meta::REVISION.to_vec(), enc(&(rev + 1)));
         }
         Ok(Outcome::Txn { succeeded, results })
+    }
+
+    /// The bytes `txn` would read or touch in the current state, counting
+    /// both branches in full (the larger of the two) and stopping once
+    /// past `bytes_max`: `None` then. What a proposer checks before
+    /// proposing; the applier applies the same bound when it commits.
+    pub fn txn_bytes(&self, txn: &TxnOp, bytes_max: u64) -> Result<Option<u64>, StoreError> {
+        let mut budget = ByteBudget::new(bytes_max);
+        for cmp in &txn.compares {
+            if self.compare(cmp, &mut budget)?.is_none() {
+                return Ok(None);
+            }
+        }
+        let mut largest = 0;
+        for steps in [&txn.success, &txn.failure] {
+            let mut branch = budget;
+            for step in steps {
+                if !self.charge_step(step, &mut branch, true)? {
+                    return Ok(None);
+                }
+            }
+            largest = largest.max(branch.used());
+        }
+        Ok(Some(largest))
+    }
+
+    /// Counts into `budget` what `step` reads or touches now: a delete its
+    /// keys (and their pairs with `prev_kv`), a put its key and value (and
+    /// the previous pair with `prev_kv`), and with `ranges` a range its
+    /// pairs (its keys with `keys_only`, nothing with `count_only`), up to
+    /// its count limit. Sizes are of the stored records, not decoded.
+    /// False, as soon as it is known, when `budget` cannot hold it all.
+    fn charge_step(
+        &self,
+        step: &TxnStep,
+        budget: &mut ByteBudget,
+        ranges: bool,
+    ) -> Result<bool, StoreError> {
+        match step {
+            TxnStep::Range(r) => {
+                if !ranges || r.count_only {
+                    return Ok(true);
+                }
+                let (start, end) = range_bounds(&r.key, &r.range_end);
+                let limit = usize::try_from(r.limit).unwrap_or(0);
+                let (mut seen, mut fits) = (0usize, true);
+                self.scan_each(Cf::Kv, &start, end.as_deref(), |k, v| {
+                    seen += 1;
+                    let size = if r.keys_only {
+                        k.len()
+                    } else {
+                        k.len() + v.len()
+                    };
+                    fits = budget.take(size as u64 + TOUCHED_ITEM_OVERHEAD_BYTES);
+                    Ok(fits && (limit == 0 || seen < limit))
+                })?;
+                Ok(fits)
+            }
+            TxnStep::Put(p) => {
+                let mut size = (p.key.len() + p.value.len()) as u64;
+                if p.prev_kv {
+                    size += self.get(Cf::Kv, &p.key)?.map_or(0, |v| v.len() as u64);
+                }
+                Ok(budget.take(size + TOUCHED_ITEM_OVERHEAD_BYTES))
+            }
+            TxnStep::Delete(d) => {
+                let (start, end) = range_bounds(&d.key, &d.range_end);
+                let mut fits = true;
+                self.scan_each(Cf::Kv, &start, end.as_deref(), |k, v| {
+                    let size = if d.prev_kv {
+                        k.len() + v.len()
+                    } else {
+                        k.len()
+                    };
+                    fits = budget.take(size as u64 + TOUCHED_ITEM_OVERHEAD_BYTES);
+                    Ok(fits)
+                })?;
+                Ok(fits)
+            }
+        }
     }
 
     /// Checks what must hold before any step of a write runs, so that a
@@ -663,16 +861,19 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         Ok(None)
     }
 
+    /// Runs the steps at revision `rev`; ranges take their pairs out of
+    /// `budget` (what the checks before left of it).
     fn run_steps(
         &mut self,
         rev: i64,
         steps: &[TxnStep],
+        budget: &mut ByteBudget,
     ) -> Result<(Vec<StepResult>, bool), StoreError> {
         let mut results = Vec::with_capacity(steps.len());
         let mut sub = 0u32;
         for step in steps {
             results.push(match step {
-                TxnStep::Range(r) => StepResult::Range(self.range_current(r)?),
+                TxnStep::Range(r) => StepResult::Range(self.range_current(r, budget)?),
                 TxnStep::Put(p) => self.put_key(rev, &mut sub, p)?,
                 TxnStep::Delete(d) => self.delete_range(rev, &mut sub, d)?,
             });
@@ -767,11 +968,18 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         op: &DeleteOp,
     ) -> Result<StepResult, StoreError> {
         let (start, end) = range_bounds(&op.key, &op.range_end);
-        let victims = self
-            .scan(Cf::Kv, &start, end.as_deref(), 0)?
-            .into_iter()
-            .map(|(k, v)| dec::<KeyValue>(Cf::Kv, &k, &v))
-            .collect::<Result<Vec<_>, _>>()?;
+        // Without prev_kv a deleted pair's value is not needed: only its
+        // key, lease and revision are held (the checks before counted the
+        // keys against the request's bound).
+        let mut victims = Vec::new();
+        self.scan_each(Cf::Kv, &start, end.as_deref(), |k, v| {
+            let mut kv: KeyValue = dec(Cf::Kv, k, v)?;
+            if !op.prev_kv {
+                kv.value = Bytes::new();
+            }
+            victims.push(kv);
+            Ok(true)
+        })?;
         let deleted = victims.len() as i64;
         let prev = if op.prev_kv {
             victims.clone()
@@ -782,71 +990,86 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         Ok(StepResult::Delete { deleted, prev })
     }
 
-    fn range_current(&self, op: &RangeOp) -> Result<RangeResult, StoreError> {
+    /// A range inside a transaction: every key in it is counted (from the
+    /// keys, without decoding), and pairs are taken while `budget` holds
+    /// them and the count limit allows; `more` when some were left out.
+    fn range_current(
+        &self,
+        op: &RangeOp,
+        budget: &mut ByteBudget,
+    ) -> Result<RangeResult, StoreError> {
         let (start, end) = range_bounds(&op.key, &op.range_end);
-        let all = self.scan(Cf::Kv, &start, end.as_deref(), 0)?;
-        let count = all.len() as i64;
         let limit = if op.limit > 0 {
             op.limit as usize
         } else {
             usize::MAX
         };
         let mut kvs = Vec::new();
-        if !op.count_only {
-            for (k, v) in all.iter().take(limit) {
-                let mut kv: KeyValue = dec(Cf::Kv, k, v)?;
-                if op.keys_only {
-                    kv.value = Bytes::new();
-                }
-                kvs.push(kv);
+        let mut count = 0i64;
+        let mut full = op.count_only;
+        self.scan_each(Cf::Kv, &start, end.as_deref(), |k, v| {
+            count += 1;
+            if full || kvs.len() >= limit {
+                full = true;
+                return Ok(true);
             }
-        }
+            let size = if op.keys_only {
+                k.len()
+            } else {
+                k.len() + v.len()
+            };
+            if !budget.take(size as u64 + TOUCHED_ITEM_OVERHEAD_BYTES) {
+                full = true;
+                return Ok(true);
+            }
+            let mut kv: KeyValue = dec(Cf::Kv, k, v)?;
+            if op.keys_only {
+                kv.value = Bytes::new();
+            }
+            kvs.push(kv);
+            Ok(true)
+        })?;
         Ok(RangeResult {
-            more: (count as usize) > limit,
+            more: !op.count_only && (kvs.len() as i64) < count,
             count,
             kvs,
         })
     }
 
-    fn compare(&self, cmp: &Compare) -> Result<bool, StoreError> {
-        let (start, end) = range_bounds(&cmp.key, &cmp.range_end);
-        let targets: Vec<Option<KeyValue>> = if cmp.range_end.is_empty() {
-            vec![self.current(&cmp.key)?]
-        } else {
-            let found = self.scan(Cf::Kv, &start, end.as_deref(), 0)?;
-            if found.is_empty() {
-                return Ok(false);
-            }
-            found
-                .iter()
-                .map(|(k, v)| dec(Cf::Kv, k, v).map(Some))
-                .collect::<Result<_, _>>()?
-        };
-        for kv in targets {
-            let ord = match (&cmp.target, &kv) {
-                (CompareTarget::Value(want), Some(kv)) => kv.value[..].cmp(&want[..]),
-                // A missing key has no value: every value comparison fails.
-                (CompareTarget::Value(_), None) => return Ok(false),
-                (CompareTarget::Version(n), kv) => kv.as_ref().map_or(0, |k| k.version).cmp(n),
-                (CompareTarget::CreateRevision(n), kv) => {
-                    kv.as_ref().map_or(0, |k| k.create_revision).cmp(n)
+    /// Evaluates a compare, counting the pairs it reads into `budget`:
+    /// `None` when they do not fit.
+    fn compare(&self, cmp: &Compare, budget: &mut ByteBudget) -> Result<Option<bool>, StoreError> {
+        if cmp.range_end.is_empty() {
+            let current = match self.get(Cf::Kv, &cmp.key)? {
+                Some(v) => {
+                    if !budget.take((cmp.key.len() + v.len()) as u64 + TOUCHED_ITEM_OVERHEAD_BYTES)
+                    {
+                        return Ok(None);
+                    }
+                    Some(dec::<KeyValue>(Cf::Kv, &cmp.key, &v)?)
                 }
-                (CompareTarget::ModRevision(n), kv) => {
-                    kv.as_ref().map_or(0, |k| k.mod_revision).cmp(n)
-                }
-                (CompareTarget::Lease(n), kv) => kv.as_ref().map_or(0, |k| k.lease).cmp(n),
+                None => None,
             };
-            let ok = match cmp.op {
-                CompareOp::Equal => ord.is_eq(),
-                CompareOp::NotEqual => ord.is_ne(),
-                CompareOp::Greater => ord.is_gt(),
-                CompareOp::Less => ord.is_lt(),
-            };
-            if !ok {
-                return Ok(false);
-            }
+            return Ok(Some(compare_one(cmp, current.as_ref())));
         }
-        Ok(true)
+        let (start, end) = range_bounds(&cmp.key, &cmp.range_end);
+        // A range compare holds when the range is not empty and every pair
+        // in it matches.
+        let (mut any, mut holds, mut fits) = (false, true, true);
+        self.scan_each(Cf::Kv, &start, end.as_deref(), |k, v| {
+            if !budget.take((k.len() + v.len()) as u64 + TOUCHED_ITEM_OVERHEAD_BYTES) {
+                fits = false;
+                return Ok(false);
+            }
+            any = true;
+            let kv: KeyValue = dec(Cf::Kv, k, v)?;
+            holds = compare_one(cmp, Some(&kv));
+            Ok(holds)
+        })?;
+        if !fits {
+            return Ok(None);
+        }
+        Ok(Some(any && holds))
     }
 
     fn apply_compact(&mut self, revision: i64) -> Result<Outcome, ApplyError> {
@@ -871,26 +1094,31 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         // `revision` also leaves the change feed, and a deletion's own
         // record goes with it (at `revision` the key is absent, or a later
         // change covers it).
-        let changes = self.scan(
+        // Change records carry values: each is decoded and dropped in turn,
+        // and only the keys to delete are kept.
+        let mut doomed = Vec::new();
+        self.scan_each(
             Cf::KvChanges,
             &keys::change_key(compacted, 0),
             Some(&keys::change_key(revision + 1, 0)),
-            0,
+            |ck, cv| {
+                let (rev, _) = keys::parse_change_key(ck)
+                    .ok_or_else(|| StoreError::corrupt(Cf::KvChanges, ck, "bad change key"))?;
+                let change: ChangeRecord = dec(Cf::KvChanges, ck, cv)?;
+                if let Some(prev) = change.prev_revision {
+                    doomed.push((Cf::KvHistory, keys::history_key(&change.kv.key, prev)));
+                }
+                if rev != revision {
+                    doomed.push((Cf::KvChanges, ck.to_vec()));
+                    if change.deleted {
+                        doomed.push((Cf::KvHistory, keys::history_key(&change.kv.key, rev)));
+                    }
+                }
+                Ok(true)
+            },
         )?;
-        for (ck, cv) in changes {
-            let (rev, _) = keys::parse_change_key(&ck)
-                .ok_or_else(|| StoreError::corrupt(Cf::KvChanges, &ck, "bad change key"))?;
-            let change: ChangeRecord = dec(Cf::KvChanges, &ck, &cv)?;
-            if let Some(prev) = change.prev_revision {
-                self.delete(Cf::KvHistory, keys::history_key(&change.kv.key, prev));
-            }
-            if rev == revision {
-                continue;
-            }
-            self.delete(Cf::KvChanges, ck);
-            if change.deleted {
-                self.delete(Cf::KvHistory, keys::history_key(&change.kv.key, rev));
-            }
+        for (cf, key) in doomed {
+            self.delete(cf, key);
         }
         self.put(Cf::SmMeta, meta::COMPACT_REVISION.to_vec(), enc(&revision));
         Ok(Outcome::Done)
@@ -913,6 +1141,10 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         if self.get(Cf::Leases, &key)?.is_some() {
             return Ok(Outcome::Rejected(Rejection::LeaseExists(id)));
         }
+        if let Some(why) = self.lease_refusal()? {
+            return Ok(Outcome::Rejected(Rejection::Quota(why)));
+        }
+        self.count_lease(true)?;
         let lease = LeaseRecord {
             id,
             ttl_s,
@@ -953,7 +1185,9 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         let mut victims = Vec::with_capacity(attached.len());
         for (lk, _) in attached {
             let user_key = &lk[8..];
-            if let Some(kv) = self.current(user_key)? {
+            // Only the key, lease and revision are needed to delete it.
+            if let Some(mut kv) = self.current(user_key)? {
+                kv.value = Bytes::new();
                 victims.push(kv);
             }
             self.delete(Cf::LeaseKeys, lk);
@@ -968,6 +1202,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
             Cf::LeaseDeadlines,
             keys::deadline_key(lease.deadline_ms(), id).to_vec(),
         );
+        self.count_lease(false)?;
         self.delete(Cf::Leases, key.to_vec());
         Ok(Outcome::Done)
     }
@@ -1019,7 +1254,9 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
 
     /// Registers a device in a zone if it is new there. Returns the device id
     /// and its document, which is written here only with `write_doc` (a
-    /// caller that changes it further writes it once itself).
+    /// caller that changes it further writes it once itself); or, for a
+    /// new device of a host at its quota, why it is refused (nothing is
+    /// written then).
     fn register_device(
         &mut self,
         at_ms: u64,
@@ -1028,11 +1265,15 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         class: &str,
         device_id: &str,
         write_doc: bool,
-    ) -> Result<(String, Map<String, Value>), ApplyError> {
+    ) -> Result<Result<Registered, Rejection>, ApplyError> {
         let id = device_doc_id(host, class, device_id);
         let mut doc = match self.get_doc(Cf::Devices, &id)? {
             Some(doc) => doc,
             None => {
+                if let Some(why) = self.device_refusal(host)? {
+                    return Ok(Err(Rejection::Quota(why)));
+                }
+                self.count_new_device(host)?;
                 let mut doc = Map::new();
                 doc.insert("id".into(), json!(id));
                 doc.insert("host".into(), json!(host));
@@ -1064,14 +1305,14 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
                     Cf::DeviceIndex,
                     keys::device_index_key(DeviceIndex::Zone, old, &id),
                 );
-                self.zone_membership(old, &id, false)?;
+                self.zone_membership(old, false)?;
             }
             self.put(
                 Cf::DeviceIndex,
                 keys::device_index_key(DeviceIndex::Zone, zone, &id),
                 Vec::new(),
             );
-            self.zone_membership(zone, &id, true)?;
+            self.zone_membership(zone, true)?;
             doc.insert("zone".into(), json!(zone));
             doc.insert(
                 "topic_focus".into(),
@@ -1082,42 +1323,30 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         if write_doc {
             self.put_doc(Cf::Devices, &id, doc.clone())?;
         }
-        Ok((id, doc))
+        Ok(Ok((id, doc)))
     }
 
-    fn zone_membership(
-        &mut self,
-        zone: &str,
-        device: &str,
-        present: bool,
-    ) -> Result<(), ApplyError> {
+    /// Counts a device in or out of a zone's document. The document keeps
+    /// only the count: which devices are in the zone is the zone index
+    /// (`Cf::DeviceIndex`), which readers serve the list from, so a new
+    /// device rewrites a document of constant size rather than the whole
+    /// list. Called only when the device's zone changes.
+    fn zone_membership(&mut self, zone: &str, present: bool) -> Result<(), ApplyError> {
         let mut doc = self.get_doc(Cf::Zones, zone)?.unwrap_or_else(|| {
             let mut m = Map::new();
             m.insert("zone".into(), json!(zone));
-            m.insert("devices".into(), json!([]));
             m
         });
-        let mut devices: Vec<String> = doc
-            .get("devices")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
-        match (
-            devices.binary_search_by(|d| d.as_str().cmp(device)),
-            present,
-        ) {
-            (Err(pos), true) => devices.insert(pos, device.to_string()),
-            (Ok(pos), false) => {
-                devices.remove(pos);
-            }
-            _ => return Ok(()),
-        }
-        doc.insert("device_count".into(), json!(devices.len()));
-        doc.insert("devices".into(), json!(devices));
+        // Documents stored before the list moved to the index carry it (and
+        // its count): the list goes, the count stays.
+        doc.remove("devices");
+        let count = doc.get("device_count").and_then(Value::as_u64).unwrap_or(0);
+        let count = if present {
+            count + 1
+        } else {
+            count.saturating_sub(1)
+        };
+        doc.insert("device_count".into(), json!(count));
         self.put_doc(Cf::Zones, zone, doc)?;
         Ok(())
     }
@@ -1137,7 +1366,10 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
             return content("empty post_type");
         }
         let (id, mut doc) =
-            self.register_device(at_ms, &d.host, &d.zone, &d.class, &d.device_id, false)?;
+            match self.register_device(at_ms, &d.host, &d.zone, &d.class, &d.device_id, false)? {
+                Ok(registered) => registered,
+                Err(rejection) => return Ok(Outcome::Rejected(rejection)),
+            };
         let data = doc.entry("data").or_insert_with(|| json!({}));
         set_path(
             data,
@@ -1353,6 +1585,9 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         Ok(Outcome::Done)
     }
 }
+
+/// A registered device: its document id and its document.
+type Registered = (String, Map<String, Value>);
 
 /// A device's document id: `${host}/${class}/${id}`.
 pub fn device_doc_id(host: &str, class: &str, device_id: &str) -> String {

@@ -58,6 +58,61 @@ impl Db {
             .sum()
     }
 
+    /// Bytes the state machine's column families take: their table files
+    /// (every version still held, as on disk) and their memtables.
+    pub fn state_machine_bytes(&self) -> u64 {
+        Cf::STATE_MACHINE
+            .iter()
+            .flat_map(|cf| {
+                [
+                    "rocksdb.total-sst-files-size",
+                    "rocksdb.cur-size-all-mem-tables",
+                ]
+                .map(|p| {
+                    self.db
+                        .property_int_value_cf(self.cf(*cf), p)
+                        .ok()
+                        .flatten()
+                        .unwrap_or(0)
+                })
+            })
+            .sum()
+    }
+
+    /// Flushes the state machine's memtables to table files and compacts
+    /// every one of its column families fully, dropping deleted and
+    /// superseded records no view still needs. Blocking.
+    pub fn compact_state_machine(&self) -> Result<(), StoreError> {
+        let mut opts = rocksdb::CompactOptions::default();
+        // The last level too: that is where most deleted data sits.
+        opts.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        for cf in Cf::STATE_MACHINE {
+            self.db.flush_cf(self.cf(cf))?;
+            self.db
+                .compact_range_cf_opt(self.cf(cf), None::<&[u8]>, None::<&[u8]>, &opts);
+        }
+        Ok(())
+    }
+
+    /// A raw iterator over `cf` from `start` up to `end` (exclusive; `None`:
+    /// to the last key), positioned at `start`. Keys and values are read
+    /// in place, not copied: a caller that only counts keys, or decodes a
+    /// value and drops it, holds one entry at a time.
+    pub(crate) fn raw_range(
+        &self,
+        cf: Cf,
+        start: &[u8],
+        end: Option<&[u8]>,
+    ) -> rocksdb::DBRawIteratorWithThreadMode<'_, DB> {
+        let mut opts = rocksdb::ReadOptions::default();
+        if let Some(end) = end {
+            opts.set_iterate_upper_bound(end.to_vec());
+        }
+        let mut it = self.db.raw_iterator_cf_opt(self.cf(cf), opts);
+        it.seek(start);
+        it
+    }
+
     pub fn path(&self) -> &Path {
         self.db.path()
     }

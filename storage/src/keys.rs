@@ -165,6 +165,12 @@ pub mod meta {
     /// CBOR u64: events (and ingest items) rejected because their content
     /// could not be applied (see `apply`'s module documentation).
     pub const EVENTS_REJECTED: &[u8] = b"events_rejected";
+    /// CBOR `AlarmState`: the active alarms, and the disarms applied.
+    pub const ALARMS: &[u8] = b"alarms";
+    /// CBOR `Quotas`: the quotas applied.
+    pub const QUOTAS: &[u8] = b"quotas";
+    /// CBOR u64: leases granted and not yet revoked or expired.
+    pub const LEASE_COUNT: &[u8] = b"lease_count";
 }
 
 /// Keys in [`Cf::RaftMeta`].
@@ -219,6 +225,17 @@ pub mod commands {
     pub const RECORD_PREFIX: u8 = b'c';
     /// `p` ++ id → empty: commands still pending.
     pub const PENDING_PREFIX: u8 = b'p';
+    /// CBOR u64: how many commands are pending.
+    pub const PENDING_COUNT: &[u8] = b"m";
+    /// `s` ++ settled ms ++ id → empty: settled commands by age.
+    pub const SETTLED_PREFIX: u8 = b's';
+
+    pub fn settled_key(settled_ms: u64, id: u64) -> [u8; 17] {
+        let mut out = [SETTLED_PREFIX; 17];
+        out[1..9].copy_from_slice(&settled_ms.to_be_bytes());
+        out[9..].copy_from_slice(&id.to_be_bytes());
+        out
+    }
 
     pub fn record_key(id: u64) -> [u8; 9] {
         let mut out = [RECORD_PREFIX; 9];
@@ -350,6 +367,14 @@ impl DeviceIndex {
 pub fn device_index_prefix(index: DeviceIndex, value: &str) -> Vec<u8> {
     let mut out = vec![index.tag()];
     push_escaped(&mut out, value.as_bytes());
+    out
+}
+
+/// `n` ++ escaped host → CBOR u64: how many devices the host has (beside
+/// the indexes in [`Cf::DeviceIndex`]; no index tag is `n`).
+pub fn host_devices_key(host: &str) -> Vec<u8> {
+    let mut out = vec![b'n'];
+    push_escaped(&mut out, host.as_bytes());
     out
 }
 

@@ -9,12 +9,124 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use tokio::sync::broadcast;
-use utopia_raft::event::{self, Bytes, KeyValue, RangeResult};
+use utopia_raft::event::{self, Bytes, KeyValue, Quotas, RangeResult, TxnOp};
 
 use crate::apply::{
-    range_bounds, CommandRecord, FeedChange, HistoryRecord, IngestEffects, IngestOwners,
-    IngestTotals, LeaseRecord, StateRead,
+    range_bounds, AlarmRecord, AlarmState, CommandRecord, FeedChange, HistoryRecord, IngestEffects,
+    IngestOwners, IngestTotals, LeaseRecord, StateRead,
 };
+
+/// Bytes one key-value pair or document adds to a response beyond its
+/// key and value (field tags, lengths, revisions, the document's
+/// collection and id framing): an estimate on the safe side, so that a
+/// page of them stays under the byte bound it is built for.
+pub const RESPONSE_ITEM_OVERHEAD_BYTES: usize = 64;
+
+/// A key's record without its value: what a keys-only range decodes (the
+/// CBOR value is skipped, never copied out).
+#[derive(Deserialize)]
+struct KeyMeta {
+    key: Bytes,
+    create_revision: i64,
+    mod_revision: i64,
+    version: i64,
+    #[serde(default)]
+    lease: i64,
+}
+
+impl KeyMeta {
+    fn into_kv(self) -> KeyValue {
+        KeyValue {
+            key: self.key,
+            value: Bytes::new(),
+            create_revision: self.create_revision,
+            mod_revision: self.mod_revision,
+            version: self.version,
+            lease: self.lease,
+        }
+    }
+}
+
+/// Whether a history record is a deletion, without decoding its pair.
+#[derive(Deserialize)]
+struct HistoryDeleted {
+    deleted: bool,
+}
+
+/// A range response being filled: pairs until the count or byte bound,
+/// then only the count.
+struct RangePage {
+    kvs: Vec<KeyValue>,
+    count: i64,
+    bytes: usize,
+    /// 0: no count bound.
+    limit: usize,
+    bytes_max: usize,
+    keys_only: bool,
+    count_only: bool,
+    /// A pair was left out: every later one is too, so that a page is a
+    /// prefix of the range and the next page starts after its last key.
+    full: bool,
+}
+
+impl RangePage {
+    fn wants_more(&mut self) -> bool {
+        if self.limit != 0 && self.kvs.len() >= self.limit {
+            self.full = true;
+        }
+        !self.count_only && !self.full
+    }
+
+    /// Takes `kv` into the page unless it would pass the byte bound (the
+    /// first pair is always taken, so that paging makes progress).
+    fn offer(&mut self, mut kv: KeyValue) {
+        if self.keys_only {
+            kv.value = Bytes::new();
+        }
+        let size = kv.key.len() + kv.value.len() + RESPONSE_ITEM_OVERHEAD_BYTES;
+        if !self.kvs.is_empty() && self.bytes.saturating_add(size) > self.bytes_max {
+            self.full = true;
+            return;
+        }
+        self.bytes += size;
+        self.kvs.push(kv);
+    }
+}
+
+/// What a page of documents may still hold.
+struct PageBudget {
+    bytes: usize,
+    bytes_max: usize,
+    limit: usize,
+}
+
+impl PageBudget {
+    /// Whether a document of `size` bytes (id and JSON) still fits in
+    /// `page`, counting it in if so; the first always fits, so that paging
+    /// makes progress.
+    fn fits(&mut self, page: &DocPage, size: usize) -> bool {
+        let size = size + RESPONSE_ITEM_OVERHEAD_BYTES;
+        if page.documents.len() >= self.limit
+            || (!page.documents.is_empty() && self.bytes.saturating_add(size) > self.bytes_max)
+        {
+            return false;
+        }
+        self.bytes += size;
+        true
+    }
+
+    fn left(&self) -> usize {
+        self.bytes_max.saturating_sub(self.bytes)
+    }
+}
+
+impl DocPage {
+    /// Ends the page before a document that did not fit: the next page
+    /// starts after the last one in this page.
+    fn end_before_next(&mut self) {
+        self.next_page_token = self.documents.last().map(|(id, _)| id.clone());
+    }
+}
 
 /// The part of a dedupe record reads need.
 #[derive(Deserialize)]
@@ -163,6 +275,43 @@ impl Reader {
         }
     }
 
+    /// The quotas applied.
+    pub fn quotas(&self) -> Result<Quotas, StoreError> {
+        match self.db.get(Cf::SmMeta, meta::QUOTAS)? {
+            Some(b) => dec(Cf::SmMeta, meta::QUOTAS, &b),
+            None => Ok(Quotas::default()),
+        }
+    }
+
+    /// The active alarms, by member then kind.
+    pub fn alarms(&self) -> Result<Vec<AlarmRecord>, StoreError> {
+        Ok(self.alarm_state()?.alarms)
+    }
+
+    /// The active alarms and how many disarms have been applied.
+    pub fn alarm_state(&self) -> Result<AlarmState, StoreError> {
+        match self.db.get(Cf::SmMeta, meta::ALARMS)? {
+            Some(b) => dec(Cf::SmMeta, meta::ALARMS, &b),
+            None => Ok(AlarmState::default()),
+        }
+    }
+
+    /// Bytes the state machine takes on disk (its column families' table
+    /// files and memtables; not the Raft log), what `limits.db_bytes_max`
+    /// bounds.
+    pub fn state_machine_bytes(&self) -> u64 {
+        self.db.state_machine_bytes()
+    }
+
+    /// Flushes the state machine's memtables and compacts its column
+    /// families, so that what deletes and history compaction freed leaves
+    /// the disk; returns [`Reader::state_machine_bytes`] after. Blocking,
+    /// and heavy on a large database.
+    pub fn compact_state_machine(&self) -> Result<u64, StoreError> {
+        self.db.compact_state_machine()?;
+        Ok(self.db.state_machine_bytes())
+    }
+
     /// The current revision and the compacted revision.
     pub fn revisions(&self) -> Result<(i64, i64), StoreError> {
         Ok((
@@ -182,34 +331,50 @@ impl Reader {
     }
 
     /// Keys in the range at `revision` (0: now), at most `limit` of them
-    /// (0: no limit).
+    /// (0: no limit) and, past the first, at most `bytes_max` bytes of
+    /// keys and values (each pair counted with
+    /// [`RESPONSE_ITEM_OVERHEAD_BYTES`]); `more` says pairs were left out.
+    /// `count` is every key in the range: counted from the keys alone,
+    /// without decoding (or holding) a value. `keys_only` and
+    /// `count_only` do not decode values either.
+    #[allow(clippy::too_many_arguments)]
     pub fn range(
         &self,
         key: &[u8],
         range_end: &[u8],
         limit: usize,
+        bytes_max: usize,
         revision: i64,
         keys_only: bool,
         count_only: bool,
     ) -> Result<RangeResult, ReadError> {
         let (current, compacted) = self.revisions()?;
         let (start, end) = range_bounds(key, range_end);
-        let mut kvs = Vec::new();
-        let mut count = 0i64;
-        let mut keep = |mut kv: KeyValue| {
-            count += 1;
-            if !count_only && (limit == 0 || kvs.len() < limit) {
-                if keys_only {
-                    kv.value = Bytes::new();
-                }
-                kvs.push(kv);
-            }
+        let mut out = RangePage {
+            kvs: Vec::new(),
+            count: 0,
+            bytes: 0,
+            limit,
+            bytes_max,
+            keys_only,
+            count_only,
+            full: false,
         };
         if revision == 0 || revision == current {
-            for item in self.db.scan(Cf::Kv, &start, end.as_deref()) {
-                let (k, v) = item?;
-                keep(dec(Cf::Kv, &k, &v)?);
+            let mut it = self.db.raw_range(Cf::Kv, &start, end.as_deref());
+            while let (Some(k), Some(v)) = (it.key(), it.value()) {
+                out.count += 1;
+                if out.wants_more() {
+                    let kv = if keys_only {
+                        dec::<KeyMeta>(Cf::Kv, k, v)?.into_kv()
+                    } else {
+                        dec(Cf::Kv, k, v)?
+                    };
+                    out.offer(kv);
+                }
+                it.next();
             }
+            it.status().map_err(StoreError::from)?;
         } else {
             if revision > current {
                 return Err(ReadError::Future {
@@ -226,33 +391,72 @@ impl Reader {
             let hstart = keys::escaped(&start);
             let hend = end.as_deref().map(keys::escaped);
             // History is ordered by key, then revision: the key's state at
-            // `revision` is its last record at or below it.
-            let mut pending: Option<HistoryRecord> = None;
-            let mut pending_key: Vec<u8> = Vec::new();
-            for item in self.db.scan(Cf::KvHistory, &hstart, hend.as_deref()) {
-                let (k, v) = item?;
-                let (user_key, rev) = keys::parse_history_key(&k)
-                    .ok_or_else(|| StoreError::corrupt(Cf::KvHistory, &k, "bad key"))?;
-                if user_key != pending_key {
-                    if let Some(rec) = pending.take() {
-                        if !rec.deleted {
-                            keep(rec.kv);
-                        }
+            // `revision` is its last record at or below it. Only whether
+            // that record is a deletion is decoded on the way; the record
+            // itself is read again when it goes into the page.
+            let mut pending: Option<(Vec<u8>, bool)> = None;
+            let mut pending_user_key: Vec<u8> = Vec::new();
+            let mut it = self.db.raw_range(Cf::KvHistory, &hstart, hend.as_deref());
+            while let (Some(k), Some(v)) = (it.key(), it.value()) {
+                let (user_key, rev) = keys::parse_history_key(k)
+                    .ok_or_else(|| StoreError::corrupt(Cf::KvHistory, k, "bad key"))?;
+                if user_key != pending_user_key {
+                    if let Some(p) = pending.take() {
+                        self.offer_history(&mut out, p)?;
                     }
-                    pending_key = user_key;
+                    pending_user_key = user_key;
                 }
                 if rev <= revision {
-                    pending = Some(dec(Cf::KvHistory, &k, &v)?);
+                    let deleted = dec::<HistoryDeleted>(Cf::KvHistory, k, v)?.deleted;
+                    pending = Some((k.to_vec(), deleted));
                 }
+                it.next();
             }
-            if let Some(rec) = pending.take() {
-                if !rec.deleted {
-                    keep(rec.kv);
-                }
+            it.status().map_err(StoreError::from)?;
+            if let Some(p) = pending.take() {
+                self.offer_history(&mut out, p)?;
             }
         }
-        let more = !count_only && (kvs.len() as i64) < count;
-        Ok(RangeResult { kvs, more, count })
+        let more = !count_only && (out.kvs.len() as i64) < out.count;
+        Ok(RangeResult {
+            kvs: out.kvs,
+            more,
+            count: out.count,
+        })
+    }
+
+    /// Counts a key's state at a past revision (its history record at
+    /// `history_key`, and whether that is a deletion), and puts it in the
+    /// page if there is room.
+    fn offer_history(
+        &self,
+        out: &mut RangePage,
+        (history_key, deleted): (Vec<u8>, bool),
+    ) -> Result<(), StoreError> {
+        if deleted {
+            return Ok(());
+        }
+        out.count += 1;
+        if !out.wants_more() {
+            return Ok(());
+        }
+        let Some(bytes) = self.db.get(Cf::KvHistory, &history_key)? else {
+            return Err(StoreError::corrupt(
+                Cf::KvHistory,
+                &history_key,
+                "history record vanished while reading",
+            ));
+        };
+        let rec: HistoryRecord = dec(Cf::KvHistory, &history_key, &bytes)?;
+        out.offer(rec.kv);
+        Ok(())
+    }
+
+    /// The bytes `txn` would read or touch in the current state, both
+    /// branches counted in full; `None` once past `bytes_max` (the work
+    /// stops there). See [`crate::apply::Applier::txn_bytes`].
+    pub fn txn_bytes(&self, txn: &TxnOp, bytes_max: u64) -> Result<Option<u64>, StoreError> {
+        crate::apply::Applier::new(&self.db).txn_bytes(txn, bytes_max)
     }
 
     /// A key's last state strictly before `revision`, if it existed then.
@@ -360,27 +564,94 @@ impl Reader {
             .is_some())
     }
 
+    /// A document as served: its stored JSON, and for a zone the ids of
+    /// its devices from the zone index (the stored zone document keeps
+    /// only their count), at most `bytes_max` bytes of them, with
+    /// `devices_more` saying whether ids were left out.
     pub fn get_document(
         &self,
         collection: Collection,
         id: &str,
+        bytes_max: usize,
     ) -> Result<Option<String>, StoreError> {
         let cf = collection.cf();
         match self.db.get(cf, id.as_bytes())? {
             None => Ok(None),
-            Some(b) => String::from_utf8(b)
-                .map(Some)
-                .map_err(|_| StoreError::corrupt(cf, id.as_bytes(), "not UTF-8")),
+            Some(b) => self.served(collection, id, b, bytes_max).map(Some),
         }
     }
 
+    /// The stored bytes of a document, as served (see
+    /// [`Reader::get_document`]).
+    fn served(
+        &self,
+        collection: Collection,
+        id: &str,
+        stored: Vec<u8>,
+        bytes_max: usize,
+    ) -> Result<String, StoreError> {
+        let cf = collection.cf();
+        let json = String::from_utf8(stored)
+            .map_err(|_| StoreError::corrupt(cf, id.as_bytes(), "not UTF-8"))?;
+        if collection != Collection::Zones {
+            return Ok(json);
+        }
+        let mut doc = match serde_json::from_str::<serde_json::Value>(&json) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => {
+                return Err(StoreError::corrupt(
+                    cf,
+                    id.as_bytes(),
+                    "document is not a JSON object",
+                ))
+            }
+        };
+        // The two fields' names and punctuation come out of it too.
+        let framing = r#","devices":[],"devices_more":false"#.len();
+        let budget = bytes_max.saturating_sub(json.len() + framing);
+        let (devices, more) = self.zone_devices(id, budget)?;
+        doc.insert("devices".into(), serde_json::json!(devices));
+        doc.insert("devices_more".into(), serde_json::json!(more));
+        Ok(serde_json::Value::Object(doc).to_string())
+    }
+
+    /// The ids of the devices in `zone`, in order, until the next one
+    /// would pass `bytes_max`; and whether any were left out.
+    fn zone_devices(
+        &self,
+        zone: &str,
+        bytes_max: usize,
+    ) -> Result<(Vec<String>, bool), StoreError> {
+        let prefix = keys::device_index_prefix(DeviceIndex::Zone, zone);
+        let end = keys::prefix_end(&prefix);
+        let mut it = self.db.raw_range(Cf::DeviceIndex, &prefix, end.as_deref());
+        let mut ids = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(k) = it.key() {
+            let id = std::str::from_utf8(&k[prefix.len()..])
+                .map_err(|_| StoreError::corrupt(Cf::DeviceIndex, k, "id not UTF-8"))?;
+            // Quotes and a comma around each id in the JSON list.
+            let size = id.len() + 3;
+            if bytes + size > bytes_max {
+                return Ok((ids, true));
+            }
+            bytes += size;
+            ids.push(id.to_string());
+            it.next();
+        }
+        it.status().map_err(StoreError::from)?;
+        Ok((ids, false))
+    }
+
     /// Lists documents in id order, optionally only devices matching an
-    /// index, starting after `page_token`.
+    /// index, starting after `page_token`: at most `limit` of them and,
+    /// past the first, at most `bytes_max` bytes of ids and JSON.
     pub fn list_documents(
         &self,
         collection: Collection,
         filter: Option<(DeviceIndex, &str)>,
         limit: usize,
+        bytes_max: usize,
         page_token: Option<&str>,
     ) -> Result<DocPage, StoreError> {
         let limit = limit.max(1);
@@ -390,24 +661,30 @@ impl Reader {
             k
         };
         let mut page = DocPage::default();
-        let mut last_id = None;
+        let mut budget = PageBudget {
+            bytes: 0,
+            bytes_max,
+            limit,
+        };
         match filter {
             None => {
                 let cf = collection.cf();
                 let start = page_token.map(after).unwrap_or_default();
-                for item in self.db.scan(cf, &start, None) {
-                    let (k, v) = item?;
-                    if page.documents.len() == limit {
-                        page.next_page_token = last_id.take();
+                let mut it = self.db.raw_range(cf, &start, None);
+                while let (Some(k), Some(v)) = (it.key(), it.value()) {
+                    if !budget.fits(&page, k.len() + v.len()) {
+                        page.end_before_next();
                         break;
                     }
-                    let id = String::from_utf8(k)
+                    let id = String::from_utf8(k.to_vec())
                         .map_err(|e| StoreError::corrupt(cf, e.as_bytes(), "id not UTF-8"))?;
-                    let json = String::from_utf8(v)
-                        .map_err(|_| StoreError::corrupt(cf, id.as_bytes(), "not UTF-8"))?;
-                    last_id = Some(id.clone());
+                    let json = self.served(collection, &id, v.to_vec(), budget.left())?;
+                    // A zone's device list came out of what was left.
+                    budget.bytes += json.len().saturating_sub(v.len());
                     page.documents.push((id, json));
+                    it.next();
                 }
+                it.status().map_err(StoreError::from)?;
             }
             Some((index, value)) => {
                 let prefix = keys::device_index_prefix(index, value);
@@ -416,24 +693,26 @@ impl Reader {
                     start.extend_from_slice(&after(t));
                 }
                 let end = keys::prefix_end(&prefix);
-                for item in self.db.scan(Cf::DeviceIndex, &start, end.as_deref()) {
-                    let (k, _) = item?;
-                    if page.documents.len() == limit {
-                        page.next_page_token = last_id.take();
-                        break;
-                    }
+                let mut it = self.db.raw_range(Cf::DeviceIndex, &start, end.as_deref());
+                while let Some(k) = it.key() {
                     let id = String::from_utf8(k[prefix.len()..].to_vec())
-                        .map_err(|_| StoreError::corrupt(Cf::DeviceIndex, &k, "id not UTF-8"))?;
-                    let Some(json) = self.get_document(Collection::Devices, &id)? else {
+                        .map_err(|_| StoreError::corrupt(Cf::DeviceIndex, k, "id not UTF-8"))?;
+                    let Some(json) = self.db.get(Cf::Devices, id.as_bytes())? else {
                         return Err(StoreError::corrupt(
                             Cf::DeviceIndex,
-                            &k,
+                            k,
                             "indexes a missing device",
                         ));
                     };
-                    last_id = Some(id.clone());
+                    if !budget.fits(&page, id.len() + json.len()) {
+                        page.end_before_next();
+                        break;
+                    }
+                    let json = self.served(Collection::Devices, &id, json, 0)?;
                     page.documents.push((id, json));
+                    it.next();
                 }
+                it.status().map_err(StoreError::from)?;
             }
         }
         Ok(page)

@@ -234,10 +234,14 @@ impl StateMachine {
     /// Puts the snapshot's bytes at `path`, durably: a received file is
     /// renamed there, any other stream is copied.
     fn keep_snapshot_file(&self, mut data: SnapshotData, path: &Path) -> Result<(), StoreError> {
-        let io = |what: &str, e: std::io::Error| StoreError::Io(format!("{what} {}: {e}", path.display()));
+        let io = |what: &str, e: std::io::Error| {
+            StoreError::Io(format!("{what} {}: {e}", path.display()))
+        };
         match data.file().map(Path::to_path_buf) {
             Some(file) if file == path => {}
-            Some(file) => std::fs::rename(&file, path).map_err(|e| io("move the snapshot to", e))?,
+            Some(file) => {
+                std::fs::rename(&file, path).map_err(|e| io("move the snapshot to", e))?
+            }
             None => {
                 let mut out = std::fs::File::create(path).map_err(|e| io("create", e))?;
                 std::io::copy(&mut data, &mut out).map_err(|e| io("write", e))?;
@@ -270,10 +274,7 @@ impl StateMachine {
 
     /// The snapshot whose install a crash cut short, if one was.
     fn interrupted_install(&self) -> Result<Option<SnapshotMeta>, StoreError> {
-        decode_meta(
-            meta::INSTALLING,
-            self.db.get(Cf::SmMeta, meta::INSTALLING)?,
-        )
+        decode_meta(meta::INSTALLING, self.db.get(Cf::SmMeta, meta::INSTALLING)?)
     }
 }
 

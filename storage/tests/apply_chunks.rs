@@ -44,7 +44,10 @@ async fn apply_backlog() {
     assert_eq!(applied.map(|l| l.index()), Some(ENTRIES));
     let (revision, _) = store.reader.revisions().unwrap();
     assert_eq!(revision, ENTRIES as i64);
-    let all = store.reader.range(b"k", &[0], 0, 0, false, false).unwrap();
+    let all = store
+        .reader
+        .range(b"k", &[0], 0, usize::MAX, 0, false, false)
+        .unwrap();
     assert_eq!(all.kvs.len() as u64, ENTRIES / 2);
     for kv in &all.kvs {
         assert_eq!(kv.version, 2, "{kv:?}");

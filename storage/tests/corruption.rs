@@ -58,7 +58,7 @@ fn corrupt_documents_name_their_key() {
     let store = utopia_storage::open(dir.path()).unwrap();
     let err = store
         .reader
-        .range(b"k", b"", 0, 0, false, false)
+        .range(b"k", b"", 0, usize::MAX, 0, false, false)
         .unwrap_err()
         .to_string();
     assert!(err.contains("kv") && err.contains("k"), "{err}");

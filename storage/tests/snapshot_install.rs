@@ -46,10 +46,17 @@ fn puts(
 async fn leader_snapshot(
     dir: &std::path::Path,
     n: u64,
-) -> (utopia_raft::openraft_api::SnapshotMetaOf<TypeConfig>, std::path::PathBuf) {
+) -> (
+    utopia_raft::openraft_api::SnapshotMetaOf<TypeConfig>,
+    std::path::PathBuf,
+) {
     let mut store = utopia_storage::open(&dir.join("leader")).unwrap();
     // Values of 20 KiB: the snapshot spans many install batches.
-    store.state_machine.apply(puts("a/", 1, n, 20 << 10)).await.unwrap();
+    store
+        .state_machine
+        .apply(puts("a/", 1, n, 20 << 10))
+        .await
+        .unwrap();
     let snap = store
         .state_machine
         .get_current_snapshot()
@@ -79,8 +86,12 @@ fn cut_short(
     db.delete_range_cf(kv, b"a/00300".as_slice(), b"a/99999".as_slice())
         .unwrap();
     db.delete_cf(sm, keys::APPLIED).unwrap();
-    db.put_cf(sm, keys::INSTALLING, utopia_raft::event::encode(meta).unwrap())
-        .unwrap();
+    db.put_cf(
+        sm,
+        keys::INSTALLING,
+        utopia_raft::event::encode(meta).unwrap(),
+    )
+    .unwrap();
 }
 
 fn keys(store: &utopia_storage::OpenedStore, prefix: &[u8]) -> usize {
@@ -88,7 +99,7 @@ fn keys(store: &utopia_storage::OpenedStore, prefix: &[u8]) -> usize {
     *end.last_mut().unwrap() += 1;
     store
         .reader
-        .range(prefix, &end, 0, 0, true, false)
+        .range(prefix, &end, 0, usize::MAX, 0, true, false)
         .unwrap()
         .kvs
         .len()
@@ -103,7 +114,11 @@ async fn a_snapshot_replaces_the_state_and_survives_a_crash_mid_install() {
     let follower = dir.path().join("follower");
     {
         let mut store = utopia_storage::open(&follower).unwrap();
-        store.state_machine.apply(puts("b/", 1, 50, 10)).await.unwrap();
+        store
+            .state_machine
+            .apply(puts("b/", 1, 50, 10))
+            .await
+            .unwrap();
         let received = follower.join("received.snap.tmp");
         std::fs::copy(&sent, &received).unwrap();
         store
@@ -123,7 +138,10 @@ async fn a_snapshot_replaces_the_state_and_survives_a_crash_mid_install() {
     cut_short(&follower, &meta, &sent);
     let mut store = utopia_storage::open(&follower).unwrap();
     let (applied, _) = store.state_machine.applied_state().await.unwrap();
-    assert_eq!(applied, None, "a partly installed state machine applied nothing");
+    assert_eq!(
+        applied, None,
+        "a partly installed state machine applied nothing"
+    );
     assert!(store.reader.installing_snapshot());
     // What openraft does at start: the current snapshot is newer than
     // what is applied, so it is installed.
@@ -156,7 +174,11 @@ async fn a_corrupt_snapshot_changes_nothing() {
     std::fs::write(&corrupt, bytes).unwrap();
 
     let mut store = utopia_storage::open(&dir.path().join("follower")).unwrap();
-    store.state_machine.apply(puts("b/", 1, 20, 10)).await.unwrap();
+    store
+        .state_machine
+        .apply(puts("b/", 1, 20, 10))
+        .await
+        .unwrap();
     let err = store
         .state_machine
         .install_snapshot(&meta, SnapshotData::from_file(corrupt).unwrap())

@@ -151,6 +151,21 @@ impl Server {
         Duration::from_millis(ticks * 10)
     }
 
+    /// The running server's peak resident memory so far (`VmHWM`), in
+    /// bytes.
+    pub fn peak_rss_bytes(&self) -> u64 {
+        let child = self.child.as_ref().expect("server is running");
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+            .expect("read the server's /proc status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("VmHWM in /proc status");
+        kib * 1024
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }

@@ -39,6 +39,10 @@ pub struct IngestTotals {
     pub stale_batches: u64,
     /// Device replies to commands that were unknown or already settled.
     pub replies_ignored: u64,
+    /// Items of new devices refused by the devices-per-host quota (also
+    /// counted in `dropped`).
+    #[serde(default)]
+    pub over_quota: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +92,8 @@ pub struct IngestEffects {
 enum ItemOutcome {
     Applied,
     Dropped,
+    /// Device data for a new device past its host's quota: dropped.
+    OverQuota,
     /// A reply to a command that is unknown or already settled.
     Ignored,
 }
@@ -226,6 +232,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
             let sp = self.savepoint();
             let result = match &item.body {
                 IngestBody::Data(d) => self.apply_device_data(at_ms, d).map(|o| match o {
+                    Outcome::Rejected(Rejection::Quota(_)) => ItemOutcome::OverQuota,
                     Outcome::Rejected(_) => ItemOutcome::Dropped,
                     _ => ItemOutcome::Applied,
                 }),
@@ -252,6 +259,10 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
             match result {
                 Ok(ItemOutcome::Applied) => applied += 1,
                 Ok(ItemOutcome::Dropped) => dropped += 1,
+                Ok(ItemOutcome::OverQuota) => {
+                    totals.over_quota += 1;
+                    dropped += 1;
+                }
                 Ok(ItemOutcome::Ignored) => totals.replies_ignored += 1,
                 Err(ApplyError::Content(reason)) => {
                     self.rollback(sp);
@@ -377,6 +388,9 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
                 "command post_type {post_type:?} must be one topic level"
             ))));
         }
+        if let Some(why) = self.command_refusal(at_ms)? {
+            return Ok(Outcome::Rejected(Rejection::Quota(why)));
+        }
         let focus = doc
             .get("topic_focus")
             .and_then(Value::as_str)
@@ -402,6 +416,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
             reply_json: None,
             reason: None,
         };
+        self.count_command(id, None)?;
         self.put_command(at_ms, &record)?;
         Ok(Outcome::Command { id })
     }
@@ -472,6 +487,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
                 self.apply_stat(at_ms, &c.device, "device", StatCounter::Failures, 1)?;
             }
         }
+        self.count_command(id, Some(at_ms))?;
         self.put_command(at_ms, &c)?;
         Ok(true)
     }

@@ -160,6 +160,7 @@ fn txn_takes_both_branches() {
                 keys_only: false,
                 count_only: false,
             })],
+            bytes_max: 0,
         })
     };
     let r = s.apply(cas(7));
@@ -190,6 +191,169 @@ fn txn_takes_both_branches() {
     assert_eq!(s.kv("k").unwrap().value, b("new"));
 }
 
+fn range_step(k: &str, end: &str) -> TxnStep {
+    TxnStep::Range(RangeOp {
+        key: b(k),
+        range_end: b(end),
+        limit: 0,
+        keys_only: false,
+        count_only: false,
+    })
+}
+
+/// Ten keys of 1 KiB each, `k0`..`k9`.
+fn ten_kib() -> MemState {
+    let mut s = MemState::default();
+    for i in 0..10 {
+        s.apply(Event::Put(PutOp {
+            key: b(&format!("k{i}")),
+            value: Bytes::from(vec![b'v'; 1024]),
+            lease: 0,
+            prev_kv: false,
+        }));
+    }
+    s
+}
+
+#[test]
+fn txn_ranges_stop_at_the_bytes_the_event_carries() {
+    let mut s = ten_kib();
+    // Room for about four pairs of the ten in each of two ranges' share.
+    let r = s.apply(Event::Txn(TxnOp {
+        compares: vec![],
+        success: vec![range_step("k", "l"), range_step("k", "l")],
+        failure: vec![],
+        bytes_max: 4 * 1100,
+    }));
+    let Outcome::Txn { results, .. } = r.outcome else {
+        panic!("{r:?}")
+    };
+    let StepResult::Range(first) = &results[0] else {
+        panic!()
+    };
+    let StepResult::Range(second) = &results[1] else {
+        panic!()
+    };
+    assert_eq!((first.count, first.more), (10, true));
+    assert!(
+        !first.kvs.is_empty() && first.kvs.len() < 10,
+        "{}",
+        first.kvs.len()
+    );
+    // The second range gets what the first left.
+    assert_eq!((second.count, second.more), (10, true));
+    assert!(second.kvs.len() < first.kvs.len(), "{}", second.kvs.len());
+    // An entry logged before the bound travelled uses the applier's own.
+    let r = s.apply(Event::Txn(TxnOp {
+        compares: vec![],
+        success: vec![range_step("k", "l")],
+        failure: vec![],
+        bytes_max: 0,
+    }));
+    let Outcome::Txn { results, .. } = r.outcome else {
+        panic!("{r:?}")
+    };
+    let StepResult::Range(all) = &results[0] else {
+        panic!()
+    };
+    assert_eq!((all.kvs.len(), all.more), (10, false));
+}
+
+#[test]
+fn txn_over_its_bytes_is_rejected_whole_before_any_write() {
+    let mut s = ten_kib();
+    let before = s.data.clone();
+    let over = |compares: Vec<Compare>, success: Vec<TxnStep>| {
+        Event::Txn(TxnOp {
+            compares,
+            success,
+            failure: vec![],
+            bytes_max: 4 * 1100,
+        })
+    };
+    let put_x = TxnStep::Put(PutOp {
+        key: b("x"),
+        value: b("1"),
+        lease: 0,
+        prev_kv: false,
+    });
+    let cases = [
+        // A compare over a range of ten pairs.
+        over(
+            vec![Compare {
+                key: b("k"),
+                range_end: b("l"),
+                op: CompareOp::Greater,
+                target: CompareTarget::Version(0),
+            }],
+            vec![put_x.clone()],
+        ),
+        // A delete returning ten previous pairs.
+        over(
+            vec![],
+            vec![
+                put_x.clone(),
+                TxnStep::Delete(DeleteOp {
+                    key: b("k"),
+                    range_end: b("l"),
+                    prev_kv: true,
+                }),
+            ],
+        ),
+    ];
+    for event in cases {
+        let r = s.apply(event);
+        assert!(
+            matches!(
+                r.outcome,
+                Outcome::Rejected(Rejection::TooLarge { bytes_max: 4400 })
+            ),
+            "{r:?}"
+        );
+        assert_eq!(s.data, before, "nothing was written");
+    }
+    // The same delete without prev_kv touches only keys: within the bound.
+    let r = s.apply(over(
+        vec![],
+        vec![TxnStep::Delete(DeleteOp {
+            key: b("k"),
+            range_end: b("l"),
+            prev_kv: false,
+        })],
+    ));
+    assert!(
+        matches!(
+            r.outcome,
+            Outcome::Txn {
+                succeeded: true,
+                ..
+            }
+        ),
+        "{r:?}"
+    );
+    assert!(s.kv("k3").is_none());
+}
+
+#[test]
+fn a_txn_is_estimated_over_both_branches_and_stops_at_the_bound() {
+    let s = ten_kib();
+    let applier = Applier::new(&s);
+    let txn = |success: Vec<TxnStep>, failure: Vec<TxnStep>| TxnOp {
+        compares: vec![],
+        success,
+        failure,
+        bytes_max: 0,
+    };
+    let small = txn(vec![range_step("k0", "")], vec![]);
+    let one = applier.txn_bytes(&small, 1 << 20).unwrap().unwrap();
+    assert!((1024..1200).contains(&one), "{one}");
+    // The larger branch counts, even if it is the failure branch.
+    let large = txn(vec![range_step("k0", "")], vec![range_step("k", "l")]);
+    let all = applier.txn_bytes(&large, 1 << 20).unwrap().unwrap();
+    assert!(all >= 10 * 1024, "{all}");
+    assert_eq!(applier.txn_bytes(&large, 5000).unwrap(), None);
+}
+
 #[test]
 fn txn_rejects_a_key_written_twice() {
     let mut s = MemState::default();
@@ -209,6 +373,7 @@ fn txn_rejects_a_key_written_twice() {
             }),
         ],
         failure: vec![],
+        bytes_max: 0,
     }));
     assert!(
         matches!(r.outcome, Outcome::Rejected(Rejection::DuplicateKey(_))),
@@ -230,6 +395,7 @@ fn compares_on_missing_keys_and_values() {
             }],
             success: vec![],
             failure: vec![],
+            bytes_max: 0,
         })
     };
     let ok = |r: Response| {
@@ -433,10 +599,7 @@ fn device_data_builds_documents_zones_and_indexes() {
     assert_eq!(d["first_seen_ms"], 5);
     assert_eq!(d["last_seen_ms"], 6);
     assert_eq!(d["topic_focus"], "/gw1/kitchen/thermo/7");
-    assert_eq!(
-        s.doc(Cf::Zones, "kitchen")["devices"],
-        json!(["gw1/thermo/7"])
-    );
+    assert_eq!(s.doc(Cf::Zones, "kitchen")["device_count"], 1);
     assert!(s
         .get(
             Cf::DeviceIndex,
@@ -447,11 +610,8 @@ fn device_data_builds_documents_zones_and_indexes() {
 
     // Moving zones updates both zone documents and the index.
     s.apply(device("garage", "temp", &[], "3"));
-    assert_eq!(s.doc(Cf::Zones, "kitchen")["devices"], json!([]));
-    assert_eq!(
-        s.doc(Cf::Zones, "garage")["devices"],
-        json!(["gw1/thermo/7"])
-    );
+    assert_eq!(s.doc(Cf::Zones, "kitchen")["device_count"], 0);
+    assert_eq!(s.doc(Cf::Zones, "garage")["device_count"], 1);
     assert!(s
         .get(
             Cf::DeviceIndex,
@@ -461,6 +621,43 @@ fn device_data_builds_documents_zones_and_indexes() {
         .is_none());
     // Device events do not touch the key-value revision.
     assert_eq!(s.apply(put("k", "v")).revision, 1);
+}
+
+#[test]
+fn a_zone_document_keeps_a_count_not_its_device_list() {
+    let mut s = MemState::default();
+    let register = |id: u64, zone: &str| Event::DeviceRegistered {
+        host: "gw1".into(),
+        zone: zone.into(),
+        class: "cam".into(),
+        device_id: format!("{id:04}"),
+    };
+    let mut stored_bytes = Vec::new();
+    for id in 0..200 {
+        s.apply(register(id, "hall"));
+        stored_bytes.push(s.get(Cf::Zones, b"hall").unwrap().unwrap().len());
+    }
+    let hall = s.doc(Cf::Zones, "hall");
+    assert_eq!(hall["device_count"], 200);
+    assert!(
+        hall.get("devices").is_none(),
+        "the device list is served from the zone index, not stored: {hall}"
+    );
+    // What a new device rewrites does not grow with the zone (a digit or
+    // two of the count at most).
+    let (first, last) = (stored_bytes[0], stored_bytes[199]);
+    assert!(last <= first + 2, "{first} bytes, then {last}");
+    // Moving a device out counts it out; the index says which devices.
+    s.apply(register(7, "yard"));
+    assert_eq!(s.doc(Cf::Zones, "hall")["device_count"], 199);
+    assert_eq!(s.doc(Cf::Zones, "yard")["device_count"], 1);
+    assert!(s
+        .get(
+            Cf::DeviceIndex,
+            &keys::device_index_key(DeviceIndex::Zone, "yard", "gw1/cam/0007")
+        )
+        .unwrap()
+        .is_some());
 }
 
 #[test]
@@ -845,6 +1042,191 @@ mod ingest_events {
             Outcome::Rejected(Rejection::NotFound(_))
         ));
     }
+
+    #[test]
+    fn quotas_bound_devices_per_host_leases_and_pending_commands() {
+        use utopia_raft::event::Quotas;
+        let quota = |r: &Response| matches!(r.outcome, Outcome::Rejected(Rejection::Quota(_)));
+        let mut s = MemState::default();
+        s.apply(owners(1, &[7]));
+        // Two devices of host h before any quota; their count is then
+        // dropped, as in a state written before counts were kept.
+        s.apply(batch(
+            1,
+            7,
+            vec![item("1", "1", false), item("2", "1", false)],
+        ));
+        s.data
+            .remove(&(Cf::DeviceIndex, keys::host_devices_key("h")))
+            .expect("the count is kept");
+        s.apply(Event::QuotasChanged(Quotas {
+            devices_per_host_max: 2,
+            leases_max: 1,
+            commands_pending_max: 1,
+            command_retention_ms: 1000,
+        }));
+
+        // A third device of h: its message is dropped and counted (and
+        // committed, so it is acknowledged); known devices go on.
+        let r = s.apply(batch(
+            1,
+            7,
+            vec![item("3", "1", false), item("1", "2", false)],
+        ));
+        assert_eq!(
+            r.outcome,
+            Outcome::Ingested {
+                applied: 1,
+                suppressed: 0,
+                rejected: 1
+            }
+        );
+        assert_eq!(totals(&s).over_quota, 1);
+        assert!(s.get(Cf::Devices, b"h/c/3").unwrap().is_none());
+        let register = |host: &str, id: &str| Event::DeviceRegistered {
+            host: host.into(),
+            zone: "z".into(),
+            class: "c".into(),
+            device_id: id.into(),
+        };
+        assert!(quota(&s.apply(register("h", "4"))));
+        assert!(matches!(
+            s.apply(register("g", "4")).outcome,
+            Outcome::Device { .. }
+        ));
+
+        // One lease at a time, counted from the records when the count is
+        // missing.
+        assert!(!quota(&s.apply(Event::LeaseGrant { id: 1, ttl_s: 60 })));
+        assert!(quota(&s.apply(Event::LeaseGrant { id: 2, ttl_s: 60 })));
+        s.data.remove(&(Cf::SmMeta, meta::LEASE_COUNT.to_vec()));
+        assert!(quota(&s.apply(Event::LeaseGrant { id: 2, ttl_s: 60 })));
+        s.apply(Event::LeaseRevoke { id: 1 });
+        assert!(!quota(&s.apply(Event::LeaseGrant { id: 2, ttl_s: 60 })));
+
+        // One pending command at a time; settled ones expire after the
+        // retention, when a later command is issued.
+        let issue = |s: &mut MemState, at: u64| {
+            s.apply_batch(vec![(
+                at,
+                Event::CommandIssued {
+                    device: "h/c/1".into(),
+                    post_type: "set".into(),
+                    json: "1".into(),
+                    attempts_max: 2,
+                },
+            )])
+            .pop()
+            .unwrap()
+        };
+        let fail = |s: &mut MemState, at: u64, id: u64| {
+            s.apply_batch(vec![(
+                at,
+                Event::CommandFailed {
+                    id,
+                    reason: "no reply".into(),
+                },
+            )]);
+        };
+        let record = |s: &MemState, id: u64| {
+            s.get(Cf::Commands, &keys::commands::record_key(id))
+                .unwrap()
+                .is_some()
+        };
+        assert_eq!(issue(&mut s, 1000).outcome, Outcome::Command { id: 1 });
+        assert!(quota(&issue(&mut s, 1100)));
+        fail(&mut s, 1500, 1);
+        assert_eq!(issue(&mut s, 1600).outcome, Outcome::Command { id: 2 });
+        assert!(record(&s, 1), "settled 100 ms ago: kept");
+        fail(&mut s, 1700, 2);
+        assert_eq!(issue(&mut s, 5000).outcome, Outcome::Command { id: 3 });
+        assert!(
+            !record(&s, 1) && !record(&s, 2),
+            "settled long ago: expired"
+        );
+        assert!(record(&s, 3));
+    }
+}
+
+#[test]
+fn an_active_alarm_refuses_what_adds_data_and_lets_the_rest_through() {
+    use utopia_raft::event::AlarmKind;
+    let mut s = MemState::default();
+    s.apply(put("a", "1"));
+    s.apply(Event::LeaseGrant { id: 9, ttl_s: 60 });
+    let raise = |node_id, disarms| Event::AlarmRaised {
+        node_id,
+        alarm: AlarmKind::NoSpace,
+        disarms,
+    };
+    s.apply(raise(2, 0));
+    s.apply(raise(2, 0));
+    assert_eq!(Applier::new(&s).alarms().unwrap().len(), 1, "raised once");
+    let nospace = |r: Response| {
+        matches!(
+            r.outcome,
+            Outcome::Rejected(Rejection::Alarm {
+                node_id: 2,
+                alarm: AlarmKind::NoSpace
+            })
+        )
+    };
+    let before = s.data.clone();
+    assert!(nospace(s.apply(put("b", "1"))));
+    assert!(nospace(s.apply(Event::LeaseGrant { id: 10, ttl_s: 60 })));
+    assert!(nospace(s.apply(device("z", "temp", &[], "1"))));
+    let with_put = Event::Txn(TxnOp {
+        compares: vec![],
+        success: vec![range_step("a", "")],
+        failure: vec![TxnStep::Put(PutOp {
+            key: b("c"),
+            value: b("1"),
+            lease: 0,
+            prev_kv: false,
+        })],
+        bytes_max: 0,
+    });
+    assert!(nospace(s.apply(with_put)));
+    assert_eq!(s.data, before, "nothing refused was written");
+
+    // Reads, deletes and lease revokes go on.
+    let read_only = Event::Txn(TxnOp {
+        compares: vec![],
+        success: vec![range_step("a", "")],
+        failure: vec![],
+        bytes_max: 0,
+    });
+    assert!(matches!(
+        s.apply(read_only).outcome,
+        Outcome::Txn {
+            succeeded: true,
+            ..
+        }
+    ));
+    assert!(matches!(
+        s.apply(del("a", "")).outcome,
+        Outcome::Delete { deleted: 1, .. }
+    ));
+    assert_eq!(s.apply(Event::LeaseRevoke { id: 9 }).outcome, Outcome::Done);
+
+    // A disarm clears it; a raise measured before the disarm is ignored,
+    // one measured after it is applied.
+    s.apply(Event::AlarmDisarmed {
+        node_id: 0,
+        alarm: AlarmKind::NoSpace,
+    });
+    assert!(matches!(
+        s.apply(put("b", "1")).outcome,
+        Outcome::Put { .. }
+    ));
+    s.apply(raise(3, 0));
+    assert!(Applier::new(&s).alarms().unwrap().is_empty(), "stale raise");
+    s.apply(raise(3, 1));
+    assert!(nospace_of(&s.apply(put("b", "2")), 3));
+}
+
+fn nospace_of(r: &Response, node: u64) -> bool {
+    matches!(r.outcome, Outcome::Rejected(Rejection::Alarm { node_id, .. }) if node_id == node)
 }
 
 // ------------------------------------------------------------ content errors
@@ -1110,7 +1492,16 @@ mod content_errors {
         assert_eq!(s.doc(Cf::Devices, "h/c/1")["data"]["t"], 5);
         assert_eq!(s.doc(Cf::Devices, "h/c/3")["data"]["t"], 6);
         assert!(s.get(Cf::Devices, b"h/c/2").unwrap().is_none());
-        assert_eq!(s.doc(Cf::Zones, "z")["devices"], json!(["h/c/1", "h/c/3"]));
+        // The zone counts the two devices, and its index lists them alone.
+        assert_eq!(s.doc(Cf::Zones, "z")["device_count"], 2);
+        for (id, listed) in [("h/c/1", true), ("h/c/2", false), ("h/c/3", true)] {
+            let key = keys::device_index_key(DeviceIndex::Zone, "z", id);
+            assert_eq!(
+                s.get(Cf::DeviceIndex, &key).unwrap().is_some(),
+                listed,
+                "{id}"
+            );
+        }
         let totals: IngestTotals =
             event::decode(&s.get(Cf::Ingest, keys::ingest::TOTALS).unwrap().unwrap()).unwrap();
         assert_eq!((totals.applied, totals.dropped), (2, 1));

@@ -1,0 +1,248 @@
+//! Bounds on the gRPC listeners, the client port and the peer port alike:
+//! how many connections are open at once, TCP keep-alive on each, and how
+//! long one unary request may take. (HTTP/2's own bounds, streams per connection
+//! and keep-alive pings, are set on the server builder in
+//! [`crate::server`].)
+//!
+//! Connections: the listener holds one semaphore permit per open
+//! connection, and at `limits.connections_max` it stops accepting until one
+//! closes (as Go's `netutil.LimitListener` does for etcd), so further
+//! connections wait in the kernel's accept queue instead of costing
+//! memory here. Each port has its own `limits.connections_max` permits.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::codegen::http;
+use tonic::server::NamedService;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::Status;
+
+use crate::api::Node;
+
+/// An accepted connection and the permit it holds until it closes.
+pub struct LimitedConn {
+    stream: TcpStream,
+    permit: Option<OwnedSemaphorePermit>,
+    gauge: Arc<ConnectionGauge>,
+}
+
+/// Which listener: each has its own connection bound and gauge.
+#[derive(Debug, Clone, Copy)]
+pub enum Port {
+    /// `listen`: gauge `grpc_connections`.
+    Client,
+    /// `peer_listen`: gauge `peer_connections`.
+    Peer,
+}
+
+impl Port {
+    fn gauge(self) -> &'static str {
+        match self {
+            Port::Client => "grpc_connections",
+            Port::Peer => "peer_connections",
+        }
+    }
+
+    fn waited(self) -> &'static str {
+        match self {
+            Port::Client => "grpc_connections_waited_total",
+            Port::Peer => "peer_connections_waited_total",
+        }
+    }
+}
+
+/// The open connections, published as the port's gauge.
+struct ConnectionGauge {
+    port: Port,
+    node: Arc<Node>,
+    permits: Arc<Semaphore>,
+    connections_max: usize,
+}
+
+impl ConnectionGauge {
+    fn publish(&self) {
+        let open = self.connections_max - self.permits.available_permits();
+        self.node.counters.set(self.port.gauge(), open as u64);
+    }
+}
+
+impl Drop for LimitedConn {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        self.gauge.publish();
+    }
+}
+
+impl Connected for LimitedConn {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl AsyncRead for LimitedConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for LimitedConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// The connections `listener` accepts, at most `connections_max` open at
+/// once; each is `TCP_NODELAY` (small replies must not wait for Nagle's
+/// algorithm and the peer's delayed ACK) and has TCP keep-alive probes
+/// after `tcp_keepalive` of silence, so that a vanished client's
+/// connection (and its permit) is dropped. Open connections are the gauge
+/// `grpc_connections`; accepts that had to wait for a permit are counted.
+pub fn incoming(
+    listener: TcpListener,
+    port: Port,
+    connections_max: usize,
+    tcp_keepalive: Duration,
+    node: Arc<Node>,
+) -> impl Stream<Item = io::Result<LimitedConn>> {
+    let permits = Arc::new(Semaphore::new(connections_max));
+    let gauge = Arc::new(ConnectionGauge {
+        port,
+        node,
+        permits,
+        connections_max,
+    });
+    futures::stream::unfold((listener, gauge), move |(listener, gauge)| async move {
+        let permit = match gauge.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                gauge.node.counters.add(gauge.port.waited(), 1);
+                // The semaphore is never closed.
+                gauge.permits.clone().acquire_owned().await.ok()?
+            }
+        };
+        let accepted = listener.accept().await.and_then(|(stream, _)| {
+            stream.set_nodelay(true)?;
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(tcp_keepalive)
+                .with_interval(tcp_keepalive);
+            socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
+            Ok(stream)
+        });
+        let item = accepted.map(|stream| LimitedConn {
+            stream,
+            permit: Some(permit),
+            gauge: gauge.clone(),
+        });
+        gauge.publish();
+        Some((item, (listener, gauge)))
+    })
+}
+
+/// A service whose every call must be answered within `timeout`, or it is
+/// dropped and answered DEADLINE_EXCEEDED (a write may still commit, as
+/// with any deadline). For unary services only: the deadline covers the
+/// call until its response starts, which for a stream is only its start.
+#[derive(Clone)]
+pub struct Deadline<S> {
+    inner: S,
+    timeout: Duration,
+    node: Arc<Node>,
+}
+
+impl<S> Deadline<S> {
+    pub fn new(inner: S, timeout: Duration, node: Arc<Node>) -> Self {
+        Self {
+            inner,
+            timeout,
+            node,
+        }
+    }
+}
+
+impl<S: NamedService> NamedService for Deadline<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+type ResponseFuture = Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<http::Response<tonic::body::Body>, std::convert::Infallible>,
+            > + Send,
+    >,
+>;
+
+impl<S, B> tonic::codegen::Service<http::Request<B>> for Deadline<S>
+where
+    S: tonic::codegen::Service<
+            http::Request<B>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Send,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = std::convert::Infallible;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let call = self.inner.call(req);
+        let timeout = self.timeout;
+        let node = self.node.clone();
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, call).await {
+                Ok(response) => response,
+                Err(_) => {
+                    node.counters.add("requests_timed_out_total", 1);
+                    Ok(Status::deadline_exceeded(format!(
+                        "the request took longer than request_timeout_ms = {}; a write may \
+                         still have committed",
+                        timeout.as_millis()
+                    ))
+                    .into_http())
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,67 @@
+//! Reads that only count do not decode what they count.
+
+use utopia_storage::keys::{self, Cf, Collection};
+
+fn poke(dir: &std::path::Path, cf: Cf, key: &[u8], value: &[u8]) {
+    let mut opts = rocksdb::Options::default();
+    opts.create_if_missing(false);
+    let names: Vec<&str> = Cf::ALL.iter().map(|c| c.name()).collect();
+    let db = rocksdb::DB::open_cf(&opts, dir.join("db"), names).expect("open the store's rocksdb");
+    db.put_cf(db.cf_handle(cf.name()).unwrap(), key, value)
+        .unwrap();
+}
+
+#[test]
+fn count_only_counts_keys_without_decoding_their_records() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(utopia_storage::open(dir.path()).unwrap());
+    // A record no decoder accepts: only a read that decodes it notices.
+    poke(dir.path(), Cf::Kv, b"k", b"\x00\x01");
+    let store = utopia_storage::open(dir.path()).unwrap();
+    let counted = store
+        .reader
+        .range(b"k", b"", 0, usize::MAX, 0, false, true)
+        .expect("counting reads keys only");
+    assert_eq!((counted.count, counted.kvs.len()), (1, 0));
+    let err = store
+        .reader
+        .range(b"k", b"", 0, usize::MAX, 0, false, false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("kv"), "{err}");
+}
+
+#[test]
+fn a_zone_is_served_with_its_devices_from_the_index_within_the_byte_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(utopia_storage::open(dir.path()).unwrap());
+    poke(
+        dir.path(),
+        Cf::Zones,
+        b"hall",
+        br#"{"device_count":100,"zone":"hall"}"#,
+    );
+    let ids: Vec<String> = (0..100).map(|i| format!("gw/cam/{i:03}")).collect();
+    for id in &ids {
+        let key = keys::device_index_key(keys::DeviceIndex::Zone, "hall", id);
+        poke(dir.path(), Cf::DeviceIndex, &key, b"");
+    }
+    let store = utopia_storage::open(dir.path()).unwrap();
+    let served = |bytes_max| -> serde_json::Value {
+        let json = store
+            .reader
+            .get_document(Collection::Zones, "hall", bytes_max)
+            .unwrap()
+            .expect("the zone exists");
+        serde_json::from_str(&json).unwrap()
+    };
+    let all = served(1 << 20);
+    assert_eq!(all["devices"], serde_json::json!(ids));
+    assert_eq!(all["devices_more"], false);
+    assert_eq!(all["device_count"], 100);
+    let part = served(500);
+    let listed = part["devices"].as_array().unwrap().len();
+    assert!(listed > 0 && listed < 100, "{listed} ids in 500 bytes");
+    assert_eq!(part["devices_more"], true);
+    assert!(part.to_string().len() <= 500, "{part}");
+}
