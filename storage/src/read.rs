@@ -156,8 +156,9 @@ pub enum ReadError {
     Store(#[from] StoreError),
 }
 
-/// A lease and the keys attached to it.
-pub type LeaseInfo = (LeaseRecord, Vec<Vec<u8>>);
+/// A lease, the keys attached to it (as many as were asked for), and
+/// whether more are attached.
+pub type LeaseInfo = (LeaseRecord, Vec<Vec<u8>>, bool);
 
 /// One page of documents.
 #[derive(Debug, Clone, Default)]
@@ -478,8 +479,9 @@ impl Reader {
 
     /// Changes from the feed position (`from`, `from_sub`) on (revision
     /// `from` starting at its change `from_sub`, then every later
-    /// revision), in order, at most `max` of them. A revision that changed
-    /// more than `max` keys is read in several calls: resume at the
+    /// revision), in order, at most `max` of them and about `bytes_max`
+    /// bytes of keys and values (one change always, whatever its size). A
+    /// revision that changed more is read in several calls: resume at the
     /// position after the last change returned. Fails if `from` has been
     /// compacted.
     pub fn changes_from(
@@ -487,6 +489,7 @@ impl Reader {
         from: i64,
         from_sub: u32,
         max: usize,
+        bytes_max: usize,
     ) -> Result<Vec<FeedChange>, ReadError> {
         let (_, compacted) = self.revisions()?;
         if from < compacted {
@@ -496,14 +499,16 @@ impl Reader {
             });
         }
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         for item in self
             .db
             .scan(Cf::KvChanges, &keys::change_key(from, from_sub), None)
         {
-            if out.len() >= max {
+            if out.len() >= max || (!out.is_empty() && bytes >= bytes_max) {
                 break;
             }
             let (k, v) = item?;
+            bytes = bytes.saturating_add(k.len() + v.len());
             let (revision, sub) = keys::parse_change_key(&k)
                 .ok_or_else(|| StoreError::corrupt(Cf::KvChanges, &k, "bad key"))?;
             out.push(FeedChange {
@@ -525,7 +530,9 @@ impl Reader {
     }
 
     /// A lease and the keys attached to it.
-    pub fn lease(&self, id: i64) -> Result<Option<LeaseInfo>, StoreError> {
+    /// A lease and its attached keys, at most about `keys_bytes_max` bytes
+    /// of them (one key always).
+    pub fn lease(&self, id: i64, keys_bytes_max: usize) -> Result<Option<LeaseInfo>, StoreError> {
         let key = keys::u64_key(id as u64);
         let Some(b) = self.db.get(Cf::Leases, &key)? else {
             return Ok(None);
@@ -533,11 +540,18 @@ impl Reader {
         let lease: LeaseRecord = dec(Cf::Leases, &key, &b)?;
         let end = keys::prefix_end(&key);
         let mut attached = Vec::new();
+        let mut bytes = 0usize;
+        let mut more = false;
         for item in self.db.scan(Cf::LeaseKeys, &key, end.as_deref()) {
             let (k, _) = item?;
+            if !attached.is_empty() && bytes >= keys_bytes_max {
+                more = true;
+                break;
+            }
+            bytes = bytes.saturating_add(k.len());
             attached.push(k[8..].to_vec());
         }
-        Ok(Some((lease, attached)))
+        Ok(Some((lease, attached, more)))
     }
 
     /// Leases whose deadline is at or before `now_ms`, oldest first, at most
