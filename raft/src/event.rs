@@ -9,6 +9,9 @@
 
 use serde::{Deserialize, Serialize};
 
+mod auth;
+pub use auth::{Access, AuthChange, Permission, PermissionTarget};
+
 /// The encoding version written by this build. Decoders accept every version
 /// up to this one; a newer version is refused with a clear error rather than
 /// misread.
@@ -175,6 +178,9 @@ pub enum Event {
         id: u64,
         reason: String,
     },
+
+    // ---- authentication and roles
+    Auth(AuthChange),
 }
 
 /// A member taking part in topic ownership, with its weight.
@@ -245,6 +251,7 @@ impl Event {
             Event::CommandIssued { .. } => "command_issued",
             Event::CommandAttempted { .. } => "command_attempted",
             Event::CommandFailed { .. } => "command_failed",
+            Event::Auth(change) => change.name(),
         }
     }
 }
@@ -474,6 +481,12 @@ pub enum Rejection {
     StaleEpoch { proposed: u64, current: u64 },
     #[error("{0} not found")]
     NotFound(String),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// The state does not allow the change (enabling auth without a root
+    /// user, deleting root while auth is on).
+    #[error("{0}")]
+    FailedPrecondition(String),
 }
 
 // ------------------------------------------------------------------ codec

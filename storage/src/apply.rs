@@ -23,6 +23,7 @@ use utopia_raft::event::{
 use crate::keys::{self, meta, Cf, DeviceIndex};
 use crate::StoreError;
 
+mod auth;
 pub mod ingest;
 pub use ingest::{CommandRecord, CommandState, IngestEffects, IngestOwners, IngestTotals};
 
@@ -351,6 +352,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
             Event::CommandFailed { id, reason } => {
                 self.apply_command_failed(req.at_ms, *id, reason)?
             }
+            Event::Auth(change) => self.apply_auth(change)?,
         };
         Ok(Response {
             revision: self.get_i64(meta::REVISION)?,

@@ -8,6 +8,7 @@
 
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::TryStreamExt;
@@ -42,6 +43,9 @@ pub struct StateMachine {
     current: Arc<Mutex<Option<CurrentSnapshot>>>,
     changes: broadcast::Sender<Arc<WatchBatch>>,
     ingest: broadcast::Sender<Arc<IngestEffects>>,
+    /// Bumped after every write that changes `Cf::Auth`, so that the API's
+    /// cached auth state knows to reload.
+    auth_generation: Arc<AtomicU64>,
 }
 
 #[derive(Clone)]
@@ -117,9 +121,16 @@ impl StateMachine {
                 current: Arc::new(Mutex::new(None)),
                 changes: changes.clone(),
                 ingest: ingest.clone(),
+                // Starts above the readers' "never loaded" 0.
+                auth_generation: Arc::new(AtomicU64::new(1)),
             },
             (changes, ingest),
         ))
+    }
+
+    /// The counter [`crate::Reader::auth_generation`] reads.
+    pub(crate) fn auth_generation(&self) -> Arc<AtomicU64> {
+        self.auth_generation.clone()
     }
 
     fn current(&self) -> std::sync::MutexGuard<'_, Option<CurrentSnapshot>> {
@@ -186,6 +197,7 @@ impl StateMachine {
         let mut opts = rocksdb::WriteOptions::default();
         opts.set_sync(true);
         self.db.db.write_opt(batch, &opts)?;
+        self.auth_generation.fetch_add(1, Ordering::AcqRel);
         // Nothing is applied between the write and this view: installing
         // and applying both run on openraft's state-machine task.
         if let Some(snap) = CurrentSnapshot::of(self.db.view())? {
@@ -305,6 +317,7 @@ impl StateMachine {
             }
         }
         let (writes, changes, effects) = applier.finish_with_effects();
+        let auth_changed = writes.keys().any(|(cf, _)| *cf == Cf::Auth);
         let mut batch = WriteBatch::default();
         for ((cf, key), value) in writes {
             match value {
@@ -329,6 +342,11 @@ impl StateMachine {
         // Not synced: the entries are already durable in the log, which
         // shares this WAL; a crash loses at most a suffix that Raft re-applies.
         self.db.db.write(batch).map_err(StoreError::from)?;
+        if auth_changed {
+            // Before the replies: a client told its change is applied is
+            // checked against it on this node from then on.
+            self.auth_generation.fetch_add(1, Ordering::AcqRel);
+        }
         if !changes.is_empty() {
             let revision = changes.last().map_or(0, |c| c.0);
             // No receivers is fine: nobody is watching.
