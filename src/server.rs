@@ -97,6 +97,7 @@ pub async fn run(
         settings.limits.clone(),
         data_dir.display().to_string(),
         settings.mqtt.commands.attempts_max.min(u64::from(u32::MAX)) as u32,
+        api::access::AuthGate::new(settings.auth.token_ttl_s, settings.tls.client_cert_required),
     );
     let max_msg = settings.limits.request_bytes_max as usize;
 
@@ -116,6 +117,9 @@ pub async fn run(
     health_reporter.set_serving::<pb::maintenance_server::MaintenanceServer<api::maintenance::MaintenanceService>>().await;
     health_reporter
         .set_serving::<pb::cluster_server::ClusterServer<api::maintenance::ClusterService>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::auth_server::AuthServer<api::auth::AuthService>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -184,6 +188,10 @@ pub async fn run(
         .add_service(pb::maintenance_server::MaintenanceServer::new(
             api::maintenance::MaintenanceService::new(node.clone()),
         ))
+        .add_service(
+            pb::auth_server::AuthServer::new(api::auth::AuthService::new(node.clone()))
+                .max_decoding_message_size(max_msg),
+        )
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stop_rx.await;
         });

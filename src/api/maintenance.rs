@@ -5,6 +5,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use utopia_proto::v1 as pb;
 
+use super::access::Need;
 use super::{status, Node};
 
 pub struct MaintenanceService {
@@ -21,8 +22,9 @@ impl MaintenanceService {
 impl pb::maintenance_server::Maintenance for MaintenanceService {
     async fn status(
         &self,
-        _req: Request<pb::StatusRequest>,
+        req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        let caller = self.node.authorize(&req, Need::Anyone)?;
         let st = self.node.raft.status();
         let (revision, compact_revision) =
             self.node.reader.revisions().map_err(status::from_store)?;
@@ -34,7 +36,12 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             raft_index: st.last_log_index,
             raft_applied_index: st.applied_index,
             compact_revision,
-            data_dir: self.node.data_dir.clone(),
+            // Where the data lives tells about the host: root only.
+            data_dir: if caller.sees_host_details() {
+                self.node.data_dir.clone()
+            } else {
+                String::new()
+            },
             db_size_bytes: self.node.reader.db_size_bytes(),
             members: st
                 .members
@@ -90,6 +97,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         req: Request<pb::AddMemberRequest>,
     ) -> Result<Response<pb::AddMemberResponse>, Status> {
+        self.node.authorize(&req, Need::Root)?;
         let r = req.into_inner();
         if r.addr.parse::<std::net::SocketAddr>().is_err() {
             return Err(self.node.reject(
@@ -115,6 +123,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         req: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
+        self.node.authorize(&req, Need::Root)?;
         let id = req.into_inner().id;
         self.node
             .raft
@@ -131,6 +140,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         req: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        self.node.authorize(&req, Need::Root)?;
         let id = req.into_inner().id;
         self.node
             .raft

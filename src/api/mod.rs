@@ -7,6 +7,8 @@
 //! passes a Raft read barrier unless the client asked for a serializable
 //! (local) read.
 
+pub mod access;
+pub mod auth;
 pub mod documents;
 pub mod kv;
 pub mod lease;
@@ -74,6 +76,9 @@ pub struct Node {
     pub data_dir: String,
     /// Publishes of a device command before it fails (`mqtt.commands`).
     pub command_attempts_max: u32,
+    /// Authentication: the cached auth state, token lifetime, password
+    /// hashing bounds.
+    pub auth: access::AuthGate,
     proposals: Semaphore,
     next_lease_id: AtomicU64,
 }
@@ -85,6 +90,7 @@ impl Node {
         limits: Limits,
         data_dir: String,
         command_attempts_max: u32,
+        auth: access::AuthGate,
     ) -> Arc<Self> {
         let permits = limits.proposals_in_flight_max as usize;
         // Lease ids: node id in the top 16 bits, then a millisecond clock,
@@ -97,6 +103,7 @@ impl Node {
             counters: Counters::default(),
             data_dir,
             command_attempts_max,
+            auth,
             proposals: Semaphore::new(permits),
             next_lease_id: AtomicU64::new(seed),
         })
