@@ -157,7 +157,7 @@ pub struct Cli {
     pub key: Option<std::path::PathBuf>,
 
     /// Authenticate as NAME (etcdctl's flag). Without :PASSWORD the password
-    /// is asked for on the terminal.
+    /// is asked for on the terminal. Empty: no user.
     #[arg(
         long = "user",
         id = "user_credentials",
@@ -634,7 +634,8 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     let mut out = Printer::new(cli.output == OutputFormat::Json);
     let tls = client_tls(&cli)?;
     let mut client = Client::new(&cli.endpoints, cli.timeout, tls)?;
-    if let Some(spec) = &cli.user {
+    // An empty one (UTOPIA_USER= ...) is none: a way to drop the variable.
+    if let Some(spec) = cli.user.as_deref().filter(|s| !s.is_empty()) {
         let (name, password) = auth::credentials(spec, "--user")?;
         client.set_credentials(name, password);
     }
