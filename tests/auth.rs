@@ -175,6 +175,62 @@ fn one_node_allows_only_what_roles_grant() {
         "alice auth disable",
     );
 
+    // A transaction needs read on its compares and write on its puts, in
+    // both branches, even the one that does not run.
+    let txn = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let inside = txn(
+        "inside.json",
+        r#"{"compare":[{"key":"app/a","target":"version","result":">","value":0}],
+            "success":[{"put":{"key":"app/t","value":"1"}}],
+            "failure":[{"get":{"key":"app/","prefix":true}}]}"#,
+    );
+    ok(
+        run(&args(ALICE, &["txn", "--file", &inside])),
+        "alice txn inside app/",
+    );
+    let outside = txn(
+        "outside.json",
+        r#"{"compare":[{"key":"app/a","target":"version","result":">","value":0}],
+            "success":[{"put":{"key":"app/t","value":"2"}}],
+            "failure":[{"put":{"key":"other","value":"1"}}]}"#,
+    );
+    refused(
+        run(&args(ALICE, &["txn", "--file", &outside])),
+        "PERMISSION_DENIED",
+        "alice txn that may write outside app/",
+    );
+
+    // Revoking a lease deletes its keys: write on every one is needed.
+    let lease = json(
+        run(&args(ALICE, &["--output", "json", "lease", "grant", "60"])),
+        "alice lease grant",
+    )["id"]
+        .as_i64()
+        .expect("lease id")
+        .to_string();
+    ok(
+        run(&args(ROOT, &["put", "--lease", &lease, "rootkey", "1"])),
+        "root put on the lease",
+    );
+    refused(
+        run(&args(ALICE, &["lease", "revoke", &lease])),
+        "PERMISSION_DENIED",
+        "alice revokes a lease holding root's key",
+    );
+    ok(
+        run(&args(ROOT, &["lease", "revoke", &lease])),
+        "root lease revoke",
+    );
+    refused(
+        run(&["lease", "grant", "60"]),
+        "UNAUTHENTICATED",
+        "anonymous lease grant",
+    );
+
     // dev: read on devices.
     let docs = json(
         run(&args(DEV, &["--output", "json", "doc", "list", "devices"])),
