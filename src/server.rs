@@ -133,6 +133,7 @@ pub async fn run(
         data_dir.display().to_string(),
         settings.mqtt.commands.attempts_max.min(u64::from(u32::MAX)) as u32,
         peer_guard,
+        api::access::AuthGate::new(settings.auth.token_ttl_s, settings.tls.client_cert_required),
     );
     let max_msg = settings.limits.request_bytes_max as usize;
 
@@ -152,6 +153,9 @@ pub async fn run(
     health_reporter.set_serving::<pb::maintenance_server::MaintenanceServer<api::maintenance::MaintenanceService>>().await;
     health_reporter
         .set_serving::<pb::cluster_server::ClusterServer<api::maintenance::ClusterService>>()
+        .await;
+    health_reporter
+        .set_serving::<pb::auth_server::AuthServer<api::auth::AuthService>>()
         .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -262,6 +266,10 @@ pub async fn run(
             deadline,
             node.clone(),
         ))
+        .add_service(
+            pb::auth_server::AuthServer::new(api::auth::AuthService::new(node.clone()))
+                .max_decoding_message_size(max_msg),
+        )
         .serve_with_incoming_shutdown(incoming, stopped(stop_rx));
 
     // Serve first: peers need this node's transport to elect a leader.

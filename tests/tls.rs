@@ -481,3 +481,74 @@ async fn a_client_certificate_is_not_a_peer() {
     let out = run_cli(&endpoints, &client, &["get", "forged/unary"]);
     assert_eq!(out.status.code(), Some(1), "the forged key is absent");
 }
+
+#[test]
+fn with_auth_on_a_client_certificate_names_the_user() {
+    let dir = temp_dir();
+    let pki = Pki::new(dir.path().join("pki"));
+    pki.ca("ca");
+    pki.cert("node1", "ca", "node");
+    // Each client certificate's common name is its file name.
+    for name in ["root", "alice", "mallory"] {
+        pki.cert(name, "ca", "client");
+    }
+    let conf = pki.node_conf("node1", "ca", true);
+    let server = Server::start_with(&dir.path().join("data"), &["--config", &conf]);
+    let as_cert = |name: &str, args: &[&str]| {
+        run_cli(&server.addr, &pki.client_flags("ca", Some(name)), args)
+    };
+    let ok = |out: std::process::Output, what: &str| {
+        assert!(out.status.success(), "{what}: {}", stderr(&out));
+    };
+    let refused = |out: std::process::Output, code: &str, what: &str| {
+        assert_eq!(out.status.code(), Some(3), "{what}: {}", stderr(&out));
+        assert!(stderr(&out).contains(code), "{what}: {}", stderr(&out));
+    };
+
+    // Users without passwords: only their certificates name them.
+    for args in [
+        &["user", "add", "root", "--no-password"][..],
+        &["user", "grant-role", "root", "root"],
+        &["user", "add", "alice", "--no-password"],
+        &["role", "add", "app"],
+        &[
+            "role",
+            "grant-permission",
+            "app",
+            "readwrite",
+            "app/",
+            "--prefix",
+        ],
+        &["user", "grant-role", "alice", "app"],
+        &["auth", "enable"],
+    ] {
+        ok(as_cert("root", args), &format!("{args:?}"));
+    }
+
+    ok(
+        as_cert("alice", &["put", "app/x", "1"]),
+        "alice puts under app/",
+    );
+    refused(
+        as_cert("alice", &["put", "other", "1"]),
+        "PERMISSION_DENIED",
+        "alice outside app/",
+    );
+    refused(
+        as_cert("alice", &["user", "list"]),
+        "PERMISSION_DENIED",
+        "alice administers users",
+    );
+    refused(
+        as_cert("mallory", &["get", "app/x"]),
+        "UNAUTHENTICATED",
+        "a certificate naming no user",
+    );
+    ok(as_cert("root", &["user", "list"]), "root lists users");
+    // No password to log in with.
+    refused(
+        as_cert("alice", &["--user", "alice:", "get", "app/x"]),
+        "UNAUTHENTICATED",
+        "a password login for a certificate-only user",
+    );
+}

@@ -9,6 +9,9 @@
 
 use serde::{Deserialize, Serialize};
 
+mod auth;
+pub use auth::{Access, AuthChange, Permission, PermissionTarget};
+
 /// The encoding version written by this build. Decoders accept every version
 /// up to this one; a newer version is refused with a clear error rather than
 /// misread.
@@ -219,6 +222,9 @@ pub enum Event {
     /// The quotas every replica applies from here on: the leader's
     /// `limits`, proposed when they differ from the ones in the state.
     QuotasChanged(Quotas),
+
+    // ---- authentication and roles
+    Auth(AuthChange),
 }
 
 /// Quotas on what the store holds, applied alike on every replica because
@@ -331,6 +337,7 @@ impl Event {
             Event::AlarmRaised { .. } => "alarm_raised",
             Event::AlarmDisarmed { .. } => "alarm_disarmed",
             Event::QuotasChanged(_) => "quotas_changed",
+            Event::Auth(change) => change.name(),
         }
     }
 
@@ -373,7 +380,8 @@ impl Event {
             | Event::AlarmRaised { .. }
             | Event::AlarmDisarmed { .. }
             | Event::QuotasChanged(_)
-            | Event::ClientAddressPublished { .. } => false,
+            | Event::ClientAddressPublished { .. }
+            | Event::Auth(_) => false,
         }
     }
 }
@@ -629,6 +637,12 @@ pub enum Rejection {
     /// A quota of [`Quotas`] would be passed.
     #[error("quota exceeded: {0}")]
     Quota(String),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// The state does not allow the change (enabling auth without a root
+    /// user, deleting root while auth is on).
+    #[error("{0}")]
+    FailedPrecondition(String),
 }
 
 impl Rejection {
@@ -646,6 +660,8 @@ impl Rejection {
             Rejection::TooLarge { .. } => "too_large",
             Rejection::Alarm { .. } => "alarm",
             Rejection::Quota(_) => "quota",
+            Rejection::AlreadyExists(_) => "already_exists",
+            Rejection::FailedPrecondition(_) => "failed_precondition",
         }
     }
 }

@@ -8,7 +8,9 @@ use utopia_proto::v1 as pb;
 use utopia_raft::event::{DeviceData, Event, Outcome};
 use utopia_storage::keys::{Collection, DeviceIndex};
 
+use super::access::Need;
 use super::{status, Node};
+use utopia_raft::event::Access;
 
 pub struct DocumentsService {
     node: Arc<Node>,
@@ -52,6 +54,10 @@ impl pb::documents_server::Documents for DocumentsService {
         &self,
         req: Request<pb::GetDocumentRequest>,
     ) -> Result<Response<pb::GetDocumentResponse>, Status> {
+        self.node.authorize(
+            &req,
+            Need::Collection(Access::Read, &req.get_ref().collection),
+        )?;
         let r = req.into_inner();
         let collection = self.collection(&r.collection)?;
         self.node.read_barrier(r.consistency).await?;
@@ -84,6 +90,10 @@ impl pb::documents_server::Documents for DocumentsService {
         &self,
         req: Request<pb::ListDocumentsRequest>,
     ) -> Result<Response<pb::ListDocumentsResponse>, Status> {
+        self.node.authorize(
+            &req,
+            Need::Collection(Access::Read, &req.get_ref().collection),
+        )?;
         let r = req.into_inner();
         let collection = self.collection(&r.collection)?;
         let filters: Vec<(DeviceIndex, &str)> = [
@@ -142,6 +152,8 @@ impl pb::documents_server::Documents for DocumentsService {
         &self,
         req: Request<pb::DeviceReport>,
     ) -> Result<Response<pb::DeviceReportResponse>, Status> {
+        self.node
+            .authorize(&req, Need::Collection(Access::Write, "devices"))?;
         let r = req.into_inner();
         check_level(&self.node, "host", &r.host)?;
         check_level(&self.node, "zone", &r.zone)?;
@@ -184,6 +196,8 @@ impl pb::documents_server::Documents for DocumentsService {
         &self,
         req: Request<pb::DeviceCommandRequest>,
     ) -> Result<Response<pb::DeviceCommandResponse>, Status> {
+        self.node
+            .authorize(&req, Need::Collection(Access::Write, "devices"))?;
         let r = req.into_inner();
         if r.device.is_empty() || r.device.len() > 1024 {
             return Err(self.node.reject(

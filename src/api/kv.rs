@@ -10,7 +10,9 @@ use utopia_raft::event::{
     StepResult, TxnOp, TxnStep,
 };
 
+use super::access::Need;
 use super::{bytes, kv_to_pb, status, Node};
+use utopia_raft::event::Access;
 
 pub struct KvService {
     node: Arc<Node>,
@@ -186,6 +188,9 @@ impl pb::kv_server::Kv for KvService {
         &self,
         req: Request<pb::RangeRequest>,
     ) -> Result<Response<pb::RangeResponse>, Status> {
+        let (key, end) = (&req.get_ref().key, &req.get_ref().range_end);
+        self.node
+            .authorize(&req, Need::Keys(Access::Read, key, end))?;
         let r = req.into_inner();
         self.node.check_key(&r.key, "key")?;
         self.node.read_barrier(r.consistency).await?;
@@ -212,6 +217,8 @@ impl pb::kv_server::Kv for KvService {
     }
 
     async fn put(&self, req: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+        self.node
+            .authorize(&req, Need::Keys(Access::Write, &req.get_ref().key, &[]))?;
         let op = self.put_op(req.into_inner())?;
         let resp = self.node.propose(Event::Put(op)).await?;
         let prev_kv = match resp.outcome {
@@ -228,6 +235,9 @@ impl pb::kv_server::Kv for KvService {
         &self,
         req: Request<pb::DeleteRangeRequest>,
     ) -> Result<Response<pb::DeleteRangeResponse>, Status> {
+        let (key, end) = (&req.get_ref().key, &req.get_ref().range_end);
+        self.node
+            .authorize(&req, Need::Keys(Access::Write, key, end))?;
         let op = self.delete_op(req.into_inner())?;
         let check = TxnOp {
             compares: vec![],
@@ -251,6 +261,7 @@ impl pb::kv_server::Kv for KvService {
     }
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
+        self.node.authorize(&req, Need::Txn(req.get_ref()))?;
         let t = req.into_inner();
         let ops = t.compare.len() + t.success.len() + t.failure.len();
         if ops as u64 > self.node.limits.txn_ops_max {
@@ -321,6 +332,7 @@ impl pb::kv_server::Kv for KvService {
         &self,
         req: Request<pb::CompactRequest>,
     ) -> Result<Response<pb::CompactResponse>, Status> {
+        self.node.authorize(&req, Need::Root)?;
         let revision = req.into_inner().revision;
         if revision <= 0 {
             return Err(self.node.reject(

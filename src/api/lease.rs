@@ -7,7 +7,9 @@ use tonic::{Request, Response, Status};
 use utopia_proto::v1 as pb;
 use utopia_raft::event::{Event, Outcome};
 
+use super::access::Need;
 use super::{status, Node};
+use utopia_raft::event::Access;
 
 /// The longest lease a client may ask for: one year.
 pub const LEASE_TTL_SECONDS_MAX: i64 = 366 * 24 * 3600;
@@ -28,6 +30,7 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         req: Request<pb::LeaseGrantRequest>,
     ) -> Result<Response<pb::LeaseGrantResponse>, Status> {
+        self.node.authorize(&req, Need::User)?;
         let r = req.into_inner();
         if r.ttl_seconds <= 0 || r.ttl_seconds > LEASE_TTL_SECONDS_MAX {
             return Err(self.node.reject(
@@ -71,6 +74,8 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         req: Request<pb::LeaseRevokeRequest>,
     ) -> Result<Response<pb::LeaseRevokeResponse>, Status> {
+        self.node
+            .authorize(&req, Need::LeaseKeys(Access::Write, req.get_ref().id))?;
         let id = req.into_inner().id;
         let resp = self.node.propose(Event::LeaseRevoke { id }).await?;
         Ok(Response::new(pb::LeaseRevokeResponse {
@@ -82,6 +87,8 @@ impl pb::lease_server::Lease for LeaseService {
         &self,
         req: Request<pb::LeaseTimeToLiveRequest>,
     ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        self.node
+            .authorize(&req, Need::LeaseKeys(Access::Read, req.get_ref().id))?;
         let id = req.into_inner().id;
         self.node
             .read_barrier(pb::Consistency::Linearizable as i32)

@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status};
 use utopia_proto::v1 as pb;
 use utopia_raft::event::Event;
 
+use super::access::Need;
 use super::{status, Node};
 
 pub struct MaintenanceService {
@@ -22,8 +23,9 @@ impl MaintenanceService {
 impl pb::maintenance_server::Maintenance for MaintenanceService {
     async fn status(
         &self,
-        _req: Request<pb::StatusRequest>,
+        req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
+        let caller = self.node.authorize(&req, Need::Anyone)?;
         let st = self.node.raft.status();
         let (revision, compact_revision) =
             self.node.reader.revisions().map_err(status::from_store)?;
@@ -35,7 +37,12 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             raft_index: st.last_log_index,
             raft_applied_index: st.applied_index,
             compact_revision,
-            data_dir: self.node.data_dir.clone(),
+            // Where the data lives tells about the host: root only.
+            data_dir: if caller.sees_host_details() {
+                self.node.data_dir.clone()
+            } else {
+                String::new()
+            },
             db_size_bytes: self.node.reader.db_size_bytes(),
             members: st
                 .members
@@ -48,7 +55,12 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
                     client_addr: self.node.client_addr_of(id).unwrap_or_default(),
                 })
                 .collect(),
-            cluster_id: self.node.peers.cluster().get(),
+            // What peer messages must carry: with auth on, root only.
+            cluster_id: if caller.sees_host_details() {
+                self.node.peers.cluster().get()
+            } else {
+                0
+            },
             counters: {
                 let mut c = self.node.counters.snapshot();
                 for (why, n) in self.node.peers.refusals() {
@@ -144,6 +156,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         req: Request<pb::AddMemberRequest>,
     ) -> Result<Response<pb::AddMemberResponse>, Status> {
+        self.node.authorize(&req, Need::Root)?;
         let r = req.into_inner();
         if r.addr.parse::<std::net::SocketAddr>().is_err() {
             return Err(self.node.reject(
@@ -169,6 +182,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         req: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
+        self.node.authorize(&req, Need::Root)?;
         let id = req.into_inner().id;
         self.node
             .raft
@@ -185,6 +199,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         req: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
+        self.node.authorize(&req, Need::Root)?;
         let id = req.into_inner().id;
         self.node
             .raft

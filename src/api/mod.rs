@@ -7,7 +7,9 @@
 //! passes a Raft read barrier unless the client asked for a serializable
 //! (local) read.
 
+pub mod access;
 pub mod alarm;
+pub mod auth;
 pub mod documents;
 pub mod forward;
 pub mod kv;
@@ -79,6 +81,9 @@ pub struct Node {
     pub command_attempts_max: u32,
     /// The peer port's checks: the cluster id, and what it refused.
     pub peers: Arc<PeerGuard>,
+    /// Authentication: the cached auth state, token lifetime, password
+    /// hashing bounds.
+    pub auth: access::AuthGate,
     proposals: Semaphore,
     next_lease_id: AtomicU64,
 }
@@ -91,6 +96,7 @@ impl Node {
         data_dir: String,
         command_attempts_max: u32,
         peers: Arc<PeerGuard>,
+        auth: access::AuthGate,
     ) -> Arc<Self> {
         let permits = limits.proposals_in_flight_max as usize;
         // Lease ids: node id in the top 16 bits, then a millisecond clock,
@@ -104,6 +110,7 @@ impl Node {
             data_dir,
             command_attempts_max,
             peers,
+            auth,
             proposals: Semaphore::new(permits),
             next_lease_id: AtomicU64::new(seed),
         })

@@ -38,7 +38,8 @@ pub fn from_rejection(r: Rejection) -> Status {
     let code = match r {
         Rejection::LeaseNotFound(_) | Rejection::NotFound(_) => Code::NotFound,
         Rejection::StaleEpoch { .. } => Code::Aborted,
-        Rejection::LeaseExists(_) => Code::AlreadyExists,
+        Rejection::LeaseExists(_) | Rejection::AlreadyExists(_) => Code::AlreadyExists,
+        Rejection::FailedPrecondition(_) => Code::FailedPrecondition,
         Rejection::Compacted { .. } | Rejection::FutureRevision { .. } => Code::OutOfRange,
         Rejection::DuplicateKey(_) | Rejection::Invalid(_) => Code::InvalidArgument,
         // Retrying does not help: the request must be made smaller.

@@ -25,7 +25,9 @@ use utopia_proto::v1 as pb;
 use utopia_storage::read::ReadError;
 use utopia_storage::FeedChange;
 
+use super::access::Need;
 use super::{kv_to_pb, status, Node};
+use utopia_raft::event::Access;
 
 /// Changes read from disk per catch-up step.
 const CATCH_UP_BATCH_MAX: usize = 512;
@@ -74,6 +76,9 @@ impl pb::watch_server::Watch for WatchService {
         &self,
         req: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let (key, end) = (&req.get_ref().key, &req.get_ref().range_end);
+        self.node
+            .authorize(&req, Need::Keys(Access::Read, key, end))?;
         let r = req.into_inner();
         self.node.check_key(&r.key, "key")?;
         let permit = self.watchers.clone().try_acquire_owned().map_err(|_| {

@@ -10,15 +10,25 @@
 //! With TLS settings (`--cacert`, and `--cert` / `--key` for servers that
 //! require a client certificate) endpoints without a scheme are reached over
 //! `https`, leader hints included.
+//!
+//! With credentials (`--user NAME:PASSWORD`) the client authenticates once,
+//! before its first request, and sends the token in the `token` metadata of
+//! every request after, to whichever endpoint it fails over to (tokens work
+//! on every member). A token about to expire is renewed before the request
+//! that would carry it. A server without authentication enabled answers
+//! Authenticate with FAILED_PRECONDITION; the client then goes on without a
+//! token, since such a server allows everything.
 
 use std::future::Future;
 use std::time::Duration;
 
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 use utopia_proto::v1::{
-    documents_client::DocumentsClient, kv_client::KvClient, lease_client::LeaseClient,
-    maintenance_client::MaintenanceClient, watch_client::WatchClient,
+    auth_client::AuthClient, documents_client::DocumentsClient, kv_client::KvClient,
+    lease_client::LeaseClient, maintenance_client::MaintenanceClient, watch_client::WatchClient,
 };
 
 use super::CliError;
@@ -29,6 +39,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const MAX_DECODING_MESSAGE_SIZE: usize = 64 << 20;
 /// Metadata entry in which a follower names the leader's address.
 pub const LEADER_METADATA_KEY: &str = "utopia-leader";
+/// Metadata entry a request carries its token in (etcd's name).
+pub const TOKEN_METADATA_KEY: &str = "token";
+/// A token this close to its expiry is renewed before it is sent.
+const TOKEN_RENEW_BEFORE_MS: u64 = 5_000;
 
 pub struct Client {
     endpoints: Vec<String>,
@@ -36,6 +50,41 @@ pub struct Client {
     /// The endpoint that answered last, and its channel.
     current: Option<(String, Channel)>,
     tls: Option<ClientTlsConfig>,
+    /// User name and password to authenticate with (`--user`).
+    credentials: Option<(String, String)>,
+    /// The token from Authenticate, and when it expires (ms since the epoch).
+    token: Option<(AsciiMetadataValue, u64)>,
+}
+
+/// A connection to one endpoint and the token to send on it: what
+/// [`Client::call`] hands its closure, and what the service constructors
+/// below ([`kv`], [`watch`], ...) take.
+#[derive(Clone)]
+pub struct AuthChannel {
+    channel: Channel,
+    token: Option<AsciiMetadataValue>,
+}
+
+/// Adds the token, if any, to every request.
+#[derive(Clone)]
+pub struct TokenInterceptor(Option<AsciiMetadataValue>);
+
+impl tonic::service::Interceptor for TokenInterceptor {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(t) = &self.0 {
+            req.metadata_mut().insert(TOKEN_METADATA_KEY, t.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A channel that sends the token.
+pub type AuthedService = InterceptedService<Channel, TokenInterceptor>;
+
+impl AuthChannel {
+    fn service(self) -> AuthedService {
+        InterceptedService::new(self.channel, TokenInterceptor(self.token))
+    }
 }
 
 /// `HOST:PORT` → `http://HOST:PORT` (`https://` with `tls`); URIs with a
@@ -72,7 +121,70 @@ impl Client {
             timeout,
             current: None,
             tls,
+            credentials: None,
+            token: None,
         })
+    }
+
+    /// Authenticate as `user` with `password` before the first request.
+    pub fn set_credentials(&mut self, user: String, password: String) {
+        self.credentials = Some((user, password));
+        self.token = None;
+    }
+
+    /// `channel` with this client's token (for the benchmark's own
+    /// connections). Call after a request, which authenticates.
+    pub fn with_token(&self, channel: Channel) -> AuthChannel {
+        AuthChannel {
+            channel,
+            token: self.token.as_ref().map(|(t, _)| t.clone()),
+        }
+    }
+
+    /// Authenticates if credentials were given and there is no token yet,
+    /// or the one there is expires soon.
+    async fn ensure_token(&mut self) -> Result<(), CliError> {
+        let Some((name, password)) = self.credentials.clone() else {
+            return Ok(());
+        };
+        let now = crate::now_ms();
+        if self
+            .token
+            .as_ref()
+            .is_some_and(|(_, exp)| *exp > now + TOKEN_RENEW_BEFORE_MS)
+        {
+            return Ok(());
+        }
+        self.token = None;
+        let req = utopia_proto::v1::AuthenticateRequest { name, password };
+        // Authenticate is served by the leader (it reads the users after a
+        // read barrier); the request that follows still starts at the
+        // endpoint it would have, a follower for a serializable read.
+        let before = self.current.clone();
+        let resp = self
+            .call_unauthenticated(|ch| {
+                let req = req.clone();
+                async move { auth(ch).authenticate(req).await }
+            })
+            .await;
+        self.current = before;
+        match resp {
+            Ok(r) => {
+                let token = r.token.parse().map_err(|_| {
+                    CliError::Rpc(Status::internal(
+                        "the server sent a token that is not ASCII",
+                    ))
+                })?;
+                self.token = Some((token, r.expires_at_ms));
+                Ok(())
+            }
+            // Authentication is off: every request is allowed without one.
+            Err(CliError::Rpc(s)) if s.code() == Code::FailedPrecondition => {
+                self.credentials = None;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     pub fn timeout(&self) -> Duration {
@@ -120,11 +232,23 @@ impl Client {
     /// future (it is called again, with another channel, on failover). The
     /// call is bounded by `--timeout`; for a streaming call that covers
     /// getting the stream, not reading it.
-    pub async fn call<T, F, Fut>(&mut self, mut f: F) -> Result<T, CliError>
+    pub async fn call<T, F, Fut>(&mut self, f: F) -> Result<T, CliError>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(AuthChannel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
+        self.ensure_token().await?;
+        self.call_unauthenticated(f).await
+    }
+
+    /// [`Client::call`] with whatever token the client holds, without
+    /// authenticating first.
+    async fn call_unauthenticated<T, F, Fut>(&mut self, mut f: F) -> Result<T, CliError>
+    where
+        F: FnMut(AuthChannel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let token = self.token.as_ref().map(|(t, _)| t.clone());
         let mut queue: std::collections::VecDeque<String> = std::collections::VecDeque::new();
         if let Some((uri, _)) = &self.current {
             queue.push_back(uri.clone());
@@ -153,7 +277,11 @@ impl Client {
                     }
                 },
             };
-            match tokio::time::timeout(self.timeout, f(channel)).await {
+            let ch = AuthChannel {
+                channel,
+                token: token.clone(),
+            };
+            match tokio::time::timeout(self.timeout, f(ch)).await {
                 Ok(Ok(resp)) => return Ok(resp.into_inner()),
                 Ok(Err(status)) if status.code() == Code::Unavailable => {
                     if let Some(leader) = status
@@ -276,29 +404,33 @@ fn display_uri(uri: &str) -> &str {
         .unwrap_or(uri)
 }
 
-pub fn kv(ch: Channel) -> KvClient<Channel> {
-    KvClient::new(ch).max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
+pub fn kv(ch: AuthChannel) -> KvClient<AuthedService> {
+    KvClient::new(ch.service()).max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
 }
 
-pub fn watch(ch: Channel) -> WatchClient<Channel> {
-    WatchClient::new(ch).max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
+pub fn watch(ch: AuthChannel) -> WatchClient<AuthedService> {
+    WatchClient::new(ch.service()).max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
 }
 
-pub fn lease(ch: Channel) -> LeaseClient<Channel> {
-    LeaseClient::new(ch).max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
+pub fn lease(ch: AuthChannel) -> LeaseClient<AuthedService> {
+    LeaseClient::new(ch.service()).max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
 }
 
-pub fn documents(ch: Channel) -> DocumentsClient<Channel> {
-    DocumentsClient::new(ch).max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
+pub fn documents(ch: AuthChannel) -> DocumentsClient<AuthedService> {
+    DocumentsClient::new(ch.service()).max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
 }
 
-pub fn maintenance(ch: Channel) -> MaintenanceClient<Channel> {
-    MaintenanceClient::new(ch).max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
+pub fn maintenance(ch: AuthChannel) -> MaintenanceClient<AuthedService> {
+    MaintenanceClient::new(ch.service()).max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
 }
 
-pub fn cluster(ch: Channel) -> utopia_proto::v1::cluster_client::ClusterClient<Channel> {
-    utopia_proto::v1::cluster_client::ClusterClient::new(ch)
+pub fn cluster(ch: AuthChannel) -> utopia_proto::v1::cluster_client::ClusterClient<AuthedService> {
+    utopia_proto::v1::cluster_client::ClusterClient::new(ch.service())
         .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
+}
+
+pub fn auth(ch: AuthChannel) -> AuthClient<AuthedService> {
+    AuthClient::new(ch.service()).max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
 }
 
 #[cfg(test)]

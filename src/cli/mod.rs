@@ -60,6 +60,16 @@
 //!   "key_bytes","value_bytes","keys_space"}`, plus `"consistency"` for `get`
 //!   and `mixed`, and `"read_percent"`, `"gets"` and `"puts"` (each
 //!   `{"ops","errors","latency_ms"}`) for `mixed`
+//! - `auth enable|disable`, `user add|delete|passwd|grant-role|revoke-role`,
+//!   `role add|delete|grant-permission|revoke-permission`:
+//!   `{"ok":true,"message":string}`
+//! - `auth status`: `{"enabled":bool,"auth_revision":u64}`
+//! - `user get`: `{"name","roles":[string...],"has_password":bool}`;
+//!   `user list`: `{"users":[string...]}`; `role list`: `{"roles":[string...]}`
+//! - `role get`: `{"role","permissions":[{"type":"read"|"write"|"readwrite",
+//!   "key","range_end","collection"}...]}` (key and range_end null for a
+//!   collection, collection null for keys; `key_base64` / `range_end_base64`
+//!   for bytes that are not UTF-8)
 //! - `bench mqtt`: `{"publishers","qos","payload_bytes","raw":{"messages","seconds",
 //!   "messages_per_second"}|null,"ingest":{...},"ratio","ingest_lag_ms":{name:f64},
 //!   "batches","mean_batch_messages","publish_to_commit_ms":{"p50","p90","p99","p999","max"}|null}`
@@ -79,6 +89,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub mod admin;
 pub mod alarm;
+pub mod auth;
 pub mod bench;
 pub mod bench_mqtt;
 pub mod client;
@@ -149,6 +160,17 @@ pub struct Cli {
     )]
     pub key: Option<std::path::PathBuf>,
 
+    /// Authenticate as NAME (etcdctl's flag). Without :PASSWORD the password
+    /// is asked for on the terminal. Empty: no user.
+    #[arg(
+        long = "user",
+        id = "user_credentials",
+        global = true,
+        env = "UTOPIA_USER",
+        value_name = "NAME[:PASSWORD]"
+    )]
+    pub user: Option<String>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -208,6 +230,15 @@ pub enum Command {
     /// Alarms: list them, or disarm NOSPACE after freeing space.
     #[command(subcommand)]
     Alarm(alarm::AlarmCommand),
+    /// Turn authentication on or off, or show whether it is on.
+    #[command(subcommand)]
+    Auth(auth::AuthCommand),
+    /// Users: add, get, list, delete, passwd, grant-role, revoke-role.
+    #[command(subcommand)]
+    User(auth::UserCommand),
+    /// Roles: add, get, list, delete, grant-permission, revoke-permission.
+    #[command(subcommand)]
+    Role(auth::RoleCommand),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -611,6 +642,11 @@ async fn run(cli: Cli) -> Result<(), CliError> {
     let mut out = Printer::new(cli.output == OutputFormat::Json);
     let tls = client_tls(&cli)?;
     let mut client = Client::new(&cli.endpoints, cli.timeout, tls)?;
+    // An empty one (UTOPIA_USER= ...) is none: a way to drop the variable.
+    if let Some(spec) = cli.user.as_deref().filter(|s| !s.is_empty()) {
+        let (name, password) = auth::credentials(spec, "--user")?;
+        client.set_credentials(name, password);
+    }
     let result = dispatch(cli.command, &mut client, &mut out).await;
     // Flush what was printed even when the command failed afterwards.
     let flushed = out.flush();
@@ -634,6 +670,9 @@ async fn dispatch(cmd: Command, client: &mut Client, out: &mut Printer) -> Resul
         Command::Status => admin::status(client, out).await,
         Command::Cluster(c) => cluster::run(client, out, c).await,
         Command::Alarm(c) => alarm::run(client, out, c).await,
+        Command::Auth(c) => auth::auth(client, out, c).await,
+        Command::User(c) => auth::user(client, out, c).await,
+        Command::Role(c) => auth::role(client, out, c).await,
         Command::Bench(b) => bench::run(client, out, b).await,
     }
 }
@@ -693,6 +732,25 @@ mod tests {
             (&[], 2),
             (&["--timeout", "0", "status"], 2),
             (&["--output", "yaml", "status"], 2),
+            (&["role", "grant-permission", "app", "readwrite"], 2), // no key
+            (&["role", "grant-permission", "app", "all", "k"], 2),  // no such type
+            (
+                &[
+                    "role",
+                    "grant-permission",
+                    "app",
+                    "read",
+                    "k",
+                    "--collection",
+                    "devices",
+                ],
+                2,
+            ),
+            (
+                &["role", "revoke-permission", "app", "k", "z", "--prefix"],
+                2,
+            ),
+            (&["user", "add"], 2),
             (&["--help"], 0),
             (&["get", "--help"], 0),
             (&["txn", "--help"], 0),
@@ -787,6 +845,45 @@ mod tests {
                 "12",
             ],
             &["bench", "mixed", "--read-percent", "90", "--clients", "64"],
+            &["--user", "root:pw", "auth", "enable"],
+            &["auth", "status", "--user", "alice"],
+            &["user", "add", "alice:pw"],
+            &["user", "add", "bob", "--no-password"],
+            &["user", "passwd", "alice:new"],
+            &["user", "grant-role", "alice", "app"],
+            &["user", "revoke-role", "alice", "app"],
+            &["user", "get", "alice"],
+            &["user", "list"],
+            &["role", "add", "app"],
+            &[
+                "role",
+                "grant-permission",
+                "app",
+                "readwrite",
+                "app/",
+                "--prefix",
+            ],
+            &["role", "grant-permission", "app", "read", "a", "c"],
+            &["role", "grant-permission", "app", "read", "a", "--from-key"],
+            &[
+                "role",
+                "grant-permission",
+                "app",
+                "write",
+                "--collection",
+                "devices",
+            ],
+            &["role", "revoke-permission", "app", "app/", "--prefix"],
+            &[
+                "role",
+                "revoke-permission",
+                "app",
+                "--collection",
+                "devices",
+            ],
+            &["role", "get", "app"],
+            &["role", "list"],
+            &["role", "delete", "app"],
         ];
         for args in ok {
             if let Err(e) = parse(args) {

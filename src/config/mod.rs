@@ -55,7 +55,29 @@ pub struct Settings {
     /// MQTT brokers to ingest device messages from (none: MQTT is off).
     pub mqtt: MqttSettings,
     pub tls: TlsSettings,
+    pub auth: AuthSettings,
 }
+
+/// Authentication: how long the tokens this node issues last. (Whether
+/// auth is on, users and roles are replicated state, not settings.)
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthSettings {
+    /// Lifetime of a token from `Auth.Authenticate`, in seconds.
+    pub token_ttl_s: u64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        // etcd's simple tokens last 5 minutes too. Tokens are stateless (a
+        // MAC over user and expiry), so they cannot be revoked one by one:
+        // a short life bounds what a leaked one is worth, and the CLI
+        // authenticates afresh on each run anyway.
+        AuthSettings { token_ttl_s: 300 }
+    }
+}
+
+/// Longest token lifetime a node may be configured with: one day.
+pub const TOKEN_TTL_S_MAX: u64 = 86_400;
 
 /// TLS on the gRPC listener (clients and peers alike) and on connections
 /// to peers. Empty paths are unset; with no `cert_file`, plain text.
@@ -195,6 +217,7 @@ impl Default for Settings {
             log: LogSettings::default(),
             mqtt: MqttSettings::default(),
             tls: TlsSettings::default(),
+            auth: AuthSettings::default(),
         }
     }
 }
@@ -339,6 +362,7 @@ const TOP: &[&str] = &[
     "log",
     "mqtt",
     "tls",
+    "auth",
 ];
 const LIMITS: &[&str] = &[
     "key_bytes_max",
@@ -412,6 +436,7 @@ const TLS: &[&str] = &[
     "peer_ca_file",
     "peer_allowed_names",
 ];
+const AUTH: &[&str] = &["token_ttl_s"];
 
 /// A setting (or an element of a list) with its path for messages:
 /// dotted names, and `[i]` for the i-th element of a list
@@ -636,6 +661,7 @@ fn decode(tree: &[Setting]) -> Result<Settings, ConfigError> {
             "log" => decode_log(f.group()?, &mut out.log)?,
             "mqtt" => decode_mqtt(f.group()?, &mut out.mqtt)?,
             "tls" => decode_tls(&f, &mut out.tls)?,
+            "auth" => decode_auth(f.group()?, &mut out.auth)?,
             _ => return Err(f.err("not handled")),
         }
     }
@@ -1109,6 +1135,16 @@ fn decode_tls(group: &Field, t: &mut TlsSettings) -> Result<(), ConfigError> {
     }
 }
 
+fn decode_auth(group: &[Setting], a: &mut AuthSettings) -> Result<(), ConfigError> {
+    for f in fields(group, "auth", AUTH)? {
+        match f.name {
+            "token_ttl_s" => a.token_ttl_s = f.int_in(1, TOKEN_TTL_S_MAX)?,
+            _ => return Err(f.err("not handled")),
+        }
+    }
+    Ok(())
+}
+
 /// A commented `utopiad.conf` listing every setting at its default.
 pub fn reference() -> &'static str {
     r##"# utopiad.conf -- configuration of the utopia server (libconfig syntax).
@@ -1214,6 +1250,12 @@ tls = {
   client_cert_required = false;      # mutual TLS on the client port: refuse clients without a certificate signed by a CA of ca_file
   peer_ca_file = "";                 # CA certificates peers' certificates must chain to; empty: ca_file (use a CA of its own, or peer_allowed_names, so that a client certificate is not a peer)
   peer_allowed_names = ( );          # DNS names or IP addresses, one of which a peer's certificate must carry as a subject alternative name; empty: any certificate from the peer CA
+};
+
+# Authentication (`utopia auth enable`; users and roles are kept in the
+# replicated state, not here).
+auth = {
+  token_ttl_s = 300;                 # lifetime of a token from Authenticate, in seconds (1..86400)
 };
 
 # MQTT ingest: connections ("bridges") to MQTT brokers, how the messages
@@ -1397,6 +1439,7 @@ tls = {
   peer_ca_file = "/etc/utopia/peers.pem";
   peer_allowed_names = ( "n1.utopia.internal", "10.0.0.2" );
 };
+auth = { token_ttl_s = 60; };
 "#;
         let s = Settings::from_str(text, file()).unwrap();
         let want = Settings {
@@ -1445,8 +1488,31 @@ tls = {
                 peer_ca_file: PathBuf::from("/etc/utopia/peers.pem"),
                 peer_allowed_names: vec!["n1.utopia.internal".into(), "10.0.0.2".into()],
             },
+            auth: AuthSettings { token_ttl_s: 60 },
         };
         assert_eq!(s, want);
+    }
+
+    #[test]
+    fn auth_token_ttl_is_bounded() {
+        for (text, want) in [
+            (
+                "auth = { token_ttl_s = 0; };",
+                "setting \"auth.token_ttl_s\": must be between 1 and 86400, found 0",
+            ),
+            (
+                "auth = {\n token_ttl_s = 86401; };",
+                "setting \"auth.token_ttl_s\": must be between 1 and 86400, found 86401",
+            ),
+            (
+                "auth = { ttl = 5; };",
+                "unknown setting \"auth.ttl\"; expected one of: token_ttl_s",
+            ),
+        ] {
+            let (_, msg) = err(text);
+            assert_eq!(msg, want, "{text}");
+        }
+        assert_eq!(err("auth = {\n token_ttl_s = 86401; };").0, 2);
     }
 
     /// The commented example bridge in [`reference`], uncommented.

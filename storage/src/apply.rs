@@ -49,6 +49,7 @@ use crate::keys::{self, meta, Cf, DeviceIndex};
 use crate::StoreError;
 
 pub mod alarm;
+mod auth;
 pub mod bounds;
 pub mod ingest;
 pub mod quota;
@@ -671,6 +672,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
             Event::AlarmDisarmed { node_id, alarm } => {
                 self.apply_alarm_disarmed(*node_id, *alarm)?
             }
+            Event::Auth(change) => self.apply_auth(change)?,
         })
     }
 

@@ -308,7 +308,8 @@ pub fn open(dir: &Path) -> Result<OpenedStore, StoreError> {
         ))
     })?;
     let (state_machine, (changes, ingest)) = StateMachine::new(db.clone(), snapshot_dir)?;
-    let reader = Reader::new(db.clone(), changes, ingest);
+    let reader = Reader::new(db.clone(), changes, ingest)
+        .with_auth_generation(state_machine.auth_generation());
     let log_store = LogStore::new(db.clone());
     Ok(OpenedStore {
         db,

@@ -39,10 +39,12 @@ pub enum Cf {
     Ingest,
     /// Device commands; see [`commands`].
     Commands,
+    /// Users, roles and whether authentication is on; see [`auth`].
+    Auth,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 18] = [
+    pub const ALL: [Cf; 19] = [
         Cf::RaftLog,
         Cf::RaftMeta,
         Cf::SmMeta,
@@ -61,11 +63,12 @@ impl Cf {
         Cf::DeviceIndex,
         Cf::Ingest,
         Cf::Commands,
+        Cf::Auth,
     ];
 
     /// The column families that make up the state machine (everything but
     /// the Raft log and its metadata); a snapshot holds exactly these.
-    pub const STATE_MACHINE: [Cf; 16] = [
+    pub const STATE_MACHINE: [Cf; 17] = [
         Cf::SmMeta,
         Cf::Kv,
         Cf::KvHistory,
@@ -82,6 +85,7 @@ impl Cf {
         Cf::DeviceIndex,
         Cf::Ingest,
         Cf::Commands,
+        Cf::Auth,
     ];
 
     pub fn name(self) -> &'static str {
@@ -104,6 +108,7 @@ impl Cf {
             Cf::DeviceIndex => "device_index",
             Cf::Ingest => "ingest",
             Cf::Commands => "commands",
+            Cf::Auth => "auth",
         }
     }
 
@@ -246,6 +251,30 @@ pub mod commands {
     pub fn pending_key(id: u64) -> [u8; 9] {
         let mut out = [PENDING_PREFIX; 9];
         out[1..].copy_from_slice(&id.to_be_bytes());
+        out
+    }
+}
+
+/// Keys in [`Cf::Auth`].
+pub mod auth {
+    /// CBOR `AuthMeta`: enabled, the token-signing key, the auth revision.
+    pub const META: &[u8] = b"m";
+    /// `u` ++ user name → CBOR `UserRecord`.
+    pub const USER_PREFIX: u8 = b'u';
+    /// `r` ++ role name → CBOR `RoleRecord`.
+    pub const ROLE_PREFIX: u8 = b'r';
+
+    pub fn user_key(name: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + name.len());
+        out.push(USER_PREFIX);
+        out.extend_from_slice(name.as_bytes());
+        out
+    }
+
+    pub fn role_key(name: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + name.len());
+        out.push(ROLE_PREFIX);
+        out.extend_from_slice(name.as_bytes());
         out
     }
 }

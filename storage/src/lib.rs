@@ -17,6 +17,7 @@
 //! consistent prefix and Raft re-applies the rest from the durable log.
 
 pub mod apply;
+pub mod auth;
 mod db;
 pub mod ingest;
 pub mod keys;

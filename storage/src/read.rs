@@ -174,6 +174,8 @@ pub struct Reader {
     db: Db,
     changes: broadcast::Sender<Arc<WatchBatch>>,
     ingest: broadcast::Sender<Arc<IngestEffects>>,
+    /// Moves whenever the auth state changes (see [`Reader::auth_generation`]).
+    auth_generation: Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn dec<T: serde::de::DeserializeOwned>(cf: Cf, key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
@@ -190,7 +192,32 @@ impl Reader {
             db,
             changes,
             ingest,
+            auth_generation: Arc::default(),
         }
+    }
+
+    /// Shares the state machine's auth generation counter.
+    pub(crate) fn with_auth_generation(
+        mut self,
+        generation: Arc<std::sync::atomic::AtomicU64>,
+    ) -> Self {
+        self.auth_generation = generation;
+        self
+    }
+
+    /// A number that changes after every write to the auth state (an
+    /// applied auth event, an installed snapshot). Read it before
+    /// [`Reader::auth_state`]: a state read after seeing generation `g` is
+    /// at least as new as `g`, so a cache keyed by it is never stale for
+    /// longer than one apply.
+    pub fn auth_generation(&self) -> u64 {
+        self.auth_generation
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Users, roles and whether authentication is on.
+    pub fn auth_state(&self) -> Result<crate::auth::AuthState, StoreError> {
+        crate::auth::AuthState::load(&self.db)
     }
 
     /// Receives what every applied batch did to MQTT ingest and commands.

@@ -8,6 +8,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::TryStreamExt;
@@ -44,6 +45,9 @@ pub struct StateMachine {
     current: Arc<Mutex<Option<CurrentSnapshot>>>,
     changes: broadcast::Sender<Arc<WatchBatch>>,
     ingest: broadcast::Sender<Arc<IngestEffects>>,
+    /// Bumped after every write that changes `Cf::Auth`, so that the API's
+    /// cached auth state knows to reload.
+    auth_generation: Arc<AtomicU64>,
 }
 
 #[derive(Clone)]
@@ -125,9 +129,16 @@ impl StateMachine {
                 current: Arc::new(Mutex::new(None)),
                 changes: changes.clone(),
                 ingest: ingest.clone(),
+                // Starts above the readers' "never loaded" 0.
+                auth_generation: Arc::new(AtomicU64::new(1)),
             },
             (changes, ingest),
         ))
+    }
+
+    /// The counter [`crate::Reader::auth_generation`] reads.
+    pub(crate) fn auth_generation(&self) -> Arc<AtomicU64> {
+        self.auth_generation.clone()
     }
 
     fn current(&self) -> std::sync::MutexGuard<'_, Option<CurrentSnapshot>> {
@@ -217,6 +228,7 @@ impl StateMachine {
         // Synced: it makes every batch before it durable too (one WAL).
         self.write_synced(batch)?;
         self.db.set_installing(false);
+        self.auth_generation.fetch_add(1, Ordering::AcqRel);
         let _ = std::fs::remove_file(&path);
         // Nothing is applied between the write and this view: installing
         // and applying both run on openraft's state-machine task.
@@ -406,6 +418,7 @@ impl StateMachine {
             }
         }
         let (writes, changes, effects) = applier.finish_with_effects();
+        let auth_changed = writes.keys().any(|(cf, _)| *cf == Cf::Auth);
         let mut batch = WriteBatch::default();
         for ((cf, key), value) in writes {
             match value {
@@ -430,6 +443,11 @@ impl StateMachine {
         // Not synced: the entries are already durable in the log, which
         // shares this WAL; a crash loses at most a suffix that Raft re-applies.
         self.db.db.write(batch).map_err(StoreError::from)?;
+        if auth_changed {
+            // Before the replies: a client told its change is applied is
+            // checked against it on this node from then on.
+            self.auth_generation.fetch_add(1, Ordering::AcqRel);
+        }
         if !changes.is_empty() {
             let revision = changes.last().map_or(0, |c| c.revision);
             // No receivers is fine: nobody is watching.

@@ -29,7 +29,7 @@ pub enum Target {
 /// One connection's client for the target.
 #[derive(Clone)]
 pub enum Conn {
-    Utopia(pb::kv_client::KvClient<Channel>),
+    Utopia(pb::kv_client::KvClient<client::AuthedService>),
     Etcd(etcd::kv_client::KvClient<Channel>),
 }
 
@@ -104,7 +104,7 @@ pub async fn connect(
     let conns = channels
         .into_iter()
         .map(|ch| match target {
-            Target::Utopia => Conn::Utopia(client::kv(ch)),
+            Target::Utopia => Conn::Utopia(client::kv(client.with_token(ch))),
             Target::Etcd => Conn::Etcd(
                 etcd::kv_client::KvClient::new(ch)
                     .max_decoding_message_size(client::MAX_DECODING_MESSAGE_SIZE),
