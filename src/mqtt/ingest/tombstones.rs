@@ -6,13 +6,20 @@
 //! rather than age, a copy without a tombstone may still be of a committed
 //! message until the dedupe window has passed since: the core then asks the
 //! store's dedupe records ([`Tombstones::evicted_recently`]).
+//!
+//! A copy uses up the oldest tombstone of its digest, which then leaves
+//! both indexes: it neither counts against the bound nor, when its time
+//! would have come, expires a newer tombstone of the same digest.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 pub(super) struct Tombstones {
-    by_digest: HashMap<[u8; 16], u32>,
-    /// In the order they were added, with when (monotonic ms).
-    order: VecDeque<([u8; 16], u64)>,
+    /// The live tombstones by id (ids grow with time: the first is the
+    /// oldest), with their digest and when they were added (monotonic ms).
+    by_id: BTreeMap<u64, ([u8; 16], u64)>,
+    /// The ids of each digest's live tombstones, oldest first.
+    by_digest: HashMap<[u8; 16], VecDeque<u64>>,
+    next_id: u64,
     /// When one was last dropped for room.
     evicted_at_ms: Option<u64>,
     count_max: usize,
@@ -22,8 +29,9 @@ pub(super) struct Tombstones {
 impl Tombstones {
     pub(super) fn new(count_max: u64, window_ms: u64) -> Self {
         Tombstones {
+            by_id: BTreeMap::new(),
             by_digest: HashMap::new(),
-            order: VecDeque::new(),
+            next_id: 0,
             evicted_at_ms: None,
             count_max: usize::try_from(count_max).unwrap_or(usize::MAX),
             window_ms,
@@ -33,10 +41,12 @@ impl Tombstones {
     /// Remembers one commit of `digest`; returns how many tombstones were
     /// dropped for room.
     pub(super) fn add(&mut self, digest: [u8; 16], now_ms: u64) -> u64 {
-        *self.by_digest.entry(digest).or_default() += 1;
-        self.order.push_back((digest, now_ms));
+        let id = self.next_id;
+        self.next_id += 1;
+        self.by_id.insert(id, (digest, now_ms));
+        self.by_digest.entry(digest).or_default().push_back(id);
         let mut evicted = 0;
-        while self.order.len() > self.count_max {
+        while self.by_id.len() > self.count_max {
             self.drop_oldest();
             self.evicted_at_ms = Some(now_ms);
             evicted += 1;
@@ -44,16 +54,19 @@ impl Tombstones {
         evicted
     }
 
-    /// Uses up one tombstone of `digest`, if there is one.
+    /// Uses up the oldest tombstone of `digest`, if there is one.
     pub(super) fn take(&mut self, digest: &[u8; 16]) -> bool {
-        let Some(n) = self.by_digest.get_mut(digest) else {
+        let Some(ids) = self.by_digest.get_mut(digest) else {
             return false;
         };
-        *n -= 1;
-        if *n == 0 {
+        let id = ids.pop_front();
+        if ids.is_empty() {
             self.by_digest.remove(digest);
         }
-        true
+        match id {
+            Some(id) => self.by_id.remove(&id).is_some(),
+            None => false,
+        }
     }
 
     /// Whether one was dropped for room within the dedupe window.
@@ -70,21 +83,25 @@ impl Tombstones {
     /// Forgets those older than the dedupe window.
     pub(super) fn expire(&mut self, now_ms: u64) {
         while self
-            .order
-            .front()
-            .is_some_and(|(_, at)| now_ms.saturating_sub(*at) > self.window_ms)
+            .by_id
+            .first_key_value()
+            .is_some_and(|(_, (_, at))| now_ms.saturating_sub(*at) > self.window_ms)
         {
             self.drop_oldest();
         }
     }
 
+    /// Drops the oldest live tombstone; being the oldest overall, it is
+    /// also the oldest of its digest.
     fn drop_oldest(&mut self) {
-        if let Some((d, _)) = self.order.pop_front() {
-            if let Some(n) = self.by_digest.get_mut(&d) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    self.by_digest.remove(&d);
-                }
+        let Some((id, (digest, _))) = self.by_id.pop_first() else {
+            return;
+        };
+        if let Some(ids) = self.by_digest.get_mut(&digest) {
+            debug_assert_eq!(ids.front(), Some(&id), "per-digest ids are oldest first");
+            ids.pop_front();
+            if ids.is_empty() {
+                self.by_digest.remove(&digest);
             }
         }
     }

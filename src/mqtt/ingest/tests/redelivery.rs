@@ -96,6 +96,40 @@ fn redeliveries_and_late_copies_are_settled_once() {
                 Pending(1),
             ],
         ),
+        row(
+            "a used-up tombstone does not cut short a later one of the same digest",
+            vec![
+                owners(1, &[2]),
+                Apply(vec![a(1)]),
+                recv(a(1), 1),
+                Acked(vec![1]),
+                // The publisher repeats the message; it is committed again
+                // before this node's copy of the repeat arrives.
+                At(30_000),
+                Apply(vec![a(1)]),
+                At(60_001),
+                recv(a(1), 2),
+                Acked(vec![2]),
+                Pending(0),
+            ],
+        ),
+        row_with(
+            "used-up tombstones do not count against the bound",
+            |s| s.pending_messages_max = 2,
+            vec![
+                owners(1, &[2]),
+                Apply(vec![a(1)]),
+                recv(a(1), 1),
+                Acked(vec![1]),
+                Apply(vec![a(2), a(3)]),
+                Count("ingest_tombstones_evicted_total", 0),
+                recv(a(4), 4),
+                Lookups(0),
+                recv(a(2), 2),
+                recv(a(3), 3),
+                Acked(vec![2, 3]),
+            ],
+        ),
         row_with(
             "tombstones evicted for room: copies are settled from the store for the dedupe window",
             |s| s.pending_messages_max = 2,
