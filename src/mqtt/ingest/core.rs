@@ -124,6 +124,10 @@ pub struct Core {
     next_batch: u64,
     checks: HashMap<u64, Purpose>,
     next_check: u64,
+    /// Arrival checks not yet answered whose copy was settled meanwhile:
+    /// they keep its room in the pending bound until the answer, so the
+    /// store reads waiting are bounded by it too.
+    orphan_checks: u64,
     /// A resync check is outstanding, and whether another is due after it.
     resync: Option<bool>,
     pause_until_ms: Option<u64>,
@@ -158,6 +162,7 @@ impl Core {
             next_batch: 0,
             checks: HashMap::new(),
             next_check: 0,
+            orphan_checks: 0,
             resync: None,
             pause_until_ms: None,
             alarm_gate: AlarmGate::Unknown,
@@ -181,7 +186,7 @@ impl Core {
     /// connections are not read) until commits make room: nothing is
     /// refused that would then never come back.
     pub fn has_room(&self) -> bool {
-        (self.held.len() as u64) < self.settings.pending_messages_max
+        self.held.len() as u64 + self.orphan_checks < self.settings.pending_messages_max
     }
 
     pub fn gauges(&self) -> Gauges {
@@ -217,6 +222,9 @@ impl Core {
             }
             match seq.and_then(|s| self.held.remove(&s)) {
                 Some(e) => {
+                    if e.stage == Stage::Checking {
+                        self.orphan_checks += 1;
+                    }
                     self.lag.observe(now.mono_ms.saturating_sub(e.received_ms));
                     if let Some(token) = e.ack {
                         self.out.push(Action::AckCommitted {
@@ -299,6 +307,9 @@ impl Core {
             Some(Purpose::Resync) => {
                 for (seq, _) in committed.iter().filter(|(_, c)| *c) {
                     if let Some(e) = self.remove_held(*seq) {
+                        if e.stage == Stage::Checking {
+                            self.orphan_checks += 1;
+                        }
                         self.ack(e.ack);
                     }
                 }
@@ -466,7 +477,9 @@ impl Core {
 
     fn arrival_checked(&mut self, seq: u64, committed: bool, evicted: bool, now: Now) {
         let Some(e) = self.held.get(&seq).filter(|e| e.stage == Stage::Checking) else {
-            return; // settled meanwhile
+            // Settled meanwhile: its room is free now.
+            self.orphan_checks = self.orphan_checks.saturating_sub(1);
+            return;
         };
         let others = self
             .by_digest

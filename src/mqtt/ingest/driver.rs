@@ -8,8 +8,9 @@
 //!   (the core's bound), each with [`PROPOSE_TIMEOUT`].
 //! - Store reads run on a thread of their own, one at a time, never on the
 //!   runtime's threads. Their queue is bounded by the core: at most one
-//!   owners read, one alarms read, one resync, and one check per held
-//!   copy.
+//!   owners read, one alarms read, one resync, and one arrival check per
+//!   copy within `pending_messages_max` (a copy settled while its check
+//!   waits keeps its room until the answer).
 //! - Counters, the ownership weight and the command driver's wake-up are
 //!   updated in place; the gauges are published every [`GAUGES_INTERVAL`].
 

@@ -68,6 +68,23 @@ fn redeliveries_and_late_copies_are_settled_once() {
                 Count("ingest_copies_already_committed_total", 0),
             ],
         ),
+        row_with(
+            "a copy settled while the store is asked keeps its room until the answer, so store reads stay bounded",
+            |s| s.pending_messages_max = 2,
+            vec![
+                owners(1, &[2]),
+                Hold(Read::Checks),
+                dup(a(1), 1),
+                Apply(vec![a(1)]),
+                Acked(vec![1]),
+                Pending(0),
+                Room(true),
+                recv(a(2), 2),
+                Room(false),
+                Release(Read::Checks),
+                Room(true),
+            ],
+        ),
         row(
             "a commit applied before the copy arrives leaves a tombstone for one copy",
             vec![
