@@ -30,12 +30,29 @@ const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 const SESSION_EXPIRY_S: u32 = 7 * 24 * 3600;
 
 /// What is needed to acknowledge one message.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AckToken {
     pub bridge: usize,
     pub generation: u64,
     pkid: u16,
     qos: u8,
+}
+
+impl AckToken {
+    /// The token of a QoS 1 or 2 message with packet id `pkid` that
+    /// arrived on connection `generation` of `bridge`.
+    pub fn new(bridge: usize, generation: u64, pkid: u16, qos: u8) -> Self {
+        AckToken {
+            bridge,
+            generation,
+            pkid,
+            qos,
+        }
+    }
+
+    pub fn pkid(&self) -> u16 {
+        self.pkid
+    }
 }
 
 /// A message from a broker.
@@ -262,11 +279,13 @@ struct Link {
 impl Link {
     /// Hands a PUBLISH to the core; false once the core is gone.
     async fn message(&self, topic: String, payload: Bytes, qos: u8, dup: bool, pkid: u16) -> bool {
-        let ack = (qos > 0).then(|| AckToken {
-            bridge: self.index,
-            generation: self.generation.load(Ordering::Acquire),
-            pkid,
-            qos,
+        let ack = (qos > 0).then(|| {
+            AckToken::new(
+                self.index,
+                self.generation.load(Ordering::Acquire),
+                pkid,
+                qos,
+            )
         });
         let msg = Incoming {
             bridge: self.index,

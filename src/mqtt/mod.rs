@@ -100,16 +100,15 @@ pub fn start(
             commands_rx,
         ));
     }
-    let core = ingest::Core::new(
-        node,
-        mqtt.ingest.clone(),
-        settings.node_id,
-        &settings.cluster_name,
-        handles,
+    let config = ingest::CoreConfig {
+        node_id: settings.node_id,
+        cluster_name: settings.cluster_name.clone(),
+        settings: mqtt.ingest.clone(),
         ingests,
-        commands_tx,
-        weight_tx,
-    );
-    tokio::spawn(core.run(rx, applied));
+        json_depth_max: node.limits.json_depth_max,
+        document_bytes_max: node.limits.document_bytes_max,
+    };
+    let driver = ingest::Driver::new(node, handles, commands_tx, weight_tx);
+    tokio::spawn(driver.run(config, rx, applied));
     Ok(())
 }
