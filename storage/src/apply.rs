@@ -71,6 +71,12 @@ impl From<StoreError> for ApplyError {
     }
 }
 
+impl From<keys::KeyError> for ApplyError {
+    fn from(e: keys::KeyError) -> Self {
+        ApplyError::Store(e.into())
+    }
+}
+
 fn content<T>(reason: impl Into<String>) -> Result<T, ApplyError> {
     Err(ApplyError::Content(reason.into()))
 }
@@ -833,7 +839,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
             if let TxnStep::Put(p) = step {
                 if p.lease != 0
                     && self
-                        .get(Cf::Leases, &keys::u64_key(p.lease as u64))?
+                        .get(Cf::Leases, &keys::lease_id_key(p.lease))?
                         .is_none()
                 {
                     return Ok(Some(Rejection::LeaseNotFound(p.lease)));
@@ -1102,8 +1108,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
             &keys::change_key(compacted, 0),
             Some(&keys::change_key(revision + 1, 0)),
             |ck, cv| {
-                let (rev, _) = keys::parse_change_key(ck)
-                    .ok_or_else(|| StoreError::corrupt(Cf::KvChanges, ck, "bad change key"))?;
+                let (rev, _) = keys::parse_change_key(ck)?;
                 let change: ChangeRecord = dec(Cf::KvChanges, ck, cv)?;
                 if let Some(prev) = change.prev_revision {
                     doomed.push((Cf::KvHistory, keys::history_key(&change.kv.key, prev)));
@@ -1137,7 +1142,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
                 "lease id and ttl must be positive (id {id}, ttl {ttl_s}s)"
             ))));
         }
-        let key = keys::u64_key(id as u64);
+        let key = keys::lease_id_key(id);
         if self.get(Cf::Leases, &key)?.is_some() {
             return Ok(Outcome::Rejected(Rejection::LeaseExists(id)));
         }
@@ -1167,7 +1172,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         id: i64,
         expired_at_ms: Option<u64>,
     ) -> Result<Outcome, ApplyError> {
-        let key = keys::u64_key(id as u64);
+        let key = keys::lease_id_key(id);
         let Some(lease) = self.get_dec::<LeaseRecord>(Cf::Leases, &key)? else {
             return Ok(Outcome::Rejected(Rejection::LeaseNotFound(id)));
         };
@@ -1179,12 +1184,12 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
                 ))));
             }
         }
-        let prefix = keys::u64_key(id as u64);
+        let prefix = keys::lease_id_key(id);
         let end = keys::prefix_end(&prefix);
         let attached = self.scan(Cf::LeaseKeys, &prefix, end.as_deref(), 0)?;
         let mut victims = Vec::with_capacity(attached.len());
         for (lk, _) in attached {
-            let user_key = &lk[8..];
+            let (_, user_key) = keys::parse_lease_key(&lk)?;
             // Only the key, lease and revision are needed to delete it.
             if let Some(mut kv) = self.current(user_key)? {
                 kv.value = Bytes::new();

@@ -156,6 +156,12 @@ pub enum ReadError {
     Store(#[from] StoreError),
 }
 
+impl From<keys::KeyError> for ReadError {
+    fn from(e: keys::KeyError) -> Self {
+        ReadError::Store(e.into())
+    }
+}
+
 /// A lease and the keys attached to it.
 pub type LeaseInfo = (LeaseRecord, Vec<Vec<u8>>);
 
@@ -220,8 +226,7 @@ impl Reader {
         let mut out = BTreeMap::new();
         for item in self.db.scan(Cf::Ingest, &start, Some(&end)) {
             let (k, v) = item?;
-            let node = keys::parse_u64_key(&k[1..])
-                .ok_or_else(|| StoreError::corrupt(Cf::Ingest, &k, "bad weight key"))?;
+            let node = keys::ingest::parse_weight_key(&k)?;
             out.insert(node, dec(Cf::Ingest, &k, &v)?);
         }
         Ok(out)
@@ -230,6 +235,9 @@ impl Reader {
     /// Whether a message with this digest was committed at or after
     /// `since_ms` (and is still remembered).
     pub fn ingest_committed_since(&self, digest: &[u8], since_ms: u64) -> Result<bool, StoreError> {
+        let Ok(digest) = <&keys::ingest::Digest>::try_from(digest) else {
+            return Ok(false);
+        };
         let key = keys::ingest::dedupe_key(digest);
         Ok(match self.db.get(Cf::Ingest, &key)? {
             Some(b) => {
@@ -259,8 +267,7 @@ impl Reader {
                 break;
             }
             let (k, _) = item?;
-            let id = keys::parse_u64_key(&k[1..])
-                .ok_or_else(|| StoreError::corrupt(Cf::Commands, &k, "bad pending key"))?;
+            let id = keys::commands::parse_pending_key(&k)?;
             if let Some(c) = self.command(id)? {
                 out.push(c);
             }
@@ -398,8 +405,7 @@ impl Reader {
             let mut pending_user_key: Vec<u8> = Vec::new();
             let mut it = self.db.raw_range(Cf::KvHistory, &hstart, hend.as_deref());
             while let (Some(k), Some(v)) = (it.key(), it.value()) {
-                let (user_key, rev) = keys::parse_history_key(k)
-                    .ok_or_else(|| StoreError::corrupt(Cf::KvHistory, k, "bad key"))?;
+                let (user_key, rev) = keys::parse_history_key(k)?;
                 if user_key != pending_user_key {
                     if let Some(p) = pending.take() {
                         self.offer_history(&mut out, p)?;
@@ -504,8 +510,7 @@ impl Reader {
                 break;
             }
             let (k, v) = item?;
-            let (revision, sub) = keys::parse_change_key(&k)
-                .ok_or_else(|| StoreError::corrupt(Cf::KvChanges, &k, "bad key"))?;
+            let (revision, sub) = keys::parse_change_key(&k)?;
             out.push(FeedChange {
                 revision,
                 sub,
@@ -526,7 +531,7 @@ impl Reader {
 
     /// A lease and the keys attached to it.
     pub fn lease(&self, id: i64) -> Result<Option<LeaseInfo>, StoreError> {
-        let key = keys::u64_key(id as u64);
+        let key = keys::lease_id_key(id);
         let Some(b) = self.db.get(Cf::Leases, &key)? else {
             return Ok(None);
         };
@@ -535,7 +540,7 @@ impl Reader {
         let mut attached = Vec::new();
         for item in self.db.scan(Cf::LeaseKeys, &key, end.as_deref()) {
             let (k, _) = item?;
-            attached.push(k[8..].to_vec());
+            attached.push(keys::parse_lease_key(&k)?.1.to_vec());
         }
         Ok(Some((lease, attached)))
     }
@@ -550,18 +555,13 @@ impl Reader {
                 break;
             }
             let (k, _) = item?;
-            let id = keys::parse_u64_key(k.get(8..).unwrap_or_default())
-                .ok_or_else(|| StoreError::corrupt(Cf::LeaseDeadlines, &k, "bad key"))?;
-            out.push(id as i64);
+            out.push(keys::parse_deadline_key(&k)?.1);
         }
         Ok(out)
     }
 
     pub fn lease_exists(&self, id: i64) -> Result<bool, StoreError> {
-        Ok(self
-            .db
-            .get(Cf::Leases, &keys::u64_key(id as u64))?
-            .is_some())
+        Ok(self.db.get(Cf::Leases, &keys::lease_id_key(id))?.is_some())
     }
 
     /// A document as served: its stored JSON, and for a zone the ids of
@@ -628,8 +628,7 @@ impl Reader {
         let mut ids = Vec::new();
         let mut bytes = 0usize;
         while let Some(k) = it.key() {
-            let id = std::str::from_utf8(&k[prefix.len()..])
-                .map_err(|_| StoreError::corrupt(Cf::DeviceIndex, k, "id not UTF-8"))?;
+            let (_, _, id) = keys::parse_device_index_key(k)?;
             // Quotes and a comma around each id in the JSON list.
             let size = id.len() + 3;
             if bytes + size > bytes_max {
@@ -676,8 +675,7 @@ impl Reader {
                         page.end_before_next();
                         break;
                     }
-                    let id = String::from_utf8(k.to_vec())
-                        .map_err(|e| StoreError::corrupt(cf, e.as_bytes(), "id not UTF-8"))?;
+                    let id = keys::parse_document_key(cf, k)?.to_string();
                     let json = self.served(collection, &id, v.to_vec(), budget.left())?;
                     // A zone's device list came out of what was left.
                     budget.bytes += json.len().saturating_sub(v.len());
@@ -695,8 +693,7 @@ impl Reader {
                 let end = keys::prefix_end(&prefix);
                 let mut it = self.db.raw_range(Cf::DeviceIndex, &start, end.as_deref());
                 while let Some(k) = it.key() {
-                    let id = String::from_utf8(k[prefix.len()..].to_vec())
-                        .map_err(|_| StoreError::corrupt(Cf::DeviceIndex, k, "id not UTF-8"))?;
+                    let id = keys::parse_device_index_key(k)?.2.to_string();
                     let Some(json) = self.db.get(Cf::Devices, id.as_bytes())? else {
                         return Err(StoreError::corrupt(
                             Cf::DeviceIndex,

@@ -98,7 +98,7 @@ enum ItemOutcome {
     Ignored,
 }
 
-fn digest16(b: &Bytes) -> Option<[u8; 16]> {
+fn digest16(b: &Bytes) -> Option<keys::ingest::Digest> {
     b[..].try_into().ok()
 }
 
@@ -197,7 +197,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
                     "node {proposer} does not own device {device:?} in epoch {epoch}"
                 ));
             }
-            let dedupe_key = keys::ingest::dedupe_key(&digest);
+            let dedupe_key = keys::ingest::dedupe_key(&digest).to_vec();
             let seen: Option<DedupeRecord> = self.get_dec(Cf::Ingest, &dedupe_key)?;
             self.effects.committed.push(digest);
             if item.redelivered
@@ -211,7 +211,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
             if let Some(old) = seen {
                 self.delete(
                     Cf::Ingest,
-                    keys::ingest::expiry_key(old.committed_ms, &digest),
+                    keys::ingest::expiry_key(old.committed_ms, &digest).to_vec(),
                 );
             }
             self.put(
@@ -223,7 +223,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
             );
             self.put(
                 Cf::Ingest,
-                keys::ingest::expiry_key(at_ms, &digest),
+                keys::ingest::expiry_key(at_ms, &digest).to_vec(),
                 Vec::new(),
             );
             // An item whose content cannot be applied is rolled back alone
@@ -287,12 +287,11 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
     /// per call.
     fn expire_dedupe(&mut self, cutoff_ms: u64) -> Result<(), StoreError> {
         let start = [keys::ingest::EXPIRY_PREFIX];
-        let end = keys::ingest::expiry_key(cutoff_ms, &[]);
+        let end = keys::ingest::expiry_bound(cutoff_ms);
         let old = self.scan(Cf::Ingest, &start, Some(&end), DEDUPE_EXPIRED_PER_BATCH_MAX)?;
         for (key, _) in old {
-            let at = keys::parse_u64_key(&key[1..]).unwrap_or(0);
-            let digest = key[9..].to_vec();
-            let dedupe_key = keys::ingest::dedupe_key(&digest);
+            let (at, digest) = keys::ingest::parse_expiry_key(&key)?;
+            let dedupe_key = keys::ingest::dedupe_key(&digest).to_vec();
             let rec: Option<DedupeRecord> = self.get_dec(Cf::Ingest, &dedupe_key)?;
             if rec.is_some_and(|r| r.committed_ms == at) {
                 self.delete(Cf::Ingest, dedupe_key);

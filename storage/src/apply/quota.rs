@@ -165,8 +165,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
             COMMANDS_EXPIRED_PER_EVENT_MAX,
         )?;
         for (key, _) in old {
-            let id = keys::parse_u64_key(key.get(9..).unwrap_or_default())
-                .ok_or_else(|| StoreError::corrupt(Cf::Commands, &key, "bad settled key"))?;
+            let (_, id) = keys::commands::parse_settled_key(&key)?;
             self.delete(Cf::Commands, keys::commands::record_key(id).to_vec());
             self.delete(Cf::Commands, key);
         }

@@ -484,7 +484,7 @@ fn leases_attach_and_delete_keys_on_expiry() {
         .unwrap();
     assert_eq!(r.revision, 4, "both keys deleted in one revision");
     assert!(s.kv("x").is_none() && s.kv("y").is_none() && s.kv("z").is_some());
-    assert!(s.get(Cf::Leases, &keys::u64_key(5)).unwrap().is_none());
+    assert!(s.get(Cf::Leases, &keys::lease_id_key(5)).unwrap().is_none());
     assert_eq!(s.scan(Cf::LeaseDeadlines, &[], None).count(), 0);
     assert_eq!(s.scan(Cf::LeaseKeys, &[], None).count(), 0);
 }
