@@ -35,12 +35,11 @@
 //!   others, so the node stops instead. An event from a newer build stops
 //!   the node for the same reason.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
-use serde::Serialize;
-use serde_json::{Map, Value};
 use utopia_raft::event::{self, Event, Outcome, Rejection, Request, Response, TxnStep};
 
+use crate::codec;
 use crate::keys::{self, meta, Cf};
 use crate::StoreError;
 
@@ -70,6 +69,7 @@ pub use kv::{
 };
 pub use lease::LeaseRecord;
 
+use documents::DocCache;
 use journal::Undo;
 
 /// Why applying an event failed; see the module documentation.
@@ -131,12 +131,8 @@ impl Default for ApplyLimits {
 pub struct Applier<'a, S: StateRead + ?Sized> {
     base: &'a S,
     overlay: BTreeMap<(Cf, Vec<u8>), Option<Vec<u8>>>,
-    /// Device and zone documents written in this batch, decoded: an ingest
-    /// batch updates each device many times, and each document is parsed
-    /// once and encoded once (into the overlay, when the batch finishes).
-    /// Nothing in the applier reads these column families but through
-    /// [`Applier::get_doc`].
-    docs: BTreeMap<Cf, HashMap<String, Map<String, Value>>>,
+    /// Device and zone documents written in this batch, decoded.
+    docs: DocCache,
     changes: Vec<FeedChange>,
     limits: ApplyLimits,
     effects: IngestEffects,
@@ -153,15 +149,6 @@ pub struct Applier<'a, S: StateRead + ?Sized> {
 /// The writes an applier produced: `None` deletes the key.
 pub type Writes = BTreeMap<(Cf, Vec<u8>), Option<Vec<u8>>>;
 
-fn dec<T: serde::de::DeserializeOwned>(cf: Cf, key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
-    event::decode(bytes).map_err(|e| StoreError::corrupt(cf, key, e.to_string()))
-}
-
-fn enc<T: Serialize>(value: &T) -> Vec<u8> {
-    // Encoding our own plain data types into a Vec cannot fail.
-    event::encode(value).unwrap_or_default()
-}
-
 impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
     pub fn new(base: &'a S) -> Self {
         Self::with_limits(base, ApplyLimits::default())
@@ -171,7 +158,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         Self {
             base,
             overlay: BTreeMap::new(),
-            docs: BTreeMap::new(),
+            docs: DocCache::default(),
             changes: Vec::new(),
             limits,
             effects: IngestEffects::default(),
@@ -191,11 +178,8 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
     /// Like [`Applier::finish`], with what the events did to MQTT ingest
     /// and device commands.
     pub fn finish_with_effects(mut self) -> (Writes, Vec<FeedChange>, IngestEffects) {
-        for (cf, docs) in std::mem::take(&mut self.docs) {
-            for (id, doc) in docs {
-                self.overlay
-                    .insert((cf, id.into_bytes()), Some(documents::doc_bytes(doc)));
-            }
+        for (key, bytes) in std::mem::take(&mut self.docs).into_writes() {
+            self.overlay.insert(key, Some(bytes));
         }
         (self.overlay, self.changes, self.effects)
     }
@@ -247,7 +231,9 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         cf: Cf,
         key: &[u8],
     ) -> Result<Option<T>, StoreError> {
-        self.get(cf, key)?.map(|b| dec(cf, key, &b)).transpose()
+        self.get(cf, key)?
+            .map(|b| codec::decode(cf, key, &b))
+            .transpose()
     }
 
     fn get_i64(&self, key: &[u8]) -> Result<i64, StoreError> {

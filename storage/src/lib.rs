@@ -17,7 +17,9 @@
 //! consistent prefix and Raft re-applies the rest from the durable log.
 
 pub mod apply;
+pub mod codec;
 mod db;
+pub mod documents;
 pub mod ingest;
 pub mod keys;
 mod log_store;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use tokio::sync::broadcast;
-use utopia_raft::event::{self, Bytes, KeyValue, Quotas, RangeResult, TxnOp};
+use utopia_raft::event::{Bytes, KeyValue, Quotas, RangeResult, TxnOp};
 
 use crate::apply::{
     range_bounds, AlarmRecord, AlarmState, CommandRecord, FeedChange, HistoryRecord, IngestEffects,
@@ -133,6 +133,8 @@ impl DocPage {
 struct DedupeSeen {
     committed_ms: u64,
 }
+use crate::codec;
+use crate::documents::{Document, Zone, ZoneServed};
 use crate::keys::{self, meta, Cf, Collection, DeviceIndex};
 use crate::{Db, StoreError};
 
@@ -181,10 +183,6 @@ pub struct Reader {
     ingest: broadcast::Sender<Arc<IngestEffects>>,
 }
 
-fn dec<T: serde::de::DeserializeOwned>(cf: Cf, key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
-    event::decode(bytes).map_err(|e| StoreError::corrupt(cf, key, e.to_string()))
-}
-
 impl Reader {
     pub(crate) fn new(
         db: Db,
@@ -206,7 +204,7 @@ impl Reader {
     /// The members that own topics now.
     pub fn ingest_owners(&self) -> Result<IngestOwners, StoreError> {
         match self.db.get(Cf::Ingest, keys::ingest::OWNERS)? {
-            Some(b) => dec(Cf::Ingest, keys::ingest::OWNERS, &b),
+            Some(b) => codec::decode(Cf::Ingest, keys::ingest::OWNERS, &b),
             None => Ok(IngestOwners::default()),
         }
     }
@@ -214,7 +212,7 @@ impl Reader {
     /// Cluster-wide ingest counts.
     pub fn ingest_totals(&self) -> Result<IngestTotals, StoreError> {
         match self.db.get(Cf::Ingest, keys::ingest::TOTALS)? {
-            Some(b) => dec(Cf::Ingest, keys::ingest::TOTALS, &b),
+            Some(b) => codec::decode(Cf::Ingest, keys::ingest::TOTALS, &b),
             None => Ok(IngestTotals::default()),
         }
     }
@@ -227,7 +225,7 @@ impl Reader {
         for item in self.db.scan(Cf::Ingest, &start, Some(&end)) {
             let (k, v) = item?;
             let node = keys::ingest::parse_weight_key(&k)?;
-            out.insert(node, dec(Cf::Ingest, &k, &v)?);
+            out.insert(node, codec::decode(Cf::Ingest, &k, &v)?);
         }
         Ok(out)
     }
@@ -241,7 +239,7 @@ impl Reader {
         let key = keys::ingest::dedupe_key(digest);
         Ok(match self.db.get(Cf::Ingest, &key)? {
             Some(b) => {
-                let rec: DedupeSeen = dec(Cf::Ingest, &key, &b)?;
+                let rec: DedupeSeen = codec::decode(Cf::Ingest, &key, &b)?;
                 rec.committed_ms >= since_ms
             }
             None => false,
@@ -252,7 +250,7 @@ impl Reader {
     pub fn command(&self, id: u64) -> Result<Option<CommandRecord>, StoreError> {
         let key = keys::commands::record_key(id);
         match self.db.get(Cf::Commands, &key)? {
-            Some(b) => Ok(Some(dec(Cf::Commands, &key, &b)?)),
+            Some(b) => Ok(Some(codec::decode(Cf::Commands, &key, &b)?)),
             None => Ok(None),
         }
     }
@@ -277,7 +275,7 @@ impl Reader {
 
     fn meta_i64(&self, key: &[u8]) -> Result<i64, StoreError> {
         match self.db.get(Cf::SmMeta, key)? {
-            Some(b) => dec(Cf::SmMeta, key, &b),
+            Some(b) => codec::decode(Cf::SmMeta, key, &b),
             None => Ok(0),
         }
     }
@@ -285,7 +283,7 @@ impl Reader {
     /// The quotas applied.
     pub fn quotas(&self) -> Result<Quotas, StoreError> {
         match self.db.get(Cf::SmMeta, meta::QUOTAS)? {
-            Some(b) => dec(Cf::SmMeta, meta::QUOTAS, &b),
+            Some(b) => codec::decode(Cf::SmMeta, meta::QUOTAS, &b),
             None => Ok(Quotas::default()),
         }
     }
@@ -298,7 +296,7 @@ impl Reader {
     /// The active alarms and how many disarms have been applied.
     pub fn alarm_state(&self) -> Result<AlarmState, StoreError> {
         match self.db.get(Cf::SmMeta, meta::ALARMS)? {
-            Some(b) => dec(Cf::SmMeta, meta::ALARMS, &b),
+            Some(b) => codec::decode(Cf::SmMeta, meta::ALARMS, &b),
             None => Ok(AlarmState::default()),
         }
     }
@@ -373,9 +371,9 @@ impl Reader {
                 out.count += 1;
                 if out.wants_more() {
                     let kv = if keys_only {
-                        dec::<KeyMeta>(Cf::Kv, k, v)?.into_kv()
+                        codec::decode::<KeyMeta>(Cf::Kv, k, v)?.into_kv()
                     } else {
-                        dec(Cf::Kv, k, v)?
+                        codec::decode(Cf::Kv, k, v)?
                     };
                     out.offer(kv);
                 }
@@ -413,7 +411,7 @@ impl Reader {
                     pending_user_key = user_key;
                 }
                 if rev <= revision {
-                    let deleted = dec::<HistoryDeleted>(Cf::KvHistory, k, v)?.deleted;
+                    let deleted = codec::decode::<HistoryDeleted>(Cf::KvHistory, k, v)?.deleted;
                     pending = Some((k.to_vec(), deleted));
                 }
                 it.next();
@@ -453,7 +451,7 @@ impl Reader {
                 "history record vanished while reading",
             ));
         };
-        let rec: HistoryRecord = dec(Cf::KvHistory, &history_key, &bytes)?;
+        let rec: HistoryRecord = codec::decode(Cf::KvHistory, &history_key, &bytes)?;
         out.offer(rec.kv);
         Ok(())
     }
@@ -472,7 +470,7 @@ impl Reader {
         let mut last = None;
         for item in self.db.scan(Cf::KvHistory, &start, Some(&end)) {
             let (k, v) = item?;
-            last = Some(dec::<HistoryRecord>(Cf::KvHistory, &k, &v)?);
+            last = Some(codec::decode::<HistoryRecord>(Cf::KvHistory, &k, &v)?);
         }
         Ok(last.filter(|r| !r.deleted).map(|r| r.kv))
     }
@@ -514,7 +512,7 @@ impl Reader {
             out.push(FeedChange {
                 revision,
                 sub,
-                change: dec(Cf::KvChanges, &k, &v)?,
+                change: codec::decode(Cf::KvChanges, &k, &v)?,
             });
         }
         Ok(out)
@@ -524,7 +522,7 @@ impl Reader {
     /// be applied, cluster-wide (replicated state).
     pub fn events_rejected(&self) -> Result<u64, StoreError> {
         match self.db.get(Cf::SmMeta, meta::EVENTS_REJECTED)? {
-            Some(b) => dec(Cf::SmMeta, meta::EVENTS_REJECTED, &b),
+            Some(b) => codec::decode(Cf::SmMeta, meta::EVENTS_REJECTED, &b),
             None => Ok(0),
         }
     }
@@ -535,7 +533,7 @@ impl Reader {
         let Some(b) = self.db.get(Cf::Leases, &key)? else {
             return Ok(None);
         };
-        let lease: LeaseRecord = dec(Cf::Leases, &key, &b)?;
+        let lease: LeaseRecord = codec::decode(Cf::Leases, &key, &b)?;
         let end = keys::prefix_end(&key);
         let mut attached = Vec::new();
         for item in self.db.scan(Cf::LeaseKeys, &key, end.as_deref()) {
@@ -581,6 +579,34 @@ impl Reader {
         }
     }
 
+    /// A document, decoded (a zone without its devices).
+    pub fn document<D: Document>(&self, id: &str) -> Result<Option<D>, StoreError> {
+        let cf = D::COLLECTION.cf();
+        match self.db.get(cf, keys::document_key(id))? {
+            None => Ok(None),
+            Some(bytes) => Ok(Some(D::decode(id, &bytes)?)),
+        }
+    }
+
+    /// The first `max` documents of a kind, in id order, each decoded: one
+    /// that does not decode is its error, and the others are still read.
+    pub fn documents<D: Document>(
+        &self,
+        max: usize,
+    ) -> Result<Vec<Result<D, StoreError>>, StoreError> {
+        let cf = D::COLLECTION.cf();
+        let mut out = Vec::new();
+        for item in self.db.scan(cf, &[], None) {
+            if out.len() >= max {
+                break;
+            }
+            let (k, v) = item?;
+            let id = keys::parse_document_key(cf, &k)?;
+            out.push(D::decode(id, &v).map_err(StoreError::from));
+        }
+        Ok(out)
+    }
+
     /// The stored bytes of a document, as served (see
     /// [`Reader::get_document`]).
     fn served(
@@ -596,23 +622,12 @@ impl Reader {
         if collection != Collection::Zones {
             return Ok(json);
         }
-        let mut doc = match serde_json::from_str::<serde_json::Value>(&json) {
-            Ok(serde_json::Value::Object(m)) => m,
-            _ => {
-                return Err(StoreError::corrupt(
-                    cf,
-                    id.as_bytes(),
-                    "document is not a JSON object",
-                ))
-            }
-        };
+        let zone = Zone::decode(id, json.as_bytes())?;
         // The two fields' names and punctuation come out of it too.
         let framing = r#","devices":[],"devices_more":false"#.len();
         let budget = bytes_max.saturating_sub(json.len() + framing);
         let (devices, more) = self.zone_devices(id, budget)?;
-        doc.insert("devices".into(), serde_json::json!(devices));
-        doc.insert("devices_more".into(), serde_json::json!(more));
-        Ok(serde_json::Value::Object(doc).to_string())
+        Ok(ZoneServed::new(zone, devices, more).to_json())
     }
 
     /// The ids of the devices in `zone`, in order, until the next one

@@ -3,10 +3,12 @@
 //! document and counted in its stats.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use utopia_raft::event::{Outcome, Rejection, StatCounter};
 
-use super::{bounds, content, enc, Applier, ApplyError, StateRead};
+use super::{bounds, content, Applier, ApplyError, StateRead};
+use crate::codec;
+use crate::documents::{self, Device, DeviceCommand};
 use crate::keys::{self, Cf};
 use crate::StoreError;
 
@@ -50,7 +52,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         self.put(
             Cf::Commands,
             keys::commands::record_key(c.id).to_vec(),
-            enc(c),
+            codec::encode(c),
         );
         let pending = keys::commands::pending_key(c.id).to_vec();
         if c.state == CommandState::Pending {
@@ -60,13 +62,9 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         }
         self.effects.commands_changed = true;
         // The device document shows its latest commands.
-        let Some(mut doc) = self.get_doc(Cf::Devices, &c.device)? else {
+        let Some(mut doc) = self.get_doc::<Device>(&c.device)? else {
             return Ok(());
         };
-        let commands = doc.entry("commands").or_insert_with(|| json!({}));
-        if !commands.is_object() {
-            *commands = json!({});
-        }
         let reply = match c.reply_json.as_deref() {
             None => None,
             Some(j) => {
@@ -75,31 +73,28 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
                 serde_json::from_str::<Value>(j).ok()
             }
         };
-        if let Value::Object(m) = commands {
-            m.insert(
-                c.id.to_string(),
-                json!({
-                    "post_type": c.post_type,
-                    "state": c.state,
-                    "attempts": c.attempts,
-                    "issued_ms": c.issued_ms,
-                    "last_attempt_ms": c.last_attempt_ms,
-                    "settled_ms": c.settled_ms,
-                    "reply": reply,
-                    "reason": c.reason,
-                }),
-            );
-            // Keys are decimal ids: keep the newest by numeric order.
-            if m.len() > DEVICE_COMMANDS_KEPT_MAX {
-                let mut ids: Vec<u64> = m.keys().filter_map(|k| k.parse().ok()).collect();
-                ids.sort_unstable();
-                for id in &ids[..ids.len() - DEVICE_COMMANDS_KEPT_MAX] {
-                    m.remove(&id.to_string());
-                }
+        let shown = DeviceCommand {
+            post_type: c.post_type.clone(),
+            state: c.state,
+            attempts: c.attempts,
+            issued_ms: c.issued_ms,
+            last_attempt_ms: c.last_attempt_ms,
+            settled_ms: c.settled_ms,
+            reply,
+            reason: c.reason.clone(),
+        };
+        let m = &mut doc.commands;
+        m.insert(c.id.to_string(), documents::entry(&shown));
+        // Keys are decimal ids: keep the newest by numeric order.
+        if m.len() > DEVICE_COMMANDS_KEPT_MAX {
+            let mut ids: Vec<u64> = m.keys().filter_map(|k| k.parse().ok()).collect();
+            ids.sort_unstable();
+            for id in &ids[..ids.len() - DEVICE_COMMANDS_KEPT_MAX] {
+                m.remove(&id.to_string());
             }
         }
-        doc.insert("last_command_ms".into(), json!(at_ms));
-        self.put_doc(Cf::Devices, &c.device, doc)?;
+        doc.last_command_ms = Some(at_ms);
+        self.put_doc(&c.device, doc)?;
         Ok(())
     }
 
@@ -111,7 +106,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         json_text: &str,
         attempts_max: u32,
     ) -> Result<Outcome, ApplyError> {
-        let Some(doc) = self.get_doc(Cf::Devices, device)? else {
+        let Some(doc) = self.get_doc::<Device>(device)? else {
             return Ok(Outcome::Rejected(Rejection::NotFound(format!(
                 "device {device:?}"
             ))));
@@ -131,16 +126,16 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         if let Some(why) = self.command_refusal(at_ms)? {
             return Ok(Outcome::Rejected(Rejection::Quota(why)));
         }
-        let focus = doc
-            .get("topic_focus")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
+        let focus = doc.topic_focus;
         let last: u64 = self
             .get_dec(Cf::Commands, keys::commands::LAST_ID)?
             .unwrap_or(0);
         let id = last + 1;
-        self.put(Cf::Commands, keys::commands::LAST_ID.to_vec(), enc(&id));
+        self.put(
+            Cf::Commands,
+            keys::commands::LAST_ID.to_vec(),
+            codec::encode(&id),
+        );
         let record = CommandRecord {
             id,
             device: device.to_string(),

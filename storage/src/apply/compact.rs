@@ -3,7 +3,8 @@
 
 use utopia_raft::event::{Outcome, Rejection};
 
-use super::{dec, enc, Applier, ApplyError, ChangeRecord, StateRead};
+use super::{Applier, ApplyError, ChangeRecord, StateRead};
+use crate::codec;
 use crate::keys::{self, meta, Cf};
 
 impl<S: StateRead + ?Sized> Applier<'_, S> {
@@ -38,7 +39,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
             Some(&keys::change_key(revision + 1, 0)),
             |ck, cv| {
                 let (rev, _) = keys::parse_change_key(ck)?;
-                let change: ChangeRecord = dec(Cf::KvChanges, ck, cv)?;
+                let change: ChangeRecord = codec::decode(Cf::KvChanges, ck, cv)?;
                 if let Some(prev) = change.prev_revision {
                     doomed.push((Cf::KvHistory, keys::history_key(&change.kv.key, prev)));
                 }
@@ -54,7 +55,11 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         for (cf, key) in doomed {
             self.delete(cf, key);
         }
-        self.put(Cf::SmMeta, meta::COMPACT_REVISION.to_vec(), enc(&revision));
+        self.put(
+            Cf::SmMeta,
+            meta::COMPACT_REVISION.to_vec(),
+            codec::encode(&revision),
+        );
         Ok(Outcome::Done)
     }
 }

@@ -1,10 +1,11 @@
 //! Applying device events: registration in a zone (the zone and device
 //! indexes, the zone's count), and the data devices report.
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use utopia_raft::event::{DeviceData, Outcome, Rejection};
 
 use super::{bounds, content, Applier, ApplyError, StateRead};
+use crate::documents::{self, Device, LastValue, OtherFields, Zone};
 use crate::keys::{self, Cf, DeviceIndex};
 
 impl<S: StateRead + ?Sized> Applier<'_, S> {
@@ -23,24 +24,33 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         write_doc: bool,
     ) -> Result<Result<Registered, Rejection>, ApplyError> {
         let id = device_doc_id(host, class, device_id);
-        let mut doc = match self.get_doc(Cf::Devices, &id)? {
-            Some(doc) => doc,
+        let (mut doc, old_zone) = match self.get_doc::<Device>(&id)? {
+            Some(doc) => {
+                let old_zone = doc.zone.clone();
+                (doc, Some(old_zone))
+            }
             None => {
                 if let Some(why) = self.device_refusal(host)? {
                     return Ok(Err(Rejection::Quota(why)));
                 }
                 self.count_new_device(host)?;
-                let mut doc = Map::new();
-                doc.insert("id".into(), json!(id));
-                doc.insert("host".into(), json!(host));
-                doc.insert("class".into(), json!(class));
-                doc.insert("device_id".into(), json!(device_id));
-                doc.insert("zone".into(), Value::Null);
-                doc.insert("data".into(), json!({}));
-                doc.insert("last".into(), json!({}));
-                doc.insert("commands".into(), json!({}));
-                doc.insert("stats".into(), json!(format!("device/{id}")));
-                doc.insert("first_seen_ms".into(), json!(at_ms));
+                // Its zone, topic focus and last sighting are set below.
+                let doc = Device {
+                    id: id.clone(),
+                    host: host.to_string(),
+                    class: class.to_string(),
+                    device_id: device_id.to_string(),
+                    zone: String::new(),
+                    topic_focus: String::new(),
+                    data: Value::Object(Map::new()),
+                    last: Map::new(),
+                    commands: Map::new(),
+                    stats: format!("device/{id}"),
+                    first_seen_ms: at_ms,
+                    last_seen_ms: at_ms,
+                    last_command_ms: None,
+                    other: OtherFields::new(),
+                };
                 self.put(
                     Cf::DeviceIndex,
                     keys::device_index_key(DeviceIndex::Class, class, &id),
@@ -51,10 +61,9 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
                     keys::device_index_key(DeviceIndex::Host, host, &id),
                     Vec::new(),
                 );
-                doc
+                (doc, None)
             }
         };
-        let old_zone = doc.get("zone").and_then(Value::as_str).map(str::to_string);
         if old_zone.as_deref() != Some(zone) {
             if let Some(old) = &old_zone {
                 self.delete(
@@ -69,15 +78,12 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
                 Vec::new(),
             );
             self.zone_membership(zone, true)?;
-            doc.insert("zone".into(), json!(zone));
-            doc.insert(
-                "topic_focus".into(),
-                json!(format!("/{host}/{zone}/{class}/{device_id}")),
-            );
+            doc.zone = zone.to_string();
+            doc.topic_focus = format!("/{host}/{zone}/{class}/{device_id}");
         }
-        doc.insert("last_seen_ms".into(), json!(at_ms));
+        doc.last_seen_ms = at_ms;
         if write_doc {
-            self.put_doc(Cf::Devices, &id, doc.clone())?;
+            self.put_doc(&id, doc.clone())?;
         }
         Ok(Ok((id, doc)))
     }
@@ -88,22 +94,20 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
     /// device rewrites a document of constant size rather than the whole
     /// list. Called only when the device's zone changes.
     pub(super) fn zone_membership(&mut self, zone: &str, present: bool) -> Result<(), ApplyError> {
-        let mut doc = self.get_doc(Cf::Zones, zone)?.unwrap_or_else(|| {
-            let mut m = Map::new();
-            m.insert("zone".into(), json!(zone));
-            m
+        let mut doc = self.get_doc::<Zone>(zone)?.unwrap_or_else(|| Zone {
+            zone: zone.to_string(),
+            device_count: 0,
+            other: OtherFields::new(),
         });
         // Documents stored before the list moved to the index carry it (and
         // its count): the list goes, the count stays.
-        doc.remove("devices");
-        let count = doc.get("device_count").and_then(Value::as_u64).unwrap_or(0);
-        let count = if present {
-            count + 1
+        doc.other.remove(Zone::LEGACY_DEVICES);
+        doc.device_count = if present {
+            doc.device_count + 1
         } else {
-            count.saturating_sub(1)
+            doc.device_count.saturating_sub(1)
         };
-        doc.insert("device_count".into(), json!(count));
-        self.put_doc(Cf::Zones, zone, doc)?;
+        self.put_doc(zone, doc)?;
         Ok(())
     }
 
@@ -130,29 +134,25 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
                 Ok(registered) => registered,
                 Err(rejection) => return Ok(Outcome::Rejected(rejection)),
             };
-        let data = doc.entry("data").or_insert_with(|| json!({}));
         set_path(
-            data,
+            &mut doc.data,
             std::iter::once(d.post_type.as_str()).chain(d.path.iter().map(String::as_str)),
             value.clone(),
         );
-        let last = doc.entry("last").or_insert_with(|| json!({}));
-        if !last.is_object() {
-            *last = json!({});
-        }
-        if let Value::Object(m) = last {
-            m.insert(
-                d.post_type.clone(),
-                json!({ "path": d.path, "value": value, "at_ms": at_ms }),
-            );
-        }
-        self.put_doc(Cf::Devices, &id, doc)?;
+        let last = LastValue {
+            path: d.path.clone(),
+            value,
+            at_ms,
+        };
+        doc.last
+            .insert(d.post_type.clone(), documents::entry(&last));
+        self.put_doc(&id, doc)?;
         Ok(Outcome::Device { id })
     }
 }
 
 /// A registered device: its document id and its document.
-type Registered = (String, Map<String, Value>);
+type Registered = (String, Device);
 
 /// A device's document id: `${host}/${class}/${id}`.
 pub fn device_doc_id(host: &str, class: &str, device_id: &str) -> String {

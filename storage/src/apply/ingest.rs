@@ -8,7 +8,8 @@ use utopia_raft::event::{
     Bytes, IngestBody, IngestItem, IngestMember, Outcome, Rejection, Request,
 };
 
-use super::{content, enc, Applier, ApplyError, StateRead};
+use super::{content, Applier, ApplyError, StateRead};
+use crate::codec;
 use crate::keys::{self, Cf};
 use crate::StoreError;
 
@@ -109,7 +110,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         self.put(
             Cf::Ingest,
             keys::ingest::weight_key(node).to_vec(),
-            enc(&weight),
+            codec::encode(&weight),
         );
         Ok(Outcome::Done)
     }
@@ -132,7 +133,11 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
             members: members.to_vec(),
             dedupe_window_ms,
         };
-        self.put(Cf::Ingest, keys::ingest::OWNERS.to_vec(), enc(&owners));
+        self.put(
+            Cf::Ingest,
+            keys::ingest::OWNERS.to_vec(),
+            codec::encode(&owners),
+        );
         self.effects.owners_changed = true;
         Ok(Outcome::Done)
     }
@@ -149,7 +154,11 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         let mut totals = self.ingest_totals()?;
         if epoch != owners.epoch {
             totals.stale_batches += 1;
-            self.put(Cf::Ingest, keys::ingest::TOTALS.to_vec(), enc(&totals));
+            self.put(
+                Cf::Ingest,
+                keys::ingest::TOTALS.to_vec(),
+                codec::encode(&totals),
+            );
             return Ok(Outcome::Rejected(Rejection::StaleEpoch {
                 proposed: epoch,
                 current: owners.epoch,
@@ -189,7 +198,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
             self.put(
                 Cf::Ingest,
                 dedupe_key,
-                enc(&DedupeRecord {
+                codec::encode(&DedupeRecord {
                     committed_ms: at_ms,
                 }),
             );
@@ -247,7 +256,11 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         totals.applied += u64::from(applied);
         totals.suppressed += u64::from(suppressed);
         totals.dropped += u64::from(dropped);
-        self.put(Cf::Ingest, keys::ingest::TOTALS.to_vec(), enc(&totals));
+        self.put(
+            Cf::Ingest,
+            keys::ingest::TOTALS.to_vec(),
+            codec::encode(&totals),
+        );
         Ok(Outcome::Ingested {
             applied,
             suppressed,

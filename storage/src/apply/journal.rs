@@ -3,24 +3,22 @@
 //! [`Savepoint`], and nothing else is (see the content-error rule in the
 //! module documentation of [`super`]).
 
-use serde_json::{Map, Value};
 use utopia_raft::event::Request;
 
-use super::{enc, Applier, StateRead};
+use super::documents::CachedBefore;
+use super::{Applier, StateRead};
+use crate::codec;
 use crate::keys::{meta, Cf};
 use crate::StoreError;
 
 /// What an overlay entry held before a write: `None` if it had no entry.
 type OverlayBefore = ((Cf, Vec<u8>), Option<Option<Vec<u8>>>);
 
-/// What the decoded-document cache held before a write.
-type DocBefore = (Cf, String, Option<Map<String, Value>>);
-
 /// The previous values of what the current event wrote.
 #[derive(Default)]
 pub(super) struct Undo {
     pub(super) overlay: Vec<OverlayBefore>,
-    pub(super) docs: Vec<DocBefore>,
+    pub(super) docs: Vec<CachedBefore>,
 }
 
 /// Where to roll back to: lengths of the undo logs and the outputs.
@@ -57,14 +55,10 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
             };
         }
         while self.undo.docs.len() > sp.docs {
-            let Some((cf, id, old)) = self.undo.docs.pop() else {
+            let Some(before) = self.undo.docs.pop() else {
                 break;
             };
-            let docs = self.docs.entry(cf).or_default();
-            match old {
-                Some(doc) => docs.insert(id, doc),
-                None => docs.remove(&id),
-            };
+            self.docs.restore(before);
         }
         self.changes.truncate(sp.changes);
         self.effects.committed.truncate(sp.committed);
@@ -80,7 +74,11 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
             .get_dec::<u64>(Cf::SmMeta, meta::EVENTS_REJECTED)?
             .unwrap_or(0)
             .saturating_add(1);
-        self.put(Cf::SmMeta, meta::EVENTS_REJECTED.to_vec(), enc(&n));
+        self.put(
+            Cf::SmMeta,
+            meta::EVENTS_REJECTED.to_vec(),
+            codec::encode(&n),
+        );
         if n.is_power_of_two() {
             tracing::warn!(event = %req, rejected_total = n, reason, "event rejected: its content cannot be applied");
         } else {

@@ -8,7 +8,8 @@ use utopia_raft::event::{
     RangeResult, Rejection, Request, StepResult, TxnOp, TxnStep,
 };
 
-use super::{dec, enc, Applier, ApplyError, StateRead};
+use super::{Applier, ApplyError, StateRead};
+use crate::codec;
 use crate::keys::{self, meta, Cf};
 use crate::StoreError;
 
@@ -144,7 +145,11 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         let (mut results, wrote) =
             self.run_steps(rev + 1, std::slice::from_ref(&step), &mut budget)?;
         if wrote {
-            self.put(Cf::SmMeta, meta::REVISION.to_vec(), enc(&(rev + 1)));
+            self.put(
+                Cf::SmMeta,
+                meta::REVISION.to_vec(),
+                codec::encode(&(rev + 1)),
+            );
         }
         Ok(match results.pop() {
             Some(StepResult::Put { prev }) => Outcome::Put { prev },
@@ -193,7 +198,11 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         let rev = self.get_i64(meta::REVISION)?;
         let (results, wrote) = self.run_steps(rev + 1, steps, &mut budget)?;
         if wrote {
-            self.put(Cf::SmMeta, meta::REVISION.to_vec(), enc(&(rev + 1)));
+            self.put(
+                Cf::SmMeta,
+                meta::REVISION.to_vec(),
+                codec::encode(&(rev + 1)),
+            );
         }
         Ok(Outcome::Txn { succeeded, results })
     }
@@ -351,7 +360,11 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
             deleted,
             kv: kv.clone(),
         };
-        self.put(Cf::KvHistory, keys::history_key(&kv.key, rev), enc(&hist));
+        self.put(
+            Cf::KvHistory,
+            keys::history_key(&kv.key, rev),
+            codec::encode(&hist),
+        );
         let change = ChangeRecord {
             deleted,
             kv,
@@ -360,7 +373,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         self.put(
             Cf::KvChanges,
             keys::change_key(rev, *sub).to_vec(),
-            enc(&change),
+            codec::encode(&change),
         );
         self.changes.push(FeedChange {
             revision: rev,
@@ -397,7 +410,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
                 Vec::new(),
             );
         }
-        self.put(Cf::Kv, op.key.to_vec(), enc(&kv));
+        self.put(Cf::Kv, op.key.to_vec(), codec::encode(&kv));
         let prev_revision = prev.as_ref().map(|p| p.mod_revision);
         self.record_change(rev, sub, false, kv, prev_revision);
         Ok(StepResult::Put {
@@ -432,7 +445,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         // keys against the request's bound).
         let mut victims = Vec::new();
         self.scan_each(Cf::Kv, &start, end.as_deref(), |k, v| {
-            let mut kv: KeyValue = dec(Cf::Kv, k, v)?;
+            let mut kv: KeyValue = codec::decode(Cf::Kv, k, v)?;
             if !op.prev_kv {
                 kv.value = Bytes::new();
             }
@@ -481,7 +494,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
                 full = true;
                 return Ok(true);
             }
-            let mut kv: KeyValue = dec(Cf::Kv, k, v)?;
+            let mut kv: KeyValue = codec::decode(Cf::Kv, k, v)?;
             if op.keys_only {
                 kv.value = Bytes::new();
             }
@@ -509,7 +522,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
                     {
                         return Ok(None);
                     }
-                    Some(dec::<KeyValue>(Cf::Kv, &cmp.key, &v)?)
+                    Some(codec::decode::<KeyValue>(Cf::Kv, &cmp.key, &v)?)
                 }
                 None => None,
             };
@@ -525,7 +538,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
                 return Ok(false);
             }
             any = true;
-            let kv: KeyValue = dec(Cf::Kv, k, v)?;
+            let kv: KeyValue = codec::decode(Cf::Kv, k, v)?;
             holds = compare_one(cmp, Some(&kv));
             Ok(holds)
         })?;

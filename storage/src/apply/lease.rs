@@ -4,7 +4,8 @@
 use serde::{Deserialize, Serialize};
 use utopia_raft::event::{Bytes, Outcome, Rejection};
 
-use super::{enc, Applier, ApplyError, StateRead};
+use super::{Applier, ApplyError, StateRead};
+use crate::codec;
 use crate::keys::{self, meta, Cf};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -51,7 +52,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
             keys::deadline_key(lease.deadline_ms(), id).to_vec(),
             Vec::new(),
         );
-        self.put(Cf::Leases, key.to_vec(), enc(&lease));
+        self.put(Cf::Leases, key.to_vec(), codec::encode(&lease));
         Ok(Outcome::Lease { id, ttl_s })
     }
 
@@ -92,7 +93,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
             let rev = self.get_i64(meta::REVISION)? + 1;
             let mut sub = 0;
             self.delete_keys(rev, &mut sub, victims);
-            self.put(Cf::SmMeta, meta::REVISION.to_vec(), enc(&rev));
+            self.put(Cf::SmMeta, meta::REVISION.to_vec(), codec::encode(&rev));
         }
         self.delete(
             Cf::LeaseDeadlines,

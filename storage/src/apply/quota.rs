@@ -9,7 +9,8 @@
 
 use utopia_raft::event::{Outcome, Quotas};
 
-use super::{enc, Applier, StateRead};
+use super::{Applier, StateRead};
+use crate::codec;
 use crate::keys::{self, meta, Cf, DeviceIndex};
 use crate::StoreError;
 
@@ -22,7 +23,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
     }
 
     pub(super) fn apply_quotas_changed(&mut self, quotas: &Quotas) -> Result<Outcome, StoreError> {
-        self.put(Cf::SmMeta, meta::QUOTAS.to_vec(), enc(quotas));
+        self.put(Cf::SmMeta, meta::QUOTAS.to_vec(), codec::encode(quotas));
         Ok(Outcome::Done)
     }
 
@@ -71,7 +72,11 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
     /// entry is written).
     pub(super) fn count_new_device(&mut self, host: &str) -> Result<(), StoreError> {
         let n = self.host_devices(host)?;
-        self.put(Cf::DeviceIndex, keys::host_devices_key(host), enc(&(n + 1)));
+        self.put(
+            Cf::DeviceIndex,
+            keys::host_devices_key(host),
+            codec::encode(&(n + 1)),
+        );
         Ok(())
     }
 
@@ -95,7 +100,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
     pub(super) fn count_lease(&mut self, granted: bool) -> Result<(), StoreError> {
         let n = self.leases()?;
         let n = if granted { n + 1 } else { n.saturating_sub(1) };
-        self.put(Cf::SmMeta, meta::LEASE_COUNT.to_vec(), enc(&n));
+        self.put(Cf::SmMeta, meta::LEASE_COUNT.to_vec(), codec::encode(&n));
         Ok(())
     }
 
@@ -148,7 +153,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         self.put(
             Cf::Commands,
             keys::commands::PENDING_COUNT.to_vec(),
-            enc(&n),
+            codec::encode(&n),
         );
         Ok(())
     }

@@ -214,6 +214,90 @@ fn fellows_and_db_servers() {
     );
 }
 
+/// Fields a document holds that this build does not write (a newer
+/// build's, or another event's) survive every event that rewrites it.
+#[test]
+fn unknown_fields_survive_a_rewrite_of_every_document_kind() {
+    let mut s = MemState::default();
+    let fellow = |active| {
+        Event::FellowStateChanged(FellowState {
+            node_id: 1,
+            host: "a".into(),
+            addr: "127.0.0.1:1".into(),
+            active,
+            role: utopia_raft::event::FellowRole::Follower,
+            weight: 1,
+        })
+    };
+    let db = || Event::DbServerRegistered {
+        host: "db".into(),
+        port: 1,
+        kind: "mongodb".into(),
+    };
+    let config = |version| {
+        Event::ConfigProposed(ConfigVersion {
+            name: "c".into(),
+            kind: "config".into(),
+            version,
+            hash: format!("h{version}"),
+            xml: "<x/>".into(),
+            proposer: 1,
+            weight: 1,
+        })
+    };
+    let accept = |version| Event::ConfigAccepted {
+        name: "c".into(),
+        version,
+        hash: format!("h{version}"),
+    };
+    let stat = || Event::StatIncremented {
+        id: "d1".into(),
+        kind: "device".into(),
+        counter: StatCounter::Attempts,
+        by: 1,
+    };
+    s.apply(device("hall", "temp", &[], "1"));
+    s.apply(fellow(true));
+    s.apply(db());
+    s.apply(config(1));
+    s.apply(accept(1));
+    s.apply(stat());
+    let docs = [
+        (Cf::Devices, "gw1/thermo/7"),
+        (Cf::Zones, "hall"),
+        (Cf::Fellows, "1"),
+        (Cf::DbServers, "db:1:mongodb"),
+        (Cf::XmlConfigs, "c@1"),
+        (Cf::Stats, "device/d1"),
+    ];
+    for (cf, id) in docs {
+        let mut doc = s.doc(cf, id);
+        doc["from_a_newer_build"] = json!({"kept": [1, 2]});
+        s.data.insert(
+            (cf, id.as_bytes().to_vec()),
+            serde_json::to_vec(&doc).unwrap(),
+        );
+    }
+    s.apply(device("hall", "temp", &[], "2"));
+    s.apply(device("kitchen", "temp", &[], "3"));
+    s.apply(fellow(false));
+    s.apply(db());
+    s.apply(config(2));
+    s.apply(accept(2));
+    s.apply(stat());
+    for (cf, id) in docs {
+        let doc = s.doc(cf, id);
+        assert_eq!(
+            doc["from_a_newer_build"],
+            json!({"kept": [1, 2]}),
+            "{}/{id}: {doc}",
+            cf.name()
+        );
+    }
+    assert_eq!(s.doc(Cf::XmlConfigs, "c@1")["state"], "superseded");
+    assert_eq!(s.doc(Cf::Stats, "device/d1")["today_attempts"], 2);
+}
+
 #[test]
 fn replay_is_deterministic() {
     let events = vec![
