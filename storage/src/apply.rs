@@ -4,11 +4,33 @@
 //! write in an [`Applier`]'s overlay, which later reads in the same batch
 //! see; it never touches RocksDB or the clock. The state machine commits the
 //! overlay in one atomic write batch together with the applied log id, and
-//! the unit tests below run it against an in-memory map.
+//! the unit tests (`apply/tests/`) run it against an in-memory map.
 //!
 //! Determinism is the contract: the same events applied to the same state
-//! produce the same bytes on every replica. Maps are `BTreeMap`s, JSON objects
-//! are ordered, and time comes from the event (`Request::at_ms`).
+//! produce the same bytes on every replica. Maps are `BTreeMap`s, documents
+//! are stored with their keys sorted ([`crate::documents`]), and time comes
+//! from the event (`Request::at_ms`).
+//!
+//! # Layout
+//!
+//! This file holds the [`Applier`]: its overlay and state access, the
+//! entry point [`Applier::apply`] and the dispatch of each event to its
+//! domain. Each domain is a module that adds its events' `apply_*` methods:
+//!
+//! - `kv`: puts, deletes and transactions within their byte
+//!   bounds, the key history and the change feed; `compact`: compaction;
+//!   `lease`: leases and their keys;
+//! - `devices`: devices, zones and the device indexes; `documents`: how
+//!   documents are read and written in a batch, fellows, database servers
+//!   and XML configurations; `stats`; `commands`: device commands;
+//!   [`ingest`]: MQTT ingest batches, owners and dedupe;
+//! - [`alarm`], [`quota`]: what is refused while an alarm is active or a
+//!   quota is reached; [`bounds`]: the fixed limits on document content;
+//!   `journal`: the undo journal behind the content-error rule below.
+//!
+//! A new domain is one more module: its `apply_*` methods, its arm in
+//! `apply_event`, and its events in `may_be_rejected` unless they can
+//! never fail on their content.
 //!
 //! # Errors: reject the event, or stop the node
 //!
@@ -43,8 +65,7 @@ use crate::codec;
 use crate::keys::{self, meta, Cf};
 use crate::StoreError;
 
-// One module per domain; each adds its events' `apply_*` methods to
-// [`Applier`], and this module dispatches to them in `apply_event`.
+// One module per domain (see the layout above).
 pub mod alarm;
 pub mod bounds;
 mod commands;

@@ -1,7 +1,7 @@
 //! Reads for the API: key ranges (now or at a past revision), the change
-//! feed for watches, leases, the replicated metadata; documents
-//! ([`documents`]) and the MQTT ingest and command state ([`ingest`]) in
-//! their own modules.
+//! feed for watches, leases and the replicated metadata here; documents
+//! (`read/documents.rs`) and the MQTT ingest and command state
+//! (`read/ingest.rs`) in their own modules.
 //!
 //! Reads go straight to RocksDB; whether they are linearizable is decided by
 //! the caller (a Raft read barrier before the read), not here.
