@@ -640,6 +640,13 @@ pub fn parse_host_devices_key(key: &[u8]) -> Result<String, KeyError> {
     c.end(host)
 }
 
+/// The bounds `[start, end)` of every key that starts with the one-byte
+/// `tag` (the keys of one layout in [`ingest`] or [`commands`]).
+pub fn tag_bounds(tag: u8) -> ([u8; 1], [u8; 1]) {
+    debug_assert!(tag < 0xFF, "no tag is 0xFF");
+    ([tag], [tag + 1])
+}
+
 /// The smallest key greater than every key starting with `prefix`, or `None`
 /// when no such key exists (the prefix is all `0xFF`).
 pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {

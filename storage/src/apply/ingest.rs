@@ -271,7 +271,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
     /// Removes dedupe records committed before `cutoff_ms`, a bounded number
     /// per call.
     fn expire_dedupe(&mut self, cutoff_ms: u64) -> Result<(), StoreError> {
-        let start = [keys::ingest::EXPIRY_PREFIX];
+        let (start, _) = keys::tag_bounds(keys::ingest::EXPIRY_PREFIX);
         let end = keys::ingest::expiry_bound(cutoff_ms);
         let old = self.scan(Cf::Ingest, &start, Some(&end), DEDUPE_EXPIRED_PER_BATCH_MAX)?;
         for (key, _) in old {

@@ -107,8 +107,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
     // ---- device commands
 
     fn pending_commands(&self) -> Result<u64, StoreError> {
-        let start = [keys::commands::PENDING_PREFIX];
-        let end = [keys::commands::PENDING_PREFIX + 1];
+        let (start, end) = keys::tag_bounds(keys::commands::PENDING_PREFIX);
         self.count_at(
             (Cf::Commands, keys::commands::PENDING_COUNT),
             (Cf::Commands, &start, Some(&end)),
@@ -161,7 +160,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
     /// Removes the records of commands settled before `cutoff_ms`, a
     /// bounded number per call.
     fn expire_settled_commands(&mut self, cutoff_ms: u64) -> Result<(), StoreError> {
-        let start = [keys::commands::SETTLED_PREFIX];
+        let (start, _) = keys::tag_bounds(keys::commands::SETTLED_PREFIX);
         let end = keys::commands::settled_key(cutoff_ms, 0);
         let old = self.scan(
             Cf::Commands,

@@ -37,8 +37,7 @@ impl Reader {
 
     /// The weight each member asked for in topic ownership.
     pub fn ingest_weights(&self) -> Result<BTreeMap<u64, u32>, StoreError> {
-        let start = [keys::ingest::WEIGHT_PREFIX];
-        let end = [keys::ingest::WEIGHT_PREFIX + 1];
+        let (start, end) = keys::tag_bounds(keys::ingest::WEIGHT_PREFIX);
         let mut out = BTreeMap::new();
         for item in self.db.scan(Cf::Ingest, &start, Some(&end)) {
             let (k, v) = item?;
@@ -75,8 +74,7 @@ impl Reader {
 
     /// Pending commands in id order, at most `max`.
     pub fn pending_commands(&self, max: usize) -> Result<Vec<CommandRecord>, StoreError> {
-        let start = [keys::commands::PENDING_PREFIX];
-        let end = [keys::commands::PENDING_PREFIX + 1];
+        let (start, end) = keys::tag_bounds(keys::commands::PENDING_PREFIX);
         let mut out = Vec::new();
         for item in self.db.scan(Cf::Commands, &start, Some(&end)) {
             if out.len() >= max {
