@@ -86,7 +86,13 @@ impl pb::lease_server::Lease for LeaseService {
         self.node
             .read_barrier(pb::Consistency::Linearizable as i32)
             .await?;
-        let Some((lease, keys)) = self.node.reader.lease(id).map_err(status::from_store)? else {
+        let bytes_max = self.node.limits.response_bytes_max as usize;
+        let Some((lease, keys, keys_more)) = self
+            .node
+            .reader
+            .lease(id, bytes_max)
+            .map_err(status::from_store)?
+        else {
             return Err(Status::not_found(format!("lease {id} not found")));
         };
         let remaining_ms = lease.deadline_ms() as i64 - crate::now_ms() as i64;
@@ -96,6 +102,7 @@ impl pb::lease_server::Lease for LeaseService {
             ttl_seconds: lease.ttl_s,
             remaining_ms: remaining_ms.max(0),
             keys,
+            keys_more,
         }))
     }
 }

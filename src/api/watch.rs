@@ -10,7 +10,9 @@
 //! of a change within it (the feed's own key), so a revision that changed
 //! more keys than one catch-up read holds is read in several steps and
 //! nothing of it is skipped. Such a revision's events then go out in more
-//! than one response, as etcd does for large revisions.
+//! than one response, as etcd does for large revisions. Reads from disk and
+//! responses are bounded in bytes as well (`limits.response_bytes_max`, one
+//! change always going whatever its size).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -168,17 +170,18 @@ async fn run_watcher(
     loop {
         // Catch up from disk.
         loop {
-            let changes =
-                match node
-                    .reader
-                    .changes_from(next.revision, next.sub, CATCH_UP_BATCH_MAX)
-                {
-                    Ok(c) => c,
-                    Err(e) => {
-                        let _ = tx.send(Err(status::from_read(e))).await;
-                        return;
-                    }
-                };
+            let changes = match node.reader.changes_from(
+                next.revision,
+                next.sub,
+                CATCH_UP_BATCH_MAX,
+                node.limits.response_bytes_max as usize,
+            ) {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tx.send(Err(status::from_read(e))).await;
+                    return;
+                }
+            };
             let done = changes.len() < CATCH_UP_BATCH_MAX;
             if !send(&node, &filter, prev_kv, &mut next, &changes, &tx).await {
                 return;
@@ -223,11 +226,18 @@ async fn send(
     changes: &[FeedChange],
     tx: &mpsc::Sender<Result<pb::WatchResponse, Status>>,
 ) -> bool {
+    let bytes_max = node.limits.response_bytes_max as usize;
     let mut i = 0;
     while i < changes.len() {
         let rev = changes[i].revision;
         let mut events = Vec::new();
-        while i < changes.len() && changes[i].revision == rev {
+        let mut bytes = 0usize;
+        // One revision's events, in responses of about `response_bytes_max`
+        // each (one event always goes, whatever its size).
+        while i < changes.len()
+            && changes[i].revision == rev
+            && (events.is_empty() || bytes < bytes_max)
+        {
             let feed = &changes[i];
             let change = &feed.change;
             i += 1;
@@ -249,6 +259,11 @@ async fn send(
             } else {
                 None
             };
+            bytes = bytes.saturating_add(
+                change.kv.key.len()
+                    + change.kv.value.len()
+                    + prev.as_ref().map_or(0, |p| p.key.len() + p.value.len()),
+            );
             events.push(pb::Event {
                 r#type: if change.deleted {
                     pb::event::EventType::Delete

@@ -28,6 +28,9 @@ struct LeaseTtlJson {
     remaining_ms: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     keys: Option<Vec<String>>,
+    /// More keys are attached than the server sent.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    keys_more: bool,
 }
 
 /// `0x1a2b (6699)`.
@@ -92,6 +95,7 @@ pub async fn lease(
                     ttl: resp.ttl_seconds,
                     remaining_ms: resp.remaining_ms,
                     keys: keys.then_some(key_list),
+                    keys_more: keys && resp.keys_more,
                 })?;
             } else {
                 out.line(format!(
@@ -104,6 +108,9 @@ pub async fn lease(
                     out.line(format!("attached keys ({}):", resp.keys.len()))?;
                     for k in &resp.keys {
                         out.line(k)?;
+                    }
+                    if resp.keys_more {
+                        out.line("... more keys are attached than one response holds")?;
                     }
                 }
             }

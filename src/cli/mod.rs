@@ -40,7 +40,8 @@
 //! - `watch`: per event `{"type":"PUT"|"DELETE","revision":i64,"kv":kv,"prev_kv":kv|null}`
 //! - `compact`: `{"header":header,"revision":i64}`
 //! - `lease grant`: `{"id":i64,"ttl":i64}`; `lease revoke`: `{"id":i64,"revoked":true}`;
-//!   `lease ttl`: `{"id":i64,"ttl":i64,"remaining_ms":i64,"keys":[string...]}`
+//!   `lease ttl`: `{"id":i64,"ttl":i64,"remaining_ms":i64,"keys":[string...],"keys_more":true}`
+//!   (`keys_more` only when keys were left out)
 //!   (`keys` only with `--keys`; non-UTF-8 bytes become U+FFFD)
 //! - `doc get`: `{"collection","id","document":<the document>}`
 //! - `doc list`: `{"documents":[{"collection","id","document"}...],"next_page_token":string}`

@@ -128,8 +128,9 @@ impl From<keys::KeyError> for ReadError {
     }
 }
 
-/// A lease and the keys attached to it.
-pub type LeaseInfo = (LeaseRecord, Vec<Vec<u8>>);
+/// A lease, the keys attached to it (as many as were asked for), and
+/// whether more are attached.
+pub type LeaseInfo = (LeaseRecord, Vec<Vec<u8>>, bool);
 
 #[derive(Clone)]
 pub struct Reader {
@@ -365,8 +366,9 @@ impl Reader {
 
     /// Changes from the feed position (`from`, `from_sub`) on (revision
     /// `from` starting at its change `from_sub`, then every later
-    /// revision), in order, at most `max` of them. A revision that changed
-    /// more than `max` keys is read in several calls: resume at the
+    /// revision), in order, at most `max` of them and about `bytes_max`
+    /// bytes of keys and values (one change always, whatever its size). A
+    /// revision that changed more is read in several calls: resume at the
     /// position after the last change returned. Fails if `from` has been
     /// compacted.
     pub fn changes_from(
@@ -374,6 +376,7 @@ impl Reader {
         from: i64,
         from_sub: u32,
         max: usize,
+        bytes_max: usize,
     ) -> Result<Vec<FeedChange>, ReadError> {
         let (_, compacted) = self.revisions()?;
         if from < compacted {
@@ -383,14 +386,16 @@ impl Reader {
             });
         }
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         for item in self
             .db
             .scan(Cf::KvChanges, &keys::change_key(from, from_sub), None)
         {
-            if out.len() >= max {
+            if out.len() >= max || (!out.is_empty() && bytes >= bytes_max) {
                 break;
             }
             let (k, v) = item?;
+            bytes = bytes.saturating_add(k.len() + v.len());
             let (revision, sub) = keys::parse_change_key(&k)?;
             out.push(FeedChange {
                 revision,
@@ -410,8 +415,9 @@ impl Reader {
         }
     }
 
-    /// A lease and the keys attached to it.
-    pub fn lease(&self, id: i64) -> Result<Option<LeaseInfo>, StoreError> {
+    /// A lease and its attached keys, at most about `keys_bytes_max` bytes
+    /// of them (one key always).
+    pub fn lease(&self, id: i64, keys_bytes_max: usize) -> Result<Option<LeaseInfo>, StoreError> {
         let key = keys::lease_id_key(id);
         let Some(b) = self.db.get(Cf::Leases, &key)? else {
             return Ok(None);
@@ -419,11 +425,18 @@ impl Reader {
         let lease: LeaseRecord = codec::decode(Cf::Leases, &key, &b)?;
         let end = keys::prefix_end(&key);
         let mut attached = Vec::new();
+        let mut bytes = 0usize;
+        let mut more = false;
         for item in self.db.scan(Cf::LeaseKeys, &key, end.as_deref()) {
             let (k, _) = item?;
+            if !attached.is_empty() && bytes >= keys_bytes_max {
+                more = true;
+                break;
+            }
+            bytes = bytes.saturating_add(k.len());
             attached.push(keys::parse_lease_key(&k)?.1.to_vec());
         }
-        Ok(Some((lease, attached)))
+        Ok(Some((lease, attached, more)))
     }
 
     /// Leases whose deadline is at or before `now_ms`, oldest first, at most
