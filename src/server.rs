@@ -523,6 +523,7 @@ const FELLOW_REFRESH_MS: u64 = 30_000;
 /// inactive.
 async fn sync_fellows(node: &Node) {
     use utopia_raft::event::{FellowRole, FellowState};
+    use utopia_storage::documents::Fellow;
     let st = node.raft.status();
     let mut wanted: Vec<FellowState> = st
         .members
@@ -556,50 +557,46 @@ async fn sync_fellows(node: &Node) {
         .collect();
     // One read of the collection: the documents to compare against, and
     // members that left (they stay in the collection, inactive).
-    let current: std::collections::BTreeMap<u64, serde_json::Value> = match node
-        .reader
-        .list_documents(
-            utopia_storage::keys::Collection::Fellows,
-            None,
-            FELLOWS_MAX,
-            usize::MAX,
-            None,
-        ) {
-        Ok(page) => page
-            .documents
-            .into_iter()
-            .filter_map(|(id, json)| Some((id.parse().ok()?, serde_json::from_str(&json).ok()?)))
-            .collect(),
-        Err(e) => {
-            tracing::error!(error = %e, "read the fellows collection");
-            return;
-        }
-    };
+    let current: std::collections::BTreeMap<u64, Fellow> =
+        match node.reader.documents::<Fellow>(FELLOWS_MAX) {
+            Ok(docs) => docs
+                .into_iter()
+                .filter_map(|doc| match doc {
+                    Ok(f) => Some((f.id, f)),
+                    Err(e) => {
+                        // Left as it is; the rest are kept in step.
+                        tracing::debug!(error = %e, "skip a fellows document");
+                        None
+                    }
+                })
+                .collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "read the fellows collection");
+                return;
+            }
+        };
     for (id, doc) in &current {
-        if st.members.contains_key(id) || doc["active"].as_bool() == Some(false) {
+        if st.members.contains_key(id) || doc.active == Some(false) {
             continue;
         }
-        let role: FellowRole =
-            serde_json::from_value(doc["state"].clone()).unwrap_or(FellowRole::Follower);
         wanted.push(FellowState {
             node_id: *id,
-            host: doc["host"].as_str().unwrap_or_default().to_string(),
-            addr: doc["addr"].as_str().unwrap_or_default().to_string(),
+            host: doc.host.clone().unwrap_or_default(),
+            addr: doc.addr.clone().unwrap_or_default(),
             active: false,
-            role,
-            weight: doc["weight"].as_u64().unwrap_or(1) as u32,
+            role: doc.state.unwrap_or(FellowRole::Follower),
+            weight: doc.weight.unwrap_or(1),
         });
     }
     let now = crate::now_ms();
     for f in wanted {
         let unchanged = current.get(&f.node_id).is_some_and(|d| {
-            d["addr"].as_str() == Some(f.addr.as_str())
-                && d["active"].as_bool() == Some(f.active)
-                && d["state"] == serde_json::to_value(f.role).unwrap_or_default()
-                && d["weight"].as_u64() == Some(f.weight as u64)
+            d.addr.as_deref() == Some(f.addr.as_str())
+                && d.active == Some(f.active)
+                && d.state == Some(f.role)
+                && d.weight == Some(f.weight)
                 && (!f.active
-                    || d["last_active_ms"]
-                        .as_u64()
+                    || d.last_active_ms
                         .is_some_and(|t| now.saturating_sub(t) < FELLOW_REFRESH_MS))
         });
         if unchanged {

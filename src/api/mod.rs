@@ -200,16 +200,10 @@ impl Node {
 
     /// The client address member `id` published, if it has.
     pub fn client_addr_of(&self, id: u64) -> Option<String> {
-        let doc = self
-            .reader
-            .get_document(
-                utopia_storage::keys::Collection::Fellows,
-                &id.to_string(),
-                self.limits.response_bytes_max as usize,
-            )
-            .ok()??;
-        let doc: serde_json::Value = serde_json::from_str(&doc).ok()?;
-        doc["client_addr"].as_str().map(str::to_string)
+        self.reader
+            .document::<utopia_storage::documents::Fellow>(&id.to_string())
+            .ok()??
+            .client_addr
     }
 
     pub fn header(&self, revision: i64) -> Option<pb::ResponseHeader> {

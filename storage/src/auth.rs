@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use utopia_raft::event::{self, Access, Permission, PermissionTarget};
+use utopia_raft::event::{Access, Permission, PermissionTarget};
 
 use crate::apply::{range_bounds, StateRead};
 use crate::keys::{self, Cf};
@@ -83,25 +83,23 @@ impl AuthState {
     /// Reads the whole auth state (bounded: [`USERS_MAX`] users and
     /// [`ROLES_MAX`] roles).
     pub fn load<S: StateRead + ?Sized>(state: &S) -> Result<AuthState, StoreError> {
-        fn dec<T: serde::de::DeserializeOwned>(k: &[u8], v: &[u8]) -> Result<T, StoreError> {
-            event::decode(v).map_err(|e| StoreError::corrupt(Cf::Auth, k, e.to_string()))
-        }
+        use crate::codec::decode;
         let meta = match state.get(Cf::Auth, keys::auth::META)? {
-            Some(v) => dec(keys::auth::META, &v)?,
+            Some(v) => decode(Cf::Auth, keys::auth::META, &v)?,
             None => AuthMeta::default(),
         };
         let mut users = BTreeMap::new();
         let p = keys::auth::USER_PREFIX;
         for item in state.scan(Cf::Auth, &[p], Some(&[p + 1])) {
             let (k, v) = item?;
-            let u: UserRecord = dec(&k, &v)?;
+            let u: UserRecord = decode(Cf::Auth, &k, &v)?;
             users.insert(u.name.clone(), u);
         }
         let mut roles = BTreeMap::new();
         let p = keys::auth::ROLE_PREFIX;
         for item in state.scan(Cf::Auth, &[p], Some(&[p + 1])) {
             let (k, v) = item?;
-            let r: RoleRecord = dec(&k, &v)?;
+            let r: RoleRecord = decode(Cf::Auth, &k, &v)?;
             roles.insert(r.name.clone(), r);
         }
         Ok(AuthState { meta, users, roles })

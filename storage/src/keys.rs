@@ -1,10 +1,35 @@
 //! Column families and key encodings.
 //!
 //! Every byte layout on disk is defined here, so that a reader can check the
-//! whole format in one file. Integers are big-endian so that RocksDB's
+//! whole format in one file, and no other file builds or slices a key by
+//! offset: each layout has an encoder and a parser, and the parser refuses
+//! a malformed key with a [`KeyError`] naming it (never a panic, never a
+//! key read by its first bytes). Integers are big-endian so that RocksDB's
 //! bytewise order is numeric order. User keys embedded in composite keys are
 //! escaped (`0x00` → `0x00 0xFF`, terminated by `0x00 0x01`) so that the
 //! composite order is the user-key order, then the suffix order.
+//!
+//! | column family | key | encoder / parser |
+//! | --- | --- | --- |
+//! | `raft_log` | index | [`log_key`] / [`parse_log_key`] |
+//! | `raft_meta`, `sm_meta` | names | [`raft_meta`], [`meta`] |
+//! | `kv` | the user key itself | |
+//! | `kv_history` | escaped user key ++ revision | [`history_key`] / [`parse_history_key`] |
+//! | `kv_changes` | revision ++ index in the revision | [`change_key`] / [`parse_change_key`] |
+//! | `leases` | lease id | [`lease_id_key`] / [`parse_lease_id_key`] |
+//! | `lease_keys` | lease id ++ user key | [`lease_key`] / [`parse_lease_key`] |
+//! | `lease_deadlines` | deadline ms ++ lease id | [`deadline_key`] / [`parse_deadline_key`] |
+//! | the six collections | document id, UTF-8 | [`document_key`] / [`parse_document_key`] |
+//! | `device_index` | tag ++ escaped value ++ device id | [`device_index_key`] / [`parse_device_index_key`] |
+//! | `device_index` | `n` ++ escaped host | [`host_devices_key`] / [`parse_host_devices_key`] |
+//! | `ingest` | names, `w` ++ node, `d` ++ digest, `x` ++ ms ++ digest | [`ingest`] |
+//! | `commands` | names, `c` / `p` ++ id, `s` ++ ms ++ id | [`commands`] |
+//! | `auth` | `m`, `u` ++ user name, `r` ++ role name | [`auth`] |
+//!
+//! This file is longer than most on purpose: the whole on-disk format in
+//! one place. Its tests are in `keys/tests.rs`.
+
+use crate::StoreError;
 
 /// The column families of a utopia data directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -187,8 +212,117 @@ pub mod raft_meta {
     pub const IDENTITY: &[u8] = b"identity";
 }
 
+/// A key that does not have the layout of its column family: a damaged
+/// store or a bug, never user input (every key is built by an encoder
+/// here).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed {layout} key {} in {}: {reason}", crate::printable_key(.key), .cf.name())]
+pub struct KeyError {
+    pub cf: Cf,
+    /// The layout the key should have had.
+    pub layout: &'static str,
+    pub key: Vec<u8>,
+    pub reason: &'static str,
+}
+
+impl From<KeyError> for StoreError {
+    fn from(e: KeyError) -> Self {
+        StoreError::corrupt(
+            e.cf,
+            &e.key,
+            format!("not a {} key: {}", e.layout, e.reason),
+        )
+    }
+}
+
+/// Reads one key field by field, refusing what its layout does not allow.
+struct Cursor<'a> {
+    cf: Cf,
+    layout: &'static str,
+    key: &'a [u8],
+    rest: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    fn new(cf: Cf, layout: &'static str, key: &'a [u8]) -> Self {
+        Self {
+            cf,
+            layout,
+            key,
+            rest: key,
+        }
+    }
+
+    fn error(&self, reason: &'static str) -> KeyError {
+        KeyError {
+            cf: self.cf,
+            layout: self.layout,
+            key: self.key.to_vec(),
+            reason,
+        }
+    }
+
+    fn tag(&mut self, tag: u8) -> Result<(), KeyError> {
+        match self.rest.split_first() {
+            Some((&t, rest)) if t == tag => {
+                self.rest = rest;
+                Ok(())
+            }
+            Some(_) => Err(self.error("wrong tag")),
+            None => Err(self.error("empty")),
+        }
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], KeyError> {
+        let Some((head, rest)) = self.rest.split_first_chunk::<N>() else {
+            return Err(self.error("too short"));
+        };
+        self.rest = rest;
+        Ok(*head)
+    }
+
+    fn u64(&mut self) -> Result<u64, KeyError> {
+        self.array::<8>().map(u64::from_be_bytes)
+    }
+
+    fn u32(&mut self) -> Result<u32, KeyError> {
+        self.array::<4>().map(u32::from_be_bytes)
+    }
+
+    fn escaped(&mut self) -> Result<Vec<u8>, KeyError> {
+        let (key, rest) = split_escaped(self.rest).ok_or_else(|| self.error("bad escaping"))?;
+        self.rest = rest;
+        Ok(key)
+    }
+
+    fn escaped_str(&mut self) -> Result<String, KeyError> {
+        String::from_utf8(self.escaped()?).map_err(|_| self.error("not UTF-8"))
+    }
+
+    /// The rest of the key.
+    fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.rest)
+    }
+
+    fn rest_str(&mut self) -> Result<&'a str, KeyError> {
+        let rest = self.rest();
+        std::str::from_utf8(rest).map_err(|_| self.error("not UTF-8"))
+    }
+
+    /// Checks that the whole key was read.
+    fn end<T>(&self, value: T) -> Result<T, KeyError> {
+        if self.rest.is_empty() {
+            Ok(value)
+        } else {
+            Err(self.error("too long"))
+        }
+    }
+}
+
 /// Keys in [`Cf::Ingest`].
 pub mod ingest {
+    use super::{Cf, Cursor, KeyError};
+
     /// CBOR `IngestOwners`: the current ownership epoch and its members.
     pub const OWNERS: &[u8] = b"o";
     /// CBOR `IngestTotals`: items applied, suppressed and rejected.
@@ -200,30 +334,64 @@ pub mod ingest {
     /// `x` ++ committed ms ++ digest → empty: dedupe records by age.
     pub const EXPIRY_PREFIX: u8 = b'x';
 
+    /// A message's digest (see `crate::ingest::digest`).
+    pub type Digest = [u8; 16];
+
     pub fn weight_key(node: u64) -> [u8; 9] {
         let mut out = [WEIGHT_PREFIX; 9];
         out[1..].copy_from_slice(&node.to_be_bytes());
         out
     }
 
-    pub fn dedupe_key(digest: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(1 + digest.len());
-        out.push(DEDUPE_PREFIX);
-        out.extend_from_slice(digest);
+    pub fn parse_weight_key(key: &[u8]) -> Result<u64, KeyError> {
+        let mut c = Cursor::new(Cf::Ingest, "ingest weight", key);
+        c.tag(WEIGHT_PREFIX)?;
+        let node = c.u64()?;
+        c.end(node)
+    }
+
+    pub fn dedupe_key(digest: &Digest) -> [u8; 17] {
+        let mut out = [DEDUPE_PREFIX; 17];
+        out[1..].copy_from_slice(digest);
         out
     }
 
-    pub fn expiry_key(at_ms: u64, digest: &[u8]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(9 + digest.len());
-        out.push(EXPIRY_PREFIX);
-        out.extend_from_slice(&at_ms.to_be_bytes());
-        out.extend_from_slice(digest);
+    pub fn parse_dedupe_key(key: &[u8]) -> Result<Digest, KeyError> {
+        let mut c = Cursor::new(Cf::Ingest, "ingest dedupe", key);
+        c.tag(DEDUPE_PREFIX)?;
+        let digest = c.array()?;
+        c.end(digest)
+    }
+
+    pub fn expiry_key(at_ms: u64, digest: &Digest) -> [u8; 25] {
+        let mut out = [EXPIRY_PREFIX; 25];
+        out[1..9].copy_from_slice(&at_ms.to_be_bytes());
+        out[9..].copy_from_slice(digest);
         out
+    }
+
+    /// The first expiry key of records committed at `at_ms` (a bound for
+    /// scans by age).
+    pub fn expiry_bound(at_ms: u64) -> [u8; 9] {
+        let mut out = [EXPIRY_PREFIX; 9];
+        out[1..].copy_from_slice(&at_ms.to_be_bytes());
+        out
+    }
+
+    /// (committed ms, digest).
+    pub fn parse_expiry_key(key: &[u8]) -> Result<(u64, Digest), KeyError> {
+        let mut c = Cursor::new(Cf::Ingest, "ingest expiry", key);
+        c.tag(EXPIRY_PREFIX)?;
+        let at_ms = c.u64()?;
+        let digest = c.array()?;
+        c.end((at_ms, digest))
     }
 }
 
 /// Keys in [`Cf::Commands`].
 pub mod commands {
+    use super::{Cf, Cursor, KeyError};
+
     /// CBOR u64: the last command id given out.
     pub const LAST_ID: &[u8] = b"n";
     /// `c` ++ id → CBOR `CommandRecord`.
@@ -235,6 +403,35 @@ pub mod commands {
     /// `s` ++ settled ms ++ id → empty: settled commands by age.
     pub const SETTLED_PREFIX: u8 = b's';
 
+    fn id_key(prefix: u8, id: u64) -> [u8; 9] {
+        let mut out = [prefix; 9];
+        out[1..].copy_from_slice(&id.to_be_bytes());
+        out
+    }
+
+    fn parse_id_key(layout: &'static str, prefix: u8, key: &[u8]) -> Result<u64, KeyError> {
+        let mut c = Cursor::new(Cf::Commands, layout, key);
+        c.tag(prefix)?;
+        let id = c.u64()?;
+        c.end(id)
+    }
+
+    pub fn record_key(id: u64) -> [u8; 9] {
+        id_key(RECORD_PREFIX, id)
+    }
+
+    pub fn parse_record_key(key: &[u8]) -> Result<u64, KeyError> {
+        parse_id_key("command record", RECORD_PREFIX, key)
+    }
+
+    pub fn pending_key(id: u64) -> [u8; 9] {
+        id_key(PENDING_PREFIX, id)
+    }
+
+    pub fn parse_pending_key(key: &[u8]) -> Result<u64, KeyError> {
+        parse_id_key("pending command", PENDING_PREFIX, key)
+    }
+
     pub fn settled_key(settled_ms: u64, id: u64) -> [u8; 17] {
         let mut out = [SETTLED_PREFIX; 17];
         out[1..9].copy_from_slice(&settled_ms.to_be_bytes());
@@ -242,21 +439,20 @@ pub mod commands {
         out
     }
 
-    pub fn record_key(id: u64) -> [u8; 9] {
-        let mut out = [RECORD_PREFIX; 9];
-        out[1..].copy_from_slice(&id.to_be_bytes());
-        out
-    }
-
-    pub fn pending_key(id: u64) -> [u8; 9] {
-        let mut out = [PENDING_PREFIX; 9];
-        out[1..].copy_from_slice(&id.to_be_bytes());
-        out
+    /// (settled ms, id).
+    pub fn parse_settled_key(key: &[u8]) -> Result<(u64, u64), KeyError> {
+        let mut c = Cursor::new(Cf::Commands, "settled command", key);
+        c.tag(SETTLED_PREFIX)?;
+        let at_ms = c.u64()?;
+        let id = c.u64()?;
+        c.end((at_ms, id))
     }
 }
 
 /// Keys in [`Cf::Auth`].
 pub mod auth {
+    use super::{Cf, Cursor, KeyError};
+
     /// CBOR `AuthMeta`: enabled, the token-signing key, the auth revision.
     pub const META: &[u8] = b"m";
     /// `u` ++ user name → CBOR `UserRecord`.
@@ -277,14 +473,44 @@ pub mod auth {
         out.extend_from_slice(name.as_bytes());
         out
     }
+
+    /// The user name of a [`user_key`].
+    pub fn parse_user_key(key: &[u8]) -> Result<String, KeyError> {
+        let mut c = Cursor::new(Cf::Auth, "auth user", key);
+        c.tag(USER_PREFIX)?;
+        let name = c.rest_str()?.to_string();
+        c.end(name)
+    }
+
+    /// The role name of a [`role_key`].
+    pub fn parse_role_key(key: &[u8]) -> Result<String, KeyError> {
+        let mut c = Cursor::new(Cf::Auth, "auth role", key);
+        c.tag(ROLE_PREFIX)?;
+        let name = c.rest_str()?.to_string();
+        c.end(name)
+    }
 }
 
-pub fn u64_key(n: u64) -> [u8; 8] {
-    n.to_be_bytes()
+/// `raft_log` key: the entry's index.
+pub fn log_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
 }
 
-pub fn parse_u64_key(bytes: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?))
+pub fn parse_log_key(key: &[u8]) -> Result<u64, KeyError> {
+    let mut c = Cursor::new(Cf::RaftLog, "raft log", key);
+    let index = c.u64()?;
+    c.end(index)
+}
+
+/// `leases` key: the lease id.
+pub fn lease_id_key(id: i64) -> [u8; 8] {
+    (id as u64).to_be_bytes()
+}
+
+pub fn parse_lease_id_key(key: &[u8]) -> Result<i64, KeyError> {
+    let mut c = Cursor::new(Cf::Leases, "lease", key);
+    let id = c.u64()? as i64;
+    c.end(id)
 }
 
 /// Appends `key`, escaped and terminated, to `out`.
@@ -333,12 +559,12 @@ pub fn history_key(key: &[u8], revision: i64) -> Vec<u8> {
     out
 }
 
-pub fn parse_history_key(bytes: &[u8]) -> Option<(Vec<u8>, i64)> {
-    let (key, rest) = split_escaped(bytes)?;
-    if rest.len() != 8 {
-        return None;
-    }
-    Some((key, parse_u64_key(rest)? as i64))
+/// (user key, revision).
+pub fn parse_history_key(key: &[u8]) -> Result<(Vec<u8>, i64), KeyError> {
+    let mut c = Cursor::new(Cf::KvHistory, "key history", key);
+    let user_key = c.escaped()?;
+    let revision = c.u64()? as i64;
+    c.end((user_key, revision))
 }
 
 /// `kv_changes` key: revision ++ position within the revision.
@@ -349,21 +575,28 @@ pub fn change_key(revision: i64, sub: u32) -> [u8; 12] {
     out
 }
 
-pub fn parse_change_key(bytes: &[u8]) -> Option<(i64, u32)> {
-    if bytes.len() != 12 {
-        return None;
-    }
-    let rev = parse_u64_key(&bytes[..8])? as i64;
-    let sub = u32::from_be_bytes(bytes[8..12].try_into().ok()?);
-    Some((rev, sub))
+/// (revision, position within the revision).
+pub fn parse_change_key(key: &[u8]) -> Result<(i64, u32), KeyError> {
+    let mut c = Cursor::new(Cf::KvChanges, "change feed", key);
+    let revision = c.u64()? as i64;
+    let sub = c.u32()?;
+    c.end((revision, sub))
 }
 
-/// `lease_keys` key: lease id ++ user key.
+/// `lease_keys` key: lease id ++ user key. The keys of one lease share the
+/// prefix [`lease_id_key`].
 pub fn lease_key(lease: i64, key: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + key.len());
-    out.extend_from_slice(&(lease as u64).to_be_bytes());
+    out.extend_from_slice(&lease_id_key(lease));
     out.extend_from_slice(key);
     out
+}
+
+/// (lease id, user key).
+pub fn parse_lease_key(key: &[u8]) -> Result<(i64, &[u8]), KeyError> {
+    let mut c = Cursor::new(Cf::LeaseKeys, "lease key", key);
+    let lease = c.u64()? as i64;
+    Ok((lease, c.rest()))
 }
 
 /// `lease_deadlines` key: deadline ++ lease id.
@@ -374,6 +607,23 @@ pub fn deadline_key(deadline_ms: u64, lease: i64) -> [u8; 16] {
     out
 }
 
+/// (deadline ms, lease id).
+pub fn parse_deadline_key(key: &[u8]) -> Result<(u64, i64), KeyError> {
+    let mut c = Cursor::new(Cf::LeaseDeadlines, "lease deadline", key);
+    let deadline_ms = c.u64()?;
+    let lease = c.u64()? as i64;
+    c.end((deadline_ms, lease))
+}
+
+/// A document's key in its collection's column family: its id.
+pub fn document_key(id: &str) -> &[u8] {
+    id.as_bytes()
+}
+
+pub fn parse_document_key(cf: Cf, key: &[u8]) -> Result<&str, KeyError> {
+    Cursor::new(cf, "document", key).rest_str()
+}
+
 /// The secondary indexes on devices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceIndex {
@@ -382,7 +632,12 @@ pub enum DeviceIndex {
     Host,
 }
 
+/// The tag of [`host_devices_key`] (no index tag is `n`).
+const HOST_DEVICES_TAG: u8 = b'n';
+
 impl DeviceIndex {
+    const ALL: [DeviceIndex; 3] = [DeviceIndex::Zone, DeviceIndex::Class, DeviceIndex::Host];
+
     fn tag(self) -> u8 {
         match self {
             DeviceIndex::Zone => b'z',
@@ -399,18 +654,45 @@ pub fn device_index_prefix(index: DeviceIndex, value: &str) -> Vec<u8> {
     out
 }
 
-/// `n` ++ escaped host → CBOR u64: how many devices the host has (beside
-/// the indexes in [`Cf::DeviceIndex`]; no index tag is `n`).
-pub fn host_devices_key(host: &str) -> Vec<u8> {
-    let mut out = vec![b'n'];
-    push_escaped(&mut out, host.as_bytes());
-    out
-}
-
 pub fn device_index_key(index: DeviceIndex, value: &str, device: &str) -> Vec<u8> {
     let mut out = device_index_prefix(index, value);
     out.extend_from_slice(device.as_bytes());
     out
+}
+
+/// (index, indexed value, device id).
+pub fn parse_device_index_key(key: &[u8]) -> Result<(DeviceIndex, String, &str), KeyError> {
+    let mut c = Cursor::new(Cf::DeviceIndex, "device index", key);
+    let tag = c.array::<1>()?[0];
+    let index = DeviceIndex::ALL
+        .into_iter()
+        .find(|i| i.tag() == tag)
+        .ok_or_else(|| c.error("unknown index tag"))?;
+    let value = c.escaped_str()?;
+    let device = c.rest_str()?;
+    Ok((index, value, device))
+}
+
+/// `n` ++ escaped host → CBOR u64: how many devices the host has (beside
+/// the indexes in [`Cf::DeviceIndex`]).
+pub fn host_devices_key(host: &str) -> Vec<u8> {
+    let mut out = vec![HOST_DEVICES_TAG];
+    push_escaped(&mut out, host.as_bytes());
+    out
+}
+
+pub fn parse_host_devices_key(key: &[u8]) -> Result<String, KeyError> {
+    let mut c = Cursor::new(Cf::DeviceIndex, "host device count", key);
+    c.tag(HOST_DEVICES_TAG)?;
+    let host = c.escaped_str()?;
+    c.end(host)
+}
+
+/// The bounds `[start, end)` of every key that starts with the one-byte
+/// `tag` (the keys of one layout in [`ingest`] or [`commands`]).
+pub fn tag_bounds(tag: u8) -> ([u8; 1], [u8; 1]) {
+    debug_assert!(tag < 0xFF, "no tag is 0xFF");
+    ([tag], [tag + 1])
 }
 
 /// The smallest key greater than every key starting with `prefix`, or `None`
@@ -427,70 +709,4 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn escaping_round_trips() {
-        for key in [&b""[..], b"a", b"\0", b"a\0b", b"\0\0\xff\x01", b"\xff\xff"] {
-            let mut enc = escaped(key);
-            enc.extend_from_slice(b"rest");
-            let (back, rest) = split_escaped(&enc).unwrap();
-            assert_eq!(back, key);
-            assert_eq!(rest, b"rest");
-        }
-    }
-
-    #[test]
-    fn escaped_order_is_key_order_then_revision() {
-        let keys: [&[u8]; 7] = [b"", b"\0", b"\0\0", b"\0\x01", b"a", b"a\0", b"ab"];
-        let mut encoded = vec![];
-        for k in keys {
-            for rev in [1i64, 2, 300] {
-                encoded.push((history_key(k, rev), (k, rev)));
-            }
-        }
-        let mut sorted = encoded.clone();
-        sorted.sort_by(|a, b| a.0.cmp(&b.0));
-        let order: Vec<_> = sorted.into_iter().map(|e| e.1).collect();
-        let expected: Vec<_> = encoded.into_iter().map(|e| e.1).collect();
-        assert_eq!(order, expected);
-    }
-
-    #[test]
-    fn malformed_escapes_are_rejected() {
-        for bad in [&b"a"[..], b"a\0", b"a\0\x02", b"\0"] {
-            assert!(split_escaped(bad).is_none(), "{bad:?}");
-        }
-        assert!(parse_history_key(&escaped(b"k")).is_none());
-    }
-
-    #[test]
-    fn change_and_history_keys_parse_back() {
-        assert_eq!(parse_change_key(&change_key(42, 3)), Some((42, 3)));
-        assert_eq!(
-            parse_history_key(&history_key(b"k\0", 9)),
-            Some((b"k\0".to_vec(), 9))
-        );
-        assert!(change_key(1, 9) < change_key(2, 0));
-    }
-
-    #[test]
-    fn prefix_end_cases() {
-        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
-        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
-        assert_eq!(prefix_end(b"\xff\xff"), None);
-        assert_eq!(prefix_end(b""), None);
-    }
-
-    #[test]
-    fn collections_and_cfs_parse_by_name() {
-        for c in Collection::ALL {
-            assert_eq!(Collection::parse(c.name()), Some(c));
-        }
-        assert_eq!(Collection::parse("nope"), None);
-        for cf in Cf::ALL {
-            assert_eq!(Cf::from_name(cf.name()), Some(cf));
-        }
-    }
-}
+mod tests;

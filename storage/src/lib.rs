@@ -6,9 +6,12 @@
 //! each in its own column family ([`keys::Cf`]).
 //!
 //! Architecture invariant: this is the only crate that links RocksDB or knows
-//! a key encoding. Applying events ([`apply`]) is pure and tested without
-//! RocksDB; [`LogStore`] and [`StateMachine`] adapt RocksDB to openraft's
-//! storage traits, and [`Reader`] serves reads to the API.
+//! a key encoding ([`keys`]: every layout, its encoder and its parser).
+//! Applying events ([`apply`]) is pure and tested without RocksDB;
+//! [`LogStore`] and [`StateMachine`] adapt RocksDB to openraft's storage
+//! traits, and [`Reader`] serves reads to the API. Records are CBOR
+//! ([`codec`]); documents are typed ([`documents`]) and stored as JSON with
+//! sorted keys, the same bytes from one build to the next.
 //!
 //! Durability: log appends are acknowledged to Raft only after the WAL is
 //! synced ([`LogStore`]'s flusher shares one fsync among every append
@@ -18,7 +21,9 @@
 
 pub mod apply;
 pub mod auth;
+pub mod codec;
 mod db;
+pub mod documents;
 pub mod ingest;
 pub mod keys;
 mod log_store;

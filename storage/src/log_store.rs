@@ -178,7 +178,7 @@ impl LogStore {
     fn decode_entry(key: &[u8], bytes: &[u8]) -> Result<Entry, StoreError> {
         let entry: Entry = event::decode(bytes)
             .map_err(|e| StoreError::corrupt(Cf::RaftLog, key, e.to_string()))?;
-        if keys::parse_u64_key(key) != Some(entry.index()) {
+        if keys::parse_log_key(key)? != entry.index() {
             return Err(StoreError::corrupt(
                 Cf::RaftLog,
                 key,
@@ -225,12 +225,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let mut out = Vec::new();
         let it = self.db.db.iterator_cf(
             self.db.cf(Cf::RaftLog),
-            rocksdb::IteratorMode::From(&keys::u64_key(start), rocksdb::Direction::Forward),
+            rocksdb::IteratorMode::From(&keys::log_key(start), rocksdb::Direction::Forward),
         );
         for item in it {
             let (k, v) = item.map_err(StoreError::from)?;
-            let index = keys::parse_u64_key(&k)
-                .ok_or_else(|| StoreError::corrupt(Cf::RaftLog, &k, "bad index"))?;
+            let index = keys::parse_log_key(&k).map_err(StoreError::from)?;
             if !range.contains(&index) {
                 break;
             }
@@ -303,7 +302,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut appended = Vec::new();
         for entry in entries {
             let bytes = event::encode(&entry).map_err(|e| io::Error::other(e.to_string()))?;
-            batch.put_cf(cf, keys::u64_key(entry.index()), &bytes);
+            batch.put_cf(cf, keys::log_key(entry.index()), &bytes);
             appended.push((entry, bytes.len()));
         }
         {
@@ -332,8 +331,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .db
             .delete_range_cf(
                 self.db.cf(Cf::RaftLog),
-                keys::u64_key(from),
-                keys::u64_key(u64::MAX),
+                keys::log_key(from),
+                keys::log_key(u64::MAX),
             )
             .map_err(|e| {
                 // Unknown what is left in RocksDB: read from it from now on.
@@ -349,8 +348,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         batch.put_cf(self.db.cf(Cf::RaftMeta), raft_meta::LAST_PURGED, bytes);
         batch.delete_range_cf(
             self.db.cf(Cf::RaftLog),
-            keys::u64_key(0),
-            keys::u64_key(log_id.index() + 1),
+            keys::log_key(0),
+            keys::log_key(log_id.index() + 1),
         );
         let mut recent = self.recent();
         recent.purge_upto(log_id.index());

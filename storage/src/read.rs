@@ -1,20 +1,29 @@
 //! Reads for the API: key ranges (now or at a past revision), the change
-//! feed for watches, leases and documents.
+//! feed for watches, leases and the replicated metadata here; documents
+//! (`read/documents.rs`) and the MQTT ingest and command state
+//! (`read/ingest.rs`) in their own modules.
 //!
 //! Reads go straight to RocksDB; whether they are linearizable is decided by
 //! the caller (a Raft read barrier before the read), not here.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::Deserialize;
 use tokio::sync::broadcast;
-use utopia_raft::event::{self, Bytes, KeyValue, Quotas, RangeResult, TxnOp};
+use utopia_raft::event::{Bytes, KeyValue, Quotas, RangeResult, TxnOp};
 
 use crate::apply::{
-    range_bounds, AlarmRecord, AlarmState, CommandRecord, FeedChange, HistoryRecord, IngestEffects,
-    IngestOwners, IngestTotals, LeaseRecord, StateRead,
+    range_bounds, AlarmRecord, AlarmState, FeedChange, HistoryRecord, IngestEffects, LeaseRecord,
+    StateRead,
 };
+use crate::codec;
+use crate::keys::{self, meta, Cf};
+use crate::{Db, StoreError};
+
+mod documents;
+mod ingest;
+
+pub use documents::DocPage;
 
 /// Bytes one key-value pair or document adds to a response beyond its
 /// key and value (field tags, lengths, revisions, the document's
@@ -93,49 +102,6 @@ impl RangePage {
     }
 }
 
-/// What a page of documents may still hold.
-struct PageBudget {
-    bytes: usize,
-    bytes_max: usize,
-    limit: usize,
-}
-
-impl PageBudget {
-    /// Whether a document of `size` bytes (id and JSON) still fits in
-    /// `page`, counting it in if so; the first always fits, so that paging
-    /// makes progress.
-    fn fits(&mut self, page: &DocPage, size: usize) -> bool {
-        let size = size + RESPONSE_ITEM_OVERHEAD_BYTES;
-        if page.documents.len() >= self.limit
-            || (!page.documents.is_empty() && self.bytes.saturating_add(size) > self.bytes_max)
-        {
-            return false;
-        }
-        self.bytes += size;
-        true
-    }
-
-    fn left(&self) -> usize {
-        self.bytes_max.saturating_sub(self.bytes)
-    }
-}
-
-impl DocPage {
-    /// Ends the page before a document that did not fit: the next page
-    /// starts after the last one in this page.
-    fn end_before_next(&mut self) {
-        self.next_page_token = self.documents.last().map(|(id, _)| id.clone());
-    }
-}
-
-/// The part of a dedupe record reads need.
-#[derive(Deserialize)]
-struct DedupeSeen {
-    committed_ms: u64,
-}
-use crate::keys::{self, meta, Cf, Collection, DeviceIndex};
-use crate::{Db, StoreError};
-
 /// Key changes applied together, in revision order (and within a revision,
 /// in feed order): every change of a revision is in the same batch.
 #[derive(Debug, Clone)]
@@ -156,18 +122,15 @@ pub enum ReadError {
     Store(#[from] StoreError),
 }
 
+impl From<keys::KeyError> for ReadError {
+    fn from(e: keys::KeyError) -> Self {
+        ReadError::Store(e.into())
+    }
+}
+
 /// A lease, the keys attached to it (as many as were asked for), and
 /// whether more are attached.
 pub type LeaseInfo = (LeaseRecord, Vec<Vec<u8>>, bool);
-
-/// One page of documents.
-#[derive(Debug, Clone, Default)]
-pub struct DocPage {
-    /// (id, JSON text).
-    pub documents: Vec<(String, String)>,
-    /// Resume after this token; `None` at the end.
-    pub next_page_token: Option<String>,
-}
 
 #[derive(Clone)]
 pub struct Reader {
@@ -176,10 +139,6 @@ pub struct Reader {
     ingest: broadcast::Sender<Arc<IngestEffects>>,
     /// Moves whenever the auth state changes (see [`Reader::auth_generation`]).
     auth_generation: Arc<std::sync::atomic::AtomicU64>,
-}
-
-fn dec<T: serde::de::DeserializeOwned>(cf: Cf, key: &[u8], bytes: &[u8]) -> Result<T, StoreError> {
-    event::decode(bytes).map_err(|e| StoreError::corrupt(cf, key, e.to_string()))
 }
 
 impl Reader {
@@ -225,80 +184,9 @@ impl Reader {
         self.ingest.subscribe()
     }
 
-    /// The members that own topics now.
-    pub fn ingest_owners(&self) -> Result<IngestOwners, StoreError> {
-        match self.db.get(Cf::Ingest, keys::ingest::OWNERS)? {
-            Some(b) => dec(Cf::Ingest, keys::ingest::OWNERS, &b),
-            None => Ok(IngestOwners::default()),
-        }
-    }
-
-    /// Cluster-wide ingest counts.
-    pub fn ingest_totals(&self) -> Result<IngestTotals, StoreError> {
-        match self.db.get(Cf::Ingest, keys::ingest::TOTALS)? {
-            Some(b) => dec(Cf::Ingest, keys::ingest::TOTALS, &b),
-            None => Ok(IngestTotals::default()),
-        }
-    }
-
-    /// The weight each member asked for in topic ownership.
-    pub fn ingest_weights(&self) -> Result<BTreeMap<u64, u32>, StoreError> {
-        let start = [keys::ingest::WEIGHT_PREFIX];
-        let end = [keys::ingest::WEIGHT_PREFIX + 1];
-        let mut out = BTreeMap::new();
-        for item in self.db.scan(Cf::Ingest, &start, Some(&end)) {
-            let (k, v) = item?;
-            let node = keys::parse_u64_key(&k[1..])
-                .ok_or_else(|| StoreError::corrupt(Cf::Ingest, &k, "bad weight key"))?;
-            out.insert(node, dec(Cf::Ingest, &k, &v)?);
-        }
-        Ok(out)
-    }
-
-    /// Whether a message with this digest was committed at or after
-    /// `since_ms` (and is still remembered).
-    pub fn ingest_committed_since(&self, digest: &[u8], since_ms: u64) -> Result<bool, StoreError> {
-        let key = keys::ingest::dedupe_key(digest);
-        Ok(match self.db.get(Cf::Ingest, &key)? {
-            Some(b) => {
-                let rec: DedupeSeen = dec(Cf::Ingest, &key, &b)?;
-                rec.committed_ms >= since_ms
-            }
-            None => false,
-        })
-    }
-
-    /// A command by id.
-    pub fn command(&self, id: u64) -> Result<Option<CommandRecord>, StoreError> {
-        let key = keys::commands::record_key(id);
-        match self.db.get(Cf::Commands, &key)? {
-            Some(b) => Ok(Some(dec(Cf::Commands, &key, &b)?)),
-            None => Ok(None),
-        }
-    }
-
-    /// Pending commands in id order, at most `max`.
-    pub fn pending_commands(&self, max: usize) -> Result<Vec<CommandRecord>, StoreError> {
-        let start = [keys::commands::PENDING_PREFIX];
-        let end = [keys::commands::PENDING_PREFIX + 1];
-        let mut out = Vec::new();
-        for item in self.db.scan(Cf::Commands, &start, Some(&end)) {
-            if out.len() >= max {
-                break;
-            }
-            let (k, _) = item?;
-            let id = keys::parse_u64_key(&k[1..])
-                .ok_or_else(|| StoreError::corrupt(Cf::Commands, &k, "bad pending key"))?;
-            if let Some(c) = self.command(id)? {
-                out.push(c);
-            }
-        }
-        Ok(out)
-    }
-
     fn meta_i64(&self, key: &[u8]) -> Result<i64, StoreError> {
         match self.db.get(Cf::SmMeta, key)? {
-            Some(b) => dec(Cf::SmMeta, key, &b),
+            Some(b) => codec::decode(Cf::SmMeta, key, &b),
             None => Ok(0),
         }
     }
@@ -306,7 +194,7 @@ impl Reader {
     /// The quotas applied.
     pub fn quotas(&self) -> Result<Quotas, StoreError> {
         match self.db.get(Cf::SmMeta, meta::QUOTAS)? {
-            Some(b) => dec(Cf::SmMeta, meta::QUOTAS, &b),
+            Some(b) => codec::decode(Cf::SmMeta, meta::QUOTAS, &b),
             None => Ok(Quotas::default()),
         }
     }
@@ -319,7 +207,7 @@ impl Reader {
     /// The active alarms and how many disarms have been applied.
     pub fn alarm_state(&self) -> Result<AlarmState, StoreError> {
         match self.db.get(Cf::SmMeta, meta::ALARMS)? {
-            Some(b) => dec(Cf::SmMeta, meta::ALARMS, &b),
+            Some(b) => codec::decode(Cf::SmMeta, meta::ALARMS, &b),
             None => Ok(AlarmState::default()),
         }
     }
@@ -394,9 +282,9 @@ impl Reader {
                 out.count += 1;
                 if out.wants_more() {
                     let kv = if keys_only {
-                        dec::<KeyMeta>(Cf::Kv, k, v)?.into_kv()
+                        codec::decode::<KeyMeta>(Cf::Kv, k, v)?.into_kv()
                     } else {
-                        dec(Cf::Kv, k, v)?
+                        codec::decode(Cf::Kv, k, v)?
                     };
                     out.offer(kv);
                 }
@@ -426,8 +314,7 @@ impl Reader {
             let mut pending_user_key: Vec<u8> = Vec::new();
             let mut it = self.db.raw_range(Cf::KvHistory, &hstart, hend.as_deref());
             while let (Some(k), Some(v)) = (it.key(), it.value()) {
-                let (user_key, rev) = keys::parse_history_key(k)
-                    .ok_or_else(|| StoreError::corrupt(Cf::KvHistory, k, "bad key"))?;
+                let (user_key, rev) = keys::parse_history_key(k)?;
                 if user_key != pending_user_key {
                     if let Some(p) = pending.take() {
                         self.offer_history(&mut out, p)?;
@@ -435,7 +322,7 @@ impl Reader {
                     pending_user_key = user_key;
                 }
                 if rev <= revision {
-                    let deleted = dec::<HistoryDeleted>(Cf::KvHistory, k, v)?.deleted;
+                    let deleted = codec::decode::<HistoryDeleted>(Cf::KvHistory, k, v)?.deleted;
                     pending = Some((k.to_vec(), deleted));
                 }
                 it.next();
@@ -475,7 +362,7 @@ impl Reader {
                 "history record vanished while reading",
             ));
         };
-        let rec: HistoryRecord = dec(Cf::KvHistory, &history_key, &bytes)?;
+        let rec: HistoryRecord = codec::decode(Cf::KvHistory, &history_key, &bytes)?;
         out.offer(rec.kv);
         Ok(())
     }
@@ -494,7 +381,7 @@ impl Reader {
         let mut last = None;
         for item in self.db.scan(Cf::KvHistory, &start, Some(&end)) {
             let (k, v) = item?;
-            last = Some(dec::<HistoryRecord>(Cf::KvHistory, &k, &v)?);
+            last = Some(codec::decode::<HistoryRecord>(Cf::KvHistory, &k, &v)?);
         }
         Ok(last.filter(|r| !r.deleted).map(|r| r.kv))
     }
@@ -536,12 +423,11 @@ impl Reader {
             }
             let (k, v) = item?;
             bytes = bytes.saturating_add(k.len() + v.len());
-            let (revision, sub) = keys::parse_change_key(&k)
-                .ok_or_else(|| StoreError::corrupt(Cf::KvChanges, &k, "bad key"))?;
+            let (revision, sub) = keys::parse_change_key(&k)?;
             out.push(FeedChange {
                 revision,
                 sub,
-                change: dec(Cf::KvChanges, &k, &v)?,
+                change: codec::decode(Cf::KvChanges, &k, &v)?,
             });
         }
         Ok(out)
@@ -551,20 +437,19 @@ impl Reader {
     /// be applied, cluster-wide (replicated state).
     pub fn events_rejected(&self) -> Result<u64, StoreError> {
         match self.db.get(Cf::SmMeta, meta::EVENTS_REJECTED)? {
-            Some(b) => dec(Cf::SmMeta, meta::EVENTS_REJECTED, &b),
+            Some(b) => codec::decode(Cf::SmMeta, meta::EVENTS_REJECTED, &b),
             None => Ok(0),
         }
     }
 
-    /// A lease and the keys attached to it.
     /// A lease and its attached keys, at most about `keys_bytes_max` bytes
     /// of them (one key always).
     pub fn lease(&self, id: i64, keys_bytes_max: usize) -> Result<Option<LeaseInfo>, StoreError> {
-        let key = keys::u64_key(id as u64);
+        let key = keys::lease_id_key(id);
         let Some(b) = self.db.get(Cf::Leases, &key)? else {
             return Ok(None);
         };
-        let lease: LeaseRecord = dec(Cf::Leases, &key, &b)?;
+        let lease: LeaseRecord = codec::decode(Cf::Leases, &key, &b)?;
         let end = keys::prefix_end(&key);
         let mut attached = Vec::new();
         let mut bytes = 0usize;
@@ -576,7 +461,7 @@ impl Reader {
                 break;
             }
             bytes = bytes.saturating_add(k.len());
-            attached.push(k[8..].to_vec());
+            attached.push(keys::parse_lease_key(&k)?.1.to_vec());
         }
         Ok(Some((lease, attached, more)))
     }
@@ -591,171 +476,12 @@ impl Reader {
                 break;
             }
             let (k, _) = item?;
-            let id = keys::parse_u64_key(k.get(8..).unwrap_or_default())
-                .ok_or_else(|| StoreError::corrupt(Cf::LeaseDeadlines, &k, "bad key"))?;
-            out.push(id as i64);
+            out.push(keys::parse_deadline_key(&k)?.1);
         }
         Ok(out)
     }
 
     pub fn lease_exists(&self, id: i64) -> Result<bool, StoreError> {
-        Ok(self
-            .db
-            .get(Cf::Leases, &keys::u64_key(id as u64))?
-            .is_some())
-    }
-
-    /// A document as served: its stored JSON, and for a zone the ids of
-    /// its devices from the zone index (the stored zone document keeps
-    /// only their count), at most `bytes_max` bytes of them, with
-    /// `devices_more` saying whether ids were left out.
-    pub fn get_document(
-        &self,
-        collection: Collection,
-        id: &str,
-        bytes_max: usize,
-    ) -> Result<Option<String>, StoreError> {
-        let cf = collection.cf();
-        match self.db.get(cf, id.as_bytes())? {
-            None => Ok(None),
-            Some(b) => self.served(collection, id, b, bytes_max).map(Some),
-        }
-    }
-
-    /// The stored bytes of a document, as served (see
-    /// [`Reader::get_document`]).
-    fn served(
-        &self,
-        collection: Collection,
-        id: &str,
-        stored: Vec<u8>,
-        bytes_max: usize,
-    ) -> Result<String, StoreError> {
-        let cf = collection.cf();
-        let json = String::from_utf8(stored)
-            .map_err(|_| StoreError::corrupt(cf, id.as_bytes(), "not UTF-8"))?;
-        if collection != Collection::Zones {
-            return Ok(json);
-        }
-        let mut doc = match serde_json::from_str::<serde_json::Value>(&json) {
-            Ok(serde_json::Value::Object(m)) => m,
-            _ => {
-                return Err(StoreError::corrupt(
-                    cf,
-                    id.as_bytes(),
-                    "document is not a JSON object",
-                ))
-            }
-        };
-        // The two fields' names and punctuation come out of it too.
-        let framing = r#","devices":[],"devices_more":false"#.len();
-        let budget = bytes_max.saturating_sub(json.len() + framing);
-        let (devices, more) = self.zone_devices(id, budget)?;
-        doc.insert("devices".into(), serde_json::json!(devices));
-        doc.insert("devices_more".into(), serde_json::json!(more));
-        Ok(serde_json::Value::Object(doc).to_string())
-    }
-
-    /// The ids of the devices in `zone`, in order, until the next one
-    /// would pass `bytes_max`; and whether any were left out.
-    fn zone_devices(
-        &self,
-        zone: &str,
-        bytes_max: usize,
-    ) -> Result<(Vec<String>, bool), StoreError> {
-        let prefix = keys::device_index_prefix(DeviceIndex::Zone, zone);
-        let end = keys::prefix_end(&prefix);
-        let mut it = self.db.raw_range(Cf::DeviceIndex, &prefix, end.as_deref());
-        let mut ids = Vec::new();
-        let mut bytes = 0usize;
-        while let Some(k) = it.key() {
-            let id = std::str::from_utf8(&k[prefix.len()..])
-                .map_err(|_| StoreError::corrupt(Cf::DeviceIndex, k, "id not UTF-8"))?;
-            // Quotes and a comma around each id in the JSON list.
-            let size = id.len() + 3;
-            if bytes + size > bytes_max {
-                return Ok((ids, true));
-            }
-            bytes += size;
-            ids.push(id.to_string());
-            it.next();
-        }
-        it.status().map_err(StoreError::from)?;
-        Ok((ids, false))
-    }
-
-    /// Lists documents in id order, optionally only devices matching an
-    /// index, starting after `page_token`: at most `limit` of them and,
-    /// past the first, at most `bytes_max` bytes of ids and JSON.
-    pub fn list_documents(
-        &self,
-        collection: Collection,
-        filter: Option<(DeviceIndex, &str)>,
-        limit: usize,
-        bytes_max: usize,
-        page_token: Option<&str>,
-    ) -> Result<DocPage, StoreError> {
-        let limit = limit.max(1);
-        let after = |id: &str| {
-            let mut k = id.as_bytes().to_vec();
-            k.push(0);
-            k
-        };
-        let mut page = DocPage::default();
-        let mut budget = PageBudget {
-            bytes: 0,
-            bytes_max,
-            limit,
-        };
-        match filter {
-            None => {
-                let cf = collection.cf();
-                let start = page_token.map(after).unwrap_or_default();
-                let mut it = self.db.raw_range(cf, &start, None);
-                while let (Some(k), Some(v)) = (it.key(), it.value()) {
-                    if !budget.fits(&page, k.len() + v.len()) {
-                        page.end_before_next();
-                        break;
-                    }
-                    let id = String::from_utf8(k.to_vec())
-                        .map_err(|e| StoreError::corrupt(cf, e.as_bytes(), "id not UTF-8"))?;
-                    let json = self.served(collection, &id, v.to_vec(), budget.left())?;
-                    // A zone's device list came out of what was left.
-                    budget.bytes += json.len().saturating_sub(v.len());
-                    page.documents.push((id, json));
-                    it.next();
-                }
-                it.status().map_err(StoreError::from)?;
-            }
-            Some((index, value)) => {
-                let prefix = keys::device_index_prefix(index, value);
-                let mut start = prefix.clone();
-                if let Some(t) = page_token {
-                    start.extend_from_slice(&after(t));
-                }
-                let end = keys::prefix_end(&prefix);
-                let mut it = self.db.raw_range(Cf::DeviceIndex, &start, end.as_deref());
-                while let Some(k) = it.key() {
-                    let id = String::from_utf8(k[prefix.len()..].to_vec())
-                        .map_err(|_| StoreError::corrupt(Cf::DeviceIndex, k, "id not UTF-8"))?;
-                    let Some(json) = self.db.get(Cf::Devices, id.as_bytes())? else {
-                        return Err(StoreError::corrupt(
-                            Cf::DeviceIndex,
-                            k,
-                            "indexes a missing device",
-                        ));
-                    };
-                    if !budget.fits(&page, id.len() + json.len()) {
-                        page.end_before_next();
-                        break;
-                    }
-                    let json = self.served(Collection::Devices, &id, json, 0)?;
-                    page.documents.push((id, json));
-                    it.next();
-                }
-                it.status().map_err(StoreError::from)?;
-            }
-        }
-        Ok(page)
+        Ok(self.db.get(Cf::Leases, &keys::lease_id_key(id))?.is_some())
     }
 }

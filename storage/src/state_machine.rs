@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use futures::TryStreamExt;
 use rocksdb::WriteBatch;
 use tokio::sync::broadcast;
-use utopia_raft::event;
 use utopia_raft::openraft_api::{
     EntryPayload, EntryResponder, LogIdOf, OptionalSend, RaftEntry, RaftSnapshotBuilder,
     RaftStateMachine, SnapshotOf, StoredMembershipOf,
@@ -23,6 +22,7 @@ use utopia_raft::{Response, SnapshotData, TypeConfig};
 
 use crate::apply::IngestEffects;
 use crate::apply::{Applier, StateRead};
+use crate::codec;
 use crate::db::DbView;
 use crate::keys::{self, meta, Cf};
 use crate::read::WatchBatch;
@@ -186,11 +186,10 @@ impl StateMachine {
         for cf in Cf::STATE_MACHINE {
             self.clear_cf(&mut batch, cf)?;
         }
-        let enc_err = |e: event::CodecError| StoreError::Io(e.to_string());
         batch.put_cf(
             self.db.cf(Cf::SmMeta),
             meta::INSTALLING,
-            event::encode(meta).map_err(enc_err)?,
+            codec::encode(meta),
         );
         self.write_synced(batch)?;
 
@@ -217,12 +216,12 @@ impl StateMachine {
         batch.put_cf(
             self.db.cf(Cf::SmMeta),
             meta::APPLIED,
-            event::encode(&meta.last_log_id).map_err(enc_err)?,
+            codec::encode(&meta.last_log_id),
         );
         batch.put_cf(
             self.db.cf(Cf::SmMeta),
             meta::MEMBERSHIP,
-            event::encode(&meta.last_membership).map_err(enc_err)?,
+            codec::encode(&meta.last_membership),
         );
         batch.delete_cf(self.db.cf(Cf::SmMeta), meta::INSTALLING);
         // Synced: it makes every batch before it durable too (one WAL).
@@ -328,8 +327,7 @@ fn decode_meta<T: serde::de::DeserializeOwned>(
     key: &[u8],
     raw: Option<Vec<u8>>,
 ) -> Result<Option<T>, StoreError> {
-    raw.map(|b| event::decode(&b).map_err(|e| StoreError::corrupt(Cf::SmMeta, key, e.to_string())))
-        .transpose()
+    raw.map(|b| codec::decode(Cf::SmMeta, key, &b)).transpose()
 }
 
 /// Builds a snapshot from a view taken when openraft asked for the builder,
@@ -430,15 +428,11 @@ impl StateMachine {
             batch.put_cf(
                 self.db.cf(Cf::SmMeta),
                 meta::APPLIED,
-                event::encode(&Some(*applied)).map_err(io::Error::other)?,
+                codec::encode(&Some(*applied)),
             );
         }
         if let Some(m) = &last_membership {
-            batch.put_cf(
-                self.db.cf(Cf::SmMeta),
-                meta::MEMBERSHIP,
-                event::encode(m).map_err(io::Error::other)?,
-            );
+            batch.put_cf(self.db.cf(Cf::SmMeta), meta::MEMBERSHIP, codec::encode(m));
         }
         // Not synced: the entries are already durable in the log, which
         // shares this WAL; a crash loses at most a suffix that Raft re-applies.

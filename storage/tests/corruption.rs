@@ -63,3 +63,43 @@ fn corrupt_documents_name_their_key() {
         .to_string();
     assert!(err.contains("kv") && err.contains("k"), "{err}");
 }
+
+/// A damaged key in the ingest state: the applier, which walks the expiry
+/// index on every batch, stops with the key named instead of panicking on
+/// a key too short to slice.
+#[test]
+fn a_malformed_ingest_expiry_key_stops_the_applier_naming_it() {
+    use utopia_raft::event::{Event, Request};
+    let dir = tempfile::tempdir().unwrap();
+    drop(utopia_storage::open(dir.path()).unwrap());
+    poke(dir.path(), Cf::Ingest, b"x", b"");
+    let store = utopia_storage::open(dir.path()).unwrap();
+    let batch = Request::new(
+        1_000,
+        Event::IngestBatch {
+            epoch: 0,
+            proposer: 1,
+            items: vec![],
+        },
+    );
+    let err = utopia_storage::apply::Applier::new(&store.db)
+        .apply(&batch)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ingest") && err.contains("x"), "{err}");
+}
+
+/// Index keys longer than their layout are named, not read by their first
+/// bytes.
+#[test]
+fn malformed_index_keys_are_named_not_misread() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(utopia_storage::open(dir.path()).unwrap());
+    poke(dir.path(), Cf::Ingest, b"w\0\0\0\0\0\0\0\x01!", b"\x01");
+    poke(dir.path(), Cf::Commands, b"p\0\0\0\0\0\0\0\x01!", b"");
+    let store = utopia_storage::open(dir.path()).unwrap();
+    let err = store.reader.ingest_weights().unwrap_err().to_string();
+    assert!(err.contains("ingest") && err.contains("w"), "{err}");
+    let err = store.reader.pending_commands(10).unwrap_err().to_string();
+    assert!(err.contains("commands") && err.contains("p"), "{err}");
+}

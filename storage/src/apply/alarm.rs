@@ -7,7 +7,8 @@
 use serde::{Deserialize, Serialize};
 use utopia_raft::event::{AlarmKind, Event, Outcome, Rejection};
 
-use super::{enc, Applier, StateRead};
+use super::{Applier, StateRead};
+use crate::codec;
 use crate::keys::{meta, Cf};
 use crate::StoreError;
 
@@ -43,7 +44,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
     }
 
     fn put_alarm_state(&mut self, state: &AlarmState) {
-        self.put(Cf::SmMeta, meta::ALARMS.to_vec(), enc(state));
+        self.put(Cf::SmMeta, meta::ALARMS.to_vec(), codec::encode(state));
     }
 
     /// Why `event` is refused, if it adds data while an alarm is active.

@@ -9,11 +9,12 @@
 
 use utopia_raft::event::{AuthChange, Outcome, PermissionTarget, Rejection};
 
-use super::{enc, Applier, StateRead};
+use super::{Applier, StateRead};
 use crate::auth::{
     check_name, describe_target, AuthMeta, RoleRecord, UserRecord, PASSWORD_HASH_BYTES_MAX,
     PERMISSIONS_PER_ROLE_MAX, ROLES_MAX, ROLES_PER_USER_MAX, ROOT, SIGNING_KEY_BYTES, USERS_MAX,
 };
+use crate::codec::{decode as dec, encode as enc};
 use crate::keys::{self, Cf};
 use crate::StoreError;
 
@@ -209,7 +210,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
                 self.delete(Cf::Auth, keys::auth::role_key(name));
                 // As etcd does: the role leaves every user that held it.
                 for (k, v) in self.auth_scan(keys::auth::USER_PREFIX, USERS_MAX)? {
-                    let mut u: UserRecord = super::dec(Cf::Auth, &k, &v)?;
+                    let mut u: UserRecord = dec(Cf::Auth, &k, &v)?;
                     if let Ok(pos) = u.roles.binary_search(name) {
                         u.roles.remove(pos);
                         self.put_user(&u);

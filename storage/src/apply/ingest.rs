@@ -1,17 +1,18 @@
-//! Applying MQTT ingest and device command events.
+//! Applying MQTT ingest: members' weights, the owners of each epoch, and
+//! batches of messages (fenced by epoch and owner, deduplicated by digest
+//! within the window), whose items become device events and command
+//! replies.
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use utopia_raft::event::{
-    Bytes, IngestBody, IngestItem, IngestMember, Outcome, Rejection, Request, StatCounter,
+    Bytes, IngestBody, IngestItem, IngestMember, Outcome, Rejection, Request,
 };
 
-use super::{bounds, content, enc, Applier, ApplyError, StateRead};
+use super::{content, Applier, ApplyError, StateRead};
+use crate::codec;
 use crate::keys::{self, Cf};
 use crate::StoreError;
 
-/// Commands kept in a device document's `commands` map (newest ids win).
-pub const DEVICE_COMMANDS_KEPT_MAX: usize = 32;
 /// Expired dedupe records removed per applied batch, at most.
 const DEDUPE_EXPIRED_PER_BATCH_MAX: usize = 512;
 
@@ -50,34 +51,6 @@ struct DedupeRecord {
     committed_ms: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CommandState {
-    Pending,
-    Acknowledged,
-    Failed,
-}
-
-/// A device command and where it stands.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommandRecord {
-    pub id: u64,
-    /// The device's document id.
-    pub device: String,
-    /// The device's topic focus, `/${host}/${zone}/${class}/${id}`, at issue.
-    pub focus: String,
-    pub post_type: String,
-    pub json: String,
-    pub state: CommandState,
-    pub attempts: u32,
-    pub attempts_max: u32,
-    pub issued_ms: u64,
-    pub last_attempt_ms: u64,
-    pub settled_ms: u64,
-    pub reply_json: Option<String>,
-    pub reason: Option<String>,
-}
-
 /// What a batch did to the ingest state, for the node's MQTT bridges:
 /// every digest in the log (applied, suppressed or dropped) can be
 /// acknowledged to the broker.
@@ -98,7 +71,7 @@ enum ItemOutcome {
     Ignored,
 }
 
-fn digest16(b: &Bytes) -> Option<[u8; 16]> {
+fn digest16(b: &Bytes) -> Option<keys::ingest::Digest> {
     b[..].try_into().ok()
 }
 
@@ -137,7 +110,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         self.put(
             Cf::Ingest,
             keys::ingest::weight_key(node).to_vec(),
-            enc(&weight),
+            codec::encode(&weight),
         );
         Ok(Outcome::Done)
     }
@@ -160,7 +133,11 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
             members: members.to_vec(),
             dedupe_window_ms,
         };
-        self.put(Cf::Ingest, keys::ingest::OWNERS.to_vec(), enc(&owners));
+        self.put(
+            Cf::Ingest,
+            keys::ingest::OWNERS.to_vec(),
+            codec::encode(&owners),
+        );
         self.effects.owners_changed = true;
         Ok(Outcome::Done)
     }
@@ -177,7 +154,11 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         let mut totals = self.ingest_totals()?;
         if epoch != owners.epoch {
             totals.stale_batches += 1;
-            self.put(Cf::Ingest, keys::ingest::TOTALS.to_vec(), enc(&totals));
+            self.put(
+                Cf::Ingest,
+                keys::ingest::TOTALS.to_vec(),
+                codec::encode(&totals),
+            );
             return Ok(Outcome::Rejected(Rejection::StaleEpoch {
                 proposed: epoch,
                 current: owners.epoch,
@@ -197,7 +178,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
                     "node {proposer} does not own device {device:?} in epoch {epoch}"
                 ));
             }
-            let dedupe_key = keys::ingest::dedupe_key(&digest);
+            let dedupe_key = keys::ingest::dedupe_key(&digest).to_vec();
             let seen: Option<DedupeRecord> = self.get_dec(Cf::Ingest, &dedupe_key)?;
             self.effects.committed.push(digest);
             if item.redelivered
@@ -211,19 +192,19 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
             if let Some(old) = seen {
                 self.delete(
                     Cf::Ingest,
-                    keys::ingest::expiry_key(old.committed_ms, &digest),
+                    keys::ingest::expiry_key(old.committed_ms, &digest).to_vec(),
                 );
             }
             self.put(
                 Cf::Ingest,
                 dedupe_key,
-                enc(&DedupeRecord {
+                codec::encode(&DedupeRecord {
                     committed_ms: at_ms,
                 }),
             );
             self.put(
                 Cf::Ingest,
-                keys::ingest::expiry_key(at_ms, &digest),
+                keys::ingest::expiry_key(at_ms, &digest).to_vec(),
                 Vec::new(),
             );
             // An item whose content cannot be applied is rolled back alone
@@ -275,7 +256,11 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         totals.applied += u64::from(applied);
         totals.suppressed += u64::from(suppressed);
         totals.dropped += u64::from(dropped);
-        self.put(Cf::Ingest, keys::ingest::TOTALS.to_vec(), enc(&totals));
+        self.put(
+            Cf::Ingest,
+            keys::ingest::TOTALS.to_vec(),
+            codec::encode(&totals),
+        );
         Ok(Outcome::Ingested {
             applied,
             suppressed,
@@ -286,13 +271,12 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
     /// Removes dedupe records committed before `cutoff_ms`, a bounded number
     /// per call.
     fn expire_dedupe(&mut self, cutoff_ms: u64) -> Result<(), StoreError> {
-        let start = [keys::ingest::EXPIRY_PREFIX];
-        let end = keys::ingest::expiry_key(cutoff_ms, &[]);
+        let (start, _) = keys::tag_bounds(keys::ingest::EXPIRY_PREFIX);
+        let end = keys::ingest::expiry_bound(cutoff_ms);
         let old = self.scan(Cf::Ingest, &start, Some(&end), DEDUPE_EXPIRED_PER_BATCH_MAX)?;
         for (key, _) in old {
-            let at = keys::parse_u64_key(&key[1..]).unwrap_or(0);
-            let digest = key[9..].to_vec();
-            let dedupe_key = keys::ingest::dedupe_key(&digest);
+            let (at, digest) = keys::ingest::parse_expiry_key(&key)?;
+            let dedupe_key = keys::ingest::dedupe_key(&digest).to_vec();
             let rec: Option<DedupeRecord> = self.get_dec(Cf::Ingest, &dedupe_key)?;
             if rec.is_some_and(|r| r.committed_ms == at) {
                 self.delete(Cf::Ingest, dedupe_key);
@@ -300,195 +284,5 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
             self.delete(Cf::Ingest, key);
         }
         Ok(())
-    }
-
-    fn command(&self, id: u64) -> Result<Option<CommandRecord>, StoreError> {
-        self.get_dec(Cf::Commands, &keys::commands::record_key(id))
-    }
-
-    fn put_command(&mut self, at_ms: u64, c: &CommandRecord) -> Result<(), ApplyError> {
-        self.put(
-            Cf::Commands,
-            keys::commands::record_key(c.id).to_vec(),
-            enc(c),
-        );
-        let pending = keys::commands::pending_key(c.id).to_vec();
-        if c.state == CommandState::Pending {
-            self.put(Cf::Commands, pending, Vec::new());
-        } else {
-            self.delete(Cf::Commands, pending);
-        }
-        self.effects.commands_changed = true;
-        // The device document shows its latest commands.
-        let Some(mut doc) = self.get_doc(Cf::Devices, &c.device)? else {
-            return Ok(());
-        };
-        let commands = doc.entry("commands").or_insert_with(|| json!({}));
-        if !commands.is_object() {
-            *commands = json!({});
-        }
-        let reply = match c.reply_json.as_deref() {
-            None => None,
-            Some(j) => {
-                bounds::check_json_depth(j, bounds::JSON_DEPTH_MAX)
-                    .or_else(|e| content(format!("command reply: {e}")))?;
-                serde_json::from_str::<Value>(j).ok()
-            }
-        };
-        if let Value::Object(m) = commands {
-            m.insert(
-                c.id.to_string(),
-                json!({
-                    "post_type": c.post_type,
-                    "state": c.state,
-                    "attempts": c.attempts,
-                    "issued_ms": c.issued_ms,
-                    "last_attempt_ms": c.last_attempt_ms,
-                    "settled_ms": c.settled_ms,
-                    "reply": reply,
-                    "reason": c.reason,
-                }),
-            );
-            // Keys are decimal ids: keep the newest by numeric order.
-            if m.len() > DEVICE_COMMANDS_KEPT_MAX {
-                let mut ids: Vec<u64> = m.keys().filter_map(|k| k.parse().ok()).collect();
-                ids.sort_unstable();
-                for id in &ids[..ids.len() - DEVICE_COMMANDS_KEPT_MAX] {
-                    m.remove(&id.to_string());
-                }
-            }
-        }
-        doc.insert("last_command_ms".into(), json!(at_ms));
-        self.put_doc(Cf::Devices, &c.device, doc)?;
-        Ok(())
-    }
-
-    pub(super) fn apply_command_issued(
-        &mut self,
-        at_ms: u64,
-        device: &str,
-        post_type: &str,
-        json_text: &str,
-        attempts_max: u32,
-    ) -> Result<Outcome, ApplyError> {
-        let Some(doc) = self.get_doc(Cf::Devices, device)? else {
-            return Ok(Outcome::Rejected(Rejection::NotFound(format!(
-                "device {device:?}"
-            ))));
-        };
-        bounds::check_json_depth(json_text, bounds::JSON_DEPTH_MAX)
-            .or_else(|e| content(format!("command payload: {e}")))?;
-        if serde_json::from_str::<Value>(json_text).is_err() {
-            return Ok(Outcome::Rejected(Rejection::Invalid(
-                "command payload is not JSON".into(),
-            )));
-        }
-        if post_type.is_empty() || post_type.contains(['/', '+', '#', '\0']) {
-            return Ok(Outcome::Rejected(Rejection::Invalid(format!(
-                "command post_type {post_type:?} must be one topic level"
-            ))));
-        }
-        if let Some(why) = self.command_refusal(at_ms)? {
-            return Ok(Outcome::Rejected(Rejection::Quota(why)));
-        }
-        let focus = doc
-            .get("topic_focus")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        let last: u64 = self
-            .get_dec(Cf::Commands, keys::commands::LAST_ID)?
-            .unwrap_or(0);
-        let id = last + 1;
-        self.put(Cf::Commands, keys::commands::LAST_ID.to_vec(), enc(&id));
-        let record = CommandRecord {
-            id,
-            device: device.to_string(),
-            focus,
-            post_type: post_type.to_string(),
-            json: json_text.to_string(),
-            state: CommandState::Pending,
-            attempts: 0,
-            attempts_max: attempts_max.max(1),
-            issued_ms: at_ms,
-            last_attempt_ms: 0,
-            settled_ms: 0,
-            reply_json: None,
-            reason: None,
-        };
-        self.count_command(id, None)?;
-        self.put_command(at_ms, &record)?;
-        Ok(Outcome::Command { id })
-    }
-
-    pub(super) fn apply_command_attempted(
-        &mut self,
-        at_ms: u64,
-        id: u64,
-        attempt: u32,
-    ) -> Result<Outcome, ApplyError> {
-        let Some(mut c) = self.command(id)? else {
-            return Ok(Outcome::Rejected(Rejection::NotFound(format!(
-                "command {id}"
-            ))));
-        };
-        if c.state != CommandState::Pending || attempt != c.attempts + 1 {
-            // A late or repeated attempt record (after a handover): the
-            // command's state already says more.
-            return Ok(Outcome::Command { id });
-        }
-        c.attempts = attempt;
-        c.last_attempt_ms = at_ms;
-        self.put_command(at_ms, &c)?;
-        self.apply_stat(at_ms, &c.device, "device", StatCounter::Attempts, 1)?;
-        Ok(Outcome::Command { id })
-    }
-
-    pub(super) fn apply_command_failed(
-        &mut self,
-        at_ms: u64,
-        id: u64,
-        reason: &str,
-    ) -> Result<Outcome, ApplyError> {
-        let Some(c) = self.command(id)? else {
-            return Ok(Outcome::Rejected(Rejection::NotFound(format!(
-                "command {id}"
-            ))));
-        };
-        let device = c.device.clone();
-        self.settle_command(at_ms, id, &device, Err(reason))?;
-        Ok(Outcome::Command { id })
-    }
-
-    /// Settles a pending command with a reply (`Ok`) or a failure (`Err`).
-    /// False when the command is unknown, for another device, or settled.
-    fn settle_command(
-        &mut self,
-        at_ms: u64,
-        id: u64,
-        device: &str,
-        result: Result<&str, &str>,
-    ) -> Result<bool, ApplyError> {
-        let Some(mut c) = self.command(id)? else {
-            return Ok(false);
-        };
-        if c.device != device || c.state != CommandState::Pending {
-            return Ok(false);
-        }
-        c.settled_ms = at_ms;
-        match result {
-            Ok(reply) => {
-                c.state = CommandState::Acknowledged;
-                c.reply_json = Some(reply.to_string());
-            }
-            Err(reason) => {
-                c.state = CommandState::Failed;
-                c.reason = Some(reason.to_string());
-                self.apply_stat(at_ms, &c.device, "device", StatCounter::Failures, 1)?;
-            }
-        }
-        self.count_command(id, Some(at_ms))?;
-        self.put_command(at_ms, &c)?;
-        Ok(true)
     }
 }

@@ -9,7 +9,8 @@
 
 use utopia_raft::event::{Outcome, Quotas};
 
-use super::{enc, Applier, StateRead};
+use super::{Applier, StateRead};
+use crate::codec;
 use crate::keys::{self, meta, Cf, DeviceIndex};
 use crate::StoreError;
 
@@ -22,7 +23,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
     }
 
     pub(super) fn apply_quotas_changed(&mut self, quotas: &Quotas) -> Result<Outcome, StoreError> {
-        self.put(Cf::SmMeta, meta::QUOTAS.to_vec(), enc(quotas));
+        self.put(Cf::SmMeta, meta::QUOTAS.to_vec(), codec::encode(quotas));
         Ok(Outcome::Done)
     }
 
@@ -71,7 +72,11 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
     /// entry is written).
     pub(super) fn count_new_device(&mut self, host: &str) -> Result<(), StoreError> {
         let n = self.host_devices(host)?;
-        self.put(Cf::DeviceIndex, keys::host_devices_key(host), enc(&(n + 1)));
+        self.put(
+            Cf::DeviceIndex,
+            keys::host_devices_key(host),
+            codec::encode(&(n + 1)),
+        );
         Ok(())
     }
 
@@ -95,15 +100,14 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
     pub(super) fn count_lease(&mut self, granted: bool) -> Result<(), StoreError> {
         let n = self.leases()?;
         let n = if granted { n + 1 } else { n.saturating_sub(1) };
-        self.put(Cf::SmMeta, meta::LEASE_COUNT.to_vec(), enc(&n));
+        self.put(Cf::SmMeta, meta::LEASE_COUNT.to_vec(), codec::encode(&n));
         Ok(())
     }
 
     // ---- device commands
 
     fn pending_commands(&self) -> Result<u64, StoreError> {
-        let start = [keys::commands::PENDING_PREFIX];
-        let end = [keys::commands::PENDING_PREFIX + 1];
+        let (start, end) = keys::tag_bounds(keys::commands::PENDING_PREFIX);
         self.count_at(
             (Cf::Commands, keys::commands::PENDING_COUNT),
             (Cf::Commands, &start, Some(&end)),
@@ -148,7 +152,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         self.put(
             Cf::Commands,
             keys::commands::PENDING_COUNT.to_vec(),
-            enc(&n),
+            codec::encode(&n),
         );
         Ok(())
     }
@@ -156,7 +160,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
     /// Removes the records of commands settled before `cutoff_ms`, a
     /// bounded number per call.
     fn expire_settled_commands(&mut self, cutoff_ms: u64) -> Result<(), StoreError> {
-        let start = [keys::commands::SETTLED_PREFIX];
+        let (start, _) = keys::tag_bounds(keys::commands::SETTLED_PREFIX);
         let end = keys::commands::settled_key(cutoff_ms, 0);
         let old = self.scan(
             Cf::Commands,
@@ -165,8 +169,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
             COMMANDS_EXPIRED_PER_EVENT_MAX,
         )?;
         for (key, _) in old {
-            let id = keys::parse_u64_key(key.get(9..).unwrap_or_default())
-                .ok_or_else(|| StoreError::corrupt(Cf::Commands, &key, "bad settled key"))?;
+            let (_, id) = keys::commands::parse_settled_key(&key)?;
             self.delete(Cf::Commands, keys::commands::record_key(id).to_vec());
             self.delete(Cf::Commands, key);
         }

@@ -1,0 +1,176 @@
+//! Applying device events: registration in a zone (the zone and device
+//! indexes, the zone's count), and the data devices report.
+
+use serde_json::{Map, Value};
+use utopia_raft::event::{DeviceData, Outcome, Rejection};
+
+use super::{bounds, content, Applier, ApplyError, StateRead};
+use crate::documents::{self, Device, LastValue, OtherFields, Zone};
+use crate::keys::{self, Cf, DeviceIndex};
+
+impl<S: StateRead + ?Sized> Applier<'_, S> {
+    /// Registers a device in a zone if it is new there. Returns the device id
+    /// and its document, which is written here only with `write_doc` (a
+    /// caller that changes it further writes it once itself); or, for a
+    /// new device of a host at its quota, why it is refused (nothing is
+    /// written then).
+    pub(super) fn register_device(
+        &mut self,
+        at_ms: u64,
+        host: &str,
+        zone: &str,
+        class: &str,
+        device_id: &str,
+        write_doc: bool,
+    ) -> Result<Result<Registered, Rejection>, ApplyError> {
+        let id = device_doc_id(host, class, device_id);
+        let (mut doc, old_zone) = match self.get_doc::<Device>(&id)? {
+            Some(doc) => {
+                let old_zone = doc.zone.clone();
+                (doc, Some(old_zone))
+            }
+            None => {
+                if let Some(why) = self.device_refusal(host)? {
+                    return Ok(Err(Rejection::Quota(why)));
+                }
+                self.count_new_device(host)?;
+                // Its zone, topic focus and last sighting are set below.
+                let doc = Device {
+                    id: id.clone(),
+                    host: host.to_string(),
+                    class: class.to_string(),
+                    device_id: device_id.to_string(),
+                    zone: String::new(),
+                    topic_focus: String::new(),
+                    data: Value::Object(Map::new()),
+                    last: Map::new(),
+                    commands: Map::new(),
+                    stats: format!("device/{id}"),
+                    first_seen_ms: at_ms,
+                    last_seen_ms: at_ms,
+                    last_command_ms: None,
+                    other: OtherFields::new(),
+                };
+                self.put(
+                    Cf::DeviceIndex,
+                    keys::device_index_key(DeviceIndex::Class, class, &id),
+                    Vec::new(),
+                );
+                self.put(
+                    Cf::DeviceIndex,
+                    keys::device_index_key(DeviceIndex::Host, host, &id),
+                    Vec::new(),
+                );
+                (doc, None)
+            }
+        };
+        if old_zone.as_deref() != Some(zone) {
+            if let Some(old) = &old_zone {
+                self.delete(
+                    Cf::DeviceIndex,
+                    keys::device_index_key(DeviceIndex::Zone, old, &id),
+                );
+                self.zone_membership(old, false)?;
+            }
+            self.put(
+                Cf::DeviceIndex,
+                keys::device_index_key(DeviceIndex::Zone, zone, &id),
+                Vec::new(),
+            );
+            self.zone_membership(zone, true)?;
+            doc.zone = zone.to_string();
+            doc.topic_focus = format!("/{host}/{zone}/{class}/{device_id}");
+        }
+        doc.last_seen_ms = at_ms;
+        if write_doc {
+            self.put_doc(&id, doc.clone())?;
+        }
+        Ok(Ok((id, doc)))
+    }
+
+    /// Counts a device in or out of a zone's document. The document keeps
+    /// only the count: which devices are in the zone is the zone index
+    /// (`Cf::DeviceIndex`), which readers serve the list from, so a new
+    /// device rewrites a document of constant size rather than the whole
+    /// list. Called only when the device's zone changes.
+    pub(super) fn zone_membership(&mut self, zone: &str, present: bool) -> Result<(), ApplyError> {
+        let mut doc = self.get_doc::<Zone>(zone)?.unwrap_or_else(|| Zone {
+            zone: zone.to_string(),
+            device_count: 0,
+            other: OtherFields::new(),
+        });
+        // Documents stored before the list moved to the index carry it (and
+        // its count): the list goes, the count stays.
+        doc.other.remove(Zone::LEGACY_DEVICES);
+        doc.device_count = if present {
+            doc.device_count + 1
+        } else {
+            doc.device_count.saturating_sub(1)
+        };
+        self.put_doc(zone, doc)?;
+        Ok(())
+    }
+
+    pub(super) fn apply_device_data(
+        &mut self,
+        at_ms: u64,
+        d: &DeviceData,
+    ) -> Result<Outcome, ApplyError> {
+        // The entrances check these first; a committed entry may still come
+        // from an older build or a forwarded proposal.
+        bounds::check_path_segments(d.path.len())
+            .or_else(|e| content(format!("device path: {e}")))?;
+        bounds::check_json_depth(&d.json, bounds::JSON_DEPTH_MAX)
+            .or_else(|e| content(format!("device value: {e}")))?;
+        let value: Value = match serde_json::from_str(&d.json) {
+            Ok(v) => v,
+            Err(e) => return content(format!("device value is not JSON: {e}")),
+        };
+        if d.post_type.is_empty() {
+            return content("empty post_type");
+        }
+        let (id, mut doc) =
+            match self.register_device(at_ms, &d.host, &d.zone, &d.class, &d.device_id, false)? {
+                Ok(registered) => registered,
+                Err(rejection) => return Ok(Outcome::Rejected(rejection)),
+            };
+        set_path(
+            &mut doc.data,
+            std::iter::once(d.post_type.as_str()).chain(d.path.iter().map(String::as_str)),
+            value.clone(),
+        );
+        let last = LastValue {
+            path: d.path.clone(),
+            value,
+            at_ms,
+        };
+        doc.last
+            .insert(d.post_type.clone(), documents::entry(&last));
+        self.put_doc(&id, doc)?;
+        Ok(Outcome::Device { id })
+    }
+}
+
+/// A registered device: its document id and its document.
+type Registered = (String, Device);
+
+/// A device's document id: `${host}/${class}/${id}`.
+pub fn device_doc_id(host: &str, class: &str, device_id: &str) -> String {
+    format!("{host}/{class}/{device_id}")
+}
+
+/// Stores `value` at `path` inside `root`, turning anything in the way into
+/// an object.
+fn set_path<'p>(root: &mut Value, path: impl Iterator<Item = &'p str>, value: Value) {
+    let mut node = root;
+    for segment in path {
+        if !node.is_object() {
+            *node = Value::Object(Map::new());
+        }
+        let Value::Object(map) = node else {
+            unreachable!("made an object above")
+        };
+        node = map.entry(segment.to_string()).or_insert(Value::Null);
+    }
+    *node = value;
+}

@@ -1,0 +1,319 @@
+//! Documents: how the applier reads and writes them (the batch's cache of
+//! decoded devices and zones, the size limit), and applying the events of
+//! the cluster's own collections (fellows, database servers, XML
+//! configurations). The document types are [`crate::documents`].
+
+use std::collections::HashMap;
+
+use utopia_raft::event::{ConfigVersion, FellowState, Outcome, Rejection};
+
+use super::{bounds, content, Applier, ApplyError, StateRead};
+use crate::documents::{
+    ConfigState, DbServer, DbServerState, Device, Document, Fellow, OtherFields, Stats, XmlConfig,
+    Zone,
+};
+use crate::keys::{self, Cf};
+
+/// Device and zone documents written in this batch, decoded: an ingest
+/// batch updates each device many times, and each document is parsed once
+/// and encoded once (into the writes, when the batch finishes). Nothing in
+/// the applier reads these collections but through [`Applier::get_doc`].
+#[derive(Default)]
+pub(super) struct DocCache {
+    devices: HashMap<String, Device>,
+    zones: HashMap<String, Zone>,
+}
+
+/// What the cache held for a document before a write. Entries live in the
+/// journal until their event is settled; boxing the larger one would cost
+/// an allocation per device write.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum CachedBefore {
+    Device(String, Option<Device>),
+    Zone(String, Option<Zone>),
+}
+
+impl DocCache {
+    /// Every document in the cache, encoded: the batch's writes of them.
+    pub(super) fn into_writes(self) -> impl Iterator<Item = ((Cf, Vec<u8>), Vec<u8>)> {
+        fn encoded<D: Document>((id, doc): (String, D)) -> ((Cf, Vec<u8>), Vec<u8>) {
+            ((D::COLLECTION.cf(), id.into_bytes()), doc.encode())
+        }
+        let devices = self.devices.into_iter().map(encoded);
+        devices.chain(self.zones.into_iter().map(encoded))
+    }
+
+    /// Puts back what a document was before a write.
+    pub(super) fn restore(&mut self, before: CachedBefore) {
+        fn put_back<D>(docs: &mut HashMap<String, D>, id: String, old: Option<D>) {
+            match old {
+                Some(doc) => docs.insert(id, doc),
+                None => docs.remove(&id),
+            };
+        }
+        match before {
+            CachedBefore::Device(id, old) => put_back(&mut self.devices, id, old),
+            CachedBefore::Zone(id, old) => put_back(&mut self.zones, id, old),
+        }
+    }
+}
+
+/// How the applier keeps one kind of document: in the batch's cache
+/// (devices and zones), or written to the overlay at once (the rest).
+pub(super) trait Stored: Document {
+    fn cached(_docs: &DocCache) -> Option<&HashMap<String, Self>> {
+        None
+    }
+
+    /// The cache's documents of this kind, and how to record what one held
+    /// before a write.
+    #[allow(clippy::type_complexity)]
+    fn cached_mut(
+        _docs: &mut DocCache,
+    ) -> Option<(
+        &mut HashMap<String, Self>,
+        fn(String, Option<Self>) -> CachedBefore,
+    )> {
+        None
+    }
+}
+
+impl Stored for Device {
+    fn cached(docs: &DocCache) -> Option<&HashMap<String, Self>> {
+        Some(&docs.devices)
+    }
+
+    fn cached_mut(
+        docs: &mut DocCache,
+    ) -> Option<(
+        &mut HashMap<String, Self>,
+        fn(String, Option<Self>) -> CachedBefore,
+    )> {
+        Some((&mut docs.devices, CachedBefore::Device))
+    }
+}
+
+impl Stored for Zone {
+    fn cached(docs: &DocCache) -> Option<&HashMap<String, Self>> {
+        Some(&docs.zones)
+    }
+
+    fn cached_mut(
+        docs: &mut DocCache,
+    ) -> Option<(
+        &mut HashMap<String, Self>,
+        fn(String, Option<Self>) -> CachedBefore,
+    )> {
+        Some((&mut docs.zones, CachedBefore::Zone))
+    }
+}
+
+impl Stored for Fellow {}
+impl Stored for DbServer {}
+impl Stored for XmlConfig {}
+impl Stored for Stats {}
+
+impl<S: StateRead + ?Sized> Applier<'_, S> {
+    /// A document as the batch left it. One that does not decode was
+    /// written that way by every replica: a content error.
+    pub(super) fn get_doc<D: Stored>(&self, id: &str) -> Result<Option<D>, ApplyError> {
+        if let Some(doc) = D::cached(&self.docs).and_then(|docs| docs.get(id)) {
+            return Ok(Some(doc.clone()));
+        }
+        match self.get(D::COLLECTION.cf(), keys::document_key(id))? {
+            None => Ok(None),
+            Some(bytes) => match D::decode(id, &bytes) {
+                Ok(doc) => Ok(Some(doc)),
+                Err(e) => content(e.to_string()),
+            },
+        }
+    }
+
+    /// Writes a document, unless it is larger than the event may leave a
+    /// document: then the event is rejected.
+    pub(super) fn put_doc<D: Stored>(&mut self, id: &str, doc: D) -> Result<(), ApplyError> {
+        let max = self.document_bytes_max;
+        let too_large = |bytes: u64| {
+            content(format!(
+                "document {}/{id} would be {bytes} bytes; the limit is {max} bytes (document_bytes_max)",
+                D::COLLECTION.name()
+            ))
+        };
+        let journal = self.journal;
+        if let Some((docs, before)) = D::cached_mut(&mut self.docs) {
+            let bytes = bounds::json_encoded_bytes(&doc);
+            if bytes > max {
+                return too_large(bytes);
+            }
+            let old = docs.insert(id.to_string(), doc);
+            if journal {
+                self.undo.docs.push(before(id.to_string(), old));
+            }
+            return Ok(());
+        }
+        let bytes = doc.encode();
+        if bytes.len() as u64 > max {
+            return too_large(bytes.len() as u64);
+        }
+        self.put(D::COLLECTION.cf(), keys::document_key(id).to_vec(), bytes);
+        Ok(())
+    }
+
+    pub(super) fn apply_fellow(
+        &mut self,
+        at_ms: u64,
+        f: &FellowState,
+    ) -> Result<Outcome, ApplyError> {
+        let id = f.node_id.to_string();
+        let mut doc = self
+            .get_doc::<Fellow>(&id)?
+            .unwrap_or_else(|| Fellow::new(f.node_id));
+        doc.id = f.node_id;
+        doc.host = Some(f.host.clone());
+        doc.addr = Some(f.addr.clone());
+        doc.active = Some(f.active);
+        doc.state = Some(f.role);
+        doc.weight = Some(f.weight);
+        if f.active {
+            doc.last_active_ms = Some(at_ms);
+        }
+        doc.stats = Some(format!("fellow/{id}"));
+        self.put_doc(&id, doc)?;
+        Ok(Outcome::Done)
+    }
+
+    /// Records the address clients reach member `node_id` at, in its
+    /// fellows document (the leader's fellow updates keep it).
+    pub(super) fn apply_client_address(
+        &mut self,
+        node_id: u64,
+        addr: &str,
+    ) -> Result<Outcome, ApplyError> {
+        let id = node_id.to_string();
+        let mut doc = self
+            .get_doc::<Fellow>(&id)?
+            .unwrap_or_else(|| Fellow::new(node_id));
+        doc.client_addr = Some(addr.to_string());
+        self.put_doc(&id, doc)?;
+        Ok(Outcome::Done)
+    }
+
+    pub(super) fn apply_db_server(
+        &mut self,
+        at_ms: u64,
+        host: &str,
+        port: u16,
+        kind: &str,
+        problem: Option<&String>,
+    ) -> Result<Outcome, ApplyError> {
+        let id = format!("{host}:{port}:{kind}");
+        let mut doc = self.get_doc::<DbServer>(&id)?.unwrap_or_else(|| DbServer {
+            id: id.clone(),
+            host: host.to_string(),
+            port,
+            kind: kind.to_string(),
+            state: DbServerState::Ok,
+            reason: None,
+            first_seen_ms: at_ms,
+            updated_ms: at_ms,
+            other: OtherFields::new(),
+        });
+        match problem {
+            None => {
+                doc.state = DbServerState::Ok;
+                doc.reason = None;
+            }
+            Some(reason) => {
+                doc.state = DbServerState::Problematic;
+                doc.reason = Some(reason.clone());
+            }
+        }
+        doc.updated_ms = at_ms;
+        self.put_doc(&id, doc)?;
+        Ok(Outcome::Done)
+    }
+
+    /// A proposed configuration version. A proposal that wins over another
+    /// one for the same name and version replaces it whole.
+    pub(super) fn apply_config_proposed(
+        &mut self,
+        at_ms: u64,
+        c: &ConfigVersion,
+    ) -> Result<Outcome, ApplyError> {
+        let id = format!("{}@{}", c.name, c.version);
+        if let Some(existing) = self.get_doc::<XmlConfig>(&id)? {
+            // Competing proposals for one name and version: the higher
+            // weight wins, then the smaller hash, so every replica agrees.
+            let wins = (c.weight, std::cmp::Reverse(c.hash.as_str()))
+                > (existing.weight, std::cmp::Reverse(existing.hash.as_str()));
+            if existing.state != ConfigState::Proposed || !wins {
+                return Ok(Outcome::Done);
+            }
+        }
+        let doc = XmlConfig {
+            id: id.clone(),
+            name: c.name.clone(),
+            kind: c.kind.clone(),
+            version: c.version,
+            hash: c.hash.clone(),
+            xml: c.xml.clone(),
+            proposer: c.proposer,
+            weight: c.weight,
+            state: ConfigState::Proposed,
+            proposed_ms: at_ms,
+            decided_ms: None,
+            reason: None,
+            other: OtherFields::new(),
+        };
+        self.put_doc(&id, doc)?;
+        Ok(Outcome::Done)
+    }
+
+    pub(super) fn apply_config_decision(
+        &mut self,
+        at_ms: u64,
+        name: &str,
+        version: u64,
+        hash: &str,
+        rejected: Option<&String>,
+    ) -> Result<Outcome, ApplyError> {
+        let id = format!("{name}@{version}");
+        let Some(mut doc) = self.get_doc::<XmlConfig>(&id)? else {
+            return Ok(Outcome::Rejected(Rejection::Invalid(format!(
+                "no configuration {id} was proposed"
+            ))));
+        };
+        if doc.hash != hash {
+            return Ok(Outcome::Rejected(Rejection::Invalid(format!(
+                "configuration {id} has another hash"
+            ))));
+        }
+        match rejected {
+            Some(reason) => {
+                doc.state = ConfigState::Rejected;
+                doc.reason = Some(reason.clone());
+            }
+            None => {
+                // Earlier accepted versions of the same name are superseded.
+                let prefix = format!("{name}@");
+                let end = keys::prefix_end(prefix.as_bytes());
+                for (k, v) in self.scan(Cf::XmlConfigs, prefix.as_bytes(), end.as_deref(), 0)? {
+                    let other_id = keys::parse_document_key(Cf::XmlConfigs, &k)?;
+                    let mut other = match XmlConfig::decode(other_id, &v) {
+                        Ok(other) => other,
+                        Err(e) => return content(e.to_string()),
+                    };
+                    if other.version < version && other.state == ConfigState::Accepted {
+                        other.state = ConfigState::Superseded;
+                        other.decided_ms = Some(at_ms);
+                        self.put(Cf::XmlConfigs, k, other.encode());
+                    }
+                }
+                doc.state = ConfigState::Accepted;
+            }
+        }
+        doc.decided_ms = Some(at_ms);
+        self.put_doc(&id, doc)?;
+        Ok(Outcome::Done)
+    }
+}

@@ -1,0 +1,276 @@
+//! Events whose content cannot be applied are rejected alone, alike on
+//! every replica: their writes are rolled back and the events beside them
+//! apply. Only storage errors stop the applier.
+
+use super::*;
+use utopia_raft::event::{IngestBody, IngestItem, IngestMember};
+
+/// Applies requests as one batch (one applier), like the state machine
+/// applies a chunk of committed entries.
+fn apply_requests(s: &mut MemState, reqs: Vec<Request>) -> Vec<Response> {
+    let mut applier = Applier::new(&*s);
+    let out = reqs
+        .iter()
+        .map(|r| applier.apply(r).expect("no storage error"))
+        .collect();
+    let (writes, _) = applier.finish();
+    for (k, v) in writes {
+        match v {
+            Some(v) => s.data.insert(k, v),
+            None => s.data.remove(&k),
+        };
+    }
+    out
+}
+
+fn rejected_total(s: &MemState) -> u64 {
+    s.get(Cf::SmMeta, keys::meta::EVENTS_REJECTED)
+        .unwrap()
+        .map(|b| event::decode(&b).unwrap())
+        .unwrap_or(0)
+}
+
+fn rejection(r: &Response) -> String {
+    match &r.outcome {
+        Outcome::Rejected(Rejection::Invalid(reason)) => reason.clone(),
+        o => panic!("expected a rejection, got {o:?}"),
+    }
+}
+
+/// JSON text nested `n` arrays deep.
+fn nested(n: usize) -> String {
+    format!("{}1{}", "[".repeat(n), "]".repeat(n))
+}
+
+fn device_index_entries(s: &MemState) -> usize {
+    s.data
+        .keys()
+        .filter(|(cf, _)| *cf == Cf::DeviceIndex)
+        .count()
+}
+
+#[test]
+fn a_content_error_mid_event_rolls_back_that_event_alone() {
+    let mut s = MemState::default();
+    // A zone document an older build wrote, too deep to decode.
+    let broken = format!("{{\"zone\":\"broken\",\"devices\":{}}}", nested(200));
+    s.data
+        .insert((Cf::Zones, b"broken".to_vec()), broken.clone().into_bytes());
+    // The device event registers a new device (index entries) and then
+    // fails on the zone document: after some of its writes.
+    let out = apply_requests(
+        &mut s,
+        vec![
+            Request::new(1, put("a", "1")),
+            Request::new(2, device("broken", "temp", &[], "21.5")),
+            Request::new(3, put("b", "2")),
+        ],
+    );
+    assert!(matches!(out[0].outcome, Outcome::Put { .. }));
+    let reason = rejection(&out[1]);
+    assert!(reason.contains("zones/broken"), "{reason}");
+    assert_eq!(out[2].revision, 2, "the revision moves on");
+    assert_eq!(s.kv("a").unwrap().value, b("1"));
+    assert_eq!(s.kv("b").unwrap().mod_revision, 2);
+    assert!(s.get(Cf::Devices, b"gw1/thermo/7").unwrap().is_none());
+    assert_eq!(device_index_entries(&s), 0, "index entries rolled back");
+    assert_eq!(
+        s.get(Cf::Zones, b"broken").unwrap().unwrap(),
+        broken.into_bytes(),
+        "the zone document is left as it was"
+    );
+    assert_eq!(s.change_revisions(), vec![1, 2]);
+    assert_eq!(rejected_total(&s), 1);
+}
+
+#[test]
+fn a_document_over_the_events_limit_is_refused_and_the_cache_rolled_back() {
+    let big = format!("\"{}\"", "x".repeat(2000));
+    let limited = |at: u64, e: Event| Request::new(at, e).with_document_bytes_max(1024);
+    let mut s = MemState::default();
+    let out = apply_requests(
+        &mut s,
+        vec![
+            limited(1, device("kitchen", "temp", &[], "1")),
+            // The same device, decoded and cached by the first event:
+            // over the limit, so the cached document is rolled back.
+            limited(2, device("kitchen", "temp", &[], &big)),
+            limited(3, device("kitchen", "hum", &[], "40")),
+        ],
+    );
+    assert!(matches!(out[0].outcome, Outcome::Device { .. }));
+    let reason = rejection(&out[1]);
+    assert!(
+        reason.contains("devices/gw1/thermo/7") && reason.contains("1024"),
+        "{reason}"
+    );
+    assert!(matches!(out[2].outcome, Outcome::Device { .. }));
+    let d = s.doc(Cf::Devices, "gw1/thermo/7");
+    assert_eq!(
+        (d["data"]["temp"].clone(), d["data"]["hum"].clone()),
+        (json!(1), json!(40))
+    );
+    assert_eq!(d["last_seen_ms"], 3);
+    assert_eq!(rejected_total(&s), 1);
+
+    // Replicas agree byte for byte: the same events one at a time give
+    // the same state, and the rejected event is as if absent (but for
+    // the count).
+    let mut apart = MemState::default();
+    for (at, json) in [(1, "1"), (2, big.as_str())] {
+        apply_requests(
+            &mut apart,
+            vec![limited(at, device("kitchen", "temp", &[], json))],
+        );
+    }
+    apply_requests(
+        &mut apart,
+        vec![limited(3, device("kitchen", "hum", &[], "40"))],
+    );
+    assert_eq!(apart.data, s.data);
+    // Without the limit in the event, the applier's ceiling holds: the
+    // same value is fine.
+    let r = apply_requests(
+        &mut s,
+        vec![Request::new(4, device("kitchen", "temp", &[], &big))],
+    );
+    assert!(matches!(r[0].outcome, Outcome::Device { .. }), "{r:?}");
+}
+
+#[test]
+fn a_document_an_older_build_left_undecodable_rejects_only_its_events() {
+    let mut s = MemState::default();
+    // What the MQTT bug left behind: a 126-deep value under data/temp.
+    let doc = format!(
+        "{{\"id\":\"gw1/thermo/7\",\"zone\":\"kitchen\",\"data\":{{\"temp\":{}}}}}",
+        nested(126)
+    );
+    s.data
+        .insert((Cf::Devices, b"gw1/thermo/7".to_vec()), doc.into_bytes());
+    for at in 0..3 {
+        let out = apply_requests(
+            &mut s,
+            vec![
+                Request::new(at, device("kitchen", "temp", &[], "2")),
+                Request::new(at, put("k", "v")),
+            ],
+        );
+        let reason = rejection(&out[0]);
+        assert!(reason.contains("devices/gw1/thermo/7"), "{reason}");
+        assert!(matches!(out[1].outcome, Outcome::Put { .. }));
+    }
+    assert_eq!(s.kv("k").unwrap().version, 3);
+    assert_eq!(rejected_total(&s), 3);
+}
+
+#[test]
+fn deep_values_and_long_paths_are_refused_by_the_applier_itself() {
+    let mut s = MemState::default();
+    // Deeper than the applier ever stores (an entry from an older
+    // build, or one that bypassed the entrance checks).
+    let r = s.apply(device("z", "temp", &[], &nested(126)));
+    assert!(rejection(&r).contains("nested"), "{r:?}");
+    let deep_path: Vec<String> = (0..100_000).map(|i| format!("p{i}")).collect();
+    let path: Vec<&str> = deep_path.iter().map(String::as_str).collect();
+    let r = s.apply(device("z", "temp", &path, "1"));
+    assert!(rejection(&r).contains("100000"), "{r:?}");
+    // A command's payload and a device's reply, likewise.
+    s.apply(device("z", "temp", &[], "1"));
+    let r = s.apply(Event::CommandIssued {
+        device: "gw1/thermo/7".into(),
+        post_type: "set".into(),
+        json: nested(100),
+        attempts_max: 1,
+    });
+    assert!(rejection(&r).contains("nested"), "{r:?}");
+    // Within the bounds, the same shapes apply.
+    let ok_path: Vec<&str> = path[..16].to_vec();
+    let r = s.apply(device("z", "temp", &ok_path, &nested(64)));
+    assert!(matches!(r.outcome, Outcome::Device { .. }), "{r:?}");
+    let d = s.doc(Cf::Devices, "gw1/thermo/7");
+    assert!(d["data"]["temp"]["p0"].is_object());
+    assert_eq!(rejected_total(&s), 3);
+}
+
+#[test]
+fn an_ingest_item_that_cannot_be_applied_is_dropped_alone() {
+    let mut s = MemState::default();
+    s.apply(Event::IngestOwnersChanged {
+        epoch: 1,
+        members: vec![IngestMember {
+            node_id: 7,
+            weight: 1,
+        }],
+        dedupe_window_ms: 10_000,
+    });
+    let item = |device: &str, json: &str| IngestItem {
+        digest: Bytes::from(
+            crate::ingest::digest(&format!("/h/z/c/{device}/t"), json.as_bytes()).to_vec(),
+        ),
+        redelivered: false,
+        body: IngestBody::Data(DeviceData {
+            host: "h".into(),
+            zone: "z".into(),
+            class: "c".into(),
+            device_id: device.into(),
+            post_type: "t".into(),
+            path: vec![],
+            json: json.into(),
+        }),
+    };
+    let big = format!("\"{}\"", "x".repeat(2000));
+    let items = vec![item("1", "5"), item("2", &big), item("3", "6")];
+    let digests: Vec<Bytes> = items.iter().map(|i| i.digest.clone()).collect();
+    let req = Request::new(
+        1_000,
+        Event::IngestBatch {
+            epoch: 1,
+            proposer: 7,
+            items,
+        },
+    )
+    .with_document_bytes_max(1024);
+    let mut applier = Applier::new(&s);
+    let r = applier.apply(&req).unwrap();
+    let (writes, _, effects) = applier.finish_with_effects();
+    for (k, v) in writes {
+        match v {
+            Some(v) => s.data.insert(k, v),
+            None => s.data.remove(&k),
+        };
+    }
+    assert_eq!(
+        r.outcome,
+        Outcome::Ingested {
+            applied: 2,
+            suppressed: 0,
+            rejected: 1
+        }
+    );
+    // Every item is committed (so acknowledged to the broker), the
+    // dropped one too; its writes are gone.
+    assert_eq!(
+        effects.committed,
+        digests
+            .iter()
+            .map(|d| <[u8; 16]>::try_from(&d[..]).unwrap())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(s.doc(Cf::Devices, "h/c/1")["data"]["t"], 5);
+    assert_eq!(s.doc(Cf::Devices, "h/c/3")["data"]["t"], 6);
+    assert!(s.get(Cf::Devices, b"h/c/2").unwrap().is_none());
+    // The zone counts the two devices, and its index lists them alone.
+    assert_eq!(s.doc(Cf::Zones, "z")["device_count"], 2);
+    for (id, listed) in [("h/c/1", true), ("h/c/2", false), ("h/c/3", true)] {
+        let key = keys::device_index_key(DeviceIndex::Zone, "z", id);
+        assert_eq!(
+            s.get(Cf::DeviceIndex, &key).unwrap().is_some(),
+            listed,
+            "{id}"
+        );
+    }
+    let totals: IngestTotals =
+        event::decode(&s.get(Cf::Ingest, keys::ingest::TOTALS).unwrap().unwrap()).unwrap();
+    assert_eq!((totals.applied, totals.dropped), (2, 1));
+    assert_eq!(rejected_total(&s), 1);
+}
