@@ -87,28 +87,23 @@ pub fn load_server(settings: &TlsSettings) -> Result<Option<NodeTls>, String> {
         .identity(identity.clone())
         .client_ca_root(Certificate::from_pem(&peer_ca))
         .timeout(HANDSHAKE_TIMEOUT);
+    let with_peer_ca = |e: tonic::transport::Error| {
+        format!(
+            "tls: {files} with {}: {}",
+            settings.peer_ca().display(),
+            crate::error_chain(&e)
+        )
+    };
     tonic::transport::Server::builder()
         .tls_config(peer_server.clone())
-        .map_err(|e| {
-            format!(
-                "tls: {files} with {}: {}",
-                settings.peer_ca().display(),
-                crate::error_chain(&e)
-            )
-        })?;
+        .map_err(with_peer_ca)?;
     let peer = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&peer_ca))
         .identity(identity)
         .timeout(HANDSHAKE_TIMEOUT);
     tonic::transport::Endpoint::from_static("https://127.0.0.1:1")
         .tls_config(peer.clone())
-        .map_err(|e| {
-            format!(
-                "tls: {files} with {}: {}",
-                settings.peer_ca().display(),
-                crate::error_chain(&e)
-            )
-        })?;
+        .map_err(with_peer_ca)?;
     Ok(Some(NodeTls {
         server,
         peer_server,

@@ -55,15 +55,18 @@ impl ClusterId {
     /// Admits a message carrying `theirs`: the same id, or any id while
     /// this node knows none (it then adopts it).
     fn admit(&self, theirs: u64) -> Result<(), String> {
-        let ours = self.get();
-        if ours != 0 {
-            return if theirs == ours {
+        let compare = |ours: u64| {
+            if theirs == ours {
                 Ok(())
             } else {
                 Err(format!(
                     "the message is for cluster {theirs:016x}; this node belongs to cluster {ours:016x}"
                 ))
-            };
+            }
+        };
+        let ours = self.get();
+        if ours != 0 {
+            return compare(ours);
         }
         if theirs == 0 {
             // Neither side knows its cluster (data directories written
@@ -77,13 +80,7 @@ impl ClusterId {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let ours = self.get();
         if ours != 0 {
-            return if theirs == ours {
-                Ok(())
-            } else {
-                Err(format!(
-                    "the message is for cluster {theirs:016x}; this node belongs to cluster {ours:016x}"
-                ))
-            };
+            return compare(ours);
         }
         (self.inner.record)(theirs).map_err(|e| format!("record cluster id {theirs:016x}: {e}"))?;
         self.inner.id.store(theirs, Ordering::Release);
