@@ -114,16 +114,41 @@ pub async fn connect(
     Ok((endpoint, conns))
 }
 
-/// The leader's address as the first node that answers names it.
+/// The leader's client address as the first node that answers names it;
+/// when it does not know it yet (the leader has not published it, or this
+/// node has not applied that), the endpoint that says it leads.
 async fn utopia_leader(client: &mut Client) -> Option<String> {
     let st = client
         .call(|ch| async move { client::maintenance(ch).status(pb::StatusRequest {}).await })
         .await
         .ok()?;
-    st.members
+    let named = st
+        .members
         .iter()
         .find(|m| m.id == st.leader && st.leader != 0 && !m.client_addr.is_empty())
-        .map(|m| client::endpoint_uri(&m.client_addr, client.tls().is_some()))
+        .map(|m| client::endpoint_uri(&m.client_addr, client.tls().is_some()));
+    if named.is_some() {
+        return named;
+    }
+    for uri in client.endpoint_uris() {
+        let Ok(ch) = client.open(&uri).await else {
+            continue;
+        };
+        let Ok(Ok(st)) = tokio::time::timeout(
+            client.timeout(),
+            client::maintenance(client.with_token(ch)).status(pb::StatusRequest {}),
+        )
+        .await
+        else {
+            continue;
+        };
+        let st = st.into_inner();
+        let me = st.header.map(|h| h.member_id).unwrap_or(0);
+        if st.leader != 0 && st.leader == me {
+            return Some(uri);
+        }
+    }
+    None
 }
 
 /// The endpoint whose member id is the leader its peers name. etcd's
