@@ -33,7 +33,7 @@ mod state_machine;
 
 pub use apply::{ChangeRecord, FeedChange, LeaseRecord};
 pub use db::{open, Db, NodeIdentity, OpenedStore};
-pub use log_store::LogStore;
+pub use log_store::{LogStore, REPLICATION_BATCH_BYTES_MAX};
 pub use read::{DocPage, Reader, WatchBatch};
 pub use state_machine::StateMachine;
 

@@ -38,6 +38,13 @@ const RECENT_ENTRIES_MAX: usize = 8192;
 /// ... and at most this many encoded bytes.
 const RECENT_BYTES_MAX: usize = 32 << 20;
 
+/// The encoded bytes of entries the leader sends a follower in one
+/// `AppendEntries`, at most (one entry is always sent, whatever its size).
+/// openraft bounds a batch by entry count alone; 300 entries of 1 MiB
+/// values would exceed what a peer accepts in one message, and a follower
+/// that far behind could then never catch up from the log.
+pub const REPLICATION_BATCH_BYTES_MAX: usize = 4 << 20;
+
 /// The newest entries of the log, in index order with no gap. When not
 /// empty, its last entry is the log's last entry: every append, truncation
 /// and purge updates it under the same lock as the write to RocksDB.
@@ -94,26 +101,57 @@ impl Recent {
     }
 
     /// The entries in `[start, end)` if the cache holds every one of them
-    /// that exists, i.e. when `start` is at or after its first entry.
-    fn get(&self, start: u64, end: Bound<u64>) -> Option<Vec<Entry>> {
+    /// that exists, i.e. when `start` is at or after its first entry; of
+    /// those, the longest prefix within `bytes_max` encoded bytes (and
+    /// always the first).
+    fn get(&self, start: u64, end: Bound<u64>, bytes_max: usize) -> Option<Vec<Entry>> {
         let first = self.first_index()?;
         if start < first {
             return None;
         }
         let skip = usize::try_from(start - first).unwrap_or(usize::MAX);
+        let mut budget = Budget::new(bytes_max);
         Some(
             self.entries
                 .iter()
                 .skip(skip)
-                .map(|(e, _)| e)
-                .take_while(|e| match end {
-                    Bound::Included(x) => e.index() <= x,
-                    Bound::Excluded(x) => e.index() < x,
-                    Bound::Unbounded => true,
-                })
-                .cloned()
+                .take_while(|(e, size)| in_range(e.index(), end) && budget.take(*size))
+                .map(|(e, _)| e.clone())
                 .collect(),
         )
+    }
+}
+
+fn in_range(index: u64, end: Bound<u64>) -> bool {
+    match end {
+        Bound::Included(x) => index <= x,
+        Bound::Excluded(x) => index < x,
+        Bound::Unbounded => true,
+    }
+}
+
+/// Bytes left for a batch of entries; the first entry always fits.
+struct Budget {
+    left: usize,
+    taken: bool,
+}
+
+impl Budget {
+    fn new(bytes_max: usize) -> Budget {
+        Budget {
+            left: bytes_max,
+            taken: false,
+        }
+    }
+
+    /// Whether an entry of `size` bytes still fits, counting it if so.
+    fn take(&mut self, size: usize) -> bool {
+        if self.taken && size > self.left {
+            return false;
+        }
+        self.left = self.left.saturating_sub(size);
+        self.taken = true;
+        true
     }
 }
 
@@ -209,20 +247,25 @@ fn flush_loop(db: crate::db::WeakDb, mut rx: tokio::sync::mpsc::Receiver<IOFlush
     }
 }
 
-impl RaftLogReader<TypeConfig> for LogStore {
-    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
-        &mut self,
+impl LogStore {
+    /// The entries in `range`, at most `bytes_max` encoded bytes of them
+    /// (and always the first that exists).
+    fn entries_within<RB: RangeBounds<u64>>(
+        &self,
         range: RB,
+        bytes_max: usize,
     ) -> Result<Vec<Entry>, io::Error> {
         let start = match range.start_bound() {
             Bound::Included(x) => *x,
             Bound::Excluded(x) => x.saturating_add(1),
             Bound::Unbounded => 0,
         };
-        if let Some(entries) = self.recent().get(start, range.end_bound().cloned()) {
+        let end = range.end_bound().cloned();
+        if let Some(entries) = self.recent().get(start, end, bytes_max) {
             return Ok(entries);
         }
         let mut out = Vec::new();
+        let mut budget = Budget::new(bytes_max);
         let it = self.db.db.iterator_cf(
             self.db.cf(Cf::RaftLog),
             rocksdb::IteratorMode::From(&keys::log_key(start), rocksdb::Direction::Forward),
@@ -230,12 +273,31 @@ impl RaftLogReader<TypeConfig> for LogStore {
         for item in it {
             let (k, v) = item.map_err(StoreError::from)?;
             let index = keys::parse_log_key(&k).map_err(StoreError::from)?;
-            if !range.contains(&index) {
+            if !in_range(index, end) || !budget.take(v.len()) {
                 break;
             }
             out.push(Self::decode_entry(&k, &v)?);
         }
         Ok(out)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        self.entries_within(range, usize::MAX)
+    }
+
+    /// What the leader sends a follower in one `AppendEntries`: bounded by
+    /// [`REPLICATION_BATCH_BYTES_MAX`] as well as openraft's entry count.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, io::Error> {
+        self.entries_within(start..end, REPLICATION_BATCH_BYTES_MAX)
     }
 
     async fn read_vote(&mut self) -> Result<Option<VoteOf<TypeConfig>>, io::Error> {
@@ -371,7 +433,7 @@ mod tests {
     }
 
     fn indexes(r: &Recent, start: u64, end: Bound<u64>) -> Option<Vec<u64>> {
-        r.get(start, end)
+        r.get(start, end, usize::MAX)
             .map(|v| v.iter().map(RaftEntry::index).collect())
     }
 
