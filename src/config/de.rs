@@ -1,5 +1,6 @@
-//! A `serde` deserializer over the [`libconfig`] tree, so that the settings
-//! types declare their names, defaults and checks once, with `derive`.
+//! A `serde` deserializer over the [`super::libconfig`] tree, so that the
+//! settings types declare their names, defaults and checks once, with
+//! `derive`.
 //!
 //! Every value is deserialized with its place in the file: an error from
 //! it (a wrong type, a value out of range, an unknown name) reads

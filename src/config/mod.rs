@@ -8,7 +8,7 @@
 //! and every error reads `file:line: message`, pointing at the offending
 //! setting. The checks that relate several settings are in one place,
 //! [`Settings::validate`], run after `utopiad`'s flags have overridden the
-//! file. [`reference`] is the documented example file, with every setting
+//! file. [`reference()`] is the documented example file, with every setting
 //! at its default.
 //!
 //! Files: `limits.rs` (the `limits` and `raft` groups and the numeric
