@@ -128,7 +128,7 @@ pub struct Bridge {
 pub struct IngestSettings {
     /// Largest payload accepted; larger ones are rejected and counted. A
     /// larger one never arrives: the bridges take MQTT packets up to
-    /// [`PAYLOAD_BYTES_MAX`].
+    /// 1 MiB (`crate::mqtt::bridge::PACKET_BYTES_MAX`).
     #[serde(deserialize_with = "Positive::<PAYLOAD_BYTES_MAX>::de")]
     pub payload_bytes_max: u64,
     /// Most messages in one Raft proposal.
