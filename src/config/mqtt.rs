@@ -54,7 +54,7 @@ pub struct BridgeTls {
 
 /// One subscription: a topic filter and the QoS asked for (0, 1 or 2).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default = "Subscription::unset", deny_unknown_fields)]
 pub struct Subscription {
     /// A valid MQTT topic filter (`+` and `#` only as whole levels, `#`
     /// only last); unique within its bridge. Required.
@@ -64,8 +64,10 @@ pub struct Subscription {
     pub qos: u8,
 }
 
-impl Default for Subscription {
-    fn default() -> Self {
+impl Subscription {
+    /// What the file's settings are laid over: no filter (required) and
+    /// QoS 1.
+    fn unset() -> Self {
         Subscription {
             filter: String::new(),
             qos: 1,
@@ -88,7 +90,7 @@ pub enum BridgeRole {
 
 /// One broker connection.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default = "Bridge::unset", deny_unknown_fields)]
 pub struct Bridge {
     /// Short name for logs and counters; unique. Required.
     #[serde(deserialize_with = "non_empty")]
@@ -223,6 +225,13 @@ impl Bridge {
         }
     }
 
+    /// What the file's settings are laid over: no name or host (both
+    /// required), and port 0, never left so: a bridge without a port gets
+    /// the default of its transport ([`bridges`]).
+    fn unset() -> Self {
+        Bridge::new("", "", 0)
+    }
+
     /// The port when the file names none.
     fn default_port(&self) -> u16 {
         if self.tls.is_some() {
@@ -230,14 +239,6 @@ impl Bridge {
         } else {
             1883
         }
-    }
-}
-
-/// The defaults of a bridge in the file. Its port, 0 here, is never 0
-/// once read: it defaults by `tls` ([`bridges`]).
-impl Default for Bridge {
-    fn default() -> Self {
-        Bridge::new("", "", 0)
     }
 }
 
