@@ -60,6 +60,41 @@ fn bad_config_files_are_refused_with_file_and_line() {
     );
 }
 
+/// Settings that contradict each other are refused once the flags have
+/// overridden the file, naming where the contradicting value came from.
+#[test]
+fn contradicting_settings_name_the_file_line_or_the_flag() {
+    // Both in the file: its line.
+    let (code, stderr) = utopiad_with_config(
+        "node_id = 3;\ninitial_cluster = \"3=127.0.0.1:7703\";\npeer_advertise = \"127.0.0.1:7713\";\n",
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(
+            "utopiad.conf:3: peer advertise address 127.0.0.1:7713 differs from node 3's address"
+        ),
+        "{stderr}"
+    );
+    // The file's initial cluster against a flag: the flag.
+    let dir = temp_dir();
+    let conf = dir.path().join("utopiad.conf");
+    std::fs::write(&conf, "initial_cluster = \"3=127.0.0.1:7703\";\n").unwrap();
+    let mut cmd = Command::new(UTOPIAD);
+    cmd.arg("--config")
+        .arg(&conf)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--listen", "127.0.0.1:0", "--peer-listen", "127.0.0.1:0"])
+        .args(["--node-id", "3", "--peer-advertise", "127.0.0.1:7713"]);
+    let out = run_with_deadline(cmd, Duration::from_secs(30));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("utopiad: --peer-advertise: peer advertise address 127.0.0.1:7713 differs from node 3's address"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_clear_errors_and_valid_traffic_goes_on() {
     let dir = temp_dir();

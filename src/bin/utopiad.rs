@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use utopia::config::{LogFormat, Settings};
+use utopia::config::{LogFormat, Settings, Sources};
 
 /// utopia server: an event-sourced, replicated key-value and document store.
 ///
@@ -50,43 +50,49 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let mut settings = match &args.config {
-        Some(path) => match Settings::load(path) {
-            Ok(s) => s,
+    let (mut settings, mut sources) = match &args.config {
+        Some(path) => match Settings::read(path) {
+            Ok(read) => read,
             Err(e) => {
                 eprintln!("utopiad: {e}");
                 return ExitCode::from(2);
             }
         },
-        None => Settings::default(),
+        None => (Settings::default(), Sources::default()),
     };
     if let Some(d) = args.data_dir {
         settings.data_dir = d;
+        sources.set_by_flag("data_dir", "--data-dir");
     }
     if let Some(n) = args.node_id {
         settings.node_id = n;
+        sources.set_by_flag("node_id", "--node-id");
     }
-    for (flag, value, setting, example) in [
+    for (flag, path, value, setting, example) in [
         (
             "--listen",
+            "listen",
             args.listen,
             &mut settings.listen,
             "127.0.0.1:7700",
         ),
         (
             "--advertise",
+            "advertise",
             args.advertise,
             &mut settings.advertise,
             "192.0.2.10:7700",
         ),
         (
             "--peer-listen",
+            "peer_listen",
             args.peer_listen,
             &mut settings.peer_listen,
             "127.0.0.1:7800",
         ),
         (
             "--peer-advertise",
+            "peer_advertise",
             args.peer_advertise,
             &mut settings.peer_advertise,
             "192.0.2.10:7800",
@@ -98,28 +104,27 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             *setting = a;
+            sources.set_by_flag(path, flag);
         }
     }
     settings.join = args.join;
     if let Some(members) = args.initial_cluster {
         match utopia::config::parse_initial_cluster(&members) {
-            Ok(m) => settings.initial_cluster = m,
+            Ok(m) => {
+                settings.initial_cluster = m;
+                sources.set_by_flag("initial_cluster", "--initial-cluster");
+            }
             Err(e) => {
                 eprintln!("utopiad: --initial-cluster: {e}");
                 return ExitCode::from(2);
             }
         }
     }
-    // The initial cluster names this node's peer address too; two
-    // different answers are a mistake.
-    if let Some(own) = settings.initial_cluster.get(&settings.node_id) {
-        if !settings.peer_advertise.is_empty() && *own != settings.peer_advertise {
-            eprintln!(
-                "utopiad: peer advertise address {} differs from node {}'s address in the initial cluster ({own})",
-                settings.peer_advertise, settings.node_id
-            );
-            return ExitCode::from(2);
-        }
+    // Once, after the flags: the checks across settings, wherever each
+    // came from.
+    if let Err(e) = settings.validate(&sources) {
+        eprintln!("utopiad: {e}");
+        return ExitCode::from(2);
     }
     // Certificates are read before anything starts: a missing or unreadable
     // file is a configuration error like any other.

@@ -31,6 +31,10 @@
 //! it as mixed `int`/`int64`). Includes resolve against the including file's
 //! directory (libconfig uses a single configured include directory); cycles
 //! are detected, nesting is limited to [`MAX_INCLUDE_DEPTH`] files.
+//!
+//! The file is long on purpose: the scanner and the grammar (about 1000
+//! lines) are one unit that follows one reference, and the rest is their
+//! table-driven tests, which read best next to the rules they pin down.
 
 use std::collections::HashMap;
 use std::io::Read;
