@@ -1,8 +1,9 @@
 //! Column families and key encodings.
 //!
 //! Every byte layout on disk is defined here, so that a reader can check the
-//! whole format in one file, and no other file builds or slices a key by
-//! offset: each layout has an encoder and a parser, and the parser refuses
+//! whole format in one file (which is why it is longer than most), and no
+//! other file builds or slices a key by offset: each layout has an encoder
+//! and a parser, and the parser refuses
 //! a malformed key with a [`KeyError`] naming it (never a panic, never a
 //! key read by its first bytes). Integers are big-endian so that RocksDB's
 //! bytewise order is numeric order. User keys embedded in composite keys are
