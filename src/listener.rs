@@ -25,7 +25,7 @@ use tonic::server::NamedService;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::Status;
 
-use crate::api::Node;
+use crate::node::Node;
 
 /// An accepted connection and the permit it holds until it closes.
 pub struct LimitedConn {

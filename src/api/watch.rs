@@ -26,7 +26,8 @@ use utopia_storage::read::ReadError;
 use utopia_storage::FeedChange;
 
 use super::access::Need;
-use super::{kv_to_pb, status, Node};
+use super::{header, kv_to_pb};
+use crate::node::{Error, Node};
 use utopia_raft::event::Access;
 
 /// Changes read from disk per catch-up step.
@@ -84,7 +85,7 @@ impl pb::watch_server::Watch for WatchService {
         let permit = self.watchers.clone().try_acquire_owned().map_err(|_| {
             self.node.reject(
                 "overloaded",
-                Status::resource_exhausted(format!(
+                Error::ResourceExhausted(format!(
                     "too many watchers (watchers_max = {})",
                     self.node.limits.watchers_max
                 )),
@@ -93,15 +94,19 @@ impl pb::watch_server::Watch for WatchService {
         // Subscribe before reading the current revision so nothing applied
         // in between is missed.
         let live = self.node.reader.subscribe();
-        let (current, compacted) = self.node.reader.revisions().map_err(status::from_store)?;
+        let (current, compacted) = self.node.reader.revisions().map_err(Error::from)?;
         if r.start_revision > 0 && r.start_revision < compacted {
-            return Err(self.node.reject(
-                "compacted",
-                status::from_read(ReadError::Compacted {
-                    requested: r.start_revision,
-                    compacted,
-                }),
-            ));
+            return Err(self
+                .node
+                .reject(
+                    "compacted",
+                    ReadError::Compacted {
+                        requested: r.start_revision,
+                        compacted,
+                    }
+                    .into(),
+                )
+                .into());
         }
         let next = if r.start_revision > 0 {
             r.start_revision
@@ -183,7 +188,7 @@ async fn run_watcher(
             ) {
                 Ok(c) => c,
                 Err(e) => {
-                    let _ = tx.send(Err(status::from_read(e))).await;
+                    let _ = tx.send(Err(Error::from(e).into())).await;
                     return;
                 }
             };
@@ -257,7 +262,7 @@ async fn send(
                 match node.reader.prev_kv(&change.kv.key, rev) {
                     Ok(p) => p.map(kv_to_pb),
                     Err(e) => {
-                        let _ = tx.send(Err(status::from_store(e))).await;
+                        let _ = tx.send(Err(Error::from(e).into())).await;
                         return false;
                     }
                 }
@@ -282,7 +287,7 @@ async fn send(
         if !events.is_empty()
             && tx
                 .send(Ok(pb::WatchResponse {
-                    header: node.header(rev),
+                    header: header(node, rev),
                     events,
                 }))
                 .await

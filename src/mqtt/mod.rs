@@ -19,9 +19,9 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::api::Node;
 use crate::config::mqtt::BridgeRole;
 use crate::config::Settings;
+use crate::node::Node;
 
 /// Events from all bridges queued for the ingest core, at most.
 const BRIDGE_EVENTS_MAX: usize = 10_000;

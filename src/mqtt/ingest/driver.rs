@@ -25,8 +25,8 @@ use utopia_storage::Reader;
 
 use super::core::{Action, Core, CoreConfig, Gauges, Lookup, Now, BATCHES_IN_FLIGHT_MAX};
 use super::lag::LAG_BUCKETS_MS;
-use crate::api::Node;
 use crate::mqtt::bridge::{BridgeEvent, BridgeHandle};
+use crate::node::Node;
 
 /// How long a forwarded proposal may take before its outcome is unknown.
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
