@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -14,9 +15,11 @@ use tokio::net::TcpListener;
 use utopia_proto::v1 as pb;
 use utopia_raft::{ClusterId, NodeConfig, PeerPolicy, RaftNode, RaftTimings};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::api;
 use crate::config::Settings;
-use crate::listener::Deadline;
+use crate::listener::{Deadline, Shutdown};
 use crate::node::{access::AuthGate, housekeeping, Node};
 
 /// How long to wait for a leader to be known before serving anyway
@@ -159,30 +162,33 @@ pub async fn run(
         .build_v1()
         .context("build the reflection service")?;
 
-    crate::mqtt::start(node.clone(), &settings, ingest_applied).context("start MQTT bridges")?;
-
-    tokio::spawn(crate::space::watch(
-        node.clone(),
-        settings.limits.db_bytes_max,
-    ));
-
-    let reaper = tokio::spawn(housekeeping::run(
-        node.clone(),
-        Duration::from_millis(settings.raft.lease_check_interval_ms),
-    ));
-    let publisher = tokio::spawn(housekeeping::publish_client_address(
-        node.clone(),
-        client_advertised.clone(),
-    ));
-
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
+    // The signal begins the stop; everything else follows the node's stop
+    // token.
+    node.tasks.spawn("shutdown signal", {
+        let tasks = node.tasks.clone();
+        async move {
+            shutdown.await;
+            tasks.begin_stop();
+        }
     });
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
+    let stop = node.tasks.stopping();
+
+    crate::mqtt::start(node.clone(), &settings, ingest_applied).context("start MQTT bridges")?;
+    node.tasks.spawn(
+        "space monitor",
+        crate::space::watch(node.clone(), settings.limits.db_bytes_max),
+    );
+    node.tasks.spawn(
+        "housekeeping",
+        housekeeping::run(
+            node.clone(),
+            Duration::from_millis(settings.raft.lease_check_interval_ms),
+        ),
+    );
+    node.tasks.spawn(
+        "client address publisher",
+        housekeeping::publish_client_address(node.clone(), client_advertised.clone()),
+    );
 
     let mut peer_builder = tonic::transport::Server::builder();
     if let Some(tls) = &tls {
@@ -192,13 +198,17 @@ pub async fn run(
     }
     let limits = &settings.limits;
     // The peer port has the same bounds as the client port: it is reachable
-    // before any caller is known to be a peer.
+    // before any caller is known to be a peer. It serves until Raft has
+    // stopped, so that this member takes part in committing what its
+    // clients are still waiting for.
+    let peer_port = Shutdown::default();
     let peer_incoming = crate::listener::incoming(
         peer_listener,
         crate::listener::Port::Peer,
         limits.connections_max as usize,
         Duration::from_millis(limits.tcp_keepalive_ms),
         node.clone(),
+        peer_port.closed.clone(),
     );
     let mut peer_builder = http2_bounds(peer_builder, limits);
     let peer_server = peer_builder
@@ -207,14 +217,20 @@ pub async fn run(
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20),
         )
-        .serve_with_incoming_shutdown(peer_incoming, stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(peer_incoming, peer_port.draining.clone().cancelled_owned());
 
+    // The client port drains as soon as the stop begins.
+    let client_port = Shutdown {
+        draining: stop.clone(),
+        closed: CancellationToken::new(),
+    };
     let incoming = crate::listener::incoming(
         listener,
         crate::listener::Port::Client,
         limits.connections_max as usize,
         Duration::from_millis(limits.tcp_keepalive_ms),
         node.clone(),
+        client_port.closed.clone(),
     );
     let deadline = Duration::from_millis(limits.request_timeout_ms);
     let mut builder = http2_bounds(tonic::transport::Server::builder(), limits);
@@ -266,24 +282,119 @@ pub async fn run(
             pb::auth_server::AuthServer::new(api::auth::AuthService::new(node.clone()))
                 .max_decoding_message_size(max_msg),
         )
-        .serve_with_incoming_shutdown(incoming, stopped(stop_rx));
+        .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
 
-    // Serve first: peers need this node's transport to elect a leader.
-    let peer_server = tokio::spawn(peer_server);
-    let server = tokio::spawn(server);
+    // Serve first: peers need this node's transport to elect a leader. The
+    // two servers are this function's own tasks, joined below.
+    let mut peer_server = tokio::spawn(peer_server);
+    let mut server = tokio::spawn(server);
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = become_ready(&node, &raft, &client_advertised, settings.node_id, peer_addr) => {
+            ready(Bound {
+                client: addr,
+                peer: peer_addr,
+            });
+        }
+    }
+    // Until the signal, or a port that stopped serving by itself.
+    let (mut served, mut peers_served) = (None, None);
+    tokio::select! {
+        () = stop.cancelled() => {}
+        joined = &mut server => {
+            tracing::error!(outcome = ?joined, "the client port stopped serving; shutting down");
+            served = Some(joined);
+        }
+        joined = &mut peer_server => {
+            tracing::error!(outcome = ?joined, "the peer port stopped serving; shutting down");
+            peers_served = Some(joined);
+        }
+    }
+
+    // Shutting down: nothing new is accepted, and nothing acknowledged
+    // before it is committed and fsynced still holds.
+    tracing::info!("shutting down");
+    let stopping = tokio::time::Instant::now();
+    node.tasks.begin_stop();
+    // 1. The tasks end (loops, MQTT bridges and ingest, watchers, whose
+    //    streams end with them) while the client port drains: requests in
+    //    flight are answered, then the connections close.
+    node.tasks.stop(TASKS_STOP_GRACE).await;
+    let served = match served {
+        Some(served) => served,
+        None => {
+            client_port
+                .stop(server, stopping + REQUESTS_DRAIN_GRACE, "client")
+                .await
+        }
+    };
+    // 2. Raft: nothing is proposed any more.
+    raft.shutdown().await;
+    // 3. The peer port: the leader's streams to this member end once they
+    //    find Raft stopped.
+    let peers_served = match peers_served {
+        Some(served) => served,
+        None => {
+            let deadline = tokio::time::Instant::now() + PEERS_DRAIN_GRACE;
+            peer_port.stop(peer_server, deadline, "peer").await
+        }
+    };
+    // 4. The database.
+    store
+        .db
+        .sync_wal()
+        .context("sync the write-ahead log at shutdown")?;
+    tracing::info!(
+        took_ms = stopping.elapsed().as_millis() as u64,
+        "stopped serving"
+    );
+    tracing::debug!(
+        holders = Arc::strong_count(&node) - 1,
+        "node state still held elsewhere (requests finishing)"
+    );
+    drop(node);
+    served
+        .context("join the gRPC server")?
+        .context("serve gRPC")?;
+    peers_served
+        .context("join the peer server")?
+        .context("serve peers")?;
+    Ok(())
+}
+
+/// How long the tasks have to end by themselves once the stop begins,
+/// before they are aborted.
+const TASKS_STOP_GRACE: Duration = Duration::from_secs(1);
+/// How long the client port has, from the stop, to answer the requests in
+/// flight; the connections still open then are closed (a write in flight
+/// may still commit, as after any deadline).
+const REQUESTS_DRAIN_GRACE: Duration = Duration::from_secs(2);
+/// How long the peer port has, after Raft stopped, before its connections
+/// are closed.
+const PEERS_DRAIN_GRACE: Duration = Duration::from_millis(500);
+
+/// Waits until this member is ready to serve: a member of a cluster that
+/// knows its leader and has recorded this member's client address (a
+/// follower can then send clients on to it). Gives up on each after a
+/// while and serves anyway (requests get UNAVAILABLE until there is a
+/// leader).
+async fn become_ready(
+    node: &Node,
+    raft: &RaftNode<utopia_storage::StateMachine>,
+    client_addr: &str,
+    node_id: u64,
+    peer_addr: SocketAddr,
+) {
     if !raft.is_initialized().await {
         tracing::info!(
             peer_addr = %peer_addr,
-            "not a member of any cluster yet: add this node with `utopia cluster add {} {peer_addr}`",
-            settings.node_id
+            "not a member of any cluster yet: add this node with `utopia cluster add {node_id} {peer_addr}`",
         );
     } else if let Err(e) = raft.wait_for_leader(LEADER_WAIT).await {
         tracing::warn!(error = %e, "no leader known yet; serving anyway");
     } else {
-        // Before saying it is ready, a member makes sure the cluster knows
-        // its client address: a follower can then send clients on to it.
         let deadline = tokio::time::Instant::now() + housekeeping::PUBLISH_WAIT;
-        while !housekeeping::publish(&node, &client_advertised).await {
+        while !housekeeping::publish(node, client_addr).await {
             if tokio::time::Instant::now() >= deadline {
                 tracing::warn!("the cluster has not recorded this member's client address yet");
                 break;
@@ -291,23 +402,6 @@ pub async fn run(
             tokio::time::sleep(housekeeping::PUBLISH_RETRY).await;
         }
     }
-    ready(Bound {
-        client: addr,
-        peer: peer_addr,
-    });
-    let served = server.await.context("join the gRPC server")?;
-    let peers_served = peer_server.await.context("join the peer server")?;
-    tracing::info!("shutting down");
-    reaper.abort();
-    publisher.abort();
-    raft.shutdown().await;
-    store
-        .db
-        .sync_wal()
-        .context("sync the write-ahead log at shutdown")?;
-    served.context("serve gRPC")?;
-    peers_served.context("serve peers")?;
-    Ok(())
 }
 
 /// HTTP/2's own bounds on a server: concurrent streams per connection,
@@ -439,27 +533,33 @@ fn random_cluster_id() -> u64 {
         .max(1)
 }
 
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Completes on SIGINT or SIGTERM. The handlers are installed when this is
+/// called (within a runtime), not when the future is first polled: a
+/// signal that arrives while the server is still starting then begins its
+/// stop as soon as it can, instead of killing the process.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "install SIGTERM handler");
-                    let _ = ctrl_c.await;
-                    return;
+        use tokio::signal::unix::{signal, SignalKind};
+        let installed = signal(SignalKind::terminate())
+            .and_then(|term| Ok((term, signal(SignalKind::interrupt())?)));
+        async move {
+            match installed {
+                Ok((mut term, mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
-            };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
+                Err(e) => {
+                    tracing::warn!(error = %e, "install the SIGTERM and SIGINT handlers");
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
         }
     }
     #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -4,7 +4,7 @@
 //! step with the cluster. And, on every member, keeping its client address
 //! published, so that followers can send clients on to the leader.
 //!
-//! Each loop runs until the server stops it.
+//! Each loop runs until the server stops it (see [`super::Tasks`]).
 
 use std::sync::Arc;
 use std::time::Duration;

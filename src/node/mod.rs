@@ -3,7 +3,7 @@
 //! [`Node`] is the state the gRPC services, the MQTT ingest and the
 //! housekeeping loops share: the Raft node that orders writes, the storage
 //! reader, the limits from the configuration, the counters, the
-//! authentication gate and the peer guard.
+//! authentication gate, the peer guard, and the [`Tasks`] the server owns.
 //! A write is validated here, becomes one event, and is proposed; what
 //! applying it returned comes back. A read first passes a Raft read barrier
 //! unless it asked for a serializable (local) one.
@@ -19,6 +19,7 @@
 //!   forwards.
 //! - [`housekeeping`]: the leader's upkeep (leases, compaction, fellows,
 //!   quotas) and each member's published client address.
+//! - [`tasks`]: the tasks a server owns and stops.
 
 pub mod access;
 mod alarm;
@@ -26,6 +27,7 @@ pub mod credentials;
 pub mod error;
 pub mod forward;
 pub mod housekeeping;
+pub mod tasks;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +40,7 @@ use utopia_storage::apply::bounds;
 use utopia_storage::{Reader, StateMachine};
 
 pub use error::Error;
+pub use tasks::Tasks;
 
 use crate::config::Limits;
 
@@ -102,6 +105,8 @@ pub struct Node {
     /// Authentication: the cached auth state, token lifetime, password
     /// hashing bounds.
     pub auth: access::AuthGate,
+    /// Every task the server runs, stopped on shutdown.
+    pub tasks: Arc<Tasks>,
     proposals: Semaphore,
     next_lease_id: AtomicU64,
 }
@@ -129,6 +134,7 @@ impl Node {
             command_attempts_max,
             peers,
             auth,
+            tasks: Arc::new(Tasks::default()),
             proposals: Semaphore::new(permits),
             next_lease_id: AtomicU64::new(seed),
         })
