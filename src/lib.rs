@@ -5,12 +5,17 @@
 //!
 //! - [`config`]: `utopiad.conf` (libconfig syntax) → [`config::Settings`].
 //! - [`server`]: process lifecycle — open storage, start Raft, serve gRPC,
-//!   run the lease reaper, shut down on a signal.
+//!   start the node's tasks, and on a signal stop them all, drain the
+//!   ports, stop Raft and sync the database, within seconds.
+//! - [`node`]: the application core, apart from any protocol: [`node::Node`]
+//!   validates requests, proposes events, reads, authorizes, keeps the
+//!   leader's upkeep and owns every task; it returns [`node::Error`].
 //! - [`listener`]: bounds on the gRPC listener: open connections, TCP
-//!   keep-alive, deadlines on unary requests.
-//! - [`api`]: the gRPC services. Requests are validated and turned into
-//!   events (writes) or storage reads; [`api::status`] is the one place that
-//!   maps internal errors to gRPC status codes.
+//!   keep-alive, deadlines on unary requests, closing connections at
+//!   shutdown.
+//! - [`api`]: the gRPC edge. Requests are checked and turned into calls on
+//!   the core; [`api::status`] is the one place that maps the core's errors
+//!   to gRPC status codes.
 //! - [`cli`]: the `utopia` command-line client and its benchmark.
 //! - [`mqtt`]: broker bridges, device ingest exactly once across the
 //!   cluster, device commands.
@@ -27,6 +32,7 @@ pub mod cli;
 pub mod config;
 pub mod listener;
 pub mod mqtt;
+pub mod node;
 pub mod server;
 pub mod space;
 pub mod tls;

@@ -9,7 +9,14 @@
 //! closes (as Go's `netutil.LimitListener` does for etcd), so further
 //! connections wait in the kernel's accept queue instead of costing
 //! memory here. Each port has its own `limits.connections_max` permits.
+//!
+//! Shutdown ([`Shutdown`]): the server first lets connections drain (no new
+//! streams, the open ones finish); those still open when its grace runs out
+//! are closed through the port's `closed` token, which makes every read and write on
+//! them fail at once. So stopping a port is bounded even while a client
+//! holds a stream open.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,18 +27,35 @@ use futures::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::codegen::http;
 use tonic::server::NamedService;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic::Status;
 
-use crate::api::Node;
+use crate::node::Node;
 
 /// An accepted connection and the permit it holds until it closes.
 pub struct LimitedConn {
     stream: TcpStream,
     permit: Option<OwnedSemaphorePermit>,
     gauge: Arc<ConnectionGauge>,
+    /// Ready once the server closes the connections still open at the end
+    /// of its shutdown.
+    closed: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl LimitedConn {
+    /// The error every read and write gets once the server closed the
+    /// connection, if it has.
+    fn closed(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        self.closed.as_mut().poll(cx).is_ready().then(|| {
+            io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the server closed the connection as it stopped",
+            )
+        })
+    }
 }
 
 /// Which listener: each has its own connection bound and gauge.
@@ -95,6 +119,9 @@ impl AsyncRead for LimitedConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if let Some(e) = self.closed(cx) {
+            return Poll::Ready(Err(e));
+        }
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
@@ -105,10 +132,16 @@ impl AsyncWrite for LimitedConn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if let Some(e) = self.closed(cx) {
+            return Poll::Ready(Err(e));
+        }
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(e) = self.closed(cx) {
+            return Poll::Ready(Err(e));
+        }
         Pin::new(&mut self.stream).poll_flush(cx)
     }
 
@@ -121,6 +154,9 @@ impl AsyncWrite for LimitedConn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if let Some(e) = self.closed(cx) {
+            return Poll::Ready(Err(e));
+        }
         Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
 
@@ -135,12 +171,14 @@ impl AsyncWrite for LimitedConn {
 /// after `tcp_keepalive` of silence, so that a vanished client's
 /// connection (and its permit) is dropped. Open connections are the gauge
 /// `grpc_connections`; accepts that had to wait for a permit are counted.
+/// Cancelling `closed` closes every connection still open.
 pub fn incoming(
     listener: TcpListener,
     port: Port,
     connections_max: usize,
     tcp_keepalive: Duration,
     node: Arc<Node>,
+    closed: CancellationToken,
 ) -> impl Stream<Item = io::Result<LimitedConn>> {
     let permits = Arc::new(Semaphore::new(connections_max));
     let gauge = Arc::new(ConnectionGauge {
@@ -149,31 +187,68 @@ pub fn incoming(
         permits,
         connections_max,
     });
-    futures::stream::unfold((listener, gauge), move |(listener, gauge)| async move {
-        let permit = match gauge.permits.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                gauge.node.counters.add(gauge.port.waited(), 1);
-                // The semaphore is never closed.
-                gauge.permits.clone().acquire_owned().await.ok()?
+    futures::stream::unfold(
+        (listener, gauge, closed),
+        move |(listener, gauge, closed)| async move {
+            let permit = match gauge.permits.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => {
+                    gauge.node.counters.add(gauge.port.waited(), 1);
+                    // The semaphore is never closed.
+                    gauge.permits.clone().acquire_owned().await.ok()?
+                }
+            };
+            let accepted = listener.accept().await.and_then(|(stream, _)| {
+                stream.set_nodelay(true)?;
+                let keepalive = socket2::TcpKeepalive::new()
+                    .with_time(tcp_keepalive)
+                    .with_interval(tcp_keepalive);
+                socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
+                Ok(stream)
+            });
+            let item = accepted.map(|stream| LimitedConn {
+                stream,
+                permit: Some(permit),
+                gauge: gauge.clone(),
+                closed: Box::pin(closed.clone().cancelled_owned()),
+            });
+            gauge.publish();
+            Some((item, (listener, gauge, closed)))
+        },
+    )
+}
+
+/// A port's two stages of stopping: `draining` (no new connections; the
+/// open ones finish their streams), then `closed` (the connections still
+/// open fail their reads and writes, so they end at once).
+#[derive(Default)]
+pub struct Shutdown {
+    pub draining: CancellationToken,
+    pub closed: CancellationToken,
+}
+
+/// How a port's server task ended.
+pub type Served = Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>;
+
+impl Shutdown {
+    /// Waits for `server` to drain until `deadline`, then closes what is
+    /// still open and waits for it to end.
+    pub async fn stop(
+        &self,
+        mut server: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+        deadline: tokio::time::Instant,
+        port: &str,
+    ) -> Served {
+        self.draining.cancel();
+        match tokio::time::timeout_at(deadline, &mut server).await {
+            Ok(served) => served,
+            Err(_elapsed) => {
+                tracing::info!(port, "closing the connections still open");
+                self.closed.cancel();
+                server.await
             }
-        };
-        let accepted = listener.accept().await.and_then(|(stream, _)| {
-            stream.set_nodelay(true)?;
-            let keepalive = socket2::TcpKeepalive::new()
-                .with_time(tcp_keepalive)
-                .with_interval(tcp_keepalive);
-            socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive)?;
-            Ok(stream)
-        });
-        let item = accepted.map(|stream| LimitedConn {
-            stream,
-            permit: Some(permit),
-            gauge: gauge.clone(),
-        });
-        gauge.publish();
-        Some((item, (listener, gauge)))
-    })
+        }
+    }
 }
 
 /// A service whose every call must be answered within `timeout`, or it is

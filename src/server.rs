@@ -13,15 +13,14 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use utopia_proto::v1 as pb;
-use utopia_raft::event::Event;
 use utopia_raft::{ClusterId, NodeConfig, PeerPolicy, RaftNode, RaftTimings};
 
-use crate::api::{self, Node};
-use crate::config::Settings;
-use crate::listener::Deadline;
+use tokio_util::sync::CancellationToken;
 
-/// Leases expired per reaper tick, at most; the rest wait for the next tick.
-const LEASES_EXPIRED_PER_TICK_MAX: usize = 256;
+use crate::api;
+use crate::config::Settings;
+use crate::listener::{Deadline, Shutdown};
+use crate::node::{access::AuthGate, housekeeping, Node};
 
 /// How long to wait for a leader to be known before serving anyway
 /// (requests then get UNAVAILABLE until there is one).
@@ -114,7 +113,7 @@ pub async fn run(
                 certificate_required: tls.is_some(),
                 allowed_names: settings.tls.peer_allowed_names.clone(),
                 snapshot_bytes_max: settings.raft.snapshot_bytes_max,
-                forward_check: crate::api::forward::check(
+                forward_check: crate::node::forward::check(
                     settings.limits.clone(),
                     settings.raft.forwarded_clock_skew_ms_max,
                 ),
@@ -133,7 +132,7 @@ pub async fn run(
         data_dir.display().to_string(),
         settings.mqtt.commands.attempts_max.min(u64::from(u32::MAX)) as u32,
         peer_guard,
-        api::access::AuthGate::new(settings.auth.token_ttl_s, settings.tls.client_cert_required),
+        AuthGate::new(settings.auth.token_ttl_s, settings.tls.client_cert_required),
     );
     let max_msg = settings.limits.request_bytes_max as usize;
 
@@ -163,30 +162,33 @@ pub async fn run(
         .build_v1()
         .context("build the reflection service")?;
 
-    crate::mqtt::start(node.clone(), &settings, ingest_applied).context("start MQTT bridges")?;
-
-    tokio::spawn(crate::space::watch(
-        node.clone(),
-        settings.limits.db_bytes_max,
-    ));
-
-    let reaper = tokio::spawn(housekeeping(
-        node.clone(),
-        Duration::from_millis(settings.raft.lease_check_interval_ms),
-    ));
-    let publisher = tokio::spawn(publish_client_address(
-        node.clone(),
-        client_advertised.clone(),
-    ));
-
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
+    // The signal begins the stop; everything else follows the node's stop
+    // token.
+    node.tasks.spawn("shutdown signal", {
+        let tasks = node.tasks.clone();
+        async move {
+            shutdown.await;
+            tasks.begin_stop();
+        }
     });
-    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
+    let stop = node.tasks.stopping();
+
+    crate::mqtt::start(node.clone(), &settings, ingest_applied).context("start MQTT bridges")?;
+    node.tasks.spawn(
+        "space monitor",
+        crate::space::watch(node.clone(), settings.limits.db_bytes_max),
+    );
+    node.tasks.spawn(
+        "housekeeping",
+        housekeeping::run(
+            node.clone(),
+            Duration::from_millis(settings.raft.lease_check_interval_ms),
+        ),
+    );
+    node.tasks.spawn(
+        "client address publisher",
+        housekeeping::publish_client_address(node.clone(), client_advertised.clone()),
+    );
 
     let mut peer_builder = tonic::transport::Server::builder();
     if let Some(tls) = &tls {
@@ -196,13 +198,17 @@ pub async fn run(
     }
     let limits = &settings.limits;
     // The peer port has the same bounds as the client port: it is reachable
-    // before any caller is known to be a peer.
+    // before any caller is known to be a peer. It serves until Raft has
+    // stopped, so that this member takes part in committing what its
+    // clients are still waiting for.
+    let peer_port = Shutdown::default();
     let peer_incoming = crate::listener::incoming(
         peer_listener,
         crate::listener::Port::Peer,
         limits.connections_max as usize,
         Duration::from_millis(limits.tcp_keepalive_ms),
         node.clone(),
+        peer_port.closed.clone(),
     );
     let mut peer_builder = http2_bounds(peer_builder, limits);
     let peer_server = peer_builder
@@ -211,14 +217,20 @@ pub async fn run(
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20),
         )
-        .serve_with_incoming_shutdown(peer_incoming, stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(peer_incoming, peer_port.draining.clone().cancelled_owned());
 
+    // The client port drains as soon as the stop begins.
+    let client_port = Shutdown {
+        draining: stop.clone(),
+        closed: CancellationToken::new(),
+    };
     let incoming = crate::listener::incoming(
         listener,
         crate::listener::Port::Client,
         limits.connections_max as usize,
         Duration::from_millis(limits.tcp_keepalive_ms),
         node.clone(),
+        client_port.closed.clone(),
     );
     let deadline = Duration::from_millis(limits.request_timeout_ms);
     let mut builder = http2_bounds(tonic::transport::Server::builder(), limits);
@@ -270,48 +282,126 @@ pub async fn run(
             pb::auth_server::AuthServer::new(api::auth::AuthService::new(node.clone()))
                 .max_decoding_message_size(max_msg),
         )
-        .serve_with_incoming_shutdown(incoming, stopped(stop_rx));
+        .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
 
-    // Serve first: peers need this node's transport to elect a leader.
-    let peer_server = tokio::spawn(peer_server);
-    let server = tokio::spawn(server);
-    if !raft.is_initialized().await {
-        tracing::info!(
-            peer_addr = %peer_addr,
-            "not a member of any cluster yet: add this node with `utopia cluster add {} {peer_addr}`",
-            settings.node_id
-        );
-    } else if let Err(e) = raft.wait_for_leader(LEADER_WAIT).await {
-        tracing::warn!(error = %e, "no leader known yet; serving anyway");
-    } else {
-        // Before saying it is ready, a member makes sure the cluster knows
-        // its client address: a follower can then send clients on to it.
-        let deadline = tokio::time::Instant::now() + PUBLISH_WAIT;
-        while !publish(&node, &client_advertised).await {
-            if tokio::time::Instant::now() >= deadline {
-                tracing::warn!("the cluster has not recorded this member's client address yet");
-                break;
-            }
-            tokio::time::sleep(PUBLISH_RETRY).await;
+    // Serve first: peers need this node's transport to elect a leader. The
+    // two servers are this function's own tasks, joined below.
+    let mut peer_server = tokio::spawn(peer_server);
+    let mut server = tokio::spawn(server);
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = become_ready(&node, &raft, &client_advertised, settings.node_id, peer_addr) => {
+            ready(Bound {
+                client: addr,
+                peer: peer_addr,
+            });
         }
     }
-    ready(Bound {
-        client: addr,
-        peer: peer_addr,
-    });
-    let served = server.await.context("join the gRPC server")?;
-    let peers_served = peer_server.await.context("join the peer server")?;
+    // Until the signal, or a port that stopped serving by itself.
+    let (mut served, mut peers_served) = (None, None);
+    tokio::select! {
+        () = stop.cancelled() => {}
+        joined = &mut server => {
+            tracing::error!(outcome = ?joined, "the client port stopped serving; shutting down");
+            served = Some(joined);
+        }
+        joined = &mut peer_server => {
+            tracing::error!(outcome = ?joined, "the peer port stopped serving; shutting down");
+            peers_served = Some(joined);
+        }
+    }
+
+    // Shutting down: nothing new is accepted, and nothing acknowledged
+    // before it is committed and fsynced still holds.
     tracing::info!("shutting down");
-    reaper.abort();
-    publisher.abort();
+    let stopping = tokio::time::Instant::now();
+    node.tasks.begin_stop();
+    // 1. The tasks end (loops, MQTT bridges and ingest, watchers, whose
+    //    streams end with them) while the client port drains: requests in
+    //    flight are answered, then the connections close.
+    node.tasks.stop(TASKS_STOP_GRACE).await;
+    let served = match served {
+        Some(served) => served,
+        None => {
+            client_port
+                .stop(server, stopping + REQUESTS_DRAIN_GRACE, "client")
+                .await
+        }
+    };
+    // 2. Raft: nothing is proposed any more.
     raft.shutdown().await;
+    // 3. The peer port: the leader's streams to this member end once they
+    //    find Raft stopped.
+    let peers_served = match peers_served {
+        Some(served) => served,
+        None => {
+            let deadline = tokio::time::Instant::now() + PEERS_DRAIN_GRACE;
+            peer_port.stop(peer_server, deadline, "peer").await
+        }
+    };
+    // 4. The database.
     store
         .db
         .sync_wal()
         .context("sync the write-ahead log at shutdown")?;
-    served.context("serve gRPC")?;
-    peers_served.context("serve peers")?;
+    tracing::info!(
+        took_ms = stopping.elapsed().as_millis() as u64,
+        "stopped serving"
+    );
+    tracing::debug!(
+        holders = Arc::strong_count(&node) - 1,
+        "node state still held elsewhere (requests finishing)"
+    );
+    drop(node);
+    served
+        .context("join the gRPC server")?
+        .context("serve gRPC")?;
+    peers_served
+        .context("join the peer server")?
+        .context("serve peers")?;
     Ok(())
+}
+
+/// How long the tasks have to end by themselves once the stop begins,
+/// before they are aborted.
+const TASKS_STOP_GRACE: Duration = Duration::from_secs(1);
+/// How long the client port has, from the stop, to answer the requests in
+/// flight; the connections still open then are closed (a write in flight
+/// may still commit, as after any deadline).
+const REQUESTS_DRAIN_GRACE: Duration = Duration::from_secs(2);
+/// How long the peer port has, after Raft stopped, before its connections
+/// are closed.
+const PEERS_DRAIN_GRACE: Duration = Duration::from_millis(500);
+
+/// Waits until this member is ready to serve: a member of a cluster that
+/// knows its leader and has recorded this member's client address (a
+/// follower can then send clients on to it). Gives up on each after a
+/// while and serves anyway (requests get UNAVAILABLE until there is a
+/// leader).
+async fn become_ready(
+    node: &Node,
+    raft: &RaftNode<utopia_storage::StateMachine>,
+    client_addr: &str,
+    node_id: u64,
+    peer_addr: SocketAddr,
+) {
+    if !raft.is_initialized().await {
+        tracing::info!(
+            peer_addr = %peer_addr,
+            "not a member of any cluster yet: add this node with `utopia cluster add {node_id} {peer_addr}`",
+        );
+    } else if let Err(e) = raft.wait_for_leader(LEADER_WAIT).await {
+        tracing::warn!(error = %e, "no leader known yet; serving anyway");
+    } else {
+        let deadline = tokio::time::Instant::now() + housekeeping::PUBLISH_WAIT;
+        while !housekeeping::publish(node, client_addr).await {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!("the cluster has not recorded this member's client address yet");
+                break;
+            }
+            tokio::time::sleep(housekeeping::PUBLISH_RETRY).await;
+        }
+    }
 }
 
 /// HTTP/2's own bounds on a server: concurrent streams per connection,
@@ -342,53 +432,6 @@ fn advertised(configured: &str, bound: SocketAddr, setting: &str) -> String {
         );
     }
     bound.to_string()
-}
-
-/// How often a member checks that the cluster knows its client address.
-const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
-/// How long a starting member waits for its client address to be recorded
-/// before it says it is ready anyway, and how often it tries meanwhile.
-const PUBLISH_WAIT: Duration = Duration::from_secs(10);
-const PUBLISH_RETRY: Duration = Duration::from_millis(100);
-
-/// Keeps this member's client address in its fellows document, so that any
-/// member can name the leader's client address to a client that asked a
-/// follower. Reads locally every [`PUBLISH_INTERVAL`]; proposes (through
-/// the leader) only when the document differs.
-async fn publish_client_address(node: Arc<Node>, addr: String) {
-    let mut tick = tokio::time::interval(PUBLISH_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if node.raft.status().leader.is_some() {
-            publish(&node, &addr).await;
-        }
-    }
-}
-
-/// True once this member's fellows document holds `addr` as its client
-/// address; proposes it (through the leader) when it does not.
-async fn publish(node: &Node, addr: &str) -> bool {
-    let id = node.raft.id();
-    if node.client_addr_of(id).as_deref() == Some(addr) {
-        return true;
-    }
-    let event = Event::ClientAddressPublished {
-        node_id: id,
-        addr: addr.to_string(),
-    };
-    let req = utopia_raft::Request::new(crate::now_ms(), event);
-    match node.raft.propose_anywhere(req, PUBLISH_INTERVAL * 5).await {
-        Ok(_) => {
-            tracing::info!(addr = %addr, "published this member's client address");
-            // Applied on the leader; this member's copy may lag a moment.
-            node.client_addr_of(id).as_deref() == Some(addr)
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, "publish this member's client address");
-            false
-        }
-    }
 }
 
 /// Refuses to start a data directory as another node, or with an initial
@@ -490,207 +533,33 @@ fn random_cluster_id() -> u64 {
         .max(1)
 }
 
-/// While this node leads: expires leases and compacts old key history.
-/// Both go through the log, so every replica makes the same change at the
-/// same revision.
-async fn housekeeping(node: Arc<Node>, interval: Duration) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if !node.raft.is_leader() {
-            continue;
-        }
-        reap_leases(&node).await;
-        compact_history(&node).await;
-        sync_fellows(&node).await;
-        sync_quotas(&node).await;
-    }
-}
-
-/// A follower that has not acknowledged a heartbeat for this long is shown
-/// as inactive in the fellows collection.
-const FELLOW_INACTIVE_AFTER_MS: u64 = 3_000;
-/// Fellows documents read per housekeeping tick, at most.
-const FELLOWS_MAX: usize = 1000;
-/// Active fellows' `last_active_ms` is refreshed at most this often.
-const FELLOW_REFRESH_MS: u64 = 30_000;
-
-/// Keeps the fellows collection in step with the cluster: while this node
-/// leads, it proposes a FellowStateChanged event for every member whose
-/// role, address or liveness differs from its document (and, for active
-/// members, at least every `FELLOW_REFRESH_MS`), and marks removed members
-/// inactive.
-async fn sync_fellows(node: &Node) {
-    use utopia_raft::event::{FellowRole, FellowState};
-    use utopia_storage::documents::Fellow;
-    let st = node.raft.status();
-    let mut wanted: Vec<FellowState> = st
-        .members
-        .iter()
-        .map(|(id, (addr, voter))| {
-            let role = if st.leader == Some(*id) {
-                FellowRole::Leader
-            } else if *voter {
-                FellowRole::Follower
-            } else {
-                FellowRole::Learner
-            };
-            let active = *id == st.id
-                || st
-                    .heartbeat_age_ms
-                    .get(id)
-                    .is_some_and(|age| *age < FELLOW_INACTIVE_AFTER_MS);
-            let host = addr
-                .rsplit_once(':')
-                .map_or(addr.as_str(), |(h, _)| h)
-                .to_string();
-            FellowState {
-                node_id: *id,
-                host,
-                addr: addr.clone(),
-                active,
-                role,
-                weight: 1,
-            }
-        })
-        .collect();
-    // One read of the collection: the documents to compare against, and
-    // members that left (they stay in the collection, inactive).
-    let current: std::collections::BTreeMap<u64, Fellow> =
-        match node.reader.documents::<Fellow>(FELLOWS_MAX) {
-            Ok(docs) => docs
-                .into_iter()
-                .filter_map(|doc| match doc {
-                    Ok(f) => Some((f.id, f)),
-                    Err(e) => {
-                        // Left as it is; the rest are kept in step.
-                        tracing::debug!(error = %e, "skip a fellows document");
-                        None
-                    }
-                })
-                .collect(),
-            Err(e) => {
-                tracing::error!(error = %e, "read the fellows collection");
-                return;
-            }
-        };
-    for (id, doc) in &current {
-        if st.members.contains_key(id) || doc.active == Some(false) {
-            continue;
-        }
-        wanted.push(FellowState {
-            node_id: *id,
-            host: doc.host.clone().unwrap_or_default(),
-            addr: doc.addr.clone().unwrap_or_default(),
-            active: false,
-            role: doc.state.unwrap_or(FellowRole::Follower),
-            weight: doc.weight.unwrap_or(1),
-        });
-    }
-    let now = crate::now_ms();
-    for f in wanted {
-        let unchanged = current.get(&f.node_id).is_some_and(|d| {
-            d.addr.as_deref() == Some(f.addr.as_str())
-                && d.active == Some(f.active)
-                && d.state == Some(f.role)
-                && d.weight == Some(f.weight)
-                && (!f.active
-                    || d.last_active_ms
-                        .is_some_and(|t| now.saturating_sub(t) < FELLOW_REFRESH_MS))
-        });
-        if unchanged {
-            continue;
-        }
-        let id = f.node_id;
-        if let Err(e) = node.propose(Event::FellowStateChanged(f)).await {
-            tracing::debug!(node = id, error = %e.message(), "update fellow");
-        }
-    }
-}
-
-/// Makes the replicated quotas this node's `limits` (while it leads).
-async fn sync_quotas(node: &Node) {
-    let wanted = node.limits.quotas();
-    match node.reader.quotas() {
-        Ok(current) if current == wanted => {}
-        Ok(_) => match node.propose(Event::QuotasChanged(wanted)).await {
-            Ok(_) => tracing::info!(quotas = ?wanted, "quotas set"),
-            Err(e) => tracing::warn!(error = %e.message(), "set the quotas"),
-        },
-        Err(e) => tracing::error!(error = %e, "read the quotas"),
-    }
-}
-
-/// Proposes an expiry for every lease whose deadline has passed, at most
-/// `LEASES_EXPIRED_PER_TICK_MAX` per call.
-async fn reap_leases(node: &Node) {
-    let expired = match node
-        .reader
-        .expired_leases(crate::now_ms(), LEASES_EXPIRED_PER_TICK_MAX)
-    {
-        Ok(ids) => ids,
-        Err(e) => {
-            tracing::error!(error = %e, "read lease deadlines");
-            return;
-        }
-    };
-    for id in expired {
-        match node.propose(Event::LeaseExpired { id }).await {
-            Ok(_) => {
-                node.counters.add("leases_expired_total", 1);
-                tracing::debug!(lease = id, "lease expired");
-            }
-            Err(e) => tracing::warn!(lease = id, error = %e.message(), "expire lease"),
-        }
-    }
-}
-
-/// Keeps at most `history_revisions_max` revisions of key history, plus a
-/// tenth so that compactions come in batches rather than one per write.
-async fn compact_history(node: &Node) {
-    let kept = node.limits.history_revisions_max as i64;
-    let (current, compacted) = match node.reader.revisions() {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(error = %e, "read revisions");
-            return;
-        }
-    };
-    if current - compacted <= kept + (kept / 10).max(1) {
-        return;
-    }
-    let revision = current - kept;
-    match node.propose(Event::Compact { revision }).await {
-        Ok(_) => {
-            node.counters.add("compactions_total", 1);
-            tracing::info!(revision, "compacted key history");
-        }
-        Err(e) => tracing::warn!(revision, error = %e.message(), "compact key history"),
-    }
-}
-
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Completes on SIGINT or SIGTERM. The handlers are installed when this is
+/// called (within a runtime), not when the future is first polled: a
+/// signal that arrives while the server is still starting then begins its
+/// stop as soon as it can, instead of killing the process.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "install SIGTERM handler");
-                    let _ = ctrl_c.await;
-                    return;
+        use tokio::signal::unix::{signal, SignalKind};
+        let installed = signal(SignalKind::terminate())
+            .and_then(|term| Ok((term, signal(SignalKind::interrupt())?)));
+        async move {
+            match installed {
+                Ok((mut term, mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
-            };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
+                Err(e) => {
+                    tracing::warn!(error = %e, "install the SIGTERM and SIGINT handlers");
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
         }
     }
     #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use utopia_raft::event::{AlarmKind, Event, Request};
 
-use crate::api::Node;
+use crate::node::Node;
 
 /// How often a node measures its database.
 const SPACE_CHECK_INTERVAL: Duration = Duration::from_millis(500);

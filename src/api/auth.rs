@@ -13,8 +13,10 @@ use tonic::{Request, Response, Status};
 use utopia_proto::v1 as pb;
 use utopia_raft::event::{Access, AuthChange, Bytes, Event, Permission, PermissionTarget};
 
-use super::access::{self, Need, PASSWORD_BYTES_MAX};
-use super::{status, Node};
+use super::access::Need;
+use super::header;
+use crate::node::credentials::{self, PASSWORD_BYTES_MAX};
+use crate::node::{Consistency, Error, Node};
 
 pub struct AuthService {
     node: Arc<Node>,
@@ -25,38 +27,34 @@ impl AuthService {
         Self { node }
     }
 
-    async fn change(&self, change: AuthChange) -> Result<Option<pb::ResponseHeader>, Status> {
+    async fn change(&self, change: AuthChange) -> Result<Option<pb::ResponseHeader>, Error> {
         let name = change.name();
         let resp = self.node.propose(Event::Auth(change)).await?;
         tracing::info!(change = name, "auth changed");
-        Ok(self.node.header(resp.revision))
+        Ok(header(&self.node, resp.revision))
     }
 
     /// A password's PHC hash, or `None` with `no_password`.
-    async fn hash(&self, password: String, no_password: bool) -> Result<Option<String>, Status> {
+    async fn hash(&self, password: String, no_password: bool) -> Result<Option<String>, Error> {
         if no_password {
             if !password.is_empty() {
-                return Err(self.node.reject(
-                    "bad_password",
-                    status::invalid("give a password or no_password, not both"),
-                ));
+                return Err(self
+                    .node
+                    .invalid("bad_password", "give a password or no_password, not both"));
             }
             return Ok(None);
         }
         if password.is_empty() || password.len() > PASSWORD_BYTES_MAX {
-            return Err(self.node.reject(
-                "bad_password",
-                status::invalid(format!(
+            return Err(self.node.invalid("bad_password", format!(
                     "a password must be 1..={PASSWORD_BYTES_MAX} bytes (or set no_password for a user identified by a client certificate)"
-                )),
-            ));
+                )));
         }
         let hashed = self
             .node
             .auth
-            .password_work(move || access::hash_password(&password))
+            .password_work(move || credentials::hash_password(&password))
             .await?;
-        hashed.map(Some).map_err(Status::internal)
+        hashed.map(Some).map_err(Error::Internal)
     }
 
     fn target(
@@ -64,12 +62,12 @@ impl AuthService {
         key: Vec<u8>,
         range_end: Vec<u8>,
         collection: String,
-    ) -> Result<PermissionTarget, Status> {
+    ) -> Result<PermissionTarget, Error> {
         if !collection.is_empty() {
             if !key.is_empty() || !range_end.is_empty() {
-                return Err(self.node.reject(
+                return Err(self.node.invalid(
                     "bad_permission",
-                    status::invalid("a permission is on a key range or on a collection, not both"),
+                    "a permission is on a key range or on a collection, not both",
                 ));
             }
             return Ok(PermissionTarget::Collection(collection));
@@ -89,15 +87,13 @@ impl AuthService {
 
     /// The auth state after a linearizable read barrier (so that a user or
     /// role just changed anywhere is seen).
-    async fn fresh_state(&self) -> Result<Arc<utopia_storage::auth::AuthState>, Status> {
-        self.node
-            .read_barrier(pb::Consistency::Linearizable as i32)
-            .await?;
+    async fn fresh_state(&self) -> Result<Arc<utopia_storage::auth::AuthState>, Error> {
+        self.node.read_barrier(Consistency::Linearizable).await?;
         self.node.auth.state(&self.node.reader)
     }
 
-    fn header(&self) -> Result<Option<pb::ResponseHeader>, Status> {
-        Ok(self.node.header(self.node.current_revision()?))
+    fn header(&self) -> Result<Option<pb::ResponseHeader>, Error> {
+        Ok(header(&self.node, self.node.current_revision()?))
     }
 }
 
@@ -138,7 +134,7 @@ impl pb::auth_server::Auth for AuthService {
         req: Request<pb::AuthEnableRequest>,
     ) -> Result<Response<pb::AuthEnableResponse>, Status> {
         self.node.authorize(&req, Need::Root)?;
-        let signing_key = access::new_signing_key().map_err(Status::internal)?;
+        let signing_key = credentials::new_signing_key().map_err(Error::Internal)?;
         let header = self.change(AuthChange::Enable { signing_key }).await?;
         Ok(Response::new(pb::AuthEnableResponse { header }))
     }
@@ -174,47 +170,51 @@ impl pb::auth_server::Auth for AuthService {
         if r.name.len() > utopia_storage::auth::NAME_BYTES_MAX
             || r.password.len() > PASSWORD_BYTES_MAX
         {
-            return Err(self.node.reject(
-                "too_large",
-                status::invalid("user name or password too long"),
-            ));
+            return Err(self
+                .node
+                .invalid("too_large", "user name or password too long")
+                .into());
         }
         let state = self.fresh_state().await?;
         if !state.enabled() {
-            return Err(Status::failed_precondition(
-                "authentication is not enabled (utopia auth enable)",
-            ));
+            return Err(Error::FailedPrecondition(
+                "authentication is not enabled (utopia auth enable)".into(),
+            )
+            .into());
         }
         let user = state.users.get(&r.name);
         // Verified against a decoy when there is no such user or it has no
         // password, so that a failure takes as long either way.
         let hash = user
             .and_then(|u| u.password_hash.clone())
-            .unwrap_or_else(|| access::decoy_hash().to_string());
+            .unwrap_or_else(|| credentials::decoy_hash().to_string());
         let password = r.password;
         let ok = self
             .node
             .auth
-            .password_work(move || access::verify_password(&hash, &password))
+            .password_work(move || credentials::verify_password(&hash, &password))
             .await?;
         let user = match user {
             Some(u) if ok && u.password_hash.is_some() => u,
             _ => {
                 tracing::warn!(user = %r.name, "authentication failed");
-                return Err(self.node.auth_failure(
-                    "bad_password",
-                    Status::unauthenticated("authentication failed: invalid user name or password"),
-                ));
+                return Err(self
+                    .node
+                    .auth_failure(Error::Unauthenticated {
+                        reason: "bad_password",
+                        message: "authentication failed: invalid user name or password".into(),
+                    })
+                    .into());
             }
         };
         let expires_at_ms = crate::now_ms() + self.node.auth.token_ttl_s * 1000;
-        let token = access::issue_token(
+        let token = credentials::issue_token(
             &state.meta.signing_key,
             &user.name,
             user.password_revision,
             expires_at_ms,
         )
-        .ok_or_else(|| Status::internal("the stored token-signing key is unusable"))?;
+        .ok_or_else(|| Error::Internal("the stored token-signing key is unusable".into()))?;
         self.node.counters.add("auth_tokens_issued_total", 1);
         Ok(Response::new(pb::AuthenticateResponse {
             header: self.header()?,
@@ -230,7 +230,7 @@ impl pb::auth_server::Auth for AuthService {
         self.node.authorize(&req, Need::Root)?;
         let r = req.into_inner();
         if let Err(e) = utopia_storage::auth::check_name("user", &r.name) {
-            return Err(self.node.reject("bad_name", status::invalid(e)));
+            return Err(self.node.invalid("bad_name", e).into());
         }
         let password_hash = self.hash(r.password, r.no_password).await?;
         let header = self
@@ -251,7 +251,7 @@ impl pb::auth_server::Auth for AuthService {
         let name = req.into_inner().name;
         let state = self.fresh_state().await?;
         let Some(u) = state.users.get(&name) else {
-            return Err(Status::not_found(format!("user {name:?} not found")));
+            return Err(Error::NotFound(format!("user {name:?} not found")).into());
         };
         Ok(Response::new(pb::AuthUserGetResponse {
             header: self.header()?,
@@ -335,7 +335,7 @@ impl pb::auth_server::Auth for AuthService {
         self.node.authorize(&req, Need::Root)?;
         let name = req.into_inner().name;
         if let Err(e) = utopia_storage::auth::check_name("role", &name) {
-            return Err(self.node.reject("bad_name", status::invalid(e)));
+            return Err(self.node.invalid("bad_name", e).into());
         }
         let header = self.change(AuthChange::RoleAdd { name }).await?;
         Ok(Response::new(pb::AuthRoleAddResponse { header }))
@@ -352,7 +352,7 @@ impl pb::auth_server::Auth for AuthService {
             Vec::new()
         } else {
             let Some(r) = state.roles.get(&role) else {
-                return Err(Status::not_found(format!("role {role:?} not found")));
+                return Err(Error::NotFound(format!("role {role:?} not found")).into());
             };
             r.permissions.iter().map(permission_to_pb).collect()
         };
@@ -396,12 +396,13 @@ impl pb::auth_server::Auth for AuthService {
         let Some(p) = r.perm else {
             return Err(self
                 .node
-                .reject("bad_permission", status::invalid("perm is missing")));
+                .invalid("bad_permission", "perm is missing")
+                .into());
         };
         let access = access_from_pb(p.perm_type).ok_or_else(|| {
-            self.node.reject(
+            self.node.invalid(
                 "bad_permission",
-                status::invalid(format!("unknown permission type {}", p.perm_type)),
+                format!("unknown permission type {}", p.perm_type),
             )
         })?;
         let target = self.target(p.key, p.range_end, p.collection)?;

@@ -9,7 +9,8 @@ use utopia_raft::event::{DeviceData, Event, Outcome};
 use utopia_storage::keys::{Collection, DeviceIndex};
 
 use super::access::Need;
-use super::{status, Node};
+use super::header;
+use crate::node::{Error, Node};
 use utopia_raft::event::Access;
 
 pub struct DocumentsService {
@@ -21,28 +22,26 @@ impl DocumentsService {
         Self { node }
     }
 
-    fn collection(&self, name: &str) -> Result<Collection, Status> {
+    fn collection(&self, name: &str) -> Result<Collection, Error> {
         Collection::parse(name).ok_or_else(|| {
             let known: Vec<&str> = Collection::ALL.iter().map(|c| c.name()).collect();
-            self.node.reject(
+            self.node.invalid(
                 "unknown_collection",
-                status::invalid(format!(
+                format!(
                     "unknown collection {name:?}; expected one of: {}",
                     known.join(", ")
-                )),
+                ),
             )
         })
     }
 }
 
 /// A topic level: non-empty, no `/`, no MQTT wildcards, bounded.
-fn check_level(node: &Node, what: &str, value: &str) -> Result<(), Status> {
+fn check_level(node: &Node, what: &str, value: &str) -> Result<(), Error> {
     if value.is_empty() || value.contains(['/', '+', '#', '\0']) || value.len() > 256 {
-        return Err(node.reject(
+        return Err(node.invalid(
             "bad_device_report",
-            status::invalid(format!(
-                "{what} {value:?} must be 1..=256 bytes without '/', '+', '#' or NUL"
-            )),
+            format!("{what} {value:?} must be 1..=256 bytes without '/', '+', '#' or NUL"),
         ));
     }
     Ok(())
@@ -60,7 +59,9 @@ impl pb::documents_server::Documents for DocumentsService {
         )?;
         let r = req.into_inner();
         let collection = self.collection(&r.collection)?;
-        self.node.read_barrier(r.consistency).await?;
+        self.node
+            .read_barrier(super::consistency(r.consistency))
+            .await?;
         let Some(json) = self
             .node
             .reader
@@ -69,15 +70,14 @@ impl pb::documents_server::Documents for DocumentsService {
                 &r.id,
                 self.node.limits.response_bytes_max as usize,
             )
-            .map_err(status::from_store)?
+            .map_err(Error::from)?
         else {
-            return Err(Status::not_found(format!(
-                "document {}/{} not found",
-                r.collection, r.id
-            )));
+            return Err(
+                Error::NotFound(format!("document {}/{} not found", r.collection, r.id)).into(),
+            );
         };
         Ok(Response::new(pb::GetDocumentResponse {
-            header: self.node.header(self.node.current_revision()?),
+            header: header(&self.node, self.node.current_revision()?),
             document: Some(pb::Document {
                 collection: r.collection,
                 id: r.id,
@@ -105,21 +105,27 @@ impl pb::documents_server::Documents for DocumentsService {
         .filter(|(_, v)| !v.is_empty())
         .collect();
         if filters.len() > 1 {
-            return Err(self.node.reject(
-                "bad_filter",
-                status::invalid("at most one of zone, class and host may be set"),
-            ));
+            return Err(self
+                .node
+                .invalid(
+                    "bad_filter",
+                    "at most one of zone, class and host may be set",
+                )
+                .into());
         }
         let filter = filters.first().copied();
         if filter.is_some() && collection != Collection::Devices {
-            return Err(self.node.reject(
-                "bad_filter",
-                status::invalid(
+            return Err(self
+                .node
+                .invalid(
+                    "bad_filter",
                     "zone, class and host filters apply to the devices collection only",
-                ),
-            ));
+                )
+                .into());
         }
-        self.node.read_barrier(r.consistency).await?;
+        self.node
+            .read_barrier(super::consistency(r.consistency))
+            .await?;
         let limit = self.node.range_limit(r.limit);
         let token = (!r.page_token.is_empty()).then_some(r.page_token.as_str());
         let page = self
@@ -132,9 +138,9 @@ impl pb::documents_server::Documents for DocumentsService {
                 self.node.limits.response_bytes_max as usize,
                 token,
             )
-            .map_err(status::from_store)?;
+            .map_err(Error::from)?;
         Ok(Response::new(pb::ListDocumentsResponse {
-            header: self.node.header(self.node.current_revision()?),
+            header: header(&self.node, self.node.current_revision()?),
             documents: page
                 .documents
                 .into_iter()
@@ -167,10 +173,10 @@ impl pb::documents_server::Documents for DocumentsService {
         self.node.check_value(r.json.as_bytes())?;
         self.node.check_json_depth(&r.json, "value")?;
         if let Err(e) = serde_json::from_str::<serde_json::Value>(&r.json) {
-            return Err(self.node.reject(
-                "bad_json",
-                status::invalid(format!("value is not valid JSON: {e}")),
-            ));
+            return Err(self
+                .node
+                .invalid("bad_json", format!("value is not valid JSON: {e}"))
+                .into());
         }
         let event = Event::DeviceDataUpdated(DeviceData {
             host: r.host,
@@ -187,7 +193,7 @@ impl pb::documents_server::Documents for DocumentsService {
             _ => String::new(),
         };
         Ok(Response::new(pb::DeviceReportResponse {
-            header: self.node.header(resp.revision),
+            header: header(&self.node, resp.revision),
             device,
         }))
     }
@@ -200,19 +206,22 @@ impl pb::documents_server::Documents for DocumentsService {
             .authorize(&req, Need::Collection(Access::Write, "devices"))?;
         let r = req.into_inner();
         if r.device.is_empty() || r.device.len() > 1024 {
-            return Err(self.node.reject(
-                "bad_command",
-                status::invalid("device must be a device document id, HOST/CLASS/ID"),
-            ));
+            return Err(self
+                .node
+                .invalid(
+                    "bad_command",
+                    "device must be a device document id, HOST/CLASS/ID",
+                )
+                .into());
         }
         check_level(&self.node, "post_type", &r.post_type)?;
         self.node.check_value(r.json.as_bytes())?;
         self.node.check_json_depth(&r.json, "payload")?;
         if let Err(e) = serde_json::from_str::<serde_json::Value>(&r.json) {
-            return Err(self.node.reject(
-                "bad_json",
-                status::invalid(format!("payload is not valid JSON: {e}")),
-            ));
+            return Err(self
+                .node
+                .invalid("bad_json", format!("payload is not valid JSON: {e}"))
+                .into());
         }
         let resp = self
             .node
@@ -224,13 +233,10 @@ impl pb::documents_server::Documents for DocumentsService {
             })
             .await?;
         let Outcome::Command { id } = resp.outcome else {
-            return Err(Status::internal(format!(
-                "unexpected outcome {:?}",
-                resp.outcome
-            )));
+            return Err(Error::Internal(format!("unexpected outcome {:?}", resp.outcome)).into());
         };
         Ok(Response::new(pb::DeviceCommandResponse {
-            header: self.node.header(resp.revision),
+            header: header(&self.node, resp.revision),
             command_id: id,
         }))
     }

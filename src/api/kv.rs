@@ -10,8 +10,9 @@ use utopia_raft::event::{
     StepResult, TxnOp, TxnStep,
 };
 
-use super::access::Need;
-use super::{bytes, kv_to_pb, status, Node};
+use super::access::{txn_needs, Need};
+use super::{bytes, consistency, header, kv_to_pb};
+use crate::node::{Error, Node};
 use utopia_raft::event::Access;
 
 pub struct KvService {
@@ -23,14 +24,13 @@ impl KvService {
         Self { node }
     }
 
-    fn put_op(&self, r: pb::PutRequest) -> Result<PutOp, Status> {
+    fn put_op(&self, r: pb::PutRequest) -> Result<PutOp, Error> {
         self.node.check_key(&r.key, "key")?;
         self.node.check_value(&r.value)?;
         if r.lease < 0 {
-            return Err(self.node.reject(
-                "bad_lease",
-                status::invalid(format!("lease id {} is negative", r.lease)),
-            ));
+            return Err(self
+                .node
+                .invalid("bad_lease", format!("lease id {} is negative", r.lease)));
         }
         Ok(PutOp {
             key: bytes(r.key),
@@ -40,7 +40,7 @@ impl KvService {
         })
     }
 
-    fn delete_op(&self, r: pb::DeleteRangeRequest) -> Result<DeleteOp, Status> {
+    fn delete_op(&self, r: pb::DeleteRangeRequest) -> Result<DeleteOp, Error> {
         self.node.check_key(&r.key, "key")?;
         self.node.check_len(
             r.range_end.len(),
@@ -55,13 +55,10 @@ impl KvService {
         })
     }
 
-    fn range_op(&self, r: pb::RangeRequest) -> Result<RangeOp, Status> {
+    fn range_op(&self, r: pb::RangeRequest) -> Result<RangeOp, Error> {
         self.node.check_key(&r.key, "key")?;
         if r.revision != 0 {
-            return Err(self.node.reject(
-                "txn_range_revision",
-                status::invalid("a range inside a transaction reads at the transaction's revision; revision must be 0"),
-            ));
+            return Err(self.node.invalid("txn_range_revision", "a range inside a transaction reads at the transaction's revision; revision must be 0"));
         }
         Ok(RangeOp {
             key: bytes(r.key),
@@ -72,7 +69,7 @@ impl KvService {
         })
     }
 
-    fn step(&self, op: pb::RequestOp) -> Result<TxnStep, Status> {
+    fn step(&self, op: pb::RequestOp) -> Result<TxnStep, Error> {
         match op.request {
             Some(pb::request_op::Request::RequestPut(p)) => Ok(TxnStep::Put(self.put_op(p)?)),
             Some(pb::request_op::Request::RequestDeleteRange(d)) => {
@@ -81,11 +78,11 @@ impl KvService {
             Some(pb::request_op::Request::RequestRange(r)) => Ok(TxnStep::Range(self.range_op(r)?)),
             None => Err(self
                 .node
-                .reject("bad_txn", status::invalid("transaction operation is empty"))),
+                .invalid("bad_txn", "transaction operation is empty")),
         }
     }
 
-    fn compare(&self, c: pb::Compare) -> Result<Compare, Status> {
+    fn compare(&self, c: pb::Compare) -> Result<Compare, Error> {
         self.node.check_key(&c.key, "compare key")?;
         let op = match CompareResult::try_from(c.result) {
             Ok(CompareResult::Equal) => CompareOp::Equal,
@@ -93,17 +90,14 @@ impl KvService {
             Ok(CompareResult::Greater) => CompareOp::Greater,
             Ok(CompareResult::Less) => CompareOp::Less,
             Err(_) => {
-                return Err(self.node.reject(
-                    "bad_txn",
-                    status::invalid(format!("unknown compare result {}", c.result)),
-                ))
+                return Err(self
+                    .node
+                    .invalid("bad_txn", format!("unknown compare result {}", c.result)))
             }
         };
         let target = PbTarget::try_from(c.target).map_err(|_| {
-            self.node.reject(
-                "bad_txn",
-                status::invalid(format!("unknown compare target {}", c.target)),
-            )
+            self.node
+                .invalid("bad_txn", format!("unknown compare target {}", c.target))
         })?;
         let value = c.target_union;
         let target = match (target, value) {
@@ -125,12 +119,12 @@ impl KvService {
             (PbTarget::Lease, None) => CompareTarget::Lease(0),
             (PbTarget::Value, None) => CompareTarget::Value(bytes(Vec::new())),
             (t, Some(_)) => {
-                return Err(self.node.reject(
+                return Err(self.node.invalid(
                     "bad_txn",
-                    status::invalid(format!(
+                    format!(
                         "compare target {} does not match the value given",
                         t.as_str_name()
-                    )),
+                    ),
                 ))
             }
         };
@@ -149,7 +143,7 @@ impl KvService {
     /// this node, off the runtime's threads; the work stops at the
     /// bound). The applier holds the same bound, carried in the event, for
     /// a state that grows in between. Hands the transaction back.
-    async fn check_txn_bytes(&self, txn: TxnOp) -> Result<TxnOp, Status> {
+    async fn check_txn_bytes(&self, txn: TxnOp) -> Result<TxnOp, Error> {
         let reader = self.node.reader.clone();
         let bytes_max = txn.bytes_max;
         let (txn, estimate) = tokio::task::spawn_blocking(move || {
@@ -157,17 +151,17 @@ impl KvService {
             (txn, estimate)
         })
         .await
-        .map_err(|e| Status::internal(format!("estimate the transaction's bytes: {e}")))?;
-        match estimate.map_err(status::from_store)? {
+        .map_err(|e| Error::Internal(format!("estimate the transaction's bytes: {e}")))?;
+        match estimate.map_err(Error::from)? {
             Some(_) => Ok(txn),
-            None => Err(self.node.reject(
+            None => Err(self.node.invalid(
                 "txn_too_large",
-                status::invalid(format!(
+                format!(
                     "the request would read or touch more than txn_bytes_max = {bytes_max} bytes \
                      (ranges and range compares count their pairs, deletes their keys, prev_kv the \
                      previous pairs); read large ranges with Range, which pages them, and delete \
                      in smaller ranges"
-                )),
+                ),
             )),
         }
     }
@@ -175,7 +169,7 @@ impl KvService {
 
 pub fn range_to_pb(node: &Node, revision: i64, r: RangeResult) -> pb::RangeResponse {
     pb::RangeResponse {
-        header: node.header(revision),
+        header: header(node, revision),
         kvs: r.kvs.into_iter().map(kv_to_pb).collect(),
         more: r.more,
         count: r.count,
@@ -193,7 +187,7 @@ impl pb::kv_server::Kv for KvService {
             .authorize(&req, Need::Keys(Access::Read, key, end))?;
         let r = req.into_inner();
         self.node.check_key(&r.key, "key")?;
-        self.node.read_barrier(r.consistency).await?;
+        self.node.read_barrier(consistency(r.consistency)).await?;
         let limit = self.node.range_limit(r.limit);
         let result = self
             .node
@@ -207,7 +201,7 @@ impl pb::kv_server::Kv for KvService {
                 r.keys_only,
                 r.count_only,
             )
-            .map_err(|e| self.node.reject("range", status::from_read(e)))?;
+            .map_err(|e| self.node.reject("range", e.into()))?;
         let revision = if r.revision > 0 {
             r.revision
         } else {
@@ -226,7 +220,7 @@ impl pb::kv_server::Kv for KvService {
             _ => None,
         };
         Ok(Response::new(pb::PutResponse {
-            header: self.node.header(resp.revision),
+            header: header(&self.node, resp.revision),
             prev_kv,
         }))
     }
@@ -246,7 +240,7 @@ impl pb::kv_server::Kv for KvService {
             bytes_max: self.node.limits.txn_bytes_max,
         };
         let Some(TxnStep::Delete(op)) = self.check_txn_bytes(check).await?.success.pop() else {
-            return Err(Status::internal("the checked delete went missing"));
+            return Err(Error::Internal("the checked delete went missing".into()).into());
         };
         let resp = self.node.propose(Event::Delete(op)).await?;
         let (deleted, prev) = match resp.outcome {
@@ -254,24 +248,27 @@ impl pb::kv_server::Kv for KvService {
             _ => (0, Vec::new()),
         };
         Ok(Response::new(pb::DeleteRangeResponse {
-            header: self.node.header(resp.revision),
+            header: header(&self.node, resp.revision),
             deleted,
             prev_kvs: prev.into_iter().map(kv_to_pb).collect(),
         }))
     }
 
     async fn txn(&self, req: Request<pb::TxnRequest>) -> Result<Response<pb::TxnResponse>, Status> {
-        self.node.authorize(&req, Need::Txn(req.get_ref()))?;
+        self.node.authorize(&req, txn_needs(req.get_ref()))?;
         let t = req.into_inner();
         let ops = t.compare.len() + t.success.len() + t.failure.len();
         if ops as u64 > self.node.limits.txn_ops_max {
-            return Err(self.node.reject(
-                "too_large",
-                status::invalid(format!(
+            return Err(self
+                .node
+                .invalid(
+                    "too_large",
+                    format!(
                     "transaction has {ops} compares and operations; the limit is txn_ops_max = {}",
                     self.node.limits.txn_ops_max
-                )),
-            ));
+                ),
+                )
+                .into());
         }
         let mut txn = TxnOp {
             compares: t
@@ -294,9 +291,9 @@ impl pb::kv_server::Kv for KvService {
         txn = self.check_txn_bytes(txn).await?;
         let resp = self.node.propose(Event::Txn(txn)).await?;
         let Outcome::Txn { succeeded, results } = resp.outcome else {
-            return Err(Status::internal(
-                "transaction produced no transaction result",
-            ));
+            return Err(
+                Error::Internal("transaction produced no transaction result".into()).into(),
+            );
         };
         let responses = results
             .into_iter()
@@ -307,13 +304,13 @@ impl pb::kv_server::Kv for KvService {
                     ),
                     StepResult::Put { prev } => {
                         pb::response_op::Response::ResponsePut(pb::PutResponse {
-                            header: self.node.header(resp.revision),
+                            header: header(&self.node, resp.revision),
                             prev_kv: prev.map(kv_to_pb),
                         })
                     }
                     StepResult::Delete { deleted, prev } => {
                         pb::response_op::Response::ResponseDeleteRange(pb::DeleteRangeResponse {
-                            header: self.node.header(resp.revision),
+                            header: header(&self.node, resp.revision),
                             deleted,
                             prev_kvs: prev.into_iter().map(kv_to_pb).collect(),
                         })
@@ -322,7 +319,7 @@ impl pb::kv_server::Kv for KvService {
             })
             .collect();
         Ok(Response::new(pb::TxnResponse {
-            header: self.node.header(resp.revision),
+            header: header(&self.node, resp.revision),
             succeeded,
             responses,
         }))
@@ -335,14 +332,14 @@ impl pb::kv_server::Kv for KvService {
         self.node.authorize(&req, Need::Root)?;
         let revision = req.into_inner().revision;
         if revision <= 0 {
-            return Err(self.node.reject(
-                "bad_revision",
-                status::invalid("compact revision must be positive"),
-            ));
+            return Err(self
+                .node
+                .invalid("bad_revision", "compact revision must be positive")
+                .into());
         }
         let resp = self.node.propose(Event::Compact { revision }).await?;
         Ok(Response::new(pb::CompactResponse {
-            header: self.node.header(resp.revision),
+            header: header(&self.node, resp.revision),
         }))
     }
 }

@@ -8,7 +8,8 @@ use utopia_proto::v1 as pb;
 use utopia_raft::event::{Event, Outcome};
 
 use super::access::Need;
-use super::{status, Node};
+use super::header;
+use crate::node::{Consistency, Error, Node};
 use utopia_raft::event::Access;
 
 /// The longest lease a client may ask for: one year.
@@ -33,19 +34,22 @@ impl pb::lease_server::Lease for LeaseService {
         self.node.authorize(&req, Need::User)?;
         let r = req.into_inner();
         if r.ttl_seconds <= 0 || r.ttl_seconds > LEASE_TTL_SECONDS_MAX {
-            return Err(self.node.reject(
-                "bad_lease",
-                status::invalid(format!(
-                    "lease TTL must be 1..={LEASE_TTL_SECONDS_MAX} seconds, got {}",
-                    r.ttl_seconds
-                )),
-            ));
+            return Err(self
+                .node
+                .invalid(
+                    "bad_lease",
+                    format!(
+                        "lease TTL must be 1..={LEASE_TTL_SECONDS_MAX} seconds, got {}",
+                        r.ttl_seconds
+                    ),
+                )
+                .into());
         }
         if r.id < 0 {
-            return Err(self.node.reject(
-                "bad_lease",
-                status::invalid("lease id must not be negative"),
-            ));
+            return Err(self
+                .node
+                .invalid("bad_lease", "lease id must not be negative")
+                .into());
         }
         let id = if r.id == 0 {
             self.node.new_lease_id()
@@ -64,7 +68,7 @@ impl pb::lease_server::Lease for LeaseService {
             _ => (id, r.ttl_seconds),
         };
         Ok(Response::new(pb::LeaseGrantResponse {
-            header: self.node.header(resp.revision),
+            header: header(&self.node, resp.revision),
             id,
             ttl_seconds: ttl,
         }))
@@ -79,7 +83,7 @@ impl pb::lease_server::Lease for LeaseService {
         let id = req.into_inner().id;
         let resp = self.node.propose(Event::LeaseRevoke { id }).await?;
         Ok(Response::new(pb::LeaseRevokeResponse {
-            header: self.node.header(resp.revision),
+            header: header(&self.node, resp.revision),
         }))
     }
 
@@ -90,21 +94,16 @@ impl pb::lease_server::Lease for LeaseService {
         self.node
             .authorize(&req, Need::LeaseKeys(Access::Read, req.get_ref().id))?;
         let id = req.into_inner().id;
-        self.node
-            .read_barrier(pb::Consistency::Linearizable as i32)
-            .await?;
+        self.node.read_barrier(Consistency::Linearizable).await?;
         let bytes_max = self.node.limits.response_bytes_max as usize;
-        let Some((lease, keys, keys_more)) = self
-            .node
-            .reader
-            .lease(id, bytes_max)
-            .map_err(status::from_store)?
+        let Some((lease, keys, keys_more)) =
+            self.node.reader.lease(id, bytes_max).map_err(Error::from)?
         else {
-            return Err(Status::not_found(format!("lease {id} not found")));
+            return Err(Error::NotFound(format!("lease {id} not found")).into());
         };
         let remaining_ms = lease.deadline_ms() as i64 - crate::now_ms() as i64;
         Ok(Response::new(pb::LeaseTimeToLiveResponse {
-            header: self.node.header(self.node.current_revision()?),
+            header: header(&self.node, self.node.current_revision()?),
             id,
             ttl_seconds: lease.ttl_s,
             remaining_ms: remaining_ms.max(0),

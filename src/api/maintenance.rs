@@ -7,7 +7,8 @@ use utopia_proto::v1 as pb;
 use utopia_raft::event::Event;
 
 use super::access::Need;
-use super::{status, Node};
+use super::header;
+use crate::node::{Consistency, Error, Node};
 
 pub struct MaintenanceService {
     node: Arc<Node>,
@@ -27,10 +28,9 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         let caller = self.node.authorize(&req, Need::Anyone)?;
         let st = self.node.raft.status();
-        let (revision, compact_revision) =
-            self.node.reader.revisions().map_err(status::from_store)?;
+        let (revision, compact_revision) = self.node.reader.revisions().map_err(Error::from)?;
         Ok(Response::new(pb::StatusResponse {
-            header: self.node.header(revision),
+            header: header(&self.node, revision),
             version: env!("CARGO_PKG_VERSION").to_string(),
             leader: st.leader.unwrap_or(0),
             raft_term: st.term,
@@ -104,13 +104,10 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         req: Request<pb::AlarmRequest>,
     ) -> Result<Response<pb::AlarmResponse>, Status> {
         let r = req.into_inner();
-        let alarm =
-            super::alarm::alarm_from_pb(r.alarm).map_err(|e| self.node.reject("bad_alarm", e))?;
+        let alarm = super::alarm::alarm_from_pb(&self.node, r.alarm)?;
         let revision = match pb::alarm_request::AlarmAction::try_from(r.action) {
             Ok(pb::alarm_request::AlarmAction::List) => {
-                self.node
-                    .read_barrier(pb::Consistency::Linearizable as i32)
-                    .await?;
+                self.node.read_barrier(Consistency::Linearizable).await?;
                 self.node.current_revision()?
             }
             Ok(pb::alarm_request::AlarmAction::Disarm) => {
@@ -125,15 +122,15 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
                 resp.revision
             }
             Err(_) => {
-                return Err(self.node.reject(
-                    "bad_alarm",
-                    status::invalid(format!("unknown alarm action {}", r.action)),
-                ))
+                return Err(self
+                    .node
+                    .invalid("bad_alarm", format!("unknown alarm action {}", r.action))
+                    .into())
             }
         };
-        let alarms = self.node.reader.alarms().map_err(status::from_store)?;
+        let alarms = self.node.reader.alarms().map_err(Error::from)?;
         Ok(Response::new(pb::AlarmResponse {
-            header: self.node.header(revision),
+            header: header(&self.node, revision),
             alarms: super::alarm::alarms_to_pb(alarms),
         }))
     }
@@ -159,22 +156,25 @@ impl pb::cluster_server::Cluster for ClusterService {
         self.node.authorize(&req, Need::Root)?;
         let r = req.into_inner();
         if r.addr.parse::<std::net::SocketAddr>().is_err() {
-            return Err(self.node.reject(
-                "bad_member",
-                status::invalid(format!(
-                    "member address {:?} is not HOST:PORT (an IP address and a port)",
-                    r.addr
-                )),
-            ));
+            return Err(self
+                .node
+                .invalid(
+                    "bad_member",
+                    format!(
+                        "member address {:?} is not HOST:PORT (an IP address and a port)",
+                        r.addr
+                    ),
+                )
+                .into());
         }
         self.node
             .raft
             .add_member(r.id, &r.addr, r.learner)
             .await
-            .map_err(|e| self.node.propose_status(e))?;
+            .map_err(|e| self.node.raft_error(e))?;
         tracing::info!(node = r.id, addr = %r.addr, learner = r.learner, "member added");
         Ok(Response::new(pb::AddMemberResponse {
-            header: self.node.header(self.node.current_revision()?),
+            header: header(&self.node, self.node.current_revision()?),
         }))
     }
 
@@ -188,10 +188,10 @@ impl pb::cluster_server::Cluster for ClusterService {
             .raft
             .remove_member(id)
             .await
-            .map_err(|e| self.node.propose_status(e))?;
+            .map_err(|e| self.node.raft_error(e))?;
         tracing::info!(node = id, "member removed");
         Ok(Response::new(pb::RemoveMemberResponse {
-            header: self.node.header(self.node.current_revision()?),
+            header: header(&self.node, self.node.current_revision()?),
         }))
     }
 
@@ -205,9 +205,9 @@ impl pb::cluster_server::Cluster for ClusterService {
             .raft
             .transfer_leader(id)
             .await
-            .map_err(|e| self.node.propose_status(e))?;
+            .map_err(|e| self.node.raft_error(e))?;
         Ok(Response::new(pb::TransferLeaderResponse {
-            header: self.node.header(self.node.current_revision()?),
+            header: header(&self.node, self.node.current_revision()?),
         }))
     }
 }

@@ -13,6 +13,10 @@
 //! than one response, as etcd does for large revisions. Reads from disk and
 //! responses are bounded in bytes as well (`limits.response_bytes_max`, one
 //! change always going whatever its size).
+//!
+//! Watchers are tasks the server owns: when it stops, each ends its stream
+//! with UNAVAILABLE, naming the revision to watch again from on another
+//! member, so that an open watch never holds a shutdown up.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -20,13 +24,15 @@ use std::sync::Arc;
 use futures::Stream;
 use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use utopia_proto::v1 as pb;
 use utopia_storage::read::ReadError;
 use utopia_storage::FeedChange;
 
 use super::access::Need;
-use super::{kv_to_pb, status, Node};
+use super::{header, kv_to_pb};
+use crate::node::{Error, Node};
 use utopia_raft::event::Access;
 
 /// Changes read from disk per catch-up step.
@@ -84,7 +90,7 @@ impl pb::watch_server::Watch for WatchService {
         let permit = self.watchers.clone().try_acquire_owned().map_err(|_| {
             self.node.reject(
                 "overloaded",
-                Status::resource_exhausted(format!(
+                Error::ResourceExhausted(format!(
                     "too many watchers (watchers_max = {})",
                     self.node.limits.watchers_max
                 )),
@@ -93,15 +99,19 @@ impl pb::watch_server::Watch for WatchService {
         // Subscribe before reading the current revision so nothing applied
         // in between is missed.
         let live = self.node.reader.subscribe();
-        let (current, compacted) = self.node.reader.revisions().map_err(status::from_store)?;
+        let (current, compacted) = self.node.reader.revisions().map_err(Error::from)?;
         if r.start_revision > 0 && r.start_revision < compacted {
-            return Err(self.node.reject(
-                "compacted",
-                status::from_read(ReadError::Compacted {
-                    requested: r.start_revision,
-                    compacted,
-                }),
-            ));
+            return Err(self
+                .node
+                .reject(
+                    "compacted",
+                    ReadError::Compacted {
+                        requested: r.start_revision,
+                        compacted,
+                    }
+                    .into(),
+                )
+                .into());
         }
         let next = if r.start_revision > 0 {
             r.start_revision
@@ -114,7 +124,15 @@ impl pb::watch_server::Watch for WatchService {
             range_end: r.range_end,
         };
         let node = self.node.clone();
-        tokio::spawn(run_watcher(node, filter, r.prev_kv, next, live, tx, permit));
+        let started = self.node.tasks.spawn_graceful("watcher", move |stop| {
+            run_watcher(node, filter, r.prev_kv, next, live, tx, permit, stop)
+        });
+        if !started {
+            return Err(Error::Unavailable(
+                "this member is shutting down; watch on another member".into(),
+            )
+            .into());
+        }
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -159,6 +177,9 @@ impl Cursor {
     }
 }
 
+/// Sends a watcher's changes until its client goes, its revision is
+/// compacted, or the server stops (`stop`).
+#[allow(clippy::too_many_arguments)]
 async fn run_watcher(
     node: Arc<Node>,
     filter: Filter,
@@ -167,14 +188,27 @@ async fn run_watcher(
     mut live: broadcast::Receiver<Arc<utopia_storage::WatchBatch>>,
     tx: mpsc::Sender<Result<pb::WatchResponse, Status>>,
     _permit: OwnedSemaphorePermit,
+    stop: CancellationToken,
 ) {
     let mut next = Cursor {
         revision: start_revision,
         sub: 0,
     };
+    // The client learns why its stream ends and where to resume; a client
+    // too slow to take it then just sees the stream end.
+    let stopped = |next: Cursor, tx: &mpsc::Sender<Result<pb::WatchResponse, Status>>| {
+        let _ = tx.try_send(Err(Error::Unavailable(format!(
+            "this member is shutting down; watch again from revision {} on another member",
+            next.revision
+        ))
+        .into()));
+    };
     loop {
         // Catch up from disk.
         loop {
+            if stop.is_cancelled() {
+                return stopped(next, &tx);
+            }
             let changes = match node.reader.changes_from(
                 next.revision,
                 next.sub,
@@ -183,7 +217,7 @@ async fn run_watcher(
             ) {
                 Ok(c) => c,
                 Err(e) => {
-                    let _ = tx.send(Err(status::from_read(e))).await;
+                    let _ = tx.send(Err(Error::from(e).into())).await;
                     return;
                 }
             };
@@ -202,6 +236,7 @@ async fn run_watcher(
         loop {
             tokio::select! {
                 _ = tx.closed() => return,
+                () = stop.cancelled() => return stopped(next, &tx),
                 msg = live.recv() => match msg {
                     Ok(batch) => {
                         if batch.changes.first().is_some_and(|c| Cursor::at(c) > next) {
@@ -257,7 +292,7 @@ async fn send(
                 match node.reader.prev_kv(&change.kv.key, rev) {
                     Ok(p) => p.map(kv_to_pb),
                     Err(e) => {
-                        let _ = tx.send(Err(status::from_store(e))).await;
+                        let _ = tx.send(Err(Error::from(e).into())).await;
                         return false;
                     }
                 }
@@ -282,7 +317,7 @@ async fn send(
         if !events.is_empty()
             && tx
                 .send(Ok(pb::WatchResponse {
-                    header: node.header(rev),
+                    header: header(node, rev),
                     events,
                 }))
                 .await

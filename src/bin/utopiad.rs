@@ -48,6 +48,10 @@ struct Args {
     join: bool,
 }
 
+/// How long the process waits, after the server stopped, for work left on
+/// the runtime's blocking threads.
+const RUNTIME_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let (mut settings, mut sources) = match &args.config {
@@ -146,18 +150,21 @@ fn main() -> ExitCode {
     };
     let data_dir = settings.data_dir.display().to_string();
     let node_id = settings.node_id;
-    let result = runtime.block_on(utopia::server::run(
-        settings,
-        tls,
-        utopia::server::shutdown_signal(),
-        |addr| {
-            // One line, for people and for scripts that need the bound port.
-            println!(
-                "utopiad ready: node {node_id} listening on {}, peers on {}, data in {data_dir}",
-                addr.client, addr.peer
-            );
-        },
-    ));
+    // Signals are caught from here on, even while the server starts.
+    let shutdown = {
+        let _runtime = runtime.enter();
+        utopia::server::shutdown_signal()
+    };
+    let result = runtime.block_on(utopia::server::run(settings, tls, shutdown, |addr| {
+        // One line, for people and for scripts that need the bound port.
+        println!(
+            "utopiad ready: node {node_id} listening on {}, peers on {}, data in {data_dir}",
+            addr.client, addr.peer
+        );
+    }));
+    // Whatever still runs on a blocking thread (a compaction, a password
+    // hash) has a moment to finish; the process does not wait longer.
+    runtime.shutdown_timeout(RUNTIME_STOP_WAIT);
     match result {
         Ok(()) => {
             tracing::info!("stopped");

@@ -7,6 +7,10 @@
 //! belong to one connection, so an acknowledgement is sent only on the
 //! connection the message arrived on ([`AckToken::generation`]); after a
 //! reconnect the broker redelivers what was not acknowledged.
+//!
+//! A bridge is a task the node owns: when the server stops, it sends the
+//! broker a DISCONNECT (a persistent session keeps what was not
+//! acknowledged, for the next connection) and ends.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,8 +20,10 @@ use anyhow::Context;
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5 as m5;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::mqtt::{Bridge, Protocol};
+use crate::node::Tasks;
 
 /// Requests queued to one connection's event loop, at most.
 const REQUEST_CHANNEL_MAX: usize = 10_000;
@@ -28,6 +34,8 @@ const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// MQTT 5 session expiry for persistent sessions (seconds).
 const SESSION_EXPIRY_S: u32 = 7 * 24 * 3600;
+/// How long a stopping bridge waits for its DISCONNECT to go out.
+const DISCONNECT_WAIT: Duration = Duration::from_millis(500);
 
 /// What is needed to acknowledge one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +104,9 @@ pub struct BridgeHandle {
     pub name: String,
     client: Client,
     generation: Arc<AtomicU64>,
+    /// Where an acknowledgement that must wait for room in the request
+    /// queue is spawned.
+    tasks: Arc<Tasks>,
 }
 
 fn qos4(q: u8) -> rumqttc::QoS {
@@ -127,7 +138,7 @@ impl BridgeHandle {
                 p.pkid = token.pkid;
                 let c = c.clone();
                 if c.try_ack(&p).is_err() {
-                    tokio::spawn(async move {
+                    self.tasks.spawn("mqtt ack", async move {
                         let _ = c.ack(&p).await;
                     });
                 }
@@ -137,7 +148,7 @@ impl BridgeHandle {
                 p.pkid = token.pkid;
                 let c = c.clone();
                 if c.try_ack(&p).is_err() {
-                    tokio::spawn(async move {
+                    self.tasks.spawn("mqtt ack", async move {
                         let _ = c.ack(&p).await;
                     });
                 }
@@ -194,15 +205,16 @@ pub fn subscriptions(b: &Bridge, cluster_topics: &[String]) -> Vec<(String, u8)>
     subs
 }
 
-/// Connects bridge `index` and runs it until the process stops. Events go
-/// to `events`; a full channel slows the connection down (backpressure)
-/// rather than dropping messages.
+/// Connects bridge `index` and runs it, as one of `tasks`, until the server
+/// stops. Events go to `events`; a full channel slows the connection down
+/// (backpressure) rather than dropping messages.
 pub fn start(
     index: usize,
     b: &Bridge,
     node_id: u64,
     cluster_topics: &[String],
     events: mpsc::Sender<BridgeEvent>,
+    tasks: &Arc<Tasks>,
 ) -> anyhow::Result<BridgeHandle> {
     super::install_crypto_provider();
     let client_id = format!("{}-{}-{}", b.client_id, node_id, b.name);
@@ -217,6 +229,7 @@ pub fn start(
         events,
         delay: RECONNECT_BACKOFF_MIN,
         subscriptions_empty: subs.is_empty(),
+        up: false,
     };
     let client = match b.protocol {
         Protocol::V311 => {
@@ -233,7 +246,10 @@ pub fn start(
                 o.set_transport(rumqttc::Transport::tls_with_config(t));
             }
             let (client, eventloop) = rumqttc::AsyncClient::new(o, REQUEST_CHANNEL_MAX);
-            tokio::spawn(run_v4(link, client.clone(), eventloop, subs));
+            let c = client.clone();
+            tasks.spawn_graceful("mqtt bridge", move |stop| {
+                run_v4(link, c, eventloop, subs, stop)
+            });
             Client::V4(client)
         }
         Protocol::V5 => {
@@ -253,7 +269,10 @@ pub fn start(
                 o.set_transport(rumqttc::Transport::tls_with_config(t));
             }
             let (client, eventloop) = rumqttc::v5::AsyncClient::new(o, REQUEST_CHANNEL_MAX);
-            tokio::spawn(run_v5(link, client.clone(), eventloop, subs));
+            let c = client.clone();
+            tasks.spawn_graceful("mqtt bridge", move |stop| {
+                run_v5(link, c, eventloop, subs, stop)
+            });
             Client::V5(client)
         }
     };
@@ -262,6 +281,7 @@ pub fn start(
         name,
         client,
         generation,
+        tasks: tasks.clone(),
     })
 }
 
@@ -274,6 +294,8 @@ struct Link {
     events: mpsc::Sender<BridgeEvent>,
     delay: Duration,
     subscriptions_empty: bool,
+    /// Between a CONNACK and the next connection error.
+    up: bool,
 }
 
 impl Link {
@@ -306,6 +328,7 @@ impl Link {
         subscribe: impl FnOnce() -> Result<(), String>,
     ) -> bool {
         self.delay = RECONNECT_BACKOFF_MIN;
+        self.up = true;
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         tracing::info!(bridge = %self.name, session_present, "connected to the MQTT broker");
         if !session_present && !self.subscriptions_empty {
@@ -323,8 +346,9 @@ impl Link {
     }
 
     /// A connection error: told to the core, then a growing pause before
-    /// the event loop reconnects.
-    async fn failed(&mut self, error: String) {
+    /// the event loop reconnects (cut short when the server stops).
+    async fn failed(&mut self, error: String, stop: &CancellationToken) {
+        self.up = false;
         tracing::warn!(bridge = %self.name, %error, "MQTT connection failed; reconnecting");
         let _ = self
             .events
@@ -333,9 +357,20 @@ impl Link {
                 error,
             })
             .await;
-        tokio::time::sleep(self.delay).await;
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = tokio::time::sleep(self.delay) => {}
+        }
         self.delay = (self.delay * 2).min(RECONNECT_BACKOFF_MAX);
     }
+}
+
+/// A stopping bridge says goodbye with a DISCONNECT when it is connected.
+/// A persistent session keeps the messages not yet acknowledged (not
+/// committed yet, or their acknowledgement lost with the connection) for
+/// the next connection, which gets them redelivered.
+fn said_goodbye(link: &Link, sent: bool) {
+    tracing::info!(bridge = %link.name, sent, "disconnected from the MQTT broker");
 }
 
 async fn run_v4(
@@ -343,10 +378,15 @@ async fn run_v4(
     client: rumqttc::AsyncClient,
     mut eventloop: rumqttc::EventLoop,
     subs: Vec<(String, u8)>,
+    stop: CancellationToken,
 ) {
-    use rumqttc::{Event, Packet};
+    use rumqttc::{Event, Outgoing, Packet};
     loop {
-        match eventloop.poll().await {
+        let polled = tokio::select! {
+            () = stop.cancelled() => break,
+            polled = eventloop.poll() => polled,
+        };
+        match polled {
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 if !link
                     .message(p.topic, p.payload, p.qos as u8, p.dup, p.pkid)
@@ -376,8 +416,20 @@ async fn run_v4(
                 }
             }
             Ok(_) => {}
-            Err(e) => link.failed(e.to_string()).await,
+            Err(e) => link.failed(e.to_string(), &stop).await,
         }
+    }
+    if link.up && client.try_disconnect().is_ok() {
+        let sent = tokio::time::timeout(DISCONNECT_WAIT, async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        said_goodbye(&link, sent.is_ok());
     }
 }
 
@@ -386,11 +438,17 @@ async fn run_v5(
     client: rumqttc::v5::AsyncClient,
     mut eventloop: rumqttc::v5::EventLoop,
     subs: Vec<(String, u8)>,
+    stop: CancellationToken,
 ) {
     use m5::Packet;
     use rumqttc::v5::Event;
+    use rumqttc::Outgoing;
     loop {
-        match eventloop.poll().await {
+        let polled = tokio::select! {
+            () = stop.cancelled() => break,
+            polled = eventloop.poll() => polled,
+        };
+        match polled {
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 // The broker checks that topics are UTF-8; a lossy
                 // conversion only guards against a broker that does not.
@@ -416,7 +474,19 @@ async fn run_v5(
                 }
             }
             Ok(_) => {}
-            Err(e) => link.failed(e.to_string()).await,
+            Err(e) => link.failed(e.to_string(), &stop).await,
         }
+    }
+    if link.up && client.try_disconnect().is_ok() {
+        let sent = tokio::time::timeout(DISCONNECT_WAIT, async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        said_goodbye(&link, sent.is_ok());
     }
 }

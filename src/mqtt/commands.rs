@@ -20,8 +20,8 @@ use utopia_raft::event::{Event, Request};
 use utopia_storage::apply::CommandRecord;
 
 use super::bridge::BridgeHandle;
-use crate::api::Node;
 use crate::config::mqtt::CommandSettings;
+use crate::node::Node;
 
 /// Pending commands looked at per pass, at most.
 const COMMANDS_PER_PASS_MAX: usize = 1000;

@@ -19,9 +19,9 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, watch};
 
-use crate::api::Node;
 use crate::config::mqtt::BridgeRole;
 use crate::config::Settings;
+use crate::node::Node;
 
 /// Events from all bridges queued for the ingest core, at most.
 const BRIDGE_EVENTS_MAX: usize = 10_000;
@@ -42,18 +42,23 @@ fn hostname() -> String {
 
 /// Starts ownership upkeep (on every node: whichever leads keeps it) and,
 /// when bridges are configured, the bridges, the ingest core and the
-/// command driver.
+/// command driver, all as tasks the node owns ([`Node::tasks`]): they stop
+/// when the server does.
 pub fn start(
     node: Arc<Node>,
     settings: &Settings,
     applied: tokio::sync::broadcast::Receiver<Arc<utopia_storage::apply::IngestEffects>>,
 ) -> anyhow::Result<()> {
     let mqtt = &settings.mqtt;
-    tokio::spawn(owners::maintain(
-        node.clone(),
-        mqtt.ingest.owner_timeout_ms,
-        mqtt.ingest.dedupe_window_ms,
-    ));
+    let tasks = node.tasks.clone();
+    tasks.spawn(
+        "ingest owners",
+        owners::maintain(
+            node.clone(),
+            mqtt.ingest.owner_timeout_ms,
+            mqtt.ingest.dedupe_window_ms,
+        ),
+    );
     let ingests: Vec<bool> = mqtt
         .bridges
         .iter()
@@ -61,11 +66,10 @@ pub fn start(
         .collect();
     // Weight 0 until the device bridges are connected.
     let (weight_tx, weight_rx) = watch::channel(0u32);
-    tokio::spawn(owners::keep_weight(
-        node.clone(),
-        settings.node_id,
-        weight_rx,
-    ));
+    tasks.spawn(
+        "ingest weight",
+        owners::keep_weight(node.clone(), settings.node_id, weight_rx),
+    );
     if mqtt.bridges.is_empty() {
         return Ok(());
     }
@@ -82,6 +86,7 @@ pub fn start(
             settings.node_id,
             &cluster_topics,
             tx.clone(),
+            &tasks,
         )?);
         tracing::info!(bridge = %b.name, host = %b.host, port = b.port, tls = b.tls.is_some(), "MQTT bridge configured");
     }
@@ -92,13 +97,16 @@ pub fn start(
         .find(|(_, i)| **i)
         .map(|(h, _)| h.clone())
     {
-        tokio::spawn(commands::run(
-            node.clone(),
-            mqtt.commands.clone(),
-            settings.node_id,
-            h,
-            commands_rx,
-        ));
+        tasks.spawn(
+            "device commands",
+            commands::run(
+                node.clone(),
+                mqtt.commands.clone(),
+                settings.node_id,
+                h,
+                commands_rx,
+            ),
+        );
     }
     let config = ingest::CoreConfig {
         node_id: settings.node_id,
@@ -109,6 +117,8 @@ pub fn start(
         document_bytes_max: node.limits.document_bytes_max,
     };
     let driver = ingest::Driver::new(node, handles, commands_tx, weight_tx);
-    tokio::spawn(driver.run(config, rx, applied));
+    tasks.spawn_graceful("mqtt ingest", move |stop| {
+        driver.run(config, rx, applied, stop)
+    });
     Ok(())
 }

@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use utopia_raft::event::{Event, IngestMember, Request};
 
-use crate::api::Node;
+use crate::node::Node;
 
 const TICK: Duration = Duration::from_millis(250);
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);

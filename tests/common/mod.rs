@@ -187,6 +187,26 @@ impl Server {
         wait_child(&mut child, Duration::from_secs(30)).expect("utopiad exits after SIGTERM")
     }
 
+    /// Sends SIGTERM and returns at once; see [`Server::exited`].
+    pub fn sigterm(&self) {
+        let child = self.child.as_ref().expect("server is running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+    }
+
+    /// The exit status once the process has exited (the server is then
+    /// stopped and can be restarted); `None` while it runs.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(status)
+    }
+
+    pub fn stderr_log_path(&self) -> &Path {
+        &self.stderr_log
+    }
+
     /// Starts the server again on the same data directory (new port).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the server before restarting it");

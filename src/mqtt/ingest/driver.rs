@@ -4,8 +4,10 @@
 //!
 //! - Acknowledgements go to the bridges at once; a committed copy whose
 //!   acknowledgement is void (its connection is gone) is reported back.
-//! - Proposals are spawned, at most [`BATCHES_IN_FLIGHT_MAX`] at a time
-//!   (the core's bound), each with [`PROPOSE_TIMEOUT`].
+//! - Proposals are spawned into the driver's own set, at most
+//!   [`BATCHES_IN_FLIGHT_MAX`](super::core::BATCHES_IN_FLIGHT_MAX) at a
+//!   time (the core's bound), each with [`PROPOSE_TIMEOUT`]; they end with
+//!   the driver.
 //! - Store reads run on a thread of their own, one at a time, never on the
 //!   runtime's threads. Their queue is bounded by the core: at most one
 //!   owners read, one alarms read, one resync, and one arrival check per
@@ -13,20 +15,25 @@
 //!   waits keeps its room until the answer).
 //! - Counters, the ownership weight and the command driver's wake-up are
 //!   updated in place; the gauges are published every [`GAUGES_INTERVAL`].
+//! - When the server stops, the driver stops taking messages and ends,
+//!   with its proposals and its store thread. What was not acknowledged is
+//!   redelivered by the broker to the next connection.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::task::{Id, JoinSet};
+use tokio_util::sync::CancellationToken;
 use utopia_raft::{ProposeError, Response};
 use utopia_storage::apply::{IngestEffects, IngestOwners};
 use utopia_storage::Reader;
 
-use super::core::{Action, Core, CoreConfig, Gauges, Lookup, Now, BATCHES_IN_FLIGHT_MAX};
+use super::core::{Action, Core, CoreConfig, Gauges, Lookup, Now};
 use super::lag::LAG_BUCKETS_MS;
-use crate::api::Node;
 use crate::mqtt::bridge::{BridgeEvent, BridgeHandle};
+use crate::node::Node;
 
 /// How long a forwarded proposal may take before its outcome is unknown.
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -49,6 +56,37 @@ enum StoreAnswer {
 }
 
 type BatchResult = (u64, Result<Response, ProposeError>);
+
+/// The batches being proposed, each in its own task.
+#[derive(Default)]
+struct Proposals {
+    set: JoinSet<BatchResult>,
+    /// The batch each task proposes, to settle it if the task fails.
+    batches: HashMap<Id, u64>,
+}
+
+impl Proposals {
+    /// The next proposal to finish; `None` when there is none.
+    async fn next(&mut self) -> Option<BatchResult> {
+        let joined = self.set.join_next_with_id().await?;
+        Some(match joined {
+            Ok((id, result)) => {
+                self.batches.remove(&id);
+                result
+            }
+            Err(e) => {
+                let batch = self.batches.remove(&e.id()).unwrap_or_default();
+                tracing::error!(batch, error = %e, "an ingest proposal task failed");
+                (
+                    batch,
+                    Err(ProposeError::OutcomeUnknown(format!(
+                        "the proposal task failed: {e}"
+                    ))),
+                )
+            }
+        })
+    }
+}
 
 /// What the driver hands its actions to.
 pub struct Driver {
@@ -82,29 +120,52 @@ impl Driver {
         }
     }
 
-    /// Runs until the bridges stop. `applied` was subscribed before Raft
-    /// started applying, so no committed batch is missed.
+    /// Runs until the bridges stop or `stop` fires. `applied` was
+    /// subscribed before Raft started applying, so no committed batch is
+    /// missed.
     pub async fn run(
         self,
         config: CoreConfig,
-        mut events: mpsc::Receiver<BridgeEvent>,
-        mut applied: broadcast::Receiver<Arc<IngestEffects>>,
+        events: mpsc::Receiver<BridgeEvent>,
+        applied: broadcast::Receiver<Arc<IngestEffects>>,
+        stop: CancellationToken,
     ) {
-        let linger = Duration::from_millis(config.settings.batch_linger_ms.max(1));
-        let mut core = Core::new(config, self.now());
-        let (reads, mut answers) = match start_store_reader(self.node.reader.clone()) {
-            Ok(pair) => pair,
+        let (reads, answers, reader_done) = match start_store_reader(self.node.reader.clone()) {
+            Ok(started) => started,
             Err(e) => {
                 tracing::error!(error = %e, "start the ingest store reader; MQTT ingest is off");
                 return;
             }
         };
-        let (results_tx, mut results) = mpsc::channel::<BatchResult>(BATCHES_IN_FLIGHT_MAX * 2);
+        let mut proposals = Proposals::default();
+        tokio::select! {
+            () = stop.cancelled() => {}
+            () = self.drive(config, events, applied, &reads, answers, &mut proposals) => {}
+        }
+        // The proposals end with the driver (one may still commit: its
+        // messages are then settled by the dedupe record on redelivery),
+        // and the store thread once its queue closes.
+        drop(proposals);
+        drop(reads);
+        let _ = reader_done.await;
+    }
+
+    async fn drive(
+        &self,
+        config: CoreConfig,
+        mut events: mpsc::Receiver<BridgeEvent>,
+        mut applied: broadcast::Receiver<Arc<IngestEffects>>,
+        reads: &mpsc::UnboundedSender<StoreRead>,
+        mut answers: mpsc::UnboundedReceiver<StoreAnswer>,
+        proposals: &mut Proposals,
+    ) {
+        let linger = Duration::from_millis(config.settings.batch_linger_ms.max(1));
+        let mut core = Core::new(config, self.now());
         let mut tick = tokio::time::interval(linger);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut gauges_at = Instant::now();
         let first = core.start(self.now());
-        self.perform(&mut core, first, &reads, &results_tx);
+        self.perform(&mut core, first, reads, proposals);
         loop {
             let room = core.has_room();
             let actions = tokio::select! {
@@ -117,7 +178,7 @@ impl Driver {
                     Err(broadcast::error::RecvError::Lagged(n)) => core.on_feed_lagged(n, self.now()),
                     Err(broadcast::error::RecvError::Closed) => return,
                 },
-                Some((batch, result)) = results.recv() => core.on_proposed(batch, result, self.now()),
+                Some((batch, result)) = proposals.next() => core.on_proposed(batch, result, self.now()),
                 answer = answers.recv() => match answer {
                     Some(StoreAnswer::Owners(o)) => core.on_owners(o, self.now()),
                     Some(StoreAnswer::Alarms(a)) => core.on_alarms(a, self.now()),
@@ -137,7 +198,7 @@ impl Driver {
                     core.on_tick(self.now())
                 }
             };
-            self.perform(&mut core, actions, &reads, &results_tx);
+            self.perform(&mut core, actions, reads, proposals);
         }
     }
 
@@ -146,7 +207,7 @@ impl Driver {
         core: &mut Core,
         actions: Vec<Action>,
         reads: &mpsc::UnboundedSender<StoreRead>,
-        results: &mpsc::Sender<BatchResult>,
+        proposals: &mut Proposals,
     ) {
         let mut queue = VecDeque::from(actions);
         while let Some(action) = queue.pop_front() {
@@ -167,11 +228,10 @@ impl Driver {
                 }
                 Action::Propose { batch, request } => {
                     let raft = self.node.raft.clone();
-                    let tx = results.clone();
-                    tokio::spawn(async move {
-                        let result = raft.propose_anywhere(request, PROPOSE_TIMEOUT).await;
-                        let _ = tx.send((batch, result)).await;
+                    let task = proposals.set.spawn(async move {
+                        (batch, raft.propose_anywhere(request, PROPOSE_TIMEOUT).await)
                     });
+                    proposals.batches.insert(task.id(), batch);
                 }
                 // A closed queue means the reader stopped; the loop sees
                 // its answers end and stops.
@@ -215,17 +275,22 @@ impl Driver {
 type StoreChannels = (
     mpsc::UnboundedSender<StoreRead>,
     mpsc::UnboundedReceiver<StoreAnswer>,
+    oneshot::Receiver<()>,
 );
 
 /// Starts the thread that answers the core's store reads, in order. It
-/// ends when the driver drops its queue. A failed read is logged here and
-/// answered as the core expects: owners unknown, no alarm, not committed.
+/// ends when the driver drops its queue; the third channel closes when it
+/// has. A failed read is logged here and answered as the core expects:
+/// owners unknown, no alarm, not committed.
 fn start_store_reader(reader: Reader) -> std::io::Result<StoreChannels> {
     let (reads_tx, mut reads) = mpsc::unbounded_channel::<StoreRead>();
     let (answers, answers_rx) = mpsc::unbounded_channel::<StoreAnswer>();
+    let (done, done_rx) = oneshot::channel::<()>();
     std::thread::Builder::new()
         .name("ingest-store".into())
         .spawn(move || {
+            // Dropped (closing `done_rx`) when the thread ends.
+            let _done = done;
             while let Some(read) = reads.blocking_recv() {
                 let answer = match read {
                     StoreRead::Owners => StoreAnswer::Owners(match reader.ingest_owners() {
@@ -263,5 +328,5 @@ fn start_store_reader(reader: Reader) -> std::io::Result<StoreChannels> {
                 }
             }
         })?;
-    Ok((reads_tx, answers_rx))
+    Ok((reads_tx, answers_rx, done_rx))
 }
