@@ -159,13 +159,26 @@ impl PeerClient {
         let Some(first) = take_request(&mut input, &in_flight, target, cluster_id).await else {
             return Ok(Box::pin(futures::stream::empty()));
         };
-        let rest = futures::stream::unfold(
-            (input, in_flight.clone()),
-            move |(mut input, in_flight)| async move {
-                let m = take_request(&mut input, &in_flight, target, cluster_id).await?;
-                Some((m, (input, in_flight)))
-            },
-        );
+        // The rest are taken from openraft by a task of this stream's own,
+        // never by the HTTP/2 body: openraft holds its replication state
+        // locked while it makes a request, and a body parked on a full
+        // flow-control window would keep it locked for good, so that no
+        // later stream to this follower could start. The task is aborted
+        // when the replies end or are dropped.
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::RaftMessage>(1);
+        let pump_in_flight = in_flight.clone();
+        let pump = AbortOnDrop(tokio::spawn(async move {
+            while let Some(m) = take_request(&mut input, &pump_in_flight, target, cluster_id).await
+            {
+                if tx.send(m).await.is_err() {
+                    break;
+                }
+            }
+        }));
+        let rest = futures::stream::unfold(rx, |mut rx| async move {
+            let m = rx.recv().await?;
+            Some((m, rx))
+        });
         let requests = futures::stream::once(std::future::ready(first)).chain(rest);
         let opened = tokio::time::timeout(ttl, client.stream_append(requests)).await;
         let replies = match opened {
@@ -179,9 +192,9 @@ impl PeerClient {
                 )))
             }
         };
-        let state = (replies, in_flight, target, addr);
+        let state = (replies, in_flight, target, addr, pump);
         let out = futures::stream::unfold(Some(state), move |state| async move {
-            let (mut replies, in_flight, target, addr) = state?;
+            let (mut replies, in_flight, target, addr, pump) = state?;
             let item = loop {
                 let next = match in_flight.oldest() {
                     Some(sent) => {
@@ -220,12 +233,21 @@ impl PeerClient {
                 };
             };
             let next = match &item {
-                Ok(Ok(_)) => Some((replies, in_flight, target, addr)),
+                Ok(Ok(_)) => Some((replies, in_flight, target, addr, pump)),
                 _ => None,
             };
             Some((item, next))
         });
         Ok(Box::pin(out))
+    }
+}
+
+/// A task aborted when its handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -318,5 +340,119 @@ mod tests {
         assert_eq!(r.next().await.as_ref().map(shape), Some((5, 1, 4)));
         assert_eq!(r.next().await.as_ref().map(shape), Some((6, 0, 5)));
         assert!(r.next().await.is_none());
+    }
+
+    /// A follower that takes the first request of a replication stream and
+    /// then neither reads nor answers: a peer that stopped.
+    struct Stalled;
+
+    type Unary = Result<tonic::Response<pb::RaftMessage>, tonic::Status>;
+
+    #[tonic::async_trait]
+    impl pb::raft_transport_server::RaftTransport for Stalled {
+        type StreamAppendStream = BoxStream<'static, Result<pb::RaftMessage, tonic::Status>>;
+
+        async fn append_entries(&self, _: tonic::Request<pb::RaftMessage>) -> Unary {
+            Err(tonic::Status::unimplemented("test"))
+        }
+
+        async fn stream_append(
+            &self,
+            req: tonic::Request<tonic::Streaming<pb::RaftMessage>>,
+        ) -> Result<tonic::Response<Self::StreamAppendStream>, tonic::Status> {
+            let mut inbound = req.into_inner();
+            let _first = inbound.message().await;
+            let never = futures::stream::unfold(inbound, |inbound| async move {
+                std::future::pending::<()>().await;
+                drop(inbound);
+                None
+            });
+            Ok(tonic::Response::new(Box::pin(never)))
+        }
+
+        async fn vote(&self, _: tonic::Request<pb::RaftMessage>) -> Unary {
+            Err(tonic::Status::unimplemented("test"))
+        }
+
+        async fn transfer_leader(&self, _: tonic::Request<pb::RaftMessage>) -> Unary {
+            Err(tonic::Status::unimplemented("test"))
+        }
+
+        async fn install_snapshot(
+            &self,
+            _: tonic::Request<tonic::Streaming<pb::SnapshotChunk>>,
+        ) -> Unary {
+            Err(tonic::Status::unimplemented("test"))
+        }
+
+        async fn propose(&self, _: tonic::Request<pb::RaftMessage>) -> Unary {
+            Err(tonic::Status::unimplemented("test"))
+        }
+    }
+
+    /// Set when the value holding it is dropped.
+    struct DropFlag(Arc<std::sync::atomic::AtomicBool>);
+
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// openraft makes a stream's requests while holding that follower's
+    /// replication state locked, and waits inside for entries to send. A
+    /// stream that failed must let go of openraft's request stream at once,
+    /// whatever the transport does with the request body; otherwise the
+    /// next stream to that follower never starts.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_stream_lets_go_of_openraft_requests() {
+        use openraft::network::RaftNetworkFactory;
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(pb::raft_transport_server::RaftTransportServer::new(Stalled))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+
+        let mut network =
+            super::super::GrpcNetwork::new(Default::default(), super::super::ClusterId::fixed(1));
+        let node = openraft::BasicNode { addr: addr.clone() };
+        let client = network.new_client(2, &node).await;
+
+        // The first request, then a wait for entries that never come,
+        // holding the flag the way openraft holds its lock.
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = DropFlag(dropped.clone());
+        let input = futures::stream::once(std::future::ready(req(5, 6, 5))).chain(
+            futures::stream::unfold(flag, |flag| async move {
+                std::future::pending::<()>().await;
+                drop(flag);
+                None
+            }),
+        );
+        let ttl = Duration::from_millis(300);
+        let mut replies = client
+            .open_stream(Box::pin(input), ttl)
+            .await
+            .expect("the stream opens");
+        let reply = tokio::time::timeout(Duration::from_secs(10), replies.next())
+            .await
+            .expect("the stream ends within its reply deadline");
+        assert!(
+            matches!(reply, Some(Err(RPCError::Unreachable(_)))),
+            "{reply:?}"
+        );
+        drop(replies);
+
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !dropped.load(std::sync::atomic::Ordering::SeqCst) {
+            assert!(
+                Instant::now() < deadline,
+                "openraft's request stream outlived the failed stream"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
