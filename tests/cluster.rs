@@ -992,3 +992,52 @@ fn a_follower_behind_by_large_entries_catches_up_from_the_log() {
         || has_keys(node, "large/last", 1),
     );
 }
+
+fn term_and_leader(node: &Server) -> Option<(u64, u64)> {
+    let st = Cluster::status_of(node)?;
+    let leader = st["leader"].as_u64().filter(|&l| l != 0)?;
+    Some((st["raft_term"].as_u64()?, leader))
+}
+
+/// A member paused past its election timeout (SIGSTOP: a long GC-like
+/// stall, or a partition) asks the others whether it could win before it
+/// raises its term; they still follow their leader, so the leader and the
+/// term stay as they were and the member simply catches up.
+#[test]
+fn a_member_back_from_a_pause_does_not_unseat_the_leader() {
+    let dir = temp_dir();
+    let c = Cluster::start(dir.path(), 3);
+    let leader = c.leader();
+    let leader_node = &c.nodes[(leader - 1) as usize];
+    put_ok(&c, "pause/before", "1");
+    let before = wait_for("the term and leader", Duration::from_secs(20), || {
+        term_and_leader(leader_node)
+    });
+    let paused = if leader == 3 { 2 } else { 3 };
+    let node = &c.nodes[(paused - 1) as usize];
+
+    node.signal("STOP");
+    // Several election timeouts (at most 800 ms each) pass while it is
+    // stopped; writes go on without it.
+    let resume_at = std::time::Instant::now() + Duration::from_secs(3);
+    let mut i = 0;
+    while std::time::Instant::now() < resume_at {
+        put_ok(&c, &format!("pause/during/{i:03}"), "1");
+        i += 1;
+    }
+    node.signal("CONT");
+
+    put_ok(&c, "pause/after", "1");
+    wait_for(
+        "the resumed member to catch up",
+        Duration::from_secs(30),
+        || has_keys(node, "pause/after", 1),
+    );
+    let after = term_and_leader(leader_node).expect("the leader answers");
+    assert_eq!(
+        after,
+        before,
+        "(term, leader) changed after member {paused} resumed:\n{}",
+        node.stderr_log()
+    );
+}

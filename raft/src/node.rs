@@ -167,6 +167,10 @@ where
             snapshot_policy: SnapshotPolicy::LogsSinceLast(timings.snapshot_log_entries),
             max_in_snapshot_log_to_keep: timings.log_entries_kept_after_snapshot,
             api_channel_size: Some(timings.proposals_in_flight_max),
+            // A member back from a pause or a partition asks first whether
+            // it could win, instead of raising its term and unseating a
+            // leader the others still follow (etcd's PreVote).
+            enable_pre_vote: Some(true),
             ..Default::default()
         }
         .validate()

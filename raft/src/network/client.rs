@@ -137,6 +137,33 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
             .await
     }
 
+    /// A member that does not know `PreVote` (an older build, during a
+    /// rolling upgrade) counts as granting it, so that elections still
+    /// happen; the real vote decides.
+    async fn pre_vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let granted: Result<VoteResponse<TypeConfig>, String> =
+            Ok(VoteResponse::new(rpc.vote, None, true));
+        let granted = event::encode(&granted)
+            .map_err(|e| RPCError::Network(network(self.target, &self.addr, e)))?;
+        self.unary(&rpc, &option, |mut c, m| async move {
+            let cluster_id = m.cluster_id;
+            match c.pre_vote(m).await {
+                Err(status) if status.code() == tonic::Code::Unimplemented => {
+                    Ok(tonic::Response::new(pb::RaftMessage {
+                        cbor: granted,
+                        cluster_id,
+                    }))
+                }
+                other => other,
+            }
+        })
+        .await
+    }
+
     async fn transfer_leader(
         &mut self,
         req: TransferLeaderRequest<TypeConfig>,

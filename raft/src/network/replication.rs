@@ -374,6 +374,10 @@ mod tests {
             Err(tonic::Status::unimplemented("test"))
         }
 
+        async fn pre_vote(&self, _: tonic::Request<pb::RaftMessage>) -> Unary {
+            Err(tonic::Status::unimplemented("test"))
+        }
+
         async fn transfer_leader(&self, _: tonic::Request<pb::RaftMessage>) -> Unary {
             Err(tonic::Status::unimplemented("test"))
         }

@@ -185,6 +185,14 @@ where
         self.reply(&self.raft.vote(rpc).await.map_err(|e| e.to_string()))
     }
 
+    async fn pre_vote(
+        &self,
+        req: tonic::Request<pb::RaftMessage>,
+    ) -> Result<tonic::Response<pb::RaftMessage>, Status> {
+        let rpc: VoteRequest<TypeConfig> = self.admit(&req)?;
+        self.reply(&self.raft.pre_vote(rpc).await.map_err(|e| e.to_string()))
+    }
+
     async fn transfer_leader(
         &self,
         req: tonic::Request<pb::RaftMessage>,
