@@ -97,3 +97,30 @@ fn schema_files_are_compiled() {
     assert_eq!(e.line, Some(3), "{e}");
     assert!(e.reason.contains("xs:import"), "{e}");
 }
+
+/// The DOCTYPE refusal comes first, but libxml2's own options hold without
+/// it: an entity bomb fails to parse, and an external entity is neither
+/// read nor substituted.
+#[test]
+fn libxml2_alone_neither_expands_nor_fetches() {
+    match parse(&example("invalid-billion-laughs.xml")) {
+        Ok(doc) => panic!("parsed: {} bytes", doc.to_string().len()),
+        Err(e) => assert!(e.reason.contains("entity"), "{e}"),
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "utopia-secret-unit-93c1";
+    let path = dir.path().join("secret.txt");
+    std::fs::write(&path, secret).unwrap();
+    let xml = format!(
+        "<?xml version=\"1.0\"?>\n<!DOCTYPE a [<!ENTITY s SYSTEM \"file://{}\">]>\n<a>&s;</a>\n",
+        path.display()
+    );
+    // Well-formed: it parses, with the reference left unresolved.
+    let doc = parse(xml.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    let text = doc.to_string();
+    assert!(!text.contains(secret), "{text}");
+    assert!(text.contains("&s;"), "{text}");
+    let root = doc.get_root_element().unwrap();
+    assert!(!root.get_content().contains(secret));
+}
