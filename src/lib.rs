@@ -23,6 +23,9 @@
 //!   and the NOSPACE alarm.
 //! - [`tls`]: certificates and keys read at startup, for the server, its
 //!   connections to peers, and the CLI.
+//! - [`xmlconf`]: XML configuration files (device classes and schemas):
+//!   the embedded XSDs of `schemas/`, validation (libxml2) and the model
+//!   read from a valid file (quick-xml). Pure functions, no server state.
 //!
 //! The crates beside this one: `utopia-proto` (the gRPC API), `utopia-raft`
 //! (consensus and the events in the log) and `utopia-storage` (RocksDB).
@@ -36,6 +39,7 @@ pub mod node;
 pub mod server;
 pub mod space;
 pub mod tls;
+pub mod xmlconf;
 
 /// Milliseconds since the Unix epoch on this node's clock.
 pub fn now_ms() -> u64 {

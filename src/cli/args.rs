@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use super::{alarm, auth, bench, txn};
+use super::{alarm, auth, bench, config, txn};
 
 const AFTER_HELP: &str = "\
-Exit codes: 0 success; 1 key/document/lease not found or cas compare failed;
-2 usage error; 3 server or connection error (gRPC code and message on stderr).";
+Exit codes: 0 success; 1 key/document/lease not found, cas compare failed, or
+`config validate` found an invalid file; 2 usage error; 3 server or connection
+error (gRPC code and message on stderr).";
 
 /// The `utopia` command line.
 #[derive(Debug, Parser)]
@@ -147,6 +148,9 @@ pub enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// XML configuration files (device classes, schemas).
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
 }
 
 #[derive(Debug, Subcommand)]

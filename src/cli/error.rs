@@ -9,6 +9,9 @@ pub enum CliError {
     NotFound(String),
     /// Exit 1 (cas compare failed).
     CompareFailed(String),
+    /// Exit 1: `config validate` found an invalid file (the message is the
+    /// summary, printed as `error: ...`).
+    Invalid(String),
     /// Exit 3 (exit 1 for NOT_FOUND).
     Rpc(tonic::Status),
     /// Exit 3: no endpoint could be reached.
@@ -21,7 +24,7 @@ impl CliError {
     pub fn exit_code(&self) -> i32 {
         match self {
             CliError::Usage(_) => 2,
-            CliError::NotFound(_) | CliError::CompareFailed(_) => 1,
+            CliError::NotFound(_) | CliError::CompareFailed(_) | CliError::Invalid(_) => 1,
             CliError::Rpc(s) if s.code() == tonic::Code::NotFound => 1,
             CliError::Rpc(_) | CliError::Connect(_) => 3,
             CliError::Io(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
@@ -32,7 +35,7 @@ impl CliError {
     /// The line for stderr, if any.
     pub fn message(&self) -> Option<String> {
         match self {
-            CliError::Usage(m) => Some(format!("error: {m}")),
+            CliError::Usage(m) | CliError::Invalid(m) => Some(format!("error: {m}")),
             CliError::NotFound(m) | CliError::CompareFailed(m) => Some(m.clone()),
             CliError::Rpc(s) => Some(format!("error: {}: {}", code_name(s.code()), s.message())),
             CliError::Connect(m) => Some(format!("error: UNAVAILABLE: {m}")),

@@ -5,16 +5,17 @@
 //! Modules: [`client`] (endpoints, failover, timeouts), [`output`] (text and
 //! JSON rendering), [`kv`] (put/get/del/cas/txn/compact), [`txn`] (the
 //! transaction file format), [`watch`], [`admin`] (lease, documents, device
-//! reports, status) and [`bench`] (`utopia bench put|get|mixed`, against
-//! utopia or etcd).
+//! reports, status), [`bench`] (`utopia bench put|get|mixed`, against
+//! utopia or etcd) and [`config`] (`utopia config validate`, which needs no
+//! server).
 //!
 //! # Exit codes
 //!
 //! | code | meaning |
 //! |------|---------|
 //! | 0 | success (also `--help`, `--version`, Ctrl-C during `watch`, a closed stdout) |
-//! | 1 | not found: `get KEY` of a single key (without `--count-only`) that does not exist (`key not found: KEY` on stderr; with `--output json` the empty response is still printed), any `NOT_FOUND` status (document, lease), or a failed `cas` compare |
-//! | 2 | usage error: bad arguments (clap), a malformed `txn` file or `--json` value |
+//! | 1 | not found: `get KEY` of a single key (without `--count-only`) that does not exist (`key not found: KEY` on stderr; with `--output json` the empty response is still printed), any `NOT_FOUND` status (document, lease), or a failed `cas` compare; `config validate`: at least one file is invalid or unreadable (every file still gets its line; `error: N of M files invalid` on stderr) |
+//! | 2 | usage error: bad arguments (clap, e.g. `config validate` without a FILE), a malformed `txn` file or `--json` value |
 //! | 3 | server or connection error: `error: CODE: message` on stderr, e.g. `error: INVALID_ARGUMENT: value is 2000000 bytes; ...` |
 //!
 //! # `--output json`
@@ -73,6 +74,12 @@
 //! - `bench mqtt`: `{"publishers","qos","payload_bytes","raw":{"messages","seconds",
 //!   "messages_per_second"}|null,"ingest":{...},"ratio","ingest_lag_ms":{name:f64},
 //!   "batches","mean_batch_messages","publish_to_commit_ms":{"p50","p90","p99","p999","max"}|null}`
+//! - `config validate`: one object per file, every field always present:
+//!   `{"file":string,"valid":bool,"type":"config"|"schema"|null,"name":string|null,
+//!   "version":u32|null,"post_types":n|null,"commands":n|null,"line":u32|null,
+//!   "column":u32|null,"reason":string|null}` (`type`, `name`, `version` for a
+//!   valid file, `post_types` and `commands` for a valid configuration,
+//!   `reason` with `line` and `column` when known for an invalid one)
 //!
 //! # Text output
 //!
@@ -81,6 +88,10 @@
 //! the count); `del` prints the number deleted (then the deleted pairs with
 //! `--prev-kv`); `watch` prints `PUT`/`DELETE`, then with `--prev-kv` the
 //! previous key and value, then the key and the value (empty for a delete).
+//! `config validate` prints one line per file: `FILE: valid (class C version
+//! V, N post types)` (`FILE: valid (schema S version V)` for a schema file)
+//! or `FILE:LINE:COL: reason` (`FILE:LINE: reason` or `FILE: reason` when
+//! the position is not known).
 
 use std::ffi::OsString;
 
@@ -94,6 +105,7 @@ pub mod bench;
 pub mod bench_mqtt;
 pub mod client;
 pub mod cluster;
+pub mod config;
 mod error;
 pub mod kv;
 pub mod output;
@@ -155,6 +167,13 @@ fn client_tls(cli: &Cli) -> Result<Option<tonic::transport::ClientTlsConfig>, Cl
 
 async fn run(cli: Cli) -> Result<(), CliError> {
     let mut out = Printer::new(cli.output == OutputFormat::Json);
+    // Commands that need no server.
+    if let Command::Config(c) = &cli.command {
+        let result = config::run(&mut out, c);
+        let flushed = out.flush();
+        result?;
+        return flushed.map_err(CliError::Io);
+    }
     let tls = client_tls(&cli)?;
     let mut client = Client::new(&cli.endpoints, cli.timeout, tls)?;
     // An empty one (UTOPIA_USER= ...) is none: a way to drop the variable.
@@ -189,6 +208,8 @@ async fn dispatch(cmd: Command, client: &mut Client, out: &mut Printer) -> Resul
         Command::User(c) => auth::user(client, out, c).await,
         Command::Role(c) => auth::role(client, out, c).await,
         Command::Bench(b) => bench::run(client, out, b).await,
+        // Handled in `run`, before any client exists.
+        Command::Config(c) => config::run(out, &c),
     }
 }
 
@@ -268,6 +289,18 @@ mod tests {
                 2,
             ),
             (&["user", "add"], 2),
+            (&["config", "validate"], 2), // no file
+            (&["config", "validate", "a.xml", "--file-bytes-max", "0"], 2),
+            (
+                &[
+                    "config",
+                    "validate",
+                    "a.xml",
+                    "--file-bytes-max",
+                    "67108865",
+                ],
+                2,
+            ),
             (&["--help"], 0),
             (&["get", "--help"], 0),
             (&["txn", "--help"], 0),
@@ -401,6 +434,15 @@ mod tests {
             &["role", "get", "app"],
             &["role", "list"],
             &["role", "delete", "app"],
+            &["config", "validate", "a.xml"],
+            &[
+                "config",
+                "validate",
+                "a.xml",
+                "b.xml",
+                "--file-bytes-max",
+                "4096",
+            ],
         ];
         for args in ok {
             if let Err(e) = parse(args) {
@@ -426,6 +468,10 @@ mod tests {
         assert_eq!(CliError::Usage("x".into()).exit_code(), 2);
         assert_eq!(CliError::NotFound("key not found: a".into()).exit_code(), 1);
         assert_eq!(CliError::CompareFailed("x".into()).exit_code(), 1);
+        assert_eq!(
+            CliError::Invalid("1 of 2 files invalid".into()).exit_code(),
+            1
+        );
         assert_eq!(
             CliError::Rpc(Status::new(Code::NotFound, "x")).exit_code(),
             1
