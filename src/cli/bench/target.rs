@@ -130,44 +130,52 @@ async fn utopia_leader(client: &mut Client) -> Option<String> {
     if named.is_some() {
         return named;
     }
-    for uri in client.endpoint_uris() {
-        let Ok(ch) = client.open(&uri).await else {
-            continue;
-        };
-        let Ok(Ok(st)) = tokio::time::timeout(
-            client.timeout(),
-            client::maintenance(client.with_token(ch)).status(pb::StatusRequest {}),
-        )
-        .await
-        else {
-            continue;
-        };
-        let st = st.into_inner();
-        let me = st.header.map(|h| h.member_id).unwrap_or(0);
-        if st.leader != 0 && st.leader == me {
-            return Some(uri);
+    let client: &Client = client;
+    endpoint_that_leads(client, |ch| {
+        let ch = client.with_token(ch);
+        async move {
+            let st = client::maintenance(ch)
+                .status(pb::StatusRequest {})
+                .await
+                .ok()?
+                .into_inner();
+            Some((st.leader, st.header.map(|h| h.member_id).unwrap_or(0)))
         }
-    }
-    None
+    })
+    .await
 }
 
 /// The endpoint whose member id is the leader its peers name. etcd's
 /// status reports member ids, not client addresses, so every endpoint is
 /// asked until one says it is the leader.
 async fn etcd_leader(client: &mut Client) -> Option<String> {
+    endpoint_that_leads(client, |ch| async move {
+        let st = etcd::maintenance_client::MaintenanceClient::new(ch)
+            .status(etcd::StatusRequest {})
+            .await
+            .ok()?
+            .into_inner();
+        Some((st.leader, st.header.map(|h| h.member_id).unwrap_or(0)))
+    })
+    .await
+}
+
+/// The first endpoint whose status, `(leader, its own member id)`, says it
+/// is the leader.
+async fn endpoint_that_leads<F, Fut>(client: &Client, status: F) -> Option<String>
+where
+    F: Fn(Channel) -> Fut,
+    Fut: std::future::Future<Output = Option<(u64, u64)>>,
+{
     for uri in client.endpoint_uris() {
         let Ok(ch) = client.open(&uri).await else {
             continue;
         };
-        let mut m = etcd::maintenance_client::MaintenanceClient::new(ch);
-        let Ok(Ok(st)) =
-            tokio::time::timeout(client.timeout(), m.status(etcd::StatusRequest {})).await
+        let Ok(Some((leader, me))) = tokio::time::timeout(client.timeout(), status(ch)).await
         else {
             continue;
         };
-        let st = st.into_inner();
-        let me = st.header.map(|h| h.member_id).unwrap_or(0);
-        if st.leader != 0 && st.leader == me {
+        if leader != 0 && leader == me {
             return Some(uri);
         }
     }
