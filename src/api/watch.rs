@@ -6,7 +6,7 @@
 //! broadcast buffer goes back to the change feed; one whose next revision
 //! has been compacted meanwhile gets OUT_OF_RANGE and the stream ends.
 //!
-//! Where a watcher is in the feed is a [`Cursor`]: a revision and the index
+//! Where a watcher is in the feed is a `Cursor`: a revision and the index
 //! of a change within it (the feed's own key), so a revision that changed
 //! more keys than one catch-up read holds is read in several steps and
 //! nothing of it is skipped. Such a revision's events then go out in more

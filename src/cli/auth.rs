@@ -70,7 +70,7 @@ impl PermArg {
     }
 }
 
-/// What a permission is on: KEY [RANGE_END] (or --prefix / --from-key), or
+/// What a permission is on: KEY \[RANGE_END\] (or --prefix / --from-key), or
 /// --collection NAME.
 #[derive(Debug, Args)]
 pub struct PermTarget {
@@ -116,7 +116,7 @@ pub enum RoleCommand {
     List,
     /// Delete a role (it leaves every user that had it).
     Delete { role: String },
-    /// Grant a permission: ROLE read|write|readwrite KEY [RANGE_END]
+    /// Grant a permission: ROLE read|write|readwrite KEY \[RANGE_END\]
     /// [--prefix | --from-key], or ROLE TYPE --collection NAME.
     GrantPermission {
         role: String,
@@ -125,7 +125,7 @@ pub enum RoleCommand {
         #[command(flatten)]
         target: PermTarget,
     },
-    /// Revoke the permission on KEY [RANGE_END] [--prefix | --from-key], or
+    /// Revoke the permission on KEY \[RANGE_END\] \[--prefix | --from-key\], or
     /// on --collection NAME.
     RevokePermission {
         role: String,

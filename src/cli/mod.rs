@@ -5,7 +5,7 @@
 //! Modules: [`client`] (endpoints, failover, timeouts), [`output`] (text and
 //! JSON rendering), [`kv`] (put/get/del/cas/txn/compact), [`txn`] (the
 //! transaction file format), [`watch`], [`admin`] (lease, documents, device
-//! reports, status), [`bench`] (`utopia bench put|get|mixed`, against
+//! reports, status), [`bench`](mod@bench) (`utopia bench put|get|mixed`, against
 //! utopia or etcd) and [`config`] (`utopia config validate`, which needs no
 //! server).
 //!

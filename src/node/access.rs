@@ -129,7 +129,7 @@ impl AuthGate {
     }
 
     /// Runs `f` (an argon2 hash or verification) on a blocking thread, at
-    /// most [`PASSWORD_CHECKS_IN_FLIGHT_MAX`] at once.
+    /// most `PASSWORD_CHECKS_IN_FLIGHT_MAX` at once.
     pub async fn password_work<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,

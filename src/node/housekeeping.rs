@@ -25,7 +25,7 @@ pub const PUBLISH_RETRY: Duration = Duration::from_millis(100);
 
 /// Keeps this member's client address in its fellows document, so that any
 /// member can name the leader's client address to a client that asked a
-/// follower. Reads locally every [`PUBLISH_INTERVAL`]; proposes (through
+/// follower. Reads locally every `PUBLISH_INTERVAL`; proposes (through
 /// the leader) only when the document differs.
 pub async fn publish_client_address(node: Arc<Node>, addr: String) {
     let mut tick = tokio::time::interval(PUBLISH_INTERVAL);

@@ -1,10 +1,10 @@
 //! XML configuration files (seed 000): device-class configurations and
 //! schemas, wrapped in an envelope that names them. Pure functions, no server
-//! state: [`validate`] takes the raw bytes of one file and either returns what
+//! state: [`validate()`] takes the raw bytes of one file and either returns what
 //! utopia uses from it or the first problem with its line and column.
 //!
 //! - [`schema`]: the XSD files of `schemas/`, embedded in the binaries.
-//! - [`validate`]: the checks, in order — size bound, UTF-8, no DOCTYPE
+//! - [`validate`](mod@validate): the checks, in order — size bound, UTF-8, no DOCTYPE
 //!   (so no entity can be declared, expanded or fetched), well-formedness
 //!   and the XSD (libxml2), then the model reader.
 //! - [`model`]: what utopia reads after validation (quick-xml): the

@@ -1,5 +1,5 @@
 //! What utopia reads from a configuration file (with quick-xml, after the
-//! XSD validation in [`super::validate`]): the envelope and the device class.
+//! XSD validation in [`super::validate()`]): the envelope and the device class.
 //!
 //! The readers stand on their own: given any bytes they return a model or an
 //! [`Issue`], never panic, and re-check what the model's users rely on

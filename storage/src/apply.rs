@@ -34,7 +34,7 @@
 //!
 //! # Errors: reject the event, or stop the node
 //!
-//! Applying an event fails in one of two ways ([`ApplyError`]):
+//! Applying an event fails in one of two ways (`ApplyError`):
 //!
 //! - **Content**: what the event carries, or a document it touches, cannot
 //!   be applied: JSON nested deeper than [`bounds::JSON_DEPTH_MAX`], a path

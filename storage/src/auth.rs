@@ -1,5 +1,5 @@
 //! Authentication and roles as stored: users, roles, the enabled flag and
-//! the token-signing key, in [`Cf::Auth`](crate::keys::Cf::Auth), and the
+//! the token-signing key, in [`Cf::Auth`], and the
 //! pure decisions made from them (who is root, whether a user's roles cover
 //! a key range or a collection).
 //!

@@ -115,7 +115,7 @@ pub enum Rejection {
         alarm.name()
     )]
     Alarm { node_id: u64, alarm: AlarmKind },
-    /// A quota of [`Quotas`] would be passed.
+    /// A quota of [`Quotas`](super::Quotas) would be passed.
     #[error("quota exceeded: {0}")]
     Quota(String),
     #[error("{0} already exists")]

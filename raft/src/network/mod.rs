@@ -7,13 +7,13 @@
 //! decodes them. One lazily connected tonic channel per peer address is
 //! shared by every client openraft creates for that peer.
 //!
-//! - [`client`]: the calls a node makes to one peer (openraft's
+//! - `client`: the calls a node makes to one peer (openraft's
 //!   `RaftNetworkV2`).
-//! - [`replication`]: AppendEntries on one long-lived stream per follower.
-//! - [`snapshot`]: snapshots sent and received in bounded chunks.
-//! - [`server`]: the service peers call, and what it checks first
+//! - `replication`: AppendEntries on one long-lived stream per follower.
+//! - `snapshot`: snapshots sent and received in bounded chunks.
+//! - `server`: the service peers call, and what it checks first
 //!   ([`PeerGuard`]).
-//! - [`forward`]: a member hands a proposal to the leader, which checks it
+//! - `forward`: a member hands a proposal to the leader, which checks it
 //!   as it checks its own clients' requests.
 //!
 //! Connections to peers leave from this node's own peer listen IP when it

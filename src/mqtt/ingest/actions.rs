@@ -39,17 +39,17 @@ pub enum Action {
     /// is dropped: the broker redelivers).
     Ack(AckToken),
     /// Acknowledge a copy whose commit was applied; if the token is void,
-    /// report it with [`Core::on_ack_void`], so that the redelivery finds
+    /// report it with [`Core::on_ack_void`](super::Core::on_ack_void), so that the redelivery finds
     /// a tombstone.
     AckCommitted { token: AckToken, digest: [u8; 16] },
-    /// Propose, from any member; answer with [`Core::on_proposed`].
+    /// Propose, from any member; answer with [`Core::on_proposed`](super::Core::on_proposed).
     Propose { batch: u64, request: Request },
-    /// Read the ingest owners; answer with [`Core::on_owners`].
+    /// Read the ingest owners; answer with [`Core::on_owners`](super::Core::on_owners).
     ReadOwners,
-    /// Read whether an alarm is active; answer with [`Core::on_alarms`].
+    /// Read whether an alarm is active; answer with [`Core::on_alarms`](super::Core::on_alarms).
     ReadAlarms,
     /// Read whether each digest was committed at or after its `since_ms`;
-    /// answer with [`Core::on_checked`].
+    /// answer with [`Core::on_checked`](super::Core::on_checked).
     CheckCommitted { check: u64, lookups: Vec<Lookup> },
     /// The topic ownership weight this node should announce.
     SetWeight(u32),

@@ -14,7 +14,7 @@ pub const BATCHES_IN_FLIGHT_MAX: usize = 4;
 /// Pause before proposing again after a failed proposal.
 pub const RETRY_PAUSE_MS: u64 = 100;
 /// The first pause in proposing while an alarm refuses new data; it
-/// doubles while the alarm stays, up to [`ALARM_PAUSE_MS_MAX`].
+/// doubles while the alarm stays, up to `ALARM_PAUSE_MS_MAX`.
 pub const ALARM_PAUSE_MS_MIN: u64 = 250;
 pub const ALARM_PAUSE_MS_MAX: u64 = 5_000;
 
@@ -25,7 +25,7 @@ impl Core {
     /// unacknowledged, the pending bound then stops reading the brokers,
     /// and the rest waits in the brokers until the alarm is disarmed.
     /// Nothing acknowledged is lost, and the core asks again after a pause
-    /// that doubles up to [`ALARM_PAUSE_MS_MAX`] instead of spinning.
+    /// that doubles up to `ALARM_PAUSE_MS_MAX` instead of spinning.
     pub fn on_alarms(&mut self, active: bool, now: Now) -> Vec<Action> {
         self.alarm_gate = AlarmGate::Unknown;
         if active {
