@@ -10,32 +10,13 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::mosquitto::{publish_all, Endpoint, Mosquitto, QoS};
-use common::{cli, leader_id, start_cluster, temp_dir, wait_for, Server};
+use common::{
+    cli, counter, counters, leader_id, runtime, start_cluster, temp_dir, wait_for, Server,
+};
 use serde_json::Value;
 use utopia_proto::v1 as pb;
 
 const DEADLINE: Duration = Duration::from_secs(60);
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-fn counters(addr: &str) -> serde_json::Map<String, Value> {
-    let out = cli(addr, &["--output", "json", "status"]);
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    v["counters"].as_object().cloned().unwrap_or_default()
-}
-
-fn counter(addr: &str, name: &str) -> u64 {
-    counters(addr)
-        .get(name)
-        .and_then(Value::as_u64)
-        .unwrap_or(0)
-}
 
 /// The device document as `addr` holds it (a serializable read).
 fn device(addr: &str, id: &str) -> Option<Value> {

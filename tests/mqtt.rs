@@ -10,18 +10,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::mosquitto::{publish_all, Endpoint, Mosquitto, QoS, Subscriber};
-use common::{cli, start_cluster, temp_dir, wait_for, Server};
+use common::{cli, counter, counters, runtime, start_cluster, temp_dir, wait_for, Server};
 use serde_json::Value;
 
 const DEADLINE: Duration = Duration::from_secs(60);
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
 
 fn write_config(dir: &Path, body: &str) -> String {
     let path = dir.join("utopiad.conf");
@@ -34,19 +26,6 @@ fn plain_bridge(name: &str, m: &Mosquitto, filter: &str) -> String {
         r#"{{ name = "{name}"; host = "127.0.0.1"; port = {}; subscriptions = ( {{ filter = "{filter}"; qos = 1; }} ); }}"#,
         m.plain.port()
     )
-}
-
-fn status_counters(addr: &str) -> serde_json::Map<String, Value> {
-    let out = cli(addr, &["--output", "json", "status"]);
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    v["counters"].as_object().cloned().unwrap_or_default()
-}
-
-fn counter(addr: &str, name: &str) -> u64 {
-    status_counters(addr)
-        .get(name)
-        .and_then(Value::as_u64)
-        .unwrap_or(0)
 }
 
 /// The device document, read locally (serializable) from `addr`.
@@ -275,7 +254,7 @@ fn bad_input_is_counted_and_valid_traffic_beside_it_is_ingested() {
         assert_eq!(d["data"]["temp"], i);
     }
     let c = wait_for("every message settled", DEADLINE, || {
-        let c = status_counters(&addr);
+        let c = counters(&addr);
         let get = |n: &str| c.get(n).and_then(Value::as_u64).unwrap_or(0);
         (get("cluster_ingest_applied_total") + get("cluster_ingest_dropped_total") == 20 + 200)
             .then_some(c)
@@ -322,7 +301,7 @@ fn a_burst_beyond_the_pending_bound_waits_in_the_broker_and_is_all_ingested() {
     ));
     assert!(acked.iter().all(|a| *a));
     let c = wait_for("every message of the burst committed", DEADLINE, || {
-        let c = status_counters(&addr);
+        let c = counters(&addr);
         let get = |n: &str| c.get(n).and_then(Value::as_u64).unwrap_or(0);
         (get("cluster_ingest_applied_total") == TOTAL && get("ingest_pending_messages") == 0)
             .then_some(c)
@@ -490,7 +469,7 @@ fn three_nodes_ingest_every_acknowledged_message_exactly_once_across_a_sigkill()
     while counter(survivor, "cluster_ingest_applied_total") < total {
         if std::time::Instant::now() > deadline {
             for n in &nodes {
-                eprintln!("---- node at {}: {:?}", n.addr, status_counters(&n.addr));
+                eprintln!("---- node at {}: {:?}", n.addr, counters(&n.addr));
                 eprintln!("{}", n.stderr_log());
             }
             panic!("not every acknowledged message was committed within 120 s");
@@ -518,7 +497,7 @@ fn three_nodes_ingest_every_acknowledged_message_exactly_once_across_a_sigkill()
         assert_eq!(doc["data"]["n"][&n], n.parse::<u64>().unwrap(), "{topic}");
     }
     // Exactly once: as many device events as messages, none twice.
-    let c = status_counters(survivor);
+    let c = counters(survivor);
     let get = |n: &str| c.get(n).and_then(Value::as_u64).unwrap_or(0);
     assert_eq!(get("cluster_ingest_applied_total"), total, "{c:?}");
     assert_eq!(get("cluster_ingest_dropped_total"), 0, "{c:?}");
@@ -634,7 +613,7 @@ fn a_member_cut_off_from_the_broker_gives_up_its_devices_until_it_is_back() {
             && counter(&addrs[2], "ingest_pending_messages") == 0)
             .then_some(())
     });
-    let c = status_counters(&addrs[2]);
+    let c = counters(&addrs[2]);
     let get = |n: &str| c.get(n).and_then(Value::as_u64).unwrap_or(0);
     assert_eq!(get("cluster_ingest_applied_total"), total, "{c:?}");
     assert!(get("ingest_tombstones_evicted_total") > 0, "{c:?}");

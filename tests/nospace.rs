@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::mosquitto::{publish_all, Mosquitto, QoS};
-use common::{cli, start_cluster, temp_dir, wait_for, Server};
+use common::{cli, counter, runtime, start_cluster, temp_dir, wait_for, Server};
 use serde_json::Value;
 use utopia_proto::v1 as pb;
 
@@ -20,14 +20,6 @@ const DEADLINE: Duration = Duration::from_secs(60);
 const KIB: usize = 1 << 10;
 /// The quota the clusters below start with.
 const DB_BYTES_MAX: usize = 4 << 20;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
 
 fn write_config(path: &Path, body: &str) -> String {
     std::fs::write(path, body).expect("write the configuration");
@@ -204,12 +196,6 @@ fn plain_bridge(m: &Mosquitto) -> String {
         r#"mqtt = {{ bridges = ( {{ name = "devices"; host = "127.0.0.1"; port = {}; subscriptions = ( {{ filter = "/nshost/#"; qos = 1; }} ); }} ); }};"#,
         m.plain.port()
     )
-}
-
-fn counter(addr: &str, name: &str) -> u64 {
-    let out = cli(addr, &["--output", "json", "status"]);
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    v["counters"][name].as_u64().unwrap_or(0)
 }
 
 fn device_doc(addr: &str, id: &str) -> Option<Value> {

@@ -7,16 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::mosquitto::{publish_all, Mosquitto, QoS};
-use common::{cli, temp_dir, wait_for, Server};
-use serde_json::Value;
+use common::{counter, temp_dir, wait_for, Server};
 
 const DEADLINE: Duration = Duration::from_secs(60);
-
-fn counter(addr: &str, name: &str) -> u64 {
-    let out = cli(addr, &["--output", "json", "status"]);
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    v["counters"][name].as_u64().unwrap_or(0)
-}
 
 fn refused_by_quota(out: &std::process::Output) -> bool {
     let stderr = String::from_utf8_lossy(&out.stderr);

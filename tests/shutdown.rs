@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::mosquitto::{publish_all, Endpoint, Mosquitto, QoS};
-use common::{cli, leader_id, start_cluster, temp_dir, wait_for, Server};
+use common::{cli, counter, leader_id, start_cluster, temp_dir, wait_for, Server};
 use serde_json::Value;
 use tokio::sync::watch;
 use utopia_proto::v1 as pb;
@@ -239,12 +239,6 @@ async fn sigterm_stops_a_follower_then_the_leader_of_a_loaded_cluster_within_5_s
     });
     let stored = stored(nodes[leader as usize - 1].endpoint()).await;
     assert_all_stored(&acked, &stored);
-}
-
-fn counter(addr: &str, name: &str) -> u64 {
-    let out = cli(addr, &["--output", "json", "status"]);
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    v["counters"][name].as_u64().unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

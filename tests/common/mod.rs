@@ -420,3 +420,30 @@ pub fn temp_dir() -> tempfile::TempDir {
         .tempdir()
         .expect("create a temp dir")
 }
+
+/// The counters `utopia status` on `addr` shows (none when the server does
+/// not answer).
+pub fn counters(addr: &str) -> serde_json::Map<String, serde_json::Value> {
+    let out = cli(addr, &["--output", "json", "status"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["counters"].as_object().cloned().unwrap_or_default()
+}
+
+/// Counter `name` on `addr` (0 when absent or when the server does not
+/// answer).
+pub fn counter(addr: &str, name: &str) -> u64 {
+    counters(addr)
+        .get(name)
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0)
+}
+
+/// A two-thread runtime for tests that drive gRPC clients or brokers from
+/// synchronous test functions.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
