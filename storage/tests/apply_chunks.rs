@@ -2,36 +2,18 @@
 //! full and in order, in several writes, on a multi-threaded runtime (where
 //! large chunks leave the runtime's thread) as on a single-threaded one.
 
-use openraft::vote::leader_id_adv::LeaderId;
-use utopia_raft::event::{Bytes, Event, PutOp, Request};
-use utopia_raft::openraft_api::{EntryOf, EntryPayload, LogIdOf, RaftStateMachine};
+mod common;
+
+use utopia_raft::openraft_api::{EntryOf, RaftStateMachine};
 use utopia_raft::TypeConfig;
 
 const ENTRIES: u64 = 3000;
 
-fn log_id(index: u64) -> LogIdOf<TypeConfig> {
-    LogIdOf::<TypeConfig>::new(
-        LeaderId {
-            term: 1,
-            node_id: 1,
-        },
-        index,
-    )
-}
-
 fn put(index: u64) -> EntryOf<TypeConfig> {
-    let op = PutOp {
-        // Each key twice, so that later entries read what earlier ones in
-        // other chunks wrote.
-        key: Bytes::from(format!("k{:04}", index % (ENTRIES / 2))),
-        value: Bytes::from(index.to_string()),
-        lease: 0,
-        prev_kv: false,
-    };
-    EntryOf::<TypeConfig> {
-        log_id: log_id(index),
-        payload: EntryPayload::Normal(Request::new(1_000 + index, Event::Put(op))),
-    }
+    // Each key twice, so that later entries read what earlier ones in
+    // other chunks wrote.
+    let key = format!("k{:04}", index % (ENTRIES / 2));
+    common::put_entry(index, key, index.to_string().into_bytes())
 }
 
 async fn apply_backlog() {

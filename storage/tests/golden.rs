@@ -23,17 +23,18 @@
 //! a4a8550): they are called without one, and a lease's answer is shown
 //! without the `more` flag it gained, as 038041f answered.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use openraft::vote::leader_id_adv::LeaderId;
 use utopia_raft::event::{
     AlarmKind, Bytes, Compare, CompareOp, CompareTarget, ConfigVersion, DeleteOp, DeviceData,
     Event, FellowRole, FellowState, IngestBody, IngestItem, IngestMember, PutOp, Quotas, RangeOp,
     Request, StatCounter, TxnOp, TxnStep,
 };
-use utopia_raft::openraft_api::{EntryOf, EntryPayload, LogIdOf, RaftStateMachine};
+use utopia_raft::openraft_api::{EntryOf, EntryPayload, RaftStateMachine};
 use utopia_raft::TypeConfig;
 use utopia_storage::apply::Applier;
 use utopia_storage::keys::{Cf, Collection, DeviceIndex};
@@ -625,16 +626,6 @@ fn add_fields() -> Vec<(
     ]
 }
 
-fn log_id(index: u64) -> LogIdOf<TypeConfig> {
-    LogIdOf::<TypeConfig>::new(
-        LeaderId {
-            term: 1,
-            node_id: 1,
-        },
-        index,
-    )
-}
-
 /// Applies `events` one entry at a time from log index `first`, as the
 /// state machine does, and returns each response (computed by an applier
 /// over the state just before the entry).
@@ -649,7 +640,7 @@ async fn run(dir: &Path, first: u64, events: Vec<(u64, Event)>) -> Vec<String> {
             .expect("apply the event");
         responses.push(format!("{index} {}: {response:?}", req.event.name()));
         let entry = EntryOf::<TypeConfig> {
-            log_id: log_id(index),
+            log_id: common::log_id(index),
             payload: EntryPayload::Normal(req),
         };
         store

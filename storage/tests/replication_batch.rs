@@ -2,33 +2,16 @@
 //! bounded in bytes, from the in-memory recent entries as from RocksDB, and
 //! always holds at least one entry, however large.
 
-use openraft::vote::leader_id_adv::LeaderId;
-use utopia_raft::event::{Bytes, Event, PutOp, Request};
-use utopia_raft::openraft_api::{
-    EntryOf, EntryPayload, IOFlushed, LogIdOf, RaftEntry, RaftLogReader, RaftLogStorage,
-};
+mod common;
+
+use utopia_raft::openraft_api::{EntryOf, IOFlushed, RaftEntry, RaftLogReader, RaftLogStorage};
 use utopia_raft::TypeConfig;
 use utopia_storage::REPLICATION_BATCH_BYTES_MAX;
 
 const VALUE_BYTES: usize = 1 << 20;
 
 fn put(index: u64, value_bytes: usize) -> EntryOf<TypeConfig> {
-    let op = PutOp {
-        key: Bytes::from(format!("k{index:04}")),
-        value: Bytes::from(vec![b'v'; value_bytes]),
-        lease: 0,
-        prev_kv: false,
-    };
-    EntryOf::<TypeConfig> {
-        log_id: LogIdOf::<TypeConfig>::new(
-            LeaderId {
-                term: 1,
-                node_id: 1,
-            },
-            index,
-        ),
-        payload: EntryPayload::Normal(Request::new(1_000 + index, Event::Put(op))),
-    }
+    common::put_entry(index, format!("k{index:04}"), vec![b'v'; value_bytes])
 }
 
 async fn append(store: &mut utopia_storage::LogStore, entries: Vec<EntryOf<TypeConfig>>) {

@@ -2,20 +2,10 @@
 //! batches; an install that a crash cuts short is finished from the kept
 //! file at the next start, and a corrupt file changes nothing.
 
-use openraft::vote::leader_id_adv::LeaderId;
-use utopia_raft::event::{Bytes, Event, PutOp, Request};
-use utopia_raft::openraft_api::{EntryOf, EntryPayload, LogIdOf, RaftStateMachine};
-use utopia_raft::{SnapshotData, TypeConfig};
+mod common;
 
-fn log_id(index: u64) -> LogIdOf<TypeConfig> {
-    LogIdOf::<TypeConfig>::new(
-        LeaderId {
-            term: 1,
-            node_id: 1,
-        },
-        index,
-    )
-}
+use utopia_raft::openraft_api::RaftStateMachine;
+use utopia_raft::{SnapshotData, TypeConfig};
 
 /// Entries `from..=to` putting `{prefix}{i}` with a value of `value_bytes`.
 fn puts(
@@ -27,16 +17,7 @@ fn puts(
     Item = Result<utopia_raft::openraft_api::EntryResponder<TypeConfig>, std::io::Error>,
 > {
     futures::stream::iter((from..=to).map(move |i| {
-        let op = PutOp {
-            key: Bytes::from(format!("{prefix}{i:05}")),
-            value: Bytes::from(vec![b'v'; value_bytes]),
-            lease: 0,
-            prev_kv: false,
-        };
-        let entry = EntryOf::<TypeConfig> {
-            log_id: log_id(i),
-            payload: EntryPayload::Normal(Request::new(1_000 + i, Event::Put(op))),
-        };
+        let entry = common::put_entry(i, format!("{prefix}{i:05}"), vec![b'v'; value_bytes]);
         Ok((entry, None))
     }))
 }
