@@ -166,6 +166,18 @@ fn done(out: &mut Printer, message: &str) -> Result<(), CliError> {
     written.map_err(CliError::Io)
 }
 
+/// A list of names: `{field: [names...]}` in JSON, one name a line in text.
+fn names(out: &mut Printer, field: &str, names: &[String]) -> Result<(), CliError> {
+    if out.json {
+        out.json_line(&serde_json::json!({ field: names }))?;
+    } else {
+        for name in names {
+            out.line(name)?;
+        }
+    }
+    Ok(())
+}
+
 pub async fn auth(
     client: &mut Client,
     out: &mut Printer,
@@ -261,14 +273,7 @@ pub async fn user(
                         client::auth(ch).user_list(pb::AuthUserListRequest {}).await
                     })
                     .await?;
-            if out.json {
-                out.json_line(&serde_json::json!({ "users": r.users }))?;
-            } else {
-                for u in &r.users {
-                    out.line(u)?;
-                }
-            }
-            Ok(())
+            names(out, "users", &r.users)
         }
         UserCommand::Delete { name } => {
             let req = pb::AuthUserDeleteRequest { name: name.clone() };
@@ -432,14 +437,7 @@ pub async fn role(
                         client::auth(ch).role_list(pb::AuthRoleListRequest {}).await
                     })
                     .await?;
-            if out.json {
-                out.json_line(&serde_json::json!({ "roles": r.roles }))?;
-            } else {
-                for role in &r.roles {
-                    out.line(role)?;
-                }
-            }
-            Ok(())
+            names(out, "roles", &r.roles)
         }
         RoleCommand::Delete { role } => {
             let req = pb::AuthRoleDeleteRequest { role: role.clone() };
