@@ -128,9 +128,7 @@ pub async fn run(
     let node = Node::new(
         raft.clone(),
         store.reader,
-        settings.limits.clone(),
-        data_dir.display().to_string(),
-        settings.mqtt.commands.attempts_max.min(u64::from(u32::MAX)) as u32,
+        &settings,
         peer_guard,
         AuthGate::new(settings.auth.token_ttl_s, settings.tls.client_cert_required),
     );

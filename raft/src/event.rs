@@ -11,8 +11,10 @@ use serde::{Deserialize, Serialize};
 
 mod auth;
 mod response;
+mod xmlconf;
 pub use auth::{Access, AuthChange, Permission, PermissionTarget};
 pub use response::*;
+pub use xmlconf::{ClassRules, CommandRule, ConfigVote, FieldRule, FieldRuleKind, VoteSource};
 
 /// The encoding version written by this build. Decoders accept every version
 /// up to this one; a newer version is refused with a clear error rather than
@@ -139,6 +141,38 @@ pub enum Event {
         hash: String,
         reason: String,
     },
+    /// A member's vote for the content of `name@version`
+    /// ([`ConfigVote`]). Refused for a version already decided with
+    /// another hash, or not above the accepted version of that name.
+    ConfigVote(ConfigVote),
+    /// The agreement window of `name@version` is over (by this event's
+    /// `at_ms`): the hash whose voters' weights sum highest is accepted,
+    /// ties to the lower hash, and the other hashes are superseded.
+    /// Proposed by the leader; refused before the window's end.
+    ConfigDecide {
+        name: String,
+        version: u64,
+    },
+    /// A file in `node`'s configuration directory that is not taken: not a
+    /// valid configuration, or refused by the log (`reason` says which).
+    /// `file` is its name in the directory.
+    ConfigFileRejected {
+        node: u64,
+        file: String,
+        hash: String,
+        reason: String,
+    },
+    /// Whether `node` holds the accepted `name@version` on its disk.
+    /// `failing`: its bounded write-and-verify retries failed; it ignores
+    /// that class, and ingest gives its devices of the class to other
+    /// members. Cleared (`failing: false`) once it verifies the file.
+    ConfigSyncState {
+        node: u64,
+        name: String,
+        version: u64,
+        failing: bool,
+        reason: String,
+    },
 
     // ---- statistics
     StatIncremented {
@@ -248,6 +282,10 @@ pub struct Quotas {
     /// kept.
     #[serde(default)]
     pub command_retention_ms: u64,
+    /// Device data and commands of a class with no accepted configuration
+    /// are refused (`configs.require_class`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_class: bool,
 }
 
 /// What an alarm is about.
@@ -327,6 +365,10 @@ impl Event {
             Event::DbServerProblematic { .. } => "db_server_problematic",
             Event::ConfigProposed(_) => "config_proposed",
             Event::ConfigAccepted { .. } => "config_accepted",
+            Event::ConfigVote(_) => "config_vote",
+            Event::ConfigDecide { .. } => "config_decide",
+            Event::ConfigFileRejected { .. } => "config_file_rejected",
+            Event::ConfigSyncState { .. } => "config_sync_state",
             Event::ConfigRejected { .. } => "config_rejected",
             Event::StatIncremented { .. } => "stat_incremented",
             Event::IngestWeight { .. } => "ingest_weight",
@@ -360,6 +402,7 @@ impl Event {
             | Event::IngestBatch { .. }
             | Event::CommandIssued { .. }
             | Event::ConfigProposed(_)
+            | Event::ConfigVote(_)
             | Event::StatIncremented { .. } => true,
             Event::Txn(t) => t
                 .success
@@ -375,6 +418,9 @@ impl Event {
             | Event::DbServerProblematic { .. }
             | Event::ConfigAccepted { .. }
             | Event::ConfigRejected { .. }
+            | Event::ConfigDecide { .. }
+            | Event::ConfigFileRejected { .. }
+            | Event::ConfigSyncState { .. }
             | Event::IngestWeight { .. }
             | Event::IngestOwnersChanged { .. }
             | Event::CommandAttempted { .. }

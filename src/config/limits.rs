@@ -148,6 +148,8 @@ impl Limits {
             leases_max: self.leases_max,
             commands_pending_max: self.commands_pending_max,
             command_retention_ms: self.command_retention_ms,
+            // `configs.require_class`, set by the caller.
+            require_class: false,
         }
     }
 }

@@ -16,6 +16,7 @@
 //! `rules.rs` (ranges and other per-value rules), `de.rs` (the
 //! deserializer), `libconfig.rs` (the syntax).
 
+pub mod configs;
 pub mod de;
 pub mod libconfig;
 pub mod limits;
@@ -31,6 +32,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use self::configs::ConfigsSettings;
 pub use self::de::{Origin, Sources};
 use self::libconfig::ParseError;
 pub use self::limits::{Limits, RaftSettings};
@@ -85,6 +87,8 @@ pub struct Settings {
     pub mqtt: MqttSettings,
     pub tls: TlsSettings,
     pub auth: AuthSettings,
+    /// XML configuration sync.
+    pub configs: ConfigsSettings,
 }
 
 /// Authentication: how long the tokens this node issues last. (Whether
@@ -204,6 +208,7 @@ impl Default for Settings {
             mqtt: MqttSettings::default(),
             tls: TlsSettings::default(),
             auth: AuthSettings::default(),
+            configs: ConfigsSettings::default(),
         }
     }
 }

@@ -184,7 +184,8 @@ async fn sync_fellows(node: &Node) {
 
 /// Makes the replicated quotas this node's `limits` (while it leads).
 async fn sync_quotas(node: &Node) {
-    let wanted = node.limits.quotas();
+    let mut wanted = node.limits.quotas();
+    wanted.require_class = node.configs.require_class;
     match node.reader.quotas() {
         Ok(current) if current == wanted => {}
         Ok(_) => match node.propose(Event::QuotasChanged(wanted)).await {

@@ -42,7 +42,7 @@ use utopia_storage::{Reader, StateMachine};
 pub use error::Error;
 pub use tasks::Tasks;
 
-use crate::config::Limits;
+use crate::config::{ConfigsSettings, Limits, Settings};
 
 /// Counters of what the node has seen, by name. Names carry their unit.
 #[derive(Default)]
@@ -100,6 +100,8 @@ pub struct Node {
     pub data_dir: String,
     /// Publishes of a device command before it fails (`mqtt.commands`).
     pub command_attempts_max: u32,
+    /// XML configuration sync (`configs`).
+    pub configs: ConfigsSettings,
     /// The peer port's checks: the cluster id, and what it refused.
     pub peers: Arc<PeerGuard>,
     /// Authentication: the cached auth state, token lifetime, password
@@ -112,15 +114,16 @@ pub struct Node {
 }
 
 impl Node {
+    /// A member with `settings` (its limits, data directory, device
+    /// commands and configuration sync settings).
     pub fn new(
         raft: RaftNode<StateMachine>,
         reader: Reader,
-        limits: Limits,
-        data_dir: String,
-        command_attempts_max: u32,
+        settings: &Settings,
         peers: Arc<PeerGuard>,
         auth: access::AuthGate,
     ) -> Arc<Self> {
+        let limits = settings.limits.clone();
         let permits = limits.proposals_in_flight_max as usize;
         // Lease ids: node id in the top 16 bits, then a millisecond clock,
         // so ids from different nodes and restarts do not collide.
@@ -130,8 +133,10 @@ impl Node {
             reader,
             limits,
             counters: Counters::default(),
-            data_dir,
-            command_attempts_max,
+            data_dir: settings.data_dir.display().to_string(),
+            command_attempts_max: settings.mqtt.commands.attempts_max.min(u64::from(u32::MAX))
+                as u32,
+            configs: settings.configs.clone(),
             peers,
             auth,
             tasks: Arc::new(Tasks::default()),

@@ -13,11 +13,13 @@
 pub mod model;
 pub mod schema;
 pub mod validate;
+pub mod vote;
 
 pub use model::{
     read_class, read_envelope, ClassConfig, Command, Envelope, Field, FieldKind, FileType,
 };
 pub use validate::{validate, Validated, FILE_BYTES_MAX};
+pub use vote::{vote, Voter};
 
 /// Why a file is not a valid configuration, and where (1-based line and
 /// column, when known).

@@ -423,6 +423,13 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
                 hash,
                 reason,
             } => self.apply_config_decision(req.at_ms, name, *version, hash, Some(reason))?,
+            Event::ConfigVote(_)
+            | Event::ConfigDecide { .. }
+            | Event::ConfigFileRejected { .. }
+            | Event::ConfigSyncState { .. } => Outcome::Rejected(Rejection::Invalid(format!(
+                "{} is not applied by this build yet",
+                req.event.name()
+            ))),
             Event::StatIncremented {
                 id,
                 kind,

@@ -29,7 +29,7 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use utopia_raft::event::FellowRole;
+use utopia_raft::event::{ClassRules, FellowRole, VoteSource};
 
 use crate::apply::CommandState;
 use crate::keys::Collection;
@@ -318,8 +318,63 @@ pub struct XmlConfig {
     /// Why it was rejected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// When the agreement window of a voted version ends (the first vote's
+    /// time plus its window); a [`ConfigDecide`] before it is refused.
+    ///
+    /// [`ConfigDecide`]: utopia_raft::event::Event::ConfigDecide
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decide_after_ms: Option<u64>,
+    /// The votes for this version, one per member, in the order they came.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub votes: Vec<ConfigVoteRecord>,
+    /// The competing contents while the version is undecided, one per
+    /// hash; at the decision the winner becomes `hash`, `xml` and `rules`
+    /// and the list is emptied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub candidates: Vec<ConfigCandidate>,
+    /// For an accepted device-class configuration: what ingest checks
+    /// device data and commands against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<ClassRules>,
+    /// Members that could not write and verify this accepted version.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failing: Vec<ConfigFailing>,
+    /// For a refused file ([`ConfigFileRejected`]): its name in the
+    /// member's configuration directory.
+    ///
+    /// [`ConfigFileRejected`]: utopia_raft::event::Event::ConfigFileRejected
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
     #[serde(flatten)]
     pub other: OtherFields,
+}
+
+/// One member's vote in an [`XmlConfig`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigVoteRecord {
+    pub node: u64,
+    /// Configuration weight in thousandths.
+    pub weight_milli: u32,
+    pub hash: String,
+    pub at_ms: u64,
+    pub source: VoteSource,
+}
+
+/// One competing content of an undecided [`XmlConfig`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigCandidate {
+    pub hash: String,
+    pub xml: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<ClassRules>,
+}
+
+/// A member that could not write and verify an accepted version, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigFailing {
+    pub node: u64,
+    pub reason: String,
+    pub since_ms: u64,
 }
 
 impl Document for XmlConfig {

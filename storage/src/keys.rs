@@ -334,6 +334,9 @@ pub mod ingest {
     pub const DEDUPE_PREFIX: u8 = b'd';
     /// `x` ++ committed ms ++ digest → empty: dedupe records by age.
     pub const EXPIRY_PREFIX: u8 = b'x';
+    /// `c` ++ class name (UTF-8) → CBOR `ClassRulesRecord`: the accepted
+    /// configuration of a device class, as ingest checks data against it.
+    pub const CLASS_PREFIX: u8 = b'c';
 
     /// A message's digest (see `crate::ingest::digest`).
     pub type Digest = [u8; 16];
@@ -349,6 +352,20 @@ pub mod ingest {
         c.tag(WEIGHT_PREFIX)?;
         let node = c.u64()?;
         c.end(node)
+    }
+
+    pub fn class_key(class: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + class.len());
+        out.push(CLASS_PREFIX);
+        out.extend_from_slice(class.as_bytes());
+        out
+    }
+
+    pub fn parse_class_key(key: &[u8]) -> Result<&str, KeyError> {
+        let mut c = Cursor::new(Cf::Ingest, "ingest class", key);
+        c.tag(CLASS_PREFIX)?;
+        let class = c.rest_str()?;
+        c.end(class)
     }
 
     pub fn dedupe_key(digest: &Digest) -> [u8; 17] {

@@ -150,6 +150,7 @@ fn first_half() -> Vec<(u64, Event)> {
                 leases_max: 10,
                 commands_pending_max: 10,
                 command_retention_ms: 2 * DAY_MS,
+                require_class: false,
             }),
         ),
         (t(1), put("a", "1", 0)),

@@ -172,6 +172,16 @@ tls = {
   peer_allowed_names = ( "n1.utopia.internal", "10.0.0.2" );
 };
 auth = { token_ttl_s = 60; };
+configs = {
+  dir = "/var/lib/utopia/configs";
+  scan_interval_ms = 1000;
+  agreement_window_ms = 0;
+  weight = 1.5;
+  file_bytes_max = 4096;
+  write_attempts_max = 3;
+  write_backoff_ms = 50;
+  require_class = true;
+};
 "#;
     let s = Settings::from_str(text, file()).unwrap();
     let want = Settings {
@@ -221,8 +231,41 @@ auth = { token_ttl_s = 60; };
             peer_allowed_names: vec!["n1.utopia.internal".into(), "10.0.0.2".into()],
         },
         auth: AuthSettings { token_ttl_s: 60 },
+        configs: ConfigsSettings {
+            dir: PathBuf::from("/var/lib/utopia/configs"),
+            scan_interval_ms: 1000,
+            agreement_window_ms: 0,
+            weight_milli: 1500,
+            file_bytes_max: 4096,
+            write_attempts_max: 3,
+            write_backoff_ms: 50,
+            require_class: true,
+        },
     };
     assert_eq!(s, want);
+}
+
+#[test]
+fn configs_weight_is_bounded_in_thousandths() {
+    for (text, want) in [
+        (
+            "configs = { weight = 0.0001; };",
+            "setting \"configs.weight\": must be between 0.001 and 1000, found 0.0001",
+        ),
+        (
+            "configs = { weight = 1001; };",
+            "setting \"configs.weight\": must be between 0.001 and 1000, found 1001",
+        ),
+        (
+            "configs = { agreement_window_ms = 600001; };",
+            "setting \"configs.agreement_window_ms\": must be between 0 and 600000, found 600001",
+        ),
+    ] {
+        let (_, msg) = err(text);
+        assert_eq!(msg, want, "{text}");
+    }
+    let s = Settings::from_str("configs = { weight = 2; };", file()).unwrap();
+    assert_eq!(s.configs.weight_milli, 2000);
 }
 
 #[test]

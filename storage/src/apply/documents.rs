@@ -263,6 +263,12 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
             proposed_ms: at_ms,
             decided_ms: None,
             reason: None,
+            decide_after_ms: None,
+            votes: Vec::new(),
+            candidates: Vec::new(),
+            rules: None,
+            failing: Vec::new(),
+            file: None,
             other: OtherFields::new(),
         };
         self.put_doc(&id, doc)?;

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 use utopia_raft::event::{
-    Bytes, IngestBody, IngestItem, IngestMember, Outcome, Rejection, Request,
+    Bytes, ClassRules, IngestBody, IngestItem, IngestMember, Outcome, Rejection, Request,
 };
 
 use super::{content, Applier, ApplyError, StateRead};
@@ -22,6 +22,18 @@ pub struct IngestOwners {
     pub epoch: u64,
     pub members: Vec<IngestMember>,
     pub dedupe_window_ms: u64,
+}
+
+/// The accepted configuration of a device class (under
+/// [`keys::ingest::class_key`]): written when a version of the class is
+/// accepted, read by ingest for every device message and command of the
+/// class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassRulesRecord {
+    pub version: u64,
+    /// blake3 of the accepted file, hex.
+    pub hash: String,
+    pub rules: ClassRules,
 }
 
 /// Cluster-wide ingest counts, kept in the log's state so that every node

@@ -111,6 +111,11 @@ fn every_layout_parses_back_what_it_encodes() {
     );
     check(&ingest::weight_key(3), ingest::parse_weight_key, 3);
     check(
+        &ingest::class_key("thermo-2.x"),
+        |k| ingest::parse_class_key(k).map(str::to_string),
+        "thermo-2.x".to_string(),
+    );
+    check(
         &ingest::dedupe_key(&digest),
         ingest::parse_dedupe_key,
         digest,
@@ -145,7 +150,7 @@ fn every_layout_parses_back_what_it_encodes() {
 #[test]
 fn malformed_keys_are_refused_never_a_panic() {
     type Parser = fn(&[u8]) -> Result<(), KeyError>;
-    let parsers: [(&str, Parser); 14] = [
+    let parsers: [(&str, Parser); 15] = [
         ("raft log", |k| parse_log_key(k).map(drop)),
         ("lease", |k| parse_lease_id_key(k).map(drop)),
         ("key history", |k| parse_history_key(k).map(drop)),
@@ -155,6 +160,7 @@ fn malformed_keys_are_refused_never_a_panic() {
         ("device index", |k| parse_device_index_key(k).map(drop)),
         ("host device count", |k| parse_host_devices_key(k).map(drop)),
         ("ingest weight", |k| ingest::parse_weight_key(k).map(drop)),
+        ("ingest class", |k| ingest::parse_class_key(k).map(drop)),
         ("ingest dedupe", |k| ingest::parse_dedupe_key(k).map(drop)),
         ("ingest expiry", |k| ingest::parse_expiry_key(k).map(drop)),
         ("command record", |k| {
@@ -216,6 +222,10 @@ fn malformed_keys_are_refused_never_a_panic() {
     refused(
         |k| ingest::parse_weight_key(k).map(drop),
         &[b"w", b"w12345678!", b"d12345678"],
+    );
+    refused(
+        |k| ingest::parse_class_key(k).map(drop),
+        &[b"w", b"c\xff", b"d12345678"],
     );
     refused(
         |k| ingest::parse_dedupe_key(k).map(drop),

@@ -242,6 +242,7 @@ fn quotas_bound_devices_per_host_leases_and_pending_commands() {
         leases_max: 1,
         commands_pending_max: 1,
         command_retention_ms: 1000,
+        require_class: false,
     }));
 
     // A third device of h: its message is dropped and counted (and
