@@ -100,7 +100,9 @@ pub async fn run(
             peer_addr: peer_advertised,
             cluster_name: settings.cluster_name.clone(),
             timings: timings(&settings),
-            initial_members: settings.initial_cluster.clone(),
+            // The members the data directory was created with (by the
+            // flags at its first start, or by `utopia snapshot restore`).
+            initial_members: identity.initial_cluster.clone(),
             join: settings.join,
             transport: utopia_raft::TransportSettings {
                 // Peers see this node connect from the address it listens on.
