@@ -229,3 +229,80 @@ fn damaged_truncated_and_newer_backups_are_refused() {
         );
     }
 }
+
+/// The backups in `dir` (scheduled ones' names), sorted.
+fn backups_in(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.retain(|p| {
+        p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("utopia-") && n.ends_with(".utopia"))
+    });
+    files.sort();
+    files
+}
+
+#[test]
+fn the_leader_takes_scheduled_backups_keeps_the_newest_and_counts_failures() {
+    let dir = temp_dir();
+    let conf = |id: u64| {
+        let path = dir.path().join(format!("n{id}.conf"));
+        let backups = dir.path().join(format!("backups{id}"));
+        std::fs::write(
+            &path,
+            format!(
+                "backups = {{ interval_s = 1; dir = \"{}\"; retention_count = 2; }};\n",
+                backups.display()
+            ),
+        )
+        .unwrap();
+        vec!["--config".to_string(), path.display().to_string()]
+    };
+    let (nodes, addrs) = common::start_cluster_each(&dir.path().join("c"), 3, conf);
+    let endpoints = addrs.join(",");
+    for i in 0..5 {
+        assert!(cli(&endpoints, &["put", &format!("k{i}"), "v"])
+            .status
+            .success());
+    }
+    let leader = wait_for("a leader", Duration::from_secs(10), || {
+        common::leader_id(&nodes)
+    });
+    let leader_dir = dir.path().join(format!("backups{leader}"));
+    let files = wait_for("three scheduled backups", Duration::from_secs(30), || {
+        let n = common::counter(&nodes[leader as usize - 1].addr, "backups_taken_total");
+        (n >= 3).then(|| backups_in(&leader_dir))
+    });
+    assert!(files.len() <= 2, "retention keeps 2: {files:?}");
+    let st = json(status(files.last().unwrap()));
+    assert!(st["keys"].as_u64().unwrap() >= 5, "{st}");
+    for id in (1..=3).filter(|&id| id != leader) {
+        assert!(
+            backups_in(&dir.path().join(format!("backups{id}"))).is_empty(),
+            "follower {id} took a backup"
+        );
+    }
+
+    // A directory that cannot be created: counted, and the node goes on.
+    let blocked = dir.path().join("blocked");
+    std::fs::write(&blocked, b"a file, not a directory").unwrap();
+    let conf = dir.path().join("blocked.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "backups = {{ interval_s = 1; dir = \"{}\"; }};\n",
+            blocked.join("sub").display()
+        ),
+    )
+    .unwrap();
+    let single = Server::start_with(
+        &dir.path().join("single"),
+        &["--config", conf.to_str().unwrap()],
+    );
+    wait_for("a failed backup counted", Duration::from_secs(30), || {
+        (common::counter(&single.addr, "backups_failed_total") >= 1).then_some(())
+    });
+    single.cli_ok(&["put", "still", "serving"]);
+}

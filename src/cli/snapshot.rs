@@ -60,18 +60,13 @@ pub struct RestoreArgs {
 }
 
 pub async fn save(client: &mut Client, out: &mut Printer, file: &Path) -> Result<(), CliError> {
-    let part = part_path(file);
+    let part = backup::part_path(file);
     let result = save_to(client, &part).await;
     if result.is_err() {
         let _ = std::fs::remove_file(&part);
     }
     let (received, revision) = result?;
-    let status = backup::inspect(&part).map_err(|e| {
-        let _ = std::fs::remove_file(&part);
-        invalid(e)
-    })?;
-    std::fs::rename(&part, file).map_err(|e| io(format!("rename to {}", file.display()), e))?;
-    sync_dir(file)?;
+    let status = backup::publish(&part, file).map_err(invalid)?;
     if out.json {
         out.json_line(&status)?;
     } else {
@@ -246,22 +241,6 @@ fn prepare_dir(dir: &Path, force: bool) -> Result<(), CliError> {
         std::fs::remove_dir_all(dir).map_err(|e| io(format!("remove {}", dir.display()), e))?;
     }
     Ok(())
-}
-
-fn part_path(file: &Path) -> PathBuf {
-    let mut name = file.file_name().unwrap_or_default().to_os_string();
-    name.push(".part");
-    file.with_file_name(name)
-}
-
-fn sync_dir(file: &Path) -> Result<(), CliError> {
-    let dir = match file.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io(format!("sync {}", dir.display()), e))
 }
 
 /// A progress bar on stderr when it is a terminal (bytes, rate, and with a

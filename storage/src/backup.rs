@@ -203,6 +203,53 @@ pub fn inspect(path: &Path) -> Result<BackupStatus, BackupError> {
     })
 }
 
+/// `part` with `.part` appended to its file name: where a backup is
+/// written before [`publish`] gives it its name.
+pub fn part_path(path: &Path) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".part");
+    path.with_file_name(name)
+}
+
+/// Writes `stream` into `path`'s part file, syncs it, then [`publish`]es
+/// it.
+pub fn write_file(stream: &mut impl Read, path: &Path) -> Result<BackupStatus, BackupError> {
+    let part = part_path(path);
+    let written = (|| {
+        let mut out = File::create(&part)?;
+        io::copy(stream, &mut out)?;
+        out.sync_all()
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&part);
+        return Err(BackupError::Io(format!("write {}: {e}", part.display())));
+    }
+    publish(&part, path)
+}
+
+/// Makes `part`, a backup written in full and synced, the file `path`:
+/// checks it end to end, renames it, syncs the directory. A part that does
+/// not check is removed.
+pub fn publish(part: &Path, path: &Path) -> Result<BackupStatus, BackupError> {
+    let status = match inspect(part) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_file(part);
+            return Err(e);
+        }
+    };
+    let io_err = |what: &str, e: io::Error| BackupError::Io(format!("{what}: {e}"));
+    std::fs::rename(part, path).map_err(|e| io_err(&format!("rename to {}", path.display()), e))?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_err(&format!("sync {}", dir.display()), e))?;
+    Ok(status)
+}
+
 /// What a restore wrote.
 #[derive(Debug, Clone, Serialize)]
 pub struct Restored {
