@@ -183,6 +183,9 @@ pub async fn run(
             Duration::from_millis(settings.raft.lease_check_interval_ms),
         ),
     );
+    // XML configuration sync: the leader's decisions, and with a
+    // `configs.dir` this member's watcher and writer.
+    crate::node::configs::start(&node);
     node.tasks.spawn(
         "client address publisher",
         housekeeping::publish_client_address(node.clone(), client_advertised.clone()),
