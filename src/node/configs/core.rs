@@ -207,6 +207,8 @@ pub fn retry_delay_ms(
 pub fn canonical_file(name: &str) -> Option<String> {
     let ok = !name.is_empty()
         && name.len() <= 64
+        && name != "."
+        && name != ".."
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
@@ -398,6 +400,7 @@ mod tests {
         );
         assert_eq!(canonical_file("a/b"), None);
         assert_eq!(canonical_file(""), None);
+        assert_eq!(canonical_file(".."), None);
         assert_eq!(canonical_file(&"a".repeat(65)), None);
         assert!(watched_file("a.xml"));
         assert!(!watched_file(".a.xml.utopia-tmp"));

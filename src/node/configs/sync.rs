@@ -19,7 +19,7 @@ use notify::Watcher as _;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use utopia_raft::event::{ConfigVote, Event, VoteSource};
-use utopia_storage::documents::XmlConfig;
+use utopia_storage::documents::{Fellow, XmlConfig};
 
 use super::core::{self, Applied, OnDisk, Verdict};
 use super::disk::{self, Meta, Stat};
@@ -101,6 +101,8 @@ struct Sync {
     /// The applied index `applied` was read at.
     applied_at: Option<u64>,
     writers: BTreeMap<String, Writer>,
+    /// Configurations this member's fellows document lists it failing.
+    fellow_failing: BTreeSet<String>,
 }
 
 /// The member's sync task (see the module doc). Runs until the server
@@ -123,6 +125,7 @@ pub async fn run(node: Arc<Node>) {
         applied: Applied::default(),
         applied_at: None,
         writers: BTreeMap::new(),
+        fellow_failing: BTreeSet::new(),
     };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -435,6 +438,10 @@ impl Sync {
     /// and keeps this member's sync state in the log in step.
     async fn reconcile(&mut self, scan_interval: Duration) {
         let accepted: Vec<XmlConfig> = self.applied.all_accepted().cloned().collect();
+        self.fellow_failing = match self.node.reader.document::<Fellow>(&self.me.to_string()) {
+            Ok(Some(f)) => f.config_failing.into_iter().map(|c| c.name).collect(),
+            _ => BTreeSet::new(),
+        };
         let names: BTreeSet<&str> = accepted.iter().map(|d| d.name.as_str()).collect();
         self.writers.retain(|n, _| names.contains(n.as_str()));
         for doc in &accepted {
@@ -548,7 +555,10 @@ impl Sync {
     /// Proposes this member's sync state for the accepted `doc` when the
     /// log says otherwise (at most once per scan interval).
     async fn report(&mut self, doc: &XmlConfig, failing: bool, scan_interval: Duration) {
-        let listed = doc.failing.iter().any(|f| f.node == self.me);
+        // Listed on the version, or (for an older version of the name) in
+        // this member's fellows document.
+        let listed = doc.failing.iter().any(|f| f.node == self.me)
+            || (!failing && self.fellow_failing.contains(&doc.name));
         if listed == failing {
             return;
         }
