@@ -45,14 +45,14 @@ fn apply(s: &mut MemState, at: u64, e: Event) -> Outcome {
 
 fn config(s: &MemState, id: &str) -> XmlConfig {
     let b = s
-        .get(Cf::XmlConfigs, &keys::document_key(id))
+        .get(Cf::XmlConfigs, keys::document_key(id))
         .unwrap()
         .unwrap();
     XmlConfig::decode(id, &b).unwrap()
 }
 
 fn fellow(s: &MemState, id: u64) -> Option<Fellow> {
-    s.get(Cf::Fellows, &keys::document_key(&id.to_string()))
+    s.get(Cf::Fellows, keys::document_key(&id.to_string()))
         .unwrap()
         .map(|b| Fellow::decode(&id.to_string(), &b).unwrap())
 }
