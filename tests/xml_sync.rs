@@ -53,8 +53,14 @@ struct Cluster {
 }
 
 /// Three nodes with these configuration weights, each with its own
-/// directory, prepared by `prepare(id, dir)` before the nodes start.
-fn cluster(weights: [f64; 3], window_ms: u64, prepare: impl Fn(u64, &Path)) -> Cluster {
+/// directory (scanned in full every `scan_ms`), prepared by
+/// `prepare(id, dir)` before the nodes start.
+fn cluster(
+    weights: [f64; 3],
+    window_ms: u64,
+    scan_ms: u64,
+    prepare: impl Fn(u64, &Path),
+) -> Cluster {
     let dir = temp_dir();
     let mut dirs = Vec::new();
     for id in 1..=3u64 {
@@ -65,7 +71,7 @@ fn cluster(weights: [f64; 3], window_ms: u64, prepare: impl Fn(u64, &Path)) -> C
         std::fs::write(
             &conf,
             format!(
-                "configs = {{ dir = \"{}\"; scan_interval_ms = 300; agreement_window_ms = {window_ms}; \
+                "configs = {{ dir = \"{}\"; scan_interval_ms = {scan_ms}; agreement_window_ms = {window_ms}; \
                  weight = {}; write_attempts_max = 3; write_backoff_ms = 50; }};\n",
                 d.display(),
                 weights[id as usize - 1]
@@ -152,7 +158,8 @@ fn has_position(reason: &str, file: &str) -> bool {
 
 #[test]
 fn a_file_dropped_into_one_directory_is_accepted_and_written_everywhere_and_kept() {
-    let c = cluster([1.0, 1.0, 1.0], 500, |_, _| {});
+    // Scans a minute apart: what happens here follows change notifications.
+    let c = cluster([1.0, 1.0, 1.0], 500, 60_000, |_, _| {});
     let v1 = thermostat(1, "first");
     drop_file(&c.dirs[0], "incoming.xml", &v1);
     let h1 = c.accepted("thermostat@1");
@@ -258,7 +265,7 @@ fn competing_contents_are_decided_by_the_sum_of_weights_on_every_disk() {
     // A (weights 1 + 1) against B (1.5): A.
     let a = thermostat(1, "A");
     let b = thermostat(1, "B");
-    let c = cluster([1.0, 1.0, 1.5], 3000, |id, dir| {
+    let c = cluster([1.0, 1.0, 1.5], 3000, 300, |id, dir| {
         let bytes = if id == 3 { &b } else { &a };
         drop_file(dir, "thermostat.xml", bytes);
     });
@@ -268,7 +275,7 @@ fn competing_contents_are_decided_by_the_sum_of_weights_on_every_disk() {
     drop(c);
 
     // A (1) against B (3), the third member without a file: B.
-    let c = cluster([1.0, 1.0, 3.0], 3000, |id, dir| match id {
+    let c = cluster([1.0, 1.0, 3.0], 3000, 300, |id, dir| match id {
         1 => drop_file(dir, "thermostat.xml", &a),
         3 => drop_file(dir, "thermostat.xml", &b),
         _ => {}
@@ -309,7 +316,7 @@ fn chattr(flag: &str, dir: &Path) {
 
 #[test]
 fn a_member_that_cannot_write_its_directory_is_marked_failing_until_it_can() {
-    let c = cluster([1.0, 1.0, 1.0], 500, |_, _| {});
+    let c = cluster([1.0, 1.0, 1.0], 500, 300, |_, _| {});
     let immutable = Immutable::set(&c.dirs[2]);
     let v1 = thermostat(1, "first");
     drop_file(&c.dirs[0], "thermostat.xml", &v1);

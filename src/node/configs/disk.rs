@@ -31,6 +31,21 @@ impl Meta {
     }
 }
 
+/// What identifies the directory itself (device and inode), if it exists.
+pub fn dir_id(dir: &Path) -> Option<(u64, u64)> {
+    let m = fs::metadata(dir).ok()?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        Some((m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = m;
+        Some((0, 0))
+    }
+}
+
 /// The watched files of `dir` (see [`watched_file`]), at most `max`, and
 /// whether there were more.
 pub fn list(dir: &Path, max: usize) -> std::io::Result<(Vec<String>, bool)> {

@@ -116,6 +116,7 @@ pub async fn run(node: Arc<Node>) {
     let (tx, mut rx) = mpsc::channel::<String>(NOTICES_QUEUED_MAX);
     let overflow = Arc::new(AtomicBool::new(false));
     let mut watcher = None;
+    let mut watched_dir = None;
     let mut sync = Sync {
         me: node.raft.id(),
         node,
@@ -148,8 +149,15 @@ pub async fn run(node: Arc<Node>) {
         let applied_changed = sync.refresh_applied();
         let now = Instant::now();
         if now >= scan_at || overflow.swap(false, Ordering::AcqRel) {
-            if watcher.is_none() {
+            // A directory removed and made again is another inode: the old
+            // watch sees nothing of it.
+            let dir_id = disk::dir_id(&sync.dir);
+            if dir_id != watched_dir {
+                watcher = None;
+            }
+            if watcher.is_none() && dir_id.is_some() {
                 watcher = watch(&sync.dir, tx.clone(), overflow.clone());
+                watched_dir = dir_id;
             }
             sync.scan().await;
             scan_at = now + scan_interval;
