@@ -188,7 +188,8 @@ pub fn needs_write(applied: &Applied, accepted: &XmlConfig, on_disk: OnDisk<'_>)
 /// How long to wait after the `failures`-th failed write attempt in a row:
 /// `backoff_ms` doubling per attempt while fewer than `attempts_max`
 /// failed; after that `interval_ms` (the scan interval), and the second
-/// value is true: the bounded retries are exhausted.
+/// value is true: the bounded retries are exhausted. The doubling stops at
+/// the scan interval.
 pub fn retry_delay_ms(
     failures: u32,
     attempts_max: u32,
@@ -199,7 +200,9 @@ pub fn retry_delay_ms(
         return (interval_ms, true);
     }
     let shift = failures.saturating_sub(1).min(20);
-    (backoff_ms.saturating_mul(1u64 << shift), false)
+    // Never longer than the scan interval's wait (or the first backoff).
+    let cap = interval_ms.max(backoff_ms);
+    (backoff_ms.saturating_mul(1u64 << shift).min(cap), false)
 }
 
 /// A file name utopia writes: `{name}.xml` for a name of the envelope's
@@ -389,6 +392,7 @@ mod tests {
         assert_eq!(retry_delay_ms(2, 3, 100, 5000), (200, false));
         assert_eq!(retry_delay_ms(3, 3, 100, 5000), (5000, true));
         assert_eq!(retry_delay_ms(9, 3, 100, 5000), (5000, true));
+        assert_eq!(retry_delay_ms(12, 100, 100, 5000), (5000, false));
         assert_eq!(retry_delay_ms(99, 100, u64::MAX, 1).0, u64::MAX);
     }
 

@@ -97,7 +97,7 @@ struct Sync {
     seen: BTreeMap<String, Seen>,
     /// Files to read again (their vote or refusal did not get through).
     unsettled: BTreeSet<String>,
-    applied: Applied,
+    applied: Arc<Applied>,
     /// The applied index `applied` was read at.
     applied_at: Option<u64>,
     writers: BTreeMap<String, Writer>,
@@ -123,7 +123,7 @@ pub async fn run(node: Arc<Node>) {
         dir,
         seen: BTreeMap::new(),
         unsettled: BTreeSet::new(),
-        applied: Applied::default(),
+        applied: Arc::default(),
         applied_at: None,
         writers: BTreeMap::new(),
         fellow_failing: BTreeSet::new(),
@@ -235,7 +235,7 @@ impl Sync {
         }
         match read_applied(&self.node) {
             Ok(a) => {
-                self.applied = a;
+                self.applied = Arc::new(a);
                 self.applied_at = Some(index);
                 true
             }
@@ -445,7 +445,8 @@ impl Sync {
     /// Makes `{name}.xml` hold the accepted content of every configuration,
     /// and keeps this member's sync state in the log in step.
     async fn reconcile(&mut self, scan_interval: Duration) {
-        let accepted: Vec<XmlConfig> = self.applied.all_accepted().cloned().collect();
+        let applied = self.applied.clone();
+        let accepted: Vec<&XmlConfig> = applied.all_accepted().collect();
         self.fellow_failing = match self.node.reader.document::<Fellow>(&self.me.to_string()) {
             Ok(Some(f)) => f.config_failing.into_iter().map(|c| c.name).collect(),
             _ => BTreeSet::new(),
@@ -495,7 +496,7 @@ impl Sync {
                     reported: None,
                 };
             }
-            if !core::needs_write(&self.applied, doc, on_disk) {
+            if !core::needs_write(&applied, doc, on_disk) {
                 writer.failures = 0;
                 self.report(doc, false, scan_interval).await;
                 continue;
@@ -548,7 +549,10 @@ impl Sync {
                         c.write_backoff_ms,
                         c.scan_interval_ms,
                     );
-                    w.next_at = Instant::now() + Duration::from_millis(delay_ms);
+                    let now = Instant::now();
+                    w.next_at = now
+                        .checked_add(Duration::from_millis(delay_ms))
+                        .unwrap_or(now + scan_interval);
                     w.last_error = e.clone();
                     tracing::warn!(file = %file, attempt = w.failures, error = %e,
                         "write the accepted configuration");
