@@ -205,6 +205,9 @@ pub async fn run(
             }
         });
     }
+    // XML configuration sync: the leader's decisions, and with a
+    // `configs.dir` this member's watcher and writer.
+    crate::node::configs::start(&node);
     if settings.backups.interval_s > 0 {
         let dir = if settings.backups.dir.as_os_str().is_empty() {
             settings.data_dir.join("backups")

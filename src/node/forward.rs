@@ -2,7 +2,7 @@
 //! peer port, before it proposes it.
 //!
 //! Members forward only what their MQTT bridges and their own bookkeeping
-//! (client address, space alarms) produce; everything clients send is proposed by the member they reached
+//! (client address, space alarms, configuration sync) produce; everything clients send is proposed by the member they reached
 //! after the API's checks, and never forwarded. So a forwarded proposal
 //! must be one of those kinds, within the same bounds the API enforces,
 //! and stamped near the leader's clock (apply takes time from the stamp:
@@ -15,7 +15,7 @@ use utopia_raft::event::{DeviceData, Event, IngestBody};
 use utopia_raft::{ForwardCheck, Request};
 use utopia_storage::apply::bounds;
 
-use crate::config::Limits;
+use crate::config::{configs, Limits};
 
 /// Most items one forwarded ingest batch may carry (`batch_messages_max`
 /// is bounded far below this).
@@ -111,6 +111,49 @@ fn check_request(
             .parse::<std::net::SocketAddr>()
             .map(|_| ())
             .map_err(|e| format!("address {addr:?}: {e}")),
+        // XML configuration sync: a member's votes for the files of its
+        // directory, the files it refused, whether it holds the accepted
+        // files.
+        Event::ConfigVote(v) => {
+            config_name(&v.name)?;
+            config_hash(&v.hash)?;
+            if v.kind != "config" && v.kind != "schema" {
+                return Err(format!("kind {:?}; expected config or schema", v.kind));
+            }
+            bounded("xml", &v.xml, configs::FILE_BYTES_MAX_LIMIT as usize)?;
+            if !(configs::WEIGHT_MILLI_MIN..=configs::WEIGHT_MILLI_MAX).contains(&v.weight_milli) {
+                return Err(format!(
+                    "weight of {} thousandths; {} to {}",
+                    v.weight_milli,
+                    configs::WEIGHT_MILLI_MIN,
+                    configs::WEIGHT_MILLI_MAX
+                ));
+            }
+            if v.window_ms > configs::AGREEMENT_WINDOW_MS_MAX {
+                return Err(format!(
+                    "agreement window of {} ms; at most {}",
+                    v.window_ms,
+                    configs::AGREEMENT_WINDOW_MS_MAX
+                ));
+            }
+            Ok(())
+        }
+        Event::ConfigFileRejected {
+            file, hash, reason, ..
+        } => {
+            if file.is_empty() || file.len() > LEVEL_BYTES_MAX || file.contains(['/', '\0']) {
+                return Err(format!(
+                    "file name {:?} must be 1..={LEVEL_BYTES_MAX} bytes without '/' or NUL",
+                    file.chars().take(64).collect::<String>()
+                ));
+            }
+            config_hash(hash)?;
+            bounded("reason", reason, REASON_BYTES_MAX)
+        }
+        Event::ConfigSyncState { name, reason, .. } => {
+            config_name(name)?;
+            bounded("reason", reason, REASON_BYTES_MAX)
+        }
         other => Err(format!(
             "{} is not an event members forward; clients' requests are proposed where they arrive",
             other.name()
@@ -141,6 +184,29 @@ fn level(what: &str, v: &str) -> Result<(), String> {
         return Err(format!(
             "{what} {:?} must be 1..={LEVEL_BYTES_MAX} bytes without '/', '+', '#' or NUL",
             v.chars().take(64).collect::<String>()
+        ));
+    }
+    Ok(())
+}
+
+/// A configuration name, as the envelope's XSD has it:
+/// `[A-Za-z0-9_.-]{1,64}`.
+fn config_name(name: &str) -> Result<(), String> {
+    if crate::node::configs::core::canonical_file(name).is_none() {
+        return Err(format!(
+            "configuration name {:?} must match [A-Za-z0-9_.-]{{1,64}}",
+            name.chars().take(64).collect::<String>()
+        ));
+    }
+    Ok(())
+}
+
+/// blake3, hex.
+fn config_hash(hash: &str) -> Result<(), String> {
+    if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "hash {:?} is not 64 hex digits",
+            hash.chars().take(64).collect::<String>()
         ));
     }
     Ok(())
@@ -238,6 +304,65 @@ mod tests {
                 addr: "nowhere".into()
             }
         )
+        .is_err());
+    }
+
+    fn vote(name: &str, hash: &str, xml: &str, weight_milli: u32) -> Event {
+        Event::ConfigVote(utopia_raft::event::ConfigVote {
+            name: name.into(),
+            kind: "config".into(),
+            version: 1,
+            hash: hash.into(),
+            xml: xml.into(),
+            proposer: 2,
+            weight_milli,
+            window_ms: 1000,
+            source: utopia_raft::event::VoteSource::Dir,
+            rules: None,
+        })
+    }
+
+    #[test]
+    fn members_forward_their_configuration_votes_refusals_and_sync_state_bounded() {
+        let limits = Limits::default();
+        let now = 1_800_000_000_000;
+        let at = |e: Event| check_request(&Request::new(now, e), &limits, 60_000, now);
+        let hash = "a".repeat(64);
+        assert!(at(vote("thermostat", &hash, "<x/>", 1500)).is_ok());
+        assert!(at(vote("../etc", &hash, "<x/>", 1500))
+            .unwrap_err()
+            .contains("name"));
+        assert!(at(vote("t", "zz", "<x/>", 1500))
+            .unwrap_err()
+            .contains("hash"));
+        assert!(at(vote("t", &hash, "<x/>", 0))
+            .unwrap_err()
+            .contains("weight"));
+        let file = |file: &str, reason: &str| Event::ConfigFileRejected {
+            node: 2,
+            file: file.into(),
+            hash: hash.clone(),
+            reason: reason.into(),
+        };
+        assert!(at(file("bad.xml", "bad.xml:1:2: oops")).is_ok());
+        assert!(at(file("a/b.xml", "r")).unwrap_err().contains("file"));
+        assert!(at(file("bad.xml", &"r".repeat(5000)))
+            .unwrap_err()
+            .contains("reason"));
+        let state = |name: &str| Event::ConfigSyncState {
+            node: 2,
+            name: name.into(),
+            version: 1,
+            failing: true,
+            reason: "read-only".into(),
+        };
+        assert!(at(state("thermostat")).is_ok());
+        assert!(at(state("")).is_err());
+        // Deciding is the leader's own: never forwarded.
+        assert!(at(Event::ConfigDecide {
+            name: "t".into(),
+            version: 1
+        })
         .is_err());
     }
 }

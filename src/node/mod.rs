@@ -19,12 +19,15 @@
 //!   forwards.
 //! - [`housekeeping`]: the leader's upkeep (leases, compaction, fellows,
 //!   quotas) and each member's published client address.
+//! - [`configs`]: XML configuration sync, the member's side (watching its
+//!   directory, voting, writing accepted files) and the leader's decisions.
 //! - [`backups`]: backups the leader takes on a schedule.
 //! - [`tasks`]: the tasks a server owns and stops.
 
 pub mod access;
 mod alarm;
 pub mod backups;
+pub mod configs;
 pub mod credentials;
 pub mod error;
 pub mod forward;

@@ -80,6 +80,7 @@ mod lease;
 pub mod quota;
 mod stats;
 pub mod xmlconf;
+pub mod xmlconf_sync;
 
 pub use alarm::{AlarmRecord, AlarmState};
 pub use commands::{CommandRecord, CommandState};
@@ -434,10 +435,15 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
                 hash,
                 reason,
             } => self.apply_config_file_rejected(req.at_ms, *node, file, hash, reason)?,
-            Event::ConfigSyncState { .. } => Outcome::Rejected(Rejection::Invalid(format!(
-                "{} is not applied by this build yet",
-                req.event.name()
-            ))),
+            Event::ConfigSyncState {
+                node,
+                name,
+                version,
+                failing,
+                reason,
+            } => {
+                self.apply_config_sync_state(req.at_ms, *node, name, *version, *failing, reason)?
+            }
             Event::StatIncremented {
                 id,
                 kind,

@@ -238,8 +238,22 @@ pub struct Fellow {
     /// The address clients reach it at, as it published it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_addr: Option<String>,
+    /// Configurations it could not write and verify: it ignores them (the
+    /// warning the cluster sees).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config_failing: Vec<FellowConfigFailing>,
     #[serde(flatten)]
     pub other: OtherFields,
+}
+
+/// A configuration a member could not write and verify, in its fellows
+/// document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FellowConfigFailing {
+    pub name: String,
+    pub version: u64,
+    pub reason: String,
+    pub since_ms: u64,
 }
 
 impl Document for Fellow {
@@ -259,6 +273,7 @@ impl Fellow {
             last_active_ms: None,
             stats: None,
             client_addr: None,
+            config_failing: Vec::new(),
             other: OtherFields::new(),
         }
     }
