@@ -33,7 +33,8 @@ pub struct Cli {
     )]
     pub endpoints: Vec<String>,
 
-    /// Output format (json: one JSON object per line; each command's shape is fixed).
+    /// Output format (json: one JSON object per line; each command's shape
+    /// is fixed; xml: `config get` only, the file's exact bytes).
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
 
@@ -85,6 +86,8 @@ pub struct Cli {
 pub enum OutputFormat {
     Text,
     Json,
+    /// `config get` only.
+    Xml,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

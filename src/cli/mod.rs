@@ -167,9 +167,15 @@ fn client_tls(cli: &Cli) -> Result<Option<tonic::transport::ClientTlsConfig>, Cl
 
 async fn run(cli: Cli) -> Result<(), CliError> {
     let mut out = Printer::new(cli.output == OutputFormat::Json);
+    out.xml = cli.output == OutputFormat::Xml;
+    if out.xml && !matches!(&cli.command, Command::Config(config::ConfigCommand::Get(_))) {
+        return Err(CliError::Usage(
+            "--output xml applies to `config get` only".into(),
+        ));
+    }
     // Commands that need no server.
-    if let Command::Config(c) = &cli.command {
-        let result = config::run(&mut out, c);
+    if let Command::Config(config::ConfigCommand::Validate(a)) = &cli.command {
+        let result = config::validate(&mut out, a);
         let flushed = out.flush();
         result?;
         return flushed.map_err(CliError::Io);
@@ -208,8 +214,7 @@ async fn dispatch(cmd: Command, client: &mut Client, out: &mut Printer) -> Resul
         Command::User(c) => auth::user(client, out, c).await,
         Command::Role(c) => auth::role(client, out, c).await,
         Command::Bench(b) => bench::run(client, out, b).await,
-        // Handled in `run`, before any client exists.
-        Command::Config(c) => config::run(out, &c),
+        Command::Config(c) => config::run(client, out, c).await,
     }
 }
 
@@ -289,7 +294,13 @@ mod tests {
                 2,
             ),
             (&["user", "add"], 2),
-            (&["config", "validate"], 2), // no file
+            (&["config", "validate"], 2),                   // no file
+            (&["config", "upload"], 2),                     // no file
+            (&["config", "get"], 2),                        // no name
+            (&["config", "get", "t", "--version", "0"], 2), // versions start at 1
+            (&["config", "get", "t", "--version", "x"], 2),
+            (&["config", "list", "extra"], 2),
+            (&["config", "upload", "a.xml", "--no-wait", "x"], 2),
             (&["config", "validate", "a.xml", "--file-bytes-max", "0"], 2),
             (
                 &[
@@ -435,6 +446,29 @@ mod tests {
             &["role", "list"],
             &["role", "delete", "app"],
             &["config", "validate", "a.xml"],
+            &["config", "upload", "a.xml"],
+            &["config", "upload", "a.xml", "--no-wait", "--timeout", "30"],
+            &["config", "upload", "a.xml", "--file-bytes-max", "4096"],
+            &["config", "list"],
+            &[
+                "config",
+                "list",
+                "--output",
+                "json",
+                "--consistency",
+                "serializable",
+            ],
+            &["config", "get", "thermostat"],
+            &[
+                "config",
+                "get",
+                "thermostat",
+                "--version",
+                "3",
+                "--output",
+                "xml",
+            ],
+            &["config", "get", "thermostat", "-o", "json"],
             &[
                 "config",
                 "validate",
@@ -502,6 +536,42 @@ mod tests {
                 .as_deref(),
             Some("key not found: a")
         );
+    }
+
+    #[tokio::test]
+    async fn output_xml_is_for_config_get_only() {
+        // Refused before any server is asked.
+        for args in [
+            &[
+                "utopia",
+                "--endpoints",
+                "127.0.0.1:1",
+                "-o",
+                "xml",
+                "status",
+            ][..],
+            &[
+                "utopia",
+                "--endpoints",
+                "127.0.0.1:1",
+                "-o",
+                "xml",
+                "config",
+                "list",
+            ],
+            &["utopia", "-o", "xml", "config", "validate", "a.xml"],
+        ] {
+            let args = args.iter().map(OsString::from);
+            assert_eq!(main_with_args(args).await, 2);
+        }
+        let cli = parse(&["config", "get", "t", "--version", "2", "-o", "xml"]).unwrap();
+        assert_eq!(cli.output, OutputFormat::Xml);
+        match cli.command {
+            Command::Config(config::ConfigCommand::Get(g)) => {
+                assert_eq!((g.name.as_str(), g.version), ("t", Some(2)))
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]
