@@ -151,3 +151,4 @@ mod documents;
 mod ingest_events;
 mod kv;
 mod lease_compact;
+mod xmlconf;
