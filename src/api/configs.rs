@@ -100,6 +100,18 @@ pub fn state_name(state: ConfigState) -> &'static str {
     }
 }
 
+/// The file of a version: the decided content, or while undecided the
+/// leading one (the document's `hash`), kept among the candidates.
+fn file_bytes(doc: &XmlConfig) -> &str {
+    if doc.state != ConfigState::Proposed {
+        return &doc.xml;
+    }
+    doc.candidates
+        .iter()
+        .find(|c| c.hash == doc.hash)
+        .map_or(doc.xml.as_str(), |c| c.xml.as_str())
+}
+
 /// A document as the API lists it: everything but the XML (and the
 /// competing contents while undecided, which carry XML too).
 pub fn info(doc: &XmlConfig) -> pb::ConfigInfo {
@@ -278,7 +290,7 @@ impl pb::configs_server::Configs for ConfigsService {
         Ok(Response::new(pb::GetConfigResponse {
             header: header(&self.node, self.node.current_revision()?),
             config: Some(info(&doc)),
-            xml: doc.xml.into_bytes(),
+            xml: file_bytes(&doc).as_bytes().to_vec(),
             json,
         }))
     }
