@@ -1,7 +1,7 @@
 //! The Configs service: XML configuration files (device classes and
 //! schemas) as the operator sees them.
 //!
-//! - `Upload`: the file is validated here ([`xmlconf::validate`], bounded by
+//! - `Upload`: the file is validated here ([`xmlconf::validate()`], bounded by
 //!   `configs.file_bytes_max`) and becomes this member's vote
 //!   ([`Event::ConfigVote`], source `upload`, its `configs.weight` and
 //!   `configs.agreement_window_ms`). The answer is the version's state once

@@ -8,9 +8,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use super::{alarm, auth, bench, config, txn};
 
 const AFTER_HELP: &str = "\
-Exit codes: 0 success; 1 key/document/lease not found, cas compare failed, or
-`config validate` found an invalid file; 2 usage error; 3 server or connection
-error (gRPC code and message on stderr).";
+Exit codes: 0 success; 1 key/document/lease not found, cas compare failed,
+`config validate` found an invalid file, or `config upload` was not accepted;
+2 usage error; 3 server or connection error (gRPC code and message on
+stderr).";
 
 /// The `utopia` command line.
 #[derive(Debug, Parser)]

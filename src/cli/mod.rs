@@ -7,16 +7,16 @@
 //! transaction file format), [`watch`], [`admin`] (lease, documents, device
 //! reports, status), [`bench`](mod@bench) (`utopia bench put|get|mixed`, against
 //! utopia or etcd) and [`config`] (`utopia config validate`, which needs no
-//! server).
+//! server, and `config upload|list|get`).
 //!
 //! # Exit codes
 //!
 //! | code | meaning |
 //! |------|---------|
 //! | 0 | success (also `--help`, `--version`, Ctrl-C during `watch`, a closed stdout) |
-//! | 1 | not found: `get KEY` of a single key (without `--count-only`) that does not exist (`key not found: KEY` on stderr; with `--output json` the empty response is still printed), any `NOT_FOUND` status (document, lease), or a failed `cas` compare; `config validate`: at least one file is invalid or unreadable (every file still gets its line; `error: N of M files invalid` on stderr) |
+//! | 1 | not found: `get KEY` of a single key (without `--count-only`) that does not exist (`key not found: KEY` on stderr; with `--output json` the empty response is still printed), any `NOT_FOUND` status (document, lease), or a failed `cas` compare; `config validate`: at least one file is invalid or unreadable (every file still gets its line; `error: N of M files invalid` on stderr); `config upload`: the file is invalid (`error: FILE:LINE:COL: reason`), the server refused it (`INVALID_ARGUMENT`) or the vote (`FAILED_PRECONDITION`), or another content won the version |
 //! | 2 | usage error: bad arguments (clap, e.g. `config validate` without a FILE), a malformed `txn` file or `--json` value |
-//! | 3 | server or connection error: `error: CODE: message` on stderr, e.g. `error: INVALID_ARGUMENT: value is 2000000 bytes; ...` |
+//! | 3 | server or connection error: `error: CODE: message` on stderr, e.g. `error: INVALID_ARGUMENT: value is 2000000 bytes; ...` (also `config upload` still undecided after `--timeout`: `DEADLINE_EXCEEDED`) |
 //!
 //! # `--output json`
 //!
@@ -80,6 +80,17 @@
 //!   "column":u32|null,"reason":string|null}` (`type`, `name`, `version` for a
 //!   valid file, `post_types` and `commands` for a valid configuration,
 //!   `reason` with `line` and `column` when known for an invalid one)
+//! - `config upload`: `{"name","type","version","hash","outcome","state",
+//!   "decided_hash","decided_ms","decide_after_ms","reason"}` (`outcome`:
+//!   `accepted`, `superseded`, `rejected`, or `proposed` with `--no-wait`)
+//! - config: `{"id","name","type","version","hash","state","proposer",
+//!   "votes":[{"node","weight","hash","at_ms","source"}],"failing":[{"node",
+//!   "reason","since_ms"}],"proposed_ms","decided_ms","decide_after_ms",
+//!   "file","reason"}` (`decided_ms`, `decide_after_ms`, `file`, `reason`
+//!   null when not set)
+//! - `config list`: `{"configs":[config...]}` (by name and version, rejected
+//!   files last); `config get`: `{"config":config,"document":<the document>}`
+//!   (`--output xml`: the file's exact bytes instead)
 //!
 //! # Text output
 //!
@@ -91,7 +102,11 @@
 //! `config validate` prints one line per file: `FILE: valid (class C version
 //! V, N post types)` (`FILE: valid (schema S version V)` for a schema file)
 //! or `FILE:LINE:COL: reason` (`FILE:LINE: reason` or `FILE: reason` when
-//! the position is not known).
+//! the position is not known). `config upload` prints the outcome
+//! (`NAME@V accepted (hash H)`, `NAME@V superseded by hash H2 (this file's
+//! hash is H)`); `config list` a table (NAME TYPE VERSION HASH STATE VOTES
+//! FAILING, then why members fail and files were rejected); `config get`
+//! one `field: value` line each.
 
 use std::ffi::OsString;
 
