@@ -172,13 +172,18 @@ fn upload_is_decided_and_served_alike_by_every_member() {
         "{table}"
     );
 
-    // The same upload again changes nothing and is still accepted.
-    let out = nodes[0].cli(&["config", "upload", file.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
-    assert_eq!(
-        text(&out.stdout).trim(),
-        format!("thermostat@3 accepted (hash {})", &hash(&bytes)[..12])
-    );
+    // The same upload again changes nothing and is still accepted, with
+    // or without waiting.
+    for wait in [&[][..], &["--no-wait"]] {
+        let mut args = vec!["config", "upload", file.to_str().unwrap()];
+        args.extend_from_slice(wait);
+        let out = nodes[0].cli(&args);
+        assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+        assert_eq!(
+            text(&out.stdout).trim(),
+            format!("thermostat@3 accepted (hash {})", &hash(&bytes)[..12])
+        );
+    }
 
     // Invalid files: exit 1 with FILE:LINE:COL, nothing sent.
     for (name, position) in [
