@@ -281,7 +281,9 @@ async fn upload(client: &mut Client, out: &mut Printer, a: UploadArgs) -> Result
         decide_after_ms: Some(resp.decide_after_ms).filter(|&ms| ms > 0),
         reason: None,
     };
-    if a.no_wait {
+    // A vote for a version decided already (the same content again) has
+    // its outcome at once.
+    if a.no_wait && resp.state == "proposed" {
         return print_upload(out, &proposed);
     }
     let config = wait_decided(client, &resp, started).await?;
