@@ -124,6 +124,7 @@ pub mod config;
 mod error;
 pub mod kv;
 pub mod output;
+pub mod snapshot;
 pub mod txn;
 pub mod watch;
 
@@ -132,6 +133,7 @@ pub use error::{code_name, CliError};
 
 use client::Client;
 use output::Printer;
+use snapshot::SnapshotCommand;
 
 /// Runs the CLI with `args` (including the program name) and returns the
 /// process exit code.
@@ -189,8 +191,15 @@ async fn run(cli: Cli) -> Result<(), CliError> {
         ));
     }
     // Commands that need no server.
-    if let Command::Config(config::ConfigCommand::Validate(a)) = &cli.command {
-        let result = config::validate(&mut out, a);
+    let local = match &cli.command {
+        Command::Config(config::ConfigCommand::Validate(a)) => Some(config::validate(&mut out, a)),
+        Command::Snapshot(SnapshotCommand::Status { file }) => {
+            Some(snapshot::status(&mut out, file))
+        }
+        Command::Snapshot(SnapshotCommand::Restore(a)) => Some(snapshot::restore(&mut out, a)),
+        _ => None,
+    };
+    if let Some(result) = local {
         let flushed = out.flush();
         result?;
         return flushed.map_err(CliError::Io);
@@ -229,7 +238,13 @@ async fn dispatch(cmd: Command, client: &mut Client, out: &mut Printer) -> Resul
         Command::User(c) => auth::user(client, out, c).await,
         Command::Role(c) => auth::role(client, out, c).await,
         Command::Bench(b) => bench::run(client, out, b).await,
+        Command::Snapshot(SnapshotCommand::Save { file }) => {
+            snapshot::save(client, out, &file).await
+        }
         Command::Config(c) => config::run(client, out, c).await,
+        // Handled in `run`, before any client exists.
+        Command::Snapshot(SnapshotCommand::Status { file }) => snapshot::status(out, &file),
+        Command::Snapshot(SnapshotCommand::Restore(a)) => snapshot::restore(out, &a),
     }
 }
 

@@ -184,5 +184,13 @@ configs = {
   write_backoff_ms = 100;            # wait after the first failed attempt; doubles per attempt (> 0)
   require_class = false;             # refuse data and commands of classes with no accepted configuration
 };
+
+# Backups the leader takes on a schedule (see `utopia snapshot`): named
+# utopia-<cluster id>-r<revision>-<UTC time>.utopia, the newest kept.
+backups = {
+  interval_s = 0;                    # seconds between backups; 0: none (at most 604800)
+  dir = "";                          # where they go; empty: <data_dir>/backups
+  retention_count = 7;               # how many are kept (1 to 10000)
+};
 "##
 }
