@@ -21,6 +21,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use utopia_proto::v1 as pb;
 use utopia_raft::event::{Access, Event, Rejection, VoteSource};
+use utopia_storage::apply::xmlconf::{valid_name, NAME_BYTES_MAX};
 use utopia_storage::documents::{ConfigState, Document, XmlConfig};
 use utopia_storage::keys::Collection;
 
@@ -250,15 +251,14 @@ impl pb::configs_server::Configs for ConfigsService {
         self.node
             .authorize(&req, Need::Collection(Access::Read, COLLECTION))?;
         let r = req.into_inner();
-        if !xmlconf::is_name(&r.name) {
+        if !valid_name(&r.name) {
             return Err(self
                 .node
                 .invalid(
                     "bad_config_name",
                     format!(
                         "configuration name {:?} must be 1 to {} of A-Z, a-z, 0-9, '_', '.', '-'",
-                        r.name,
-                        xmlconf::NAME_BYTES_MAX
+                        r.name, NAME_BYTES_MAX
                     ),
                 )
                 .into());

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 use utopia_proto::v1 as pb;
+use utopia_storage::apply::xmlconf::{valid_name, NAME_BYTES_MAX};
 
 use super::args::ConsistencyArg;
 use super::client::{self, Client};
@@ -640,11 +641,10 @@ fn weight_text(milli: u32) -> String {
 }
 
 async fn get(client: &mut Client, out: &mut Printer, a: GetArgs) -> Result<(), CliError> {
-    if !xmlconf::is_name(&a.name) {
+    if !valid_name(&a.name) {
         return Err(CliError::Usage(format!(
             "{:?} is not a configuration name (1 to {} of A-Z, a-z, 0-9, '_', '.', '-')",
-            a.name,
-            xmlconf::NAME_BYTES_MAX
+            a.name, NAME_BYTES_MAX
         )));
     }
     let req = pb::GetConfigRequest {

@@ -66,17 +66,6 @@ impl std::fmt::Display for Issue {
     }
 }
 
-/// Longest configuration name, in bytes (the envelope XSD's pattern).
-pub const NAME_BYTES_MAX: usize = 64;
-
-/// Whether `s` can name a configuration: `[A-Za-z0-9_.-]{1,64}`, the
-/// envelope XSD's pattern (so a name is also a safe file name, `NAME.xml`).
-pub fn is_name(s: &str) -> bool {
-    (1..=NAME_BYTES_MAX).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-}
-
 /// The 1-based line and column (in characters; a byte that is not UTF-8
 /// counts as one) of byte `offset` in `xml`; an offset past the end is the
 /// end.
@@ -113,16 +102,6 @@ mod tests {
         let lt = xml.iter().position(|&b| b == b'<').unwrap();
         assert_eq!(line_column(xml, lt), (2, 3));
         assert_eq!(line_column(xml, 10_000), (3, 1));
-    }
-
-    #[test]
-    fn names_follow_the_envelope_pattern() {
-        for ok in ["thermostat", "a", "A-b_c.9", &"x".repeat(64)] {
-            assert!(is_name(ok), "{ok:?}");
-        }
-        for bad in ["", "a b", "a/b", "a@1", "é", "..\\x", &"x".repeat(65)] {
-            assert!(!is_name(bad), "{bad:?}");
-        }
     }
 
     #[test]
