@@ -34,6 +34,7 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod listener;
+pub mod metrics;
 pub mod mqtt;
 pub mod node;
 pub mod server;

@@ -188,6 +188,26 @@ pub async fn run(
             Duration::from_millis(settings.raft.lease_check_interval_ms),
         ),
     );
+    if !settings.metrics.listen.is_empty() {
+        let listener = tokio::net::TcpListener::bind(&settings.metrics.listen)
+            .await
+            .with_context(|| format!("bind the metrics port {}", settings.metrics.listen))?;
+        tracing::info!(addr = %listener.local_addr()?, "metrics on GET /metrics");
+        node.tasks.spawn(
+            "metrics endpoint",
+            crate::metrics::serve(node.clone(), listener),
+        );
+        node.tasks.spawn("leader watch", {
+            let node = node.clone();
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(100));
+                loop {
+                    tick.tick().await;
+                    node.metrics.saw_leader(node.raft.status().leader);
+                }
+            }
+        });
+    }
     if settings.backups.interval_s > 0 {
         let dir = if settings.backups.dir.as_os_str().is_empty() {
             settings.data_dir.join("backups")
@@ -254,6 +274,7 @@ pub async fn run(
             .context("configure TLS on the listener")?;
     }
     let server = builder
+        .layer(crate::metrics::GrpcMetricsLayer(node.clone()))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(Deadline::new(

@@ -93,6 +93,17 @@ pub struct Settings {
     pub configs: ConfigsSettings,
     /// Backups the leader takes on a schedule.
     pub backups: BackupSettings,
+    pub metrics: MetricsSettings,
+}
+
+/// Prometheus metrics.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Where `GET /metrics` is served, IP:PORT (empty: no metrics
+    /// endpoint).
+    #[serde(deserialize_with = "Addr::<9464>::advertise")]
+    pub listen: String,
 }
 
 /// Authentication: how long the tokens this node issues last. (Whether
@@ -214,6 +225,7 @@ impl Default for Settings {
             auth: AuthSettings::default(),
             configs: ConfigsSettings::default(),
             backups: BackupSettings::default(),
+            metrics: MetricsSettings::default(),
         }
     }
 }

@@ -192,5 +192,12 @@ backups = {
   dir = "";                          # where they go; empty: <data_dir>/backups
   retention_count = 7;               # how many are kept (1 to 10000)
 };
+
+# Prometheus metrics: GET /metrics on this address, IP:PORT (gRPC per
+# method, Raft, storage, ingest, and every counter of `utopia status`).
+# Empty: no metrics endpoint. Keep it on a network only operators reach.
+metrics = {
+  listen = "";
+};
 "##
 }

@@ -106,6 +106,8 @@ pub struct Node {
     pub configs: ConfigsSettings,
     /// Scheduled backups (`backups`).
     pub backups: BackupSettings,
+    /// What the metrics endpoint exports beside the counters.
+    pub metrics: crate::metrics::Metrics,
     /// The peer port's checks: the cluster id, and what it refused.
     pub peers: Arc<PeerGuard>,
     /// Authentication: the cached auth state, token lifetime, password
@@ -142,6 +144,7 @@ impl Node {
                 as u32,
             configs: settings.configs.clone(),
             backups: settings.backups.clone(),
+            metrics: crate::metrics::Metrics::default(),
             peers,
             auth,
             tasks: Arc::new(Tasks::default()),

@@ -183,6 +183,7 @@ configs = {
   require_class = true;
 };
 backups = { interval_s = 3600; dir = "/var/backups/utopia"; retention_count = 24; };
+metrics = { listen = "127.0.0.1:9464"; };
 "#;
     let s = Settings::from_str(text, file()).unwrap();
     let want = Settings {
@@ -246,6 +247,9 @@ backups = { interval_s = 3600; dir = "/var/backups/utopia"; retention_count = 24
             interval_s: 3600,
             dir: PathBuf::from("/var/backups/utopia"),
             retention_count: 24,
+        },
+        metrics: MetricsSettings {
+            listen: "127.0.0.1:9464".into(),
         },
     };
     assert_eq!(s, want);
