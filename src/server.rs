@@ -156,6 +156,9 @@ pub async fn run(
     health_reporter
         .set_serving::<pb::auth_server::AuthServer<api::auth::AuthService>>()
         .await;
+    health_reporter
+        .set_serving::<pb::configs_server::ConfigsServer<api::configs::ConfigsService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -317,6 +320,13 @@ pub async fn run(
             pb::auth_server::AuthServer::new(api::auth::AuthService::new(node.clone()))
                 .max_decoding_message_size(max_msg),
         )
+        .add_service(Deadline::new(
+            pb::configs_server::ConfigsServer::new(api::configs::ConfigsService::new(node.clone()))
+                .max_decoding_message_size(max_msg)
+                .max_encoding_message_size(max_msg.max(64 << 20)),
+            deadline,
+            node.clone(),
+        ))
         .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
 
     // Serve first: peers need this node's transport to elect a leader. The

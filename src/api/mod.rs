@@ -10,6 +10,7 @@
 pub mod access;
 pub mod alarm;
 pub mod auth;
+pub mod configs;
 pub mod documents;
 pub mod kv;
 pub mod lease;

@@ -8,9 +8,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use super::{alarm, auth, bench, config, snapshot, txn};
 
 const AFTER_HELP: &str = "\
-Exit codes: 0 success; 1 key/document/lease not found, cas compare failed, or
-`config validate` found an invalid file; 2 usage error; 3 server or connection
-error (gRPC code and message on stderr).";
+Exit codes: 0 success; 1 key/document/lease not found, cas compare failed,
+`config validate` found an invalid file, or `config upload` was not accepted;
+2 usage error; 3 server or connection error (gRPC code and message on
+stderr).";
 
 /// The `utopia` command line.
 #[derive(Debug, Parser)]
@@ -33,7 +34,8 @@ pub struct Cli {
     )]
     pub endpoints: Vec<String>,
 
-    /// Output format (json: one JSON object per line; each command's shape is fixed).
+    /// Output format (json: one JSON object per line; each command's shape
+    /// is fixed; xml: `config get` only, the file's exact bytes).
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
 
@@ -85,6 +87,8 @@ pub struct Cli {
 pub enum OutputFormat {
     Text,
     Json,
+    /// `config get` only.
+    Xml,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -429,6 +429,12 @@ pub fn cluster(ch: AuthChannel) -> utopia_proto::v1::cluster_client::ClusterClie
         .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
 }
 
+pub fn configs(ch: AuthChannel) -> utopia_proto::v1::configs_client::ConfigsClient<AuthedService> {
+    utopia_proto::v1::configs_client::ConfigsClient::new(ch.service())
+        .max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_DECODING_MESSAGE_SIZE)
+}
+
 pub fn auth(ch: AuthChannel) -> AuthClient<AuthedService> {
     AuthClient::new(ch.service()).max_decoding_message_size(MAX_DECODING_MESSAGE_SIZE)
 }

@@ -10,7 +10,8 @@ pub enum CliError {
     /// Exit 1 (cas compare failed).
     CompareFailed(String),
     /// Exit 1: `config validate` found an invalid file (the message is the
-    /// summary, printed as `error: ...`).
+    /// summary, printed as `error: ...`), or `config upload` was not
+    /// accepted (the file, the vote, or its content was refused).
     Invalid(String),
     /// Exit 3 (exit 1 for NOT_FOUND).
     Rpc(tonic::Status),

@@ -7,16 +7,16 @@
 //! transaction file format), [`watch`], [`admin`] (lease, documents, device
 //! reports, status), [`bench`](mod@bench) (`utopia bench put|get|mixed`, against
 //! utopia or etcd) and [`config`] (`utopia config validate`, which needs no
-//! server).
+//! server, and `config upload|list|get`).
 //!
 //! # Exit codes
 //!
 //! | code | meaning |
 //! |------|---------|
 //! | 0 | success (also `--help`, `--version`, Ctrl-C during `watch`, a closed stdout) |
-//! | 1 | not found: `get KEY` of a single key (without `--count-only`) that does not exist (`key not found: KEY` on stderr; with `--output json` the empty response is still printed), any `NOT_FOUND` status (document, lease), or a failed `cas` compare; `config validate`: at least one file is invalid or unreadable (every file still gets its line; `error: N of M files invalid` on stderr) |
+//! | 1 | not found: `get KEY` of a single key (without `--count-only`) that does not exist (`key not found: KEY` on stderr; with `--output json` the empty response is still printed), any `NOT_FOUND` status (document, lease), or a failed `cas` compare; `config validate`: at least one file is invalid or unreadable (every file still gets its line; `error: N of M files invalid` on stderr); `config upload`: the file is invalid (`error: FILE:LINE:COL: reason`), the server refused it (`INVALID_ARGUMENT`) or the vote (`FAILED_PRECONDITION`), or another content won the version |
 //! | 2 | usage error: bad arguments (clap, e.g. `config validate` without a FILE), a malformed `txn` file or `--json` value |
-//! | 3 | server or connection error: `error: CODE: message` on stderr, e.g. `error: INVALID_ARGUMENT: value is 2000000 bytes; ...` |
+//! | 3 | server or connection error: `error: CODE: message` on stderr, e.g. `error: INVALID_ARGUMENT: value is 2000000 bytes; ...` (also `config upload` still undecided after `--timeout`: `DEADLINE_EXCEEDED`) |
 //!
 //! # `--output json`
 //!
@@ -80,6 +80,17 @@
 //!   "column":u32|null,"reason":string|null}` (`type`, `name`, `version` for a
 //!   valid file, `post_types` and `commands` for a valid configuration,
 //!   `reason` with `line` and `column` when known for an invalid one)
+//! - `config upload`: `{"name","type","version","hash","outcome","state",
+//!   "decided_hash","decided_ms","decide_after_ms","reason"}` (`outcome`:
+//!   `accepted`, `superseded`, `rejected`, or `proposed` with `--no-wait`)
+//! - config: `{"id","name","type","version","hash","state","proposer",
+//!   "votes":[{"node","weight","hash","at_ms","source"}],"failing":[{"node",
+//!   "reason","since_ms"}],"proposed_ms","decided_ms","decide_after_ms",
+//!   "file","reason"}` (`decided_ms`, `decide_after_ms`, `file`, `reason`
+//!   null when not set)
+//! - `config list`: `{"configs":[config...]}` (by name and version, rejected
+//!   files last); `config get`: `{"config":config,"document":<the document>}`
+//!   (`--output xml`: the file's exact bytes instead)
 //!
 //! # Text output
 //!
@@ -91,7 +102,11 @@
 //! `config validate` prints one line per file: `FILE: valid (class C version
 //! V, N post types)` (`FILE: valid (schema S version V)` for a schema file)
 //! or `FILE:LINE:COL: reason` (`FILE:LINE: reason` or `FILE: reason` when
-//! the position is not known).
+//! the position is not known). `config upload` prints the outcome
+//! (`NAME@V accepted (hash H)`, `NAME@V superseded by hash H2 (this file's
+//! hash is H)`); `config list` a table (NAME TYPE VERSION HASH STATE VOTES
+//! FAILING, then why members fail and files were rejected); `config get`
+//! one `field: value` line each.
 
 use std::ffi::OsString;
 
@@ -169,9 +184,15 @@ fn client_tls(cli: &Cli) -> Result<Option<tonic::transport::ClientTlsConfig>, Cl
 
 async fn run(cli: Cli) -> Result<(), CliError> {
     let mut out = Printer::new(cli.output == OutputFormat::Json);
+    out.xml = cli.output == OutputFormat::Xml;
+    if out.xml && !matches!(&cli.command, Command::Config(config::ConfigCommand::Get(_))) {
+        return Err(CliError::Usage(
+            "--output xml applies to `config get` only".into(),
+        ));
+    }
     // Commands that need no server.
     let local = match &cli.command {
-        Command::Config(c) => Some(config::run(&mut out, c)),
+        Command::Config(config::ConfigCommand::Validate(a)) => Some(config::validate(&mut out, a)),
         Command::Snapshot(SnapshotCommand::Status { file }) => {
             Some(snapshot::status(&mut out, file))
         }
@@ -220,8 +241,8 @@ async fn dispatch(cmd: Command, client: &mut Client, out: &mut Printer) -> Resul
         Command::Snapshot(SnapshotCommand::Save { file }) => {
             snapshot::save(client, out, &file).await
         }
+        Command::Config(c) => config::run(client, out, c).await,
         // Handled in `run`, before any client exists.
-        Command::Config(c) => config::run(out, &c),
         Command::Snapshot(SnapshotCommand::Status { file }) => snapshot::status(out, &file),
         Command::Snapshot(SnapshotCommand::Restore(a)) => snapshot::restore(out, &a),
     }
@@ -303,7 +324,13 @@ mod tests {
                 2,
             ),
             (&["user", "add"], 2),
-            (&["config", "validate"], 2), // no file
+            (&["config", "validate"], 2),                   // no file
+            (&["config", "upload"], 2),                     // no file
+            (&["config", "get"], 2),                        // no name
+            (&["config", "get", "t", "--version", "0"], 2), // versions start at 1
+            (&["config", "get", "t", "--version", "x"], 2),
+            (&["config", "list", "extra"], 2),
+            (&["config", "upload", "a.xml", "--no-wait", "x"], 2),
             (&["config", "validate", "a.xml", "--file-bytes-max", "0"], 2),
             (
                 &[
@@ -449,6 +476,29 @@ mod tests {
             &["role", "list"],
             &["role", "delete", "app"],
             &["config", "validate", "a.xml"],
+            &["config", "upload", "a.xml"],
+            &["config", "upload", "a.xml", "--no-wait", "--timeout", "30"],
+            &["config", "upload", "a.xml", "--file-bytes-max", "4096"],
+            &["config", "list"],
+            &[
+                "config",
+                "list",
+                "--output",
+                "json",
+                "--consistency",
+                "serializable",
+            ],
+            &["config", "get", "thermostat"],
+            &[
+                "config",
+                "get",
+                "thermostat",
+                "--version",
+                "3",
+                "--output",
+                "xml",
+            ],
+            &["config", "get", "thermostat", "-o", "json"],
             &[
                 "config",
                 "validate",
@@ -516,6 +566,42 @@ mod tests {
                 .as_deref(),
             Some("key not found: a")
         );
+    }
+
+    #[tokio::test]
+    async fn output_xml_is_for_config_get_only() {
+        // Refused before any server is asked.
+        for args in [
+            &[
+                "utopia",
+                "--endpoints",
+                "127.0.0.1:1",
+                "-o",
+                "xml",
+                "status",
+            ][..],
+            &[
+                "utopia",
+                "--endpoints",
+                "127.0.0.1:1",
+                "-o",
+                "xml",
+                "config",
+                "list",
+            ],
+            &["utopia", "-o", "xml", "config", "validate", "a.xml"],
+        ] {
+            let args = args.iter().map(OsString::from);
+            assert_eq!(main_with_args(args).await, 2);
+        }
+        let cli = parse(&["config", "get", "t", "--version", "2", "-o", "xml"]).unwrap();
+        assert_eq!(cli.output, OutputFormat::Xml);
+        match cli.command {
+            Command::Config(config::ConfigCommand::Get(g)) => {
+                assert_eq!((g.name.as_str(), g.version), ("t", Some(2)))
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

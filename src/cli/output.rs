@@ -10,6 +10,8 @@ use utopia_proto::v1 as pb;
 /// Buffered stdout; text lines are raw bytes (values may be binary).
 pub struct Printer {
     pub json: bool,
+    /// `--output xml` (`config get` only): the file's bytes as they are.
+    pub xml: bool,
     out: std::io::BufWriter<std::io::Stdout>,
 }
 
@@ -17,6 +19,7 @@ impl Printer {
     pub fn new(json: bool) -> Self {
         Printer {
             json,
+            xml: false,
             out: std::io::BufWriter::new(std::io::stdout()),
         }
     }
@@ -25,6 +28,11 @@ impl Printer {
     pub fn line(&mut self, bytes: impl AsRef<[u8]>) -> std::io::Result<()> {
         self.out.write_all(bytes.as_ref())?;
         self.out.write_all(b"\n")
+    }
+
+    /// Writes `bytes` as they are.
+    pub fn bytes(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.out.write_all(bytes)
     }
 
     /// Writes `v` as one line of compact JSON.

@@ -108,7 +108,7 @@ async fn save_to(client: &mut Client, part: &Path) -> Result<(u64, i64), CliErro
     Ok((received, revision))
 }
 
-/// `status`'s answer with `--output json` is [`BackupStatus`].
+/// `status`'s answer with `--output json` is [`backup::BackupStatus`].
 pub fn status(out: &mut Printer, file: &Path) -> Result<(), CliError> {
     let s = backup::inspect(file).map_err(invalid)?;
     if out.json {

@@ -4,7 +4,7 @@
 
 use super::{Reader, RESPONSE_ITEM_OVERHEAD_BYTES};
 use crate::apply::StateRead;
-use crate::documents::{Document, Zone, ZoneServed};
+use crate::documents::{ConfigState, Document, XmlConfig, Zone, ZoneServed};
 use crate::keys::{self, Cf, Collection, DeviceIndex};
 use crate::StoreError;
 
@@ -96,6 +96,29 @@ impl Reader {
             out.push(D::decode(id, &v).map_err(StoreError::from));
         }
         Ok(out)
+    }
+
+    /// The accepted version of configuration `name` with the highest
+    /// version number (an older accepted one is superseded when a newer is
+    /// accepted, so normally there is one), decoded. Reads the versions of
+    /// that name one at a time, never more than one in memory.
+    pub fn accepted_config(&self, name: &str) -> Result<Option<XmlConfig>, StoreError> {
+        let cf = Collection::XmlConfigs.cf();
+        // `@` cannot occur in a name: the prefix holds only `name`'s versions.
+        let prefix = format!("{name}@");
+        let end = keys::prefix_end(prefix.as_bytes());
+        let mut best: Option<XmlConfig> = None;
+        for item in self.db.scan(cf, prefix.as_bytes(), end.as_deref()) {
+            let (k, v) = item?;
+            let id = keys::parse_document_key(cf, &k)?;
+            let doc = XmlConfig::decode(id, &v)?;
+            if doc.state == ConfigState::Accepted
+                && best.as_ref().is_none_or(|b| doc.version > b.version)
+            {
+                best = Some(doc);
+            }
+        }
+        Ok(best)
     }
 
     /// The stored bytes of a document, as served (see
