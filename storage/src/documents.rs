@@ -26,6 +26,8 @@
 //! naming it: the applier rejects the event that touches it (the same on
 //! every replica, see `apply`), a read reports a corrupt record.
 
+use std::collections::BTreeMap;
+
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -128,8 +130,22 @@ pub struct Device {
     /// When a command of it last changed; absent before its first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_command_ms: Option<u64>,
+    /// Values its class's accepted configuration refused; absent before
+    /// the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected_total: Option<u64>,
+    /// The latest of those refusals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rejected: Option<DeviceRejection>,
     #[serde(flatten)]
     pub other: OtherFields,
+}
+
+/// Why a device's value was last refused by its class, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRejection {
+    pub reason: String,
+    pub at_ms: u64,
 }
 
 impl Document for Device {
@@ -238,6 +254,11 @@ pub struct Fellow {
     /// The address clients reach it at, as it published it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_addr: Option<String>,
+    /// Device classes whose accepted configuration it could not write and
+    /// verify, with why: it ignores them, and other members own their
+    /// devices.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config_failing: BTreeMap<String, String>,
     #[serde(flatten)]
     pub other: OtherFields,
 }
@@ -259,6 +280,7 @@ impl Fellow {
             last_active_ms: None,
             stats: None,
             client_addr: None,
+            config_failing: BTreeMap::new(),
             other: OtherFields::new(),
         }
     }
