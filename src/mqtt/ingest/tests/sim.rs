@@ -254,12 +254,29 @@ impl Sim {
     }
 
     pub fn set_owners(&mut self, epoch: u64, ids: &[u64], applied: bool) {
+        self.set_owners_excluding(epoch, ids, &[], applied);
+    }
+
+    /// Owners whose members `excluded` own no device of class `c` (the
+    /// class of every simulated device) while another member can.
+    pub fn set_owners_excluding(
+        &mut self,
+        epoch: u64,
+        ids: &[u64],
+        excluded: &[u64],
+        applied: bool,
+    ) {
         self.owners = IngestOwners {
             epoch,
             members: members(ids),
             dedupe_window_ms: 0,
             excluded: Default::default(),
         };
+        if !excluded.is_empty() {
+            self.owners
+                .excluded
+                .insert("c".to_string(), excluded.to_vec());
+        }
         if applied {
             self.apply(&[], true, false);
         }
