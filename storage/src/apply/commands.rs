@@ -126,13 +126,14 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         }
         let checked = match self.class_check(&doc.class)? {
             ClassCheck::Untyped => Ok(()),
-            ClassCheck::Refused(reason) => Err(reason),
+            ClassCheck::Refused(reason) => Err(Rejection::FailedPrecondition(reason)),
             ClassCheck::Typed(record) => {
                 class_rules::check_command(&doc.class, &record, post_type, &payload)
+                    .map_err(Rejection::Invalid)
             }
         };
-        if let Err(reason) = checked {
-            return Ok(Outcome::Rejected(Rejection::Invalid(reason)));
+        if let Err(rejection) = checked {
+            return Ok(Outcome::Rejected(rejection));
         }
         if let Some(why) = self.command_refusal(at_ms)? {
             return Ok(Outcome::Rejected(Rejection::Quota(why)));

@@ -127,7 +127,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         Ok(match self.device_data(at_ms, d)? {
             DataApplied::Stored(id) => Outcome::Device { id },
             DataApplied::Refused(rejection) => Outcome::Rejected(rejection),
-            DataApplied::ClassRefused(reason) => {
+            DataApplied::ClassRefused(rejection) => {
                 let mut totals = self.ingest_totals()?;
                 totals.class_refused += 1;
                 self.put(
@@ -135,7 +135,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
                     keys::ingest::TOTALS.to_vec(),
                     codec::encode(&totals),
                 );
-                Outcome::Rejected(Rejection::Invalid(reason))
+                Outcome::Rejected(rejection)
             }
         })
     }
@@ -165,17 +165,22 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         }
         let typed = match self.class_check(&d.class)? {
             ClassCheck::Untyped => Ok(value),
-            ClassCheck::Refused(reason) => Err(reason),
+            ClassCheck::Refused(reason) => Err(Rejection::FailedPrecondition(reason)),
             ClassCheck::Typed(record) => {
                 class_rules::type_post(&d.class, &record, &d.post_type, &d.path, value)
+                    .map_err(Rejection::Invalid)
             }
         };
         let value = match typed {
             Ok(value) => value,
-            Err(reason) => {
+            Err(rejection) => {
                 let id = device_doc_id(&d.host, &d.class, &d.device_id);
+                let reason = match &rejection {
+                    Rejection::Invalid(r) | Rejection::FailedPrecondition(r) => r.clone(),
+                    other => other.to_string(),
+                };
                 self.note_device_refusal(at_ms, &id, &reason)?;
-                return Ok(DataApplied::ClassRefused(reason));
+                return Ok(DataApplied::ClassRefused(rejection));
             }
         };
         let (id, mut doc) =
@@ -226,9 +231,11 @@ pub(super) enum DataApplied {
     Stored(String),
     /// Refused by a quota; nothing written.
     Refused(Rejection),
-    /// Refused by the device's class (the reason); only the device's
+    /// Refused by the device's class: a value it does not allow
+    /// (`Invalid`), or no accepted configuration under
+    /// `configs.require_class` (`FailedPrecondition`); only the device's
     /// refusal count written.
-    ClassRefused(String),
+    ClassRefused(Rejection),
 }
 
 /// A registered device: its document id and its document.

@@ -145,6 +145,14 @@ fn refusal(r: &Response) -> String {
     }
 }
 
+/// The reason of a refusal for want of a configuration.
+fn precondition(r: &Response) -> String {
+    match &r.outcome {
+        Outcome::Rejected(Rejection::FailedPrecondition(reason)) => reason.clone(),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
 /// Post type, path, value, and the stored JSON text or a part of the
 /// reason it is refused.
 type TypingCase<'a> = (&'a str, &'a [&'a str], &'a str, Result<&'a str, &'a str>);
@@ -391,7 +399,7 @@ fn without_a_configuration_data_is_untyped_unless_one_is_required() {
     s.apply(require_class(true));
     let r = s.apply(report("plain", "1", "t", &[], "1"));
     assert_eq!(
-        refusal(&r),
+        precondition(&r),
         "class plain has no accepted configuration (configs.require_class)"
     );
     assert_eq!(device_doc(&s, "gw1/plain/1").rejected_total, Some(1));
@@ -522,7 +530,7 @@ fn commands_are_checked_against_the_class() {
         attempts_max: 3,
     });
     assert_eq!(
-        refusal(&r),
+        precondition(&r),
         "class plain has no accepted configuration (configs.require_class)"
     );
 }
