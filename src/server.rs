@@ -100,7 +100,9 @@ pub async fn run(
             peer_addr: peer_advertised,
             cluster_name: settings.cluster_name.clone(),
             timings: timings(&settings),
-            initial_members: settings.initial_cluster.clone(),
+            // The members the data directory was created with (by the
+            // flags at its first start, or by `utopia snapshot restore`).
+            initial_members: identity.initial_cluster.clone(),
             join: settings.join,
             transport: utopia_raft::TransportSettings {
                 // Peers see this node connect from the address it listens on.
@@ -183,6 +185,17 @@ pub async fn run(
             Duration::from_millis(settings.raft.lease_check_interval_ms),
         ),
     );
+    if settings.backups.interval_s > 0 {
+        let dir = if settings.backups.dir.as_os_str().is_empty() {
+            settings.data_dir.join("backups")
+        } else {
+            settings.backups.dir.clone()
+        };
+        node.tasks.spawn(
+            "scheduled backups",
+            crate::node::backups::run(node.clone(), dir),
+        );
+    }
     node.tasks.spawn(
         "client address publisher",
         housekeeping::publish_client_address(node.clone(), client_advertised.clone()),
@@ -297,14 +310,20 @@ pub async fn run(
     }
     // Until the signal, or a port that stopped serving by itself.
     let (mut served, mut peers_served) = (None, None);
+    // A port also stops once the signal came (it drains on the same
+    // token): that is the shutdown asked for, not a failure.
     tokio::select! {
         () = stop.cancelled() => {}
         joined = &mut server => {
-            tracing::error!(outcome = ?joined, "the client port stopped serving; shutting down");
+            if !stop.is_cancelled() {
+                tracing::error!(outcome = ?joined, "the client port stopped serving; shutting down");
+            }
             served = Some(joined);
         }
         joined = &mut peer_server => {
-            tracing::error!(outcome = ?joined, "the peer port stopped serving; shutting down");
+            if !stop.is_cancelled() {
+                tracing::error!(outcome = ?joined, "the peer port stopped serving; shutting down");
+            }
             peers_served = Some(joined);
         }
     }

@@ -1,14 +1,39 @@
-//! The Maintenance service: node and cluster status, and alarms.
+//! The Maintenance service: node and cluster status, alarms, backups.
 
+use std::io::Read;
+use std::pin::Pin;
 use std::sync::Arc;
 
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 use utopia_proto::v1 as pb;
 use utopia_raft::event::Event;
+use utopia_storage::backup::Producer;
 
 use super::access::Need;
 use super::header;
 use crate::node::{Consistency, Error, Node};
+
+/// Bytes per backup message.
+const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// Backup messages produced ahead of the client, at most.
+const SNAPSHOT_CHUNKS_IN_FLIGHT: usize = 4;
+
+type SnapshotStream = Pin<Box<dyn Stream<Item = Result<pb::SnapshotResponse, Status>> + Send>>;
+
+/// Fills `buf` unless the stream ends first; the bytes read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..])? {
+            0 => break,
+            m => n += m,
+        }
+    }
+    Ok(n)
+}
 
 pub struct MaintenanceService {
     node: Arc<Node>,
@@ -98,6 +123,73 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             raft_purged_index: st.purged_index,
             raft_membership_index: st.membership_index,
         }))
+    }
+
+    type SnapshotStream = SnapshotStream;
+
+    async fn snapshot(
+        &self,
+        req: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<SnapshotStream>, Status> {
+        self.node.authorize(&req, Need::Root)?;
+        let producer = Producer {
+            cluster_id: self.node.peers.cluster().get(),
+            node_id: self.node.raft.id(),
+            created_ms: crate::now_ms(),
+            utopia_version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        let reader = self.node.reader.clone();
+        let (tx, rx) = mpsc::channel(SNAPSHOT_CHUNKS_IN_FLIGHT);
+        // The view is taken here, before the answer: the backup is of this
+        // moment however slowly the client reads.
+        let mut stream = reader
+            .backup(producer)
+            .map_err(|e| Status::failed_precondition(format!("take a backup: {e}")))?;
+        let (revision, last_log_index) =
+            (stream.manifest().revision, stream.manifest().last_log_index);
+        tracing::info!(revision, last_log_index, "streaming a backup");
+        self.node.tasks.spawn("backup stream", async move {
+            let mut first = true;
+            loop {
+                // RocksDB reads block: one chunk at a time off the runtime.
+                let read = tokio::task::spawn_blocking(move || {
+                    let mut blob = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+                    let n = read_full(&mut stream, &mut blob);
+                    (stream, blob, n)
+                })
+                .await;
+                let (returned, mut blob, n) = match read {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::internal(format!("backup: {e}")))).await;
+                        return;
+                    }
+                };
+                stream = returned;
+                let n = match n {
+                    Ok(0) => return,
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = tx
+                            .send(Err(Status::internal(format!("read the backup: {e}"))))
+                            .await;
+                        return;
+                    }
+                };
+                blob.truncate(n);
+                let msg = pb::SnapshotResponse {
+                    blob,
+                    revision: if first { revision } else { 0 },
+                    last_log_index: if first { last_log_index } else { 0 },
+                };
+                first = false;
+                // The client went away: stop reading.
+                if tx.send(Ok(msg)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn alarm(

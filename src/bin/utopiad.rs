@@ -14,7 +14,9 @@ use utopia::config::{LogFormat, Settings, Sources};
 #[derive(Parser, Debug)]
 #[command(name = "utopiad", version)]
 struct Args {
-    /// Configuration file (libconfig syntax); flags override it.
+    /// Configuration file (libconfig syntax); flags override it. Without
+    /// it, /etc/utopia/utopiad.conf is read when it exists (`--config
+    /// /dev/null` reads none).
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Data directory.
@@ -52,9 +54,17 @@ struct Args {
 /// the runtime's blocking threads.
 const RUNTIME_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// The configuration file read when `--config` is not given, if it exists:
+/// the machine's local configuration (seed 000).
+const DEFAULT_CONFIG: &str = "/etc/utopia/utopiad.conf";
+
 fn main() -> ExitCode {
     let args = Args::parse();
-    let (mut settings, mut sources) = match &args.config {
+    let config = args.config.clone().or_else(|| {
+        let path = PathBuf::from(DEFAULT_CONFIG);
+        path.exists().then_some(path)
+    });
+    let (mut settings, mut sources) = match &config {
         Some(path) => match Settings::read(path) {
             Ok(read) => read,
             Err(e) => {
@@ -140,6 +150,10 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&settings);
+    match &config {
+        Some(path) => tracing::info!(file = %path.display(), "configuration read"),
+        None => tracing::info!("no configuration file: embedded defaults and flags"),
+    }
 
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

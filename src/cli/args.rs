@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use super::{alarm, auth, bench, config, txn};
+use super::{alarm, auth, bench, config, snapshot, txn};
 
 const AFTER_HELP: &str = "\
 Exit codes: 0 success; 1 key/document/lease not found, cas compare failed, or
@@ -151,6 +151,10 @@ pub enum Command {
     /// XML configuration files (device classes, schemas).
     #[command(subcommand)]
     Config(config::ConfigCommand),
+    /// Backups: save one from a server, check one, restore one into a new
+    /// member's data directory.
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
 }
 
 #[derive(Debug, Subcommand)]

@@ -109,6 +109,7 @@ pub mod config;
 mod error;
 pub mod kv;
 pub mod output;
+pub mod snapshot;
 pub mod txn;
 pub mod watch;
 
@@ -117,6 +118,7 @@ pub use error::{code_name, CliError};
 
 use client::Client;
 use output::Printer;
+use snapshot::SnapshotCommand;
 
 /// Runs the CLI with `args` (including the program name) and returns the
 /// process exit code.
@@ -168,8 +170,15 @@ fn client_tls(cli: &Cli) -> Result<Option<tonic::transport::ClientTlsConfig>, Cl
 async fn run(cli: Cli) -> Result<(), CliError> {
     let mut out = Printer::new(cli.output == OutputFormat::Json);
     // Commands that need no server.
-    if let Command::Config(c) = &cli.command {
-        let result = config::run(&mut out, c);
+    let local = match &cli.command {
+        Command::Config(c) => Some(config::run(&mut out, c)),
+        Command::Snapshot(SnapshotCommand::Status { file }) => {
+            Some(snapshot::status(&mut out, file))
+        }
+        Command::Snapshot(SnapshotCommand::Restore(a)) => Some(snapshot::restore(&mut out, a)),
+        _ => None,
+    };
+    if let Some(result) = local {
         let flushed = out.flush();
         result?;
         return flushed.map_err(CliError::Io);
@@ -208,8 +217,13 @@ async fn dispatch(cmd: Command, client: &mut Client, out: &mut Printer) -> Resul
         Command::User(c) => auth::user(client, out, c).await,
         Command::Role(c) => auth::role(client, out, c).await,
         Command::Bench(b) => bench::run(client, out, b).await,
+        Command::Snapshot(SnapshotCommand::Save { file }) => {
+            snapshot::save(client, out, &file).await
+        }
         // Handled in `run`, before any client exists.
         Command::Config(c) => config::run(out, &c),
+        Command::Snapshot(SnapshotCommand::Status { file }) => snapshot::status(out, &file),
+        Command::Snapshot(SnapshotCommand::Restore(a)) => snapshot::restore(out, &a),
     }
 }
 

@@ -65,7 +65,9 @@ impl Default for ConfigsSettings {
             scan_interval_ms: 5_000,
             agreement_window_ms: 2_000,
             weight_milli: 1_000,
-            file_bytes_max: crate::xmlconf::FILE_BYTES_MAX as u64,
+            // A version's document holds the file, and competing contents
+            // while it is undecided: well inside `document_bytes_max`.
+            file_bytes_max: 256 * 1024,
             write_attempts_max: 5,
             write_backoff_ms: 100,
             require_class: false,

@@ -16,6 +16,7 @@
 //! `rules.rs` (ranges and other per-value rules), `de.rs` (the
 //! deserializer), `libconfig.rs` (the syntax).
 
+pub mod backups;
 pub mod configs;
 pub mod de;
 pub mod libconfig;
@@ -32,6 +33,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+pub use self::backups::BackupSettings;
 pub use self::configs::ConfigsSettings;
 pub use self::de::{Origin, Sources};
 use self::libconfig::ParseError;
@@ -89,6 +91,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// XML configuration sync.
     pub configs: ConfigsSettings,
+    /// Backups the leader takes on a schedule.
+    pub backups: BackupSettings,
 }
 
 /// Authentication: how long the tokens this node issues last. (Whether
@@ -209,6 +213,7 @@ impl Default for Settings {
             tls: TlsSettings::default(),
             auth: AuthSettings::default(),
             configs: ConfigsSettings::default(),
+            backups: BackupSettings::default(),
         }
     }
 }

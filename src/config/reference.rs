@@ -178,10 +178,19 @@ configs = {
   scan_interval_ms = 5000;           # full rescan besides change notifications (> 0)
   agreement_window_ms = 2000;        # votes for one version are collected this long (0 to 600000)
   weight = 1.0;                      # this member's weight in agreements (0.001 to 1000)
-  file_bytes_max = 1048576;          # largest file read, in bytes (1 to 67108864)
+  file_bytes_max = 262144;           # largest file read, in bytes (1 to 67108864); the
+                                     # xml_configs document holding it must fit limits.document_bytes_max
   write_attempts_max = 5;            # write-and-verify attempts before this member is marked failing (1 to 100)
   write_backoff_ms = 100;            # wait after the first failed attempt; doubles per attempt (> 0)
   require_class = false;             # refuse data and commands of classes with no accepted configuration
+};
+
+# Backups the leader takes on a schedule (see `utopia snapshot`): named
+# utopia-<cluster id>-r<revision>-<UTC time>.utopia, the newest kept.
+backups = {
+  interval_s = 0;                    # seconds between backups; 0: none (at most 604800)
+  dir = "";                          # where they go; empty: <data_dir>/backups
+  retention_count = 7;               # how many are kept (1 to 10000)
 };
 "##
 }

@@ -19,10 +19,12 @@
 //!   forwards.
 //! - [`housekeeping`]: the leader's upkeep (leases, compaction, fellows,
 //!   quotas) and each member's published client address.
+//! - [`backups`]: backups the leader takes on a schedule.
 //! - [`tasks`]: the tasks a server owns and stops.
 
 pub mod access;
 mod alarm;
+pub mod backups;
 pub mod credentials;
 pub mod error;
 pub mod forward;
@@ -42,7 +44,7 @@ use utopia_storage::{Reader, StateMachine};
 pub use error::Error;
 pub use tasks::Tasks;
 
-use crate::config::{ConfigsSettings, Limits, Settings};
+use crate::config::{BackupSettings, ConfigsSettings, Limits, Settings};
 
 /// Counters of what the node has seen, by name. Names carry their unit.
 #[derive(Default)]
@@ -102,6 +104,8 @@ pub struct Node {
     pub command_attempts_max: u32,
     /// XML configuration sync (`configs`).
     pub configs: ConfigsSettings,
+    /// Scheduled backups (`backups`).
+    pub backups: BackupSettings,
     /// The peer port's checks: the cluster id, and what it refused.
     pub peers: Arc<PeerGuard>,
     /// Authentication: the cached auth state, token lifetime, password
@@ -137,6 +141,7 @@ impl Node {
             command_attempts_max: settings.mqtt.commands.attempts_max.min(u64::from(u32::MAX))
                 as u32,
             configs: settings.configs.clone(),
+            backups: settings.backups.clone(),
             peers,
             auth,
             tasks: Arc::new(Tasks::default()),

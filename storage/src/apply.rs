@@ -84,6 +84,7 @@ mod kv;
 mod lease;
 pub mod quota;
 mod stats;
+pub mod xmlconf;
 mod xmlconf_ingest;
 
 pub use alarm::{AlarmRecord, AlarmState};
@@ -437,12 +438,16 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
                 hash,
                 reason,
             } => self.apply_config_decision(req.at_ms, name, *version, hash, Some(reason))?,
-            Event::ConfigVote(_)
-            | Event::ConfigDecide { .. }
-            | Event::ConfigFileRejected { .. } => Outcome::Rejected(Rejection::Invalid(format!(
-                "{} is not applied by this build yet",
-                req.event.name()
-            ))),
+            Event::ConfigVote(v) => self.apply_config_vote(req.at_ms, v)?,
+            Event::ConfigDecide { name, version } => {
+                self.apply_config_decide(req.at_ms, name, *version)?
+            }
+            Event::ConfigFileRejected {
+                node,
+                file,
+                hash,
+                reason,
+            } => self.apply_config_file_rejected(req.at_ms, *node, file, hash, reason)?,
             Event::ConfigSyncState {
                 node,
                 name,

@@ -21,6 +21,7 @@
 
 pub mod apply;
 pub mod auth;
+pub mod backup;
 pub mod codec;
 mod db;
 pub mod documents;

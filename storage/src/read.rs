@@ -142,6 +142,14 @@ pub struct Reader {
 }
 
 impl Reader {
+    /// A backup of the state machine as it is now (see [`crate::backup`]).
+    pub fn backup(
+        &self,
+        producer: crate::backup::Producer,
+    ) -> Result<crate::backup::BackupStream, crate::backup::BackupError> {
+        crate::backup::backup(&self.db, producer)
+    }
+
     pub(crate) fn new(
         db: Db,
         changes: broadcast::Sender<Arc<WatchBatch>>,

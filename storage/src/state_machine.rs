@@ -90,6 +90,17 @@ impl CurrentSnapshot {
     }
 }
 
+/// The snapshot stream of `view` and its metadata, or `None` if nothing was
+/// applied before the view was taken (for backups).
+pub(crate) fn snapshot_of_view(
+    view: DbView,
+) -> Result<Option<(SnapshotMeta, SnapshotEncoder)>, StoreError> {
+    Ok(CurrentSnapshot::of(view)?.map(|c| {
+        let encoder = SnapshotEncoder::new(c.view, c.meta.clone(), c.changes_from);
+        (c.meta, encoder)
+    }))
+}
+
 /// The feeds a state machine publishes to: key changes for watchers, and
 /// ingest effects for the MQTT bridges.
 pub(crate) type Feeds = (

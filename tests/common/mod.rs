@@ -84,6 +84,9 @@ impl Server {
     }
 
     fn spawn(&mut self) {
+        if let Some(parent) = self.stderr_log.parent() {
+            std::fs::create_dir_all(parent).expect("create the server's directory");
+        }
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -362,7 +365,11 @@ pub fn start_partitionable_cluster(
 /// Starts node `i + 1` with its client port on `listens[i]`, its peer port
 /// on `peer_listens[i]` and the arguments `extra[i]`, all with the initial
 /// cluster `{i + 1 = members[i]}`.
-fn start_members(
+/// Starts nodes 1..=n with data in `dir/node{id}`, client ports
+/// `listens`, peer ports `peer_listens`, and `--initial-cluster` naming
+/// `members` (`1=members[0],2=...`); `extra` holds each node's own
+/// arguments.
+pub fn start_members(
     dir: &Path,
     listens: &[String],
     peer_listens: &[String],

@@ -182,6 +182,7 @@ configs = {
   write_backoff_ms = 50;
   require_class = true;
 };
+backups = { interval_s = 3600; dir = "/var/backups/utopia"; retention_count = 24; };
 "#;
     let s = Settings::from_str(text, file()).unwrap();
     let want = Settings {
@@ -240,6 +241,11 @@ configs = {
             write_attempts_max: 3,
             write_backoff_ms: 50,
             require_class: true,
+        },
+        backups: BackupSettings {
+            interval_s: 3600,
+            dir: PathBuf::from("/var/backups/utopia"),
+            retention_count: 24,
         },
     };
     assert_eq!(s, want);

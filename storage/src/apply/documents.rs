@@ -301,20 +301,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
             }
             None => {
                 // Earlier accepted versions of the same name are superseded.
-                let prefix = format!("{name}@");
-                let end = keys::prefix_end(prefix.as_bytes());
-                for (k, v) in self.scan(Cf::XmlConfigs, prefix.as_bytes(), end.as_deref(), 0)? {
-                    let other_id = keys::parse_document_key(Cf::XmlConfigs, &k)?;
-                    let mut other = match XmlConfig::decode(other_id, &v) {
-                        Ok(other) => other,
-                        Err(e) => return content(e.to_string()),
-                    };
-                    if other.version < version && other.state == ConfigState::Accepted {
-                        other.state = ConfigState::Superseded;
-                        other.decided_ms = Some(at_ms);
-                        self.put(Cf::XmlConfigs, k, other.encode());
-                    }
-                }
+                self.supersede_older(at_ms, name, version)?;
                 doc.state = ConfigState::Accepted;
             }
         }

@@ -152,3 +152,4 @@ mod documents;
 mod ingest_events;
 mod kv;
 mod lease_compact;
+mod xmlconf;
