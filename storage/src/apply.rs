@@ -26,7 +26,8 @@
 //!   [`ingest`]: MQTT ingest batches, owners and dedupe;
 //! - `class_rules`: device data and commands typed by their class's
 //!   accepted configuration; `xmlconf_ingest`: members that fail to hold
-//!   a class's accepted file, excluded from owning its devices;
+//!   a class's accepted file (`xmlconf_sync`), excluded from owning its
+//!   devices;
 //! - [`alarm`], [`quota`]: what is refused while an alarm is active or a
 //!   quota is reached; [`bounds`]: the fixed limits on document content;
 //!   `journal`: the undo journal behind the content-error rule below.
@@ -86,6 +87,7 @@ pub mod quota;
 mod stats;
 pub mod xmlconf;
 mod xmlconf_ingest;
+pub mod xmlconf_sync;
 
 pub use alarm::{AlarmRecord, AlarmState};
 pub use class_rules::device_class;
@@ -455,7 +457,12 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
                 failing,
                 reason,
             } => {
-                self.apply_config_sync_state(req.at_ms, *node, name, *version, *failing, reason)?
+                match self
+                    .apply_config_sync_state(req.at_ms, *node, name, *version, *failing, reason)?
+                {
+                    Outcome::Done => self.apply_class_exclusion(*node, name, *failing)?,
+                    refused => refused,
+                }
             }
             Event::StatIncremented {
                 id,

@@ -26,8 +26,6 @@
 //! naming it: the applier rejects the event that touches it (the same on
 //! every replica, see `apply`), a read reports a corrupt record.
 
-use std::collections::BTreeMap;
-
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -254,13 +252,22 @@ pub struct Fellow {
     /// The address clients reach it at, as it published it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_addr: Option<String>,
-    /// Device classes whose accepted configuration it could not write and
-    /// verify, with why: it ignores them, and other members own their
-    /// devices.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub config_failing: BTreeMap<String, String>,
+    /// Configurations it could not write and verify: it ignores them (the
+    /// warning the cluster sees).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config_failing: Vec<FellowConfigFailing>,
     #[serde(flatten)]
     pub other: OtherFields,
+}
+
+/// A configuration a member could not write and verify, in its fellows
+/// document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FellowConfigFailing {
+    pub name: String,
+    pub version: u64,
+    pub reason: String,
+    pub since_ms: u64,
 }
 
 impl Document for Fellow {
@@ -280,7 +287,7 @@ impl Fellow {
             last_active_ms: None,
             stats: None,
             client_addr: None,
-            config_failing: BTreeMap::new(),
+            config_failing: Vec::new(),
             other: OtherFields::new(),
         }
     }

@@ -153,3 +153,4 @@ mod ingest_events;
 mod kv;
 mod lease_compact;
 mod xmlconf;
+mod xmlconf_sync;
