@@ -726,3 +726,48 @@ fn owners_without_exclusions_are_stored_and_shown_as_before() {
     assert_eq!(stored, codec::encode(&o));
     assert!(!String::from_utf8_lossy(&stored).contains("excluded"));
 }
+
+#[test]
+fn a_class_accepted_through_votes_types_data_from_its_decision_on() {
+    use utopia_raft::event::{ConfigVote, VoteSource};
+    let mut s = MemState::default();
+    let xml = "<utopia name=\"thermostat\" version=\"2\"/>".to_string();
+    let vote = Event::ConfigVote(ConfigVote {
+        name: "thermostat".into(),
+        kind: "config".into(),
+        version: 2,
+        hash: blake3::hash(xml.as_bytes()).to_hex().to_string(),
+        xml,
+        proposer: 1,
+        weight_milli: 1000,
+        window_ms: 10,
+        source: VoteSource::Dir,
+        rules: Some(thermostat().rules),
+    });
+    let decide = Event::ConfigDecide {
+        name: "thermostat".into(),
+        version: 2,
+    };
+    let hot = || report("thermostat", "1", "temperature", &[], "99");
+    // Voted but undecided: untyped still. Decided in the same batch as the
+    // next value: that value is typed.
+    let out = s.apply_batch(vec![
+        (1_000, vote),
+        (1_001, hot()),
+        (1_020, decide),
+        (1_021, hot()),
+    ]);
+    assert_eq!(out[0].outcome, Outcome::Done);
+    assert!(matches!(out[1].outcome, Outcome::Device { .. }), "{out:?}");
+    assert_eq!(out[2].outcome, Outcome::Done);
+    assert_eq!(
+        refusal(&out[3]),
+        "temperature 99 is above max 40 (class thermostat v2)"
+    );
+    let r = s.apply(report("thermostat", "1", "temperature", &[], "21"));
+    assert!(matches!(r.outcome, Outcome::Device { .. }));
+    assert_eq!(
+        s.doc(Cf::Devices, "gw1/thermostat/1")["data"]["temperature"],
+        json!(21.0)
+    );
+}
