@@ -105,6 +105,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
                         t.replies_ignored,
                     );
                     c.insert("cluster_ingest_over_quota_total".into(), t.over_quota);
+                    c.insert("cluster_ingest_class_refused_total".into(), t.class_refused);
                 }
                 // Events rejected alike on every replica because their
                 // content could not be applied.

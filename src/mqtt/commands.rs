@@ -70,7 +70,7 @@ pub async fn run(
             }
         };
         for c in pending {
-            if utopia_storage::ingest::owner_of(&c.device, &owners.members) != Some(node_id) {
+            if owners.owner(&c.device) != Some(node_id) {
                 continue;
             }
             let now = crate::now_ms();

@@ -24,6 +24,10 @@
 //!   documents are read and written in a batch, fellows, database servers
 //!   and XML configurations; `stats`; `commands`: device commands;
 //!   [`ingest`]: MQTT ingest batches, owners and dedupe;
+//! - `class_rules`: device data and commands typed by their class's
+//!   accepted configuration; `xmlconf_ingest`: members that fail to hold
+//!   a class's accepted file (`xmlconf_sync`), excluded from owning its
+//!   devices;
 //! - [`alarm`], [`quota`]: what is refused while an alarm is active or a
 //!   quota is reached; [`bounds`]: the fixed limits on document content;
 //!   `journal`: the undo journal behind the content-error rule below.
@@ -57,7 +61,8 @@
 //!   others, so the node stops instead. An event from a newer build stops
 //!   the node for the same reason.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use utopia_raft::event::{self, Event, Outcome, Rejection, Request, Response, TxnStep};
 
@@ -69,6 +74,7 @@ use crate::StoreError;
 pub mod alarm;
 mod auth;
 pub mod bounds;
+mod class_rules;
 mod commands;
 mod compact;
 mod devices;
@@ -80,9 +86,11 @@ mod lease;
 pub mod quota;
 mod stats;
 pub mod xmlconf;
+mod xmlconf_ingest;
 pub mod xmlconf_sync;
 
 pub use alarm::{AlarmRecord, AlarmState};
+pub use class_rules::device_class;
 pub use commands::{CommandRecord, CommandState};
 pub use devices::device_doc_id;
 pub use ingest::{IngestEffects, IngestOwners, IngestTotals};
@@ -168,6 +176,9 @@ pub struct Applier<'a, S: StateRead + ?Sized> {
     journal: bool,
     /// The largest document the current event may leave behind.
     document_bytes_max: u64,
+    /// Class records read in this batch (see `class_rules`): emptied by
+    /// every write of one and every rollback.
+    classes: HashMap<String, Option<Arc<ingest::ClassRulesRecord>>>,
 }
 
 /// The writes an applier produced: `None` deletes the key.
@@ -189,6 +200,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
             undo: Undo::default(),
             journal: true,
             document_bytes_max: bounds::DOCUMENT_BYTES_MAX,
+            classes: HashMap::new(),
         }
     }
 
@@ -225,6 +237,9 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
 
     /// Every write goes through here, recording what it replaced.
     fn write(&mut self, cf: Cf, key: Vec<u8>, value: Option<Vec<u8>>) {
+        if cf == Cf::Ingest && key.first() == Some(&keys::ingest::CLASS_PREFIX) {
+            self.classes.clear();
+        }
         if !self.journal {
             self.overlay.insert((cf, key), value);
             return;
@@ -442,7 +457,12 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
                 failing,
                 reason,
             } => {
-                self.apply_config_sync_state(req.at_ms, *node, name, *version, *failing, reason)?
+                match self
+                    .apply_config_sync_state(req.at_ms, *node, name, *version, *failing, reason)?
+                {
+                    Outcome::Done => self.apply_class_exclusion(*node, name, *failing)?,
+                    refused => refused,
+                }
             }
             Event::StatIncremented {
                 id,

@@ -128,8 +128,22 @@ pub struct Device {
     /// When a command of it last changed; absent before its first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_command_ms: Option<u64>,
+    /// Values its class's accepted configuration refused; absent before
+    /// the first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected_total: Option<u64>,
+    /// The latest of those refusals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rejected: Option<DeviceRejection>,
     #[serde(flatten)]
     pub other: OtherFields,
+}
+
+/// Why a device's value was last refused by its class, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceRejection {
+    pub reason: String,
+    pub at_ms: u64,
 }
 
 impl Document for Device {

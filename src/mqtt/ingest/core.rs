@@ -354,8 +354,7 @@ impl Core {
     }
 
     fn owns(&self, device: &str) -> bool {
-        self.owners.epoch > 0
-            && utopia_storage::ingest::owner_of(device, &self.owners.members) == Some(self.node_id)
+        self.owners.epoch > 0 && self.owners.owner(device) == Some(self.node_id)
     }
 
     fn reject(&mut self, m: &Incoming, bad: &BadMessage) {

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utopia_raft::event::{Outcome, Rejection, StatCounter};
 
+use super::class_rules::{self, ClassCheck};
 use super::{bounds, content, Applier, ApplyError, StateRead};
 use crate::codec;
 use crate::documents::{self, Device, DeviceCommand};
@@ -113,15 +114,26 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         };
         bounds::check_json_depth(json_text, bounds::JSON_DEPTH_MAX)
             .or_else(|e| content(format!("command payload: {e}")))?;
-        if serde_json::from_str::<Value>(json_text).is_err() {
+        let Ok(payload) = serde_json::from_str::<Value>(json_text) else {
             return Ok(Outcome::Rejected(Rejection::Invalid(
                 "command payload is not JSON".into(),
             )));
-        }
+        };
         if post_type.is_empty() || post_type.contains(['/', '+', '#', '\0']) {
             return Ok(Outcome::Rejected(Rejection::Invalid(format!(
                 "command post_type {post_type:?} must be one topic level"
             ))));
+        }
+        let checked = match self.class_check(&doc.class)? {
+            ClassCheck::Untyped => Ok(()),
+            ClassCheck::Refused(reason) => Err(Rejection::FailedPrecondition(reason)),
+            ClassCheck::Typed(record) => {
+                class_rules::check_command(&doc.class, &record, post_type, &payload)
+                    .map_err(Rejection::Invalid)
+            }
+        };
+        if let Err(rejection) = checked {
+            return Ok(Outcome::Rejected(rejection));
         }
         if let Some(why) = self.command_refusal(at_ms)? {
             return Ok(Outcome::Rejected(Rejection::Quota(why)));

@@ -4,8 +4,10 @@
 use serde_json::{Map, Value};
 use utopia_raft::event::{DeviceData, Outcome, Rejection};
 
+use super::class_rules::{self, ClassCheck};
 use super::{bounds, content, Applier, ApplyError, StateRead};
-use crate::documents::{self, Device, LastValue, OtherFields, Zone};
+use crate::codec;
+use crate::documents::{self, Device, DeviceRejection, LastValue, OtherFields, Zone};
 use crate::keys::{self, Cf, DeviceIndex};
 
 impl<S: StateRead + ?Sized> Applier<'_, S> {
@@ -49,6 +51,8 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
                     first_seen_ms: at_ms,
                     last_seen_ms: at_ms,
                     last_command_ms: None,
+                    rejected_total: None,
+                    last_rejected: None,
                     other: OtherFields::new(),
                 };
                 self.put(
@@ -111,11 +115,41 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         Ok(())
     }
 
+    /// Device data reported through the API ([`Event::DeviceDataUpdated`]);
+    /// a refusal by the device's class is counted like an ingest item's.
+    ///
+    /// [`Event::DeviceDataUpdated`]: utopia_raft::event::Event::DeviceDataUpdated
     pub(super) fn apply_device_data(
         &mut self,
         at_ms: u64,
         d: &DeviceData,
     ) -> Result<Outcome, ApplyError> {
+        Ok(match self.device_data(at_ms, d)? {
+            DataApplied::Stored(id) => Outcome::Device { id },
+            DataApplied::Refused(rejection) => Outcome::Rejected(rejection),
+            DataApplied::ClassRefused(rejection) => {
+                let mut totals = self.ingest_totals()?;
+                totals.class_refused += 1;
+                self.put(
+                    Cf::Ingest,
+                    keys::ingest::TOTALS.to_vec(),
+                    codec::encode(&totals),
+                );
+                Outcome::Rejected(rejection)
+            }
+        })
+    }
+
+    /// Stores a device's data (registering the device where it is new),
+    /// typed by its class when the class has an accepted configuration. A
+    /// value the class refuses changes nothing but the device's refusal
+    /// count and last refusal, when the device exists; counting it
+    /// cluster-wide is the caller's.
+    pub(super) fn device_data(
+        &mut self,
+        at_ms: u64,
+        d: &DeviceData,
+    ) -> Result<DataApplied, ApplyError> {
         // The entrances check these first; a committed entry may still come
         // from an older build or a forwarded proposal.
         bounds::check_path_segments(d.path.len())
@@ -129,10 +163,30 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         if d.post_type.is_empty() {
             return content("empty post_type");
         }
+        let typed = match self.class_check(&d.class)? {
+            ClassCheck::Untyped => Ok(value),
+            ClassCheck::Refused(reason) => Err(Rejection::FailedPrecondition(reason)),
+            ClassCheck::Typed(record) => {
+                class_rules::type_post(&d.class, &record, &d.post_type, &d.path, value)
+                    .map_err(Rejection::Invalid)
+            }
+        };
+        let value = match typed {
+            Ok(value) => value,
+            Err(rejection) => {
+                let id = device_doc_id(&d.host, &d.class, &d.device_id);
+                let reason = match &rejection {
+                    Rejection::Invalid(r) | Rejection::FailedPrecondition(r) => r.clone(),
+                    other => other.to_string(),
+                };
+                self.note_device_refusal(at_ms, &id, &reason)?;
+                return Ok(DataApplied::ClassRefused(rejection));
+            }
+        };
         let (id, mut doc) =
             match self.register_device(at_ms, &d.host, &d.zone, &d.class, &d.device_id, false)? {
                 Ok(registered) => registered,
-                Err(rejection) => return Ok(Outcome::Rejected(rejection)),
+                Err(rejection) => return Ok(DataApplied::Refused(rejection)),
             };
         set_path(
             &mut doc.data,
@@ -147,8 +201,41 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         doc.last
             .insert(d.post_type.clone(), documents::entry(&last));
         self.put_doc(&id, doc)?;
-        Ok(Outcome::Device { id })
+        Ok(DataApplied::Stored(id))
     }
+
+    /// Counts a refusal of device data by its class in the device's
+    /// document, if the device exists (a refused value registers nothing).
+    fn note_device_refusal(
+        &mut self,
+        at_ms: u64,
+        id: &str,
+        reason: &str,
+    ) -> Result<(), ApplyError> {
+        let Some(mut doc) = self.get_doc::<Device>(id)? else {
+            return Ok(());
+        };
+        doc.rejected_total = Some(doc.rejected_total.unwrap_or(0).saturating_add(1));
+        doc.last_rejected = Some(DeviceRejection {
+            reason: reason.to_string(),
+            at_ms,
+        });
+        self.put_doc(id, doc)?;
+        Ok(())
+    }
+}
+
+/// What device data came to.
+pub(super) enum DataApplied {
+    /// Stored in the device's document (its id).
+    Stored(String),
+    /// Refused by a quota; nothing written.
+    Refused(Rejection),
+    /// Refused by the device's class: a value it does not allow
+    /// (`Invalid`), or no accepted configuration under
+    /// `configs.require_class` (`FailedPrecondition`); only the device's
+    /// refusal count written.
+    ClassRefused(Rejection),
 }
 
 /// A registered device: its document id and its document.

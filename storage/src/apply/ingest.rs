@@ -3,11 +3,15 @@
 //! within the window), whose items become device events and command
 //! replies.
 
+use std::collections::BTreeMap;
+use std::fmt;
+
 use serde::{Deserialize, Serialize};
 use utopia_raft::event::{
     Bytes, ClassRules, IngestBody, IngestItem, IngestMember, Outcome, Rejection, Request,
 };
 
+use super::devices::DataApplied;
 use super::{content, Applier, ApplyError, StateRead};
 use crate::codec;
 use crate::keys::{self, Cf};
@@ -17,11 +21,57 @@ use crate::StoreError;
 const DEDUPE_EXPIRED_PER_BATCH_MAX: usize = 512;
 
 /// The members that own topics, and since when (`epoch`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct IngestOwners {
     pub epoch: u64,
     pub members: Vec<IngestMember>,
     pub dedupe_window_ms: u64,
+    /// Per device class, the members that could not write and verify its
+    /// accepted configuration ([`Event::ConfigSyncState`]): they own none
+    /// of its devices while another member can. Sorted, no duplicates.
+    ///
+    /// [`Event::ConfigSyncState`]: utopia_raft::event::Event::ConfigSyncState
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub excluded: BTreeMap<String, Vec<u64>>,
+}
+
+impl IngestOwners {
+    /// The member that owns the device `device_doc_id`: rendezvous hashing
+    /// over the members, leaving out those excluded for the device's class,
+    /// unless that would leave no member able to own it (then all members
+    /// take part, as before the exclusion).
+    pub fn owner(&self, device_doc_id: &str) -> Option<u64> {
+        let excluded = super::device_class(device_doc_id)
+            .and_then(|class| self.excluded.get(class))
+            .filter(|nodes| !nodes.is_empty());
+        if let Some(excluded) = excluded {
+            let kept: Vec<IngestMember> = self
+                .members
+                .iter()
+                .filter(|m| !excluded.contains(&m.node_id))
+                .cloned()
+                .collect();
+            if let Some(owner) = crate::ingest::owner_of(device_doc_id, &kept) {
+                return Some(owner);
+            }
+        }
+        crate::ingest::owner_of(device_doc_id, &self.members)
+    }
+}
+
+// Shows `excluded` only when it is set, like the stored form: the
+// records of builds before it read and show the same.
+impl fmt::Debug for IngestOwners {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("IngestOwners");
+        d.field("epoch", &self.epoch)
+            .field("members", &self.members)
+            .field("dedupe_window_ms", &self.dedupe_window_ms);
+        if !self.excluded.is_empty() {
+            d.field("excluded", &self.excluded);
+        }
+        d.finish()
+    }
 }
 
 /// The accepted configuration of a device class (under
@@ -38,7 +88,7 @@ pub struct ClassRulesRecord {
 
 /// Cluster-wide ingest counts, kept in the log's state so that every node
 /// reports the same figures.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct IngestTotals {
     /// Items that became device events.
     pub applied: u64,
@@ -56,6 +106,33 @@ pub struct IngestTotals {
     /// counted in `dropped`).
     #[serde(default)]
     pub over_quota: u64,
+    /// Device data refused by its class's accepted configuration (an
+    /// undeclared post type, a value of the wrong type or out of range), or
+    /// for a class without one under `configs.require_class`. Items in a
+    /// batch are also counted in `dropped`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub class_refused: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+// Shows `class_refused` only when it is set, like the stored form.
+impl fmt::Debug for IngestTotals {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("IngestTotals");
+        d.field("applied", &self.applied)
+            .field("suppressed", &self.suppressed)
+            .field("dropped", &self.dropped)
+            .field("stale_batches", &self.stale_batches)
+            .field("replies_ignored", &self.replies_ignored)
+            .field("over_quota", &self.over_quota);
+        if self.class_refused != 0 {
+            d.field("class_refused", &self.class_refused);
+        }
+        d.finish()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +156,8 @@ enum ItemOutcome {
     Dropped,
     /// Device data for a new device past its host's quota: dropped.
     OverQuota,
+    /// Device data its class refuses: dropped.
+    ClassRefused,
     /// A reply to a command that is unknown or already settled.
     Ignored,
 }
@@ -108,7 +187,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
             .unwrap_or_default())
     }
 
-    fn ingest_totals(&self) -> Result<IngestTotals, StoreError> {
+    pub(super) fn ingest_totals(&self) -> Result<IngestTotals, StoreError> {
         Ok(self
             .get_dec(Cf::Ingest, keys::ingest::TOTALS)?
             .unwrap_or_default())
@@ -144,6 +223,8 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
             epoch,
             members: members.to_vec(),
             dedupe_window_ms,
+            // Set by the members' configuration sync, not by membership.
+            excluded: current.excluded,
         };
         self.put(
             Cf::Ingest,
@@ -185,7 +266,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
                 return content("ingest digest must be 16 bytes");
             };
             let device = item_device(&item.body);
-            if crate::ingest::owner_of(&device, &owners.members) != Some(proposer) {
+            if owners.owner(&device) != Some(proposer) {
                 return content(format!(
                     "node {proposer} does not own device {device:?} in epoch {epoch}"
                 ));
@@ -224,10 +305,11 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
             // and the items beside it apply.
             let sp = self.savepoint();
             let result = match &item.body {
-                IngestBody::Data(d) => self.apply_device_data(at_ms, d).map(|o| match o {
-                    Outcome::Rejected(Rejection::Quota(_)) => ItemOutcome::OverQuota,
-                    Outcome::Rejected(_) => ItemOutcome::Dropped,
-                    _ => ItemOutcome::Applied,
+                IngestBody::Data(d) => self.device_data(at_ms, d).map(|o| match o {
+                    DataApplied::Stored(_) => ItemOutcome::Applied,
+                    DataApplied::Refused(Rejection::Quota(_)) => ItemOutcome::OverQuota,
+                    DataApplied::Refused(_) => ItemOutcome::Dropped,
+                    DataApplied::ClassRefused(_) => ItemOutcome::ClassRefused,
                 }),
                 IngestBody::Reply {
                     host,
@@ -254,6 +336,10 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
                 Ok(ItemOutcome::Dropped) => dropped += 1,
                 Ok(ItemOutcome::OverQuota) => {
                     totals.over_quota += 1;
+                    dropped += 1;
+                }
+                Ok(ItemOutcome::ClassRefused) => {
+                    totals.class_refused += 1;
                     dropped += 1;
                 }
                 Ok(ItemOutcome::Ignored) => totals.replies_ignored += 1,

@@ -17,6 +17,9 @@ enum Step {
     /// New owners in the store; `applied`: their event is applied here
     /// (else this node has not applied it yet).
     Owners(u64, Vec<u64>, bool),
+    /// New owners, applied here, whose second list is excluded from the
+    /// devices' class.
+    OwnersExcluding(u64, Vec<u64>, Vec<u64>),
     /// Bridge, generation, and whether the core has heard of it yet.
     Connect(usize, u64, bool),
     Disconnect(usize),
@@ -113,6 +116,9 @@ fn run(rows: Vec<Row>) {
             match step.clone() {
                 At(ms) => sim.at(ms),
                 Owners(epoch, ids, applied) => sim.set_owners(epoch, &ids, applied),
+                OwnersExcluding(epoch, ids, excluded) => {
+                    sim.set_owners_excluding(epoch, &ids, &excluded, true)
+                }
                 Connect(bridge, generation, told) => sim.connect(bridge, generation, told),
                 Disconnect(bridge) => sim.bridge_event(BridgeEvent::Disconnected {
                     bridge,
@@ -217,6 +223,50 @@ fn owned_copies_are_batched_proposed_and_acknowledged_only_once_applied() {
                     Apply(vec![b(1)]),
                     Acked(vec![2]),
                     Pending(1),
+                ]
+            },
+        ),
+        row(
+            "a member excluded from a class proposes none of its devices; another takes them",
+            {
+                let (a, b) = devices();
+                vec![
+                    OwnersExcluding(1, vec![1, 2], vec![2]),
+                    recv(a(1), 1),
+                    recv(b(1), 2),
+                    At(5),
+                    Proposed(0, 1, vec![(a(1), New), (b(1), New)]),
+                    Proposals(1),
+                ]
+            },
+        ),
+        row(
+            "this member excluded: it holds every copy until another commits it",
+            {
+                let (a, b) = devices();
+                vec![
+                    OwnersExcluding(1, vec![1, 2], vec![1]),
+                    recv(a(1), 1),
+                    recv(b(1), 2),
+                    At(5),
+                    Proposals(0),
+                    Pending(2),
+                    Apply(vec![a(1)]),
+                    Acked(vec![1]),
+                ]
+            },
+        ),
+        row(
+            "every member excluded: ownership as without exclusions",
+            {
+                let (a, b) = devices();
+                vec![
+                    OwnersExcluding(1, vec![1, 2], vec![1, 2]),
+                    recv(a(1), 1),
+                    recv(b(1), 2),
+                    At(5),
+                    Proposed(0, 1, vec![(a(1), New)]),
+                    Proposals(1),
                 ]
             },
         ),

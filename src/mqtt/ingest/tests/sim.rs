@@ -33,6 +33,15 @@ pub fn digest_of(m: u32) -> [u8; 16] {
     utopia_storage::ingest::digest(&topic_of(m), &payload_of(m))
 }
 
+/// Owners of epoch 1: `ids`, weight 1 each, nothing excluded.
+pub fn owners_of(ids: &[u64]) -> IngestOwners {
+    IngestOwners {
+        epoch: 1,
+        members: members(ids),
+        ..IngestOwners::default()
+    }
+}
+
 pub fn members(ids: &[u64]) -> Vec<IngestMember> {
     ids.iter()
         .map(|id| IngestMember {
@@ -47,7 +56,7 @@ pub fn device_owned_by(node: u64, ids: &[u64]) -> u32 {
     (1..)
         .find(|d| {
             let doc = utopia_storage::apply::device_doc_id("h", "c", &d.to_string());
-            utopia_storage::ingest::owner_of(&doc, &members(ids)) == Some(node)
+            owners_of(ids).owner(&doc) == Some(node)
         })
         .expect("some device")
 }
@@ -245,11 +254,29 @@ impl Sim {
     }
 
     pub fn set_owners(&mut self, epoch: u64, ids: &[u64], applied: bool) {
+        self.set_owners_excluding(epoch, ids, &[], applied);
+    }
+
+    /// Owners whose members `excluded` own no device of class `c` (the
+    /// class of every simulated device) while another member can.
+    pub fn set_owners_excluding(
+        &mut self,
+        epoch: u64,
+        ids: &[u64],
+        excluded: &[u64],
+        applied: bool,
+    ) {
         self.owners = IngestOwners {
             epoch,
             members: members(ids),
             dedupe_window_ms: 0,
+            excluded: Default::default(),
         };
+        if !excluded.is_empty() {
+            self.owners
+                .excluded
+                .insert("c".to_string(), excluded.to_vec());
+        }
         if applied {
             self.apply(&[], true, false);
         }

@@ -146,6 +146,7 @@ fn device(zone: &str, post_type: &str, path: &[&str], json: &str) -> Event {
 
 mod alarm;
 mod auth;
+mod class_rules;
 mod content_errors;
 mod documents;
 mod ingest_events;
