@@ -345,6 +345,13 @@ fn a_member_that_cannot_write_its_directory_is_marked_failing_until_it_can() {
     );
     assert!(counter(&c.nodes[2].addr, "config_write_failures_total") >= 3);
     assert!(!c.dirs[2].join("thermostat.xml").exists());
+    // Ingest ownership keeps the class's devices from member 3 (a new
+    // owners epoch on every member).
+    for n in &c.nodes {
+        wait_for("member 3 excluded from the class", DEADLINE, || {
+            (counter(&n.addr, "cluster_ingest_excluded_members") == 1).then_some(())
+        });
+    }
 
     // Nothing else stops: writes go on, through the failing member too.
     c.nodes[2].cli_ok(&["put", "k/after", "v"]);
@@ -360,6 +367,9 @@ fn a_member_that_cannot_write_its_directory_is_marked_failing_until_it_can() {
             .then_some(())
     });
     c.on_every_disk("thermostat.xml", &h1);
+    wait_for("member 3 owns devices of the class again", DEADLINE, || {
+        (counter(&c.nodes[0].addr, "cluster_ingest_excluded_members") == 0).then_some(())
+    });
     wait_for("member 3's warning cleared", DEADLINE, || {
         let f = c.nodes[0].cli_json(&["doc", "get", "fellows", "3"]);
         f["document"]["config_failing"]

@@ -115,6 +115,12 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
                 if let Ok(o) = self.node.reader.ingest_owners() {
                     c.insert("cluster_ingest_owner_epoch".into(), o.epoch);
                     c.insert("cluster_ingest_owners".into(), o.members.len() as u64);
+                    // Members a class's devices are kept from, because they
+                    // cannot hold its accepted configuration.
+                    c.insert(
+                        "cluster_ingest_excluded_members".into(),
+                        o.excluded.values().map(|m| m.len() as u64).sum(),
+                    );
                 }
                 c.into_iter().collect()
             },
