@@ -4,7 +4,7 @@
 //!
 //! The file: a magic line (its last digit is the format), a length-prefixed
 //! CBOR [`Manifest`], the state machine's snapshot stream (the same records
-//! and trailer Raft snapshots use, see [`crate::snapshot`]), then the
+//! and trailer Raft snapshots use, see `snapshot.rs`), then the
 //! 32-byte blake3 of every byte before it. A backup is read twice: once to
 //! check the final hash, then to read the records (whose own trailer is
 //! checked again).
