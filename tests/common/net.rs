@@ -53,12 +53,24 @@ pub fn free_addr_on(ip: IpAddr) -> String {
     use std::hash::BuildHasher;
     use std::sync::atomic::{AtomicU64, Ordering};
     static PICKS: AtomicU64 = AtomicU64::new(0);
+    // Ports handed out by this process: a server binds its port a moment
+    // after the pick, so the bind test alone could hand one port to two
+    // tests running side by side.
+    static GIVEN: std::sync::Mutex<BTreeSet<(IpAddr, u16)>> =
+        std::sync::Mutex::new(BTreeSet::new());
     let random = std::collections::hash_map::RandomState::new();
     for _ in 0..1000 {
         let pick = random.hash_one((std::process::id(), PICKS.fetch_add(1, Ordering::Relaxed)));
         let span = u64::from(LISTEN_PORTS.end - LISTEN_PORTS.start);
         let port = LISTEN_PORTS.start + (pick % span) as u16;
+        let mut given = GIVEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if given.contains(&(ip, port)) {
+            continue;
+        }
         if let Ok(l) = std::net::TcpListener::bind((ip, port)) {
+            given.insert((ip, port));
             return l.local_addr().expect("local address").to_string();
         }
     }
