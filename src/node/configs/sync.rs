@@ -90,6 +90,20 @@ struct Writer {
     reported: Option<(Instant, bool)>,
 }
 
+impl Writer {
+    /// A writer for `version` with content `hash`, due now.
+    fn new(version: u64, hash: &str, now: Instant) -> Self {
+        Writer {
+            version,
+            hash: hash.to_owned(),
+            failures: 0,
+            next_at: now,
+            last_error: String::new(),
+            reported: None,
+        }
+    }
+}
+
 struct Sync {
     node: Arc<Node>,
     me: u64,
@@ -478,23 +492,9 @@ impl Sync {
             let writer = self
                 .writers
                 .entry(doc.name.clone())
-                .or_insert_with(|| Writer {
-                    version: doc.version,
-                    hash: doc.hash.clone(),
-                    failures: 0,
-                    next_at: now,
-                    last_error: String::new(),
-                    reported: None,
-                });
+                .or_insert_with(|| Writer::new(doc.version, &doc.hash, now));
             if writer.version != doc.version || writer.hash != doc.hash {
-                *writer = Writer {
-                    version: doc.version,
-                    hash: doc.hash.clone(),
-                    failures: 0,
-                    next_at: now,
-                    last_error: String::new(),
-                    reported: None,
-                };
+                *writer = Writer::new(doc.version, &doc.hash, now);
             }
             if !core::needs_write(&applied, doc, on_disk) {
                 writer.failures = 0;
