@@ -100,6 +100,7 @@ pub use kv::{
     TOUCHED_ITEM_OVERHEAD_BYTES,
 };
 pub use lease::LeaseRecord;
+pub use stats::{STATS_COMMAND_BYTES_MAX, STATS_USED_MAX};
 
 use documents::DocCache;
 use journal::Undo;
@@ -144,29 +145,13 @@ pub type ScanIter<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), Store
 /// Key-value pairs of one column family, in key order.
 pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 
-/// Limits the applier enforces on events that would otherwise grow without
-/// bound. They are part of the replicated behaviour: every replica must use
-/// the same values.
-#[derive(Debug, Clone, Copy)]
-pub struct ApplyLimits {
-    /// Days of per-day statistics kept in a stats document.
-    pub stat_days_max: usize,
-}
-
-impl Default for ApplyLimits {
-    fn default() -> Self {
-        Self { stat_days_max: 366 }
-    }
-}
-
 /// Applies a batch of events over a base state, collecting the writes.
 pub struct Applier<'a, S: StateRead + ?Sized> {
     base: &'a S,
     overlay: BTreeMap<(Cf, Vec<u8>), Option<Vec<u8>>>,
-    /// Device and zone documents written in this batch, decoded.
+    /// Device, zone and stats documents written in this batch, decoded.
     docs: DocCache,
     changes: Vec<FeedChange>,
-    limits: ApplyLimits,
     effects: IngestEffects,
     /// What the current event replaced, newest last, so that a rejected
     /// event (or ingest item) can be rolled back to a [`Savepoint`].
@@ -186,16 +171,11 @@ pub type Writes = BTreeMap<(Cf, Vec<u8>), Option<Vec<u8>>>;
 
 impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
     pub fn new(base: &'a S) -> Self {
-        Self::with_limits(base, ApplyLimits::default())
-    }
-
-    pub fn with_limits(base: &'a S, limits: ApplyLimits) -> Self {
         Self {
             base,
             overlay: BTreeMap::new(),
             docs: DocCache::default(),
             changes: Vec::new(),
-            limits,
             effects: IngestEffects::default(),
             undo: Undo::default(),
             journal: true,
@@ -397,6 +377,30 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
             revision: self.get_i64(meta::REVISION)?,
             outcome,
         })
+    }
+
+    /// Applies one log entry's event, written by member `leader` in
+    /// `term`, and counts it in that member's stats (`stats`): what the
+    /// state machine calls, where [`Applier::apply`] knows no log.
+    pub fn apply_entry(
+        &mut self,
+        term: u64,
+        leader: u64,
+        req: &Request,
+    ) -> Result<Response, StoreError> {
+        let response = self.apply(req)?;
+        // The event is settled: its count is not part of it.
+        self.journal = false;
+        match self.count_entry(term, leader, req, &response.outcome) {
+            Ok(()) => {}
+            Err(ApplyError::Store(e)) => return Err(e),
+            // A stats document that does not decode is the same on every
+            // replica: the count is left out alike everywhere.
+            Err(ApplyError::Content(reason)) => {
+                tracing::debug!(leader, reason, "count a proposal in its leader's stats");
+            }
+        }
+        Ok(response)
     }
 
     fn apply_event(&mut self, req: &Request) -> Result<Outcome, ApplyError> {

@@ -419,27 +419,63 @@ pub enum ConfigState {
     Rejected,
 }
 
-/// Statistics of one (type, id) pair, `${type}/${id}`: per-day counts and
-/// the aggregates seed 000 asks for, derived from them.
+/// Statistics of one (type, id) pair, `${type}/${id}` (seed 000): the
+/// uses (time and command, newest kept), today's attempts and failures,
+/// and their averages per day, ISO week, month and year, counted in UTC
+/// from the first counted day to the day of the latest event, idle ones
+/// included. The state behind them is bounded: totals, the first and the
+/// current day, and a few named counters (see `apply/stats.rs` and the
+/// README's "Statistics").
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
     pub id: String,
     #[serde(rename = "type")]
     pub kind: String,
+    /// The time of the latest event counted.
     pub used_ms: u64,
+    /// What the (type, id) was used for, oldest first, at most
+    /// [`crate::apply::STATS_USED_MAX`].
+    #[serde(default)]
+    pub used: Vec<StatUse>,
     pub today_attempts: u64,
     pub today_failures: u64,
-    /// Averages per day over the days kept.
+    /// Averages: the totals over the calendar days, ISO weeks, months and
+    /// years from `since` to `date`, both included.
     pub daily_attempts: f64,
     pub daily_failures: f64,
-    pub weekly_attempts: u64,
-    pub weekly_failures: u64,
-    pub monthly_attempts: u64,
-    pub monthly_failures: u64,
-    pub yearly_attempts: u64,
-    pub yearly_failures: u64,
-    /// Oldest first.
-    pub days: Vec<StatDay>,
+    pub weekly_attempts: f64,
+    pub weekly_failures: f64,
+    pub monthly_attempts: f64,
+    pub monthly_failures: f64,
+    pub yearly_attempts: f64,
+    pub yearly_failures: f64,
+    #[serde(default)]
+    pub total_attempts: u64,
+    #[serde(default)]
+    pub total_failures: u64,
+    /// The first day counted, in days since 1970-01-01 (UTC); `None` in a
+    /// document of a build before it (which has `days`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_day: Option<u64>,
+    /// The day `today_*` counts, in days since 1970-01-01 (UTC).
+    #[serde(default)]
+    pub day: u64,
+    /// `first_day` and `day` as dates (`YYYY-MM-DD`), for readers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub date: Option<String>,
+    /// The divisors of the averages.
+    #[serde(default)]
+    pub periods: StatPeriods,
+    /// What the attempts and failures are made of, by name (`messages`,
+    /// `commands_failed`, ...), with the same averages.
+    #[serde(default)]
+    pub counters: std::collections::BTreeMap<String, StatCount>,
+    /// Per-day counts, as builds before the totals kept them: folded into
+    /// the totals by the next event that counts here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub days: Option<Vec<StatDay>>,
     #[serde(flatten)]
     pub other: OtherFields,
 }
@@ -448,7 +484,37 @@ impl Document for Stats {
     const COLLECTION: Collection = Collection::Stats;
 }
 
-/// One day's counts in a [`Stats`] document (days since the Unix epoch).
+/// One use of a (type, id): when, and what (for a device command, its id,
+/// as in the device document's `commands`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatUse {
+    pub at_ms: u64,
+    pub command: String,
+}
+
+/// The calendar periods from the first counted day to the current one,
+/// both included.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatPeriods {
+    pub days: u64,
+    pub weeks: u64,
+    pub months: u64,
+    pub years: u64,
+}
+
+/// One named counter of a [`Stats`] document.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatCount {
+    pub today: u64,
+    pub total: u64,
+    pub daily: f64,
+    pub weekly: f64,
+    pub monthly: f64,
+    pub yearly: f64,
+}
+
+/// One day's counts in a [`Stats`] document of an older build (days since
+/// the Unix epoch).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatDay {
     pub day: u64,
@@ -498,8 +564,19 @@ mod tests {
             r#"{"decided_ms":2,"hash":"aa","id":"a@1","name":"a","note":"n","proposed_ms":1,"proposer":2,"reason":"r","state":"rejected","type":"config","version":1,"weight":2,"xml":"<x/>"}"#,
         );
         round_trip::<Stats>(
-            r#"{"daily_attempts":2.0,"daily_failures":0.3333333333333333,"days":[{"attempts":3,"day":20454,"failures":1},{"attempts":2,"day":20455,"extra":1,"failures":0}],"id":"1","monthly_attempts":5,"monthly_failures":1,"new":[],"today_attempts":2,"today_failures":0,"type":"fellow","used_ms":1,"weekly_attempts":5,"weekly_failures":1,"yearly_attempts":5,"yearly_failures":1}"#,
+            r#"{"counters":{"messages":{"daily":1.0,"monthly":2.0,"today":1,"total":2,"weekly":2.0,"yearly":2.0}},"daily_attempts":1.0,"daily_failures":0.0,"date":"2026-01-02","day":20455,"first_day":20454,"id":"1","monthly_attempts":2.0,"monthly_failures":0.0,"new":[],"periods":{"days":2,"months":1,"weeks":1,"years":1},"since":"2026-01-01","today_attempts":1,"today_failures":0,"total_attempts":2,"total_failures":0,"type":"device","used":[{"at_ms":5,"command":"data/t"}],"used_ms":5,"weekly_attempts":2.0,"weekly_failures":0.0,"yearly_attempts":2.0,"yearly_failures":0.0}"#,
         );
+        // A stats document of a build that kept per-day counts and whole
+        // weekly to yearly counts still decodes; its days are kept until
+        // the next count folds them in (`apply/stats.rs`).
+        let old = Stats::decode(
+            "fellow/1",
+            br#"{"daily_attempts":2.0,"daily_failures":0.3333333333333333,"days":[{"attempts":3,"day":20454,"failures":1},{"attempts":2,"day":20455,"extra":1,"failures":0}],"id":"1","monthly_attempts":5,"monthly_failures":1,"new":[],"today_attempts":2,"today_failures":0,"type":"fellow","used_ms":1,"weekly_attempts":5,"weekly_failures":1,"yearly_attempts":5,"yearly_failures":1}"#,
+        )
+        .unwrap();
+        assert_eq!(old.weekly_attempts, 5.0);
+        assert_eq!(old.days.as_ref().map(Vec::len), Some(2));
+        assert!(old.used.is_empty() && old.first_day.is_none());
     }
 
     #[test]

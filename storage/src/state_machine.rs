@@ -413,7 +413,10 @@ impl StateMachine {
             last_applied = Some(entry.log_id());
             let response = match &entry.payload {
                 EntryPayload::Blank => Response::default(),
-                EntryPayload::Normal(req) => applier.apply(req)?,
+                EntryPayload::Normal(req) => {
+                    let leader = entry.log_id().leader_id;
+                    applier.apply_entry(leader.term, leader.node_id, req)?
+                }
                 EntryPayload::Membership(m) => {
                     last_membership = Some(StoredMembershipOf::<TypeConfig>::new(
                         Some(entry.log_id()),

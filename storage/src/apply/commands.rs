@@ -4,9 +4,10 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utopia_raft::event::{Outcome, Rejection, StatCounter};
+use utopia_raft::event::{Outcome, Rejection};
 
 use super::class_rules::{self, ClassCheck};
+use super::stats::{Counter, StatDelta};
 use super::{bounds, content, Applier, ApplyError, StateRead};
 use crate::codec;
 use crate::documents::{self, Device, DeviceCommand};
@@ -187,7 +188,11 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         c.attempts = attempt;
         c.last_attempt_ms = at_ms;
         self.put_command(at_ms, &c)?;
-        self.apply_stat(at_ms, &c.device, "device", StatCounter::Attempts, 1)?;
+        let mut delta = StatDelta::default();
+        delta
+            .add(Counter::Commands, 1)
+            .used(format!("command/{id}"));
+        self.count_stats(at_ms, "device", &c.device, &delta)?;
         Ok(Outcome::Command { id })
     }
 
@@ -231,7 +236,11 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
             Err(reason) => {
                 c.state = CommandState::Failed;
                 c.reason = Some(reason.to_string());
-                self.apply_stat(at_ms, &c.device, "device", StatCounter::Failures, 1)?;
+                let mut delta = StatDelta::default();
+                delta
+                    .add(Counter::CommandsFailed, 1)
+                    .used(format!("command/{id}/failed"));
+                self.count_stats(at_ms, "device", &c.device, &delta)?;
             }
         }
         self.count_command(id, Some(at_ms))?;

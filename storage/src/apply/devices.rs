@@ -5,6 +5,7 @@ use serde_json::{Map, Value};
 use utopia_raft::event::{DeviceData, Outcome, Rejection};
 
 use super::class_rules::{self, ClassCheck};
+use super::stats::{Counter, StatDelta};
 use super::{bounds, content, Applier, ApplyError, StateRead};
 use crate::codec;
 use crate::documents::{self, Device, DeviceRejection, LastValue, OtherFields, Zone};
@@ -124,7 +125,12 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         at_ms: u64,
         d: &DeviceData,
     ) -> Result<Outcome, ApplyError> {
-        Ok(match self.device_data(at_ms, d)? {
+        let applied = self.device_data(at_ms, d)?;
+        let id = device_doc_id(&d.host, &d.class, &d.device_id);
+        let mut tally = DeviceTally::default();
+        tally.message(&d.post_type, !matches!(applied, DataApplied::Stored(_)));
+        self.count_device_messages(at_ms, &id, &tally)?;
+        Ok(match applied {
             DataApplied::Stored(id) => Outcome::Device { id },
             DataApplied::Refused(rejection) => Outcome::Rejected(rejection),
             DataApplied::ClassRefused(rejection) => {
@@ -222,6 +228,60 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         });
         self.put_doc(id, doc)?;
         Ok(())
+    }
+}
+
+/// The messages of one device in an event or an ingest batch, counted
+/// into its stats once.
+#[derive(Debug, Default)]
+pub(super) struct DeviceTally {
+    messages: u64,
+    rejected: u64,
+    used: StatDelta,
+}
+
+impl DeviceTally {
+    /// A message with `post_type` (empty: not known, such as a message
+    /// refused by its owner), `rejected` or not.
+    pub(super) fn message(&mut self, post_type: &str, rejected: bool) {
+        self.messages += 1;
+        let what = if post_type.is_empty() {
+            "message"
+        } else {
+            post_type
+        };
+        if rejected {
+            self.rejected += 1;
+            self.used.used(format!("rejected/{what}"));
+        } else {
+            self.used.used(format!("data/{what}"));
+        }
+    }
+
+    /// A device's reply to command `id`.
+    pub(super) fn reply(&mut self, id: u64) {
+        self.messages += 1;
+        self.used.used(format!("reply/{id}"));
+    }
+}
+
+impl<S: StateRead + ?Sized> Applier<'_, S> {
+    /// Counts a device's messages in its stats, if the device exists (a
+    /// message refused before registering its device counts nowhere).
+    pub(super) fn count_device_messages(
+        &mut self,
+        at_ms: u64,
+        device: &str,
+        tally: &DeviceTally,
+    ) -> Result<(), ApplyError> {
+        if tally.messages == 0 || self.get_doc::<Device>(device)?.is_none() {
+            return Ok(());
+        }
+        let mut delta = tally.used.clone();
+        delta
+            .add(Counter::Messages, tally.messages)
+            .add(Counter::MessagesRejected, tally.rejected);
+        self.count_stats(at_ms, "device", device, &delta)
     }
 }
 

@@ -1,5 +1,5 @@
 //! Documents: how the applier reads and writes them (the batch's cache of
-//! decoded devices and zones, the size limit), and applying the events of
+//! decoded devices, zones and stats, the size limit), and applying the events of
 //! the cluster's own collections (fellows, database servers, XML
 //! configurations). The document types are [`crate::documents`].
 
@@ -14,7 +14,7 @@ use crate::documents::{
 };
 use crate::keys::{self, Cf};
 
-/// Device and zone documents written in this batch, decoded: an ingest
+/// Device, zone and stats documents written in this batch, decoded: an ingest
 /// batch updates each device many times, and each document is parsed once
 /// and encoded once (into the writes, when the batch finishes). Nothing in
 /// the applier reads these collections but through [`Applier::get_doc`].
@@ -22,6 +22,8 @@ use crate::keys::{self, Cf};
 pub(super) struct DocCache {
     devices: HashMap<String, Device>,
     zones: HashMap<String, Zone>,
+    /// Counted into by many events of a batch (see `stats`).
+    stats: HashMap<String, Stats>,
 }
 
 /// What the cache held for a document before a write. Entries live in the
@@ -31,6 +33,7 @@ pub(super) struct DocCache {
 pub(super) enum CachedBefore {
     Device(String, Option<Device>),
     Zone(String, Option<Zone>),
+    Stats(String, Option<Stats>),
 }
 
 impl DocCache {
@@ -40,7 +43,10 @@ impl DocCache {
             ((D::COLLECTION.cf(), id.into_bytes()), doc.encode())
         }
         let devices = self.devices.into_iter().map(encoded);
-        devices.chain(self.zones.into_iter().map(encoded))
+        let zones = self.zones.into_iter().map(encoded);
+        devices
+            .chain(zones)
+            .chain(self.stats.into_iter().map(encoded))
     }
 
     /// Puts back what a document was before a write.
@@ -54,12 +60,13 @@ impl DocCache {
         match before {
             CachedBefore::Device(id, old) => put_back(&mut self.devices, id, old),
             CachedBefore::Zone(id, old) => put_back(&mut self.zones, id, old),
+            CachedBefore::Stats(id, old) => put_back(&mut self.stats, id, old),
         }
     }
 }
 
 /// How the applier keeps one kind of document: in the batch's cache
-/// (devices and zones), or written to the overlay at once (the rest).
+/// (devices, zones and stats), or written to the overlay at once (the rest).
 pub(super) trait Stored: Document {
     fn cached(_docs: &DocCache) -> Option<&HashMap<String, Self>> {
         None
@@ -111,7 +118,20 @@ impl Stored for Zone {
 impl Stored for Fellow {}
 impl Stored for DbServer {}
 impl Stored for XmlConfig {}
-impl Stored for Stats {}
+impl Stored for Stats {
+    fn cached(docs: &DocCache) -> Option<&HashMap<String, Self>> {
+        Some(&docs.stats)
+    }
+
+    fn cached_mut(
+        docs: &mut DocCache,
+    ) -> Option<(
+        &mut HashMap<String, Self>,
+        fn(String, Option<Self>) -> CachedBefore,
+    )> {
+        Some((&mut docs.stats, CachedBefore::Stats))
+    }
+}
 
 impl<S: StateRead + ?Sized> Applier<'_, S> {
     /// A document as the batch left it. One that does not decode was

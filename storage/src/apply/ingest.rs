@@ -11,7 +11,8 @@ use utopia_raft::event::{
     Bytes, ClassRules, IngestBody, IngestItem, IngestMember, Outcome, Rejection, Request,
 };
 
-use super::devices::DataApplied;
+use super::devices::{DataApplied, DeviceTally};
+use super::stats::{Counter, StatDelta};
 use super::{content, Applier, ApplyError, StateRead};
 use crate::codec;
 use crate::keys::{self, Cf};
@@ -259,6 +260,8 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         }
         self.expire_dedupe(at_ms.saturating_sub(owners.dedupe_window_ms))?;
         let (mut applied, mut suppressed, mut dropped) = (0u32, 0u32, 0u32);
+        // Each device's messages, counted into its stats once per batch.
+        let mut tallies: BTreeMap<String, DeviceTally> = BTreeMap::new();
         for item in items {
             // A malformed batch is rejected whole: the items before the bad
             // one are rolled back with it.
@@ -331,6 +334,18 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
                 }
                 IngestBody::Dropped { .. } => Ok(ItemOutcome::Dropped),
             };
+            let rejected = matches!(
+                result,
+                Ok(ItemOutcome::Dropped | ItemOutcome::OverQuota | ItemOutcome::ClassRefused)
+                    | Err(ApplyError::Content(_))
+            );
+            let tally = tallies.entry(device.clone()).or_default();
+            match &item.body {
+                IngestBody::Data(d) => tally.message(&d.post_type, rejected),
+                IngestBody::Reply { command_id, .. } if !rejected => tally.reply(*command_id),
+                IngestBody::Reply { .. } => tally.message("reply", true),
+                IngestBody::Dropped { .. } => tally.message("", true),
+            }
             match result {
                 Ok(ItemOutcome::Applied) => applied += 1,
                 Ok(ItemOutcome::Dropped) => dropped += 1,
@@ -351,6 +366,15 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
                 Err(e) => return Err(e),
             }
         }
+        for (device, tally) in &tallies {
+            self.count_device_messages(at_ms, device, tally)?;
+        }
+        let mut delta = StatDelta::default();
+        delta.add(Counter::MessagesIngested, u64::from(applied));
+        if applied > 0 {
+            delta.used("ingest");
+        }
+        self.count_stats(at_ms, "fellow", &proposer.to_string(), &delta)?;
         totals.applied += u64::from(applied);
         totals.suppressed += u64::from(suppressed);
         totals.dropped += u64::from(dropped);

@@ -122,8 +122,12 @@ fn invalid_device_json_is_rejected_without_writes() {
 }
 
 #[test]
-fn stats_roll_over_days() {
+fn stats_a_build_kept_per_day_are_folded_into_totals() {
     let mut s = MemState::default();
+    // As builds before the totals wrote it: 2026-01-01 and 01-02.
+    let old = r#"{"daily_attempts":2.5,"daily_failures":0.5,"days":[{"attempts":3,"day":20454,"failures":1},{"attempts":2,"day":20455,"failures":0}],"id":"d1","monthly_attempts":5,"monthly_failures":1,"today_attempts":2,"today_failures":0,"type":"device","used_ms":1767312125000,"weekly_attempts":5,"weekly_failures":1,"yearly_attempts":5,"yearly_failures":1}"#;
+    s.data
+        .insert((Cf::Stats, b"device/d1".to_vec()), old.as_bytes().to_vec());
     let inc = |counter| Event::StatIncremented {
         id: "d1".into(),
         kind: "device".into(),
@@ -131,17 +135,20 @@ fn stats_roll_over_days() {
         by: 1,
     };
     let day = 86_400_000;
-    s.apply_batch(vec![
-        (day, inc(StatCounter::Attempts)),
-        (day + 1, inc(StatCounter::Failures)),
-    ]);
-    s.apply_batch(vec![(3 * day, inc(StatCounter::Attempts))]);
+    // Sunday 2026-01-04: the same ISO week as Thursday 01-01.
+    s.apply_batch(vec![(20_457 * day + 5, inc(StatCounter::Attempts))]);
     let d = s.doc(Cf::Stats, "device/d1");
-    assert_eq!(d["today_attempts"], 1);
-    assert_eq!(d["today_failures"], 0);
-    assert_eq!(d["weekly_attempts"], 2);
-    assert_eq!(d["weekly_failures"], 1);
-    assert_eq!(d["days"].as_array().unwrap().len(), 2);
+    assert_eq!(d["total_attempts"], 6, "{d}");
+    assert_eq!(d["total_failures"], 1, "{d}");
+    assert_eq!(d["today_attempts"], 1, "{d}");
+    assert_eq!(d["today_failures"], 0, "{d}");
+    assert_eq!(d["since"], "2026-01-01", "{d}");
+    assert_eq!(d["date"], "2026-01-04", "{d}");
+    assert_eq!(d["daily_attempts"], 1.5, "{d}");
+    assert_eq!(d["daily_failures"], 0.25, "{d}");
+    assert_eq!(d["weekly_attempts"], 6.0, "{d}");
+    assert_eq!(d["counters"]["commands"]["total"], 1, "{d}");
+    assert!(d.get("days").is_none(), "{d}");
 }
 
 #[test]
@@ -296,6 +303,7 @@ fn unknown_fields_survive_a_rewrite_of_every_document_kind() {
     }
     assert_eq!(s.doc(Cf::XmlConfigs, "c@1")["state"], "superseded");
     assert_eq!(s.doc(Cf::Stats, "device/d1")["today_attempts"], 2);
+    assert_eq!(s.doc(Cf::Stats, "device/d1")["total_attempts"], 2);
 }
 
 #[test]

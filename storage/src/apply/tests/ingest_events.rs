@@ -202,8 +202,13 @@ fn commands_are_issued_attempted_and_settled() {
     assert_eq!(d["commands"]["1"]["reply"], "ok");
     assert_eq!(d["commands"]["2"]["state"], "failed");
     let stats = s.doc(Cf::Stats, "device/h/c/1");
-    assert_eq!(stats["today_attempts"], 2);
-    assert_eq!(stats["today_failures"], 1);
+    // The data message, two commands published and the reply to the
+    // first.
+    assert_eq!(stats["today_attempts"], 4, "{stats}");
+    assert_eq!(stats["today_failures"], 1, "{stats}");
+    assert_eq!(stats["counters"]["commands"]["total"], 2, "{stats}");
+    assert_eq!(stats["counters"]["commands_failed"]["total"], 1, "{stats}");
+    assert_eq!(stats["counters"]["messages"]["total"], 2, "{stats}");
     // Nothing is pending any more; an unknown device is refused.
     assert!(s
         .data
