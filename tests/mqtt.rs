@@ -390,8 +390,13 @@ fn commands_are_acknowledged_by_a_replying_device_and_fail_without_one() {
     assert_eq!(cmd["state"], "failed");
     assert_eq!(cmd["attempts"], 3);
     let stats = server.cli_json(&["doc", "get", "stats", "device/h/valve/2"]);
-    assert_eq!(stats["document"]["today_attempts"], 3);
-    assert_eq!(stats["document"]["today_failures"], 1);
+    // Its data message and three command attempts.
+    assert_eq!(stats["document"]["total_attempts"], 4, "{stats}");
+    assert_eq!(
+        stats["document"]["counters"]["commands"]["total"], 3,
+        "{stats}"
+    );
+    assert_eq!(stats["document"]["total_failures"], 1, "{stats}");
     // An unknown device is refused.
     let out = server.cli(&["device", "cmd", "h/valve/9", "open", "1"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");

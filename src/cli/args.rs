@@ -129,6 +129,9 @@ pub enum Command {
     /// Read documents (devices, zones, fellows, db_servers, xml_configs, stats).
     #[command(subcommand)]
     Doc(DocCommand),
+    /// Statistics of a device, fellow or configuration (seed 000).
+    #[command(subcommand)]
+    Stats(StatsCommand),
     /// Device operations.
     #[command(subcommand)]
     Device(DeviceCommand),
@@ -330,6 +333,40 @@ pub enum DocCommand {
     },
     /// List documents: one `ID<TAB>JSON` line each.
     List(DocListArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StatsCommand {
+    /// Print the statistics of one (TYPE, ID): the stats document
+    /// `TYPE/ID`, as `doc get stats TYPE/ID` prints it (exit 1 when there
+    /// is none).
+    Get {
+        #[arg(value_enum, value_name = "TYPE")]
+        kind: StatsKind,
+        /// A device's `HOST/CLASS/ID`, a fellow's node id, or a
+        /// configuration's name.
+        id: String,
+        #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
+        consistency: ConsistencyArg,
+    },
+}
+
+/// The types statistics are kept for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StatsKind {
+    Device,
+    Fellow,
+    Config,
+}
+
+impl StatsKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            StatsKind::Device => "device",
+            StatsKind::Fellow => "fellow",
+            StatsKind::Config => "config",
+        }
+    }
 }
 
 #[derive(Debug, Args)]

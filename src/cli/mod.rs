@@ -46,6 +46,7 @@
 //!   (`keys` only with `--keys`; non-UTF-8 bytes become U+FFFD)
 //! - `doc get`: `{"collection","id","document":<the document>}`
 //! - `doc list`: `{"documents":[{"collection","id","document"}...],"next_page_token":string}`
+//! - `stats get TYPE ID`: as `doc get stats TYPE/ID`
 //! - `device report`: `{"device":string,"revision":i64}`
 //! - `status`: `{"endpoint","version","member_id","leader","raft_term","raft_index",
 //!   "raft_applied_index","raft_snapshot_index","raft_purged_index","role","revision",
@@ -229,6 +230,18 @@ async fn dispatch(cmd: Command, client: &mut Client, out: &mut Printer) -> Resul
         Command::Watch(a) => watch::watch(client, out, a).await,
         Command::Lease(c) => admin::lease(client, out, c).await,
         Command::Doc(c) => admin::doc(client, out, c).await,
+        Command::Stats(StatsCommand::Get {
+            kind,
+            id,
+            consistency,
+        }) => {
+            let get = DocCommand::Get {
+                collection: "stats".into(),
+                id: format!("{}/{id}", kind.name()),
+                consistency,
+            };
+            admin::doc(client, out, get).await
+        }
         Command::Device(DeviceCommand::Report(a)) => admin::device_report(client, out, a).await,
         Command::Device(DeviceCommand::Cmd(a)) => admin::device_cmd(client, out, a).await,
         Command::Status => admin::status(client, out).await,
@@ -296,6 +309,7 @@ mod tests {
             (&["del", "k", "--to", "b"], 2),              // --to without --from
             (&["get", "k", "--prefix", "--from-key"], 2), // two selectors
             (&["put", "k"], 2),                           // no value
+            (&["stats", "get", "zone", "z"], 2),          // not a stats type
             (&["cas", "k", "v"], 2),                      // no --expect-version
             (&["lease", "grant"], 2),                     // no TTL
             (&["lease", "revoke", "0xzz"], 2),            // bad id
@@ -398,6 +412,15 @@ mod tests {
             &["lease", "ttl", "123", "--keys"],
             &["compact", "7"],
             &["doc", "get", "devices", "gw1/thermo/7"],
+            &["stats", "get", "device", "gw1/thermo/7"],
+            &[
+                "stats",
+                "get",
+                "fellow",
+                "2",
+                "--consistency",
+                "serializable",
+            ],
             &[
                 "doc", "list", "devices", "--zone", "kitchen", "--all", "--limit", "10",
             ],

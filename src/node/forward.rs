@@ -2,7 +2,7 @@
 //! peer port, before it proposes it.
 //!
 //! Members forward only what their MQTT bridges and their own bookkeeping
-//! (client address, space alarms, configuration sync) produce; everything clients send is proposed by the member they reached
+//! (client address, space alarms, configuration sync and its statistics) produce; everything clients send is proposed by the member they reached
 //! after the API's checks, and never forwarded. So a forwarded proposal
 //! must be one of those kinds, within the same bounds the API enforces,
 //! and stamped near the leader's clock (apply takes time from the stamp:
@@ -153,6 +153,23 @@ fn check_request(
         Event::ConfigSyncState { name, reason, .. } => {
             config_name(name)?;
             bounded("reason", reason, REASON_BYTES_MAX)
+        }
+        // A member's write of an accepted file, counted in the
+        // configuration's stats; apply counts everything else itself.
+        Event::StatIncremented { id, kind, by, .. } => {
+            if kind != "config" {
+                return Err(format!(
+                    "statistics of type {:?}; members count only config",
+                    kind.chars().take(64).collect::<String>()
+                ));
+            }
+            config_name(id)?;
+            if *by != 1 {
+                return Err(format!(
+                    "a count of {by}; members count one write at a time"
+                ));
+            }
+            Ok(())
         }
         other => Err(format!(
             "{} is not an event members forward; clients' requests are proposed where they arrive",
@@ -323,7 +340,7 @@ mod tests {
     }
 
     #[test]
-    fn members_forward_their_configuration_votes_refusals_and_sync_state_bounded() {
+    fn members_forward_their_configuration_votes_refusals_sync_state_and_counts_bounded() {
         let limits = Limits::default();
         let now = 1_800_000_000_000;
         let at = |e: Event| check_request(&Request::new(now, e), &limits, 60_000, now);
@@ -358,6 +375,22 @@ mod tests {
         };
         assert!(at(state("thermostat")).is_ok());
         assert!(at(state("")).is_err());
+        // A member counts its writes of an accepted file, one at a time;
+        // other statistics are counted by apply itself.
+        let stat = |kind: &str, id: &str, by: u64| Event::StatIncremented {
+            id: id.into(),
+            kind: kind.into(),
+            counter: utopia_raft::event::StatCounter::Failures,
+            by,
+        };
+        assert!(at(stat("config", "thermostat", 1)).is_ok());
+        assert!(at(stat("config", "../x", 1)).unwrap_err().contains("name"));
+        assert!(at(stat("config", "thermostat", 2))
+            .unwrap_err()
+            .contains("one"));
+        assert!(at(stat("device", "h/c/1", 1))
+            .unwrap_err()
+            .contains("config"));
         // Deciding is the leader's own: never forwarded.
         assert!(at(Event::ConfigDecide {
             name: "t".into(),

@@ -511,6 +511,7 @@ impl Sync {
             })
             .await
             .unwrap_or_else(|e| Err(e.to_string()));
+            self.count_sync(&doc.name, written.is_err()).await;
             match written {
                 Ok(meta) => {
                     self.node.counters.add(FILES_WRITTEN, 1);
@@ -560,6 +561,32 @@ impl Sync {
                         self.report(doc, true, scan_interval).await;
                     }
                 }
+            }
+        }
+    }
+
+    /// Counts a write of the accepted file of configuration `name` in its
+    /// stats document (`config/{name}`): an attempt, and a failure when
+    /// it `failed`. Writes are paced by the retry backoff, so these events
+    /// are too.
+    async fn count_sync(&self, name: &str, failed: bool) {
+        use utopia_raft::event::StatCounter;
+        let counters: &[StatCounter] = if failed {
+            &[StatCounter::Attempts, StatCounter::Failures]
+        } else {
+            &[StatCounter::Attempts]
+        };
+        for &counter in counters {
+            let event = Event::StatIncremented {
+                id: name.to_owned(),
+                kind: "config".to_owned(),
+                counter,
+                by: 1,
+            };
+            match propose(&self.node, event).await {
+                Ok(Ok(())) => {}
+                Ok(Err(r)) => tracing::warn!(name, error = %r, "count a configuration sync"),
+                Err(e) => tracing::debug!(name, error = %e, "count a configuration sync"),
             }
         }
     }
