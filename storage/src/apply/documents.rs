@@ -22,8 +22,8 @@ use crate::keys::{self, Cf};
 pub(super) struct DocCache {
     devices: HashMap<String, Device>,
     zones: HashMap<String, Zone>,
-    /// Counted into by many events of a batch (see `stats`).
-    stats: HashMap<String, Stats>,
+    /// Counted into by many events of a batch, in place (see `stats`).
+    pub(super) stats: HashMap<String, Stats>,
 }
 
 /// What the cache held for a document before a write. Entries live in the

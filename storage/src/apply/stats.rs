@@ -37,6 +37,7 @@
 
 use utopia_raft::event::{Outcome, Request, StatCounter};
 
+use super::documents::CachedBefore;
 use super::{Applier, ApplyError, StateRead};
 use crate::codec;
 use crate::documents::{StatCount, StatPeriods, StatUse, Stats};
@@ -200,13 +201,30 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
             return Ok(());
         }
         let doc_id = format!("{kind}/{id}");
-        let mut stats = self.get_doc::<Stats>(&doc_id)?.unwrap_or_else(|| Stats {
-            id: id.to_string(),
-            kind: kind.to_string(),
-            ..Default::default()
-        });
+        // Counted in place in the batch's cache: decoded once, encoded
+        // once when the batch finishes. A stats document is bounded by
+        // construction (a few counters, `STATS_USED_MAX` uses of at most
+        // `STATS_COMMAND_BYTES_MAX` bytes), so it skips the size check.
+        let (mut stats, cached) = match self.docs.stats.remove(&doc_id) {
+            Some(stats) => (stats, true),
+            None => {
+                let stats = self.get_doc::<Stats>(&doc_id)?.unwrap_or_else(|| Stats {
+                    id: id.to_string(),
+                    kind: kind.to_string(),
+                    ..Default::default()
+                });
+                (stats, false)
+            }
+        };
+        if self.journal {
+            let before = cached.then(|| stats.clone());
+            self.undo
+                .docs
+                .push(CachedBefore::Stats(doc_id.clone(), before));
+        }
         count(&mut stats, at_ms, delta);
-        self.put_doc(&doc_id, stats)
+        self.docs.stats.insert(doc_id, stats);
+        Ok(())
     }
 
     /// Counts a log entry applied with `response`, written by `leader` in

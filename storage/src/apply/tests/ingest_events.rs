@@ -330,3 +330,93 @@ fn quotas_bound_devices_per_host_leases_and_pending_commands() {
     );
     assert!(record(&s, 3));
 }
+
+/// A state that counts the reads of stats documents.
+struct CountingReads<'a> {
+    inner: &'a MemState,
+    stats_gets: std::cell::RefCell<BTreeMap<Vec<u8>, usize>>,
+}
+
+impl StateRead for CountingReads<'_> {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if cf == Cf::Stats {
+            *self
+                .stats_gets
+                .borrow_mut()
+                .entry(key.to_vec())
+                .or_default() += 1;
+        }
+        self.inner.get(cf, key)
+    }
+
+    fn scan<'a>(&'a self, cf: Cf, start: &[u8], end: Option<&[u8]>) -> ScanIter<'a> {
+        self.inner.scan(cf, start, end)
+    }
+}
+
+#[test]
+fn a_batch_reads_and_writes_each_stats_document_once() {
+    let mut s = MemState::default();
+    s.apply(owners(1, &[7]));
+    s.apply(batch(
+        1,
+        7,
+        vec![item("1", "0", false), item("2", "0", false)],
+    ));
+    let counting = CountingReads {
+        inner: &s,
+        stats_gets: Default::default(),
+    };
+    let mut applier = Applier::new(&counting);
+    // Two ingest batches of 100 messages for two devices, as entries of
+    // member 3 (its proposals), in one apply batch.
+    for round in 0..2 {
+        let items = (0..100)
+            .map(|n| {
+                item(
+                    ["1", "2"][n % 2],
+                    &(round * 1000 + n as u64).to_string(),
+                    false,
+                )
+            })
+            .collect();
+        let r = applier
+            .apply_entry(2, 3, &Request::new(2_000 + round, batch(1, 7, items)))
+            .unwrap();
+        assert!(
+            matches!(r.outcome, Outcome::Ingested { applied: 100, .. }),
+            "{r:?}"
+        );
+    }
+    let (writes, _) = applier.finish();
+    let gets = counting.stats_gets.into_inner();
+    for id in ["device/h/c/1", "device/h/c/2", "fellow/7", "fellow/3"] {
+        assert_eq!(gets.get(id.as_bytes()), Some(&1), "{id}: {gets:?}");
+    }
+    let written: Vec<_> = writes
+        .keys()
+        .filter(|(cf, _)| *cf == Cf::Stats)
+        .map(|(_, k)| String::from_utf8_lossy(k).into_owned())
+        .collect();
+    assert_eq!(
+        written,
+        ["device/h/c/1", "device/h/c/2", "fellow/3", "fellow/7"]
+    );
+    for (k, v) in writes {
+        if let Some(v) = v {
+            s.data.insert(k, v);
+        }
+    }
+    assert_eq!(
+        s.doc(Cf::Stats, "device/h/c/1")["counters"]["messages"]["total"],
+        101
+    );
+    assert_eq!(
+        s.doc(Cf::Stats, "fellow/7")["counters"]["messages_ingested"]["total"],
+        202
+    );
+    assert_eq!(
+        s.doc(Cf::Stats, "fellow/3")["counters"]["proposals"]["total"],
+        2
+    );
+}
