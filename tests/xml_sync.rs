@@ -377,4 +377,15 @@ fn a_member_that_cannot_write_its_directory_is_marked_failing_until_it_can() {
             .is_none_or(|a| a.is_empty())
             .then_some(())
     });
+    // Every write is counted in the configuration's statistics: member
+    // 3's failed ones, and the ones that wrote the file (members 2 and 3).
+    wait_for("the writes counted in config/thermostat", DEADLINE, || {
+        let out = c.nodes[0].cli(&["--output", "json", "stats", "get", "config", "thermostat"]);
+        let s: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let counters = &s["document"]["counters"];
+        let failed = counters["syncs_failed"]["total"].as_u64()?;
+        let syncs = counters["syncs"]["total"].as_u64()?;
+        (failed >= 3 && syncs >= failed + 2 && s["document"]["total_failures"] == failed)
+            .then_some(())
+    });
 }
