@@ -164,6 +164,9 @@ pub struct Applier<'a, S: StateRead + ?Sized> {
     /// Class records read in this batch (see `class_rules`): emptied by
     /// every write of one and every rollback.
     classes: HashMap<String, Option<Arc<ingest::ClassRulesRecord>>>,
+    /// The term of the last entry counted in stats (`meta::STATS_TERM`),
+    /// once read in this batch.
+    stats_term: Option<u64>,
 }
 
 /// The writes an applier produced: `None` deletes the key.
@@ -181,6 +184,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
             journal: true,
             document_bytes_max: bounds::DOCUMENT_BYTES_MAX,
             classes: HashMap::new(),
+            stats_term: None,
         }
     }
 

@@ -196,8 +196,8 @@ pub mod meta {
     /// CBOR u64: events (and ingest items) rejected because their content
     /// could not be applied (see `apply`'s module documentation).
     pub const EVENTS_REJECTED: &[u8] = b"events_rejected";
-    /// CBOR u64: the highest term whose election is counted in its
-    /// leader's stats (`apply/stats.rs`).
+    /// CBOR u64: the term of the last log entry applied, whose election
+    /// is counted in its leader's stats (`apply/stats.rs`).
     pub const STATS_TERM: &[u8] = b"stats_term";
     /// CBOR `AlarmState`: the active alarms, and the disarms applied.
     pub const ALARMS: &[u8] = b"alarms";

@@ -378,4 +378,9 @@ async fn fellows_count_proposals_elections_and_the_messages_they_ingest() {
         .map(|u| u["command"].as_str().unwrap())
         .collect();
     assert_eq!(used, ["election/5"], "{next}");
+    // A cluster restored from a backup starts its terms again, over a
+    // state that remembers term 5: its first term is still an election.
+    log.apply_as(1, 2, vec![(t + DAY_MS, message("3"))]).await;
+    let restored = log.stats("fellow", "2");
+    assert_eq!(restored["counters"]["elections"]["total"], 2, "{restored}");
 }

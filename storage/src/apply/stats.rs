@@ -229,7 +229,10 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
 
     /// Counts a log entry applied with `response`, written by `leader` in
     /// `term`: a proposal of that member, and its election when it is the
-    /// first entry of a term above every term counted so far.
+    /// first entry of its term. Terms only grow along a log, so "another
+    /// term than the last entry's" is "a new term"; it also holds in a
+    /// cluster restored from a backup, whose terms start again while the
+    /// restored state remembers the old cluster's last term.
     pub(super) fn count_entry(
         &mut self,
         term: u64,
@@ -237,9 +240,13 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         req: &Request,
         outcome: &Outcome,
     ) -> Result<(), ApplyError> {
-        let counted: u64 = self.get_dec(Cf::SmMeta, meta::STATS_TERM)?.unwrap_or(0);
+        let counted = match self.stats_term {
+            Some(term) => term,
+            None => self.get_dec(Cf::SmMeta, meta::STATS_TERM)?.unwrap_or(0),
+        };
+        self.stats_term = Some(term);
         let mut delta = StatDelta::default();
-        if term > counted {
+        if term != counted {
             self.put(Cf::SmMeta, meta::STATS_TERM.to_vec(), codec::encode(&term));
             delta
                 .add(Counter::Elections, 1)
