@@ -1,6 +1,7 @@
 //! Seed 000's statistics end to end, on three real `utopiad` nodes and a
-//! real mosquitto: device data over MQTT, a command that is never
-//! answered and an accepted configuration written by every member produce
+//! real mosquitto: device data over MQTT (some of it refused by its
+//! class), a command that is never answered and an accepted configuration
+//! written by every member produce
 //! stats documents (devices, fellows, configurations) with the same bytes
 //! on every node, read locally (serializable) from each with
 //! `utopia stats get`.
@@ -189,6 +190,45 @@ fn device_fellow_and_config_statistics_are_the_same_on_three_nodes() {
     assert_eq!(total(&c, "syncs_failed"), 0, "{c}");
     assert_eq!(c["total_attempts"], 3, "{c}");
 
+    // With the class accepted, values out of its range are rejected
+    // messages of their device (once the device exists).
+    let publish = |payloads: &[&str]| {
+        let messages: Vec<(String, Vec<u8>)> = payloads
+            .iter()
+            .map(|p| {
+                (
+                    "/gw/hall/thermostat/5/temperature".to_string(),
+                    p.as_bytes().to_vec(),
+                )
+            })
+            .collect();
+        let acked = rt.block_on(publish_all(
+            Endpoint::plain(m.plain),
+            &messages,
+            QoS::AtLeastOnce,
+        ));
+        assert!(
+            acked.iter().all(|a| *a),
+            "the broker acknowledged every message"
+        );
+    };
+    publish(&["21"]);
+    same_on_every_node(&addrs, "device", "gw/thermostat/5", |d| {
+        total(d, "messages") == 1
+    });
+    publish(&["130", r#""warm""#]);
+    let t5 = same_on_every_node(&addrs, "device", "gw/thermostat/5", |d| {
+        total(d, "messages") == 3
+    });
+    assert_eq!(total(&t5, "messages_rejected"), 2, "{t5}");
+    assert_eq!(t5["total_attempts"], 3, "{t5}");
+    assert_eq!(t5["total_failures"], 2, "{t5}");
+    assert_eq!(
+        t5["used"].as_array().unwrap().last().unwrap()["command"],
+        "rejected/temperature",
+        "{t5}"
+    );
+
     // Fellows: every message was ingested by one member, and the leader
     // was elected and proposed.
     let ingested = |addr: &str| -> Option<u64> {
@@ -199,8 +239,10 @@ fn device_fellow_and_config_statistics_are_the_same_on_three_nodes() {
             .try_fold(0u64, |sum, n| Some(sum + n.unwrap_or(0)))
     };
     for addr in &addrs {
+        // 30 messages, and the thermostat's value in range (the refused
+        // ones are not ingested).
         wait_for("every message counted as ingested", DEADLINE, || {
-            (ingested(addr) == Some(30)).then_some(())
+            (ingested(addr) == Some(31)).then_some(())
         });
     }
     let status = nodes[0].cli_json(&["cluster", "status"]);
