@@ -274,7 +274,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         device: &str,
         tally: &DeviceTally,
     ) -> Result<(), ApplyError> {
-        if tally.messages == 0 || self.get_doc::<Device>(device)?.is_none() {
+        if tally.messages == 0 || !self.has_doc::<Device>(device)? {
             return Ok(());
         }
         let mut delta = tally.used.clone();

@@ -149,6 +149,17 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         }
     }
 
+    /// Whether a document exists as the batch left it, without decoding
+    /// (or copying) it when the batch holds it decoded.
+    pub(super) fn has_doc<D: Stored>(&self, id: &str) -> Result<bool, ApplyError> {
+        if D::cached(&self.docs).is_some_and(|docs| docs.contains_key(id)) {
+            return Ok(true);
+        }
+        Ok(self
+            .get(D::COLLECTION.cf(), keys::document_key(id))?
+            .is_some())
+    }
+
     /// Writes a document, unless it is larger than the event may leave a
     /// document: then the event is rejected.
     pub(super) fn put_doc<D: Stored>(&mut self, id: &str, doc: D) -> Result<(), ApplyError> {

@@ -18,6 +18,10 @@
 //! | config | `syncs` | attempt | a member wrote an accepted file (`StatIncremented`) |
 //! | config | `syncs_failed` | failure | the write failed |
 //!
+//! A `StatIncremented` event adds to its type's attempt or failure counter
+//! above (device commands, fellow proposals, configuration syncs); of
+//! another type, to the attempts or failures alone.
+//!
 //! # Days and averages
 //!
 //! The day of an event is its time (`Request::at_ms`) in UTC, never a
@@ -322,7 +326,6 @@ fn upgrade(stats: &mut Stats) {
 fn recompute(stats: &mut Stats, first: u64) {
     let p = periods(first, stats.day);
     let avg = |total: u64, n: u64| total as f64 / n.max(1) as f64;
-    stats.periods = p;
     stats.daily_attempts = avg(stats.total_attempts, p.days);
     stats.weekly_attempts = avg(stats.total_attempts, p.weeks);
     stats.monthly_attempts = avg(stats.total_attempts, p.months);
@@ -331,6 +334,12 @@ fn recompute(stats: &mut Stats, first: u64) {
     stats.weekly_failures = avg(stats.total_failures, p.weeks);
     stats.monthly_failures = avg(stats.total_failures, p.months);
     stats.yearly_failures = avg(stats.total_failures, p.years);
+    // The dates change with the periods (a new day), not with every event.
+    if stats.periods != p || stats.since.is_none() || stats.date.is_none() {
+        stats.since = Some(date(first));
+        stats.date = Some(date(stats.day));
+        stats.periods = p;
+    }
     for c in stats.counters.values_mut() {
         *c = StatCount {
             today: c.today,
@@ -341,8 +350,6 @@ fn recompute(stats: &mut Stats, first: u64) {
             yearly: avg(c.total, p.years),
         };
     }
-    stats.since = Some(date(first));
-    stats.date = Some(date(stats.day));
 }
 
 /// The calendar periods from day `first` to day `last` (days since
