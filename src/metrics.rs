@@ -713,12 +713,12 @@ fn now_registry(node: &Node) -> Registry {
     );
     if let Ok(alarms) = node.reader.alarms() {
         let active = Family::<AlarmName, Gauge>::default();
-        for kind in [utopia_raft::event::AlarmKind::NoSpace] {
-            let n = alarms.iter().filter(|a| a.alarm == kind).count();
-            active
-                .get_or_create(&AlarmName { alarm: kind.name() })
-                .set(as_i64(n as u64));
-        }
+        // Every kind, 0 when none is active (the only kind: NOSPACE).
+        let kind = utopia_raft::event::AlarmKind::NoSpace;
+        let n = alarms.iter().filter(|a| a.alarm == kind).count();
+        active
+            .get_or_create(&AlarmName { alarm: kind.name() })
+            .set(as_i64(n as u64));
         now.register(
             "alarms_active",
             "Members with the alarm active (cluster-wide)",
@@ -989,8 +989,11 @@ fn escape(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// A sample's name, labels and value.
+type Sample = (String, Vec<(String, String)>, f64);
+
 /// `name{k="v",...} value` (a trailing timestamp or exemplar is ignored).
-fn parse_sample(line: &str) -> Option<(String, Vec<(String, String)>, f64)> {
+fn parse_sample(line: &str) -> Option<Sample> {
     let name_end = line.find(['{', ' '])?;
     let name = line[..name_end].to_string();
     let mut labels = Vec::new();

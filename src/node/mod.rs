@@ -2,7 +2,7 @@
 //!
 //! [`Node`] is the state the gRPC services, the MQTT ingest and the
 //! housekeeping loops share: the Raft node that orders writes, the storage
-//! reader, the limits from the configuration, the counters, the
+//! reader, the limits from the configuration, the metrics, the
 //! authentication gate, the peer guard, and the [`Tasks`] the server owns.
 //! A write is validated here, becomes one event, and is proposed; what
 //! applying it returned comes back. A read first passes a Raft read barrier

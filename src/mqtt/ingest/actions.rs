@@ -148,7 +148,7 @@ pub struct Lookup {
     pub since_ms: u64,
 }
 
-/// The figures published to the counters.
+/// The figures published to the metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Gauges {
     pub pending_messages: u64,

@@ -36,7 +36,7 @@ use crate::node::Node;
 
 /// How long a forwarded proposal may take before its outcome is unknown.
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often the pending and lag figures are published to the counters.
+/// How often the pending and lag figures are published to the metrics.
 const GAUGES_INTERVAL: Duration = Duration::from_millis(50);
 
 enum StoreRead {

@@ -34,8 +34,6 @@ const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// forwarded reason above 1024 bytes).
 pub const REASON_BYTES_MAX: usize = 1000;
 
-/// Counter names (shown by `utopia status`).
-
 /// Starts the leader's decider on every member, and the directory sync on
 /// a member with a `configs.dir`.
 pub fn start(node: &Arc<Node>) {
