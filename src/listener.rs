@@ -68,17 +68,17 @@ pub enum Port {
 }
 
 impl Port {
-    fn gauge(self) -> &'static str {
+    fn gauge(self, m: &crate::metrics::Metrics) -> &prometheus_client::metrics::gauge::Gauge {
         match self {
-            Port::Client => "grpc_connections",
-            Port::Peer => "peer_connections",
+            Port::Client => &m.grpc_connections,
+            Port::Peer => &m.peer_connections,
         }
     }
 
-    fn waited(self) -> &'static str {
+    fn waited(self, m: &crate::metrics::Metrics) -> &prometheus_client::metrics::counter::Counter {
         match self {
-            Port::Client => "grpc_connections_waited_total",
-            Port::Peer => "peer_connections_waited_total",
+            Port::Client => &m.grpc_connections_waited,
+            Port::Peer => &m.peer_connections_waited,
         }
     }
 }
@@ -94,7 +94,9 @@ struct ConnectionGauge {
 impl ConnectionGauge {
     fn publish(&self) {
         let open = self.connections_max - self.permits.available_permits();
-        self.node.counters.set(self.port.gauge(), open as u64);
+        self.port
+            .gauge(&self.node.metrics)
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
     }
 }
 
@@ -193,7 +195,7 @@ pub fn incoming(
             let permit = match gauge.permits.clone().try_acquire_owned() {
                 Ok(p) => p,
                 Err(_) => {
-                    gauge.node.counters.add(gauge.port.waited(), 1);
+                    gauge.port.waited(&gauge.node.metrics).inc();
                     // The semaphore is never closed.
                     gauge.permits.clone().acquire_owned().await.ok()?
                 }
@@ -309,7 +311,7 @@ where
             match tokio::time::timeout(timeout, call).await {
                 Ok(response) => response,
                 Err(_) => {
-                    node.counters.add("requests_timed_out_total", 1);
+                    node.metrics.requests_timed_out.inc();
                     Ok(Status::deadline_exceeded(format!(
                         "the request took longer than request_timeout_ms = {}; a write may \
                          still have committed",

@@ -1,42 +1,57 @@
 //! Prometheus metrics (`metrics.listen`; off when empty), through the
 //! `prometheus-client` crate, on `GET /metrics` in the text exposition
-//! format.
+//! format; `utopia status` shows the same figures (it renders the same
+//! registry and reads it back, [`reading`]).
+//!
+//! [`Metrics`] holds every metric the server counts, built and registered
+//! once: callers increment its fields. What is read at every scrape (Raft's
+//! state, the store's sizes, the replicated cluster-wide figures, the
+//! storage layer's atomics) is added then, in [`render`].
 //!
 //! What is exported:
 //! - gRPC per method: `utopia_grpc_requests_total{method,code}` and
 //!   `utopia_grpc_request_duration_seconds{method}` (a layer on the client
 //!   port; methods the server does not serve are counted as `other`);
+//! - proposals made on this member: `utopia_proposals_total{event}`,
+//!   `utopia_proposal_duration_seconds{event}` (propose → applied reply),
+//!   `utopia_proposals_failed_total{event,reason}`;
 //! - Raft: term, leader, whether this member leads, last log, applied,
-//!   snapshot and purged index, and leader changes seen by this member;
-//! - storage: revision, compacted revision, database size;
-//! - cluster-wide ingest figures from the replicated state;
-//! - every counter of `utopia status` (`Node::counters`), under its own
-//!   name and labels with the `utopia_` prefix.
+//!   snapshot and purged index, leader changes and elections seen,
+//!   snapshots built, sent and installed;
+//! - storage: revision, compacted revision, database and log size, the
+//!   log's fsync latency;
+//! - ingest, configurations, backups, alarms, connections and refusals.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http_body_util::Full;
 use hyper::body::Bytes;
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+use utopia_storage::io_metrics::{HistogramReading, StorageMetrics};
 
+use crate::mqtt::ingest::{Counted, LagHistogram, LAG_BUCKETS_MS};
 use crate::node::Node;
 
 /// Connections served at once, at most; more wait in the accept queue.
 const CONNECTIONS_MAX: usize = 16;
 /// How long one scrape connection may take.
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// The prefix of every metric on the endpoint (not shown by status).
+const PREFIX: &str = "utopia";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
@@ -49,14 +64,79 @@ struct MethodLabels {
     method: String,
 }
 
-/// The metrics that accumulate between scrapes.
-pub struct Metrics {
-    registry: Registry,
-    requests: Family<CallLabels, Counter>,
-    durations: Family<MethodLabels, Histogram>,
-    leader_changes: Counter,
-    /// The leader last seen, for `leader_changes`.
-    last_leader: std::sync::Mutex<Option<u64>>,
+/// One label, `reason`, from a fixed set of names.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    pub reason: &'static str,
+}
+
+/// One label, `event`: an event's name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventName {
+    pub event: &'static str,
+}
+
+/// A proposal that failed: its event and why.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventFailure {
+    pub event: &'static str,
+    pub reason: &'static str,
+}
+
+/// One label, `alarm`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AlarmName {
+    pub alarm: &'static str,
+}
+
+/// A histogram kept elsewhere (atomics, or figures a task publishes),
+/// read when the registry is encoded.
+#[derive(Clone)]
+pub struct ReadHistogram(Arc<dyn Fn() -> HistogramReading + Send + Sync>);
+
+impl std::fmt::Debug for ReadHistogram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ReadHistogram")
+    }
+}
+
+impl TypedMetric for ReadHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for ReadHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let r = (self.0)();
+        let buckets: Vec<(f64, u64)> = r
+            .bounds_s
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(r.buckets.iter().copied())
+            .collect();
+        encoder.encode_histogram::<NoLabelSet>(r.sum_s, r.count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// The ingest lag as the ingest driver last published it.
+fn lag_reading(lag: &LagHistogram) -> HistogramReading {
+    // The core keeps cumulative counts; a reading holds them per bucket.
+    let mut buckets = Vec::with_capacity(lag.buckets.len());
+    let mut below = 0;
+    for c in lag.buckets {
+        buckets.push(c.saturating_sub(below));
+        below = c;
+    }
+    HistogramReading {
+        bounds_s: LAG_BUCKETS_MS.iter().map(|ms| *ms as f64 / 1e3).collect(),
+        buckets,
+        sum_s: lag.sum_ms as f64 / 1e3,
+        count: lag.count,
+    }
 }
 
 fn latency_histogram() -> Histogram {
@@ -64,40 +144,339 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 17))
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        let mut registry = Registry::with_prefix("utopia");
-        let requests = Family::<CallLabels, Counter>::default();
-        registry.register(
-            "grpc_requests",
-            "gRPC requests on the client port, by method and status code",
-            requests.clone(),
-        );
-        let durations = Family::<MethodLabels, Histogram>::new_with_constructor(
-            latency_histogram as fn() -> Histogram,
-        );
-        registry.register(
-            "grpc_request_duration_seconds",
-            "Time to the response headers of gRPC requests, by method",
-            durations.clone(),
-        );
-        let leader_changes = Counter::default();
-        registry.register(
-            "raft_leader_changes",
-            "Changes of the leader this member saw (an election won by any member)",
-            leader_changes.clone(),
-        );
-        Metrics {
-            registry,
-            requests,
-            durations,
-            leader_changes,
-            last_leader: std::sync::Mutex::new(None),
-        }
-    }
+/// Everything this member counts, registered once in `registry`.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<CallLabels, Counter>,
+    durations: Family<MethodLabels, Histogram>,
+
+    /// Proposals this member made (through [`Node::propose`]), by event.
+    pub proposals: Family<EventName, Counter>,
+    /// Propose → applied reply, by event, of proposals that got one.
+    pub proposal_durations: Family<EventName, Histogram>,
+    /// Proposals that failed, by event and reason (`rejected`: applied and
+    /// refused by the state machine; `not_leader`: this member does not
+    /// lead, the client is told where to go).
+    pub proposals_failed: Family<EventFailure, Counter>,
+    /// Events this member proposed that were applied, by event.
+    pub events_applied: Family<EventName, Counter>,
+    /// Events this member proposed that the state machine refused.
+    pub events_rejected: Family<Reason, Counter>,
+    /// Requests refused before they were proposed, by reason.
+    pub requests_rejected: Family<Reason, Counter>,
+    pub requests_timed_out: Counter,
+    pub auth_failures: Family<Reason, Counter>,
+    pub auth_tokens_issued: Counter,
+
+    pub grpc_connections: Gauge,
+    pub grpc_connections_waited: Counter,
+    pub peer_connections: Gauge,
+    pub peer_connections_waited: Counter,
+
+    leader_changes: Counter,
+    elections: Counter,
+    elections_won: Counter,
+    /// The leader and term last seen, for the three above.
+    last_seen: Mutex<(Option<u64>, u64)>,
+
+    pub leases_expired: Counter,
+    pub compactions: Counter,
+    pub db_space_used_bytes: Gauge,
+    pub db_space_compactions: Counter,
+    pub alarms_raised: Family<AlarmName, Counter>,
+
+    pub config_votes_proposed: Counter,
+    pub config_files_rejected: Counter,
+    pub config_files_written: Counter,
+    pub config_write_failures: Counter,
+
+    pub backups_taken: Counter,
+    pub backups_failed: Counter,
+    pub backup_last_revision: Gauge,
+    pub backup_last_bytes: Gauge,
+
+    pub commands_published: Counter,
+    pub commands_failed: Counter,
+
+    /// The ingest core's counters, in [`Counted::PLAIN`]'s order.
+    ingest: Vec<Counter>,
+    mqtt_rejected: Family<Reason, Counter>,
+    pub ingest_pending_messages: Gauge,
+    ingest_lag: Arc<Mutex<LagHistogram>>,
+
+    storage: Arc<StorageMetrics>,
 }
 
 impl Metrics {
+    /// The metrics of a member whose storage counts into `storage`.
+    pub fn new(storage: Arc<StorageMetrics>) -> Self {
+        let mut r = Registry::with_prefix(PREFIX);
+        fn reg<M: EncodeMetric + Clone + Send + Sync + std::fmt::Debug + 'static>(
+            r: &mut Registry,
+            name: &str,
+            help: &str,
+            m: M,
+        ) -> M {
+            r.register(name, help, m.clone());
+            m
+        }
+        let histograms = || {
+            Family::<EventName, Histogram>::new_with_constructor(
+                latency_histogram as fn() -> Histogram,
+            )
+        };
+        let requests = reg(
+            &mut r,
+            "grpc_requests",
+            "gRPC requests on the client port, by method and status code",
+            Family::default(),
+        );
+        let durations = reg(
+            &mut r,
+            "grpc_request_duration_seconds",
+            "Time to the response headers of gRPC requests, by method",
+            Family::<MethodLabels, Histogram>::new_with_constructor(
+                latency_histogram as fn() -> Histogram,
+            ),
+        );
+        let ingest = Counted::PLAIN
+            .iter()
+            .map(|c| {
+                reg(
+                    &mut r,
+                    c.metric(),
+                    "MQTT ingest on this member",
+                    Counter::default(),
+                )
+            })
+            .collect();
+        let ingest_lag = Arc::new(Mutex::new(LagHistogram::default()));
+        let lag = ingest_lag.clone();
+        r.register(
+            "ingest_lag_seconds",
+            "Ingest lag: a copy's arrival to its commit applied on this member",
+            ReadHistogram(Arc::new(move || {
+                lag_reading(
+                    &lag.lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner),
+                )
+            })),
+        );
+        let fsync = storage.clone();
+        r.register(
+            "storage_fsync_duration_seconds",
+            "Synced writes of the Raft log (a WAL sync per group of appends, vote writes)",
+            ReadHistogram(Arc::new(move || fsync.log_fsync.read())),
+        );
+        Metrics {
+            requests,
+            durations,
+            proposals: reg(
+                &mut r,
+                "proposals",
+                "Proposals made on this member, by event",
+                Family::default(),
+            ),
+            proposal_durations: reg(
+                &mut r,
+                "proposal_duration_seconds",
+                "Proposals made on this member: propose to applied reply, by event",
+                histograms(),
+            ),
+            proposals_failed: reg(
+                &mut r,
+                "proposals_failed",
+                "Proposals made on this member that failed, by event and reason",
+                Family::default(),
+            ),
+            events_applied: reg(
+                &mut r,
+                "events_applied",
+                "Events proposed here and applied, by event",
+                Family::default(),
+            ),
+            events_rejected: reg(
+                &mut r,
+                "events_rejected",
+                "Events proposed here that the state machine refused, by reason",
+                Family::default(),
+            ),
+            requests_rejected: reg(
+                &mut r,
+                "requests_rejected",
+                "Requests refused before they were proposed, by reason",
+                Family::default(),
+            ),
+            requests_timed_out: reg(
+                &mut r,
+                "requests_timed_out",
+                "Requests that took longer than limits.request_timeout_ms",
+                Counter::default(),
+            ),
+            auth_failures: reg(
+                &mut r,
+                "auth_failures",
+                "Authentication and permission failures, by reason",
+                Family::default(),
+            ),
+            auth_tokens_issued: reg(
+                &mut r,
+                "auth_tokens_issued",
+                "Tokens issued",
+                Counter::default(),
+            ),
+            grpc_connections: reg(
+                &mut r,
+                "grpc_connections",
+                "Open connections on the client port",
+                Gauge::default(),
+            ),
+            grpc_connections_waited: reg(
+                &mut r,
+                "grpc_connections_waited",
+                "Client connections that waited for a free slot",
+                Counter::default(),
+            ),
+            peer_connections: reg(
+                &mut r,
+                "peer_connections",
+                "Open connections on the peer port",
+                Gauge::default(),
+            ),
+            peer_connections_waited: reg(
+                &mut r,
+                "peer_connections_waited",
+                "Peer connections that waited for a free slot",
+                Counter::default(),
+            ),
+            leader_changes: reg(
+                &mut r,
+                "raft_leader_changes",
+                "Changes of the leader this member saw (an election won by any member)",
+                Counter::default(),
+            ),
+            elections: reg(
+                &mut r,
+                "raft_elections",
+                "Elections this member saw start (terms it saw begin)",
+                Counter::default(),
+            ),
+            elections_won: reg(
+                &mut r,
+                "raft_elections_won",
+                "Elections this member won",
+                Counter::default(),
+            ),
+            last_seen: Mutex::new((None, 0)),
+            leases_expired: reg(
+                &mut r,
+                "leases_expired",
+                "Leases this member expired as leader",
+                Counter::default(),
+            ),
+            compactions: reg(
+                &mut r,
+                "compactions",
+                "Automatic compactions this member proposed",
+                Counter::default(),
+            ),
+            db_space_used_bytes: reg(
+                &mut r,
+                "db_space_used_bytes",
+                "State machine bytes on disk, as last measured",
+                Gauge::default(),
+            ),
+            db_space_compactions: reg(
+                &mut r,
+                "db_space_compactions",
+                "Compactions to make room before raising NOSPACE",
+                Counter::default(),
+            ),
+            alarms_raised: reg(
+                &mut r,
+                "alarms_raised",
+                "Alarms this member raised, by alarm",
+                Family::default(),
+            ),
+            config_votes_proposed: reg(
+                &mut r,
+                "config_votes_proposed",
+                "Configuration versions this member voted for",
+                Counter::default(),
+            ),
+            config_files_rejected: reg(
+                &mut r,
+                "config_files_rejected",
+                "Configuration files this member refused",
+                Counter::default(),
+            ),
+            config_files_written: reg(
+                &mut r,
+                "config_files_written",
+                "Accepted configurations written to this member's directory",
+                Counter::default(),
+            ),
+            config_write_failures: reg(
+                &mut r,
+                "config_write_failures",
+                "Failed writes of accepted configurations (sync failures)",
+                Counter::default(),
+            ),
+            backups_taken: reg(
+                &mut r,
+                "backups_taken",
+                "Scheduled backups taken",
+                Counter::default(),
+            ),
+            backups_failed: reg(
+                &mut r,
+                "backups_failed",
+                "Scheduled backups that failed",
+                Counter::default(),
+            ),
+            backup_last_revision: reg(
+                &mut r,
+                "backup_last_revision",
+                "Revision of the last scheduled backup",
+                Gauge::default(),
+            ),
+            backup_last_bytes: reg(
+                &mut r,
+                "backup_last_bytes",
+                "Size of the last scheduled backup",
+                Gauge::default(),
+            ),
+            commands_published: reg(
+                &mut r,
+                "commands_published",
+                "Device commands published",
+                Counter::default(),
+            ),
+            commands_failed: reg(
+                &mut r,
+                "commands_failed",
+                "Device commands that failed",
+                Counter::default(),
+            ),
+            ingest,
+            mqtt_rejected: reg(
+                &mut r,
+                "mqtt_rejected",
+                "MQTT messages refused, by reason",
+                Family::default(),
+            ),
+            ingest_pending_messages: reg(
+                &mut r,
+                "ingest_pending_messages",
+                "Ingested messages awaiting commit",
+                Gauge::default(),
+            ),
+            ingest_lag,
+            storage,
+            registry: r,
+        }
+    }
+
     fn observe(&self, method: &str, code: tonic::Code, elapsed: Duration) {
         // A method the server does not serve is anything a client made up:
         // one label for all of them, so that labels stay bounded.
@@ -119,34 +498,123 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// Counts leader changes: called with the leader this member knows
-    /// now (by a watch every 100 ms, and at every scrape).
-    pub fn saw_leader(&self, now: Option<u64>) {
-        let Some(now) = now else {
-            return;
-        };
+    /// Counts what the ingest core counted.
+    pub fn ingest(&self, what: Counted, n: u64) {
+        match (what, what.plain_index()) {
+            (Counted::MqttRejected(reason), _) => {
+                self.mqtt_rejected
+                    .get_or_create(&Reason { reason })
+                    .inc_by(n);
+            }
+            (_, Some(i)) => {
+                self.ingest[i].inc_by(n);
+            }
+            (_, None) => {}
+        }
+    }
+
+    /// The ingest lag histogram as the ingest driver computed it.
+    pub fn set_ingest_lag(&self, lag: &LagHistogram) {
+        *self
+            .ingest_lag
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = lag.clone();
+    }
+
+    /// Counts a proposal's outcome: `started` when it was made, `result`
+    /// the reply (`Ok(None)`: applied; `Ok(Some(reason))`: applied and
+    /// refused) or why it got none.
+    pub fn proposed(
+        &self,
+        event: &'static str,
+        started: Instant,
+        result: Result<Option<&'static str>, &'static str>,
+    ) {
+        let labels = EventName { event };
+        self.proposals.get_or_create(&labels).inc();
+        match result {
+            Ok(rejected) => {
+                self.proposal_durations
+                    .get_or_create(&labels)
+                    .observe(started.elapsed().as_secs_f64());
+                match rejected {
+                    None => {
+                        self.events_applied.get_or_create(&labels).inc();
+                    }
+                    Some(reason) => {
+                        self.events_rejected.get_or_create(&Reason { reason }).inc();
+                        self.proposals_failed
+                            .get_or_create(&EventFailure {
+                                event,
+                                reason: "rejected",
+                            })
+                            .inc();
+                    }
+                }
+            }
+            Err(reason) => {
+                self.proposals_failed
+                    .get_or_create(&EventFailure { event, reason })
+                    .inc();
+            }
+        }
+    }
+
+    /// Counts leader changes and elections: called with this member's Raft
+    /// state (by a watch every 100 ms, and at every scrape).
+    pub fn saw_raft(&self, me: u64, leader: Option<u64>, term: u64) {
         let mut last = self
-            .last_leader
+            .last_seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if *last != Some(now) {
-            self.leader_changes.inc();
-            *last = Some(now);
+        let (last_leader, last_term) = *last;
+        if last_term != 0 && term > last_term {
+            self.elections.inc_by(term - last_term);
         }
+        if let Some(now) = leader {
+            if last_leader != Some(now) {
+                self.leader_changes.inc();
+                if now == me && last_term != 0 {
+                    self.elections_won.inc();
+                }
+            }
+        }
+        *last = (leader.or(last_leader), term.max(last_term));
     }
 }
 
-/// Everything at this moment, in the text format.
-pub fn render(node: &Node) -> String {
-    let mut now = Registry::with_prefix("utopia");
+/// The reason label of a proposal that got no reply.
+pub fn propose_failure(e: &utopia_raft::ProposeError) -> &'static str {
+    use utopia_raft::ProposeError as E;
+    match e {
+        E::NotLeader { .. } => "not_leader",
+        E::Unavailable(_) => "unavailable",
+        E::Stopped(_) => "stopped",
+        E::OutcomeUnknown(_) => "outcome_unknown",
+        E::Conflict(_) => "conflict",
+        E::Invalid(_) => "invalid",
+    }
+}
+
+fn as_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// What is read at the moment of a scrape, in a registry of its own.
+fn now_registry(node: &Node) -> Registry {
+    let mut now = Registry::with_prefix(PREFIX);
     let st = node.raft.status();
-    node.metrics.saw_leader(st.leader);
+    node.metrics.saw_raft(st.id, st.leader, st.term);
     let gauge = |registry: &mut Registry, name: &str, help: &str, v: i64| {
         let g = Gauge::<i64>::default();
         g.set(v);
         registry.register(name, help, g);
     };
-    let as_i64 = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    let counter = |registry: &mut Registry, name: &str, help: &str, v: u64| {
+        let c = Counter::<u64>::default();
+        c.inc_by(v);
+        registry.register(name, help, c);
+    };
     gauge(&mut now, "raft_term", "Current Raft term", as_i64(st.term));
     gauge(
         &mut now,
@@ -184,11 +652,44 @@ pub fn render(node: &Node) -> String {
     ] {
         gauge(&mut now, name, help, as_i64(v));
     }
+    let storage = &node.metrics.storage;
+    let relaxed = std::sync::atomic::Ordering::Relaxed;
+    counter(
+        &mut now,
+        "raft_snapshots_built",
+        "Snapshots this member built of its state machine",
+        storage.snapshots_built.load(relaxed),
+    );
+    counter(
+        &mut now,
+        "raft_snapshots_installed",
+        "Snapshots from a leader this member installed",
+        storage.snapshots_installed.load(relaxed),
+    );
+    let (sent, failed) = node.raft.snapshot_sends();
+    counter(
+        &mut now,
+        "raft_snapshots_sent",
+        "Snapshots this member sent to a follower that accepted them",
+        sent,
+    );
+    counter(
+        &mut now,
+        "raft_snapshot_sends_failed",
+        "Snapshots this member failed to send",
+        failed,
+    );
     gauge(
         &mut now,
         "db_size_bytes",
         "Size of this member's database files",
         as_i64(node.reader.db_size_bytes()),
+    );
+    gauge(
+        &mut now,
+        "raft_log_bytes",
+        "Bytes this member's Raft log takes (table files and memtables)",
+        as_i64(node.reader.log_bytes()),
     );
     if let Ok((revision, compacted)) = node.reader.revisions() {
         gauge(&mut now, "revision", "Current key-value revision", revision);
@@ -199,31 +700,157 @@ pub fn render(node: &Node) -> String {
             compacted,
         );
     }
+    let refused = Family::<Reason, Counter>::default();
+    for (why, n) in node.peers.refusals() {
+        refused
+            .get_or_create(&Reason { reason: why.name() })
+            .inc_by(n);
+    }
+    now.register(
+        "peer_messages_refused",
+        "Messages the peer port refused, by reason",
+        refused,
+    );
+    if let Ok(alarms) = node.reader.alarms() {
+        let active = Family::<AlarmName, Gauge>::default();
+        // Every kind, 0 when none is active (the only kind: NOSPACE).
+        let kind = utopia_raft::event::AlarmKind::NoSpace;
+        let n = alarms.iter().filter(|a| a.alarm == kind).count();
+        active
+            .get_or_create(&AlarmName { alarm: kind.name() })
+            .set(as_i64(n as u64));
+        now.register(
+            "alarms_active",
+            "Members with the alarm active (cluster-wide)",
+            active,
+        );
+    }
+    if let Ok(applied) = crate::node::configs::read_applied(node) {
+        let versions = Family::<StateLabel, Gauge>::default();
+        let mut failing = 0u64;
+        for doc in applied.versions() {
+            versions
+                .get_or_create(&StateLabel {
+                    state: config_state(doc.state),
+                })
+                .inc();
+            failing += doc.failing.len() as u64;
+        }
+        now.register(
+            "config_versions",
+            "Configuration versions by state (cluster-wide)",
+            versions,
+        );
+        gauge(
+            &mut now,
+            "config_members_failing",
+            "Members that could not write an accepted configuration (cluster-wide)",
+            as_i64(failing),
+        );
+    }
+    cluster_figures(node, &mut now);
+    now
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+fn config_state(s: utopia_storage::documents::ConfigState) -> &'static str {
+    use utopia_storage::documents::ConfigState as S;
+    match s {
+        S::Proposed => "proposed",
+        S::Accepted => "accepted",
+        S::Superseded => "superseded",
+        S::Rejected => "rejected",
+    }
+}
+
+/// Cluster-wide figures from the replicated state.
+fn cluster_figures(node: &Node, now: &mut Registry) {
+    let counter = |registry: &mut Registry, name: &str, help: &str, v: u64| {
+        let c = Counter::<u64>::default();
+        c.inc_by(v);
+        registry.register(name, help, c);
+    };
+    let gauge = |registry: &mut Registry, name: &str, help: &str, v: u64| {
+        let g = Gauge::<i64>::default();
+        g.set(as_i64(v));
+        registry.register(name, help, g);
+    };
     if let Ok(t) = node.reader.ingest_totals() {
         for (name, help, v) in [
             (
                 "cluster_ingest_applied",
-                "Ingested items that became device events (cluster-wide)",
+                "Ingested items that became device events",
                 t.applied,
             ),
             (
                 "cluster_ingest_suppressed",
-                "Redelivered copies suppressed (cluster-wide)",
+                "Redelivered copies suppressed",
                 t.suppressed,
             ),
+            ("cluster_ingest_dropped", "Ingest items dropped", t.dropped),
             (
-                "cluster_ingest_dropped",
-                "Ingest items dropped (cluster-wide)",
-                t.dropped,
+                "cluster_ingest_stale_batches",
+                "Ingest batches of an older owner epoch",
+                t.stale_batches,
+            ),
+            (
+                "cluster_ingest_replies_ignored",
+                "Device replies ignored",
+                t.replies_ignored,
+            ),
+            (
+                "cluster_ingest_over_quota",
+                "Ingest items over a quota",
+                t.over_quota,
+            ),
+            (
+                "cluster_ingest_class_refused",
+                "Ingest items their class's rules refused",
+                t.class_refused,
             ),
         ] {
-            let c = Counter::<u64>::default();
-            c.inc_by(v);
-            now.register(name, help, c);
+            counter(now, name, &format!("{help} (cluster-wide)"), v);
         }
     }
-    register_counters(&mut now, &node.counters.snapshot());
+    if let Ok(n) = node.reader.events_rejected() {
+        counter(
+            now,
+            "cluster_events_rejected",
+            "Events rejected alike on every replica (cluster-wide)",
+            n,
+        );
+    }
+    if let Ok(o) = node.reader.ingest_owners() {
+        gauge(
+            now,
+            "cluster_ingest_owner_epoch",
+            "Topic ownership epoch",
+            o.epoch,
+        );
+        gauge(
+            now,
+            "cluster_ingest_owners",
+            "Members owning ingest topics",
+            o.members.len() as u64,
+        );
+        // Members a class's devices are kept from, because they cannot
+        // hold its accepted configuration.
+        gauge(
+            now,
+            "cluster_ingest_excluded_members",
+            "Members kept from a class's devices",
+            o.excluded.values().map(|m| m.len() as u64).sum(),
+        );
+    }
+}
 
+/// Everything at this moment, in the text format.
+pub fn render(node: &Node) -> String {
+    let now = now_registry(node);
     let mut out = String::new();
     // Writing into a String does not fail.
     let _ = encode_registry(&mut out, &node.metrics.registry);
@@ -232,64 +859,206 @@ pub fn render(node: &Node) -> String {
     out
 }
 
-/// The node's counters (`name` or `name{k="v",...}`), one family per name:
-/// names ending in `_total` as counters, the others as gauges.
-fn register_counters(registry: &mut Registry, counters: &std::collections::BTreeMap<String, u64>) {
-    type Labels = Vec<(String, String)>;
-    let mut counter_families: std::collections::BTreeMap<String, Family<Labels, Counter>> =
-        Default::default();
-    let mut gauge_families: std::collections::BTreeMap<String, Family<Labels, Gauge<i64>>> =
-        Default::default();
-    for (key, value) in counters {
-        let (name, labels) = split_labels(key);
-        if !valid_name(name) {
+/// A histogram as `utopia status` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramSummary {
+    /// Its name and labels, as counters are named (`name{k="v"}`).
+    pub name: String,
+    pub count: u64,
+    /// In the histogram's unit (seconds).
+    pub sum: f64,
+    /// Estimated from the buckets as Prometheus' `histogram_quantile` does
+    /// (linear within the bucket; the last finite bound when the quantile
+    /// falls above it).
+    pub p50: f64,
+    pub p99: f64,
+    /// (upper bound, cumulative count), the last bound +Inf.
+    pub buckets: Vec<(f64, u64)>,
+}
+
+/// What `utopia status` shows: every sample the endpoint renders, named
+/// without the `utopia_` prefix; counters and gauges as integers (a
+/// negative gauge as 0), histograms summarised.
+#[derive(Debug, Default)]
+pub struct Reading {
+    pub values: BTreeMap<String, u64>,
+    pub histograms: Vec<HistogramSummary>,
+}
+
+/// The endpoint's figures, read back from what it renders now.
+pub fn reading(node: &Node) -> Reading {
+    parse_exposition(&render(node))
+}
+
+/// Buckets (upper bound, cumulative count), sum and count of one series.
+#[derive(Default)]
+struct HistogramSeries {
+    buckets: Vec<(f64, u64)>,
+    sum: f64,
+    count: u64,
+}
+
+/// Reads the text format [`render`] writes.
+fn parse_exposition(text: &str) -> Reading {
+    let mut histogram_families = std::collections::BTreeSet::new();
+    let mut series: BTreeMap<String, HistogramSeries> = BTreeMap::new();
+    let mut values = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let Some((name, "histogram")) = rest.split_once(' ') {
+                histogram_families.insert(name.to_string());
+            }
             continue;
         }
-        match name.strip_suffix("_total") {
-            Some(base) => {
-                counter_families
-                    .entry(base.to_string())
-                    .or_default()
-                    .get_or_create(&labels)
-                    .inc_by(*value);
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((name, labels, value)) = parse_sample(line) else {
+            continue;
+        };
+        let family = ["_bucket", "_sum", "_count"].iter().find_map(|suffix| {
+            let base = name.strip_suffix(suffix)?;
+            histogram_families.contains(base).then_some((base, *suffix))
+        });
+        let shown = |name: &str, labels: &[(String, String)]| {
+            let name = name
+                .strip_prefix(PREFIX)
+                .and_then(|n| n.strip_prefix('_'))
+                .unwrap_or(name);
+            if labels.is_empty() {
+                return name.to_string();
+            }
+            let inner: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                .collect();
+            format!("{name}{{{}}}", inner.join(","))
+        };
+        match family {
+            Some((base, suffix)) => {
+                let le = labels
+                    .iter()
+                    .find(|(k, _)| k == "le")
+                    .map(|(_, v)| v.clone());
+                let rest: Vec<(String, String)> =
+                    labels.into_iter().filter(|(k, _)| k != "le").collect();
+                let s = series.entry(shown(base, &rest)).or_default();
+                match suffix {
+                    "_bucket" => {
+                        let bound = match le.as_deref() {
+                            Some("+Inf") => f64::INFINITY,
+                            Some(v) => v.parse().unwrap_or(f64::INFINITY),
+                            None => f64::INFINITY,
+                        };
+                        s.buckets.push((bound, as_count(value)));
+                    }
+                    "_sum" => s.sum = value,
+                    _ => s.count = as_count(value),
+                }
             }
             None => {
-                gauge_families
-                    .entry(name.to_string())
-                    .or_default()
-                    .get_or_create(&labels)
-                    .set(i64::try_from(*value).unwrap_or(i64::MAX));
+                values.insert(shown(&name, &labels), as_count(value));
             }
         }
     }
-    for (name, family) in counter_families {
-        registry.register(name.clone(), format!("{name} (utopia status)"), family);
-    }
-    for (name, family) in gauge_families {
-        registry.register(name.clone(), format!("{name} (utopia status)"), family);
-    }
-}
-
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        && !name.as_bytes()[0].is_ascii_digit()
-}
-
-/// `name{a="x",b="y"}` into the name and its labels.
-fn split_labels(key: &str) -> (&str, Vec<(String, String)>) {
-    let Some((name, rest)) = key.split_once('{') else {
-        return (key, Vec::new());
-    };
-    let inner = rest.strip_suffix('}').unwrap_or(rest);
-    let labels = inner
-        .split(',')
-        .filter_map(|pair| {
-            let (k, v) = pair.split_once('=')?;
-            Some((k.trim().to_string(), v.trim().trim_matches('"').to_string()))
+    let histograms = series
+        .into_iter()
+        .map(|(name, s)| HistogramSummary {
+            p50: quantile(0.5, &s.buckets),
+            p99: quantile(0.99, &s.buckets),
+            name,
+            count: s.count,
+            sum: s.sum,
+            buckets: s.buckets,
         })
         .collect();
-    (name, labels)
+    Reading { values, histograms }
+}
+
+fn as_count(v: f64) -> u64 {
+    if v.is_finite() && v > 0.0 {
+        v.round() as u64
+    } else {
+        0
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// A sample's name, labels and value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+/// `name{k="v",...} value` (a trailing timestamp or exemplar is ignored).
+fn parse_sample(line: &str) -> Option<Sample> {
+    let name_end = line.find(['{', ' '])?;
+    let name = line[..name_end].to_string();
+    let mut labels = Vec::new();
+    let mut rest = &line[name_end..];
+    if let Some(after) = rest.strip_prefix('{') {
+        let mut chars = after.char_indices().peekable();
+        let end = loop {
+            // A key up to `="`, or the closing brace.
+            let (start, c) = chars.next()?;
+            if c == '}' {
+                break start + 1;
+            }
+            if c == ',' {
+                continue;
+            }
+            let eq = after[start..].find("=\"")? + start;
+            let key = after[start..eq].to_string();
+            while chars.peek().is_some_and(|(i, _)| *i <= eq + 1) {
+                chars.next();
+            }
+            let mut value = String::new();
+            loop {
+                let (_, c) = chars.next()?;
+                match c {
+                    '"' => break,
+                    '\\' => match chars.next()?.1 {
+                        'n' => value.push('\n'),
+                        other => value.push(other),
+                    },
+                    other => value.push(other),
+                }
+            }
+            labels.push((key, value));
+        };
+        rest = &after[end..];
+    }
+    let value = rest.split_whitespace().next()?.parse().ok()?;
+    Some((name, labels, value))
+}
+
+/// The `q` quantile of cumulative `buckets` (upper bound, count), sorted
+/// by bound and ending with +Inf; 0 without observations.
+fn quantile(q: f64, buckets: &[(f64, u64)]) -> f64 {
+    let Some((_, total)) = buckets.last() else {
+        return 0.0;
+    };
+    if *total == 0 {
+        return 0.0;
+    }
+    let rank = q * *total as f64;
+    let mut lower = (0.0, 0u64);
+    for (bound, cumulative) in buckets {
+        if (*cumulative as f64) >= rank {
+            if bound.is_infinite() {
+                return lower.0;
+            }
+            let in_bucket = (*cumulative - lower.1) as f64;
+            if in_bucket == 0.0 {
+                return *bound;
+            }
+            return lower.0 + (bound - lower.0) * (rank - lower.1 as f64) / in_bucket;
+        }
+        lower = (*bound, *cumulative);
+    }
+    lower.0
 }
 
 /// Serves `GET /metrics` on `listener` until the server stops it.
@@ -407,33 +1176,129 @@ where
 mod tests {
     use super::*;
 
-    #[test]
-    fn status_counter_names_split_into_name_and_labels() {
-        assert_eq!(split_labels("a_total"), ("a_total", vec![]));
-        assert_eq!(
-            split_labels("requests_rejected_total{reason=\"key_bytes\"}"),
-            (
-                "requests_rejected_total",
-                vec![("reason".to_string(), "key_bytes".to_string())]
-            )
-        );
-        let mut registry = Registry::default();
-        register_counters(
-            &mut registry,
-            &[
-                ("x_total{k=\"a\"}".to_string(), 3),
-                ("x_total{k=\"b\"}".to_string(), 4),
-                ("open_connections".to_string(), 2),
-                ("bad name!".to_string(), 1),
-            ]
-            .into_iter()
-            .collect(),
-        );
+    fn registry_text(build: impl FnOnce(&mut Registry)) -> String {
+        let mut registry = Registry::with_prefix(PREFIX);
+        build(&mut registry);
         let mut out = String::new();
         encode_registry(&mut out, &registry).unwrap();
-        assert!(out.contains("x_total{k=\"a\"} 3"), "{out}");
-        assert!(out.contains("x_total{k=\"b\"} 4"), "{out}");
-        assert!(out.contains("# TYPE open_connections gauge"), "{out}");
-        assert!(!out.contains("bad"), "{out}");
+        encode_eof(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn status_reads_back_counters_gauges_and_labels_as_rendered() {
+        let rejected = Family::<Reason, Counter>::default();
+        rejected
+            .get_or_create(&Reason {
+                reason: "too_large",
+            })
+            .inc_by(3);
+        let calls = Family::<CallLabels, Counter>::default();
+        calls
+            .get_or_create(&CallLabels {
+                method: "/utopia.v1.KV/Put".into(),
+                code: "Ok".into(),
+            })
+            .inc_by(7);
+        let open = Gauge::<i64>::default();
+        open.set(2);
+        let text = registry_text(|r| {
+            r.register("requests_rejected", "h", rejected);
+            r.register("grpc_requests", "h", calls);
+            r.register("grpc_connections", "h", open);
+        });
+        let r = parse_exposition(&text);
+        assert_eq!(
+            r.values
+                .get("requests_rejected_total{reason=\"too_large\"}"),
+            Some(&3),
+            "{text}\n{r:?}"
+        );
+        assert_eq!(
+            r.values
+                .get("grpc_requests_total{method=\"/utopia.v1.KV/Put\",code=\"Ok\"}"),
+            Some(&7),
+            "{r:?}"
+        );
+        assert_eq!(r.values.get("grpc_connections"), Some(&2));
+        assert!(r.histograms.is_empty());
+    }
+
+    #[test]
+    fn status_summarises_histograms_with_quantiles_from_their_buckets() {
+        let h = Family::<EventName, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.001, 0.01, 0.1])
+        });
+        // 90 observations in (0.001, 0.01], 10 in (0.01, 0.1].
+        for _ in 0..90 {
+            h.get_or_create(&EventName { event: "put" }).observe(0.005);
+        }
+        for _ in 0..10 {
+            h.get_or_create(&EventName { event: "put" }).observe(0.05);
+        }
+        let text = registry_text(|r| r.register("proposal_duration_seconds", "h", h));
+        let r = parse_exposition(&text);
+        assert_eq!(r.histograms.len(), 1, "{text}");
+        let s = &r.histograms[0];
+        assert_eq!(s.name, "proposal_duration_seconds{event=\"put\"}");
+        assert_eq!(s.count, 100);
+        assert!((s.sum - 0.95).abs() < 1e-9, "{}", s.sum);
+        // Rank 50 of 90 in the second bucket: 0.001 + 0.009 * 50/90.
+        assert!((s.p50 - 0.006).abs() < 1e-9, "{}", s.p50);
+        // Rank 99: 9 into the 10 of the third bucket.
+        assert!((s.p99 - (0.01 + 0.09 * 0.9)).abs() < 1e-9, "{}", s.p99);
+        assert!(r.values.is_empty(), "{:?}", r.values);
+    }
+
+    #[test]
+    fn quantiles_above_the_last_bound_are_the_last_bound() {
+        let b = [(0.1, 0), (1.0, 1), (f64::INFINITY, 10)];
+        assert_eq!(quantile(0.99, &b), 1.0);
+        assert_eq!(quantile(0.5, &[(1.0, 0), (f64::INFINITY, 0)]), 0.0);
+    }
+
+    #[test]
+    fn a_read_histogram_renders_as_a_histogram() {
+        let storage = Arc::new(StorageMetrics::default());
+        storage.log_fsync.observe(Duration::from_micros(300));
+        storage.log_fsync.observe(Duration::from_micros(300));
+        let m = Metrics::new(storage.clone());
+        let mut out = String::new();
+        encode_registry(&mut out, &m.registry).unwrap();
+        let r = parse_exposition(&out);
+        let fsync = r
+            .histograms
+            .iter()
+            .find(|h| h.name == "storage_fsync_duration_seconds")
+            .unwrap_or_else(|| panic!("{out}"));
+        assert_eq!(fsync.count, 2);
+        assert!(fsync.p50 > 0.0002 && fsync.p50 <= 0.0004, "{fsync:?}");
+        // The ingest lag the driver publishes, cumulative in the core.
+        let mut lag = LagHistogram::default();
+        lag.observe(4);
+        m.set_ingest_lag(&lag);
+        let mut out = String::new();
+        encode_registry(&mut out, &m.registry).unwrap();
+        let r = parse_exposition(&out);
+        let lag = r
+            .histograms
+            .iter()
+            .find(|h| h.name == "ingest_lag_seconds")
+            .unwrap_or_else(|| panic!("{out}"));
+        assert_eq!(lag.count, 1);
+        assert!(lag.p50 > 0.003 && lag.p50 <= 0.005, "{lag:?}");
+    }
+
+    #[test]
+    fn elections_and_leader_changes_follow_the_term_and_leader() {
+        let m = Metrics::new(Arc::default());
+        m.saw_raft(1, None, 1);
+        m.saw_raft(1, Some(2), 1);
+        assert_eq!((m.elections.get(), m.leader_changes.get()), (0, 1));
+        m.saw_raft(1, None, 2);
+        m.saw_raft(1, Some(1), 2);
+        assert_eq!(m.elections.get(), 1);
+        assert_eq!(m.leader_changes.get(), 2);
+        assert_eq!(m.elections_won.get(), 1);
     }
 }

@@ -197,17 +197,19 @@ pub async fn run(
             "metrics endpoint",
             crate::metrics::serve(node.clone(), listener),
         );
-        node.tasks.spawn("leader watch", {
-            let node = node.clone();
-            async move {
-                let mut tick = tokio::time::interval(Duration::from_millis(100));
-                loop {
-                    tick.tick().await;
-                    node.metrics.saw_leader(node.raft.status().leader);
-                }
-            }
-        });
     }
+    // Leader changes and elections, for the metrics and `utopia status`.
+    node.tasks.spawn("leader watch", {
+        let node = node.clone();
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tick.tick().await;
+                let st = node.raft.status();
+                node.metrics.saw_raft(st.id, st.leader, st.term);
+            }
+        }
+    });
     // XML configuration sync: the leader's decisions, and with a
     // `configs.dir` this member's watcher and writer.
     crate::node::configs::start(&node);

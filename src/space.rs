@@ -50,7 +50,9 @@ pub async fn watch(node: Arc<Node>, db_bytes_max: u64) {
             }
         };
         let mut used = node.reader.state_machine_bytes();
-        node.counters.set("db_space_used_bytes", used);
+        node.metrics
+            .db_space_used_bytes
+            .set(i64::try_from(used).unwrap_or(i64::MAX));
         let raised = state
             .alarms
             .iter()
@@ -80,8 +82,10 @@ pub async fn watch(node: Arc<Node>, db_bytes_max: u64) {
             let reader = node.reader.clone();
             match tokio::task::spawn_blocking(move || reader.compact_state_machine()).await {
                 Ok(Ok(after)) => {
-                    node.counters.add("db_space_compactions_total", 1);
-                    node.counters.set("db_space_used_bytes", after);
+                    node.metrics.db_space_compactions.inc();
+                    node.metrics
+                        .db_space_used_bytes
+                        .set(i64::try_from(after).unwrap_or(i64::MAX));
                     used = after;
                 }
                 Ok(Err(e)) => tracing::error!(error = %e, "compact the state machine"),
@@ -105,8 +109,12 @@ pub async fn watch(node: Arc<Node>, db_bytes_max: u64) {
         {
             Ok(_) => {
                 proposed_at = Some(tokio::time::Instant::now());
-                node.counters
-                    .add("alarms_raised_total{alarm=\"NOSPACE\"}", 1);
+                node.metrics
+                    .alarms_raised
+                    .get_or_create(&crate::metrics::AlarmName {
+                        alarm: AlarmKind::NoSpace.name(),
+                    })
+                    .inc();
                 tracing::warn!(
                     used_bytes = used,
                     db_bytes_max,

@@ -342,8 +342,17 @@ fn a_wiped_follower_catches_up_through_a_snapshot() {
     // The log the wiped node would need is gone from the leader.
     wait_for_purge(&c);
 
-    // It comes back empty, joins, and catches up by installing a snapshot.
-    let _node = rejoin_by_snapshot(&c, victim, &conf, 80);
+    // It comes back empty, joins, and catches up by installing a snapshot;
+    // the metrics count it on both sides.
+    let node = rejoin_by_snapshot(&c, victim, &conf, 80);
+    assert!(common::counter(&node.addr, "raft_snapshots_installed_total") >= 1);
+    // (The wiped member's old server is gone and counts 0.)
+    let sent: u64 = c
+        .nodes
+        .iter()
+        .map(|n| common::counter(&n.addr, "raft_snapshots_sent_total"))
+        .sum();
+    assert!(sent >= 1);
 }
 
 #[test]

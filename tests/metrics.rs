@@ -1,6 +1,8 @@
 //! The Prometheus endpoint (`metrics.listen`) of three real nodes, scraped
 //! over HTTP and read with a Prometheus text parser: the figures agree with
-//! the work done (puts, an election after the leader is killed).
+//! the work done (puts and their proposals, log fsyncs, snapshots built, an
+//! election after the leader is killed), and `utopia status` shows the same
+//! figures.
 
 mod common;
 
@@ -9,6 +11,30 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use common::{cli, free_addr, leader_id, start_cluster_each, temp_dir, wait_for};
+
+/// `utopia status --output json` on `addr`.
+fn status(addr: &str) -> serde_json::Value {
+    let out = cli(addr, &["--output", "json", "status"]);
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).expect("status JSON")
+}
+
+/// The count of histogram `name` with `labels` (its `_count` sample).
+fn histogram_count(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> u64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Histogram(buckets) => {
+                buckets.last().map_or(0, |b| b.count as u64)
+            }
+            prometheus_parse::Value::Untyped(v) | prometheus_parse::Value::Counter(v) => *v as u64,
+            _ => 0,
+        })
+        .sum()
+}
 
 /// `GET /metrics` on `addr`, parsed; `None` while it does not answer.
 fn scrape(addr: &str) -> Option<prometheus_parse::Scrape> {
@@ -53,7 +79,16 @@ fn the_metrics_endpoint_counts_puts_and_elections() {
         .enumerate()
         .map(|(i, addr)| {
             let path = dir.path().join(format!("n{}.conf", i + 1));
-            std::fs::write(&path, format!("metrics = {{ listen = \"{addr}\"; }};\n")).unwrap();
+            // Snapshots every 20 entries: the puts below make every
+            // member build some.
+            std::fs::write(
+                &path,
+                format!(
+                    "metrics = {{ listen = \"{addr}\"; }};\n\
+                     raft = {{ snapshot_log_entries = 20; log_entries_kept_after_snapshot = 5; }};\n"
+                ),
+            )
+            .unwrap();
             path.display().to_string()
         })
         .collect();
@@ -94,15 +129,108 @@ fn the_metrics_endpoint_counts_puts_and_elections() {
     );
     let term_before = value(on_leader, "utopia_raft_term", &[]);
 
+    // Every put was proposed where the CLI reached a member: refused by a
+    // follower (the CLI then goes to the leader it names), or applied with
+    // its latency observed.
+    let puts = [("event", "put")];
+    let sum = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        scrapes.iter().map(|s| value(s, name, labels)).sum()
+    };
+    let not_leader = sum(
+        "utopia_proposals_failed_total",
+        &[("event", "put"), ("reason", "not_leader")],
+    );
+    assert_eq!(
+        sum("utopia_proposals_total", &puts),
+        PUTS as f64 + not_leader
+    );
+    assert_eq!(
+        sum("utopia_proposals_failed_total", &puts),
+        not_leader,
+        "no other failure"
+    );
+    let timed: u64 = scrapes
+        .iter()
+        .map(|s| histogram_count(s, "utopia_proposal_duration_seconds", &puts))
+        .sum();
+    assert_eq!(timed, PUTS as u64);
+    // Every member synced its log, and its log takes room.
+    for s in &scrapes {
+        assert!(histogram_count(s, "utopia_storage_fsync_duration_seconds", &[]) > 0);
+        assert!(value(s, "utopia_raft_log_bytes", &[]) > 0.0);
+        assert_eq!(
+            value(s, "utopia_alarms_active", &[("alarm", "NOSPACE")]),
+            0.0
+        );
+    }
+    // More writes, more fsyncs on the leader.
+    let leader_metrics = &metrics[leader as usize - 1];
+    let fsyncs_before = histogram_count(
+        &scrape(leader_metrics).unwrap(),
+        "utopia_storage_fsync_duration_seconds",
+        &[],
+    );
+    for i in 0..5 {
+        let out = cli(&endpoints, &["put", &format!("more{i}"), "v"]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    let fsyncs_after = histogram_count(
+        &scrape(leader_metrics).unwrap(),
+        "utopia_storage_fsync_duration_seconds",
+        &[],
+    );
+    assert!(
+        fsyncs_after > fsyncs_before,
+        "{fsyncs_before} -> {fsyncs_after}"
+    );
+    // Past 20 entries, each member builds a snapshot.
+    for m in &metrics {
+        wait_for("a snapshot built", Duration::from_secs(30), || {
+            (value(&scrape(m)?, "utopia_raft_snapshots_built_total", &[]) >= 1.0).then_some(())
+        });
+    }
+
+    // `utopia status` shows the endpoint's figures, histograms summarised.
+    // (On the leader, where the puts were applied.)
+    let st = status(&addrs[leader as usize - 1]);
+    let s = scrape(leader_metrics).unwrap();
+    let put_count = |name: &str| value(&s, name, &puts) as u64;
+    assert_eq!(
+        st["counters"]["proposals_total{event=\"put\"}"]
+            .as_u64()
+            .unwrap_or(0),
+        put_count("utopia_proposals_total"),
+        "{st}"
+    );
+    assert_eq!(
+        st["counters"]["grpc_requests_total{method=\"/utopia.v1.KV/Put\",code=\"Ok\"}"]
+            .as_u64()
+            .unwrap_or(0),
+        value(
+            &s,
+            "utopia_grpc_requests_total",
+            &[("method", "/utopia.v1.KV/Put"), ("code", "Ok")]
+        ) as u64,
+        "{st}"
+    );
+    let h = &st["histograms"]["proposal_duration_seconds{event=\"put\"}"];
+    assert_eq!(
+        h["count"].as_u64().unwrap_or(0),
+        histogram_count(&s, "utopia_proposal_duration_seconds", &puts),
+        "{st}"
+    );
+    assert!(h["count"].as_u64().unwrap_or(0) > 0, "{st}");
+    let (p50, p99) = (h["p50"].as_f64().unwrap(), h["p99"].as_f64().unwrap());
+    assert!(p50 > 0.0 && p50 <= p99, "{h}");
+    assert!(st["histograms"]["storage_fsync_duration_seconds"]["count"].as_u64() > Some(0));
+
     // The leader is killed: a survivor sees a new leader in a later term.
     nodes[leader as usize - 1].kill9();
     let survivor = (1..=3u64).find(|&id| id != leader).unwrap();
     let at = &metrics[survivor as usize - 1];
-    let changes_before = value(
-        &scrape(at).unwrap(),
-        "utopia_raft_leader_changes_total",
-        &[],
-    );
+    let before = scrape(at).unwrap();
+    let changes_before = value(&before, "utopia_raft_leader_changes_total", &[]);
+    let elections_before = value(&before, "utopia_raft_elections_total", &[]);
     let after = wait_for(
         "an election seen in the metrics",
         Duration::from_secs(30),
@@ -114,6 +242,7 @@ fn the_metrics_endpoint_counts_puts_and_elections() {
     );
     assert!(value(&after, "utopia_raft_term", &[]) > term_before);
     assert!(value(&after, "utopia_raft_leader_changes_total", &[]) > changes_before);
+    assert!(value(&after, "utopia_raft_elections_total", &[]) > elections_before);
 
     // Anything but GET /metrics is a 404.
     let mut s = TcpStream::connect(at).unwrap();

@@ -121,6 +121,13 @@ fn writes_past_the_quota_raise_nospace_and_the_cluster_recovers_after_compaction
         !raised.is_empty() && raised.iter().all(|a| a["alarm"] == "NOSPACE"),
         "{raised:?}"
     );
+    // Every member's metrics show it, from the replicated state (members
+    // may still be raising theirs).
+    for n in &nodes {
+        wait_for("NOSPACE in the metrics", DEADLINE, || {
+            (counter(&n.addr, "alarms_active{alarm=\"NOSPACE\"}") >= 1).then_some(())
+        });
+    }
 
     // Every member refuses writes that add data, itself, before proposing.
     for n in &nodes {

@@ -353,6 +353,15 @@ where
         self.raft.metrics().borrow_watched().current_term
     }
 
+    /// Snapshots this node sent to followers: (accepted, failed).
+    pub fn snapshot_sends(&self) -> (u64, u64) {
+        let s = &self.network.snapshot_sends;
+        (
+            s.sent.load(std::sync::atomic::Ordering::Relaxed),
+            s.failed.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
     pub fn status(&self) -> NodeStatus {
         let m = self.raft.metrics();
         let m = m.borrow_watched();

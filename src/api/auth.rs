@@ -215,7 +215,7 @@ impl pb::auth_server::Auth for AuthService {
             expires_at_ms,
         )
         .ok_or_else(|| Error::Internal("the stored token-signing key is unusable".into()))?;
-        self.node.counters.add("auth_tokens_issued_total", 1);
+        self.node.metrics.auth_tokens_issued.inc();
         Ok(Response::new(pb::AuthenticateResponse {
             header: self.header()?,
             token,

@@ -54,6 +54,7 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
         let caller = self.node.authorize(&req, Need::Anyone)?;
         let st = self.node.raft.status();
         let (revision, compact_revision) = self.node.reader.revisions().map_err(Error::from)?;
+        let reading = crate::metrics::reading(&self.node);
         Ok(Response::new(pb::StatusResponse {
             header: header(&self.node, revision),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -86,44 +87,26 @@ impl pb::maintenance_server::Maintenance for MaintenanceService {
             } else {
                 0
             },
-            counters: {
-                let mut c = self.node.counters.snapshot();
-                for (why, n) in self.node.peers.refusals() {
-                    c.insert(
-                        format!("peer_messages_refused_total{{reason=\"{}\"}}", why.name()),
-                        n,
-                    );
-                }
-                // Cluster-wide ingest figures from the replicated state.
-                if let Ok(t) = self.node.reader.ingest_totals() {
-                    c.insert("cluster_ingest_applied_total".into(), t.applied);
-                    c.insert("cluster_ingest_suppressed_total".into(), t.suppressed);
-                    c.insert("cluster_ingest_dropped_total".into(), t.dropped);
-                    c.insert("cluster_ingest_stale_batches_total".into(), t.stale_batches);
-                    c.insert(
-                        "cluster_ingest_replies_ignored_total".into(),
-                        t.replies_ignored,
-                    );
-                    c.insert("cluster_ingest_over_quota_total".into(), t.over_quota);
-                    c.insert("cluster_ingest_class_refused_total".into(), t.class_refused);
-                }
-                // Events rejected alike on every replica because their
-                // content could not be applied.
-                if let Ok(n) = self.node.reader.events_rejected() {
-                    c.insert("cluster_events_rejected_total".into(), n);
-                }
-                if let Ok(o) = self.node.reader.ingest_owners() {
-                    c.insert("cluster_ingest_owner_epoch".into(), o.epoch);
-                    c.insert("cluster_ingest_owners".into(), o.members.len() as u64);
-                    // Members a class's devices are kept from, because they
-                    // cannot hold its accepted configuration.
-                    c.insert(
-                        "cluster_ingest_excluded_members".into(),
-                        o.excluded.values().map(|m| m.len() as u64).sum(),
-                    );
-                }
-                c.into_iter().collect()
-            },
+            // The figures the metrics endpoint renders, read back.
+            counters: reading.values.into_iter().collect(),
+            histograms: reading
+                .histograms
+                .into_iter()
+                .map(|h| pb::HistogramSummary {
+                    name: h.name,
+                    count: h.count,
+                    sum: h.sum,
+                    p50: h.p50,
+                    p99: h.p99,
+                    bounds: h
+                        .buckets
+                        .iter()
+                        .map(|(b, _)| *b)
+                        .filter(|b| b.is_finite())
+                        .collect(),
+                    buckets: h.buckets.iter().map(|(_, n)| *n).collect(),
+                })
+                .collect(),
             role: format!("{:?}", st.role).to_lowercase(),
             raft_snapshot_index: st.snapshot_index,
             raft_purged_index: st.purged_index,

@@ -396,7 +396,17 @@ struct StatusJson {
     db_size_bytes: u64,
     members: Vec<MemberJson>,
     counters: BTreeMap<String, u64>,
+    /// Histograms by name: count, sum and quantiles in seconds.
+    histograms: BTreeMap<String, HistogramJson>,
     raft_membership_index: u64,
+}
+
+#[derive(Serialize)]
+struct HistogramJson {
+    count: u64,
+    sum: f64,
+    p50: f64,
+    p99: f64,
 }
 
 pub async fn status(client: &mut Client, out: &mut Printer) -> Result<(), CliError> {
@@ -431,6 +441,21 @@ pub async fn status(client: &mut Client, out: &mut Printer) -> Result<(), CliErr
             })
             .collect(),
         counters: resp.counters.into_iter().collect(),
+        histograms: resp
+            .histograms
+            .into_iter()
+            .map(|h| {
+                (
+                    h.name,
+                    HistogramJson {
+                        count: h.count,
+                        sum: h.sum,
+                        p50: h.p50,
+                        p99: h.p99,
+                    },
+                )
+            })
+            .collect(),
         raft_membership_index: resp.raft_membership_index,
     };
     if out.json {
@@ -481,6 +506,14 @@ pub async fn status(client: &mut Client, out: &mut Printer) -> Result<(), CliErr
     let width = s.counters.keys().map(|k| k.len()).max().unwrap_or(0);
     for (name, value) in &s.counters {
         out.line(format!("  {name:<width$} {value}"))?;
+    }
+    out.line(format!("histograms ({}, seconds):", s.histograms.len()))?;
+    let width = s.histograms.keys().map(|k| k.len()).max().unwrap_or(0);
+    for (name, h) in &s.histograms {
+        out.line(format!(
+            "  {name:<width$} count {} sum {:.6} p50 {:.6} p99 {:.6}",
+            h.count, h.sum, h.p50, h.p99
+        ))?;
     }
     Ok(())
 }

@@ -256,6 +256,20 @@ async fn cluster_counters(client: &Client) -> BTreeMap<String, u64> {
         else {
             continue;
         };
+        // The ingest lag histogram, as counters in milliseconds.
+        for h in resp
+            .histograms
+            .iter()
+            .filter(|h| h.name == "ingest_lag_seconds")
+        {
+            let ms = |s: f64| (s * 1e3).round() as u64;
+            *sum.entry("ingest_lag_ms_count".into()).or_insert(0) += h.count;
+            *sum.entry("ingest_lag_ms_sum".into()).or_insert(0) += ms(h.sum);
+            for (bound, n) in h.bounds.iter().zip(&h.buckets) {
+                *sum.entry(format!("ingest_lag_ms_bucket{{le=\"{}\"}}", ms(*bound)))
+                    .or_insert(0) += n;
+            }
+        }
         for (k, v) in resp.counters {
             if k.starts_with("cluster_") {
                 // The same replicated figure on every node: keep the largest.

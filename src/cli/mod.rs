@@ -51,7 +51,9 @@
 //! - `status`: `{"endpoint","version","member_id","leader","raft_term","raft_index",
 //!   "raft_applied_index","raft_snapshot_index","raft_purged_index","role","revision",
 //!   "compact_revision","data_dir","db_size_bytes","members":[{"id","addr","voter"}],
-//!   "counters":{name:u64},"raft_membership_index"}` (counters sorted by name)
+//!   "counters":{name:u64},"histograms":{name:{"count":u64,"sum","p50","p99"}},
+//!   "raft_membership_index"}` (counters and histograms sorted by name; the
+//!   metrics endpoint's figures without the `utopia_` prefix; seconds)
 //! - `alarm list|disarm`: `{"alarms":[{"member_id":u64,"alarm":"NOSPACE"}...]}`
 //!   (after a disarm: the alarms still active)
 //! - `cluster status`: `{"leader","raft_term","members":[{"id","addr","voter","role",

@@ -82,7 +82,7 @@ pub async fn run(
                 let req = Request::new(now, Event::CommandFailed { id: c.id, reason });
                 match node.raft.propose_anywhere(req, PROPOSE_TIMEOUT).await {
                     Ok(_) => {
-                        node.counters.add("commands_failed_total", 1);
+                        node.metrics.commands_failed.inc();
                         tracing::info!(command = c.id, device = %c.device, "command failed: no reply");
                     }
                     Err(e) => tracing::debug!(command = c.id, error = %e, "mark command failed"),
@@ -116,7 +116,7 @@ async fn attempt(
         .await
     {
         Ok(()) => {
-            node.counters.add("commands_published_total", 1);
+            node.metrics.commands_published.inc();
             tracing::debug!(command = c.id, attempt, %topic, "command published");
         }
         Err(e) => tracing::warn!(command = c.id, error = %e, "publish command"),

@@ -167,8 +167,10 @@ impl Node {
             Error::PermissionDenied(_) => "permission_denied",
             _ => "other",
         };
-        self.counters
-            .add(&format!("auth_failures_total{{reason=\"{reason}\"}}"), 1);
+        self.metrics
+            .auth_failures
+            .get_or_create(&crate::metrics::Reason { reason })
+            .inc();
         e
     }
 

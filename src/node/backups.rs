@@ -30,15 +30,15 @@ pub async fn run(node: Arc<Node>, dir: PathBuf) {
         let taken = tokio::task::spawn_blocking(move || take(&n, &d)).await;
         match taken {
             Ok(Ok(file)) => {
-                node.counters.add("backups_taken_total", 1);
+                node.metrics.backups_taken.inc();
                 tracing::info!(file = %file.display(), "backup taken");
             }
             Ok(Err(e)) => {
-                node.counters.add("backups_failed_total", 1);
+                node.metrics.backups_failed.inc();
                 tracing::warn!(dir = %dir.display(), error = %e, "scheduled backup failed");
             }
             Err(e) => {
-                node.counters.add("backups_failed_total", 1);
+                node.metrics.backups_failed.inc();
                 tracing::error!(error = %e, "scheduled backup task failed");
             }
         }
@@ -62,11 +62,12 @@ fn take(node: &Node, dir: &Path) -> Result<PathBuf, String> {
     let revision = stream.manifest().revision;
     let file = dir.join(file_name(cluster_id, revision, now));
     let status = backup::write_file(&mut stream, &file).map_err(|e| e.to_string())?;
-    node.counters.set(
-        "backup_last_revision",
-        status.manifest.revision.max(0) as u64,
-    );
-    node.counters.set("backup_last_bytes", status.bytes);
+    node.metrics
+        .backup_last_revision
+        .set(status.manifest.revision.max(0));
+    node.metrics
+        .backup_last_bytes
+        .set(i64::try_from(status.bytes).unwrap_or(i64::MAX));
     prune(dir, node.backups.retention_count as usize);
     Ok(file)
 }

@@ -212,7 +212,7 @@ async fn reap_leases(node: &Node) {
     for id in expired {
         match node.propose(Event::LeaseExpired { id }).await {
             Ok(_) => {
-                node.counters.add("leases_expired_total", 1);
+                node.metrics.leases_expired.inc();
                 tracing::debug!(lease = id, "lease expired");
             }
             Err(e) => tracing::warn!(lease = id, error = %e, "expire lease"),
@@ -237,7 +237,7 @@ async fn compact_history(node: &Node) {
     let revision = current - kept;
     match node.propose(Event::Compact { revision }).await {
         Ok(_) => {
-            node.counters.add("compactions_total", 1);
+            node.metrics.compactions.inc();
             tracing::info!(revision, "compacted key history");
         }
         Err(e) => tracing::warn!(revision, error = %e, "compact key history"),

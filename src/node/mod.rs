@@ -2,7 +2,7 @@
 //!
 //! [`Node`] is the state the gRPC services, the MQTT ingest and the
 //! housekeeping loops share: the Raft node that orders writes, the storage
-//! reader, the limits from the configuration, the counters, the
+//! reader, the limits from the configuration, the metrics, the
 //! authentication gate, the peer guard, and the [`Tasks`] the server owns.
 //! A write is validated here, becomes one event, and is proposed; what
 //! applying it returned comes back. A read first passes a Raft read barrier
@@ -34,9 +34,9 @@ pub mod forward;
 pub mod housekeeping;
 pub mod tasks;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::Semaphore;
 use utopia_raft::event::{Event, Outcome, Request, Response};
@@ -48,44 +48,6 @@ pub use error::Error;
 pub use tasks::Tasks;
 
 use crate::config::{BackupSettings, ConfigsSettings, Limits, Settings};
-
-/// Counters of what the node has seen, by name. Names carry their unit.
-#[derive(Default)]
-pub struct Counters {
-    values: Mutex<BTreeMap<String, u64>>,
-}
-
-impl Counters {
-    pub fn add(&self, name: &str, n: u64) {
-        if let Ok(mut v) = self.values.lock() {
-            // Counted on every request: allocate the name only the first time.
-            match v.get_mut(name) {
-                Some(value) => *value += n,
-                None => {
-                    v.insert(name.to_string(), n);
-                }
-            }
-        }
-    }
-
-    /// Sets a gauge (a value that goes up and down).
-    pub fn set(&self, name: &str, value: u64) {
-        if let Ok(mut v) = self.values.lock() {
-            v.insert(name.to_string(), value);
-        }
-    }
-
-    pub fn get(&self, name: &str) -> u64 {
-        self.values
-            .lock()
-            .map(|v| v.get(name).copied().unwrap_or(0))
-            .unwrap_or(0)
-    }
-
-    pub fn snapshot(&self) -> BTreeMap<String, u64> {
-        self.values.lock().map(|v| v.clone()).unwrap_or_default()
-    }
-}
 
 /// How fresh a read must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,7 +63,6 @@ pub struct Node {
     pub raft: RaftNode<StateMachine>,
     pub reader: Reader,
     pub limits: Limits,
-    pub counters: Counters,
     pub data_dir: String,
     /// Publishes of a device command before it fails (`mqtt.commands`).
     pub command_attempts_max: u32,
@@ -109,7 +70,8 @@ pub struct Node {
     pub configs: ConfigsSettings,
     /// Scheduled backups (`backups`).
     pub backups: BackupSettings,
-    /// What the metrics endpoint exports beside the counters.
+    /// What this member counts: the metrics endpoint and `utopia status`
+    /// show it.
     pub metrics: crate::metrics::Metrics,
     /// The peer port's checks: the cluster id, and what it refused.
     pub peers: Arc<PeerGuard>,
@@ -137,17 +99,17 @@ impl Node {
         // Lease ids: node id in the top 16 bits, then a millisecond clock,
         // so ids from different nodes and restarts do not collide.
         let seed = ((raft.id() & 0x7FFF) << 48) | (crate::now_ms() & 0xFFFF_FFFF_FFFF);
+        let metrics = crate::metrics::Metrics::new(reader.storage_metrics());
         Arc::new(Self {
             raft,
             reader,
             limits,
-            counters: Counters::default(),
             data_dir: settings.data_dir.display().to_string(),
             command_attempts_max: settings.mqtt.commands.attempts_max.min(u64::from(u32::MAX))
                 as u32,
             configs: settings.configs.clone(),
             backups: settings.backups.clone(),
-            metrics: crate::metrics::Metrics::default(),
+            metrics,
             peers,
             auth,
             tasks: Arc::new(Tasks::default()),
@@ -161,11 +123,11 @@ impl Node {
     }
 
     /// Counts a refused request under `reason` and returns the error.
-    pub fn reject(&self, reason: &str, e: Error) -> Error {
-        self.counters.add(
-            &format!("requests_rejected_total{{reason=\"{reason}\"}}"),
-            1,
-        );
+    pub fn reject(&self, reason: &'static str, e: Error) -> Error {
+        self.metrics
+            .requests_rejected
+            .get_or_create(&crate::metrics::Reason { reason })
+            .inc();
         e
     }
 
@@ -179,8 +141,14 @@ impl Node {
     /// request is refused (resource exhausted) rather than queued. An event
     /// the state machine rejected is an error, counted by reason.
     pub async fn propose(&self, event: Event) -> Result<Response, Error> {
-        self.refuse_under_alarm(&event)?;
+        let name = event.name();
+        let started = Instant::now();
+        if let Err(e) = self.refuse_under_alarm(&event) {
+            self.metrics.proposed(name, started, Err("alarm"));
+            return Err(e);
+        }
         let _permit = self.proposals.try_acquire().map_err(|_| {
+            self.metrics.proposed(name, started, Err("overloaded"));
             self.reject(
                 "overloaded",
                 Error::ResourceExhausted(format!(
@@ -189,26 +157,21 @@ impl Node {
                 )),
             )
         })?;
-        let name = event.name();
         let mut req = Request::new(crate::now_ms(), event);
         if writes_documents(&req.event) {
             // Carried in the event: every replica applies this node's limit.
             req = req.with_document_bytes_max(self.limits.document_bytes_max);
         }
-        let resp = self
-            .raft
-            .propose(req)
-            .await
-            .map_err(|e| self.raft_error(e))?;
-        self.counters
-            .add(&format!("events_applied_total{{event=\"{name}\"}}"), 1);
+        let resp = self.raft.propose(req).await.map_err(|e| {
+            self.metrics
+                .proposed(name, started, Err(crate::metrics::propose_failure(&e)));
+            self.raft_error(e)
+        })?;
         if let Outcome::Rejected(r) = resp.outcome {
-            self.counters.add(
-                &format!("events_rejected_total{{reason=\"{}\"}}", r.reason()),
-                1,
-            );
+            self.metrics.proposed(name, started, Ok(Some(r.reason())));
             return Err(Error::Rejected(r));
         }
+        self.metrics.proposed(name, started, Ok(None));
         Ok(resp)
     }
 

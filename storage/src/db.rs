@@ -16,6 +16,8 @@ pub struct Db {
     /// A snapshot is being installed: the state machine is partly written
     /// and local reads are refused.
     installing: Arc<std::sync::atomic::AtomicBool>,
+    /// What this database's log and state machine count for the metrics.
+    metrics: Arc<crate::io_metrics::StorageMetrics>,
 }
 
 impl std::fmt::Debug for Db {
@@ -38,6 +40,28 @@ impl Db {
     pub(crate) fn set_installing(&self, on: bool) {
         self.installing
             .store(on, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The storage figures of this database (every handle shares them).
+    pub fn metrics(&self) -> &Arc<crate::io_metrics::StorageMetrics> {
+        &self.metrics
+    }
+
+    /// Bytes the Raft log takes: its table files and its memtables.
+    pub fn log_bytes(&self) -> u64 {
+        [
+            "rocksdb.total-sst-files-size",
+            "rocksdb.cur-size-all-mem-tables",
+        ]
+        .iter()
+        .map(|p| {
+            self.db
+                .property_int_value_cf(self.cf(Cf::RaftLog), *p)
+                .ok()
+                .flatten()
+                .unwrap_or(0)
+        })
+        .sum()
     }
 
     /// Syncs the WAL: everything written before the call is durable after it.
@@ -155,6 +179,7 @@ impl Db {
         WeakDb {
             db: Arc::downgrade(&self.db),
             installing: self.installing.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -195,6 +220,7 @@ fn cf_handle(db: &DB, cf: Cf) -> &rocksdb::ColumnFamily {
 pub(crate) struct WeakDb {
     db: std::sync::Weak<DB>,
     installing: Arc<std::sync::atomic::AtomicBool>,
+    metrics: Arc<crate::io_metrics::StorageMetrics>,
 }
 
 impl WeakDb {
@@ -202,6 +228,7 @@ impl WeakDb {
         self.db.upgrade().map(|db| Db {
             db,
             installing: self.installing.clone(),
+            metrics: self.metrics.clone(),
         })
     }
 }
@@ -299,6 +326,7 @@ pub fn open(dir: &Path) -> Result<OpenedStore, StoreError> {
     let db = Db {
         db: Arc::new(db),
         installing: Arc::default(),
+        metrics: Arc::default(),
     };
     let snapshot_dir = dir.join("snapshots");
     std::fs::create_dir_all(&snapshot_dir).map_err(|e| {

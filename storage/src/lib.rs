@@ -26,6 +26,7 @@ pub mod codec;
 mod db;
 pub mod documents;
 pub mod ingest;
+pub mod io_metrics;
 pub mod keys;
 mod log_store;
 pub mod read;

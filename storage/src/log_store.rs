@@ -207,9 +207,11 @@ impl LogStore {
         let bytes = event::encode(value).map_err(|e| StoreError::Io(e.to_string()))?;
         let mut opts = rocksdb::WriteOptions::default();
         opts.set_sync(true);
+        let started = std::time::Instant::now();
         self.db
             .db
             .put_cf_opt(self.db.cf(Cf::RaftMeta), key, bytes, &opts)?;
+        self.db.metrics().log_fsync.observe(started.elapsed());
         Ok(())
     }
 
@@ -235,7 +237,12 @@ fn flush_loop(db: crate::db::WeakDb, mut rx: tokio::sync::mpsc::Receiver<IOFlush
             waiting.push(more);
         }
         let result = match db.upgrade() {
-            Some(db) => db.sync_wal(),
+            Some(db) => {
+                let started = std::time::Instant::now();
+                let r = db.sync_wal();
+                db.metrics().log_fsync.observe(started.elapsed());
+                r
+            }
             None => Err(StoreError::Io("the database is closed".into())),
         };
         if let Err(e) = &result {

@@ -244,6 +244,16 @@ impl Reader {
         ))
     }
 
+    /// What the storage layer counted (log fsyncs, snapshots).
+    pub fn storage_metrics(&self) -> std::sync::Arc<crate::io_metrics::StorageMetrics> {
+        self.db.metrics().clone()
+    }
+
+    /// Bytes the Raft log takes (table files and memtables).
+    pub fn log_bytes(&self) -> u64 {
+        self.db.log_bytes()
+    }
+
     pub fn db_size_bytes(&self) -> u64 {
         self.db.size_bytes()
     }

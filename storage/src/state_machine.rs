@@ -369,6 +369,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         );
         let data = snap.data();
         self.sm.set_current(snap);
+        self.sm.db.metrics().built();
         Ok(data)
     }
 }
@@ -529,9 +530,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), io::Error> {
         let sm = self.clone();
         let meta = meta.clone();
+        let db = sm.db.clone();
         tokio::task::spawn_blocking(move || sm.install(&meta, snapshot))
             .await
             .map_err(io::Error::other)??;
+        db.metrics().installed();
         Ok(())
     }
 

@@ -27,6 +27,7 @@ pub struct PeerClient {
     client: Result<RaftTransportClient<Channel>, String>,
     pub(super) settings: TransportSettings,
     cluster: ClusterId,
+    snapshot_sends: std::sync::Arc<super::SnapshotSends>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
@@ -44,6 +45,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
             client,
             settings: self.settings.clone(),
             cluster: self.cluster.clone(),
+            snapshot_sends: self.snapshot_sends.clone(),
         }
     }
 }
@@ -182,6 +184,12 @@ impl RaftNetworkV2<TypeConfig> for PeerClient {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        self.send_snapshot(vote, snapshot, cancel).await
+        let result = self.send_snapshot(vote, snapshot, cancel).await;
+        let counter = match result {
+            Ok(_) => &self.snapshot_sends.sent,
+            Err(_) => &self.snapshot_sends.failed,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        result
     }
 }

@@ -94,12 +94,22 @@ impl TransportSettings {
     }
 }
 
+/// Snapshots this node sent to followers, for the metrics.
+#[derive(Debug, Default)]
+pub struct SnapshotSends {
+    /// Streamed whole and accepted by the follower.
+    pub sent: std::sync::atomic::AtomicU64,
+    /// Failed or cancelled.
+    pub failed: std::sync::atomic::AtomicU64,
+}
+
 /// Creates clients for peers, sharing one channel per address.
 #[derive(Clone)]
 pub struct GrpcNetwork {
     settings: TransportSettings,
     cluster: ClusterId,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    pub(crate) snapshot_sends: Arc<SnapshotSends>,
 }
 
 impl GrpcNetwork {
@@ -108,6 +118,7 @@ impl GrpcNetwork {
             settings,
             cluster,
             channels: Arc::new(Mutex::new(HashMap::new())),
+            snapshot_sends: Arc::default(),
         }
     }
 

@@ -56,7 +56,88 @@ pub enum Action {
     /// Device commands changed: the command driver should look.
     CommandsChanged,
     /// Add to a counter.
-    Count(Cow<'static, str>, u64),
+    Count(Counted, u64),
+}
+
+/// What the core counts; each is one metric (see [`Counted::name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Counted {
+    MqttConnects,
+    MqttConnectionErrors,
+    MqttMessagesReceived,
+    MqttClusterMessages,
+    MqttRedeliveries,
+    /// A message refused, by reason.
+    MqttRejected(&'static str),
+    IngestResyncs,
+    IngestCopiesAlreadyCommitted,
+    IngestCopiesSettledByStore,
+    IngestTombstonesEvicted,
+    IngestBatches,
+    IngestBatchMessages,
+    IngestBatchesRefused,
+    IngestBatchesRefusedAlarm,
+    IngestBatchesStale,
+    IngestAlarmPauses,
+}
+
+impl Counted {
+    /// Every counter without a label, in the order metrics register them.
+    pub const PLAIN: [Counted; 15] = [
+        Counted::MqttConnects,
+        Counted::MqttConnectionErrors,
+        Counted::MqttMessagesReceived,
+        Counted::MqttClusterMessages,
+        Counted::MqttRedeliveries,
+        Counted::IngestResyncs,
+        Counted::IngestCopiesAlreadyCommitted,
+        Counted::IngestCopiesSettledByStore,
+        Counted::IngestTombstonesEvicted,
+        Counted::IngestBatches,
+        Counted::IngestBatchMessages,
+        Counted::IngestBatchesRefused,
+        Counted::IngestBatchesRefusedAlarm,
+        Counted::IngestBatchesStale,
+        Counted::IngestAlarmPauses,
+    ];
+
+    /// The metric's name without its `_total` suffix (a rejection: the
+    /// family's name).
+    pub fn metric(self) -> &'static str {
+        match self {
+            Counted::MqttConnects => "mqtt_connects",
+            Counted::MqttConnectionErrors => "mqtt_connection_errors",
+            Counted::MqttMessagesReceived => "mqtt_messages_received",
+            Counted::MqttClusterMessages => "mqtt_cluster_messages",
+            Counted::MqttRedeliveries => "mqtt_redeliveries",
+            Counted::MqttRejected(_) => "mqtt_rejected",
+            Counted::IngestResyncs => "ingest_resyncs",
+            Counted::IngestCopiesAlreadyCommitted => "ingest_copies_already_committed",
+            Counted::IngestCopiesSettledByStore => "ingest_copies_settled_by_store",
+            Counted::IngestTombstonesEvicted => "ingest_tombstones_evicted",
+            Counted::IngestBatches => "ingest_batches",
+            Counted::IngestBatchMessages => "ingest_batch_messages",
+            Counted::IngestBatchesRefused => "ingest_batches_refused",
+            Counted::IngestBatchesRefusedAlarm => "ingest_batches_refused_alarm",
+            Counted::IngestBatchesStale => "ingest_batches_stale",
+            Counted::IngestAlarmPauses => "ingest_alarm_pauses",
+        }
+    }
+
+    /// Its place in [`Counted::PLAIN`] (`None`: a labelled counter).
+    pub fn plain_index(self) -> Option<usize> {
+        Counted::PLAIN.iter().position(|c| *c == self)
+    }
+
+    /// The name `utopia status` shows it under.
+    pub fn name(self) -> Cow<'static, str> {
+        match self {
+            Counted::MqttRejected(reason) => {
+                Cow::Owned(format!("mqtt_rejected_total{{reason=\"{reason}\"}}"))
+            }
+            other => Cow::Owned(format!("{}_total", other.metric())),
+        }
+    }
 }
 
 /// One digest to look for in the store's dedupe records.
@@ -67,7 +148,7 @@ pub struct Lookup {
     pub since_ms: u64,
 }
 
-/// The figures published to the counters.
+/// The figures published to the metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Gauges {
     pub pending_messages: u64,

@@ -17,13 +17,12 @@
 //! any copy while tombstones were recently dropped for room; such a copy
 //! is held meanwhile, so a commit applied in between still settles it).
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use utopia_raft::event::IngestBody;
 use utopia_storage::apply::{IngestEffects, IngestOwners};
 
-pub use super::actions::{Action, CoreConfig, Gauges, Lookup, Now};
+pub use super::actions::{Action, CoreConfig, Counted, Gauges, Lookup, Now};
 use super::arrival::{self, Arrival, DeviceMessage, Rules};
 use super::lag::LagHistogram;
 use super::links::Links;
@@ -200,12 +199,12 @@ impl Core {
         match ev {
             BridgeEvent::Message(m) => self.on_message(m, now),
             BridgeEvent::Connected { bridge, generation } => {
-                self.count("mqtt_connects_total");
+                self.count(Counted::MqttConnects);
                 self.links.connected(bridge, generation);
                 self.update_weight(now);
             }
             BridgeEvent::Disconnected { bridge, .. } => {
-                self.count("mqtt_connection_errors_total");
+                self.count(Counted::MqttConnectionErrors);
                 self.links.disconnected(bridge);
                 self.update_weight(now);
             }
@@ -258,7 +257,7 @@ impl Core {
     /// arrived), and read the owners again.
     pub fn on_feed_lagged(&mut self, missed: u64, now: Now) -> Vec<Action> {
         tracing::warn!(missed, "ingest feed lagged; resynchronising held messages");
-        self.count("ingest_resyncs_total");
+        self.count(Counted::IngestResyncs);
         match &mut self.resync {
             Some(again) => *again = true,
             None => self.resync_check(),
@@ -327,8 +326,8 @@ impl Core {
         std::mem::take(&mut self.out)
     }
 
-    fn count(&mut self, name: &'static str) {
-        self.out.push(Action::Count(Cow::Borrowed(name), 1));
+    fn count(&mut self, what: Counted) {
+        self.out.push(Action::Count(what, 1));
     }
 
     fn ack(&mut self, token: Option<AckToken>) {
@@ -359,8 +358,7 @@ impl Core {
 
     fn reject(&mut self, m: &Incoming, bad: &BadMessage) {
         let reason = bad.reason();
-        let name = format!("mqtt_rejected_total{{reason=\"{reason}\"}}");
-        self.out.push(Action::Count(Cow::Owned(name), 1));
+        self.count(Counted::MqttRejected(reason));
         // Every rejection is counted; the log shows the first and then every
         // power of two of each reason, so a flood cannot drown it.
         let seen = self.rejected.entry(reason).or_default();
@@ -371,7 +369,7 @@ impl Core {
     }
 
     fn on_message(&mut self, m: Incoming, now: Now) {
-        self.count("mqtt_messages_received_total");
+        self.count(Counted::MqttMessagesReceived);
         let rules = Rules {
             cluster_prefix: &self.cluster_prefix,
             payload_bytes_max: self.settings.payload_bytes_max as usize,
@@ -379,7 +377,7 @@ impl Core {
         };
         match arrival::classify(&m, self.links.carries_devices(m.bridge), &rules) {
             Arrival::Cluster => {
-                self.count("mqtt_cluster_messages_total");
+                self.count(Counted::MqttClusterMessages);
                 tracing::info!(topic = %topic::shown(&m.topic), bytes = m.payload.len(), "cluster topic message");
                 self.ack(m.ack);
             }
@@ -400,7 +398,7 @@ impl Core {
         } = d;
         // Already committed (by the owner, before this copy arrived).
         if self.tombstones.take(&digest) {
-            self.count("ingest_copies_already_committed_total");
+            self.count(Counted::IngestCopiesAlreadyCommitted);
             self.ack(m.ack);
             return;
         }
@@ -412,7 +410,7 @@ impl Core {
                     e.ack = m.ack;
                     e.dup = true;
                 }
-                self.count("mqtt_redeliveries_total");
+                self.count(Counted::MqttRedeliveries);
                 return;
             }
         }
@@ -486,9 +484,9 @@ impl Core {
             .is_some_and(|q| q.iter().any(|s| *s != seq));
         if committed && !e.owned_at_receipt && !others {
             if let Some(e) = self.remove_held(seq) {
-                self.count("ingest_copies_already_committed_total");
+                self.count(Counted::IngestCopiesAlreadyCommitted);
                 if evicted {
-                    self.count("ingest_copies_settled_by_store_total");
+                    self.count(Counted::IngestCopiesSettledByStore);
                 }
                 self.ack(e.ack);
             }
@@ -513,7 +511,7 @@ impl Core {
             e.stage = Stage::Waiting;
         }
         if over_rate {
-            self.count("mqtt_rejected_total{reason=\"device_rate\"}");
+            self.count(Counted::MqttRejected("device_rate"));
         }
         if mine {
             self.ready.push_back(seq);
@@ -544,10 +542,8 @@ impl Core {
     fn add_tombstone(&mut self, digest: [u8; 16], now: Now) {
         let evicted = self.tombstones.add(digest, now.mono_ms);
         if evicted > 0 {
-            self.out.push(Action::Count(
-                Cow::Borrowed("ingest_tombstones_evicted_total"),
-                evicted,
-            ));
+            self.out
+                .push(Action::Count(Counted::IngestTombstonesEvicted, evicted));
         }
     }
 

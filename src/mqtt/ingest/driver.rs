@@ -31,13 +31,12 @@ use utopia_storage::apply::{IngestEffects, IngestOwners};
 use utopia_storage::Reader;
 
 use super::core::{Action, Core, CoreConfig, Gauges, Lookup, Now};
-use super::lag::LAG_BUCKETS_MS;
 use crate::mqtt::bridge::{BridgeEvent, BridgeHandle};
 use crate::node::Node;
 
 /// How long a forwarded proposal may take before its outcome is unknown.
 const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often the pending and lag figures are published to the counters.
+/// How often the pending and lag figures are published to the metrics.
 const GAUGES_INTERVAL: Duration = Duration::from_millis(50);
 
 enum StoreRead {
@@ -252,23 +251,16 @@ impl Driver {
                     });
                 }
                 Action::CommandsChanged => self.commands.send_modify(|n| *n += 1),
-                Action::Count(name, n) => self.node.counters.add(&name, n),
+                Action::Count(what, n) => self.node.metrics.ingest(what, n),
             }
         }
     }
 
     fn publish(&self, g: &Gauges) {
-        let c = &self.node.counters;
-        c.set("ingest_pending_messages", g.pending_messages);
-        c.set("ingest_lag_ms_sum", g.lag.sum_ms);
-        c.set("ingest_lag_ms_count", g.lag.count);
-        for (le, n) in LAG_BUCKETS_MS.iter().zip(&g.lag.buckets) {
-            c.set(&format!("ingest_lag_ms_bucket{{le=\"{le}\"}}"), *n);
-        }
-        c.set(
-            "ingest_lag_ms_bucket{le=\"+Inf\"}",
-            g.lag.buckets[LAG_BUCKETS_MS.len()],
-        );
+        let m = &self.node.metrics;
+        m.ingest_pending_messages
+            .set(i64::try_from(g.pending_messages).unwrap_or(i64::MAX));
+        m.set_ingest_lag(&g.lag);
     }
 }
 

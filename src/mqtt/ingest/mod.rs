@@ -46,6 +46,6 @@ mod tombstones;
 #[cfg(test)]
 mod tests;
 
-pub use self::core::{Action, Core, CoreConfig, Gauges, Lookup, Now};
+pub use self::core::{Action, Core, CoreConfig, Counted, Gauges, Lookup, Now};
 pub use driver::Driver;
 pub use lag::{LagHistogram, LAG_BUCKETS_MS};

@@ -49,6 +49,11 @@ impl Applied {
         self.accepted.values().filter_map(|id| self.by_id.get(id))
     }
 
+    /// Every version of every name (refused files left out).
+    pub fn versions(&self) -> impl Iterator<Item = &XmlConfig> {
+        self.by_id.values().filter(|d| d.file.is_none())
+    }
+
     pub fn version(&self, name: &str, version: u64) -> Option<&XmlConfig> {
         self.by_id
             .get(&format!("{name}@{version}"))

@@ -34,12 +34,6 @@ const PROPOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// forwarded reason above 1024 bytes).
 pub const REASON_BYTES_MAX: usize = 1000;
 
-/// Counter names (shown by `utopia status`).
-pub const FILES_REJECTED: &str = "config_files_rejected_total";
-pub const VOTES_PROPOSED: &str = "config_votes_proposed_total";
-pub const FILES_WRITTEN: &str = "config_files_written_total";
-pub const WRITE_FAILURES: &str = "config_write_failures_total";
-
 /// Starts the leader's decider on every member, and the directory sync on
 /// a member with a `configs.dir`.
 pub fn start(node: &Arc<Node>) {
@@ -73,23 +67,24 @@ pub fn read_applied(node: &Node) -> Result<core::Applied, String> {
 /// not get through (no leader, timeout), so its outcome is unknown.
 pub async fn propose(node: &Node, event: Event) -> Result<Result<(), Rejection>, String> {
     let name = event.name();
+    let started = std::time::Instant::now();
     let req = Request::new(crate::now_ms(), event);
     match node.raft.propose_anywhere(req, PROPOSE_TIMEOUT).await {
         Ok(resp) => match resp.outcome {
             Outcome::Rejected(r) => {
-                node.counters.add(
-                    &format!("events_rejected_total{{reason=\"{}\"}}", r.reason()),
-                    1,
-                );
+                node.metrics.proposed(name, started, Ok(Some(r.reason())));
                 Ok(Err(r))
             }
             _ => {
-                node.counters
-                    .add(&format!("events_applied_total{{event=\"{name}\"}}"), 1);
+                node.metrics.proposed(name, started, Ok(None));
                 Ok(Ok(()))
             }
         },
-        Err(e) => Err(e.to_string()),
+        Err(e) => {
+            node.metrics
+                .proposed(name, started, Err(crate::metrics::propose_failure(&e)));
+            Err(e.to_string())
+        }
     }
 }
 

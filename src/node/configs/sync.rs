@@ -23,10 +23,7 @@ use utopia_storage::documents::{Fellow, XmlConfig};
 
 use super::core::{self, Applied, OnDisk, Verdict};
 use super::disk::{self, Meta, Stat};
-use super::{
-    bounded_reason, propose, read_applied, FILES_REJECTED, FILES_WRITTEN, TICK, VOTES_PROPOSED,
-    WRITE_FAILURES,
-};
+use super::{bounded_reason, propose, read_applied, TICK};
 use crate::node::Node;
 use crate::xmlconf::{self, Voter};
 
@@ -397,7 +394,7 @@ impl Sync {
                 let (name, version) = (vote.name.clone(), vote.version);
                 match propose(&self.node, Event::ConfigVote(*vote)).await {
                     Ok(Ok(())) => {
-                        self.node.counters.add(VOTES_PROPOSED, 1);
+                        self.node.metrics.config_votes_proposed.inc();
                         tracing::info!(file, name = %name, version, hash = core::short(&hash),
                             "voted for a configuration file");
                         if let Some(s) = self.seen.get_mut(file) {
@@ -427,7 +424,7 @@ impl Sync {
         };
         if !seen.counted {
             seen.counted = true;
-            self.node.counters.add(FILES_REJECTED, 1);
+            self.node.metrics.config_files_rejected.inc();
             tracing::warn!(dir = %self.dir.display(), "configuration file refused: {reason}");
         }
         if seen.recorded || on_record {
@@ -514,7 +511,7 @@ impl Sync {
             self.count_sync(&doc.name, written.is_err()).await;
             match written {
                 Ok(meta) => {
-                    self.node.counters.add(FILES_WRITTEN, 1);
+                    self.node.metrics.config_files_written.inc();
                     tracing::info!(file = %file, version = doc.version,
                         hash = core::short(&doc.hash), "wrote the accepted configuration");
                     self.seen.insert(
@@ -538,7 +535,7 @@ impl Sync {
                     self.report(doc, false, scan_interval).await;
                 }
                 Err(e) => {
-                    self.node.counters.add(WRITE_FAILURES, 1);
+                    self.node.metrics.config_write_failures.inc();
                     let c = &self.node.configs;
                     let Some(w) = self.writers.get_mut(&doc.name) else {
                         continue;

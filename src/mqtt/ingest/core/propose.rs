@@ -2,12 +2,10 @@
 //! proposal's answer means for its copies, and the pause while an alarm
 //! (NOSPACE) refuses new data.
 
-use std::borrow::Cow;
-
 use utopia_raft::event::{Bytes, Event, IngestBody, IngestItem, Outcome, Rejection, Request};
 use utopia_raft::{ProposeError, Response};
 
-use super::{Action, AlarmGate, Core, Now, OwnersRead, Stage};
+use super::{Action, AlarmGate, Core, Counted, Now, OwnersRead, Stage};
 
 /// Batches proposed and not yet answered, at most.
 pub const BATCHES_IN_FLIGHT_MAX: usize = 4;
@@ -64,7 +62,7 @@ impl Core {
                 ..
             }) => {
                 // Raised after the check before proposing: held, as there.
-                self.count("ingest_batches_refused_alarm_total");
+                self.count(Counted::IngestBatchesRefusedAlarm);
                 self.unflight(&seqs, false);
                 self.rebuild_ready();
                 self.pause_for_alarm(now);
@@ -75,11 +73,11 @@ impl Core {
                 ..
             }) => {
                 tracing::debug!(proposed, current, "batch proposed under a stale epoch");
-                self.count("ingest_batches_stale_total");
+                self.count(Counted::IngestBatchesStale);
             }
             Ok(other) => {
                 tracing::error!(outcome = ?other.outcome, "ingest batch refused");
-                self.count("ingest_batches_refused_total");
+                self.count(Counted::IngestBatchesRefused);
             }
             Err(e @ ProposeError::OutcomeUnknown(_)) => {
                 tracing::warn!(error = %e, "ingest batch outcome unknown; will propose again as redelivered");
@@ -115,7 +113,7 @@ impl Core {
         self.alarm_pause_ms =
             (self.alarm_pause_ms * 2).clamp(ALARM_PAUSE_MS_MIN, ALARM_PAUSE_MS_MAX);
         self.pause_until_ms = Some(now.mono_ms + self.alarm_pause_ms);
-        self.count("ingest_alarm_pauses_total");
+        self.count(Counted::IngestAlarmPauses);
     }
 
     /// Proposes what is due: full batches at once, a partial one once its
@@ -204,10 +202,10 @@ impl Core {
             return;
         }
         self.out.push(Action::Count(
-            Cow::Borrowed("ingest_batch_messages_total"),
+            Counted::IngestBatchMessages,
             seqs.len() as u64,
         ));
-        self.count("ingest_batches_total");
+        self.count(Counted::IngestBatches);
         let batch = self.next_batch;
         self.next_batch += 1;
         self.batches.insert(batch, seqs);

@@ -381,7 +381,9 @@ impl Sim {
                 }
                 Action::SetWeight(w) => self.weight = w,
                 Action::CommandsChanged => self.commands_changed += 1,
-                Action::Count(name, n) => *self.counters.entry(name.into_owned()).or_default() += n,
+                Action::Count(what, n) => {
+                    *self.counters.entry(what.name().into_owned()).or_default() += n
+                }
             }
         }
     }
