@@ -24,6 +24,7 @@ pub mod limits;
 pub mod mqtt;
 mod reference;
 pub mod rules;
+pub mod zookeeper;
 #[cfg(test)]
 mod tests;
 
@@ -40,6 +41,7 @@ use self::libconfig::ParseError;
 pub use self::limits::{Limits, RaftSettings};
 use self::mqtt::MqttSettings;
 pub use self::reference::reference;
+pub use self::zookeeper::ZookeeperSettings;
 use self::rules::{non_empty, Addr, In};
 
 /// Everything `utopiad` reads from its configuration file.
@@ -94,6 +96,8 @@ pub struct Settings {
     /// Backups the leader takes on a schedule.
     pub backups: BackupSettings,
     pub metrics: MetricsSettings,
+    /// The ZooKeeper adapter (the `zookeeper` feature; no hosts: off).
+    pub zookeeper: ZookeeperSettings,
 }
 
 /// Prometheus metrics.
@@ -226,6 +230,7 @@ impl Default for Settings {
             configs: ConfigsSettings::default(),
             backups: BackupSettings::default(),
             metrics: MetricsSettings::default(),
+            zookeeper: ZookeeperSettings::default(),
         }
     }
 }
@@ -337,6 +342,11 @@ impl Settings {
         self.mqtt.validate(sources)?;
         if let Some(problem) = self.tls.problem() {
             return Err(sources.setting_error("tls", problem));
+        }
+        if let Some(problem) = self
+            .zookeeper
+            .problem(cfg!(feature = "zookeeper"), &self.cluster_name) {
+            return Err(sources.setting_error("zookeeper", problem));
         }
         // The initial cluster names this node's peer address too; two
         // different answers are a mistake.

@@ -7,6 +7,7 @@
 
 pub mod forge;
 pub mod mosquitto;
+pub mod zookeeper;
 pub mod net;
 
 use std::collections::BTreeMap;
