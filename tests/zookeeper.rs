@@ -260,7 +260,10 @@ fn a_new_cluster_takes_its_initial_members_from_zookeeper() {
     // A member not named in the cluster there refuses to start, saying so.
     zkr.create("/utopia/utopia/initial_cluster", members.as_bytes());
     let mut outsider = std::process::Command::new(common::UTOPIAD);
-    outsider.args(["--config", &cfg, "--node-id", "4"]).arg("--data-dir").arg(dir.path().join("n4"));
+    outsider
+        .args(["--config", &cfg, "--node-id", "4"])
+        .arg("--data-dir")
+        .arg(dir.path().join("n4"));
     let out = common::run_with_deadline(outsider, DEADLINE);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -234,7 +234,10 @@ mod tests {
         assert!(problem.contains("`zookeeper` feature"), "{problem}");
         assert_eq!(s.problem(true, "utopia"), None);
         assert_eq!(ZookeeperSettings::default().problem(false, "utopia"), None);
-        assert!(s.problem(true, "a/b").is_some(), "a cluster name with a slash");
+        assert!(
+            s.problem(true, "a/b").is_some(),
+            "a cluster name with a slash"
+        );
         assert_eq!(ZookeeperSettings::default().problem(true, "a/b"), None);
     }
 

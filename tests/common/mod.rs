@@ -7,8 +7,8 @@
 
 pub mod forge;
 pub mod mosquitto;
-pub mod zookeeper;
 pub mod net;
+pub mod zookeeper;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};

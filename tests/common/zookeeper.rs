@@ -34,7 +34,8 @@ impl ZooKeeper {
     /// test with a clear message when the package is not installed.
     pub fn start() -> ZooKeeper {
         assert!(
-            Path::new("/usr/share/java/zookeeper.jar").exists() && Path::new("/usr/bin/java").exists(),
+            Path::new("/usr/share/java/zookeeper.jar").exists()
+                && Path::new("/usr/bin/java").exists(),
             "ZooKeeper is not installed: the ZooKeeper tests need Debian's `zookeeper` package \
              (apt-get install zookeeper; tests/run installs it)"
         );
@@ -78,7 +79,11 @@ impl ZooKeeper {
         let child = Command::new("java")
             .args(["-Xmx256m", "-XX:+UseSerialGC"])
             .arg(format!("-Dzookeeper.log.dir={}", self.dir.path().display()))
-            .args(["-cp", CLASSPATH, "org.apache.zookeeper.server.ZooKeeperServerMain"])
+            .args([
+                "-cp",
+                CLASSPATH,
+                "org.apache.zookeeper.server.ZooKeeperServerMain",
+            ])
             .arg(&cfg)
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
@@ -88,7 +93,11 @@ impl ZooKeeper {
         self.child = Some(child);
         let start = Instant::now();
         while !self.is_ok() {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("ZooKeeper exited at start ({status}); log:\n{}", self.log());
             }
             assert!(
@@ -172,8 +181,12 @@ impl Stall {
                         return;
                     }
                     let Ok(client) = client else { continue };
-                    let (stalled, closed, conns, target) =
-                        (stalled.clone(), closed.clone(), conns.clone(), target.clone());
+                    let (stalled, closed, conns, target) = (
+                        stalled.clone(),
+                        closed.clone(),
+                        conns.clone(),
+                        target.clone(),
+                    );
                     std::thread::spawn(move || {
                         // A connection made while stalled waits, unforwarded.
                         while stalled.load(Ordering::SeqCst) && !closed.load(Ordering::SeqCst) {
@@ -189,34 +202,35 @@ impl Stall {
                                 }
                             }
                         }
-                        let pipe = |mut from: TcpStream, mut to: TcpStream, stalled: Arc<AtomicBool>| {
-                            let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
-                            let mut buf = [0u8; 16384];
-                            loop {
-                                if stalled.load(Ordering::SeqCst) {
-                                    // Bytes stay in the kernel's buffers.
-                                    std::thread::sleep(Duration::from_millis(20));
-                                    continue;
-                                }
-                                match from.read(&mut buf) {
-                                    Ok(0) => break,
-                                    Ok(n) => {
-                                        if to.write_all(&buf[..n]).is_err() {
-                                            break;
-                                        }
+                        let pipe =
+                            |mut from: TcpStream, mut to: TcpStream, stalled: Arc<AtomicBool>| {
+                                let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
+                                let mut buf = [0u8; 16384];
+                                loop {
+                                    if stalled.load(Ordering::SeqCst) {
+                                        // Bytes stay in the kernel's buffers.
+                                        std::thread::sleep(Duration::from_millis(20));
+                                        continue;
                                     }
-                                    Err(e)
-                                        if matches!(
-                                            e.kind(),
-                                            std::io::ErrorKind::WouldBlock
-                                                | std::io::ErrorKind::TimedOut
-                                        ) => {}
-                                    Err(_) => break,
+                                    match from.read(&mut buf) {
+                                        Ok(0) => break,
+                                        Ok(n) => {
+                                            if to.write_all(&buf[..n]).is_err() {
+                                                break;
+                                            }
+                                        }
+                                        Err(e)
+                                            if matches!(
+                                                e.kind(),
+                                                std::io::ErrorKind::WouldBlock
+                                                    | std::io::ErrorKind::TimedOut
+                                            ) => {}
+                                        Err(_) => break,
+                                    }
                                 }
-                            }
-                            let _ = to.shutdown(Shutdown::Both);
-                            let _ = from.shutdown(Shutdown::Both);
-                        };
+                                let _ = to.shutdown(Shutdown::Both);
+                                let _ = from.shutdown(Shutdown::Both);
+                            };
                         let (c2, s2) = match (client.try_clone(), server.try_clone()) {
                             (Ok(c), Ok(s)) => (c, s),
                             _ => return,

@@ -21,7 +21,6 @@ use std::collections::BTreeSet;
 use serde::{Deserialize, Serialize};
 use utopia_storage::documents::{DbServer, DbServerState, Fellow};
 
-
 /// Most entries in one list node; more are left out and counted.
 pub const ENTRIES_MAX: usize = 1000;
 /// Most fellows read, by the leader from ZooKeeper or from the fellows
@@ -169,7 +168,9 @@ pub fn mqtt_entries<'a>(
 /// The cluster's brokers: the union of what the members' nodes say, at
 /// most [`ENTRIES_MAX`]. A node that does not decode is skipped (and
 /// counted by the caller through the returned number).
-pub fn cluster_mqtt_entries<'a>(nodes: impl IntoIterator<Item = &'a [u8]>) -> (BTreeSet<String>, usize) {
+pub fn cluster_mqtt_entries<'a>(
+    nodes: impl IntoIterator<Item = &'a [u8]>,
+) -> (BTreeSet<String>, usize) {
     let mut entries = BTreeSet::new();
     let mut undecodable = 0;
     for data in nodes {
@@ -289,17 +290,19 @@ mod tests {
 
     #[test]
     fn the_cluster_brokers_are_the_union_of_the_members_and_garbage_is_counted() {
-        let node = |id: u64, mqtt: &[&str]| FellowNode {
-            id,
-            host: "h".into(),
-            client_addr: "h:1".into(),
-            peer_addr: "h:2".into(),
-            role: "follower".into(),
-            state: "active".into(),
-            leader: Some(1),
-            mqtt_servers: mqtt.iter().map(|s| s.to_string()).collect(),
-        }
-        .encode();
+        let node = |id: u64, mqtt: &[&str]| {
+            FellowNode {
+                id,
+                host: "h".into(),
+                client_addr: "h:1".into(),
+                peer_addr: "h:2".into(),
+                role: "follower".into(),
+                state: "active".into(),
+                leader: Some(1),
+                mqtt_servers: mqtt.iter().map(|s| s.to_string()).collect(),
+            }
+            .encode()
+        };
         let a = node(1, &["b1:1883:mqtt", "b2:1883:mqtt"]);
         let b = node(2, &["b2:1883:mqtt", "x/y:1:mqtt"]);
         let (entries, bad) = cluster_mqtt_entries([&a[..], &b[..], b"not json"]);

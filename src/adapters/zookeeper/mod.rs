@@ -90,10 +90,7 @@ fn wait(ms: u64) -> Duration {
 }
 
 /// Runs `op` with a deadline; a late answer is a timeout error.
-async fn timed<T>(
-    ms: u64,
-    op: impl Future<Output = Result<T, zk::Error>>,
-) -> Result<T, zk::Error> {
+async fn timed<T>(ms: u64, op: impl Future<Output = Result<T, zk::Error>>) -> Result<T, zk::Error> {
     tokio::time::timeout(wait(ms), op)
         .await
         .unwrap_or(Err(zk::Error::Timeout))
@@ -260,7 +257,12 @@ impl Adapter {
         names.truncate(layout::FELLOWS_MAX);
         let mut datas = Vec::with_capacity(names.len());
         for name in names {
-            match timed(t, client.get_data(&format!("{}/{name}", self.paths.fellows))).await {
+            match timed(
+                t,
+                client.get_data(&format!("{}/{name}", self.paths.fellows)),
+            )
+            .await
+            {
                 Ok((data, _)) if data.len() <= layout::NODE_BYTES_MAX => datas.push(data),
                 // Gone meanwhile (that member's session ended), or too
                 // large to be one of ours.
@@ -270,11 +272,13 @@ impl Adapter {
         }
         let (mqtt, undecodable) = layout::cluster_mqtt_entries(datas.iter().map(Vec::as_slice));
         if undecodable > 0 {
-            self.node
-                .counters
-                .add("zookeeper_fellow_nodes_undecodable_total", undecodable as u64);
+            self.node.counters.add(
+                "zookeeper_fellow_nodes_undecodable_total",
+                undecodable as u64,
+            );
         }
-        self.put_list(client, &self.paths.mqtt_servers, &mqtt).await?;
+        self.put_list(client, &self.paths.mqtt_servers, &mqtt)
+            .await?;
 
         // Database servers: the collection, read locally (the leader's
         // copy is current).
@@ -282,7 +286,8 @@ impl Adapter {
             Ok(docs) => {
                 let servers: Vec<DbServer> = docs.into_iter().filter_map(Result::ok).collect();
                 let entries = layout::db_entries(&servers);
-                self.put_list(client, &self.paths.db_servers, &entries).await?;
+                self.put_list(client, &self.paths.db_servers, &entries)
+                    .await?;
             }
             Err(e) => {
                 self.node.counters.add("zookeeper_errors_total", 1);
@@ -399,7 +404,9 @@ async fn connect(s: &ZookeeperSettings) -> anyhow::Result<zk::Client> {
         .with_connection_timeout(wait(s.request_timeout_ms))
         .connect(&hosts);
     // Every host may be tried in turn, each within the connection timeout.
-    let whole = s.request_timeout_ms.saturating_mul(s.hosts.len().max(1) as u64);
+    let whole = s
+        .request_timeout_ms
+        .saturating_mul(s.hosts.len().max(1) as u64);
     let client = tokio::time::timeout(wait(whole), connecting)
         .await
         .map_err(|_| anyhow::anyhow!("no answer within {whole} ms"))??;
@@ -428,8 +435,7 @@ pub async fn initial_cluster(
     db: &utopia_storage::Db,
 ) -> anyhow::Result<Settings> {
     let zk = &settings.zookeeper;
-    if zk.initial_cluster_node.is_empty() || !settings.initial_cluster.is_empty() || settings.join
-    {
+    if zk.initial_cluster_node.is_empty() || !settings.initial_cluster.is_empty() || settings.join {
         return Ok(settings);
     }
     if db
