@@ -104,7 +104,8 @@ impl Reader {
     fn fellows(&self) -> Option<Vec<(u64, serde_json::Value)>> {
         let names = self.children(FELLOWS)?;
         let mut out = Vec::new();
-        for n in names {
+        // Only the members' own nodes (a test writes garbage beside them).
+        for n in names.into_iter().filter(|n| n.parse::<u64>().is_ok()) {
             let data = self.data(&format!("{FELLOWS}/{n}"))?;
             out.push((n.parse().ok()?, serde_json::from_slice(&data).ok()?));
         }
@@ -194,6 +195,23 @@ fn members_entries_follow_kill9_and_come_back_after_zookeeper_loses_its_data() {
     // A plain restart (its data kept): the sessions survive it.
     zookeeper.restart(false);
     zkr.wait_fellows(&[1, 2, 3], "every entry after a plain ZooKeeper restart");
+
+    // The leader killed: a new one is elected, and the entries say so.
+    let leader = leader_of(&zkr);
+    nodes[leader as usize - 1].kill9();
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != leader).collect();
+    let after = zkr.wait_fellows(&others, "the old leader's entry gone, one new leader");
+    assert_ne!(leader_of(&zkr), leader, "{after:?}");
+}
+
+/// The member whose entry says it leads.
+fn leader_of(zkr: &Reader) -> u64 {
+    wait_for("an entry with role leader", DEADLINE, || {
+        zkr.fellows()?
+            .into_iter()
+            .find(|(_, v)| v["role"] == "leader")
+            .map(|(id, _)| id)
+    })
 }
 
 #[test]
@@ -213,6 +231,21 @@ fn entries_come_back_after_a_forced_session_expiry() {
     );
     let (nodes, _addrs) = start_cluster(&dir.path().join("c"), 3, &["--config", &cfg]);
     zkr.wait_fellows(&[1, 2, 3], "three fellows entries");
+    // Garbage beside the members' nodes is counted by the leader and
+    // changes nothing it publishes.
+    zkr.create(&format!("{FELLOWS}/junk"), b"\xff not json");
+    let leader = leader_of(&zkr);
+    wait_for("the garbage node counted", DEADLINE, || {
+        (common::counter(
+            &nodes[leader as usize - 1].addr,
+            "zookeeper_fellow_nodes_undecodable_total",
+        ) > 0)
+            .then_some(())
+    });
+    assert_eq!(
+        zkr.children(MQTT_SERVERS),
+        Some(BTreeSet::from([format!("{}:mqtt", broker.plain)]))
+    );
     let sessions_before: Vec<u64> = nodes
         .iter()
         .map(|n| common::counter(&n.addr, "zookeeper_sessions_total"))
