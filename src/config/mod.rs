@@ -24,9 +24,9 @@ pub mod limits;
 pub mod mqtt;
 mod reference;
 pub mod rules;
-pub mod zookeeper;
 #[cfg(test)]
 mod tests;
+pub mod zookeeper;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -41,8 +41,8 @@ use self::libconfig::ParseError;
 pub use self::limits::{Limits, RaftSettings};
 use self::mqtt::MqttSettings;
 pub use self::reference::reference;
-pub use self::zookeeper::ZookeeperSettings;
 use self::rules::{non_empty, Addr, In};
+pub use self::zookeeper::ZookeeperSettings;
 
 /// Everything `utopiad` reads from its configuration file.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -345,7 +345,8 @@ impl Settings {
         }
         if let Some(problem) = self
             .zookeeper
-            .problem(cfg!(feature = "zookeeper"), &self.cluster_name) {
+            .problem(cfg!(feature = "zookeeper"), &self.cluster_name)
+        {
             return Err(sources.setting_error("zookeeper", problem));
         }
         // The initial cluster names this node's peer address too; two
