@@ -251,3 +251,45 @@ mod tests {
         assert_eq!(s.connect_string(), "a:1,b:2/site");
     }
 }
+
+#[cfg(test)]
+mod file_tests {
+    use std::path::Path;
+
+    use crate::config::Settings;
+
+    /// Bad values are refused when the file is read, with the line and
+    /// the setting, in builds with or without the feature.
+    #[test]
+    fn bad_values_are_refused_with_their_place() {
+        for (text, says) in [
+            ("zookeeper = { hosts = ( \"zk1\" ); };", "not HOST:PORT"),
+            (
+                "zookeeper = { hosts = ( \"zk1:2181\", \"zk1:2181\" ); };",
+                "appears twice",
+            ),
+            ("zookeeper = { chroot = \"site\"; };", "absolute path"),
+            ("zookeeper = { chroot = \"/site/\"; };", "absolute path"),
+            ("zookeeper = { chroot = \"/a/../b\"; };", "node name"),
+            ("zookeeper = { session_timeout_ms = 10; };", "between 1000"),
+            (
+                "zookeeper = { initial_cluster_node = \"a/b\"; };",
+                "not a node name",
+            ),
+            (
+                "zookeeper = { retry_backoff_ms = 500; retry_backoff_ms_max = 100; };",
+                "must not be greater",
+            ),
+            (
+                "zookeeper = { initial_cluster_node = \"ic\"; };",
+                "needs zookeeper.hosts",
+            ),
+        ] {
+            let e = Settings::from_str(text, Path::new("u.conf"))
+                .expect_err(text)
+                .to_string();
+            assert!(e.starts_with("u.conf:1: "), "{text}: {e}");
+            assert!(e.contains(says), "{text}: {e}");
+        }
+    }
+}
