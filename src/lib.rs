@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //!
+//! - `adapters`: the cargo features that publish into the systems seed 000
+//!   was built on (`zookeeper`), each off by default.
 //! - [`config`]: `utopiad.conf` (libconfig syntax) → [`config::Settings`].
 //! - [`server`]: process lifecycle — open storage, start Raft, serve gRPC,
 //!   start the node's tasks, and on a signal stop them all, drain the
@@ -30,6 +32,10 @@
 //! The crates beside this one: `utopia-proto` (the gRPC API), `utopia-raft`
 //! (consensus and the events in the log) and `utopia-storage` (RocksDB).
 
+// `adapters/mod.rs` names the `mongodb` feature too, which comes with the
+// MongoDB adapter.
+#[allow(unexpected_cfgs)]
+pub mod adapters;
 pub mod api;
 pub mod cli;
 pub mod config;

@@ -59,6 +59,9 @@ pub async fn run(
     let data_dir = settings.data_dir.clone();
     let store = utopia_storage::open(&data_dir)
         .with_context(|| format!("open data directory {}", data_dir.display()))?;
+    // A new data directory may take its initial cluster from ZooKeeper.
+    #[cfg(feature = "zookeeper")]
+    let settings = crate::adapters::zookeeper::initial_cluster(settings, &store.db).await?;
     let identity = check_identity(&store.db, &settings)?;
     // Subscribed before Raft applies anything, so MQTT ingest sees every
     // committed batch.
@@ -228,6 +231,8 @@ pub async fn run(
         "client address publisher",
         housekeeping::publish_client_address(node.clone(), client_advertised.clone()),
     );
+    #[cfg(feature = "zookeeper")]
+    crate::adapters::zookeeper::start(&node, &settings, &client_advertised);
 
     let mut peer_builder = tonic::transport::Server::builder();
     if let Some(tls) = &tls {

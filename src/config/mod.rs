@@ -26,6 +26,7 @@ mod reference;
 pub mod rules;
 #[cfg(test)]
 mod tests;
+pub mod zookeeper;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -41,6 +42,7 @@ pub use self::limits::{Limits, RaftSettings};
 use self::mqtt::MqttSettings;
 pub use self::reference::reference;
 use self::rules::{non_empty, Addr, In};
+pub use self::zookeeper::ZookeeperSettings;
 
 /// Everything `utopiad` reads from its configuration file.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -94,6 +96,8 @@ pub struct Settings {
     /// Backups the leader takes on a schedule.
     pub backups: BackupSettings,
     pub metrics: MetricsSettings,
+    /// The ZooKeeper adapter (the `zookeeper` feature; no hosts: off).
+    pub zookeeper: ZookeeperSettings,
 }
 
 /// Prometheus metrics.
@@ -226,6 +230,7 @@ impl Default for Settings {
             configs: ConfigsSettings::default(),
             backups: BackupSettings::default(),
             metrics: MetricsSettings::default(),
+            zookeeper: ZookeeperSettings::default(),
         }
     }
 }
@@ -337,6 +342,12 @@ impl Settings {
         self.mqtt.validate(sources)?;
         if let Some(problem) = self.tls.problem() {
             return Err(sources.setting_error("tls", problem));
+        }
+        if let Some(problem) = self
+            .zookeeper
+            .problem(cfg!(feature = "zookeeper"), &self.cluster_name)
+        {
+            return Err(sources.setting_error("zookeeper", problem));
         }
         // The initial cluster names this node's peer address too; two
         // different answers are a mistake.

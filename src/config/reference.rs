@@ -199,5 +199,22 @@ backups = {
 metrics = {
   listen = "";
 };
+
+# ZooKeeper adapter (a build with the `zookeeper` feature; a binary without
+# it refuses to start when hosts is set). Each member keeps an ephemeral
+# node /utopia/<cluster_name>/fellows/<node_id>; the leader keeps
+# /utopia/<cluster_name>/mqtt_servers, db_servers and warnings. No hosts:
+# off. Times in milliseconds.
+zookeeper = {
+  hosts = ( );                       # "HOST:PORT" strings, e.g. ( "zk1:2181", "zk2:2181" ): the client fails over between them (at most 64)
+  chroot = "";                       # a path every node lives under, e.g. "/site-a"; empty: the root
+  session_timeout_ms = 10000;        # asked of ZooKeeper (1000..600000; the server may narrow it): a silent member's node goes after this
+  request_timeout_ms = 5000;         # one connection attempt, and each request (100..600000)
+  refresh_interval_ms = 1000;        # how often what ZooKeeper holds is compared and rewritten when it differs (100..600000)
+  retry_backoff_ms = 200;            # wait after a failed session; doubles per failure (10..600000)
+  retry_backoff_ms_max = 10000;      # longest wait between attempts (10..600000, >= retry_backoff_ms)
+  initial_cluster_node = "";         # a node under /utopia/<cluster_name>/ holding "ID=HOST:PORT,...": a new data directory started without initial_cluster or --join starts that cluster; empty: never read
+  initial_cluster_wait_ms = 60000;   # how long a new member waits for that node before it refuses to start (0..600000)
+};
 "##
 }

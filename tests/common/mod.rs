@@ -8,6 +8,7 @@
 pub mod forge;
 pub mod mosquitto;
 pub mod net;
+pub mod zookeeper;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};

@@ -184,6 +184,15 @@ configs = {
 };
 backups = { interval_s = 3600; dir = "/var/backups/utopia"; retention_count = 24; };
 metrics = { listen = "127.0.0.1:9464"; };
+zookeeper = {
+  chroot = "/site-a/utopia";
+  session_timeout_ms = 4000;
+  request_timeout_ms = 2000;
+  refresh_interval_ms = 500;
+  retry_backoff_ms = 50;
+  retry_backoff_ms_max = 5000;
+  initial_cluster_wait_ms = 0;
+};
 "#;
     let s = Settings::from_str(text, file()).unwrap();
     let want = Settings {
@@ -250,6 +259,17 @@ metrics = { listen = "127.0.0.1:9464"; };
         },
         metrics: MetricsSettings {
             listen: "127.0.0.1:9464".into(),
+        },
+        zookeeper: crate::config::ZookeeperSettings {
+            hosts: Vec::new(),
+            chroot: "/site-a/utopia".into(),
+            session_timeout_ms: 4000,
+            request_timeout_ms: 2000,
+            refresh_interval_ms: 500,
+            retry_backoff_ms: 50,
+            retry_backoff_ms_max: 5000,
+            initial_cluster_node: String::new(),
+            initial_cluster_wait_ms: 0,
         },
     };
     assert_eq!(s, want);

@@ -1,0 +1,2 @@
+#[cfg(feature = "zookeeper")] pub mod zookeeper;
+#[cfg(feature = "mongodb")] pub mod mongo;
