@@ -27,9 +27,13 @@
 //!   the embedded XSDs of `schemas/`, validation (libxml2) and the model
 //!   read from a valid file (quick-xml). Pure functions, no server state.
 //!
+//! - [`adapters`]: bridges to the systems seed 000 was built on, each a
+//!   cargo feature (off by default): the MongoDB mirror (`mongodb`).
+//!
 //! The crates beside this one: `utopia-proto` (the gRPC API), `utopia-raft`
 //! (consensus and the events in the log) and `utopia-storage` (RocksDB).
 
+pub mod adapters;
 pub mod api;
 pub mod cli;
 pub mod config;

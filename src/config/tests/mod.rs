@@ -2,6 +2,7 @@
 //! the setting, line and message it must produce.
 
 mod errors;
+mod mongodb;
 mod mqtt;
 
 use super::mqtt::{Bridge, BridgeTls, CommandSettings, IngestSettings};
