@@ -152,14 +152,12 @@ fn difference(addr: &str, mongo: &MongoServer, rt: &tokio::runtime::Runtime) -> 
 }
 
 fn wait_equal(addr: &str, mongo: &MongoServer, rt: &tokio::runtime::Runtime, what: &str) {
-    let mut last = String::new();
     let deadline = Duration::from_secs(120);
     let start = std::time::Instant::now();
     loop {
-        match difference(addr, mongo, rt) {
-            None => return,
-            Some(d) => last = d,
-        }
+        let Some(last) = difference(addr, mongo, rt) else {
+            return;
+        };
         assert!(
             start.elapsed() < deadline,
             "{what}: MongoDB did not come to equal utopia within {deadline:?}; last difference: {last}"
@@ -168,7 +166,7 @@ fn wait_equal(addr: &str, mongo: &MongoServer, rt: &tokio::runtime::Runtime, wha
     }
 }
 
-fn leader<'a>(nodes: &'a [Server]) -> &'a Server {
+fn leader(nodes: &[Server]) -> &Server {
     let id = wait_for("a leader", Duration::from_secs(30), || leader_id(nodes));
     &nodes[id as usize - 1]
 }
@@ -247,7 +245,11 @@ fn the_mirror_resumes_after_a_leader_kill_repairs_tampering_and_marks_a_refusing
     nodes[first_index].kill9();
 
     // A new leader takes over the mirror from the checkpoint.
-    let second = leader(&nodes);
+    let killed = first_index as u64 + 1;
+    let second_id = wait_for("a new leader", Duration::from_secs(30), || {
+        leader_id(&nodes).filter(|id| *id != killed)
+    });
+    let second = &nodes[second_id as usize - 1];
     let second_addr = second.addr.clone();
     wait_for(
         "the new leader to mirror batches",

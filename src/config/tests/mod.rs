@@ -185,6 +185,9 @@ configs = {
 };
 backups = { interval_s = 3600; dir = "/var/backups/utopia"; retention_count = 24; };
 metrics = { listen = "127.0.0.1:9464"; };
+mongodb = { database = "fleet"; mirror_kv = true; batch_docs_max = 50; batch_bytes_max = 65536;
+  verify_sample_docs = 4; verify_attempts_max = 5; retry_backoff_ms = 250; poll_interval_ms = 100;
+  timeout_ms = 2000; uri_options = "tls=true"; };
 "#;
     let s = Settings::from_str(text, file()).unwrap();
     let want = Settings {
@@ -251,6 +254,19 @@ metrics = { listen = "127.0.0.1:9464"; };
         },
         metrics: MetricsSettings {
             listen: "127.0.0.1:9464".into(),
+        },
+        mongodb: MongoSettings {
+            enabled: false,
+            database: "fleet".into(),
+            mirror_kv: true,
+            batch_docs_max: 50,
+            batch_bytes_max: 65536,
+            verify_sample_docs: 4,
+            verify_attempts_max: 5,
+            retry_backoff_ms: 250,
+            poll_interval_ms: 100,
+            timeout_ms: 2000,
+            uri_options: "tls=true".into(),
         },
     };
     assert_eq!(s, want);
