@@ -6,7 +6,7 @@
 //! server's database: collections named as in seed 000 (`devices`,
 //! `zones`, `fellows`, `nosql_servers` for db_servers, `xmlconfigurations`
 //! for xml_configs, `stats`, and `kv`), each document upserted under its
-//! id as `_id` (see [`convert`]), deletions mirrored. Utopia decides
+//! id as `_id` (see `convert.rs`), deletions mirrored. Utopia decides
 //! nothing from MongoDB: the mirror only publishes.
 //!
 //! # Tailing and the checkpoint
