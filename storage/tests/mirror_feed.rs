@@ -155,3 +155,46 @@ async fn the_feed_names_every_write_after_a_checkpoint_in_whole_indexes() {
         all.changes.len()
     );
 }
+
+/// The feed keeps the last `MIRROR_FEED_LOG_INDEXES_KEPT` log indexes:
+/// older entries are trimmed and its start moves, so a mirror further
+/// behind knows to copy whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_is_trimmed_behind_the_indexes_it_keeps() {
+    use utopia_storage::MIRROR_FEED_LOG_INDEXES_KEPT as KEPT;
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = utopia_storage::open(dir.path()).unwrap();
+    let last = KEPT + 1_500;
+    let entries = (1..=last).map(|i| {
+        Ok((
+            common::put_entry(i, format!("k{}", i % 100), vec![b'v']),
+            None,
+        ))
+    });
+    store
+        .state_machine
+        .apply(futures::stream::iter(entries))
+        .await
+        .unwrap();
+    let start = store.reader.mirror_feed_start().unwrap();
+    assert!(
+        start > 1_000 && start <= last - KEPT,
+        "the start moved to {start}"
+    );
+    assert!(store
+        .reader
+        .mirror_feed(0, start - 1, 10)
+        .unwrap()
+        .changes
+        .is_empty());
+    let kept = store
+        .reader
+        .mirror_feed(start - 1, last, usize::MAX)
+        .unwrap();
+    assert_eq!(kept.through_index, last);
+    // A batch names each key it wrote once, under its last index.
+    let distinct: std::collections::BTreeSet<&Vec<u8>> =
+        kept.changes.iter().map(|(_, k)| k).collect();
+    assert_eq!(distinct.len(), 100);
+    assert!(kept.changes.len() as u64 <= last - start + 1);
+}
