@@ -3,8 +3,6 @@
 //!
 //! # Layout
 //!
-//! - `adapters`: the cargo features that publish into the systems seed 000
-//!   was built on (`zookeeper`), each off by default.
 //! - [`config`]: `utopiad.conf` (libconfig syntax) → [`config::Settings`].
 //! - [`server`]: process lifecycle — open storage, start Raft, serve gRPC,
 //!   start the node's tasks, and on a signal stop them all, drain the
@@ -29,12 +27,12 @@
 //!   the embedded XSDs of `schemas/`, validation (libxml2) and the model
 //!   read from a valid file (quick-xml). Pure functions, no server state.
 //!
+//! - [`adapters`]: bridges to the systems seed 000 was built on, each a
+//!   cargo feature (off by default): the MongoDB mirror (`mongodb`).
+//!
 //! The crates beside this one: `utopia-proto` (the gRPC API), `utopia-raft`
 //! (consensus and the events in the log) and `utopia-storage` (RocksDB).
 
-// `adapters/mod.rs` names the `mongodb` feature too, which comes with the
-// MongoDB adapter.
-#[allow(unexpected_cfgs)]
 pub mod adapters;
 pub mod api;
 pub mod cli;

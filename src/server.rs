@@ -227,6 +227,8 @@ pub async fn run(
             crate::node::backups::run(node.clone(), dir),
         );
     }
+    #[cfg(feature = "mongodb")]
+    crate::adapters::mongo::start(&node, &settings.mongodb);
     node.tasks.spawn(
         "client address publisher",
         housekeeping::publish_client_address(node.clone(), client_advertised.clone()),

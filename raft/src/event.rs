@@ -121,11 +121,22 @@ pub enum Event {
         port: u16,
         kind: String,
     },
+    /// The mirror into a database server failed to write and verify
+    /// repeatedly: every member stops using it until it is registered
+    /// again (`utopia db add`). Refused for a server that is not
+    /// registered, so a late report cannot bring back a removed one.
     DbServerProblematic {
         host: String,
         port: u16,
         kind: String,
         reason: String,
+    },
+    /// `utopia db remove`: the server's `db_servers` document is deleted
+    /// (refused for one that is not registered).
+    DbServerRemoved {
+        host: String,
+        port: u16,
+        kind: String,
     },
 
     // ---- XML configurations
@@ -363,6 +374,7 @@ impl Event {
             Event::FellowStateChanged(_) => "fellow_state_changed",
             Event::DbServerRegistered { .. } => "db_server_registered",
             Event::DbServerProblematic { .. } => "db_server_problematic",
+            Event::DbServerRemoved { .. } => "db_server_removed",
             Event::ConfigProposed(_) => "config_proposed",
             Event::ConfigAccepted { .. } => "config_accepted",
             Event::ConfigVote(_) => "config_vote",
@@ -416,6 +428,7 @@ impl Event {
             | Event::FellowStateChanged(_)
             | Event::DbServerRegistered { .. }
             | Event::DbServerProblematic { .. }
+            | Event::DbServerRemoved { .. }
             | Event::ConfigAccepted { .. }
             | Event::ConfigRejected { .. }
             | Event::ConfigDecide { .. }

@@ -1,2 +1,4 @@
-#[cfg(feature = "zookeeper")] pub mod zookeeper;
-#[cfg(feature = "mongodb")] pub mod mongo;
+#[cfg(feature = "mongodb")]
+pub mod mongo;
+#[cfg(feature = "zookeeper")]
+pub mod zookeeper;

@@ -47,8 +47,97 @@ fn check_level(node: &Node, what: &str, value: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Longest host name of a database server (DNS's limit).
+const DB_HOST_BYTES_MAX: usize = 253;
+/// Longest database server type.
+const DB_TYPE_BYTES_MAX: usize = 32;
+
+/// Checks a database server's host, port and type (`utopia db add`): the
+/// document id `HOST:PORT:TYPE` must read back unambiguously.
+pub(crate) fn check_db_server(host: &str, port: u32, kind: &str) -> Result<(), String> {
+    let bracketed = host.len() > 2 && host.starts_with('[') && host.ends_with(']');
+    let inner = if bracketed {
+        &host[1..host.len() - 1]
+    } else {
+        host
+    };
+    if host.is_empty() || host.len() > DB_HOST_BYTES_MAX {
+        return Err(format!(
+            "host must be 1..={DB_HOST_BYTES_MAX} bytes, found {}",
+            host.len()
+        ));
+    }
+    let host_ok = if bracketed {
+        inner.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        host.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    };
+    if !host_ok {
+        return Err(format!(
+            "host {host:?} must be a host name or IPv4 address (letters, digits, '.', '-', '_'), \
+             or an IPv6 address in brackets"
+        ));
+    }
+    if !(1..=65535).contains(&port) {
+        return Err(format!("port must be 1..=65535, found {port}"));
+    }
+    if kind.is_empty()
+        || kind.len() > DB_TYPE_BYTES_MAX
+        || !kind
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'))
+    {
+        return Err(format!(
+            "type {kind:?} must be 1..={DB_TYPE_BYTES_MAX} lowercase letters, digits, '_' or '-'"
+        ));
+    }
+    Ok(())
+}
+
 #[tonic::async_trait]
 impl pb::documents_server::Documents for DocumentsService {
+    async fn db_server(
+        &self,
+        req: Request<pb::DbServerRequest>,
+    ) -> Result<Response<pb::DbServerResponse>, Status> {
+        self.node
+            .authorize(&req, Need::Collection(Access::Write, "db_servers"))?;
+        let r = req.into_inner();
+        check_db_server(&r.host, r.port, &r.r#type)
+            .map_err(|e| self.node.invalid("bad_db_server", e))?;
+        let (host, port, kind) = (r.host, r.port as u16, r.r#type);
+        let id = format!("{host}:{port}:{kind}");
+        let remove = r.action == pb::db_server_request::Action::Remove as i32;
+        let event = if remove {
+            Event::DbServerRemoved { host, port, kind }
+        } else {
+            Event::DbServerRegistered { host, port, kind }
+        };
+        let resp = self.node.propose(event).await?;
+        let document = if remove {
+            None
+        } else {
+            self.node
+                .reader
+                .get_document(
+                    Collection::DbServers,
+                    &id,
+                    self.node.limits.response_bytes_max as usize,
+                )
+                .map_err(Error::from)?
+                .map(|json| pb::Document {
+                    collection: Collection::DbServers.name().to_string(),
+                    id,
+                    json,
+                })
+        };
+        Ok(Response::new(pb::DbServerResponse {
+            header: header(&self.node, resp.revision),
+            document,
+        }))
+    }
+
     async fn get(
         &self,
         req: Request<pb::GetDocumentRequest>,
@@ -239,5 +328,36 @@ impl pb::documents_server::Documents for DocumentsService {
             header: header(&self.node, resp.revision),
             command_id: id,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_db_server;
+
+    #[test]
+    fn db_server_addresses_are_checked() {
+        let check = |host: &str, port: u32, kind: &str, ok: bool| {
+            assert_eq!(
+                check_db_server(host, port, kind).is_ok(),
+                ok,
+                "{host}:{port}:{kind}"
+            );
+        };
+        check("db1.example.com", 27017, "mongodb", true);
+        check("10.0.0.3", 1, "mongodb", true);
+        check("[::1]", 65535, "rocks_db-2", true);
+        check("", 27017, "mongodb", false);
+        check("::1", 27017, "mongodb", false);
+        check("[nope]", 27017, "mongodb", false);
+        check("a b", 27017, "mongodb", false);
+        check("db:1", 27017, "mongodb", false);
+        check(&"a".repeat(254), 27017, "mongodb", false);
+        check("db", 0, "mongodb", false);
+        check("db", 65536, "mongodb", false);
+        check("db", 27017, "", false);
+        check("db", 27017, "MongoDB", false);
+        check("db", 27017, "mongo:db", false);
+        check("db", 27017, &"m".repeat(33), false);
     }
 }

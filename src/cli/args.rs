@@ -140,6 +140,9 @@ pub enum Command {
     /// Cluster status and membership.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Database servers the leader mirrors into (db_servers): add, remove, list.
+    #[command(subcommand)]
+    Db(super::db::DbCommand),
     /// Alarms: list them, or disarm NOSPACE after freeing space.
     #[command(subcommand)]
     Alarm(alarm::AlarmCommand),

@@ -124,6 +124,7 @@ pub mod bench_mqtt;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod db;
 mod error;
 pub mod kv;
 pub mod output;
@@ -248,6 +249,7 @@ async fn dispatch(cmd: Command, client: &mut Client, out: &mut Printer) -> Resul
         Command::Device(DeviceCommand::Cmd(a)) => admin::device_cmd(client, out, a).await,
         Command::Status => admin::status(client, out).await,
         Command::Cluster(c) => cluster::run(client, out, c).await,
+        Command::Db(c) => db::run(client, out, c).await,
         Command::Alarm(c) => alarm::run(client, out, c).await,
         Command::Auth(c) => auth::auth(client, out, c).await,
         Command::User(c) => auth::user(client, out, c).await,

@@ -21,6 +21,7 @@ pub mod configs;
 pub mod de;
 pub mod libconfig;
 pub mod limits;
+pub mod mongodb;
 pub mod mqtt;
 mod reference;
 pub mod rules;
@@ -39,6 +40,7 @@ pub use self::configs::ConfigsSettings;
 pub use self::de::{Origin, Sources};
 use self::libconfig::ParseError;
 pub use self::limits::{Limits, RaftSettings};
+pub use self::mongodb::MongoSettings;
 use self::mqtt::MqttSettings;
 pub use self::reference::reference;
 use self::rules::{non_empty, Addr, In};
@@ -98,6 +100,8 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     /// The ZooKeeper adapter (the `zookeeper` feature; no hosts: off).
     pub zookeeper: ZookeeperSettings,
+    /// The MongoDB mirror (cargo feature `mongodb`).
+    pub mongodb: MongoSettings,
 }
 
 /// Prometheus metrics.
@@ -231,6 +235,7 @@ impl Default for Settings {
             backups: BackupSettings::default(),
             metrics: MetricsSettings::default(),
             zookeeper: ZookeeperSettings::default(),
+            mongodb: MongoSettings::default(),
         }
     }
 }
@@ -340,6 +345,15 @@ impl Settings {
             ));
         }
         self.mqtt.validate(sources)?;
+        if self.mongodb.enabled && !cfg!(feature = "mongodb") {
+            return Err(sources.error(
+                &["mongodb.enabled", "mongodb"],
+                "mongodb.enabled = true, but this utopiad was built without the cargo feature \
+                 `mongodb`: build it with `cargo build --release --features mongodb`, or set \
+                 mongodb.enabled = false"
+                    .to_string(),
+            ));
+        }
         if let Some(problem) = self.tls.problem() {
             return Err(sources.setting_error("tls", problem));
         }

@@ -216,5 +216,24 @@ zookeeper = {
   initial_cluster_node = "";         # a node under /utopia/<cluster_name>/ holding "ID=HOST:PORT,...": a new data directory started without initial_cluster or --join starts that cluster; empty: never read
   initial_cluster_wait_ms = 60000;   # how long a new member waits for that node before it refuses to start (0..600000)
 };
+
+# MongoDB mirror (cargo feature `mongodb`): while this member leads, it
+# copies the documents (and with mirror_kv the keys) into every server of
+# the db_servers collection of type mongodb in state ok (`utopia db add
+# HOST:PORT`). enabled = true in a utopiad built without the feature is
+# an error.
+mongodb = {
+  enabled = false;                   # run the mirror on this member (while it leads)
+  database = "utopia";               # the database the collections are written into (1 to 63 bytes)
+  mirror_kv = false;                 # also mirror the key-value pairs (collection kv)
+  batch_docs_max = 500;              # most documents in one bulk write (1 to 100000)
+  batch_bytes_max = 8388608;         # most document bytes in one bulk write (1024 to 33554432)
+  verify_sample_docs = 16;           # documents read back after each batch and per idle audit (0 to 10000)
+  verify_attempts_max = 3;           # write-and-verify attempts before the server is marked problematic (1 to 100)
+  retry_backoff_ms = 500;            # wait after a failed attempt; doubles up to 30 s (> 0)
+  poll_interval_ms = 200;            # how often a caught-up mirror looks for new entries (> 0)
+  timeout_ms = 10000;                # connect, server selection and socket timeout (100 to 600000)
+  uri_options = "";                  # extra connection string options NAME=VALUE&..., e.g. "tls=true" (at most 1024 bytes)
+};
 "##
 }

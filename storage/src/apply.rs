@@ -436,6 +436,9 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
                 kind,
                 reason,
             } => self.apply_db_server(req.at_ms, host, *port, kind, Some(reason))?,
+            Event::DbServerRemoved { host, port, kind } => {
+                self.apply_db_server_removed(host, *port, kind)?
+            }
             Event::ConfigProposed(c) => self.apply_config_proposed(req.at_ms, c)?,
             Event::ConfigAccepted {
                 name,

@@ -26,6 +26,7 @@
 //! | `ingest` | names, `w` ++ node, `d` ++ digest, `x` ++ ms ++ digest | [`ingest`] |
 //! | `commands` | names, `c` / `p` ++ id, `s` ++ ms ++ id | [`commands`] |
 //! | `auth` | `m`, `u` ++ user name, `r` ++ role name | [`auth`] |
+//! | `mirror_feed` (this node's, not replicated) | `s`, `c` ++ log index ++ target ++ id | [`mirror_feed`] |
 //!
 //! This file is longer than most on purpose: the whole on-disk format in
 //! one place. Its tests are in `keys/tests.rs`.
@@ -67,10 +68,14 @@ pub enum Cf {
     Commands,
     /// Users, roles and whether authentication is on; see [`auth`].
     Auth,
+    /// Which documents and keys each applied batch wrote, by log index:
+    /// what the MongoDB mirror tails. This node's own record (not part of
+    /// the state machine, snapshots or backups); see [`mirror_feed`].
+    MirrorFeed,
 }
 
 impl Cf {
-    pub const ALL: [Cf; 19] = [
+    pub const ALL: [Cf; 20] = [
         Cf::RaftLog,
         Cf::RaftMeta,
         Cf::SmMeta,
@@ -90,6 +95,7 @@ impl Cf {
         Cf::Ingest,
         Cf::Commands,
         Cf::Auth,
+        Cf::MirrorFeed,
     ];
 
     /// The column families that make up the state machine (everything but
@@ -135,6 +141,7 @@ impl Cf {
             Cf::Ingest => "ingest",
             Cf::Commands => "commands",
             Cf::Auth => "auth",
+            Cf::MirrorFeed => "mirror_feed",
         }
     }
 
@@ -144,7 +151,7 @@ impl Cf {
 }
 
 /// The document collections served over the API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Collection {
     Devices,
     Zones,
@@ -406,6 +413,95 @@ pub mod ingest {
         let at_ms = c.u64()?;
         let digest = c.array()?;
         c.end((at_ms, digest))
+    }
+}
+
+/// Keys in [`Cf::MirrorFeed`]: for every applied batch, one key per
+/// document or key-value pair it wrote, under the batch's last log index,
+/// so that a reader resuming after index N finds everything written since.
+/// Node-local: a node that installs a snapshot restarts its feed after the
+/// snapshot's index (`START` says from which index it is complete).
+pub mod mirror_feed {
+    use super::{Cf, Collection, Cursor, KeyError};
+
+    /// u64 big-endian: the lowest log index from which the feed holds
+    /// every write (older entries were trimmed, or replaced by a snapshot).
+    pub const START: &[u8] = b"s";
+    /// `c` ++ log index ++ target tag ++ id → u64 big-endian: the proposal
+    /// time (`at_ms`) of the batch's last event.
+    pub const CHANGE_PREFIX: u8 = b'c';
+
+    /// What a feed entry names: a document of a collection, or a key.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum Target {
+        Document(Collection),
+        Kv,
+    }
+
+    impl Target {
+        fn tag(self) -> u8 {
+            match self {
+                Target::Document(Collection::Devices) => b'd',
+                Target::Document(Collection::Zones) => b'z',
+                Target::Document(Collection::Fellows) => b'f',
+                Target::Document(Collection::DbServers) => b'b',
+                Target::Document(Collection::XmlConfigs) => b'x',
+                Target::Document(Collection::Stats) => b's',
+                Target::Kv => b'k',
+            }
+        }
+
+        fn of_tag(tag: u8) -> Option<Target> {
+            [
+                Collection::Devices,
+                Collection::Zones,
+                Collection::Fellows,
+                Collection::DbServers,
+                Collection::XmlConfigs,
+                Collection::Stats,
+            ]
+            .into_iter()
+            .map(Target::Document)
+            .chain([Target::Kv])
+            .find(|t| t.tag() == tag)
+        }
+
+        /// The target a write to `cf` is, if the feed records it.
+        pub fn of_cf(cf: Cf) -> Option<Target> {
+            if cf == Cf::Kv {
+                return Some(Target::Kv);
+            }
+            Collection::ALL
+                .into_iter()
+                .find(|c| c.cf() == cf)
+                .map(Target::Document)
+        }
+    }
+
+    pub fn change_key(index: u64, target: Target, id: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(10 + id.len());
+        out.push(CHANGE_PREFIX);
+        out.extend_from_slice(&index.to_be_bytes());
+        out.push(target.tag());
+        out.extend_from_slice(id);
+        out
+    }
+
+    /// The first key of log index `index`'s entries.
+    pub fn index_start(index: u64) -> [u8; 9] {
+        let mut out = [CHANGE_PREFIX; 9];
+        out[1..].copy_from_slice(&index.to_be_bytes());
+        out
+    }
+
+    /// (log index, target, id).
+    pub fn parse_change_key(key: &[u8]) -> Result<(u64, Target, &[u8]), KeyError> {
+        let mut c = Cursor::new(Cf::MirrorFeed, "mirror feed change", key);
+        c.tag(CHANGE_PREFIX)?;
+        let index = c.u64()?;
+        let [tag] = c.array::<1>()?;
+        let target = Target::of_tag(tag).ok_or_else(|| c.error("unknown target"))?;
+        Ok((index, target, c.rest()))
     }
 }
 

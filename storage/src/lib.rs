@@ -37,7 +37,7 @@ pub use apply::{ChangeRecord, FeedChange, LeaseRecord};
 pub use db::{open, Db, NodeIdentity, OpenedStore};
 pub use log_store::{LogStore, REPLICATION_BATCH_BYTES_MAX};
 pub use read::{DocPage, Reader, WatchBatch};
-pub use state_machine::StateMachine;
+pub use state_machine::{StateMachine, MIRROR_FEED_LOG_INDEXES_KEPT};
 
 use keys::Cf;
 

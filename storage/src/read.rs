@@ -1,7 +1,8 @@
 //! Reads for the API: key ranges (now or at a past revision), the change
 //! feed for watches, leases and the replicated metadata here; documents
-//! (`read/documents.rs`) and the MQTT ingest and command state
-//! (`read/ingest.rs`) in their own modules.
+//! (`read/documents.rs`), the MQTT ingest and command state
+//! (`read/ingest.rs`) and the MongoDB mirror's feed (`read/mirror.rs`) in
+//! their own modules.
 //!
 //! Reads go straight to RocksDB; whether they are linearizable is decided by
 //! the caller (a Raft read barrier before the read), not here.
@@ -22,8 +23,10 @@ use crate::{Db, StoreError};
 
 mod documents;
 mod ingest;
+mod mirror;
 
 pub use documents::DocPage;
+pub use mirror::{FeedRead, MirrorValue};
 
 /// Bytes one key-value pair or document adds to a response beyond its
 /// key and value (field tags, lengths, revisions, the document's

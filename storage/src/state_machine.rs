@@ -24,7 +24,7 @@ use crate::apply::IngestEffects;
 use crate::apply::{Applier, StateRead};
 use crate::codec;
 use crate::db::DbView;
-use crate::keys::{self, meta, Cf};
+use crate::keys::{self, meta, mirror_feed, Cf};
 use crate::read::WatchBatch;
 use crate::snapshot::{SnapshotEncoder, SnapshotMeta, SnapshotReader};
 use crate::{Db, StoreError};
@@ -133,6 +133,7 @@ impl StateMachine {
         if db.get(Cf::SmMeta, meta::INSTALLING)?.is_some() {
             db.set_installing(true);
         }
+        Self::init_mirror_feed(&db)?;
         Ok((
             Self {
                 db,
@@ -235,6 +236,15 @@ impl StateMachine {
             codec::encode(&meta.last_membership),
         );
         batch.delete_cf(self.db.cf(Cf::SmMeta), meta::INSTALLING);
+        // The mirror feed knows nothing of what the snapshot brought: it
+        // starts again after it (a mirror further behind copies whole).
+        self.clear_cf(&mut batch, Cf::MirrorFeed)?;
+        let feed_start = meta.last_log_id.map_or(0, |l| l.index() + 1);
+        batch.put_cf(
+            self.db.cf(Cf::MirrorFeed),
+            mirror_feed::START,
+            feed_start.to_be_bytes(),
+        );
         // Synced: it makes every batch before it durable too (one WAL).
         self.write_synced(batch)?;
         self.db.set_installing(false);
@@ -390,6 +400,13 @@ const APPLY_CHUNK_WORK_MAX: usize = 1024;
 /// runtime's thread (a round of puts from a few hundred clients).
 const APPLY_IN_PLACE_WORK_MAX: usize = 512;
 
+/// Log indexes the mirror feed ([`keys::mirror_feed`]) covers behind the
+/// applied one; older entries are trimmed, and a mirror further behind
+/// copies the collections whole instead.
+pub const MIRROR_FEED_LOG_INDEXES_KEPT: u64 = 50_000;
+/// The feed is trimmed when the applied index crosses a multiple of this.
+const MIRROR_FEED_TRIM_EVERY: u64 = 1024;
+
 impl StateMachine {
     /// Applies a chunk on this thread. A large one is synchronous CPU and
     /// RocksDB work for tens of milliseconds: a multi-threaded runtime is
@@ -410,12 +427,14 @@ impl StateMachine {
         let mut last_applied = None;
         let mut last_membership = None;
         let mut replies: Vec<(_, Response)> = Vec::new();
+        let mut last_at_ms = 0;
         for (entry, responder) in chunk.entries {
             last_applied = Some(entry.log_id());
             let response = match &entry.payload {
                 EntryPayload::Blank => Response::default(),
                 EntryPayload::Normal(req) => {
                     let leader = entry.log_id().leader_id;
+                    last_at_ms = req.at_ms;
                     applier.apply_entry(leader.term, leader.node_id, req)?
                 }
                 EntryPayload::Membership(m) => {
@@ -433,11 +452,22 @@ impl StateMachine {
         let (writes, changes, effects) = applier.finish_with_effects();
         let auth_changed = writes.keys().any(|(cf, _)| *cf == Cf::Auth);
         let mut batch = WriteBatch::default();
+        let last_index = last_applied.as_ref().map(|l| l.index());
         for ((cf, key), value) in writes {
+            if let (Some(index), Some(target)) = (last_index, mirror_feed::Target::of_cf(cf)) {
+                batch.put_cf(
+                    self.db.cf(Cf::MirrorFeed),
+                    mirror_feed::change_key(index, target, &key),
+                    last_at_ms.to_be_bytes(),
+                );
+            }
             match value {
                 Some(v) => batch.put_cf(self.db.cf(cf), key, v),
                 None => batch.delete_cf(self.db.cf(cf), key),
             }
+        }
+        if let Some(index) = last_index {
+            self.trim_mirror_feed(&mut batch, index)?;
         }
         if let Some(applied) = &last_applied {
             batch.put_cf(
@@ -471,6 +501,68 @@ impl StateMachine {
             responder.send(response);
         }
         Ok(())
+    }
+}
+
+impl StateMachine {
+    /// Makes sure the mirror feed says from which index it is complete: a
+    /// data directory without one (new, or written by a build without the
+    /// feed) is complete only after what it has applied.
+    fn init_mirror_feed(db: &Db) -> Result<(), StoreError> {
+        if db.get(Cf::MirrorFeed, mirror_feed::START)?.is_some() {
+            return Ok(());
+        }
+        let (applied, _) = read_applied(|k| db.get(Cf::SmMeta, k))?;
+        let start = applied.map_or(0, |l| l.index() + 1);
+        db.db
+            .put_cf(
+                db.cf(Cf::MirrorFeed),
+                mirror_feed::START,
+                start.to_be_bytes(),
+            )
+            .map_err(StoreError::from)
+    }
+
+    /// When `index` crosses a multiple of [`MIRROR_FEED_TRIM_EVERY`], drops
+    /// the feed's entries more than [`MIRROR_FEED_LOG_INDEXES_KEPT`] behind
+    /// it and moves its start.
+    fn trim_mirror_feed(&self, batch: &mut WriteBatch, index: u64) -> Result<(), StoreError> {
+        let Some(keep_from) = index.checked_sub(MIRROR_FEED_LOG_INDEXES_KEPT) else {
+            return Ok(());
+        };
+        let start = self.mirror_feed_start()?;
+        if keep_from < start.saturating_add(MIRROR_FEED_TRIM_EVERY) {
+            return Ok(());
+        }
+        batch.delete_range_cf(
+            self.db.cf(Cf::MirrorFeed),
+            mirror_feed::index_start(0),
+            mirror_feed::index_start(keep_from),
+        );
+        batch.put_cf(
+            self.db.cf(Cf::MirrorFeed),
+            mirror_feed::START,
+            keep_from.to_be_bytes(),
+        );
+        Ok(())
+    }
+
+    fn mirror_feed_start(&self) -> Result<u64, StoreError> {
+        read_mirror_feed_start(&self.db)
+    }
+}
+
+/// The lowest log index from which the mirror feed holds every write.
+pub(crate) fn read_mirror_feed_start(db: &Db) -> Result<u64, StoreError> {
+    match db.get(Cf::MirrorFeed, mirror_feed::START)? {
+        None => Ok(0),
+        Some(bytes) => bytes
+            .as_slice()
+            .try_into()
+            .map(u64::from_be_bytes)
+            .map_err(|_| {
+                StoreError::corrupt(Cf::MirrorFeed, mirror_feed::START, "not a u64 index")
+            }),
     }
 }
 

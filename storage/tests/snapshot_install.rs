@@ -112,6 +112,17 @@ async fn a_snapshot_replaces_the_state_and_survives_a_crash_mid_install() {
         assert_eq!(keys(&store, b"b/"), 0, "the old state is gone");
         let (applied, _) = store.state_machine.applied_state().await.unwrap();
         assert_eq!(applied, meta.last_log_id);
+        // The mirror feed knows nothing of what the snapshot brought: it
+        // starts over after it, and its old entries are gone (a mirror
+        // further behind must copy whole).
+        let last = meta.last_log_id.map(|l| l.index()).unwrap();
+        assert_eq!(store.reader.mirror_feed_start().unwrap(), last + 1);
+        assert!(store
+            .reader
+            .mirror_feed(0, last, 1000)
+            .unwrap()
+            .changes
+            .is_empty());
     }
 
     // A crash mid-install: the marker is set, the file kept, the state

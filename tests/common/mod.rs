@@ -6,6 +6,8 @@
 #![allow(dead_code)]
 
 pub mod forge;
+#[cfg(feature = "mongodb")]
+pub mod mongo;
 pub mod mosquitto;
 pub mod net;
 pub mod zookeeper;

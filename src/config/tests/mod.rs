@@ -2,6 +2,7 @@
 //! the setting, line and message it must produce.
 
 mod errors;
+mod mongodb;
 mod mqtt;
 
 use super::mqtt::{Bridge, BridgeTls, CommandSettings, IngestSettings};
@@ -193,6 +194,9 @@ zookeeper = {
   retry_backoff_ms_max = 5000;
   initial_cluster_wait_ms = 0;
 };
+mongodb = { database = "fleet"; mirror_kv = true; batch_docs_max = 50; batch_bytes_max = 65536;
+  verify_sample_docs = 4; verify_attempts_max = 5; retry_backoff_ms = 250; poll_interval_ms = 100;
+  timeout_ms = 2000; uri_options = "tls=true"; };
 "#;
     let s = Settings::from_str(text, file()).unwrap();
     let want = Settings {
@@ -270,6 +274,19 @@ zookeeper = {
             retry_backoff_ms_max: 5000,
             initial_cluster_node: String::new(),
             initial_cluster_wait_ms: 0,
+        },
+        mongodb: MongoSettings {
+            enabled: false,
+            database: "fleet".into(),
+            mirror_kv: true,
+            batch_docs_max: 50,
+            batch_bytes_max: 65536,
+            verify_sample_docs: 4,
+            verify_attempts_max: 5,
+            retry_backoff_ms: 250,
+            poll_interval_ms: 100,
+            timeout_ms: 2000,
+            uri_options: "tls=true".into(),
         },
     };
     assert_eq!(s, want);

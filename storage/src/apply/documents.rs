@@ -238,7 +238,15 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         problem: Option<&String>,
     ) -> Result<Outcome, ApplyError> {
         let id = format!("{host}:{port}:{kind}");
-        let mut doc = self.get_doc::<DbServer>(&id)?.unwrap_or_else(|| DbServer {
+        let existing = self.get_doc::<DbServer>(&id)?;
+        if existing.is_none() && problem.is_some() {
+            // A mirror's late report about a server an operator removed
+            // must not bring it back.
+            return Ok(Outcome::Rejected(Rejection::NotFound(format!(
+                "database server {id}"
+            ))));
+        }
+        let mut doc = existing.unwrap_or_else(|| DbServer {
             id: id.clone(),
             host: host.to_string(),
             port,
@@ -261,6 +269,23 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         }
         doc.updated_ms = at_ms;
         self.put_doc(&id, doc)?;
+        Ok(Outcome::Done)
+    }
+
+    /// `utopia db remove`: the server's document is deleted.
+    pub(super) fn apply_db_server_removed(
+        &mut self,
+        host: &str,
+        port: u16,
+        kind: &str,
+    ) -> Result<Outcome, ApplyError> {
+        let id = format!("{host}:{port}:{kind}");
+        if self.get_doc::<DbServer>(&id)?.is_none() {
+            return Ok(Outcome::Rejected(Rejection::NotFound(format!(
+                "database server {id}"
+            ))));
+        }
+        self.delete(Cf::DbServers, keys::document_key(&id).to_vec());
         Ok(Outcome::Done)
     }
 

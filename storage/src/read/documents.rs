@@ -123,7 +123,7 @@ impl Reader {
 
     /// The stored bytes of a document, as served (see
     /// [`Reader::get_document`]).
-    fn served(
+    pub(super) fn served(
         &self,
         collection: Collection,
         id: &str,

@@ -221,6 +221,51 @@ fn fellows_and_db_servers() {
     );
 }
 
+/// `utopia db remove` deletes a database server's document; a server
+/// that is not registered cannot be removed, nor marked problematic (a
+/// mirror's late report must not bring back a removed server); registering
+/// it again makes it ok and clears the reason.
+#[test]
+fn db_servers_are_removed_and_re_added_through_the_log() {
+    let mut s = MemState::default();
+    let db = |port| (String::from("db"), port, String::from("mongodb"));
+    let register =
+        |(host, port, kind): (String, u16, String)| Event::DbServerRegistered { host, port, kind };
+    let problematic = |(host, port, kind): (String, u16, String)| Event::DbServerProblematic {
+        host,
+        port,
+        kind,
+        reason: "verify failed".into(),
+    };
+    let remove =
+        |(host, port, kind): (String, u16, String)| Event::DbServerRemoved { host, port, kind };
+    assert!(matches!(
+        s.apply(remove(db(1))).outcome,
+        Outcome::Rejected(Rejection::NotFound(_))
+    ));
+    assert!(matches!(
+        s.apply(problematic(db(1))).outcome,
+        Outcome::Rejected(Rejection::NotFound(_))
+    ));
+    assert!(s.get(Cf::DbServers, b"db:1:mongodb").unwrap().is_none());
+
+    assert_eq!(s.apply(register(db(1))).outcome, Outcome::Done);
+    assert_eq!(s.apply(problematic(db(1))).outcome, Outcome::Done);
+    assert_eq!(s.doc(Cf::DbServers, "db:1:mongodb")["state"], "problematic");
+    assert_eq!(s.apply(register(db(1))).outcome, Outcome::Done);
+    let d = s.doc(Cf::DbServers, "db:1:mongodb");
+    assert_eq!(d["state"], "ok");
+    assert!(d.get("reason").is_none());
+
+    assert_eq!(s.apply(remove(db(1))).outcome, Outcome::Done);
+    assert!(s.get(Cf::DbServers, b"db:1:mongodb").unwrap().is_none());
+    assert!(matches!(
+        s.apply(problematic(db(1))).outcome,
+        Outcome::Rejected(Rejection::NotFound(_))
+    ));
+    assert!(s.get(Cf::DbServers, b"db:1:mongodb").unwrap().is_none());
+}
+
 /// Fields a document holds that this build does not write (a newer
 /// build's, or another event's) survive every event that rewrites it.
 #[test]
