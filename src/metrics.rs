@@ -89,6 +89,137 @@ pub struct AlarmName {
     pub alarm: &'static str,
 }
 
+/// One label, `server`: a database server's id (`host:port:type`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabel {
+    pub server: String,
+}
+
+/// What the ZooKeeper adapter counts (registered in a build with the
+/// `zookeeper` feature).
+#[derive(Debug, Default)]
+pub struct ZookeeperMetrics {
+    pub sessions: Counter,
+    pub connected: Gauge,
+    pub writes: Counter,
+    pub errors: Counter,
+    pub fellow_nodes_undecodable: Counter,
+}
+
+/// What the MongoDB mirror counts, by server (a series appears once a
+/// worker for that server runs).
+#[derive(Debug, Default)]
+pub struct MirrorMetrics {
+    pub batches: Family<ServerLabel, Counter>,
+    pub docs_written: Family<ServerLabel, Counter>,
+    pub docs_deleted: Family<ServerLabel, Counter>,
+    pub full_copies: Family<ServerLabel, Counter>,
+    pub verify_mismatches: Family<ServerLabel, Counter>,
+    pub repaired_docs: Family<ServerLabel, Counter>,
+    pub failures: Family<ServerLabel, Counter>,
+    pub unreachable: Family<ServerLabel, Counter>,
+    pub marked_problematic: Family<ServerLabel, Counter>,
+    pub checkpoint_index: Family<ServerLabel, Gauge>,
+    pub lag_log_entries: Family<ServerLabel, Gauge>,
+    pub lag_ms: Family<ServerLabel, Gauge>,
+}
+
+impl ZookeeperMetrics {
+    fn register(&self, r: &mut Registry) {
+        let adapter = "the ZooKeeper adapter on this member";
+        for (name, help, m) in [
+            ("zookeeper_sessions", "Sessions opened by", &self.sessions),
+            ("zookeeper_writes", "Nodes written by", &self.writes),
+            (
+                "zookeeper_errors",
+                "Failed sessions and requests of",
+                &self.errors,
+            ),
+            (
+                "zookeeper_fellow_nodes_undecodable",
+                "Other members' nodes that did not decode, read by",
+                &self.fellow_nodes_undecodable,
+            ),
+        ] {
+            r.register(name, format!("{help} {adapter}"), m.clone());
+        }
+        r.register(
+            "zookeeper_connected",
+            format!("1 while {adapter} has a session"),
+            self.connected.clone(),
+        );
+    }
+}
+
+impl MirrorMetrics {
+    fn register(&self, r: &mut Registry) {
+        for (name, help, m) in [
+            ("mongo_mirror_batches", "Batches mirrored", &self.batches),
+            (
+                "mongo_mirror_docs_written",
+                "Documents written",
+                &self.docs_written,
+            ),
+            (
+                "mongo_mirror_docs_deleted",
+                "Documents deleted",
+                &self.docs_deleted,
+            ),
+            (
+                "mongo_mirror_full_copies",
+                "Whole copies started",
+                &self.full_copies,
+            ),
+            (
+                "mongo_mirror_verify_mismatches",
+                "Documents read back that differed",
+                &self.verify_mismatches,
+            ),
+            (
+                "mongo_mirror_repaired_docs",
+                "Documents rewritten after a mismatch",
+                &self.repaired_docs,
+            ),
+            (
+                "mongo_mirror_failures",
+                "Failed mirror attempts",
+                &self.failures,
+            ),
+            (
+                "mongo_mirror_unreachable",
+                "Attempts that could not reach the server",
+                &self.unreachable,
+            ),
+            (
+                "mongo_mirror_marked_problematic",
+                "Times the server was marked problematic",
+                &self.marked_problematic,
+            ),
+        ] {
+            r.register(name, format!("{help}, by MongoDB server"), m.clone());
+        }
+        for (name, help, m) in [
+            (
+                "mongo_mirror_checkpoint_index",
+                "Last log index mirrored",
+                &self.checkpoint_index,
+            ),
+            (
+                "mongo_mirror_lag_log_entries",
+                "Applied index minus the checkpoint",
+                &self.lag_log_entries,
+            ),
+            (
+                "mongo_mirror_lag_ms",
+                "Age of the oldest entry not yet mirrored",
+                &self.lag_ms,
+            ),
+        ] {
+            r.register(name, format!("{help}, by MongoDB server"), m.clone());
+        }
+    }
+}
+
 /// A histogram kept elsewhere (atomics, or figures a task publishes),
 /// read when the registry is encoded.
 #[derive(Clone)]
@@ -205,6 +336,9 @@ pub struct Metrics {
     ingest_lag: Arc<Mutex<LagHistogram>>,
 
     storage: Arc<StorageMetrics>,
+
+    pub zookeeper: ZookeeperMetrics,
+    pub mirror: MirrorMetrics,
 }
 
 impl Metrics {
@@ -268,7 +402,7 @@ impl Metrics {
             "Synced writes of the Raft log (a WAL sync per group of appends, vote writes)",
             ReadHistogram(Arc::new(move || fsync.log_fsync.read())),
         );
-        Metrics {
+        let mut m = Metrics {
             requests,
             durations,
             proposals: reg(
@@ -473,8 +607,17 @@ impl Metrics {
             ),
             ingest_lag,
             storage,
+            zookeeper: ZookeeperMetrics::default(),
+            mirror: MirrorMetrics::default(),
             registry: r,
+        };
+        if cfg!(feature = "zookeeper") {
+            m.zookeeper.register(&mut m.registry);
         }
+        if cfg!(feature = "mongodb") {
+            m.mirror.register(&mut m.registry);
+        }
+        m
     }
 
     fn observe(&self, method: &str, code: tonic::Code, elapsed: Duration) {

@@ -64,6 +64,9 @@ use futures::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::error::ErrorKind;
 use mongodb::options::ClientOptions;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::task::{AbortHandle, JoinSet};
 use utopia_raft::event::Event;
 use utopia_storage::documents::{DbServer, DbServerState};
@@ -73,6 +76,7 @@ use utopia_storage::read::MirrorValue;
 
 use crate::config::mongodb::RETRY_BACKOFF_MS_CAP;
 use crate::config::MongoSettings;
+use crate::metrics::{MirrorMetrics, ServerLabel};
 use crate::node::Node;
 
 /// The database server type the mirror serves.
@@ -186,13 +190,22 @@ fn usable_servers(node: &Node) -> BTreeMap<String, DbServer> {
 }
 
 fn set_idle(node: &Node, id: &str) {
-    node.counters
-        .set(&labelled("mongo_mirror_lag_log_entries", id), 0);
-    node.counters.set(&labelled("mongo_mirror_lag_ms", id), 0);
+    node.metrics
+        .mirror
+        .lag_log_entries
+        .get_or_create(&server_label(id))
+        .set(0);
+    node.metrics
+        .mirror
+        .lag_ms
+        .get_or_create(&server_label(id))
+        .set(0);
 }
 
-fn labelled(name: &str, server: &str) -> String {
-    format!("{name}{{server=\"{server}\"}}")
+fn server_label(server: &str) -> ServerLabel {
+    ServerLabel {
+        server: server.to_string(),
+    }
 }
 
 /// Why an attempt failed.
@@ -281,8 +294,11 @@ impl Worker {
                 // A connection string that does not parse (uri_options):
                 // the operator's to fix; nothing to mirror until then.
                 tracing::error!(server = %id, uri, error = %e, "MongoDB mirror: cannot use this server");
-                node.counters
-                    .add(&labelled("mongo_mirror_failures_total", &id), 1);
+                node.metrics
+                    .mirror
+                    .failures
+                    .get_or_create(&server_label(&id))
+                    .inc();
                 std::future::pending::<()>().await;
                 return;
             }
@@ -299,14 +315,18 @@ impl Worker {
         worker.mirror().await;
     }
 
-    fn count(&self, name: &str, n: u64) {
+    fn count(&self, metric: fn(&MirrorMetrics) -> &Family<ServerLabel, Counter>, n: u64) {
         if n > 0 {
-            self.node.counters.add(&labelled(name, &self.server.id), n);
+            metric(&self.node.metrics.mirror)
+                .get_or_create(&server_label(&self.server.id))
+                .inc_by(n);
         }
     }
 
-    fn gauge(&self, name: &str, v: u64) {
-        self.node.counters.set(&labelled(name, &self.server.id), v);
+    fn gauge(&self, metric: fn(&MirrorMetrics) -> &Family<ServerLabel, Gauge>, v: u64) {
+        metric(&self.node.metrics.mirror)
+            .get_or_create(&server_label(&self.server.id))
+            .set(i64::try_from(v).unwrap_or(i64::MAX));
     }
 
     /// Steps until the server is marked problematic (or the task is
@@ -331,11 +351,11 @@ impl Worker {
                 Err(failure) => {
                     match &failure {
                         Failure::Unreachable(_) => {
-                            self.count("mongo_mirror_unreachable_total", 1);
+                            self.count(|m| &m.unreachable, 1);
                         }
                         Failure::Refused(_) => {
                             refused += 1;
-                            self.count("mongo_mirror_failures_total", 1);
+                            self.count(|m| &m.failures, 1);
                         }
                         Failure::Store(_) => {}
                     }
@@ -371,7 +391,7 @@ impl Worker {
         };
         match self.node.propose(event).await {
             Ok(_) => {
-                self.count("mongo_mirror_marked_problematic_total", 1);
+                self.count(|m| &m.marked_problematic, 1);
                 set_idle(&self.node, &self.server.id);
                 tracing::error!(
                     server = %self.server.id,
@@ -399,19 +419,19 @@ impl Worker {
             self.copy_whole(applied).await?;
             return Ok(Step::Progress);
         };
-        self.gauge("mongo_mirror_checkpoint_index", checkpoint);
+        self.gauge(|m| &m.checkpoint_index, checkpoint);
         if checkpoint >= applied {
-            self.gauge("mongo_mirror_lag_log_entries", 0);
-            self.gauge("mongo_mirror_lag_ms", 0);
+            self.gauge(|m| &m.lag_log_entries, 0);
+            self.gauge(|m| &m.lag_ms, 0);
             self.audit_round(applied).await?;
             return Ok(Step::Idle);
         }
         let entries_max = usize::try_from(self.settings.batch_docs_max).unwrap_or(usize::MAX);
         let feed = reader.mirror_feed(checkpoint, applied, entries_max)?;
-        self.gauge("mongo_mirror_lag_log_entries", applied - checkpoint);
+        self.gauge(|m| &m.lag_log_entries, applied - checkpoint);
         if feed.first_at_ms > 0 {
             self.gauge(
-                "mongo_mirror_lag_ms",
+                |m| &m.lag_ms,
                 crate::now_ms().saturating_sub(feed.first_at_ms),
             );
         }
@@ -428,10 +448,10 @@ impl Worker {
         self.write(&ops).await?;
         self.verify(&ops).await?;
         self.save_checkpoint(feed.through_index, false).await?;
-        self.count("mongo_mirror_batches_total", 1);
-        self.gauge("mongo_mirror_checkpoint_index", feed.through_index);
+        self.count(|m| &m.batches, 1);
+        self.gauge(|m| &m.checkpoint_index, feed.through_index);
         self.gauge(
-            "mongo_mirror_lag_log_entries",
+            |m| &m.lag_log_entries,
             applied.saturating_sub(feed.through_index),
         );
         Ok(Step::Progress)
@@ -453,7 +473,7 @@ impl Worker {
             from_index = from,
             "MongoDB mirror: no usable checkpoint; copying every collection"
         );
-        self.gauge("mongo_mirror_lag_log_entries", from);
+        self.gauge(|m| &m.lag_log_entries, from);
         let page_max = usize::try_from(self.settings.batch_docs_max).unwrap_or(usize::MAX);
         for target in self.targets() {
             let mut after: Option<Vec<u8>> = None;
@@ -474,8 +494,8 @@ impl Worker {
             self.delete_extras(target).await?;
         }
         self.save_checkpoint(from, true).await?;
-        self.count("mongo_mirror_full_copies_total", 1);
-        self.gauge("mongo_mirror_checkpoint_index", from);
+        self.count(|m| &m.full_copies, 1);
+        self.gauge(|m| &m.checkpoint_index, from);
         Ok(())
     }
 
@@ -520,7 +540,7 @@ impl Worker {
                 "writeConcern": write_concern(),
             })
             .await?;
-            self.count("mongo_mirror_docs_deleted_total", n);
+            self.count(|m| &m.docs_deleted, n);
         }
         Ok(())
     }
@@ -605,7 +625,7 @@ impl Worker {
                     "writeConcern": write_concern(),
                 })
                 .await?;
-                self.count("mongo_mirror_docs_written_total", n);
+                self.count(|m| &m.docs_written, n);
             }
             for chunk in chunks(&deletes, docs_max, bytes_max) {
                 let dels: Vec<Document> = chunk
@@ -620,7 +640,7 @@ impl Worker {
                     "writeConcern": write_concern(),
                 })
                 .await?;
-                self.count("mongo_mirror_docs_deleted_total", n);
+                self.count(|m| &m.docs_deleted, n);
             }
         }
         Ok(())
@@ -640,7 +660,7 @@ impl Worker {
         if differ.is_empty() {
             return Ok(());
         }
-        self.count("mongo_mirror_verify_mismatches_total", differ.len() as u64);
+        self.count(|m| &m.verify_mismatches, differ.len() as u64);
         Err(Failure::Refused(format!(
             "{} of {} documents read back differ from what was written (first: {}/{})",
             differ.len(),
@@ -730,7 +750,7 @@ impl Worker {
             first,
             "MongoDB mirror: documents differ from utopia's (changed behind its back); rewriting"
         );
-        self.count("mongo_mirror_verify_mismatches_total", n);
+        self.count(|m| &m.verify_mismatches, n);
         let rewrite: Vec<Op> = differ
             .into_iter()
             .map(|op| Op {
@@ -750,7 +770,7 @@ impl Worker {
                 still.len()
             )));
         }
-        self.count("mongo_mirror_repaired_docs_total", n);
+        self.count(|m| &m.repaired_docs, n);
         Ok(())
     }
 

@@ -103,8 +103,8 @@ impl Adapter {
             match self.session(&stop).await {
                 Ended::Stopped => return,
                 Ended::Lost(why) => {
-                    self.node.counters.set("zookeeper_connected", 0);
-                    self.node.counters.add("zookeeper_errors_total", 1);
+                    self.node.metrics.zookeeper.connected.set(0);
+                    self.node.metrics.zookeeper.errors.inc();
                     tracing::warn!(reason = %why, retry_in_ms = backoff_ms, "ZooKeeper session lost; opening a new one");
                 }
             }
@@ -126,8 +126,8 @@ impl Adapter {
                 Err(e) => return Ended::Lost(format!("connect to {}: {e:#}", self.settings.connect_string())),
             },
         };
-        self.node.counters.add("zookeeper_sessions_total", 1);
-        self.node.counters.set("zookeeper_connected", 1);
+        self.node.metrics.zookeeper.sessions.inc();
+        self.node.metrics.zookeeper.connected.set(1);
         let session_id = client.session_id().0;
         tracing::info!(session = %client.session_id(), "ZooKeeper session open");
         let mut state = client.state_watcher();
@@ -143,7 +143,7 @@ impl Adapter {
                     // session closes when the client drops.
                     let own = self.paths.fellow(self.node.raft.id());
                     let _ = timed(self.settings.request_timeout_ms.min(500), client.delete(&own, None)).await;
-                    self.node.counters.set("zookeeper_connected", 0);
+                    self.node.metrics.zookeeper.connected.set(0);
                     return Ended::Stopped;
                 }
                 s = state.changed() => {
@@ -151,11 +151,11 @@ impl Adapter {
                     match s {
                         Expired | Closed | AuthFailed => return Ended::Lost(format!("session {s}")),
                         Disconnected => {
-                            self.node.counters.set("zookeeper_connected", 0);
+                            self.node.metrics.zookeeper.connected.set(0);
                             tracing::info!("ZooKeeper disconnected; the client reconnects");
                         }
                         SyncConnected | ConnectedReadOnly => {
-                            self.node.counters.set("zookeeper_connected", 1);
+                            self.node.metrics.zookeeper.connected.set(1);
                         }
                     }
                 }
@@ -169,7 +169,7 @@ impl Adapter {
                         }
                         Err(zk::Error::SessionExpired) => return Ended::Lost("session expired".to_string()),
                         Err(e) => {
-                            self.node.counters.add("zookeeper_errors_total", 1);
+                            self.node.metrics.zookeeper.errors.inc();
                             if !failing {
                                 tracing::warn!(error = %e, "update ZooKeeper nodes; retrying every refresh");
                             }
@@ -205,7 +205,7 @@ impl Adapter {
             Ok((current, stat)) if stat.ephemeral_owner == session_id => {
                 if current != data {
                     timed(t, client.set_data(&path, data, Some(stat.version))).await?;
-                    self.node.counters.add("zookeeper_writes_total", 1);
+                    self.node.metrics.zookeeper.writes.inc();
                     tracing::debug!(path = %path, "this member's node updated");
                 }
                 return Ok(());
@@ -230,7 +230,7 @@ impl Adapter {
             }
             Err(e) => return Err(e),
         }
-        self.node.counters.add("zookeeper_writes_total", 1);
+        self.node.metrics.zookeeper.writes.inc();
         tracing::info!(path = %path, "this member's node created");
         Ok(())
     }
@@ -272,10 +272,11 @@ impl Adapter {
         }
         let (mqtt, undecodable) = layout::cluster_mqtt_entries(datas.iter().map(Vec::as_slice));
         if undecodable > 0 {
-            self.node.counters.add(
-                "zookeeper_fellow_nodes_undecodable_total",
-                undecodable as u64,
-            );
+            self.node
+                .metrics
+                .zookeeper
+                .fellow_nodes_undecodable
+                .inc_by(undecodable as u64);
         }
         self.put_list(client, &self.paths.mqtt_servers, &mqtt)
             .await?;
@@ -290,7 +291,7 @@ impl Adapter {
                     .await?;
             }
             Err(e) => {
-                self.node.counters.add("zookeeper_errors_total", 1);
+                self.node.metrics.zookeeper.errors.inc();
                 tracing::error!(error = %e, "read the db_servers collection");
             }
         }
@@ -303,7 +304,7 @@ impl Adapter {
                 self.put_warning(client, warnings.as_deref()).await?;
             }
             Err(e) => {
-                self.node.counters.add("zookeeper_errors_total", 1);
+                self.node.metrics.zookeeper.errors.inc();
                 tracing::error!(error = %e, "read the fellows collection");
             }
         }
@@ -325,7 +326,7 @@ impl Adapter {
             Ok((current, stat)) => {
                 if current != data {
                     timed(t, client.set_data(path, &data, Some(stat.version))).await?;
-                    self.node.counters.add("zookeeper_writes_total", 1);
+                    self.node.metrics.zookeeper.writes.inc();
                 }
             }
             Err(zk::Error::NoNode) => {
@@ -334,7 +335,7 @@ impl Adapter {
                     Ok(_) | Err(zk::Error::NodeExists) => {}
                     Err(e) => return Err(e),
                 }
-                self.node.counters.add("zookeeper_writes_total", 1);
+                self.node.metrics.zookeeper.writes.inc();
             }
             Err(e) => return Err(e),
         }
@@ -347,14 +348,14 @@ impl Adapter {
                 Ok(()) | Err(zk::Error::NoNode) => {}
                 Err(e) => return Err(e),
             }
-            self.node.counters.add("zookeeper_writes_total", 1);
+            self.node.metrics.zookeeper.writes.inc();
         }
         for new in entries.difference(&children) {
             match timed(t, client.create(&format!("{path}/{new}"), &[], &persistent)).await {
                 Ok(_) | Err(zk::Error::NodeExists) => {}
                 Err(e) => return Err(e),
             }
-            self.node.counters.add("zookeeper_writes_total", 1);
+            self.node.metrics.zookeeper.writes.inc();
         }
         Ok(())
     }
@@ -390,7 +391,7 @@ impl Adapter {
                 tracing::warn!(path = %path, "members fail to apply configurations: warning published");
             }
         }
-        self.node.counters.add("zookeeper_writes_total", 1);
+        self.node.metrics.zookeeper.writes.inc();
         Ok(())
     }
 }
