@@ -69,7 +69,7 @@ pub trait Document: Serialize + DeserializeOwned + Clone {
     /// [`crate::apply::bounds::DOCUMENT_NESTING_MAX`] deep, so encoding
     /// (which recurses) is bounded.
     fn encode(&self) -> Vec<u8> {
-        let encoded = serde_json::to_value(self).and_then(|map| serde_json::to_vec(&map));
+        let encoded = serde_json::to_value(self).and_then(|map| serde_json::to_vec(&sorted(map)));
         match encoded {
             Ok(bytes) => bytes,
             Err(e) => panic!(
@@ -89,13 +89,26 @@ pub trait Document: Serialize + DeserializeOwned + Clone {
     }
 }
 
+/// `value` with every object's keys in sorted order, at every level.
+///
+/// serde_json's maps keep keys sorted unless its `preserve_order` feature is
+/// on, and a dependency can turn that on for the whole build (the `mongodb`
+/// feature's `bson` does): the stored bytes must not depend on which
+/// features a build has. Without `preserve_order` this does no work.
+/// Documents are at most [`crate::apply::bounds::DOCUMENT_NESTING_MAX`]
+/// deep, so the recursion is bounded.
+fn sorted(mut value: Value) -> Value {
+    value.sort_all_objects();
+    value
+}
+
 /// An entry of a document's map (a [`LastValue`], a [`DeviceCommand`]) as
 /// stored: keys sorted, like the document's.
 ///
 /// # Panics
 /// If `entry` cannot be represented in JSON: a bug in its type.
 pub fn entry<T: Serialize>(entry: &T) -> Value {
-    serde_json::to_value(entry).unwrap_or_else(|e| {
+    serde_json::to_value(entry).map(sorted).unwrap_or_else(|e| {
         panic!(
             "encoding a {} failed, which it cannot: {e}",
             std::any::type_name::<T>()
@@ -222,7 +235,7 @@ impl ZoneServed {
 
     /// The JSON text served, keys sorted like a stored document's.
     pub fn to_json(&self) -> String {
-        let encoded = serde_json::to_value(self).map(|map| map.to_string());
+        let encoded = serde_json::to_value(self).map(|map| sorted(map).to_string());
         encoded.unwrap_or_else(|e| panic!("encoding a served zone failed, which it cannot: {e}"))
     }
 }
@@ -587,7 +600,7 @@ mod tests {
             at_ms: 2,
         };
         assert_eq!(
-            serde_json::to_value(&last).unwrap().to_string(),
+            entry(&last).to_string(),
             r#"{"at_ms":2,"path":["a"],"value":1}"#
         );
         let command = DeviceCommand {
@@ -601,7 +614,7 @@ mod tests {
             reason: None,
         };
         assert_eq!(
-            serde_json::to_value(&command).unwrap().to_string(),
+            entry(&command).to_string(),
             r#"{"attempts":0,"issued_ms":1,"last_attempt_ms":0,"post_type":"set","reason":null,"reply":null,"settled_ms":0,"state":"pending"}"#
         );
         let served = ZoneServed {
