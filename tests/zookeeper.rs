@@ -184,8 +184,17 @@ fn members_entries_follow_kill9_and_come_back_after_zookeeper_loses_its_data() {
 
     // ZooKeeper restarted with its data lost: nodes and sessions are gone,
     // and every member writes its own again, the leader the shared ones.
+    // The members write their entries again as soon as they reconnect, so
+    // that the data was lost shows on a node nobody writes again.
+    zkr.create("/data_loss_marker/m", b"kept only if the data is");
     zookeeper.restart(true);
-    assert_eq!(zkr.children(FELLOWS), None, "a fresh ZooKeeper is empty");
+    let root = wait_for("the fresh ZooKeeper answering", DEADLINE, || {
+        zkr.children("/")
+    });
+    assert!(
+        !root.contains("data_loss_marker"),
+        "a fresh ZooKeeper lost its data: {root:?}"
+    );
     zkr.wait_fellows(&[1, 2, 3], "every entry back after the ZooKeeper restart");
     wait_for("mqtt_servers back", DEADLINE, || {
         (zkr.children(MQTT_SERVERS)? == BTreeSet::from([broker_entry.clone()])).then_some(())
