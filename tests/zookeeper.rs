@@ -4,19 +4,23 @@
 //! when it returns, the leader's shared nodes name the members' brokers,
 //! and everything is written again after ZooKeeper loses its data and
 //! after a session is expired by a network stall. A new data directory
-//! takes its initial cluster from ZooKeeper.
+//! takes its initial cluster from ZooKeeper. The leader publishes the
+//! database servers `utopia db add` records and takes away the ones
+//! `utopia db remove` deletes, and warns of a member that fails to write
+//! an accepted XML configuration until it recovers.
 
 #![cfg(feature = "zookeeper")]
 
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use common::mosquitto::Mosquitto;
 use common::zookeeper::{Stall, ZooKeeper};
-use common::{start_cluster, temp_dir, wait_for, Server};
+use common::{start_cluster, start_cluster_each, temp_dir, wait_for, Server};
 use zookeeper_client as zk;
 
 /// Comfortably more than a session timeout (2 s here) plus a few refresh
@@ -26,6 +30,8 @@ const DEADLINE: Duration = Duration::from_secs(60);
 const FELLOWS: &str = "/utopia/utopia/fellows";
 const MQTT_SERVERS: &str = "/utopia/utopia/mqtt_servers";
 const DB_SERVERS: &str = "/utopia/utopia/db_servers";
+const WARNINGS: &str = "/utopia/utopia/warnings";
+const CONFIG_FAILING: &str = "/utopia/utopia/warnings/config_failing";
 
 /// A `utopiad.conf` with the adapter on `zk_addr` (short session and
 /// refresh, so that the test is quick) and one plain MQTT bridge to
@@ -178,8 +184,17 @@ fn members_entries_follow_kill9_and_come_back_after_zookeeper_loses_its_data() {
 
     // ZooKeeper restarted with its data lost: nodes and sessions are gone,
     // and every member writes its own again, the leader the shared ones.
+    // The members write their entries again as soon as they reconnect, so
+    // that the data was lost shows on a node nobody writes again.
+    zkr.create("/data_loss_marker/m", b"kept only if the data is");
     zookeeper.restart(true);
-    assert_eq!(zkr.children(FELLOWS), None, "a fresh ZooKeeper is empty");
+    let root = wait_for("the fresh ZooKeeper answering", DEADLINE, || {
+        zkr.children("/")
+    });
+    assert!(
+        !root.contains("data_loss_marker"),
+        "a fresh ZooKeeper lost its data: {root:?}"
+    );
     zkr.wait_fellows(&[1, 2, 3], "every entry back after the ZooKeeper restart");
     wait_for("mqtt_servers back", DEADLINE, || {
         (zkr.children(MQTT_SERVERS)? == BTreeSet::from([broker_entry.clone()])).then_some(())
@@ -327,4 +342,167 @@ fn a_new_cluster_takes_its_initial_members_from_zookeeper() {
         assert!(text.contains(p.as_str()), "member {p} in {status}");
     }
     zkr.wait_fellows(&[1, 2, 3], "three fellows entries");
+}
+
+#[test]
+fn the_leader_publishes_the_database_servers_db_add_records_and_drops_removed_ones() {
+    let dir = temp_dir();
+    let zookeeper = ZooKeeper::start();
+    let broker = Mosquitto::start();
+    let zkr = Reader::new(&zookeeper.addr);
+    let cfg = conf(
+        dir.path(),
+        "n.conf",
+        &zookeeper.addr,
+        &broker.plain.to_string(),
+        "",
+    );
+    let (nodes, _addrs) = start_cluster(&dir.path().join("c"), 3, &["--config", &cfg]);
+    zkr.wait_fellows(&[1, 2, 3], "three fellows entries with one leader");
+    wait_for("the empty db_servers node", DEADLINE, || {
+        zkr.children(DB_SERVERS)?.is_empty().then_some(())
+    });
+
+    // Nothing needs to listen there: the mirror is off, so the server
+    // stays ok and is published.
+    let server = common::free_addr();
+    let entry = format!("{server}:mongodb");
+    nodes[0].cli_ok(&["db", "add", &server]);
+    wait_for("the added server in db_servers", DEADLINE, || {
+        (zkr.children(DB_SERVERS)? == BTreeSet::from([entry.clone()])).then_some(())
+    });
+    wait_for("the added server in db_servers' data", DEADLINE, || {
+        (zkr.data(DB_SERVERS)? == format!("{entry}\n").into_bytes()).then_some(())
+    });
+
+    // A second server beside it, then the first one removed.
+    let other = common::free_addr();
+    let other_entry = format!("{other}:mongodb");
+    nodes[1].cli_ok(&["db", "add", &other]);
+    wait_for("both servers in db_servers", DEADLINE, || {
+        (zkr.children(DB_SERVERS)? == BTreeSet::from([entry.clone(), other_entry.clone()]))
+            .then_some(())
+    });
+    nodes[2].cli_ok(&["db", "remove", &server]);
+    wait_for("the removed server gone from db_servers", DEADLINE, || {
+        (zkr.children(DB_SERVERS)? == BTreeSet::from([other_entry.clone()])).then_some(())
+    });
+    wait_for(
+        "the removed server gone from db_servers' data",
+        DEADLINE,
+        || (zkr.data(DB_SERVERS)? == format!("{other_entry}\n").into_bytes()).then_some(()),
+    );
+    nodes[0].cli_ok(&["db", "remove", &other]);
+    wait_for("db_servers empty again", DEADLINE, || {
+        (zkr.children(DB_SERVERS)?.is_empty() && zkr.data(DB_SERVERS)?.is_empty()).then_some(())
+    });
+}
+
+/// Makes a directory immutable (`chattr +i`: no file can be created,
+/// renamed or removed in it, even by root) until dropped.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn set(dir: &Path) -> Immutable {
+        chattr("+i", dir);
+        Immutable(dir.to_path_buf())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        chattr("-i", &self.0);
+    }
+}
+
+fn chattr(flag: &str, dir: &Path) {
+    let out = Command::new("chattr").arg(flag).arg(dir).output().unwrap();
+    assert!(
+        out.status.success(),
+        "chattr {flag} {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Writes `bytes` as `dir/file` whole (a hidden temporary file renamed).
+fn drop_file(dir: &Path, file: &str, bytes: &[u8]) {
+    let temp = dir.join(format!(".{file}.incoming"));
+    std::fs::write(&temp, bytes).unwrap();
+    std::fs::rename(&temp, dir.join(file)).unwrap();
+}
+
+#[test]
+fn the_leader_warns_of_a_member_failing_a_configuration_until_it_recovers() {
+    let dir = temp_dir();
+    let zookeeper = ZooKeeper::start();
+    let broker = Mosquitto::start();
+    let zkr = Reader::new(&zookeeper.addr);
+    // Each member with the adapter and a configuration directory of its
+    // own, scanned often, written with few retries.
+    let mut dirs = Vec::new();
+    let mut cfgs = Vec::new();
+    for id in 1..=3u64 {
+        let d = dir.path().join(format!("configs{id}"));
+        std::fs::create_dir_all(&d).unwrap();
+        let cfg = conf(
+            dir.path(),
+            &format!("n{id}.conf"),
+            &zookeeper.addr,
+            &broker.plain.to_string(),
+            "",
+        );
+        let mut text = std::fs::read_to_string(&cfg).unwrap();
+        text.push_str(&format!(
+            "configs = {{ dir = \"{}\"; scan_interval_ms = 300; agreement_window_ms = 500; \
+             write_attempts_max = 3; write_backoff_ms = 50; }};\n",
+            d.display()
+        ));
+        std::fs::write(&cfg, text).unwrap();
+        dirs.push(d);
+        cfgs.push(cfg);
+    }
+    let (nodes, _addrs) = start_cluster_each(&dir.path().join("c"), 3, |id| {
+        vec!["--config".to_string(), cfgs[id as usize - 1].clone()]
+    });
+    zkr.wait_fellows(&[1, 2, 3], "three fellows entries with one leader");
+    assert_eq!(zkr.data(CONFIG_FAILING), None, "no warning at the start");
+
+    // Member 3 cannot write its directory: the accepted configuration
+    // fails there, and the leader says so.
+    let immutable = Immutable::set(&dirs[2]);
+    let xml = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/examples/thermostat.xml"),
+    )
+    .unwrap();
+    drop_file(&dirs[0], "thermostat.xml", &xml);
+    let warnings = wait_for("a config_failing warning naming member 3", DEADLINE, || {
+        let data = zkr.data(CONFIG_FAILING)?;
+        let v: serde_json::Value = serde_json::from_slice(&data).ok()?;
+        (v.as_array()?.len() == 1).then_some(v)
+    });
+    let w = &warnings[0];
+    assert_eq!(w["node"], 3, "{warnings}");
+    assert_eq!(w["name"], "thermostat", "{warnings}");
+    assert_eq!(w["version"], 3, "{warnings}");
+    assert!(
+        w["reason"].as_str().unwrap().contains("after 3 attempts"),
+        "{warnings}"
+    );
+    assert!(w["since_ms"].as_u64().unwrap() > 0, "{warnings}");
+    let fellow = nodes[0].cli_json(&["doc", "get", "fellows", "3"]);
+    assert_eq!(
+        fellow["document"]["config_failing"][0]["name"], "thermostat",
+        "{fellow}"
+    );
+
+    // Writable again: the member writes it, and the warning goes.
+    drop(immutable);
+    wait_for("the warning gone", DEADLINE, || {
+        zkr.children(WARNINGS)?.is_empty().then_some(())
+    });
+    assert_eq!(zkr.data(CONFIG_FAILING), None);
+    wait_for("the configuration on member 3's disk", DEADLINE, || {
+        (std::fs::read(dirs[2].join("thermostat.xml")).ok()? == xml).then_some(())
+    });
 }
