@@ -84,9 +84,17 @@ async fn the_feed_names_every_write_after_a_checkpoint_in_whole_indexes() {
             "{want:?} missing from {names:?}"
         );
     }
-    // Only what the second batch wrote after its checkpoint.
+    // Only what the second batch wrote after its checkpoint: its key, and
+    // the proposing member's stats document (every batch counts its
+    // proposals there).
     let after = store.reader.mirror_feed(3, 4, 1000).unwrap();
-    assert_eq!(after.changes, vec![(Target::Kv, b"k/b".to_vec())]);
+    assert_eq!(
+        after.changes,
+        vec![
+            (Target::Kv, b"k/b".to_vec()),
+            (Target::Document(Collection::Stats), b"fellow/1".to_vec()),
+        ]
+    );
     assert_eq!(
         after.first_at_ms, 1_004,
         "put_entry proposes at 1_000 + index"
@@ -192,9 +200,10 @@ async fn the_feed_is_trimmed_behind_the_indexes_it_keeps() {
         .mirror_feed(start - 1, last, usize::MAX)
         .unwrap();
     assert_eq!(kept.through_index, last);
-    // A batch names each key it wrote once, under its last index.
-    let distinct: std::collections::BTreeSet<&Vec<u8>> =
-        kept.changes.iter().map(|(_, k)| k).collect();
-    assert_eq!(distinct.len(), 100);
+    // A batch names each key it wrote once, under its last index (and the
+    // proposing member's stats document, which every batch writes).
+    let distinct: std::collections::BTreeSet<&(Target, Vec<u8>)> = kept.changes.iter().collect();
+    assert_eq!(distinct.len(), 101);
+    assert!(distinct.contains(&(Target::Document(Collection::Stats), b"fellow/1".to_vec())));
     assert!(kept.changes.len() as u64 <= last - start + 1);
 }
