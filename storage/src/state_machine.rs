@@ -111,7 +111,11 @@ pub(crate) type Feeds = (
 type Applied = (Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>);
 
 impl StateMachine {
-    pub(crate) fn new(db: Db, snapshot_dir: PathBuf) -> Result<(Self, Feeds), StoreError> {
+    pub(crate) fn new(
+        db: Db,
+        snapshot_dir: PathBuf,
+        _mirror_feed: bool,
+    ) -> Result<(Self, Feeds), StoreError> {
         let (changes, _) = broadcast::channel(WATCH_BROADCAST_BATCHES_MAX);
         let (ingest, _) = broadcast::channel(INGEST_BROADCAST_BATCHES_MAX);
         // Snapshots are views of the database, not files: snapshot files

@@ -11,6 +11,9 @@ use utopia_storage::keys::mirror_feed::Target;
 use utopia_storage::keys::Collection;
 use utopia_storage::read::MirrorValue;
 
+/// A member that keeps the mirror feed (one with `mongodb.enabled`).
+const FEED_ON: utopia_storage::OpenOptions = utopia_storage::OpenOptions { mirror_feed: true };
+
 fn event_entry(index: u64, event: Event) -> EntryOf<TypeConfig> {
     EntryOf::<TypeConfig> {
         log_id: common::log_id(index),
@@ -33,7 +36,7 @@ fn report(device: &str, zone: &str) -> Event {
 #[tokio::test]
 async fn the_feed_names_every_write_after_a_checkpoint_in_whole_indexes() {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = utopia_storage::open(dir.path()).unwrap();
+    let mut store = utopia_storage::open_with(dir.path(), FEED_ON).unwrap();
     assert_eq!(store.reader.mirror_feed_start().unwrap(), 0);
 
     // Two batches: entries 1..=3 together (a put, two device reports),
@@ -156,7 +159,7 @@ async fn the_feed_names_every_write_after_a_checkpoint_in_whole_indexes() {
 
     // Reopened, the feed is still complete from the start.
     drop(store);
-    let store = utopia_storage::open(dir.path()).unwrap();
+    let store = utopia_storage::open_with(dir.path(), FEED_ON).unwrap();
     assert_eq!(store.reader.mirror_feed_start().unwrap(), 0);
     assert_eq!(
         store.reader.mirror_feed(0, 4, 1000).unwrap().changes.len(),
@@ -171,7 +174,7 @@ async fn the_feed_names_every_write_after_a_checkpoint_in_whole_indexes() {
 async fn the_feed_is_trimmed_behind_the_indexes_it_keeps() {
     use utopia_storage::MIRROR_FEED_LOG_INDEXES_KEPT as KEPT;
     let dir = tempfile::tempdir().unwrap();
-    let mut store = utopia_storage::open(dir.path()).unwrap();
+    let mut store = utopia_storage::open_with(dir.path(), FEED_ON).unwrap();
     let last = KEPT + 1_500;
     let entries = (1..=last).map(|i| {
         Ok((

@@ -7,6 +7,9 @@ mod common;
 use utopia_raft::openraft_api::RaftStateMachine;
 use utopia_raft::{SnapshotData, TypeConfig};
 
+/// A member that keeps the mirror feed (one with `mongodb.enabled`).
+const FEED_ON: utopia_storage::OpenOptions = utopia_storage::OpenOptions { mirror_feed: true };
+
 /// Entries `from..=to` putting `{prefix}{i}` with a value of `value_bytes`.
 fn puts(
     prefix: &'static str,
@@ -94,7 +97,7 @@ async fn a_snapshot_replaces_the_state_and_survives_a_crash_mid_install() {
     // A follower with other keys of its own: installing replaces them.
     let follower = dir.path().join("follower");
     {
-        let mut store = utopia_storage::open(&follower).unwrap();
+        let mut store = utopia_storage::open_with(&follower, FEED_ON).unwrap();
         store
             .state_machine
             .apply(puts("b/", 1, 50, 10))
@@ -128,7 +131,7 @@ async fn a_snapshot_replaces_the_state_and_survives_a_crash_mid_install() {
     // A crash mid-install: the marker is set, the file kept, the state
     // partly written. Simulated by cutting the state down and marking it.
     cut_short(&follower, &meta, &sent);
-    let mut store = utopia_storage::open(&follower).unwrap();
+    let mut store = utopia_storage::open_with(&follower, FEED_ON).unwrap();
     let (applied, _) = store.state_machine.applied_state().await.unwrap();
     assert_eq!(
         applied, None,
