@@ -185,3 +185,30 @@ async fn a_corrupt_snapshot_changes_nothing() {
     let (applied, _) = store.state_machine.applied_state().await.unwrap();
     assert_eq!(applied.map(|l| l.index()), Some(20));
 }
+
+/// A member without the mirror feed installs a snapshot without starting
+/// one: the feed stays empty, and its start trusts no checkpoint.
+#[tokio::test]
+async fn a_member_without_the_feed_installs_a_snapshot_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (meta, sent) = leader_snapshot(dir.path(), 20).await;
+    let mut store = utopia_storage::open(&dir.path().join("follower")).unwrap();
+    store
+        .state_machine
+        .install_snapshot(&meta, SnapshotData::from_file(sent).unwrap())
+        .await
+        .unwrap();
+    let last = meta.last_log_id.map(|l| l.index()).unwrap();
+    assert!(store.reader.mirror_feed_start().unwrap() > last + 1);
+    store
+        .state_machine
+        .apply(puts("b/", last + 1, last + 5, 10))
+        .await
+        .unwrap();
+    assert!(store
+        .reader
+        .mirror_feed(0, last + 5, 1000)
+        .unwrap()
+        .changes
+        .is_empty());
+}
