@@ -37,6 +37,14 @@ fn timings(settings: &Settings) -> RaftTimings {
     }
 }
 
+/// Node-local storage options: the mirror feed only where the MongoDB
+/// mirror runs (a build with the feature, and `mongodb.enabled`).
+fn store_options(settings: &Settings) -> utopia_storage::OpenOptions {
+    utopia_storage::OpenOptions {
+        mirror_feed: cfg!(feature = "mongodb") && settings.mongodb.enabled,
+    }
+}
+
 /// The addresses a running server is bound to.
 #[derive(Debug, Clone, Copy)]
 pub struct Bound {
@@ -57,7 +65,7 @@ pub async fn run(
     ready: impl FnOnce(Bound),
 ) -> anyhow::Result<()> {
     let data_dir = settings.data_dir.clone();
-    let store = utopia_storage::open(&data_dir)
+    let store = utopia_storage::open_with(&data_dir, store_options(&settings))
         .with_context(|| format!("open data directory {}", data_dir.display()))?;
     // A new data directory may take its initial cluster from ZooKeeper.
     #[cfg(feature = "zookeeper")]

@@ -400,3 +400,65 @@ fn the_mirror_resumes_after_a_leader_kill_repairs_tampering_and_marks_a_refusing
     );
     drop(nodes);
 }
+
+/// Only members with `mongodb.enabled` keep the mirror feed. A member that
+/// ran without it and is started with it again has a feed that is complete
+/// only from then: the mirror copies whole instead of resuming from its
+/// older checkpoint across the writes it never recorded, and ends equal.
+#[test]
+fn a_member_that_ran_without_the_mirror_copies_whole_when_it_is_turned_on_again() {
+    let rt = runtime();
+    let mongo = MongoServer::start();
+    let dir = temp_dir();
+    let conf = dir.path().join("utopiad.conf");
+    std::fs::write(&conf, CONF).unwrap();
+    let mut node = Server::start_with(
+        &dir.path().join("data"),
+        &["--config", conf.to_str().unwrap()],
+    );
+    let label = server_label(&mongo);
+    let full_copies = |addr: &str| counter(addr, &format!("mongo_mirror_full_copies_total{label}"));
+    let put = |addr: &str, key: &str, value: &str| {
+        let out = cli(addr, &["put", key, value]);
+        assert!(out.status.success(), "{out:?}");
+    };
+
+    // Mirrored and checkpointed.
+    put(&node.addr, "k/on", "1");
+    let out = node.cli(&["db", "add", &mongo.addr]);
+    assert!(out.status.success(), "{out:?}");
+    wait_equal(&node.addr, &mongo, &rt, "with the mirror on");
+    put(&node.addr, "k/on", "2");
+    wait_equal(&node.addr, &mongo, &rt, "after a batch from the feed");
+    assert_eq!(full_copies(&node.addr), 1, "no checkpoint at first");
+
+    // Without the mirror: writes that no feed records.
+    node.terminate();
+    std::fs::write(&conf, "mongodb = { enabled = false; };\n").unwrap();
+    node.restart();
+    for i in 0..5 {
+        put(&node.addr, &format!("k/off{i}"), "x");
+    }
+    put(&node.addr, "k/on", "3");
+    assert!(difference(&node.addr, &mongo, &rt).is_some());
+
+    // On again: the checkpoint is older than the feed, so the mirror
+    // copies whole, and MongoDB holds the writes made while it was off.
+    node.terminate();
+    std::fs::write(&conf, CONF).unwrap();
+    node.restart();
+    wait_equal(
+        &node.addr,
+        &mongo,
+        &rt,
+        "after the mirror was turned on again",
+    );
+    assert_eq!(
+        full_copies(&node.addr),
+        1,
+        "the member copied whole instead of resuming across writes its feed never held"
+    );
+    put(&node.addr, "k/on", "4");
+    wait_equal(&node.addr, &mongo, &rt, "following the feed again");
+    assert_eq!(full_copies(&node.addr), 1);
+}

@@ -312,8 +312,23 @@ fn cf_options(cf: Cf, cache: &rocksdb::Cache) -> Options {
     opts
 }
 
-/// Opens (creating if needed) the database in `dir`.
+/// Node-local choices made where a data directory is opened. None of them
+/// changes what apply writes to the replicated state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// Keep the mirror feed ([`crate::keys::mirror_feed`]) that the MongoDB
+    /// mirror reads: on only on members with `mongodb.enabled`.
+    pub mirror_feed: bool,
+}
+
+/// Opens (creating if needed) the database in `dir`, without the mirror
+/// feed.
 pub fn open(dir: &Path) -> Result<OpenedStore, StoreError> {
+    open_with(dir, OpenOptions::default())
+}
+
+/// Opens (creating if needed) the database in `dir` with `options`.
+pub fn open_with(dir: &Path, options: OpenOptions) -> Result<OpenedStore, StoreError> {
     std::fs::create_dir_all(dir)
         .map_err(|e| StoreError::Io(format!("create data directory {}: {e}", dir.display())))?;
     let db_dir = dir.join("db");
@@ -335,7 +350,8 @@ pub fn open(dir: &Path) -> Result<OpenedStore, StoreError> {
             snapshot_dir.display()
         ))
     })?;
-    let (state_machine, (changes, ingest)) = StateMachine::new(db.clone(), snapshot_dir)?;
+    let (state_machine, (changes, ingest)) =
+        StateMachine::new(db.clone(), snapshot_dir, options.mirror_feed)?;
     let reader = Reader::new(db.clone(), changes, ingest)
         .with_auth_generation(state_machine.auth_generation());
     let log_store = LogStore::new(db.clone());

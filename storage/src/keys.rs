@@ -420,13 +420,20 @@ pub mod ingest {
 /// document or key-value pair it wrote, under the batch's last log index,
 /// so that a reader resuming after index N finds everything written since.
 /// Node-local: a node that installs a snapshot restarts its feed after the
-/// snapshot's index (`START` says from which index it is complete).
+/// snapshot's index (`START` says from which index it is complete). Kept
+/// only on members opened with the feed (`mongodb.enabled`); elsewhere it
+/// is empty and its `START` is [`START_OFF`](mirror_feed::START_OFF).
 pub mod mirror_feed {
     use super::{Cf, Collection, Cursor, KeyError};
 
     /// u64 big-endian: the lowest log index from which the feed holds
     /// every write (older entries were trimmed, or replaced by a snapshot).
     pub const START: &[u8] = b"s";
+    /// The `START` of a member that keeps no feed (opened without it): no
+    /// log index reaches it, so no mirror resumes from this member's feed,
+    /// and a member that turns the feed on starts it after what it has
+    /// applied.
+    pub const START_OFF: u64 = u64::MAX;
     /// `c` ++ log index ++ target tag ++ id → u64 big-endian: the proposal
     /// time (`at_ms`) of the batch's last event.
     pub const CHANGE_PREFIX: u8 = b'c';

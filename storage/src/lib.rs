@@ -34,7 +34,7 @@ mod snapshot;
 mod state_machine;
 
 pub use apply::{ChangeRecord, FeedChange, LeaseRecord};
-pub use db::{open, Db, NodeIdentity, OpenedStore};
+pub use db::{open, open_with, Db, NodeIdentity, OpenOptions, OpenedStore};
 pub use log_store::{LogStore, REPLICATION_BATCH_BYTES_MAX};
 pub use read::{DocPage, Reader, WatchBatch};
 pub use state_machine::{StateMachine, MIRROR_FEED_LOG_INDEXES_KEPT};

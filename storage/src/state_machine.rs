@@ -48,6 +48,10 @@ pub struct StateMachine {
     /// Bumped after every write that changes `Cf::Auth`, so that the API's
     /// cached auth state knows to reload.
     auth_generation: Arc<AtomicU64>,
+    /// The mirror feed's start ([`mirror_feed::START`]) when this member
+    /// keeps the feed, cached so that applying never reads it; `None`: no
+    /// feed is written.
+    mirror_feed_start: Option<Arc<AtomicU64>>,
 }
 
 #[derive(Clone)]
@@ -111,7 +115,11 @@ pub(crate) type Feeds = (
 type Applied = (Option<LogIdOf<TypeConfig>>, StoredMembershipOf<TypeConfig>);
 
 impl StateMachine {
-    pub(crate) fn new(db: Db, snapshot_dir: PathBuf) -> Result<(Self, Feeds), StoreError> {
+    pub(crate) fn new(
+        db: Db,
+        snapshot_dir: PathBuf,
+        mirror_feed: bool,
+    ) -> Result<(Self, Feeds), StoreError> {
         let (changes, _) = broadcast::channel(WATCH_BROADCAST_BATCHES_MAX);
         let (ingest, _) = broadcast::channel(INGEST_BROADCAST_BATCHES_MAX);
         // Snapshots are views of the database, not files: snapshot files
@@ -133,7 +141,12 @@ impl StateMachine {
         if db.get(Cf::SmMeta, meta::INSTALLING)?.is_some() {
             db.set_installing(true);
         }
-        Self::init_mirror_feed(&db)?;
+        let mirror_feed_start = if mirror_feed {
+            Some(Arc::new(AtomicU64::new(Self::init_mirror_feed(&db)?)))
+        } else {
+            Self::drop_mirror_feed(&db)?;
+            None
+        };
         Ok((
             Self {
                 db,
@@ -143,6 +156,7 @@ impl StateMachine {
                 ingest: ingest.clone(),
                 // Starts above the readers' "never loaded" 0.
                 auth_generation: Arc::new(AtomicU64::new(1)),
+                mirror_feed_start,
             },
             (changes, ingest),
         ))
@@ -237,16 +251,22 @@ impl StateMachine {
         );
         batch.delete_cf(self.db.cf(Cf::SmMeta), meta::INSTALLING);
         // The mirror feed knows nothing of what the snapshot brought: it
-        // starts again after it (a mirror further behind copies whole).
-        self.clear_cf(&mut batch, Cf::MirrorFeed)?;
+        // starts again after it (a mirror further behind copies whole). A
+        // member without the feed has none to restart.
         let feed_start = meta.last_log_id.map_or(0, |l| l.index() + 1);
-        batch.put_cf(
-            self.db.cf(Cf::MirrorFeed),
-            mirror_feed::START,
-            feed_start.to_be_bytes(),
-        );
+        if self.mirror_feed_start.is_some() {
+            self.clear_cf(&mut batch, Cf::MirrorFeed)?;
+            batch.put_cf(
+                self.db.cf(Cf::MirrorFeed),
+                mirror_feed::START,
+                feed_start.to_be_bytes(),
+            );
+        }
         // Synced: it makes every batch before it durable too (one WAL).
         self.write_synced(batch)?;
+        if let Some(start) = &self.mirror_feed_start {
+            start.store(feed_start, Ordering::Release);
+        }
         self.db.set_installing(false);
         self.auth_generation.fetch_add(1, Ordering::AcqRel);
         let _ = std::fs::remove_file(&path);
@@ -452,9 +472,14 @@ impl StateMachine {
         let (writes, changes, effects) = applier.finish_with_effects();
         let auth_changed = writes.keys().any(|(cf, _)| *cf == Cf::Auth);
         let mut batch = WriteBatch::default();
-        let last_index = last_applied.as_ref().map(|l| l.index());
+        // The mirror feed, if this member keeps one, records the batch's
+        // writes under its last index.
+        let feed_index = self
+            .mirror_feed_start
+            .as_ref()
+            .and(last_applied.as_ref().map(|l| l.index()));
         for ((cf, key), value) in writes {
-            if let (Some(index), Some(target)) = (last_index, mirror_feed::Target::of_cf(cf)) {
+            if let (Some(index), Some(target)) = (feed_index, mirror_feed::Target::of_cf(cf)) {
                 batch.put_cf(
                     self.db.cf(Cf::MirrorFeed),
                     mirror_feed::change_key(index, target, &key),
@@ -466,9 +491,12 @@ impl StateMachine {
                 None => batch.delete_cf(self.db.cf(cf), key),
             }
         }
-        if let Some(index) = last_index {
-            self.trim_mirror_feed(&mut batch, index)?;
-        }
+        let feed_start = match (&self.mirror_feed_start, feed_index) {
+            (Some(start), Some(index)) => {
+                self.trim_mirror_feed(&mut batch, start.load(Ordering::Acquire), index)
+            }
+            _ => None,
+        };
         if let Some(applied) = &last_applied {
             batch.put_cf(
                 self.db.cf(Cf::SmMeta),
@@ -482,6 +510,9 @@ impl StateMachine {
         // Not synced: the entries are already durable in the log, which
         // shares this WAL; a crash loses at most a suffix that Raft re-applies.
         self.db.db.write(batch).map_err(StoreError::from)?;
+        if let (Some(start), Some(moved)) = (&self.mirror_feed_start, feed_start) {
+            start.store(moved, Ordering::Release);
+        }
         if auth_changed {
             // Before the replies: a client told its change is applied is
             // checked against it on this node from then on.
@@ -505,34 +536,57 @@ impl StateMachine {
 }
 
 impl StateMachine {
-    /// Makes sure the mirror feed says from which index it is complete: a
-    /// data directory without one (new, or written by a build without the
-    /// feed) is complete only after what it has applied.
-    fn init_mirror_feed(db: &Db) -> Result<(), StoreError> {
-        if db.get(Cf::MirrorFeed, mirror_feed::START)?.is_some() {
-            return Ok(());
+    /// Makes sure the mirror feed says from which index it is complete,
+    /// and returns that index: a data directory without a trusted start
+    /// (new, written by a build without the feed, or last opened with the
+    /// feed off) is complete only after what it has applied.
+    fn init_mirror_feed(db: &Db) -> Result<u64, StoreError> {
+        let start = read_mirror_feed_start(db)?;
+        if start != mirror_feed::START_OFF {
+            return Ok(start);
         }
         let (applied, _) = read_applied(|k| db.get(Cf::SmMeta, k))?;
         let start = applied.map_or(0, |l| l.index() + 1);
-        db.db
-            .put_cf(
-                db.cf(Cf::MirrorFeed),
-                mirror_feed::START,
-                start.to_be_bytes(),
-            )
-            .map_err(StoreError::from)
+        Self::reset_mirror_feed(db, start)?;
+        Ok(start)
+    }
+
+    /// A member opened without the feed: drops whatever feed an earlier
+    /// start kept and marks it [`mirror_feed::START_OFF`], so that no
+    /// mirror resumes from it, and turning the feed on again starts it
+    /// after what is applied then.
+    fn drop_mirror_feed(db: &Db) -> Result<(), StoreError> {
+        let off = mirror_feed::START_OFF.to_be_bytes();
+        if db.get(Cf::MirrorFeed, mirror_feed::START)?.as_deref() == Some(off.as_slice()) {
+            return Ok(());
+        }
+        Self::reset_mirror_feed(db, mirror_feed::START_OFF)
+    }
+
+    /// Deletes every entry of the feed and sets its start, in one write.
+    fn reset_mirror_feed(db: &Db, start: u64) -> Result<(), StoreError> {
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(
+            db.cf(Cf::MirrorFeed),
+            [mirror_feed::CHANGE_PREFIX],
+            [mirror_feed::CHANGE_PREFIX + 1],
+        );
+        batch.put_cf(
+            db.cf(Cf::MirrorFeed),
+            mirror_feed::START,
+            start.to_be_bytes(),
+        );
+        db.db.write(batch).map_err(StoreError::from)
     }
 
     /// When `index` crosses a multiple of [`MIRROR_FEED_TRIM_EVERY`], drops
     /// the feed's entries more than [`MIRROR_FEED_LOG_INDEXES_KEPT`] behind
-    /// it and moves its start.
-    fn trim_mirror_feed(&self, batch: &mut WriteBatch, index: u64) -> Result<(), StoreError> {
-        let Some(keep_from) = index.checked_sub(MIRROR_FEED_LOG_INDEXES_KEPT) else {
-            return Ok(());
-        };
-        let start = self.mirror_feed_start()?;
+    /// it and moves its start from `start`; returns the new start, if it
+    /// moved (to be cached once the batch is written).
+    fn trim_mirror_feed(&self, batch: &mut WriteBatch, start: u64, index: u64) -> Option<u64> {
+        let keep_from = index.checked_sub(MIRROR_FEED_LOG_INDEXES_KEPT)?;
         if keep_from < start.saturating_add(MIRROR_FEED_TRIM_EVERY) {
-            return Ok(());
+            return None;
         }
         batch.delete_range_cf(
             self.db.cf(Cf::MirrorFeed),
@@ -544,18 +598,16 @@ impl StateMachine {
             mirror_feed::START,
             keep_from.to_be_bytes(),
         );
-        Ok(())
-    }
-
-    fn mirror_feed_start(&self) -> Result<u64, StoreError> {
-        read_mirror_feed_start(&self.db)
+        Some(keep_from)
     }
 }
 
-/// The lowest log index from which the mirror feed holds every write.
+/// The lowest log index from which the mirror feed holds every write
+/// ([`mirror_feed::START_OFF`]: none, the member keeps no feed, or has
+/// never been opened).
 pub(crate) fn read_mirror_feed_start(db: &Db) -> Result<u64, StoreError> {
     match db.get(Cf::MirrorFeed, mirror_feed::START)? {
-        None => Ok(0),
+        None => Ok(mirror_feed::START_OFF),
         Some(bytes) => bytes
             .as_slice()
             .try_into()

@@ -11,6 +11,9 @@ use utopia_storage::keys::mirror_feed::Target;
 use utopia_storage::keys::Collection;
 use utopia_storage::read::MirrorValue;
 
+/// A member that keeps the mirror feed (one with `mongodb.enabled`).
+const FEED_ON: utopia_storage::OpenOptions = utopia_storage::OpenOptions { mirror_feed: true };
+
 fn event_entry(index: u64, event: Event) -> EntryOf<TypeConfig> {
     EntryOf::<TypeConfig> {
         log_id: common::log_id(index),
@@ -33,7 +36,7 @@ fn report(device: &str, zone: &str) -> Event {
 #[tokio::test]
 async fn the_feed_names_every_write_after_a_checkpoint_in_whole_indexes() {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = utopia_storage::open(dir.path()).unwrap();
+    let mut store = utopia_storage::open_with(dir.path(), FEED_ON).unwrap();
     assert_eq!(store.reader.mirror_feed_start().unwrap(), 0);
 
     // Two batches: entries 1..=3 together (a put, two device reports),
@@ -84,9 +87,17 @@ async fn the_feed_names_every_write_after_a_checkpoint_in_whole_indexes() {
             "{want:?} missing from {names:?}"
         );
     }
-    // Only what the second batch wrote after its checkpoint.
+    // Only what the second batch wrote after its checkpoint: its key, and
+    // the proposing member's stats document (every batch counts its
+    // proposals there).
     let after = store.reader.mirror_feed(3, 4, 1000).unwrap();
-    assert_eq!(after.changes, vec![(Target::Kv, b"k/b".to_vec())]);
+    assert_eq!(
+        after.changes,
+        vec![
+            (Target::Kv, b"k/b".to_vec()),
+            (Target::Document(Collection::Stats), b"fellow/1".to_vec()),
+        ]
+    );
     assert_eq!(
         after.first_at_ms, 1_004,
         "put_entry proposes at 1_000 + index"
@@ -148,7 +159,7 @@ async fn the_feed_names_every_write_after_a_checkpoint_in_whole_indexes() {
 
     // Reopened, the feed is still complete from the start.
     drop(store);
-    let store = utopia_storage::open(dir.path()).unwrap();
+    let store = utopia_storage::open_with(dir.path(), FEED_ON).unwrap();
     assert_eq!(store.reader.mirror_feed_start().unwrap(), 0);
     assert_eq!(
         store.reader.mirror_feed(0, 4, 1000).unwrap().changes.len(),
@@ -163,7 +174,7 @@ async fn the_feed_names_every_write_after_a_checkpoint_in_whole_indexes() {
 async fn the_feed_is_trimmed_behind_the_indexes_it_keeps() {
     use utopia_storage::MIRROR_FEED_LOG_INDEXES_KEPT as KEPT;
     let dir = tempfile::tempdir().unwrap();
-    let mut store = utopia_storage::open(dir.path()).unwrap();
+    let mut store = utopia_storage::open_with(dir.path(), FEED_ON).unwrap();
     let last = KEPT + 1_500;
     let entries = (1..=last).map(|i| {
         Ok((
@@ -192,9 +203,95 @@ async fn the_feed_is_trimmed_behind_the_indexes_it_keeps() {
         .mirror_feed(start - 1, last, usize::MAX)
         .unwrap();
     assert_eq!(kept.through_index, last);
-    // A batch names each key it wrote once, under its last index.
-    let distinct: std::collections::BTreeSet<&Vec<u8>> =
-        kept.changes.iter().map(|(_, k)| k).collect();
-    assert_eq!(distinct.len(), 100);
+    // A batch names each key it wrote once, under its last index (and the
+    // proposing member's stats document, which every batch writes).
+    let distinct: std::collections::BTreeSet<&(Target, Vec<u8>)> = kept.changes.iter().collect();
+    assert_eq!(distinct.len(), 101);
+    assert!(distinct.contains(&(Target::Document(Collection::Stats), b"fellow/1".to_vec())));
     assert!(kept.changes.len() as u64 <= last - start + 1);
+}
+
+/// Applies `entries` as one stream (few: one batch).
+async fn apply(store: &mut utopia_storage::OpenedStore, entries: Vec<EntryOf<TypeConfig>>) {
+    store
+        .state_machine
+        .apply(futures::stream::iter(
+            entries.into_iter().map(|e| Ok((e, None))),
+        ))
+        .await
+        .unwrap();
+}
+
+/// Every feed entry this member holds, whatever its index.
+fn whole_feed(store: &utopia_storage::OpenedStore) -> Vec<(Target, Vec<u8>)> {
+    store
+        .reader
+        .mirror_feed(0, u64::MAX - 1, usize::MAX)
+        .unwrap()
+        .changes
+}
+
+/// A member without `mongodb.enabled` keeps no feed: nothing is written
+/// per batch, and its start says that no checkpoint can resume from it.
+/// Turned on, the feed is complete from the index after what was applied;
+/// turned off again, the old feed is dropped, and it is not trusted when
+/// turned on once more.
+#[tokio::test]
+async fn only_a_member_opened_with_the_feed_keeps_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let put = |i: u64| common::put_entry(i, format!("k/{i}"), b"v".to_vec());
+
+    let mut store = utopia_storage::open(dir.path()).unwrap();
+    apply(&mut store, (1..=3).map(put).collect()).await;
+    apply(&mut store, vec![put(4)]).await;
+    assert_eq!(store.reader.applied_index().unwrap(), Some(4));
+    assert_eq!(whole_feed(&store), vec![], "no feed entries when off");
+    let start = store.reader.mirror_feed_start().unwrap();
+    assert!(
+        start > 5,
+        "no checkpoint up to the applied index may resume from a feed that is off (start {start})"
+    );
+
+    // Turned on: complete from applied + 1, and recording from there.
+    drop(store);
+    let mut store = utopia_storage::open_with(dir.path(), FEED_ON).unwrap();
+    assert_eq!(store.reader.mirror_feed_start().unwrap(), 5);
+    assert_eq!(whole_feed(&store), vec![]);
+    apply(&mut store, vec![put(5), put(6)]).await;
+    let feed = store.reader.mirror_feed(4, 6, 1000).unwrap();
+    assert_eq!(feed.through_index, 6);
+    for key in ["k/5", "k/6"] {
+        assert!(
+            feed.changes
+                .contains(&(Target::Kv, key.as_bytes().to_vec())),
+            "{key} missing from {:?}",
+            feed.changes
+        );
+    }
+    assert!(!feed
+        .changes
+        .iter()
+        .any(|(t, k)| *t == Target::Kv && k.starts_with(b"k/") && k[2] < b'5'));
+    assert_eq!(store.reader.mirror_feed_start().unwrap(), 5);
+
+    // Turned off again: the old feed is gone and nothing trusts it.
+    drop(store);
+    let mut store = utopia_storage::open(dir.path()).unwrap();
+    assert_eq!(whole_feed(&store), vec![]);
+    assert!(store.reader.mirror_feed_start().unwrap() > 7);
+    apply(&mut store, vec![put(7)]).await;
+    assert_eq!(whole_feed(&store), vec![]);
+
+    // On once more: complete only after what was applied while off.
+    drop(store);
+    let mut store = utopia_storage::open_with(dir.path(), FEED_ON).unwrap();
+    assert_eq!(store.reader.mirror_feed_start().unwrap(), 8);
+    assert_eq!(whole_feed(&store), vec![]);
+    apply(&mut store, vec![put(8)]).await;
+    let names: Vec<Vec<u8>> = whole_feed(&store)
+        .into_iter()
+        .filter(|(t, _)| *t == Target::Kv)
+        .map(|(_, k)| k)
+        .collect();
+    assert_eq!(names, vec![b"k/8".to_vec()]);
 }

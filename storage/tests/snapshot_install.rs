@@ -7,6 +7,9 @@ mod common;
 use utopia_raft::openraft_api::RaftStateMachine;
 use utopia_raft::{SnapshotData, TypeConfig};
 
+/// A member that keeps the mirror feed (one with `mongodb.enabled`).
+const FEED_ON: utopia_storage::OpenOptions = utopia_storage::OpenOptions { mirror_feed: true };
+
 /// Entries `from..=to` putting `{prefix}{i}` with a value of `value_bytes`.
 fn puts(
     prefix: &'static str,
@@ -94,7 +97,7 @@ async fn a_snapshot_replaces_the_state_and_survives_a_crash_mid_install() {
     // A follower with other keys of its own: installing replaces them.
     let follower = dir.path().join("follower");
     {
-        let mut store = utopia_storage::open(&follower).unwrap();
+        let mut store = utopia_storage::open_with(&follower, FEED_ON).unwrap();
         store
             .state_machine
             .apply(puts("b/", 1, 50, 10))
@@ -128,7 +131,7 @@ async fn a_snapshot_replaces_the_state_and_survives_a_crash_mid_install() {
     // A crash mid-install: the marker is set, the file kept, the state
     // partly written. Simulated by cutting the state down and marking it.
     cut_short(&follower, &meta, &sent);
-    let mut store = utopia_storage::open(&follower).unwrap();
+    let mut store = utopia_storage::open_with(&follower, FEED_ON).unwrap();
     let (applied, _) = store.state_machine.applied_state().await.unwrap();
     assert_eq!(
         applied, None,
@@ -181,4 +184,31 @@ async fn a_corrupt_snapshot_changes_nothing() {
     assert!(!store.reader.installing_snapshot());
     let (applied, _) = store.state_machine.applied_state().await.unwrap();
     assert_eq!(applied.map(|l| l.index()), Some(20));
+}
+
+/// A member without the mirror feed installs a snapshot without starting
+/// one: the feed stays empty, and its start trusts no checkpoint.
+#[tokio::test]
+async fn a_member_without_the_feed_installs_a_snapshot_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (meta, sent) = leader_snapshot(dir.path(), 20).await;
+    let mut store = utopia_storage::open(&dir.path().join("follower")).unwrap();
+    store
+        .state_machine
+        .install_snapshot(&meta, SnapshotData::from_file(sent).unwrap())
+        .await
+        .unwrap();
+    let last = meta.last_log_id.map(|l| l.index()).unwrap();
+    assert!(store.reader.mirror_feed_start().unwrap() > last + 1);
+    store
+        .state_machine
+        .apply(puts("b/", last + 1, last + 5, 10))
+        .await
+        .unwrap();
+    assert!(store
+        .reader
+        .mirror_feed(0, last + 5, 1000)
+        .unwrap()
+        .changes
+        .is_empty());
 }

@@ -48,7 +48,8 @@ impl Reader {
     }
 
     /// The lowest log index from which this node's mirror feed holds every
-    /// write: a reader whose checkpoint is further behind must copy whole.
+    /// write: a reader whose checkpoint is further behind must copy whole
+    /// ([`mirror_feed::START_OFF`] on a member that keeps no feed).
     pub fn mirror_feed_start(&self) -> Result<u64, StoreError> {
         crate::state_machine::read_mirror_feed_start(&self.db)
     }
