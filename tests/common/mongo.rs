@@ -5,7 +5,7 @@
 //! directory, and is killed when its handle drops. Without it the tests
 //! fail and say how to install it; they are never skipped.
 //!
-//! nx-27017 is not MongoDB (see /work/shared/SERVICES.md): it answers
+//! nx-27017 is not MongoDB: it answers
 //! the commands the mirror uses (bulk `update` with upserts, `delete`,
 //! `find`, unique indexes), at about 1,200 operations a second. Production
 //! targets MongoDB itself.

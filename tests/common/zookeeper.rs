@@ -16,7 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// The package's jars (see ../shared/SERVICES.md).
+/// The jars of Debian's `zookeeper` package: the server runs standalone
+/// from them, not as the system service.
 const CLASSPATH: &str = "/etc/zookeeper/conf:/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-log4j12.jar:/usr/share/java/log4j-1.2.jar";
 /// How long ZooKeeper may take to answer `ruok` after it starts.
 const READY_DEADLINE: Duration = Duration::from_secs(60);
