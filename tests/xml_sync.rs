@@ -8,9 +8,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
+use common::files::{drop_file, Immutable};
 use common::{counter, start_cluster_each, temp_dir, wait_for, Server};
 use serde_json::Value;
 
@@ -36,14 +36,6 @@ fn thermostat(version: u64, tag: &str) -> Vec<u8> {
 
 fn hash(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex().to_string()
-}
-
-/// Writes `bytes` as `dir/file` whole (through a hidden temporary file and
-/// a rename), as an operator's tool would.
-fn drop_file(dir: &Path, file: &str, bytes: &[u8]) {
-    let temp = dir.join(format!(".{file}.incoming"));
-    std::fs::write(&temp, bytes).unwrap();
-    std::fs::rename(&temp, dir.join(file)).unwrap();
 }
 
 struct Cluster {
@@ -285,33 +277,6 @@ fn competing_contents_are_decided_by_the_sum_of_weights_on_every_disk() {
     c.on_every_disk("thermostat.xml", &won);
     let doc = c.config(2, "thermostat@1").unwrap();
     assert_eq!(doc["votes"].as_array().unwrap().len(), 2, "{doc}");
-}
-
-/// Makes a directory immutable (`chattr +i`: no file can be created,
-/// renamed or removed in it, even by root) until dropped.
-struct Immutable(PathBuf);
-
-impl Immutable {
-    fn set(dir: &Path) -> Immutable {
-        chattr("+i", dir);
-        Immutable(dir.to_path_buf())
-    }
-}
-
-impl Drop for Immutable {
-    fn drop(&mut self) {
-        chattr("-i", &self.0);
-    }
-}
-
-fn chattr(flag: &str, dir: &Path) {
-    let out = Command::new("chattr").arg(flag).arg(dir).output().unwrap();
-    assert!(
-        out.status.success(),
-        "chattr {flag} {}: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]

@@ -14,10 +14,10 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
+use common::files::{drop_file, Immutable};
 use common::mosquitto::Mosquitto;
 use common::zookeeper::{Stall, ZooKeeper};
 use common::{start_cluster, start_cluster_each, temp_dir, wait_for, Server};
@@ -396,40 +396,6 @@ fn the_leader_publishes_the_database_servers_db_add_records_and_drops_removed_on
     wait_for("db_servers empty again", DEADLINE, || {
         (zkr.children(DB_SERVERS)?.is_empty() && zkr.data(DB_SERVERS)?.is_empty()).then_some(())
     });
-}
-
-/// Makes a directory immutable (`chattr +i`: no file can be created,
-/// renamed or removed in it, even by root) until dropped.
-struct Immutable(PathBuf);
-
-impl Immutable {
-    fn set(dir: &Path) -> Immutable {
-        chattr("+i", dir);
-        Immutable(dir.to_path_buf())
-    }
-}
-
-impl Drop for Immutable {
-    fn drop(&mut self) {
-        chattr("-i", &self.0);
-    }
-}
-
-fn chattr(flag: &str, dir: &Path) {
-    let out = Command::new("chattr").arg(flag).arg(dir).output().unwrap();
-    assert!(
-        out.status.success(),
-        "chattr {flag} {}: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Writes `bytes` as `dir/file` whole (a hidden temporary file renamed).
-fn drop_file(dir: &Path, file: &str, bytes: &[u8]) {
-    let temp = dir.join(format!(".{file}.incoming"));
-    std::fs::write(&temp, bytes).unwrap();
-    std::fs::rename(&temp, dir.join(file)).unwrap();
 }
 
 #[test]

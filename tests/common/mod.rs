@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod files;
 pub mod forge;
 #[cfg(feature = "mongodb")]
 pub mod mongo;
