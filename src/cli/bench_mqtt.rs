@@ -22,6 +22,7 @@ use clap::Args;
 use serde::Serialize;
 use utopia_proto::v1 as pb;
 
+use super::bench::cpu::{process_cpu, CpuReport, CpuSample};
 use super::client::{self, Client};
 use super::output::Printer;
 use super::CliError;
@@ -63,6 +64,14 @@ pub struct BenchMqttArgs {
     /// Give up on a phase after this many seconds.
     #[arg(long, default_value_t = 300)]
     pub phase_seconds_max: u64,
+    /// The cluster's server process ids (comma-separated, on this machine):
+    /// their CPU time over the ingest phase is reported per 1,000 messages.
+    #[arg(long, value_delimiter = ',')]
+    pub cpu_pids: Vec<u32>,
+    /// The broker's process id: its CPU time per 1,000 messages is reported
+    /// for the raw phase and for the ingest phase.
+    #[arg(long)]
+    pub broker_pid: Option<u32>,
 }
 
 #[derive(Debug, Serialize)]
@@ -70,6 +79,11 @@ struct Phase {
     messages: u64,
     seconds: f64,
     messages_per_second: f64,
+    /// The broker's CPU over the phase (with `--broker-pid`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    broker_cpu_ms_per_1000_messages: Option<f64>,
+    /// The servers' (`--cpu-pids`) and the load generator's CPU.
+    cpu: CpuReport,
 }
 
 #[derive(Debug, Serialize)]
@@ -210,6 +224,7 @@ async fn raw_phase(a: &BenchMqttArgs, run: u64) -> Result<Phase, CliError> {
         }
         (got, last)
     });
+    let cpu = PhaseCpu::start(a);
     let start = Instant::now();
     let mut pubs = Vec::new();
     for i in 0..a.publishers {
@@ -231,12 +246,47 @@ async fn raw_phase(a: &BenchMqttArgs, run: u64) -> Result<Phase, CliError> {
         .await
         .map_err(|e| CliError::Usage(format!("subscriber: {e}")))?;
     let seconds = last.duration_since(start).as_secs_f64().max(1e-9);
+    let (broker_cpu_ms_per_1000_messages, cpu) = cpu.finish(got);
     let _ = sub.disconnect().await;
     Ok(Phase {
         messages: got,
         seconds,
         messages_per_second: got as f64 / seconds,
+        broker_cpu_ms_per_1000_messages,
+        cpu,
     })
+}
+
+/// CPU samples at the start of a phase.
+struct PhaseCpu {
+    broker_pid: Option<u32>,
+    broker: Option<Duration>,
+    rest: CpuSample,
+    pids: Vec<u32>,
+}
+
+impl PhaseCpu {
+    fn start(a: &BenchMqttArgs) -> Self {
+        PhaseCpu {
+            broker_pid: a.broker_pid,
+            broker: a.broker_pid.and_then(process_cpu),
+            rest: CpuSample::take(&a.cpu_pids),
+            pids: a.cpu_pids.clone(),
+        }
+    }
+
+    /// The broker's CPU per 1,000 of `messages`, and everyone else's.
+    fn finish(self, messages: u64) -> (Option<f64>, CpuReport) {
+        let rest = CpuReport::between(&self.rest, &CpuSample::take(&self.pids), messages);
+        let broker = match (self.broker, self.broker_pid.and_then(process_cpu)) {
+            (Some(b), Some(a)) if messages > 0 => {
+                let ms = a.saturating_sub(b).as_secs_f64() * 1e3;
+                Some((ms * 1000.0 / messages as f64 * 100.0).round() / 100.0)
+            }
+            _ => None,
+        };
+        (broker, rest)
+    }
 }
 
 /// Counters summed over every endpoint.
@@ -417,6 +467,7 @@ pub async fn mqtt(
         .copied()
         .unwrap_or(0);
     let deadline = Instant::now() + Duration::from_secs(a.phase_seconds_max);
+    let cpu = PhaseCpu::start(&a);
     let start = Instant::now();
     let mut pubs = Vec::new();
     for i in 0..a.publishers {
@@ -457,6 +508,7 @@ pub async fn mqtt(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let seconds = start.elapsed().as_secs_f64();
+    let (broker_cpu_ms_per_1000_messages, cpu) = cpu.finish(applied);
     // The servers publish their lag figures every 50 ms.
     tokio::time::sleep(Duration::from_millis(150)).await;
     let after = cluster_counters(client).await;
@@ -466,6 +518,8 @@ pub async fn mqtt(
         messages: applied,
         seconds,
         messages_per_second: applied as f64 / seconds.max(1e-9),
+        broker_cpu_ms_per_1000_messages,
+        cpu,
     };
     let result = MqttBenchResult {
         publishers: a.publishers,
@@ -501,6 +555,21 @@ pub async fn mqtt(
         if let Some(r) = result.ratio {
             out.line(format!("ratio ingest/raw: {:.2}", r))?;
         }
+        let per = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+        if let Some(r) = &result.raw {
+            out.line(format!(
+                "cpu ms per 1,000 messages, raw: broker {}, load generator {}",
+                per(r.broker_cpu_ms_per_1000_messages),
+                per(r.cpu.client_ms_per_1000_ops)
+            ))?;
+        }
+        let i = &result.ingest;
+        out.line(format!(
+            "cpu ms per 1,000 messages, ingest: cluster {}, broker {}, load generator {}",
+            per(i.cpu.servers_ms_per_1000_ops),
+            per(i.broker_cpu_ms_per_1000_messages),
+            per(i.cpu.client_ms_per_1000_ops)
+        ))?;
         out.line(format!(
             "batches: {} (mean {:.1} messages)",
             result.batches, result.mean_batch_messages

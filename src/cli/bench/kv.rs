@@ -23,6 +23,7 @@ use serde::Serialize;
 use super::super::client::Client;
 use super::super::output::Printer;
 use super::super::{code_name, CliError, ConsistencyArg};
+use super::cpu::{CpuReport, CpuSample};
 use super::target::{self, Conn, Target};
 use super::{
     digits, latency_ms, make_key, new_histogram, random_value, seed, summarize, BenchResult,
@@ -60,6 +61,11 @@ pub struct KvArgs {
     /// Stop after this many seconds even if --total is not reached.
     #[arg(long, default_value_t = 300.0)]
     pub duration_max: f64,
+    /// Server process ids (comma-separated, on this machine) whose CPU time
+    /// over the measured phase is reported per 1,000 operations, summed,
+    /// beside the load generator's own.
+    #[arg(long, value_delimiter = ',')]
+    pub cpu_pids: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -159,6 +165,8 @@ pub struct Report {
     pub consistency: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub read_percent: Option<u8>,
+    /// CPU over the measured phase (the fill not included).
+    pub cpu: CpuReport,
     /// Mixed runs: the reads and the puts apart.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gets: Option<OpResult>,
@@ -263,6 +271,7 @@ async fn bench(
     }
 
     let issued = Arc::new(AtomicU64::new(0));
+    let cpu_before = CpuSample::take(&a.cpu_pids);
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(a.clients as usize);
     for i in 0..a.clients {
@@ -344,6 +353,7 @@ async fn bench(
         }
     }
     let elapsed = start.elapsed();
+    let cpu_after = CpuSample::take(&a.cpu_pids);
     let ok = get.ok + put.ok;
     let errors = get.errors + put.errors + task_failures;
     let per_op = |h: &Histogram<u64>, t: &Tally| OpResult {
@@ -362,6 +372,7 @@ async fn bench(
         value_bytes: a.value_bytes,
         keys_space: a.keys_space,
         consistency: consistency.map(consistency_name),
+        cpu: CpuReport::between(&cpu_before, &cpu_after, ok + errors),
         read_percent: (workload == Workload::Mixed).then_some(mix.read_percent as u8),
         gets: (workload == Workload::Mixed).then(|| per_op(&gets, &get)),
         puts: (workload == Workload::Mixed).then(|| per_op(&puts, &put)),
@@ -423,6 +434,22 @@ fn print_text(out: &mut Printer, r: &Report) -> Result<(), CliError> {
         )
     };
     out.line(format!("latency ms: {}", line(&s.latency_ms)))?;
+    let c = &r.cpu;
+    let per = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.1}"));
+    out.line(format!(
+        "cpu ms per 1,000 ops: servers {} (pids {}), load generator {}",
+        per(c.servers_ms_per_1000_ops),
+        if c.servers.is_empty() {
+            "none given".to_string()
+        } else {
+            c.servers
+                .iter()
+                .map(|p| format!("{} {:.0} ms", p.pid, p.cpu_ms))
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+        per(c.client_ms_per_1000_ops)
+    ))?;
     for (name, op) in [("gets", &r.gets), ("puts", &r.puts)] {
         if let Some(op) = op {
             out.line(format!(

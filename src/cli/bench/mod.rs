@@ -24,6 +24,7 @@ use super::client::Client;
 use super::output::Printer;
 use super::CliError;
 
+pub mod cpu;
 pub mod kv;
 pub mod target;
 
