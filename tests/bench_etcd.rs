@@ -102,7 +102,17 @@ fn quick_mode_drives_both_clusters_with_every_workload() {
         // "", label, utopia ops/s, etcd ops/s, ratio, ...
         assert!(number(cells[2]) > 0.0, "utopia did no work: {row}");
         assert!(number(cells[3]) > 0.0, "etcd did no work: {row}");
+        // The servers' CPU per 1,000 operations, "utopia / etcd", from /proc.
+        let cpu: Vec<f64> = cells[8].split(" / ").map(number).collect();
+        assert!(
+            cpu.len() == 2 && cpu.iter().all(|c| *c > 0.0),
+            "no server CPU for both systems: {row}"
+        );
     }
+    assert!(
+        stdout.contains("Peak RSS per server over the run (VmHWM, MiB): utopia "),
+        "no peak RSS line in\n{stdout}"
+    );
 
     // Every process the script started is gone with its work directory.
     let work = stderr

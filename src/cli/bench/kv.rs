@@ -526,6 +526,7 @@ mod tests {
             key_prefix: "bench/".into(),
             connections: 1,
             duration_max: 300.0,
+            cpu_pids: Vec::new(),
         }
     }
 
@@ -569,6 +570,7 @@ mod tests {
             keys_space: 100,
             consistency: Some("linearizable"),
             read_percent: Some(90),
+            cpu: CpuReport::between(&CpuSample::take(&[]), &CpuSample::take(&[]), 10),
             gets: Some(OpResult {
                 ops: 9,
                 errors: 0,
@@ -586,5 +588,6 @@ mod tests {
         assert!(s.contains(r#""target":"etcd","workload":"mixed""#), "{s}");
         assert!(s.contains(r#""gets":{"ops":9"#), "{s}");
         assert!(!s.contains("puts"), "{s}");
+        assert!(s.contains(r#""cpu":{"client_ms_per_1000_ops":"#), "{s}");
     }
 }
