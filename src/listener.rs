@@ -15,15 +15,6 @@
 //! are closed through the port's `closed` token, which makes every read and write on
 //! them fail at once. So stopping a port is bounded even while a client
 //! holds a stream open.
-//!
-//! Writes are coalesced ([`LimitedConn`]'s output buffer): HTTP/2 writes
-//! each response as soon as its stream finishes, and a batch of Raft
-//! commits finishes many streams of one connection at once. Each of those
-//! used to become its own `writev` (0.76 per put under 256 clients). The
-//! connection now copies what HTTP/2 writes into a bounded buffer and, at
-//! a flush, lets the tasks that are ready run first (a `yield_now`), so
-//! the responses they finish leave in one system call. An idle runtime
-//! runs a deferred task at once, so a lone reply does not wait.
 
 use std::future::Future;
 use std::io;
@@ -44,10 +35,6 @@ use tonic::Status;
 
 use crate::node::Node;
 
-/// Bytes written to a connection and not yet sent, at most; a writer that
-/// finds the buffer full sends it first (and waits when the socket does).
-const WRITE_BUFFER_BYTES_MAX: usize = 64 << 10;
-
 /// An accepted connection and the permit it holds until it closes.
 pub struct LimitedConn {
     stream: TcpStream,
@@ -56,10 +43,6 @@ pub struct LimitedConn {
     /// Ready once the server closes the connections still open at the end
     /// of its shutdown.
     closed: Pin<Box<WaitForCancellationFutureOwned>>,
-    /// Written, not yet sent (see the module documentation).
-    out: Vec<u8>,
-    /// The yield a flush waits on before sending `out`.
-    flush_after: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
 }
 
 impl LimitedConn {
@@ -72,48 +55,6 @@ impl LimitedConn {
                 "the server closed the connection as it stopped",
             )
         })
-    }
-
-    /// Sends the buffered bytes; ready once all are in the socket.
-    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while !self.out.is_empty() {
-            let n = match Pin::new(&mut self.stream).poll_write(cx, &self.out) {
-                Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                }
-                Poll::Ready(Ok(n)) => n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            };
-            self.out.drain(..n);
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    /// Takes what fits of `bufs` into the output buffer, sending it first
-    /// when it is full.
-    fn poll_buffer(
-        &mut self,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        if let Some(e) = self.closed(cx) {
-            return Poll::Ready(Err(e));
-        }
-        if self.out.len() >= WRITE_BUFFER_BYTES_MAX {
-            std::task::ready!(self.poll_send(cx))?;
-        }
-        let mut taken = 0;
-        for b in bufs {
-            let room = WRITE_BUFFER_BYTES_MAX - self.out.len();
-            if room == 0 {
-                break;
-            }
-            let n = b.len().min(room);
-            self.out.extend_from_slice(&b[..n]);
-            taken += n;
-        }
-        Poll::Ready(Ok(taken))
     }
 }
 
@@ -193,30 +134,20 @@ impl AsyncWrite for LimitedConn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.poll_buffer(cx, &[io::IoSlice::new(buf)])
+        if let Some(e) = self.closed(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if let Some(e) = self.closed(cx) {
             return Poll::Ready(Err(e));
         }
-        if !self.out.is_empty() {
-            // Let the other ready tasks (streams finishing their responses)
-            // write first; the next poll of this one sends it all.
-            let flush_after = self
-                .flush_after
-                .get_or_insert_with(|| Box::pin(tokio::task::yield_now()));
-            std::task::ready!(flush_after.as_mut().poll(cx));
-            std::task::ready!(self.poll_send(cx))?;
-            self.flush_after = None;
-        }
         Pin::new(&mut self.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.closed(cx).is_none() {
-            std::task::ready!(self.poll_send(cx))?;
-        }
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 
@@ -225,11 +156,14 @@ impl AsyncWrite for LimitedConn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.poll_buffer(cx, bufs)
+        if let Some(e) = self.closed(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        true
+        self.stream.is_write_vectored()
     }
 }
 
@@ -275,8 +209,6 @@ pub fn incoming(
                 Ok(stream)
             });
             let item = accepted.map(|stream| LimitedConn {
-                out: Vec::new(),
-                flush_after: None,
                 stream,
                 permit: Some(permit),
                 gauge: gauge.clone(),
