@@ -132,15 +132,18 @@ fn device_fellow_and_config_statistics_are_the_same_on_three_nodes() {
         })
         .collect();
     let rt = runtime();
-    let acked = rt.block_on(publish_all(
-        Endpoint::plain(m.plain),
-        &messages,
-        QoS::AtLeastOnce,
-    ));
-    assert!(
-        acked.iter().all(|a| *a),
-        "the broker acknowledged every message"
-    );
+    let publish_acked = |messages: &[(String, Vec<u8>)]| {
+        let acked = rt.block_on(publish_all(
+            Endpoint::plain(m.plain),
+            messages,
+            QoS::AtLeastOnce,
+        ));
+        assert!(
+            acked.iter().all(|a| *a),
+            "the broker acknowledged every message"
+        );
+    };
+    publish_acked(&messages);
     let d1 = same_on_every_node(&addrs, "device", "gw/thermo/1", |d| {
         total(d, "messages") == 20
     });
@@ -202,15 +205,7 @@ fn device_fellow_and_config_statistics_are_the_same_on_three_nodes() {
                 )
             })
             .collect();
-        let acked = rt.block_on(publish_all(
-            Endpoint::plain(m.plain),
-            &messages,
-            QoS::AtLeastOnce,
-        ));
-        assert!(
-            acked.iter().all(|a| *a),
-            "the broker acknowledged every message"
-        );
+        publish_acked(&messages);
     };
     publish(&["21"]);
     same_on_every_node(&addrs, "device", "gw/thermostat/5", |d| {

@@ -36,8 +36,18 @@ const CONFIG_FAILING: &str = "/utopia/utopia/warnings/config_failing";
 /// A `utopiad.conf` with the adapter on `zk_addr` (short session and
 /// refresh, so that the test is quick) and one plain MQTT bridge to
 /// `broker`.
-fn conf(dir: &Path, name: &str, zk_addr: &str, broker: &str, extra: &str) -> String {
-    let (host, port) = broker.rsplit_once(':').unwrap();
+/// A ZooKeeper, a broker, a place for data directories and a reader of
+/// ZooKeeper: what every test here starts with.
+fn setup() -> (tempfile::TempDir, ZooKeeper, Mosquitto, Reader) {
+    let dir = temp_dir();
+    let zookeeper = ZooKeeper::start();
+    let broker = Mosquitto::start();
+    let zkr = Reader::new(&zookeeper.addr);
+    (dir, zookeeper, broker, zkr)
+}
+
+fn conf(dir: &Path, name: &str, zk_addr: &str, broker: &Mosquitto, extra: &str) -> String {
+    let (host, port) = (broker.plain.ip(), broker.plain.port());
     let path = dir.join(name);
     std::fs::write(
         &path,
@@ -133,17 +143,8 @@ impl Reader {
 
 #[test]
 fn members_entries_follow_kill9_and_come_back_after_zookeeper_loses_its_data() {
-    let dir = temp_dir();
-    let mut zookeeper = ZooKeeper::start();
-    let broker = Mosquitto::start();
-    let zkr = Reader::new(&zookeeper.addr);
-    let cfg = conf(
-        dir.path(),
-        "n.conf",
-        &zookeeper.addr,
-        &broker.plain.to_string(),
-        "",
-    );
+    let (dir, mut zookeeper, broker, zkr) = setup();
+    let cfg = conf(dir.path(), "n.conf", &zookeeper.addr, &broker, "");
     let (mut nodes, _addrs) = start_cluster(&dir.path().join("c"), 3, &["--config", &cfg]);
 
     // Each member's own entry: its id, address, role and state.
@@ -231,19 +232,10 @@ fn leader_of(zkr: &Reader) -> u64 {
 
 #[test]
 fn entries_come_back_after_a_forced_session_expiry() {
-    let dir = temp_dir();
-    let zookeeper = ZooKeeper::start();
-    let broker = Mosquitto::start();
-    let zkr = Reader::new(&zookeeper.addr);
+    let (dir, zookeeper, broker, zkr) = setup();
     // The members reach ZooKeeper only through the proxy.
     let proxy = Stall::start(&zookeeper.addr);
-    let cfg = conf(
-        dir.path(),
-        "n.conf",
-        &proxy.addr,
-        &broker.plain.to_string(),
-        "",
-    );
+    let cfg = conf(dir.path(), "n.conf", &proxy.addr, &broker, "");
     let (nodes, _addrs) = start_cluster(&dir.path().join("c"), 3, &["--config", &cfg]);
     zkr.wait_fellows(&[1, 2, 3], "three fellows entries");
     // Garbage beside the members' nodes is counted by the leader and
@@ -285,15 +277,12 @@ fn entries_come_back_after_a_forced_session_expiry() {
 
 #[test]
 fn a_new_cluster_takes_its_initial_members_from_zookeeper() {
-    let dir = temp_dir();
-    let zookeeper = ZooKeeper::start();
-    let broker = Mosquitto::start();
-    let zkr = Reader::new(&zookeeper.addr);
+    let (dir, zookeeper, broker, zkr) = setup();
     let cfg = conf(
         dir.path(),
         "n.conf",
         &zookeeper.addr,
-        &broker.plain.to_string(),
+        &broker,
         "initial_cluster_node = \"initial_cluster\"; initial_cluster_wait_ms = 20000;",
     );
     let listens: Vec<String> = (0..3).map(|_| common::free_addr()).collect();
@@ -346,17 +335,8 @@ fn a_new_cluster_takes_its_initial_members_from_zookeeper() {
 
 #[test]
 fn the_leader_publishes_the_database_servers_db_add_records_and_drops_removed_ones() {
-    let dir = temp_dir();
-    let zookeeper = ZooKeeper::start();
-    let broker = Mosquitto::start();
-    let zkr = Reader::new(&zookeeper.addr);
-    let cfg = conf(
-        dir.path(),
-        "n.conf",
-        &zookeeper.addr,
-        &broker.plain.to_string(),
-        "",
-    );
+    let (dir, zookeeper, broker, zkr) = setup();
+    let cfg = conf(dir.path(), "n.conf", &zookeeper.addr, &broker, "");
     let (nodes, _addrs) = start_cluster(&dir.path().join("c"), 3, &["--config", &cfg]);
     zkr.wait_fellows(&[1, 2, 3], "three fellows entries with one leader");
     wait_for("the empty db_servers node", DEADLINE, || {
@@ -400,10 +380,7 @@ fn the_leader_publishes_the_database_servers_db_add_records_and_drops_removed_on
 
 #[test]
 fn the_leader_warns_of_a_member_failing_a_configuration_until_it_recovers() {
-    let dir = temp_dir();
-    let zookeeper = ZooKeeper::start();
-    let broker = Mosquitto::start();
-    let zkr = Reader::new(&zookeeper.addr);
+    let (dir, zookeeper, broker, zkr) = setup();
     // Each member with the adapter and a configuration directory of its
     // own, scanned often, written with few retries.
     let mut dirs = Vec::new();
@@ -415,7 +392,7 @@ fn the_leader_warns_of_a_member_failing_a_configuration_until_it_recovers() {
             dir.path(),
             &format!("n{id}.conf"),
             &zookeeper.addr,
-            &broker.plain.to_string(),
+            &broker,
             "",
         );
         let mut text = std::fs::read_to_string(&cfg).unwrap();

@@ -22,7 +22,7 @@ use clap::Args;
 use serde::Serialize;
 use utopia_proto::v1 as pb;
 
-use super::bench::cpu::{process_cpu, CpuReport, CpuSample};
+use super::bench::cpu::{CpuReport, CpuSample};
 use super::client::{self, Client};
 use super::output::Printer;
 use super::CliError;
@@ -257,19 +257,21 @@ async fn raw_phase(a: &BenchMqttArgs, run: u64) -> Result<Phase, CliError> {
     })
 }
 
-/// CPU samples at the start of a phase.
+/// CPU samples at the start of a phase: the broker's apart from the
+/// servers' (and the load generator's).
 struct PhaseCpu {
-    broker_pid: Option<u32>,
-    broker: Option<Duration>,
-    rest: CpuSample,
+    broker_pid: Vec<u32>,
+    broker: CpuSample,
     pids: Vec<u32>,
+    rest: CpuSample,
 }
 
 impl PhaseCpu {
     fn start(a: &BenchMqttArgs) -> Self {
+        let broker_pid: Vec<u32> = a.broker_pid.into_iter().collect();
         PhaseCpu {
-            broker_pid: a.broker_pid,
-            broker: a.broker_pid.and_then(process_cpu),
+            broker: CpuSample::take(&broker_pid),
+            broker_pid,
             rest: CpuSample::take(&a.cpu_pids),
             pids: a.cpu_pids.clone(),
         }
@@ -277,15 +279,9 @@ impl PhaseCpu {
 
     /// The broker's CPU per 1,000 of `messages`, and everyone else's.
     fn finish(self, messages: u64) -> (Option<f64>, CpuReport) {
+        let broker = CpuReport::between(&self.broker, &CpuSample::take(&self.broker_pid), messages);
         let rest = CpuReport::between(&self.rest, &CpuSample::take(&self.pids), messages);
-        let broker = match (self.broker, self.broker_pid.and_then(process_cpu)) {
-            (Some(b), Some(a)) if messages > 0 => {
-                let ms = a.saturating_sub(b).as_secs_f64() * 1e3;
-                Some((ms * 1000.0 / messages as f64 * 100.0).round() / 100.0)
-            }
-            _ => None,
-        };
-        (broker, rest)
+        (broker.servers_ms_per_1000_ops, rest)
     }
 }
 

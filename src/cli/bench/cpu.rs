@@ -10,13 +10,13 @@ use serde::Serialize;
 
 /// User + system CPU time of process `pid` so far, or `None` when it cannot
 /// be read (no such process, not Linux).
-pub fn process_cpu(pid: u32) -> Option<Duration> {
+fn process_cpu(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     parse_stat(&stat)
 }
 
 /// The CPU time of the load generator (this process).
-pub fn own_cpu() -> Option<Duration> {
+fn own_cpu() -> Option<Duration> {
     process_cpu(std::process::id())
 }
 
