@@ -89,6 +89,12 @@ pub struct AlarmName {
     pub alarm: &'static str,
 }
 
+/// A RocksDB column family, by its name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ColumnFamily {
+    cf: &'static str,
+}
+
 /// One label, `server`: a database server's id (`host:port:type`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServerLabel {
@@ -827,6 +833,23 @@ fn now_registry(node: &Node) -> Registry {
         "db_size_bytes",
         "Size of this member's database files",
         as_i64(node.reader.db_size_bytes()),
+    );
+    let memtables = Family::<ColumnFamily, Gauge>::default();
+    for (cf, bytes) in node.reader.memtable_bytes() {
+        memtables
+            .get_or_create(&ColumnFamily { cf: cf.name() })
+            .set(as_i64(bytes));
+    }
+    now.register(
+        "db_memtable_bytes",
+        "Bytes each column family's memtables hold in memory",
+        memtables,
+    );
+    gauge(
+        &mut now,
+        "db_block_cache_bytes",
+        "Bytes the database's block cache holds",
+        as_i64(node.reader.block_cache_bytes()),
     );
     gauge(
         &mut now,

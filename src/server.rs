@@ -38,10 +38,13 @@ fn timings(settings: &Settings) -> RaftTimings {
 }
 
 /// Node-local storage options: the mirror feed only where the MongoDB
-/// mirror runs (a build with the feature, and `mongodb.enabled`).
+/// mirror runs (a build with the feature, and `mongodb.enabled`), and what
+/// the database may hold in memory.
 fn store_options(settings: &Settings) -> utopia_storage::OpenOptions {
     utopia_storage::OpenOptions {
         mirror_feed: cfg!(feature = "mongodb") && settings.mongodb.enabled,
+        memtable_bytes_max: settings.limits.memtable_bytes_max,
+        block_cache_bytes_max: settings.limits.block_cache_bytes_max,
     }
 }
 

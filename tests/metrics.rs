@@ -158,6 +158,12 @@ fn the_metrics_endpoint_counts_puts_and_elections() {
     for s in &scrapes {
         assert!(histogram_count(s, "utopia_storage_fsync_duration_seconds", &[]) > 0);
         assert!(value(s, "utopia_raft_log_bytes", &[]) > 0.0);
+        // The puts are in memory, not yet in table files.
+        assert!(value(s, "utopia_db_memtable_bytes", &[("cf", "kv")]) > 0.0);
+        assert!(s
+            .samples
+            .iter()
+            .any(|m| m.metric == "utopia_db_block_cache_bytes"));
         assert_eq!(
             value(s, "utopia_alarms_active", &[("alarm", "NOSPACE")]),
             0.0

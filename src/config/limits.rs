@@ -75,6 +75,13 @@ pub struct Limits {
     /// NOSPACE alarm.
     #[serde(deserialize_with = "In::<{ 1 << 20 }, STORE_BYTES_MAX>::de")]
     pub db_bytes_max: u64,
+    /// Memory the database's memtables (writes not yet in table files) may
+    /// take, all column families together; past it the largest is flushed.
+    #[serde(deserialize_with = "In::<{ 16 << 20 }, { 64 << 30 }>::de")]
+    pub memtable_bytes_max: u64,
+    /// The database's cache of table blocks, shared by every column family.
+    #[serde(deserialize_with = "In::<{ 1 << 20 }, { 64 << 30 }>::de")]
+    pub block_cache_bytes_max: u64,
     /// Open gRPC connections on each port (client, peer); more wait to be
     /// accepted.
     #[serde(deserialize_with = "In::<1, 65_536>::de")]
@@ -125,6 +132,8 @@ impl Default for Limits {
             response_bytes_max: 4 << 20,
             txn_bytes_max: 16 << 20,
             db_bytes_max: 8 << 30,
+            memtable_bytes_max: utopia_storage::MEMTABLE_BYTES_MAX_DEFAULT,
+            block_cache_bytes_max: utopia_storage::BLOCK_CACHE_BYTES_MAX_DEFAULT,
             connections_max: 1024,
             streams_per_connection_max: 256,
             keepalive_interval_ms: 30_000,

@@ -64,6 +64,32 @@ impl Db {
         .sum()
     }
 
+    /// Bytes each column family's memtables hold in memory (the one being
+    /// written and those not yet flushed to a table file).
+    pub fn memtable_bytes(&self) -> Vec<(Cf, u64)> {
+        Cf::ALL
+            .iter()
+            .map(|cf| {
+                let bytes = self
+                    .db
+                    .property_int_value_cf(self.cf(*cf), "rocksdb.cur-size-all-mem-tables")
+                    .ok()
+                    .flatten()
+                    .unwrap_or(0);
+                (*cf, bytes)
+            })
+            .collect()
+    }
+
+    /// Bytes the block cache (shared by every column family) holds.
+    pub fn block_cache_bytes(&self) -> u64 {
+        self.db
+            .property_int_value_cf(self.cf(Cf::Kv), "rocksdb.block-cache-usage")
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
+
     /// Syncs the WAL: everything written before the call is durable after it.
     pub fn sync_wal(&self) -> Result<(), StoreError> {
         self.db.flush_wal(true).map_err(StoreError::from)
@@ -278,8 +304,11 @@ pub struct OpenedStore {
 }
 
 /// Options shared by every open of a data directory.
-fn db_options() -> Options {
+fn db_options(options: &OpenOptions) -> Options {
     let mut opts = Options::default();
+    opts.set_db_write_buffer_size(
+        usize::try_from(options.memtable_bytes_max).unwrap_or(usize::MAX),
+    );
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     // Recover to the last consistent point of the WAL after a crash: the
@@ -290,9 +319,6 @@ fn db_options() -> Options {
     opts.set_keep_log_file_num(4);
     opts
 }
-
-/// Uncompressed blocks cached in memory, shared by every column family.
-const BLOCK_CACHE_BYTES: usize = 64 << 20;
 
 /// Per column family: LZ4 like the rest, blocks from the shared cache, and
 /// for the current key-value state (read by key on every put, to carry
@@ -312,13 +338,41 @@ fn cf_options(cf: Cf, cache: &rocksdb::Cache) -> Options {
     opts
 }
 
+/// The memtables' memory budget when none is given: see
+/// [`OpenOptions::memtable_bytes_max`].
+pub const MEMTABLE_BYTES_MAX_DEFAULT: u64 = 128 << 20;
+
+/// The block cache's size when none is given: see
+/// [`OpenOptions::block_cache_bytes_max`].
+pub const BLOCK_CACHE_BYTES_MAX_DEFAULT: u64 = 32 << 20;
+
 /// Node-local choices made where a data directory is opened. None of them
 /// changes what apply writes to the replicated state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OpenOptions {
     /// Keep the mirror feed ([`crate::keys::mirror_feed`]) that the MongoDB
     /// mirror reads: on only on members with `mongodb.enabled`.
     pub mirror_feed: bool,
+    /// Memory the memtables of all column families may take together;
+    /// past it RocksDB flushes the largest. Without a budget each column
+    /// family written to holds up to two 64 MiB memtables: a put writes
+    /// four of them (the log, the current key, its history, the change
+    /// feed), so memtables alone would reach hundreds of MiB.
+    pub memtable_bytes_max: u64,
+    /// Uncompressed table blocks cached in memory, shared by every column
+    /// family. Blocks it does not hold are read from the table files
+    /// (usually in the kernel's page cache) and decompressed again.
+    pub block_cache_bytes_max: u64,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        Self {
+            mirror_feed: false,
+            memtable_bytes_max: MEMTABLE_BYTES_MAX_DEFAULT,
+            block_cache_bytes_max: BLOCK_CACHE_BYTES_MAX_DEFAULT,
+        }
+    }
 }
 
 /// Opens (creating if needed) the database in `dir`, without the mirror
@@ -332,11 +386,13 @@ pub fn open_with(dir: &Path, options: OpenOptions) -> Result<OpenedStore, StoreE
     std::fs::create_dir_all(dir)
         .map_err(|e| StoreError::Io(format!("create data directory {}: {e}", dir.display())))?;
     let db_dir = dir.join("db");
-    let cache = rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+    let cache = rocksdb::Cache::new_lru_cache(
+        usize::try_from(options.block_cache_bytes_max).unwrap_or(usize::MAX),
+    );
     let cfs = Cf::ALL
         .iter()
         .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options(*cf, &cache)));
-    let db = DB::open_cf_descriptors(&db_options(), &db_dir, cfs)
+    let db = DB::open_cf_descriptors(&db_options(&options), &db_dir, cfs)
         .map_err(|e| StoreError::Rocks(format!("open rocksdb at {}: {e}", db_dir.display())))?;
     let db = Db {
         db: Arc::new(db),
@@ -361,4 +417,60 @@ pub fn open_with(dir: &Path, options: OpenOptions) -> Result<OpenedStore, StoreE
         state_machine,
         reader,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn memtables(db: &Db) -> u64 {
+        db.memtable_bytes().iter().map(|(_, n)| n).sum()
+    }
+
+    /// Writes 40 MiB into one column family, whose own memtable would hold
+    /// 64 MiB: with a 16 MiB budget for all memtables the writes are
+    /// flushed to table files and the memtables stay near the budget.
+    #[test]
+    fn the_memtable_budget_bounds_what_memtables_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let budget = 16 << 20;
+        let store = open_with(
+            dir.path(),
+            OpenOptions {
+                memtable_bytes_max: budget,
+                ..OpenOptions::default()
+            },
+        )
+        .unwrap();
+        let db = store.db;
+        // Values that do not compress, so that the table files hold them.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut value = vec![0u8; 4096];
+        for batch in 0..40u32 {
+            let mut b = rocksdb::WriteBatch::default();
+            for i in 0..256u32 {
+                for chunk in value.chunks_mut(8) {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    chunk.copy_from_slice(&x.to_le_bytes());
+                }
+                let key = [batch.to_be_bytes(), i.to_be_bytes()].concat();
+                b.put_cf(db.cf(Cf::Kv), key, &value);
+            }
+            db.db.write(b).unwrap();
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        // Flushes run in the background: the memtables written past the
+        // budget are released once their table files are written.
+        while memtables(&db) > budget + (4 << 20) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "memtables hold {} bytes with a budget of {budget}",
+                memtables(&db)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(db.size_bytes() > 16 << 20, "flushed to table files");
+    }
 }

@@ -34,7 +34,10 @@ mod snapshot;
 mod state_machine;
 
 pub use apply::{ChangeRecord, FeedChange, LeaseRecord};
-pub use db::{open, open_with, Db, NodeIdentity, OpenOptions, OpenedStore};
+pub use db::{
+    open, open_with, Db, NodeIdentity, OpenOptions, OpenedStore, BLOCK_CACHE_BYTES_MAX_DEFAULT,
+    MEMTABLE_BYTES_MAX_DEFAULT,
+};
 pub use log_store::{LogStore, REPLICATION_BATCH_BYTES_MAX};
 pub use read::{DocPage, Reader, WatchBatch};
 pub use state_machine::{StateMachine, MIRROR_FEED_LOG_INDEXES_KEPT};

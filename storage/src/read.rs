@@ -261,6 +261,16 @@ impl Reader {
         self.db.size_bytes()
     }
 
+    /// Bytes each column family's memtables hold.
+    pub fn memtable_bytes(&self) -> Vec<(Cf, u64)> {
+        self.db.memtable_bytes()
+    }
+
+    /// Bytes RocksDB's block cache holds.
+    pub fn block_cache_bytes(&self) -> u64 {
+        self.db.block_cache_bytes()
+    }
+
     /// True while this node installs a snapshot: its state machine is then
     /// partly written, and local (serializable) reads must wait.
     pub fn installing_snapshot(&self) -> bool {

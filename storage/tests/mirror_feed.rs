@@ -12,7 +12,11 @@ use utopia_storage::keys::Collection;
 use utopia_storage::read::MirrorValue;
 
 /// A member that keeps the mirror feed (one with `mongodb.enabled`).
-const FEED_ON: utopia_storage::OpenOptions = utopia_storage::OpenOptions { mirror_feed: true };
+const FEED_ON: utopia_storage::OpenOptions = utopia_storage::OpenOptions {
+    mirror_feed: true,
+    memtable_bytes_max: utopia_storage::MEMTABLE_BYTES_MAX_DEFAULT,
+    block_cache_bytes_max: utopia_storage::BLOCK_CACHE_BYTES_MAX_DEFAULT,
+};
 
 fn event_entry(index: u64, event: Event) -> EntryOf<TypeConfig> {
     EntryOf::<TypeConfig> {

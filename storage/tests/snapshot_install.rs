@@ -8,7 +8,11 @@ use utopia_raft::openraft_api::RaftStateMachine;
 use utopia_raft::{SnapshotData, TypeConfig};
 
 /// A member that keeps the mirror feed (one with `mongodb.enabled`).
-const FEED_ON: utopia_storage::OpenOptions = utopia_storage::OpenOptions { mirror_feed: true };
+const FEED_ON: utopia_storage::OpenOptions = utopia_storage::OpenOptions {
+    mirror_feed: true,
+    memtable_bytes_max: utopia_storage::MEMTABLE_BYTES_MAX_DEFAULT,
+    block_cache_bytes_max: utopia_storage::BLOCK_CACHE_BYTES_MAX_DEFAULT,
+};
 
 /// Entries `from..=to` putting `{prefix}{i}` with a value of `value_bytes`.
 fn puts(

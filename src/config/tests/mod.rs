@@ -346,6 +346,14 @@ fn byte_time_and_quota_limits_are_bounded() {
         ),
         ("limits = { txn_bytes_max = 1073741824; };", "txn_bytes_max"),
         ("limits = { db_bytes_max = 0; };", "db_bytes_max"),
+        (
+            "limits = { memtable_bytes_max = 1048576; };",
+            "memtable_bytes_max",
+        ),
+        (
+            "limits = { block_cache_bytes_max = 0; };",
+            "block_cache_bytes_max",
+        ),
         ("limits = { connections_max = 0; };", "connections_max"),
         (
             "limits = { streams_per_connection_max = 100000; };",
