@@ -9,7 +9,9 @@ use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::type_config::async_runtime::WatchReceiver;
 use openraft::ChangeMembers;
 use openraft::Instant as _;
-use openraft::{BasicNode, Config, Raft, ReadPolicy, ServerState, SnapshotPolicy};
+use openraft::{
+    BasicNode, Config, LinearizerOption, Raft, ReadPolicy, ServerState, SnapshotPolicy,
+};
 
 use crate::error::write_error;
 use crate::network::{
@@ -17,6 +19,10 @@ use crate::network::{
 };
 use crate::ProposeError;
 use crate::{Request, Response, TypeConfig};
+
+/// How long a linearizable read waits for a quorum to confirm the leader,
+/// in election timeouts (see [`RaftNode::read_barrier`]).
+pub const READ_INDEX_WAIT_ELECTION_TIMEOUTS: u64 = 5;
 
 /// Timing and log-retention settings for one node.
 #[derive(Debug, Clone)]
@@ -284,8 +290,21 @@ where
     /// Returns once this node's state machine reflects every write committed
     /// before the call: the leader confirms its leadership with a quorum
     /// (read index), then waits for its state machine to apply that far.
+    ///
+    /// A busy cluster can take longer than openraft's default wait (one
+    /// leader lease) to answer a heartbeat round, and the read would fail
+    /// with "not enough for a quorum" though nothing is wrong: it waits up
+    /// to [`READ_INDEX_WAIT_ELECTION_TIMEOUTS`] election timeouts instead.
+    /// A leader that steps down meanwhile fails it at once.
     pub async fn read_barrier(&self) -> Result<(), ProposeError> {
-        match self.raft.ensure_linearizable(ReadPolicy::ReadIndex).await {
+        let wait = Duration::from_millis(
+            self.raft
+                .config()
+                .election_timeout_max
+                .saturating_mul(READ_INDEX_WAIT_ELECTION_TIMEOUTS),
+        );
+        let option = LinearizerOption::from(ReadPolicy::ReadIndex).with_wait_timeout(wait);
+        match self.raft.ensure_linearizable(option).await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f))) => {
                 Err(ProposeError::NotLeader {
