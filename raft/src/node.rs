@@ -22,7 +22,7 @@ use crate::{Request, Response, TypeConfig};
 
 /// How long a linearizable read waits for a quorum to confirm the leader,
 /// in election timeouts (see [`RaftNode::read_barrier`]).
-pub const READ_INDEX_WAIT_ELECTION_TIMEOUTS: u64 = 5;
+const READ_INDEX_WAIT_ELECTION_TIMEOUTS: u64 = 5;
 
 /// Timing and log-retention settings for one node.
 #[derive(Debug, Clone)]
@@ -294,7 +294,7 @@ where
     /// A busy cluster can take longer than openraft's default wait (one
     /// leader lease) to answer a heartbeat round, and the read would fail
     /// with "not enough for a quorum" though nothing is wrong: it waits up
-    /// to [`READ_INDEX_WAIT_ELECTION_TIMEOUTS`] election timeouts instead.
+    /// to five election timeouts instead (`READ_INDEX_WAIT_ELECTION_TIMEOUTS`).
     /// A leader that steps down meanwhile fails it at once.
     pub async fn read_barrier(&self) -> Result<(), ProposeError> {
         let wait = Duration::from_millis(
