@@ -429,7 +429,10 @@ mod tests {
 
     /// Writes 40 MiB into one column family, whose own memtable would hold
     /// 64 MiB: with a 16 MiB budget for all memtables the writes are
-    /// flushed to table files and the memtables stay near the budget.
+    /// flushed to table files and the memtables stay near the budget. Near:
+    /// the budget is checked before each write, a memtable grows in 8 MiB
+    /// blocks, and the current keys' memtable bloom filter takes 3.2 MiB,
+    /// so up to twice the budget; without it they hold about 44 MiB.
     #[test]
     fn the_memtable_budget_bounds_what_memtables_hold() {
         let dir = tempfile::tempdir().unwrap();
@@ -463,7 +466,7 @@ mod tests {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         // Flushes run in the background: the memtables written past the
         // budget are released once their table files are written.
-        while memtables(&db) > budget + (4 << 20) {
+        while memtables(&db) > 2 * budget {
             assert!(
                 std::time::Instant::now() < deadline,
                 "memtables hold {} bytes with a budget of {budget}",
