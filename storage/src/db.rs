@@ -26,6 +26,11 @@ impl std::fmt::Debug for Db {
     }
 }
 
+/// RocksDB's properties for a column family's table files and memtables,
+/// in bytes.
+const SST_FILES_BYTES: &str = "rocksdb.total-sst-files-size";
+const MEMTABLES_BYTES: &str = "rocksdb.cur-size-all-mem-tables";
+
 impl Db {
     pub(crate) fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
         cf_handle(&self.db, cf)
@@ -47,21 +52,23 @@ impl Db {
         &self.metrics
     }
 
+    /// A RocksDB integer property of `cf` (0 when RocksDB has none).
+    fn property(&self, cf: Cf, name: &str) -> u64 {
+        self.db
+            .property_int_value_cf(self.cf(cf), name)
+            .ok()
+            .flatten()
+            .unwrap_or(0)
+    }
+
+    /// Bytes `cf` takes: its table files and its memtables.
+    fn cf_bytes(&self, cf: Cf) -> u64 {
+        self.property(cf, SST_FILES_BYTES) + self.property(cf, MEMTABLES_BYTES)
+    }
+
     /// Bytes the Raft log takes: its table files and its memtables.
     pub fn log_bytes(&self) -> u64 {
-        [
-            "rocksdb.total-sst-files-size",
-            "rocksdb.cur-size-all-mem-tables",
-        ]
-        .iter()
-        .map(|p| {
-            self.db
-                .property_int_value_cf(self.cf(Cf::RaftLog), *p)
-                .ok()
-                .flatten()
-                .unwrap_or(0)
-        })
-        .sum()
+        self.cf_bytes(Cf::RaftLog)
     }
 
     /// Bytes each column family's memtables hold in memory (the one being
@@ -69,25 +76,13 @@ impl Db {
     pub fn memtable_bytes(&self) -> Vec<(Cf, u64)> {
         Cf::ALL
             .iter()
-            .map(|cf| {
-                let bytes = self
-                    .db
-                    .property_int_value_cf(self.cf(*cf), "rocksdb.cur-size-all-mem-tables")
-                    .ok()
-                    .flatten()
-                    .unwrap_or(0);
-                (*cf, bytes)
-            })
+            .map(|cf| (*cf, self.property(*cf, MEMTABLES_BYTES)))
             .collect()
     }
 
     /// Bytes the block cache (shared by every column family) holds.
     pub fn block_cache_bytes(&self) -> u64 {
-        self.db
-            .property_int_value_cf(self.cf(Cf::Kv), "rocksdb.block-cache-usage")
-            .ok()
-            .flatten()
-            .unwrap_or(0)
+        self.property(Cf::Kv, "rocksdb.block-cache-usage")
     }
 
     /// Syncs the WAL: everything written before the call is durable after it.
@@ -99,34 +94,14 @@ impl Db {
     pub fn size_bytes(&self) -> u64 {
         Cf::ALL
             .iter()
-            .filter_map(|cf| {
-                self.db
-                    .property_int_value_cf(self.cf(*cf), "rocksdb.total-sst-files-size")
-                    .ok()
-                    .flatten()
-            })
+            .map(|cf| self.property(*cf, SST_FILES_BYTES))
             .sum()
     }
 
     /// Bytes the state machine's column families take: their table files
     /// (every version still held, as on disk) and their memtables.
     pub fn state_machine_bytes(&self) -> u64 {
-        Cf::STATE_MACHINE
-            .iter()
-            .flat_map(|cf| {
-                [
-                    "rocksdb.total-sst-files-size",
-                    "rocksdb.cur-size-all-mem-tables",
-                ]
-                .map(|p| {
-                    self.db
-                        .property_int_value_cf(self.cf(*cf), p)
-                        .ok()
-                        .flatten()
-                        .unwrap_or(0)
-                })
-            })
-            .sum()
+        Cf::STATE_MACHINE.iter().map(|cf| self.cf_bytes(*cf)).sum()
     }
 
     /// Flushes the state machine's memtables to table files and compacts
