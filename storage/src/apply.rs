@@ -61,10 +61,11 @@
 //!   others, so the node stops instead. An event from a newer build stops
 //!   the node for the same reason.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use utopia_raft::event::{self, Event, Outcome, Rejection, Request, Response, TxnStep};
+use utopia_raft::event::{self, Event, Outcome, Quotas, Rejection, Request, Response, TxnStep};
 
 use crate::codec;
 use crate::keys::{self, meta, Cf};
@@ -167,6 +168,9 @@ pub struct Applier<'a, S: StateRead + ?Sized> {
     /// The term of the last entry counted in stats (`meta::STATS_TERM`),
     /// once read in this batch.
     stats_term: Option<u64>,
+    /// The quotas (`meta::QUOTAS`), once read in this batch: every device
+    /// value checks one. Emptied by every write of them and every rollback.
+    quotas: Cell<Option<Quotas>>,
 }
 
 /// The writes an applier produced: `None` deletes the key.
@@ -185,6 +189,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
             document_bytes_max: bounds::DOCUMENT_BYTES_MAX,
             classes: HashMap::new(),
             stats_term: None,
+            quotas: Cell::new(None),
         }
     }
 
@@ -223,6 +228,9 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
     fn write(&mut self, cf: Cf, key: Vec<u8>, value: Option<Vec<u8>>) {
         if cf == Cf::Ingest && key.first() == Some(&keys::ingest::CLASS_PREFIX) {
             self.classes.clear();
+        }
+        if cf == Cf::SmMeta && key == meta::QUOTAS {
+            self.quotas.set(None);
         }
         if !self.journal {
             self.overlay.insert((cf, key), value);

@@ -296,15 +296,18 @@ fn db_options(options: &OpenOptions) -> Options {
 }
 
 /// Per column family: LZ4 like the rest, blocks from the shared cache, and
-/// for the current key-value state (read by key on every put, to carry
-/// versions and leases forward) bloom filters on its tables and memtable,
-/// so that a lookup of a key that is not there touches no data block.
+/// bloom filters on the tables and memtables of the two read by key on
+/// every write, so that a lookup of a key that is not there touches no
+/// data block and searches no memtable: the current key-value state (read
+/// on every put, to carry versions and leases forward) and the MQTT ingest
+/// state (every ingested message looks its digest up, and a new message's
+/// digest is not there).
 fn cf_options(cf: Cf, cache: &rocksdb::Cache) -> Options {
     let mut opts = Options::default();
     opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
     let mut table = rocksdb::BlockBasedOptions::default();
     table.set_block_cache(cache);
-    if cf == Cf::Kv {
+    if matches!(cf, Cf::Kv | Cf::Ingest) {
         table.set_bloom_filter(10.0, false);
         opts.set_memtable_whole_key_filtering(true);
         opts.set_memtable_prefix_bloom_ratio(0.05);

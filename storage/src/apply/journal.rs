@@ -64,8 +64,9 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         self.effects.committed.truncate(sp.committed);
         self.effects.owners_changed = sp.owners_changed;
         self.effects.commands_changed = sp.commands_changed;
-        // A class record read since may have been rolled back.
+        // A class record or the quotas read since may have been rolled back.
         self.classes.clear();
+        self.quotas.set(None);
     }
 
     /// Counts (in replicated state) and logs an event or ingest item

@@ -19,7 +19,12 @@ const COMMANDS_EXPIRED_PER_EVENT_MAX: usize = 64;
 
 impl<S: StateRead + ?Sized> Applier<'_, S> {
     pub fn quotas(&self) -> Result<Quotas, StoreError> {
-        Ok(self.get_dec(Cf::SmMeta, meta::QUOTAS)?.unwrap_or_default())
+        if let Some(quotas) = self.quotas.get() {
+            return Ok(quotas);
+        }
+        let quotas = self.get_dec(Cf::SmMeta, meta::QUOTAS)?.unwrap_or_default();
+        self.quotas.set(Some(quotas));
+        Ok(quotas)
     }
 
     pub(super) fn apply_quotas_changed(&mut self, quotas: &Quotas) -> Result<Outcome, StoreError> {

@@ -227,6 +227,42 @@ fn commands_are_issued_attempted_and_settled() {
 }
 
 #[test]
+fn quotas_changed_within_a_batch_apply_to_the_events_after_them() {
+    use utopia_raft::event::Quotas;
+    let register = |id: &str| {
+        (
+            1_000,
+            Event::DeviceRegistered {
+                host: "h".into(),
+                zone: "z".into(),
+                class: "c".into(),
+                device_id: id.into(),
+            },
+        )
+    };
+    let mut s = MemState::default();
+    // The first registration reads the quotas (none yet) into the
+    // batch; the change after it must not leave that reading in place.
+    let r = s.apply_batch(vec![
+        register("1"),
+        (
+            1_000,
+            Event::QuotasChanged(Quotas {
+                devices_per_host_max: 1,
+                ..Quotas::default()
+            }),
+        ),
+        register("2"),
+    ]);
+    assert!(matches!(r[0].outcome, Outcome::Device { .. }), "{r:?}");
+    assert!(
+        matches!(r[2].outcome, Outcome::Rejected(Rejection::Quota(_))),
+        "{r:?}"
+    );
+    assert!(s.get(Cf::Devices, b"h/c/2").unwrap().is_none());
+}
+
+#[test]
 fn quotas_bound_devices_per_host_leases_and_pending_commands() {
     use utopia_raft::event::Quotas;
     let quota = |r: &Response| matches!(r.outcome, Outcome::Rejected(Rejection::Quota(_)));
