@@ -82,6 +82,7 @@ mod devices;
 mod documents;
 pub mod ingest;
 mod journal;
+mod json_path;
 mod kv;
 mod lease;
 pub mod quota;

@@ -5,6 +5,8 @@ use serde_json::{Map, Value};
 use utopia_raft::event::{DeviceData, Outcome, Rejection};
 
 use super::class_rules::{self, ClassCheck};
+use super::documents::{document_too_large, CachedBefore};
+use super::json_path;
 use super::stats::{Counter, StatDelta};
 use super::{bounds, content, Applier, ApplyError, StateRead};
 use crate::codec;
@@ -189,25 +191,64 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
                 return Ok(DataApplied::ClassRefused(rejection));
             }
         };
+        let path: Vec<&str> = std::iter::once(d.post_type.as_str())
+            .chain(d.path.iter().map(String::as_str))
+            .collect();
+        let last = documents::entry(&LastValue {
+            path: d.path.clone(),
+            value: value.clone(),
+            at_ms,
+        });
+        let id = device_doc_id(&d.host, &d.class, &d.device_id);
+        if self.docs.has_device_in(&id, &d.zone) {
+            self.store_in_place(at_ms, id.clone(), &path, value, last)?;
+            return Ok(DataApplied::Stored(id));
+        }
         let (id, mut doc) =
             match self.register_device(at_ms, &d.host, &d.zone, &d.class, &d.device_id, false)? {
                 Ok(registered) => registered,
                 Err(rejection) => return Ok(DataApplied::Refused(rejection)),
             };
-        set_path(
-            &mut doc.data,
-            std::iter::once(d.post_type.as_str()).chain(d.path.iter().map(String::as_str)),
-            value.clone(),
-        );
-        let last = LastValue {
-            path: d.path.clone(),
-            value,
-            at_ms,
-        };
-        doc.last
-            .insert(d.post_type.clone(), documents::entry(&last));
+        json_path::set_path(&mut doc.data, &path, value);
+        doc.last.insert(d.post_type.clone(), last);
         self.put_doc(&id, doc)?;
         Ok(DataApplied::Stored(id))
+    }
+
+    /// Stores a value of a device the batch already holds, in the zone it
+    /// is in: in place, journaling only what the value replaced (not a copy
+    /// of the document), and taking it back if the document would be too
+    /// large. What registering would do to such a device is only its last
+    /// sighting.
+    fn store_in_place(
+        &mut self,
+        at_ms: u64,
+        id: String,
+        path: &[&str],
+        value: Value,
+        last: Value,
+    ) -> Result<(), ApplyError> {
+        let max = self.document_bytes_max;
+        let Some(doc) = self.docs.device_mut(&id) else {
+            return content(format!("device {id} left the batch's documents"));
+        };
+        let post_type = path.first().copied().unwrap_or_default().to_string();
+        let data = json_path::set_path(&mut doc.data, path, value);
+        let undo = ValueUndo {
+            path: path.iter().map(|s| (*s).to_string()).collect(),
+            data,
+            last: doc.last.insert(post_type, last),
+            last_seen_ms: std::mem::replace(&mut doc.last_seen_ms, at_ms),
+        };
+        let bytes = bounds::json_encoded_bytes(&*doc);
+        if bytes > max {
+            undo.restore(doc);
+            return document_too_large(keys::Collection::Devices, &id, bytes, max);
+        }
+        if self.journal {
+            self.undo.docs.push(CachedBefore::DeviceValue(id, undo));
+        }
+        Ok(())
     }
 
     /// Counts a refusal of device data by its class in the device's
@@ -306,18 +347,30 @@ pub fn device_doc_id(host: &str, class: &str, device_id: &str) -> String {
     format!("{host}/{class}/{device_id}")
 }
 
-/// Stores `value` at `path` inside `root`, turning anything in the way into
-/// an object.
-fn set_path<'p>(root: &mut Value, path: impl Iterator<Item = &'p str>, value: Value) {
-    let mut node = root;
-    for segment in path {
-        if !node.is_object() {
-            *node = Value::Object(Map::new());
+/// What storing a value in place replaced in a device's document (see
+/// `store_in_place`).
+#[derive(Debug)]
+pub(super) struct ValueUndo {
+    /// The post type, then the path below it.
+    path: Vec<String>,
+    data: json_path::PathUndo,
+    /// The post type's entry in `last` before.
+    last: Option<Value>,
+    last_seen_ms: u64,
+}
+
+impl ValueUndo {
+    /// Puts `doc` back as it was before the value, which must be the last
+    /// thing stored in it.
+    pub(super) fn restore(self, doc: &mut Device) {
+        let path: Vec<&str> = self.path.iter().map(String::as_str).collect();
+        json_path::undo_path(&mut doc.data, &path, self.data);
+        if let Some(post_type) = self.path.first() {
+            match self.last {
+                Some(v) => doc.last.insert(post_type.clone(), v),
+                None => doc.last.remove(post_type),
+            };
         }
-        let Value::Object(map) = node else {
-            unreachable!("made an object above")
-        };
-        node = map.entry(segment.to_string()).or_insert(Value::Null);
+        doc.last_seen_ms = self.last_seen_ms;
     }
-    *node = value;
 }

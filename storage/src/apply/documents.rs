@@ -7,12 +7,13 @@ use std::collections::HashMap;
 
 use utopia_raft::event::{ConfigVersion, FellowState, Outcome, Rejection};
 
+use super::devices::ValueUndo;
 use super::{bounds, content, Applier, ApplyError, StateRead};
 use crate::documents::{
     ConfigState, DbServer, DbServerState, Device, Document, Fellow, OtherFields, Stats, XmlConfig,
     Zone,
 };
-use crate::keys::{self, Cf};
+use crate::keys::{self, Cf, Collection};
 
 /// Device, zone and stats documents written in this batch, decoded: an ingest
 /// batch updates each device many times, and each document is parsed once
@@ -32,11 +33,22 @@ pub(super) struct DocCache {
 #[allow(clippy::large_enum_variant)]
 pub(super) enum CachedBefore {
     Device(String, Option<Device>),
+    /// A value stored in place in a device the cache holds.
+    DeviceValue(String, ValueUndo),
     Zone(String, Option<Zone>),
     Stats(String, Option<Stats>),
 }
 
 impl DocCache {
+    /// Whether the cache holds device `id`, in `zone`.
+    pub(super) fn has_device_in(&self, id: &str, zone: &str) -> bool {
+        self.devices.get(id).is_some_and(|doc| doc.zone == zone)
+    }
+
+    pub(super) fn device_mut(&mut self, id: &str) -> Option<&mut Device> {
+        self.devices.get_mut(id)
+    }
+
     /// Every document in the cache, encoded: the batch's writes of them.
     pub(super) fn into_writes(self) -> impl Iterator<Item = ((Cf, Vec<u8>), Vec<u8>)> {
         fn encoded<D: Document>((id, doc): (String, D)) -> ((Cf, Vec<u8>), Vec<u8>) {
@@ -59,6 +71,11 @@ impl DocCache {
         }
         match before {
             CachedBefore::Device(id, old) => put_back(&mut self.devices, id, old),
+            CachedBefore::DeviceValue(id, undo) => {
+                if let Some(doc) = self.devices.get_mut(&id) {
+                    undo.restore(doc);
+                }
+            }
             CachedBefore::Zone(id, old) => put_back(&mut self.zones, id, old),
             CachedBefore::Stats(id, old) => put_back(&mut self.stats, id, old),
         }
@@ -133,6 +150,20 @@ impl Stored for Stats {
     }
 }
 
+/// The content error of a write that would leave document `id` of
+/// `collection` at `bytes`, over `max`.
+pub(super) fn document_too_large<T>(
+    collection: Collection,
+    id: &str,
+    bytes: u64,
+    max: u64,
+) -> Result<T, ApplyError> {
+    content(format!(
+        "document {}/{id} would be {bytes} bytes; the limit is {max} bytes (document_bytes_max)",
+        collection.name()
+    ))
+}
+
 impl<S: StateRead + ?Sized> Applier<'_, S> {
     /// A document as the batch left it. One that does not decode was
     /// written that way by every replica: a content error.
@@ -164,12 +195,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
     /// document: then the event is rejected.
     pub(super) fn put_doc<D: Stored>(&mut self, id: &str, doc: D) -> Result<(), ApplyError> {
         let max = self.document_bytes_max;
-        let too_large = |bytes: u64| {
-            content(format!(
-                "document {}/{id} would be {bytes} bytes; the limit is {max} bytes (document_bytes_max)",
-                D::COLLECTION.name()
-            ))
-        };
+        let too_large = |bytes: u64| document_too_large(D::COLLECTION, id, bytes, max);
         let journal = self.journal;
         if let Some((docs, before)) = D::cached_mut(&mut self.docs) {
             let bytes = bounds::json_encoded_bytes(&doc);

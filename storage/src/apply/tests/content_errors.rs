@@ -274,3 +274,76 @@ fn an_ingest_item_that_cannot_be_applied_is_dropped_alone() {
     assert_eq!((totals.applied, totals.dropped), (2, 1));
     assert_eq!(rejected_total(&s), 1);
 }
+
+#[test]
+fn a_malformed_ingest_batch_takes_back_the_values_it_stored_in_place() {
+    let owners = Event::IngestOwnersChanged {
+        epoch: 1,
+        members: vec![IngestMember {
+            node_id: 7,
+            weight: 1,
+        }],
+        dedupe_window_ms: 10_000,
+    };
+    let item = |post_type: &str, path: &[&str], json: &str| IngestItem {
+        digest: Bytes::from(
+            crate::ingest::digest(&format!("/h/z/c/1/{post_type}/{json}"), json.as_bytes())
+                .to_vec(),
+        ),
+        redelivered: false,
+        body: IngestBody::Data(DeviceData {
+            host: "h".into(),
+            zone: "z".into(),
+            class: "c".into(),
+            device_id: "1".into(),
+            post_type: post_type.into(),
+            path: path.iter().map(|s| s.to_string()).collect(),
+            json: json.into(),
+        }),
+    };
+    let batch = |at: u64, items: Vec<IngestItem>| {
+        Request::new(
+            at,
+            Event::IngestBatch {
+                epoch: 1,
+                proposer: 7,
+                items,
+            },
+        )
+    };
+    let first = batch(2, vec![item("t", &[], "1"), item("m", &["a"], "2")]);
+    // The device is in the batch's documents after `first`, so these
+    // values are stored in place: a new nested path, a value replaced by
+    // an object, a replaced value. Then an item with a malformed digest
+    // rejects the whole batch.
+    let mut bad = item("t", &[], "9");
+    bad.digest = Bytes::from(vec![1, 2, 3]);
+    let malformed = batch(
+        3,
+        vec![
+            item("n", &["x", "y"], "3"),
+            item("t", &["deeper"], "4"),
+            item("m", &["a"], "5"),
+            bad,
+        ],
+    );
+    let last = batch(4, vec![item("m", &["b"], "6")]);
+
+    let mut s = MemState::default();
+    s.apply(owners.clone());
+    let out = apply_requests(&mut s, vec![first.clone(), malformed, last.clone()]);
+    assert!(rejection(&out[1]).contains("digest"), "{out:?}");
+    let d = s.doc(Cf::Devices, "h/c/1");
+    assert_eq!(d["data"], json!({"t": 1, "m": {"a": 2, "b": 6}}));
+    assert_eq!(d["last_seen_ms"], 4);
+
+    // The device's document is the one the batches without the malformed
+    // one leave.
+    let mut apart = MemState::default();
+    apart.apply(owners);
+    apply_requests(&mut apart, vec![first, last]);
+    assert_eq!(
+        apart.get(Cf::Devices, b"h/c/1").unwrap(),
+        s.get(Cf::Devices, b"h/c/1").unwrap()
+    );
+}
