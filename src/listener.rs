@@ -69,8 +69,12 @@ impl LimitedConn {
 /// them in its own bounded write buffer meanwhile). The cost is one extra
 /// poll of the connection task per burst.
 ///
-/// Client connections coalesce; peer connections do not: a follower answers
-/// the leader's one replication stream, which has nothing to coalesce with.
+/// Client connections without TLS coalesce. Peer connections do not: a
+/// follower answers the leader's one replication stream, which has nothing
+/// to coalesce with. Nor do TLS connections: the TLS layer above this one
+/// takes the burst's first write into its own buffer when this one waits,
+/// and sends it at the flush in the same poll, so waiting would only cost
+/// the extra poll.
 #[derive(Debug, Clone, Copy)]
 struct WriteTurn {
     coalesce: bool,
@@ -79,9 +83,9 @@ struct WriteTurn {
 }
 
 impl WriteTurn {
-    fn new(port: Port) -> Self {
+    fn new(coalesce: bool) -> Self {
         WriteTurn {
-            coalesce: matches!(port, Port::Client),
+            coalesce,
             waited: false,
         }
     }
@@ -228,7 +232,9 @@ impl AsyncWrite for LimitedConn {
 /// after `tcp_keepalive` of silence, so that a vanished client's
 /// connection (and its permit) is dropped. Open connections are the gauge
 /// `grpc_connections`; accepts that had to wait for a permit are counted.
-/// Cancelling `closed` closes every connection still open.
+/// Cancelling `closed` closes every connection still open. With
+/// `coalesce_writes` the responses a burst of finished requests writes
+/// leave together (see `WriteTurn`).
 pub fn incoming(
     listener: TcpListener,
     port: Port,
@@ -236,6 +242,7 @@ pub fn incoming(
     tcp_keepalive: Duration,
     node: Arc<Node>,
     closed: CancellationToken,
+    coalesce_writes: bool,
 ) -> impl Stream<Item = io::Result<LimitedConn>> {
     let permits = Arc::new(Semaphore::new(connections_max));
     let gauge = Arc::new(ConnectionGauge {
@@ -268,7 +275,7 @@ pub fn incoming(
                 permit: Some(permit),
                 gauge: gauge.clone(),
                 closed: Box::pin(closed.clone().cancelled_owned()),
-                turn: WriteTurn::new(gauge.port),
+                turn: WriteTurn::new(coalesce_writes),
             });
             gauge.publish();
             Some((item, (listener, gauge, closed)))
@@ -398,11 +405,11 @@ mod tests {
     }
 
     #[test]
-    fn a_client_write_burst_waits_one_turn_and_wakes_its_task() {
+    fn a_coalescing_write_burst_waits_one_turn_and_wakes_its_task() {
         let wakes = Arc::new(Wakes::default());
         let waker = std::task::Waker::from(wakes.clone());
         let mut cx = Context::from_waker(&waker);
-        let mut turn = WriteTurn::new(Port::Client);
+        let mut turn = WriteTurn::new(true);
 
         assert!(turn.wait(&mut cx), "the burst's first write waits");
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "and its task is woken");
@@ -416,11 +423,11 @@ mod tests {
     }
 
     #[test]
-    fn a_peer_write_never_waits() {
+    fn a_write_without_coalescing_never_waits() {
         let wakes = Arc::new(Wakes::default());
         let waker = std::task::Waker::from(wakes.clone());
         let mut cx = Context::from_waker(&waker);
-        let mut turn = WriteTurn::new(Port::Peer);
+        let mut turn = WriteTurn::new(false);
         for _ in 0..3 {
             assert!(!turn.wait(&mut cx));
             turn.flushed();

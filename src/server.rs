@@ -266,6 +266,7 @@ pub async fn run(
         Duration::from_millis(limits.tcp_keepalive_ms),
         node.clone(),
         peer_port.closed.clone(),
+        false,
     );
     let mut peer_builder = http2_bounds(peer_builder, limits);
     let peer_server = peer_builder
@@ -288,6 +289,7 @@ pub async fn run(
         Duration::from_millis(limits.tcp_keepalive_ms),
         node.clone(),
         client_port.closed.clone(),
+        tls.is_none(),
     );
     let deadline = Duration::from_millis(limits.request_timeout_ms);
     let mut builder = http2_bounds(tonic::transport::Server::builder(), limits);
