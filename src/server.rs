@@ -195,6 +195,16 @@ pub async fn run(
         "space monitor",
         crate::space::watch(node.clone(), settings.limits.db_bytes_max),
     );
+    // A new cluster's members other than its lowest id wait to be reached
+    // by its leader, and form it themselves only if none does.
+    node.tasks.spawn("cluster formation", {
+        let raft = node.raft.clone();
+        async move {
+            if let Err(e) = raft.form_if_unreached().await {
+                tracing::error!(error = %e, "could not form the new cluster");
+            }
+        }
+    });
     node.tasks.spawn(
         "housekeeping",
         housekeeping::run(

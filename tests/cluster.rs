@@ -1050,3 +1050,49 @@ fn a_member_back_from_a_pause_does_not_unseat_the_leader() {
         node.stderr_log()
     );
 }
+
+/// A new cluster is formed by its lowest member; the others wait to be
+/// reached by its leader. Without the lowest member, they form the
+/// cluster themselves once they have waited their turn.
+#[test]
+fn a_new_cluster_forms_without_its_lowest_member() {
+    let dir = temp_dir();
+    let listens: Vec<String> = (0..3).map(|_| free_addr()).collect();
+    let peers: Vec<String> = (0..3).map(|_| free_addr()).collect();
+    let initial = peers
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    // Members 2 and 3 only.
+    let nodes: Vec<Server> = (1..3)
+        .map(|i| {
+            let id = (i + 1).to_string();
+            Server::start_member(
+                &dir.path().join(format!("node{id}")),
+                &listens[i],
+                &peers[i],
+                &["--node-id", &id, "--initial-cluster", &initial],
+            )
+        })
+        .collect();
+    let leader = wait_for(
+        "a leader of members 2 and 3",
+        Duration::from_secs(30),
+        || leader_id(&nodes),
+    );
+    assert!(leader == 2 || leader == 3, "leader {leader}");
+    let endpoints = listens[1..].join(",");
+    let out = wait_for(
+        "a write committed by members 2 and 3",
+        Duration::from_secs(30),
+        || {
+            let out = cli(&endpoints, &["put", "formed", "yes"]);
+            out.status.success().then_some(out)
+        },
+    );
+    assert!(out.status.success());
+    let got = cli(&endpoints, &["get", "formed"]);
+    assert_eq!(String::from_utf8_lossy(&got.stdout), "formed\nyes\n");
+}

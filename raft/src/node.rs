@@ -24,6 +24,11 @@ use crate::{Request, Response, TypeConfig};
 /// in election timeouts (see [`RaftNode::read_barrier`]).
 const READ_INDEX_WAIT_ELECTION_TIMEOUTS: u64 = 5;
 
+/// How long a member of a new cluster other than its lowest id waits to be
+/// reached by a leader before it forms the cluster itself, in election
+/// timeouts per place after the lowest (see [`RaftNode::form_if_unreached`]).
+const FORMATION_WAIT_ELECTION_TIMEOUTS: u64 = 3;
+
 /// Timing and log-retention settings for one node.
 #[derive(Debug, Clone)]
 pub struct RaftTimings {
@@ -121,6 +126,16 @@ pub struct RaftNode<SM: RaftStateMachine<TypeConfig>> {
     id: u64,
     raft: Raft<TypeConfig, SM>,
     network: GrpcNetwork,
+    /// A new cluster this member forms itself only if no leader reaches it
+    /// first.
+    formation: Option<Arc<Formation>>,
+}
+
+/// The members of a new cluster, and how long to wait for a leader of it.
+#[derive(Debug)]
+struct Formation {
+    members: BTreeMap<u64, BasicNode>,
+    wait: Duration,
 }
 
 impl<SM: RaftStateMachine<TypeConfig>> Clone for RaftNode<SM> {
@@ -129,6 +144,7 @@ impl<SM: RaftStateMachine<TypeConfig>> Clone for RaftNode<SM> {
             id: self.id,
             raft: self.raft.clone(),
             network: self.network.clone(),
+            formation: self.formation.clone(),
         }
     }
 }
@@ -208,6 +224,7 @@ where
             .is_initialized()
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
+        let mut formation = None;
         if !initialized && join {
             tracing::info!(node_id = id, "waiting to be added to a cluster");
         } else if !initialized {
@@ -225,15 +242,29 @@ where
                     .map(|(id, a)| (*id, BasicNode { addr: a.clone() }))
                     .collect()
             };
-            let n = members.len();
-            match raft.initialize(members).await {
-                Ok(()) => tracing::info!(node_id = id, members = n, "initialised a new cluster"),
-                // Another member's leader reached this node first: it is
-                // already part of the cluster.
-                Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
-                    tracing::info!(node_id = id, reason = %e, "joined a cluster initialised elsewhere")
-                }
-                Err(e) => return Err(StartError::Initialize(e.to_string())),
+            // openraft starts an election at once (without a pre-vote) on
+            // the member that initialises, so every member initialising
+            // would let a late one unseat the leader an earlier one just
+            // became. The lowest id forms the cluster; the others are
+            // reached by its leader, and form it themselves only when none
+            // reached them (the lowest is not up), one after another.
+            let place = members.keys().position(|m| *m == id).unwrap_or(0) as u64;
+            if place == 0 {
+                initialize(&raft, id, members).await?;
+            } else {
+                let wait = Duration::from_millis(
+                    timings
+                        .election_timeout_ms_max
+                        .saturating_mul(FORMATION_WAIT_ELECTION_TIMEOUTS)
+                        .saturating_mul(place),
+                );
+                tracing::info!(
+                    node_id = id,
+                    lowest = members.keys().next().copied().unwrap_or(id),
+                    wait_ms = wait.as_millis() as u64,
+                    "waiting for the lowest member's leader to form the new cluster"
+                );
+                formation = Some(Arc::new(Formation { members, wait }));
             }
         } else {
             tracing::info!(node_id = id, "resumed an existing cluster");
@@ -245,7 +276,15 @@ where
             peers.snapshot_bytes_max,
             peers.forward_check,
         );
-        Ok((Self { id, raft, network }, service))
+        Ok((
+            Self {
+                id,
+                raft,
+                network,
+                formation,
+            },
+            service,
+        ))
     }
 
     /// False until this node is part of a cluster (a joining node that has
@@ -256,6 +295,32 @@ where
 
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// For a member of a new cluster that is not its lowest id: waits its
+    /// turn (see `FORMATION_WAIT_ELECTION_TIMEOUTS`), then forms the cluster
+    /// itself if no leader has reached it meanwhile. Returns at once for
+    /// every other member. Run once the peer port serves.
+    pub async fn form_if_unreached(&self) -> Result<(), StartError> {
+        let Some(formation) = &self.formation else {
+            return Ok(());
+        };
+        tokio::time::sleep(formation.wait).await;
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        if initialized {
+            tracing::info!(node_id = self.id, "joined the new cluster");
+            return Ok(());
+        }
+        tracing::warn!(
+            node_id = self.id,
+            waited_ms = formation.wait.as_millis() as u64,
+            "no leader reached this member: forming the new cluster"
+        );
+        initialize(&self.raft, self.id, formation.members.clone()).await
     }
 
     /// Proposes one request and waits until it is committed and applied.
@@ -517,4 +582,24 @@ where
             tracing::warn!(error = %e, "raft shutdown");
         }
     }
+}
+
+/// Initialises `raft` as a new cluster of `members`; a leader of it that
+/// reached this member first is fine.
+async fn initialize<SM: RaftStateMachine<TypeConfig>>(
+    raft: &Raft<TypeConfig, SM>,
+    id: u64,
+    members: BTreeMap<u64, BasicNode>,
+) -> Result<(), StartError> {
+    let n = members.len();
+    match raft.initialize(members).await {
+        Ok(()) => tracing::info!(node_id = id, members = n, "initialised a new cluster"),
+        // Another member's leader reached this node first: it is
+        // already part of the cluster.
+        Err(RaftError::APIError(InitializeError::NotAllowed(e))) => {
+            tracing::info!(node_id = id, reason = %e, "joined a cluster initialised elsewhere")
+        }
+        Err(e) => return Err(StartError::Initialize(e.to_string())),
+    }
+    Ok(())
 }
