@@ -468,7 +468,7 @@ async fn become_ready(
     node_id: u64,
     peer_addr: SocketAddr,
 ) {
-    if !raft.is_initialized().await {
+    if !raft.is_initialized().await && !raft.joins_new_cluster() {
         tracing::info!(
             peer_addr = %peer_addr,
             "not a member of any cluster yet: add this node with `utopia cluster add {node_id} {peer_addr}`",

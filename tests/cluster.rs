@@ -1065,17 +1065,26 @@ fn a_new_cluster_forms_without_its_lowest_member() {
         .map(|(i, a)| format!("{}={a}", i + 1))
         .collect::<Vec<_>>()
         .join(",");
-    // Members 2 and 3 only.
-    let nodes: Vec<Server> = (1..3)
+    // Members 2 and 3 only, started together: each is ready once it knows
+    // a leader.
+    let starts: Vec<_> = (1..3)
         .map(|i| {
             let id = (i + 1).to_string();
-            Server::start_member(
-                &dir.path().join(format!("node{id}")),
-                &listens[i],
-                &peers[i],
-                &["--node-id", &id, "--initial-cluster", &initial],
-            )
+            let data = dir.path().join(format!("node{id}"));
+            let (listen, peer, initial) = (listens[i].clone(), peers[i].clone(), initial.clone());
+            std::thread::spawn(move || {
+                Server::start_member(
+                    &data,
+                    &listen,
+                    &peer,
+                    &["--node-id", &id, "--initial-cluster", &initial],
+                )
+            })
         })
+        .collect();
+    let nodes: Vec<Server> = starts
+        .into_iter()
+        .map(|h| h.join().expect("member started"))
         .collect();
     let leader = wait_for(
         "a leader of members 2 and 3",

@@ -297,6 +297,13 @@ where
         self.id
     }
 
+    /// Whether this member starts in a new cluster that another member (the
+    /// lowest) forms: a member, though not initialised until that
+    /// member's leader reaches it.
+    pub fn joins_new_cluster(&self) -> bool {
+        self.formation.is_some()
+    }
+
     /// For a member of a new cluster that is not its lowest id: waits its
     /// turn (see `FORMATION_WAIT_ELECTION_TIMEOUTS`), then forms the cluster
     /// itself if no leader has reached it meanwhile. Returns at once for
