@@ -200,10 +200,10 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
             at_ms,
         });
         let id = device_doc_id(&d.host, &d.class, &d.device_id);
-        if self.docs.has_device_in(&id, &d.zone) {
-            self.store_in_place(at_ms, id.clone(), &path, value, last)?;
+        let Some((value, last)) = self.store_in_place(at_ms, &id, &d.zone, &path, value, last)?
+        else {
             return Ok(DataApplied::Stored(id));
-        }
+        };
         let (id, mut doc) =
             match self.register_device(at_ms, &d.host, &d.zone, &d.class, &d.device_id, false)? {
                 Ok(registered) => registered,
@@ -219,18 +219,19 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
     /// is in: in place, journaling only what the value replaced (not a copy
     /// of the document), and taking it back if the document would be too
     /// large. What registering would do to such a device is only its last
-    /// sighting.
+    /// sighting. Hands the value and its `last` entry back when the batch
+    /// does not hold the device in `zone`.
     fn store_in_place(
         &mut self,
         at_ms: u64,
-        id: String,
+        id: &str,
+        zone: &str,
         path: &[&str],
         value: Value,
         last: Value,
-    ) -> Result<(), ApplyError> {
-        let max = self.document_bytes_max;
-        let Some(doc) = self.docs.device_mut(&id) else {
-            return content(format!("device {id} left the batch's documents"));
+    ) -> Result<Option<(Value, Value)>, ApplyError> {
+        let Some(doc) = self.docs.device_in(id, zone) else {
+            return Ok(Some((value, last)));
         };
         let post_type = path.first().copied().unwrap_or_default().to_string();
         let data = json_path::set_path(&mut doc.data, path, value);
@@ -241,14 +242,21 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
             last_seen_ms: std::mem::replace(&mut doc.last_seen_ms, at_ms),
         };
         let bytes = bounds::json_encoded_bytes(&*doc);
-        if bytes > max {
+        if bytes > self.document_bytes_max {
             undo.restore(doc);
-            return document_too_large(keys::Collection::Devices, &id, bytes, max);
+            return document_too_large(
+                keys::Collection::Devices,
+                id,
+                bytes,
+                self.document_bytes_max,
+            );
         }
         if self.journal {
-            self.undo.docs.push(CachedBefore::DeviceValue(id, undo));
+            self.undo
+                .docs
+                .push(CachedBefore::DeviceValue(id.to_string(), undo));
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Counts a refusal of device data by its class in the device's

@@ -40,13 +40,9 @@ pub(super) enum CachedBefore {
 }
 
 impl DocCache {
-    /// Whether the cache holds device `id`, in `zone`.
-    pub(super) fn has_device_in(&self, id: &str, zone: &str) -> bool {
-        self.devices.get(id).is_some_and(|doc| doc.zone == zone)
-    }
-
-    pub(super) fn device_mut(&mut self, id: &str) -> Option<&mut Device> {
-        self.devices.get_mut(id)
+    /// Device `id` as the cache holds it, if it holds it in `zone`.
+    pub(super) fn device_in(&mut self, id: &str, zone: &str) -> Option<&mut Device> {
+        self.devices.get_mut(id).filter(|doc| doc.zone == zone)
     }
 
     /// Every document in the cache, encoded: the batch's writes of them.
