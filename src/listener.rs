@@ -404,10 +404,15 @@ mod tests {
         }
     }
 
+    /// A waker counting into the returned `Wakes`.
+    fn counting_waker() -> (Arc<Wakes>, std::task::Waker) {
+        let wakes = Arc::new(Wakes::default());
+        (wakes.clone(), std::task::Waker::from(wakes))
+    }
+
     #[test]
     fn a_coalescing_write_burst_waits_one_turn_and_wakes_its_task() {
-        let wakes = Arc::new(Wakes::default());
-        let waker = std::task::Waker::from(wakes.clone());
+        let (wakes, waker) = counting_waker();
         let mut cx = Context::from_waker(&waker);
         let mut turn = WriteTurn::new(true);
 
@@ -424,8 +429,7 @@ mod tests {
 
     #[test]
     fn a_write_without_coalescing_never_waits() {
-        let wakes = Arc::new(Wakes::default());
-        let waker = std::task::Waker::from(wakes.clone());
+        let (wakes, waker) = counting_waker();
         let mut cx = Context::from_waker(&waker);
         let mut turn = WriteTurn::new(false);
         for _ in 0..3 {

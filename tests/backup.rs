@@ -119,12 +119,7 @@ fn a_backup_under_load_restores_into_a_new_cluster_equal_at_its_revision() {
     let dst = dir.path().join("dst");
     let (listens, peers): (Vec<String>, Vec<String>) =
         (0..3).map(|_| (free_addr(), free_addr())).unzip();
-    let initial = peers
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{}={a}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
+    let initial = common::initial_cluster(&peers);
     for id in 1..=3 {
         let data = dst.join(format!("node{id}"));
         let out = cli(

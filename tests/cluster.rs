@@ -1059,33 +1059,16 @@ fn a_new_cluster_forms_without_its_lowest_member() {
     let dir = temp_dir();
     let listens: Vec<String> = (0..3).map(|_| free_addr()).collect();
     let peers: Vec<String> = (0..3).map(|_| free_addr()).collect();
-    let initial = peers
-        .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{}={a}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
     // Members 2 and 3 only, started together: each is ready once it knows
     // a leader.
-    let starts: Vec<_> = (1..3)
-        .map(|i| {
-            let id = (i + 1).to_string();
-            let data = dir.path().join(format!("node{id}"));
-            let (listen, peer, initial) = (listens[i].clone(), peers[i].clone(), initial.clone());
-            std::thread::spawn(move || {
-                Server::start_member(
-                    &data,
-                    &listen,
-                    &peer,
-                    &["--node-id", &id, "--initial-cluster", &initial],
-                )
-            })
-        })
-        .collect();
-    let nodes: Vec<Server> = starts
-        .into_iter()
-        .map(|h| h.join().expect("member started"))
-        .collect();
+    let nodes = common::start_some_members(
+        dir.path(),
+        &[2, 3],
+        &listens,
+        &peers,
+        &peers,
+        &vec![Vec::new(); 3],
+    );
     let leader = wait_for(
         "a leader of members 2 and 3",
         Duration::from_secs(30),

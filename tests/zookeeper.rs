@@ -287,12 +287,7 @@ fn a_new_cluster_takes_its_initial_members_from_zookeeper() {
     );
     let listens: Vec<String> = (0..3).map(|_| common::free_addr()).collect();
     let peers: Vec<String> = (0..3).map(|_| common::free_addr()).collect();
-    let members = peers
-        .iter()
-        .enumerate()
-        .map(|(i, p)| format!("{}={p}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
+    let members = common::initial_cluster(&peers);
 
     // A member not named in the cluster there refuses to start, saying so.
     zkr.create("/utopia/utopia/initial_cluster", members.as_bytes());

@@ -380,25 +380,34 @@ pub fn start_members(
     members: &[String],
     extra: &[Vec<String>],
 ) -> Vec<Server> {
-    let initial = members
+    let ids: Vec<u64> = (1..=listens.len() as u64).collect();
+    start_some_members(dir, &ids, listens, peer_listens, members, extra)
+}
+
+/// Like [`start_members`], only the members `ids` (each at index `id - 1`
+/// of the lists), all at once.
+pub fn start_some_members(
+    dir: &Path,
+    ids: &[u64],
+    listens: &[String],
+    peer_listens: &[String],
+    members: &[String],
+    extra: &[Vec<String>],
+) -> Vec<Server> {
+    let initial = initial_cluster(members);
+    let handles: Vec<_> = ids
         .iter()
-        .enumerate()
-        .map(|(i, a)| format!("{}={a}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
-    let handles: Vec<_> = listens
-        .iter()
-        .enumerate()
-        .map(|(i, addr)| {
-            let data = dir.join(format!("node{}", i + 1));
+        .map(|&id| {
+            let i = id as usize - 1;
+            let data = dir.join(format!("node{id}"));
             let (addr, peer, initial, extra) = (
-                addr.clone(),
+                listens[i].clone(),
                 peer_listens[i].clone(),
                 initial.clone(),
                 extra[i].clone(),
             );
             std::thread::spawn(move || {
-                let id = (i + 1).to_string();
+                let id = id.to_string();
                 let mut args = vec!["--node-id", &id, "--initial-cluster", &initial];
                 args.extend(extra.iter().map(String::as_str));
                 Server::start_member(&data, &addr, &peer, &args)
@@ -409,6 +418,17 @@ pub fn start_members(
         .into_iter()
         .map(|h| h.join().expect("node started"))
         .collect()
+}
+
+/// The `--initial-cluster` value naming `members` by peer address, ids
+/// from 1: `1=members[0],2=members[1],...`.
+pub fn initial_cluster(members: &[String]) -> String {
+    members
+        .iter()
+        .enumerate()
+        .map(|(i, a)| format!("{}={a}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The leader's node id as the first running node that knows one reports it.
