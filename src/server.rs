@@ -45,6 +45,7 @@ fn store_options(settings: &Settings) -> utopia_storage::OpenOptions {
         mirror_feed: cfg!(feature = "mongodb") && settings.mongodb.enabled,
         memtable_bytes_max: settings.limits.memtable_bytes_max,
         block_cache_bytes_max: settings.limits.block_cache_bytes_max,
+        key_cache_bytes_max: settings.limits.key_cache_bytes_max,
     }
 }
 

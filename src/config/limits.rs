@@ -82,6 +82,10 @@ pub struct Limits {
     /// The database's cache of table blocks, shared by every column family.
     #[serde(deserialize_with = "In::<{ 1 << 20 }, { 64 << 30 }>::de")]
     pub block_cache_bytes_max: u64,
+    /// The applier's cache of current keys' revisions and leases, which
+    /// spares a put of a cached key its read of the store (0: none).
+    #[serde(deserialize_with = "In::<0, { 64 << 30 }>::de")]
+    pub key_cache_bytes_max: u64,
     /// Open gRPC connections on each port (client, peer); more wait to be
     /// accepted.
     #[serde(deserialize_with = "In::<1, 65_536>::de")]
@@ -134,6 +138,7 @@ impl Default for Limits {
             db_bytes_max: 8 << 30,
             memtable_bytes_max: utopia_storage::MEMTABLE_BYTES_MAX_DEFAULT,
             block_cache_bytes_max: utopia_storage::BLOCK_CACHE_BYTES_MAX_DEFAULT,
+            key_cache_bytes_max: utopia_storage::KEY_CACHE_BYTES_MAX_DEFAULT,
             connections_max: 1024,
             streams_per_connection_max: 256,
             keepalive_interval_ms: 30_000,

@@ -66,6 +66,7 @@ limits = {
   db_bytes_max = 8589934592;         # state machine size on disk (8 GiB) past which this node raises the NOSPACE alarm: writes that add data are refused until `utopia alarm disarm` (1 MiB..1 PiB)
   memtable_bytes_max = 134217728;    # memory the database's memtables may take, all column families together (128 MiB; 16 MiB..64 GiB): past it the largest is flushed to a table file. Most of a busy member's memory; less costs CPU in more flushes and compactions
   block_cache_bytes_max = 33554432;  # table blocks the database caches in memory, all column families together (32 MiB; 1 MiB..64 GiB); a block not cached is read from its file and decompressed again
+  key_cache_bytes_max = 16777216;    # current keys' revisions and leases the applier keeps in memory (16 MiB, about 150,000 keys of 16 bytes; 0..64 GiB): a put of a key it holds, without prev_kv, reads nothing from the store
   connections_max = 1024;            # open gRPC connections on each port (client, peer); more wait to be accepted (1..65536)
   streams_per_connection_max = 256;  # concurrent calls (HTTP/2 streams) on one connection (1..10000)
   keepalive_interval_ms = 30000;     # HTTP/2 PING after this long without one (1000..3600000)

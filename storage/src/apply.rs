@@ -140,6 +140,13 @@ pub trait StateRead {
     /// Entries of `cf` with `start <= key < end` (no end: to the last key),
     /// in key order.
     fn scan<'a>(&'a self, cf: Cf, start: &[u8], end: Option<&[u8]>) -> ScanIter<'a>;
+
+    /// A current key's revisions and lease, when they are known without
+    /// reading the key (see [`crate::key_cache`]); `None` says nothing
+    /// about whether the key exists.
+    fn key_facts(&self, _key: &[u8]) -> Option<crate::key_cache::KeyFacts> {
+        None
+    }
 }
 
 pub type ScanIter<'a> = Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + 'a>;
@@ -172,6 +179,10 @@ pub struct Applier<'a, S: StateRead + ?Sized> {
     /// The quotas (`meta::QUOTAS`), once read in this batch: every device
     /// value checks one. Emptied by every write of them and every rollback.
     quotas: Cell<Option<Quotas>>,
+    /// The first active alarm (`meta::ALARMS`; `Some(None)`: none), once
+    /// read in this batch: every event that adds data checks it. Emptied
+    /// by every write of the alarms and every rollback.
+    first_alarm: Cell<Option<Option<(u64, event::AlarmKind)>>>,
 }
 
 /// The writes an applier produced: `None` deletes the key.
@@ -191,6 +202,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
             classes: HashMap::new(),
             stats_term: None,
             quotas: Cell::new(None),
+            first_alarm: Cell::new(None),
         }
     }
 
@@ -232,6 +244,9 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
         }
         if cf == Cf::SmMeta && key == meta::QUOTAS {
             self.quotas.set(None);
+        }
+        if cf == Cf::SmMeta && key == meta::ALARMS {
+            self.first_alarm.set(None);
         }
         if !self.journal {
             self.overlay.insert((cf, key), value);

@@ -341,6 +341,10 @@ pub struct OpenOptions {
     /// family. Blocks it does not hold are read from the table files
     /// (usually in the kernel's page cache) and decompressed again.
     pub block_cache_bytes_max: u64,
+    /// Memory the applier's cache of current keys' revisions and leases
+    /// may take ([`crate::key_cache`]): a put of a key it holds reads
+    /// nothing from the store. 0 keeps no cache.
+    pub key_cache_bytes_max: u64,
 }
 
 impl Default for OpenOptions {
@@ -349,6 +353,7 @@ impl Default for OpenOptions {
             mirror_feed: false,
             memtable_bytes_max: MEMTABLE_BYTES_MAX_DEFAULT,
             block_cache_bytes_max: BLOCK_CACHE_BYTES_MAX_DEFAULT,
+            key_cache_bytes_max: crate::key_cache::KEY_CACHE_BYTES_MAX_DEFAULT,
         }
     }
 }
@@ -384,8 +389,7 @@ pub fn open_with(dir: &Path, options: OpenOptions) -> Result<OpenedStore, StoreE
             snapshot_dir.display()
         ))
     })?;
-    let (state_machine, (changes, ingest)) =
-        StateMachine::new(db.clone(), snapshot_dir, options.mirror_feed)?;
+    let (state_machine, (changes, ingest)) = StateMachine::new(db.clone(), snapshot_dir, &options)?;
     let reader = Reader::new(db.clone(), changes, ingest)
         .with_auth_generation(state_machine.auth_generation());
     let log_store = LogStore::new(db.clone());

@@ -27,6 +27,7 @@ mod db;
 pub mod documents;
 pub mod ingest;
 pub mod io_metrics;
+pub mod key_cache;
 pub mod keys;
 mod log_store;
 pub mod read;
@@ -38,6 +39,7 @@ pub use db::{
     open, open_with, Db, NodeIdentity, OpenOptions, OpenedStore, BLOCK_CACHE_BYTES_MAX_DEFAULT,
     MEMTABLE_BYTES_MAX_DEFAULT,
 };
+pub use key_cache::KEY_CACHE_BYTES_MAX_DEFAULT;
 pub use log_store::{LogStore, REPLICATION_BATCH_BYTES_MAX};
 pub use read::{DocPage, Reader, WatchBatch};
 pub use state_machine::{StateMachine, MIRROR_FEED_LOG_INDEXES_KEPT};

@@ -21,13 +21,14 @@ use utopia_raft::openraft_api::{
 use utopia_raft::{Response, SnapshotData, TypeConfig};
 
 use crate::apply::IngestEffects;
-use crate::apply::{Applier, StateRead};
+use crate::apply::{Applier, ScanIter, StateRead};
 use crate::codec;
 use crate::db::DbView;
+use crate::key_cache::{KeyCache, KeyFacts};
 use crate::keys::{self, meta, mirror_feed, Cf};
 use crate::read::WatchBatch;
 use crate::snapshot::{SnapshotEncoder, SnapshotMeta, SnapshotReader};
-use crate::{Db, StoreError};
+use crate::{Db, OpenOptions, StoreError};
 
 /// Batches of changes buffered for slow watchers before they must catch up
 /// from disk.
@@ -52,6 +53,31 @@ pub struct StateMachine {
     /// keeps the feed, cached so that applying never reads it; `None`: no
     /// feed is written.
     mirror_feed_start: Option<Arc<AtomicU64>>,
+    /// The current keys' revisions and leases, as of the last batch
+    /// written ([`crate::key_cache`]). Only applying and installing a
+    /// snapshot touch it, both on openraft's state-machine task.
+    keys: Arc<Mutex<KeyCache>>,
+}
+
+/// The database as the applier reads it: with the key cache in front of
+/// the current keys.
+struct CachedState<'a> {
+    db: &'a Db,
+    keys: &'a KeyCache,
+}
+
+impl StateRead for CachedState<'_> {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db.get(cf, key)
+    }
+
+    fn scan<'a>(&'a self, cf: Cf, start: &[u8], end: Option<&[u8]>) -> ScanIter<'a> {
+        self.db.scan(cf, start, end)
+    }
+
+    fn key_facts(&self, key: &[u8]) -> Option<KeyFacts> {
+        self.keys.get(key)
+    }
 }
 
 #[derive(Clone)]
@@ -118,7 +144,7 @@ impl StateMachine {
     pub(crate) fn new(
         db: Db,
         snapshot_dir: PathBuf,
-        mirror_feed: bool,
+        options: &OpenOptions,
     ) -> Result<(Self, Feeds), StoreError> {
         let (changes, _) = broadcast::channel(WATCH_BROADCAST_BATCHES_MAX);
         let (ingest, _) = broadcast::channel(INGEST_BROADCAST_BATCHES_MAX);
@@ -141,7 +167,7 @@ impl StateMachine {
         if db.get(Cf::SmMeta, meta::INSTALLING)?.is_some() {
             db.set_installing(true);
         }
-        let mirror_feed_start = if mirror_feed {
+        let mirror_feed_start = if options.mirror_feed {
             Some(Arc::new(AtomicU64::new(Self::init_mirror_feed(&db)?)))
         } else {
             Self::drop_mirror_feed(&db)?;
@@ -157,6 +183,7 @@ impl StateMachine {
                 // Starts above the readers' "never loaded" 0.
                 auth_generation: Arc::new(AtomicU64::new(1)),
                 mirror_feed_start,
+                keys: Arc::new(Mutex::new(KeyCache::new(options.key_cache_bytes_max))),
             },
             (changes, ingest),
         ))
@@ -165,6 +192,16 @@ impl StateMachine {
     /// The counter [`crate::Reader::auth_generation`] reads.
     pub(crate) fn auth_generation(&self) -> Arc<AtomicU64> {
         self.auth_generation.clone()
+    }
+
+    fn keys(&self) -> std::sync::MutexGuard<'_, KeyCache> {
+        // A panic while noting a batch could leave it half updated: a
+        // poisoned cache starts again empty.
+        self.keys.lock().unwrap_or_else(|p| {
+            let mut keys = p.into_inner();
+            keys.clear();
+            keys
+        })
     }
 
     fn current(&self) -> std::sync::MutexGuard<'_, Option<CurrentSnapshot>> {
@@ -208,6 +245,7 @@ impl StateMachine {
         verify(&path, meta)?;
 
         self.db.set_installing(true);
+        self.keys().clear();
         let mut batch = WriteBatch::default();
         for cf in Cf::STATE_MACHINE {
             self.clear_cf(&mut batch, cf)?;
@@ -443,7 +481,12 @@ impl StateMachine {
     }
 
     fn apply_chunk(&mut self, chunk: Chunk) -> Result<(), io::Error> {
-        let mut applier = Applier::new(&self.db);
+        let mut keys = self.keys();
+        let state = CachedState {
+            db: &self.db,
+            keys: &keys,
+        };
+        let mut applier = Applier::new(&state);
         let mut last_applied = None;
         let mut last_membership = None;
         let mut replies: Vec<(_, Response)> = Vec::new();
@@ -510,6 +553,8 @@ impl StateMachine {
         // Not synced: the entries are already durable in the log, which
         // shares this WAL; a crash loses at most a suffix that Raft re-applies.
         self.db.db.write(batch).map_err(StoreError::from)?;
+        keys.note(&changes);
+        drop(keys);
         if let (Some(start), Some(moved)) = (&self.mirror_feed_start, feed_start) {
             start.store(moved, Ordering::Release);
         }

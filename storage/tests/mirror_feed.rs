@@ -16,6 +16,7 @@ const FEED_ON: utopia_storage::OpenOptions = utopia_storage::OpenOptions {
     mirror_feed: true,
     memtable_bytes_max: utopia_storage::MEMTABLE_BYTES_MAX_DEFAULT,
     block_cache_bytes_max: utopia_storage::BLOCK_CACHE_BYTES_MAX_DEFAULT,
+    key_cache_bytes_max: utopia_storage::KEY_CACHE_BYTES_MAX_DEFAULT,
 };
 
 fn event_entry(index: u64, event: Event) -> EntryOf<TypeConfig> {

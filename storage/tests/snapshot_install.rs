@@ -12,6 +12,7 @@ const FEED_ON: utopia_storage::OpenOptions = utopia_storage::OpenOptions {
     mirror_feed: true,
     memtable_bytes_max: utopia_storage::MEMTABLE_BYTES_MAX_DEFAULT,
     block_cache_bytes_max: utopia_storage::BLOCK_CACHE_BYTES_MAX_DEFAULT,
+    key_cache_bytes_max: utopia_storage::KEY_CACHE_BYTES_MAX_DEFAULT,
 };
 
 /// Entries `from..=to` putting `{prefix}{i}` with a value of `value_bytes`.
@@ -215,4 +216,44 @@ async fn a_member_without_the_feed_installs_a_snapshot_without_one() {
         .unwrap()
         .changes
         .is_empty());
+}
+
+/// Installing a snapshot replaces what the applier remembers of the keys
+/// (`key_cache`): a put after the install carries the snapshot's versions
+/// of its key forward, not the ones the member had written before.
+#[tokio::test]
+async fn a_put_after_an_install_carries_the_snapshots_versions_forward() {
+    let dir = tempfile::tempdir().unwrap();
+    // The leader's a/00001 was written once, at revision 1.
+    let (meta, sent) = leader_snapshot(dir.path(), 5).await;
+    let mut store = utopia_storage::open(&dir.path().join("follower")).unwrap();
+    // The follower's a/00001: written three times, at revisions 1 to 3.
+    let writes = (1..=3).map(|i| Ok((common::put_entry(i, "a/00001".into(), vec![b'f']), None)));
+    store
+        .state_machine
+        .apply(futures::stream::iter(writes))
+        .await
+        .unwrap();
+    store
+        .state_machine
+        .install_snapshot(&meta, SnapshotData::from_file(sent).unwrap())
+        .await
+        .unwrap();
+    let next = meta.last_log_id.map(|l| l.index()).unwrap() + 1;
+    let put = common::put_entry(next, "a/00001".into(), vec![b'n']);
+    store
+        .state_machine
+        .apply(futures::stream::iter([Ok((put, None))]))
+        .await
+        .unwrap();
+    let got = store
+        .reader
+        .range(b"a/00001", b"", 0, usize::MAX, 0, false, false)
+        .unwrap();
+    let kv = &got.kvs[0];
+    assert_eq!(
+        (kv.create_revision, kv.version, kv.mod_revision),
+        (1, 2, 6),
+        "{kv:?}"
+    );
 }

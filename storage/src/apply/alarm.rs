@@ -48,14 +48,23 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
     }
 
     /// Why `event` is refused, if it adds data while an alarm is active.
+    /// The first active alarm is read once per batch (most events add
+    /// data, and usually no alarm is recorded, a lookup that would search
+    /// every level of `sm_meta`); a write of the alarms or a rollback
+    /// forgets it.
     pub(super) fn refused_by_alarm(&self, event: &Event) -> Result<Option<Rejection>, StoreError> {
         if !event.adds_data() {
             return Ok(None);
         }
-        Ok(self.alarms()?.first().map(|a| Rejection::Alarm {
-            node_id: a.node_id,
-            alarm: a.alarm,
-        }))
+        let first = match self.first_alarm.get() {
+            Some(first) => first,
+            None => {
+                let first = self.alarms()?.first().map(|a| (a.node_id, a.alarm));
+                self.first_alarm.set(Some(first));
+                first
+            }
+        };
+        Ok(first.map(|(node_id, alarm)| Rejection::Alarm { node_id, alarm }))
     }
 
     pub(super) fn apply_alarm_raised(

@@ -64,9 +64,11 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         self.effects.committed.truncate(sp.committed);
         self.effects.owners_changed = sp.owners_changed;
         self.effects.commands_changed = sp.commands_changed;
-        // A class record or the quotas read since may have been rolled back.
+        // A class record, the quotas or the alarms read since may have been
+        // rolled back.
         self.classes.clear();
         self.quotas.set(None);
+        self.first_alarm.set(None);
     }
 
     /// Counts (in replicated state) and logs an event or ingest item

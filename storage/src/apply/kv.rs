@@ -348,6 +348,34 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         self.get_dec(Cf::Kv, key)
     }
 
+    /// `key`'s current pair without its value (empty): its revisions and
+    /// lease, from the state's key cache when it holds them and this batch
+    /// did not write the key, read from the store otherwise.
+    fn current_facts(&self, key: &Bytes) -> Result<Option<KeyValue>, StoreError> {
+        if self.overlay.contains_key(&(Cf::Kv, key.to_vec())) {
+            return self.current(key);
+        }
+        let Some(facts) = self.base.key_facts(key) else {
+            return self.current(key);
+        };
+        let kv = KeyValue {
+            key: key.clone(),
+            value: Bytes::new(),
+            create_revision: facts.create_revision,
+            mod_revision: facts.mod_revision,
+            version: facts.version,
+            lease: facts.lease,
+        };
+        #[cfg(debug_assertions)]
+        {
+            let read = self
+                .current(key)?
+                .map(|kv| crate::key_cache::KeyFacts::of(&kv));
+            assert_eq!(read, Some(facts), "the key cache disagrees with the store");
+        }
+        Ok(Some(kv))
+    }
+
     pub(super) fn record_change(
         &mut self,
         rev: i64,
@@ -389,7 +417,11 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         sub: &mut u32,
         op: &PutOp,
     ) -> Result<StepResult, StoreError> {
-        let prev = self.current(&op.key)?;
+        let prev = if op.prev_kv {
+            self.current(&op.key)?
+        } else {
+            self.current_facts(&op.key)?
+        };
         let kv = KeyValue {
             key: op.key.clone(),
             value: op.value.clone(),

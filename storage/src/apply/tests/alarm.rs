@@ -82,3 +82,36 @@ fn an_active_alarm_refuses_what_adds_data_and_lets_the_rest_through() {
 fn nospace_of(r: &Response, node: u64) -> bool {
     matches!(r.outcome, Outcome::Rejected(Rejection::Alarm { node_id, .. }) if node_id == node)
 }
+
+/// The first alarm is read once per batch: a raise or a disarm in the
+/// batch applies to the events after it.
+#[test]
+fn alarms_raised_and_disarmed_within_a_batch_apply_to_the_events_after_them() {
+    use utopia_raft::event::AlarmKind;
+    let mut s = MemState::default();
+    let r = s.apply_batch(vec![
+        (1_000, put("a", "1")),
+        (
+            1_000,
+            Event::AlarmRaised {
+                node_id: 2,
+                alarm: AlarmKind::NoSpace,
+                disarms: 0,
+            },
+        ),
+        (1_000, put("b", "1")),
+        (
+            1_000,
+            Event::AlarmDisarmed {
+                node_id: 0,
+                alarm: AlarmKind::NoSpace,
+            },
+        ),
+        (1_000, put("c", "1")),
+    ]);
+    assert!(matches!(r[0].outcome, Outcome::Put { .. }), "{r:?}");
+    assert!(nospace_of(&r[2], 2), "{r:?}");
+    assert!(matches!(r[4].outcome, Outcome::Put { .. }), "{r:?}");
+    assert!(s.get(Cf::Kv, b"b").unwrap().is_none());
+    assert!(s.get(Cf::Kv, b"c").unwrap().is_some());
+}
