@@ -391,7 +391,8 @@ pub fn open_with(dir: &Path, options: OpenOptions) -> Result<OpenedStore, StoreE
     })?;
     let (state_machine, (changes, ingest)) = StateMachine::new(db.clone(), snapshot_dir, &options)?;
     let reader = Reader::new(db.clone(), changes, ingest)
-        .with_auth_generation(state_machine.auth_generation());
+        .with_auth_generation(state_machine.auth_generation())
+        .with_alarms_generation(state_machine.alarms_generation());
     let log_store = LogStore::new(db.clone());
     Ok(OpenedStore {
         db,

@@ -142,6 +142,18 @@ pub struct Reader {
     ingest: broadcast::Sender<Arc<IngestEffects>>,
     /// Moves whenever the auth state changes (see [`Reader::auth_generation`]).
     auth_generation: Arc<std::sync::atomic::AtomicU64>,
+    /// Moves whenever the alarms record is written; `alarms` holds the
+    /// record as read at a generation.
+    alarms_generation: Arc<std::sync::atomic::AtomicU64>,
+    alarms: Arc<std::sync::Mutex<CachedAlarms>>,
+}
+
+/// The alarms record as read when the alarms generation was `generation`
+/// (0: never read).
+#[derive(Default)]
+struct CachedAlarms {
+    generation: u64,
+    state: AlarmState,
 }
 
 impl Reader {
@@ -163,7 +175,20 @@ impl Reader {
             changes,
             ingest,
             auth_generation: Arc::default(),
+            alarms_generation: Arc::default(),
+            alarms: Arc::default(),
         }
+    }
+
+    /// Shares the state machine's alarms generation counter: alarms are
+    /// then read from the store only after it moves. Without it they are
+    /// read every time.
+    pub(crate) fn with_alarms_generation(
+        mut self,
+        generation: Arc<std::sync::atomic::AtomicU64>,
+    ) -> Self {
+        self.alarms_generation = generation;
+        self
     }
 
     /// Shares the state machine's auth generation counter.
@@ -215,12 +240,33 @@ impl Reader {
         Ok(self.alarm_state()?.alarms)
     }
 
-    /// The active alarms and how many disarms have been applied.
+    /// The active alarms and how many disarms have been applied. Every
+    /// proposal that adds data checks them: they are read from the store
+    /// once per change of the alarms record, not per call.
     pub fn alarm_state(&self) -> Result<AlarmState, StoreError> {
-        match self.db.get(Cf::SmMeta, meta::ALARMS)? {
-            Some(b) => codec::decode(Cf::SmMeta, meta::ALARMS, &b),
-            None => Ok(AlarmState::default()),
+        // Loaded before the read: a state read after seeing generation `g`
+        // is at least as new as `g`.
+        let generation = self
+            .alarms_generation
+            .load(std::sync::atomic::Ordering::Acquire);
+        {
+            let cached = self.alarms.lock().unwrap_or_else(|p| p.into_inner());
+            if generation != 0 && cached.generation == generation {
+                return Ok(cached.state.clone());
+            }
         }
+        let state: AlarmState = match self.db.get(Cf::SmMeta, meta::ALARMS)? {
+            Some(b) => codec::decode(Cf::SmMeta, meta::ALARMS, &b)?,
+            None => AlarmState::default(),
+        };
+        let mut cached = self.alarms.lock().unwrap_or_else(|p| p.into_inner());
+        if cached.generation <= generation {
+            *cached = CachedAlarms {
+                generation,
+                state: state.clone(),
+            };
+        }
+        Ok(state)
     }
 
     /// Bytes the state machine takes on disk (its column families' table

@@ -49,6 +49,9 @@ pub struct StateMachine {
     /// Bumped after every write that changes `Cf::Auth`, so that the API's
     /// cached auth state knows to reload.
     auth_generation: Arc<AtomicU64>,
+    /// Bumped after every write of the alarms record, so that the readers'
+    /// cached alarms know to reload.
+    alarms_generation: Arc<AtomicU64>,
     /// The mirror feed's start ([`mirror_feed::START`]) when this member
     /// keeps the feed, cached so that applying never reads it; `None`: no
     /// feed is written.
@@ -182,6 +185,7 @@ impl StateMachine {
                 ingest: ingest.clone(),
                 // Starts above the readers' "never loaded" 0.
                 auth_generation: Arc::new(AtomicU64::new(1)),
+                alarms_generation: Arc::new(AtomicU64::new(1)),
                 mirror_feed_start,
                 keys: Arc::new(Mutex::new(KeyCache::new(options.key_cache_bytes_max))),
             },
@@ -192,6 +196,11 @@ impl StateMachine {
     /// The counter [`crate::Reader::auth_generation`] reads.
     pub(crate) fn auth_generation(&self) -> Arc<AtomicU64> {
         self.auth_generation.clone()
+    }
+
+    /// The counter the readers' cached alarms are keyed by.
+    pub(crate) fn alarms_generation(&self) -> Arc<AtomicU64> {
+        self.alarms_generation.clone()
     }
 
     fn keys(&self) -> std::sync::MutexGuard<'_, KeyCache> {
@@ -307,6 +316,7 @@ impl StateMachine {
         }
         self.db.set_installing(false);
         self.auth_generation.fetch_add(1, Ordering::AcqRel);
+        self.alarms_generation.fetch_add(1, Ordering::AcqRel);
         let _ = std::fs::remove_file(&path);
         // Nothing is applied between the write and this view: installing
         // and applying both run on openraft's state-machine task.
@@ -514,6 +524,7 @@ impl StateMachine {
         }
         let (writes, changes, effects) = applier.finish_with_effects();
         let auth_changed = writes.keys().any(|(cf, _)| *cf == Cf::Auth);
+        let alarms_changed = writes.contains_key(&(Cf::SmMeta, meta::ALARMS.to_vec()));
         let mut batch = WriteBatch::default();
         // The mirror feed, if this member keeps one, records the batch's
         // writes under its last index.
@@ -562,6 +573,11 @@ impl StateMachine {
             // Before the replies: a client told its change is applied is
             // checked against it on this node from then on.
             self.auth_generation.fetch_add(1, Ordering::AcqRel);
+        }
+        if alarms_changed {
+            // Before the replies, as above: a client told its disarm is
+            // applied is not refused by this node's cached alarms.
+            self.alarms_generation.fetch_add(1, Ordering::AcqRel);
         }
         if !changes.is_empty() {
             let revision = changes.last().map_or(0, |c| c.revision);

@@ -1,11 +1,28 @@
 //! Applying compaction: the key history and the change feed below a
 //! revision are dropped, keeping what reads at that revision need.
 
-use utopia_raft::event::{Outcome, Rejection};
+use serde::Deserialize;
+use utopia_raft::event::{Bytes, Outcome, Rejection};
 
-use super::{Applier, ApplyError, ChangeRecord, StateRead};
+use super::{Applier, ApplyError, StateRead};
 use crate::codec;
 use crate::keys::{self, meta, Cf};
+
+/// What compaction reads of a [`super::ChangeRecord`]: its key, whether it
+/// is a deletion and what it superseded. The pair's value (and the rest of
+/// it) is skipped, not copied.
+#[derive(Deserialize)]
+struct ChangeHead {
+    deleted: bool,
+    kv: KeyOnly,
+    #[serde(default)]
+    prev_revision: Option<i64>,
+}
+
+#[derive(Deserialize)]
+struct KeyOnly {
+    key: Bytes,
+}
 
 impl<S: StateRead + ?Sized> Applier<'_, S> {
     pub(super) fn apply_compact(&mut self, revision: i64) -> Result<Outcome, ApplyError> {
@@ -30,8 +47,8 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         // `revision` also leaves the change feed, and a deletion's own
         // record goes with it (at `revision` the key is absent, or a later
         // change covers it).
-        // Change records carry values: each is decoded and dropped in turn,
-        // and only the keys to delete are kept.
+        // Change records carry values: only each record's key and what it
+        // superseded are decoded, and only the keys to delete are kept.
         let mut doomed = Vec::new();
         self.scan_each(
             Cf::KvChanges,
@@ -39,7 +56,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
             Some(&keys::change_key(revision + 1, 0)),
             |ck, cv| {
                 let (rev, _) = keys::parse_change_key(ck)?;
-                let change: ChangeRecord = codec::decode(Cf::KvChanges, ck, cv)?;
+                let change: ChangeHead = codec::decode(Cf::KvChanges, ck, cv)?;
                 if let Some(prev) = change.prev_revision {
                     doomed.push((Cf::KvHistory, keys::history_key(&change.kv.key, prev)));
                 }
