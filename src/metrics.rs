@@ -847,6 +847,24 @@ fn now_registry(node: &Node) -> Registry {
     );
     gauge(
         &mut now,
+        "db_key_cache_bytes",
+        "Bytes the applier's cache of current keys' revisions takes",
+        as_i64(storage.key_cache_bytes.load(relaxed)),
+    );
+    counter(
+        &mut now,
+        "db_key_cache_hits",
+        "Puts whose key's revisions came from the key cache",
+        storage.key_cache_hits.load(relaxed),
+    );
+    counter(
+        &mut now,
+        "db_key_cache_misses",
+        "Puts that read their key's revisions from the store",
+        storage.key_cache_misses.load(relaxed),
+    );
+    gauge(
+        &mut now,
         "raft_log_bytes",
         "Bytes this member's Raft log takes (table files and memtables)",
         as_i64(node.reader.log_bytes()),

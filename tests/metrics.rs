@@ -127,6 +127,10 @@ fn the_metrics_endpoint_counts_puts_and_elections() {
             &[("method", "/utopia.v1.KV/Put")]
         ) >= 1.0
     );
+    // The leader applied every put (of a new key each) before answering
+    // it: each read the store, and the key cache holds them now.
+    assert!(value(on_leader, "utopia_db_key_cache_misses_total", &[]) >= PUTS as f64);
+    assert!(value(on_leader, "utopia_db_key_cache_bytes", &[]) > 0.0);
     let term_before = value(on_leader, "utopia_raft_term", &[]);
 
     // Every put was proposed where the CLI reached a member: refused by a

@@ -1,5 +1,6 @@
 //! What the storage layer counts for the server's metrics: the Raft log's
-//! fsync latency and the snapshots built and installed.
+//! fsync latency, the snapshots built and installed, and how often the
+//! applier's key cache spared a put its read.
 //!
 //! Lock-free atomics, readable at any moment; the server registers them
 //! with its Prometheus registry (this crate knows no metrics library).
@@ -81,6 +82,13 @@ pub struct StorageMetrics {
     pub snapshots_built: AtomicU64,
     /// Snapshots from a leader this member installed.
     pub snapshots_installed: AtomicU64,
+    /// Puts whose key's revisions came from the key cache
+    /// ([`crate::key_cache`]), and those that read them from the store (a
+    /// new key, or one the cache does not hold).
+    pub key_cache_hits: AtomicU64,
+    pub key_cache_misses: AtomicU64,
+    /// Bytes the key cache counts itself at.
+    pub key_cache_bytes: AtomicU64,
 }
 
 impl Default for StorageMetrics {
@@ -89,6 +97,9 @@ impl Default for StorageMetrics {
             log_fsync: LatencyHistogram::new(&FSYNC_BUCKETS_US),
             snapshots_built: AtomicU64::new(0),
             snapshots_installed: AtomicU64::new(0),
+            key_cache_hits: AtomicU64::new(0),
+            key_cache_misses: AtomicU64::new(0),
+            key_cache_bytes: AtomicU64::new(0),
         }
     }
 }
@@ -100,6 +111,14 @@ impl StorageMetrics {
 
     pub(crate) fn installed(&self) {
         self.snapshots_installed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one applied batch's key cache lookups, and the cache's size
+    /// after it.
+    pub(crate) fn key_cache(&self, hits: u64, misses: u64, bytes: u64) {
+        self.key_cache_hits.fetch_add(hits, Ordering::Relaxed);
+        self.key_cache_misses.fetch_add(misses, Ordering::Relaxed);
+        self.key_cache_bytes.store(bytes, Ordering::Relaxed);
     }
 }
 

@@ -63,6 +63,7 @@ pub(crate) struct KeyCache {
     young: HashMap<Box<[u8]>, KeyFacts>,
     old: HashMap<Box<[u8]>, KeyFacts>,
     young_bytes: u64,
+    old_bytes: u64,
     generation_bytes_max: u64,
 }
 
@@ -73,6 +74,7 @@ impl KeyCache {
             young: HashMap::new(),
             old: HashMap::new(),
             young_bytes: 0,
+            old_bytes: 0,
             generation_bytes_max: bytes_max / 2,
         }
     }
@@ -90,9 +92,14 @@ impl KeyCache {
         }
         for c in changes {
             let key = &c.change.kv.key[..];
+            let bytes = key.len() as u64 + ENTRY_OVERHEAD_BYTES;
             if c.change.deleted {
-                self.young.remove(key);
-                self.old.remove(key);
+                if self.young.remove(key).is_some() {
+                    self.young_bytes -= bytes;
+                }
+                if self.old.remove(key).is_some() {
+                    self.old_bytes -= bytes;
+                }
                 continue;
             }
             let facts = KeyFacts::of(&c.change.kv);
@@ -100,10 +107,9 @@ impl KeyCache {
                 *held = facts;
                 continue;
             }
-            let bytes = key.len() as u64 + ENTRY_OVERHEAD_BYTES;
             if self.young_bytes + bytes > self.generation_bytes_max {
                 self.old = std::mem::take(&mut self.young);
-                self.young_bytes = 0;
+                self.old_bytes = std::mem::take(&mut self.young_bytes);
             }
             // The old generation may hold an older state: the young one is
             // read first, and replaces it whole when it is full.
@@ -112,11 +118,17 @@ impl KeyCache {
         }
     }
 
+    /// Bytes the entries held are counted at.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.young_bytes + self.old_bytes
+    }
+
     /// Forgets everything (the key-value state was replaced).
     pub(crate) fn clear(&mut self) {
         self.young = HashMap::new();
         self.old = HashMap::new();
         self.young_bytes = 0;
+        self.old_bytes = 0;
     }
 
     /// Entries held, both generations (a key in both counts twice).
@@ -177,6 +189,7 @@ mod tests {
         );
         cache.note(&[del("a", 4)]);
         assert_eq!(cache.get(b"a"), None);
+        assert_eq!(cache.bytes(), 1 + ENTRY_OVERHEAD_BYTES, "b alone");
         assert_eq!(cache.get(b"b").map(|f| f.mod_revision), Some(2));
         cache.clear();
         assert_eq!(cache.get(b"b"), None);
@@ -192,6 +205,7 @@ mod tests {
         for i in 0..100i64 {
             cache.note(&[put(&format!("{i:02}"), i + 1, 1)]);
             assert!(cache.len() <= 20, "{} entries", cache.len());
+            assert!(cache.bytes() <= 20 * per_entry, "{} bytes", cache.bytes());
         }
         assert_eq!(cache.get(b"99").map(|f| f.mod_revision), Some(100));
         assert_eq!(cache.get(b"00"), None);

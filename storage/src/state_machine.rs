@@ -67,6 +67,9 @@ pub struct StateMachine {
 struct CachedState<'a> {
     db: &'a Db,
     keys: &'a KeyCache,
+    /// Lookups that found the key, and those that did not.
+    hits: std::cell::Cell<u64>,
+    misses: std::cell::Cell<u64>,
 }
 
 impl StateRead for CachedState<'_> {
@@ -79,7 +82,14 @@ impl StateRead for CachedState<'_> {
     }
 
     fn key_facts(&self, key: &[u8]) -> Option<KeyFacts> {
-        self.keys.get(key)
+        let facts = self.keys.get(key);
+        let counter = if facts.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.set(counter.get() + 1);
+        facts
     }
 }
 
@@ -495,6 +505,8 @@ impl StateMachine {
         let state = CachedState {
             db: &self.db,
             keys: &keys,
+            hits: Default::default(),
+            misses: Default::default(),
         };
         let mut applier = Applier::new(&state);
         let mut last_applied = None;
@@ -564,7 +576,9 @@ impl StateMachine {
         // Not synced: the entries are already durable in the log, which
         // shares this WAL; a crash loses at most a suffix that Raft re-applies.
         self.db.db.write(batch).map_err(StoreError::from)?;
+        let (hits, misses) = (state.hits.get(), state.misses.get());
         keys.note(&changes);
+        self.db.metrics().key_cache(hits, misses, keys.bytes());
         drop(keys);
         if let (Some(start), Some(moved)) = (&self.mirror_feed_start, feed_start) {
             start.store(moved, Ordering::Release);
