@@ -17,6 +17,7 @@
 //! any copy while tombstones were recently dropped for room; such a copy
 //! is held meanwhile, so a commit applied in between still settles it).
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use utopia_raft::event::IngestBody;
@@ -35,6 +36,9 @@ use crate::mqtt::topic::{self, BadMessage};
 mod propose;
 
 pub use propose::BATCHES_IN_FLIGHT_MAX;
+
+/// Devices whose ownership the core remembers at most (see `Core::owned`).
+const OWNED_DEVICES_REMEMBERED_MAX: usize = 65_536;
 
 /// How far before its arrival a held copy's commit is looked for after the
 /// applied-batch feed fell behind.
@@ -117,6 +121,11 @@ pub struct Core {
     next_seq: u64,
     tombstones: Tombstones,
     owners: IngestOwners,
+    /// Whether this node owns each device seen under `owners`: ownership is
+    /// a hash per member, and every copy asks it more than once. Emptied
+    /// when the owners change, and when it reaches
+    /// [`OWNED_DEVICES_REMEMBERED_MAX`].
+    owned: RefCell<HashMap<String, bool>>,
     owners_read: OwnersRead,
     /// Proposals not yet answered, with the copies in each.
     batches: HashMap<u64, Vec<u64>>,
@@ -156,6 +165,7 @@ impl Core {
             next_seq: 0,
             tombstones: Tombstones::new(s.pending_messages_max, s.dedupe_window_ms),
             owners: IngestOwners::default(),
+            owned: RefCell::default(),
             owners_read: OwnersRead::Idle,
             batches: HashMap::new(),
             next_batch: 0,
@@ -289,6 +299,7 @@ impl Core {
                 );
             }
             self.owners = o;
+            self.owned.get_mut().clear();
         }
         self.rebuild_ready();
         self.finish(now)
@@ -353,7 +364,19 @@ impl Core {
     }
 
     fn owns(&self, device: &str) -> bool {
-        self.owners.epoch > 0 && self.owners.owner(device) == Some(self.node_id)
+        if self.owners.epoch == 0 {
+            return false;
+        }
+        let mut owned = self.owned.borrow_mut();
+        if let Some(mine) = owned.get(device) {
+            return *mine;
+        }
+        let mine = self.owners.owner(device) == Some(self.node_id);
+        if owned.len() >= OWNED_DEVICES_REMEMBERED_MAX {
+            owned.clear();
+        }
+        owned.insert(device.to_string(), mine);
+        mine
     }
 
     fn reject(&mut self, m: &Incoming, bad: &BadMessage) {

@@ -3,7 +3,7 @@
 //! within the window), whose items become device events and command
 //! replies.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -262,6 +262,9 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         let (mut applied, mut suppressed, mut dropped) = (0u32, 0u32, 0u32);
         // Each device's messages, counted into its stats once per batch.
         let mut tallies: BTreeMap<String, DeviceTally> = BTreeMap::new();
+        // Whether the proposer owns each device of the batch, computed once
+        // per device (a batch carries many messages of fewer devices).
+        let mut owned: HashMap<String, bool> = HashMap::new();
         for item in items {
             // A malformed batch is rejected whole: the items before the bad
             // one are rolled back with it.
@@ -269,7 +272,15 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
                 return content("ingest digest must be 16 bytes");
             };
             let device = item_device(&item.body);
-            if owners.owner(&device) != Some(proposer) {
+            let proposer_owns = match owned.get(&device) {
+                Some(owns) => *owns,
+                None => {
+                    let owns = owners.owner(&device) == Some(proposer);
+                    owned.insert(device.clone(), owns);
+                    owns
+                }
+            };
+            if !proposer_owns {
                 return content(format!(
                     "node {proposer} does not own device {device:?} in epoch {epoch}"
                 ));
