@@ -341,7 +341,6 @@ impl Reader {
         keys_only: bool,
         count_only: bool,
     ) -> Result<RangeResult, ReadError> {
-        let (current, compacted) = self.revisions()?;
         let (start, end) = range_bounds(key, range_end);
         let mut out = RangePage {
             kvs: Vec::new(),
@@ -353,9 +352,14 @@ impl Reader {
             count_only,
             full: false,
         };
+        // A read of now needs neither revision (most reads are).
+        let (current, compacted) = if revision == 0 {
+            (0, 0)
+        } else {
+            self.revisions()?
+        };
         if revision == 0 || revision == current {
-            let mut it = self.db.raw_range(Cf::Kv, &start, end.as_deref());
-            while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            let take = |out: &mut RangePage, k: &[u8], v: &[u8]| -> Result<(), StoreError> {
                 out.count += 1;
                 if out.wants_more() {
                     let kv = if keys_only {
@@ -365,9 +369,22 @@ impl Reader {
                     };
                     out.offer(kv);
                 }
-                it.next();
+                Ok(())
+            };
+            if range_end.is_empty() {
+                // One key: a point read (the current keys have a bloom
+                // filter), not an iterator.
+                if let Some(v) = self.db.get(Cf::Kv, key)? {
+                    take(&mut out, key, &v)?;
+                }
+            } else {
+                let mut it = self.db.raw_range(Cf::Kv, &start, end.as_deref());
+                while let (Some(k), Some(v)) = (it.key(), it.value()) {
+                    take(&mut out, k, v)?;
+                    it.next();
+                }
+                it.status().map_err(StoreError::from)?;
             }
-            it.status().map_err(StoreError::from)?;
         } else {
             if revision > current {
                 return Err(ReadError::Future {

@@ -1,5 +1,9 @@
-//! Reads that only count do not decode what they count.
+//! Reads that only count do not decode what they count; a read of one
+//! key answers that key alone, now and at the current revision.
 
+mod common;
+
+use utopia_raft::openraft_api::RaftStateMachine;
 use utopia_storage::keys::{self, Cf, Collection};
 
 fn poke(dir: &std::path::Path, cf: Cf, key: &[u8], value: &[u8]) {
@@ -64,4 +68,40 @@ fn a_zone_is_served_with_its_devices_from_the_index_within_the_byte_bound() {
     assert!(listed > 0 && listed < 100, "{listed} ids in 500 bytes");
     assert_eq!(part["devices_more"], true);
     assert!(part.to_string().len() <= 500, "{part}");
+}
+
+#[tokio::test]
+async fn a_read_of_one_key_answers_that_key_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = utopia_storage::open(dir.path()).unwrap();
+    let puts = [
+        (1, "k", "v1"),
+        (2, "k1", "v2"),
+        (3, "j", "v3"),
+        (4, "k", "v4"),
+    ];
+    let entries = puts.map(|(i, k, v)| Ok((common::put_entry(i, k.into(), v.into()), None)));
+    store
+        .state_machine
+        .apply(futures::stream::iter(entries))
+        .await
+        .unwrap();
+    let read = |key: &[u8], revision: i64, keys_only: bool| {
+        store
+            .reader
+            .range(key, b"", 0, usize::MAX, revision, keys_only, false)
+            .unwrap()
+    };
+    for revision in [0, 4] {
+        let got = read(b"k", revision, false);
+        assert_eq!(got.count, 1, "at {revision}");
+        assert_eq!(&got.kvs[0].value[..], b"v4");
+        assert_eq!((got.kvs[0].version, got.kvs[0].mod_revision), (2, 4));
+        let keys = read(b"k", revision, true);
+        assert!(keys.kvs[0].value.is_empty(), "keys only");
+        assert_eq!(keys.kvs[0].mod_revision, 4);
+        assert_eq!(read(b"k0", revision, false).count, 0, "absent");
+    }
+    // An older revision reads the history.
+    assert_eq!(&read(b"k", 2, false).kvs[0].value[..], b"v1");
 }
