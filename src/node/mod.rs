@@ -217,7 +217,7 @@ impl Node {
     }
 
     pub fn current_revision(&self) -> Result<i64, Error> {
-        Ok(self.reader.revisions()?.0)
+        Ok(self.reader.revision()?)
     }
 
     // ---- validation

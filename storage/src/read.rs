@@ -285,6 +285,11 @@ impl Reader {
         Ok(self.db.state_machine_bytes())
     }
 
+    /// The current revision alone (what every response header carries).
+    pub fn revision(&self) -> Result<i64, StoreError> {
+        self.meta_i64(meta::REVISION)
+    }
+
     /// The current revision and the compacted revision.
     pub fn revisions(&self) -> Result<(i64, i64), StoreError> {
         Ok((
