@@ -431,12 +431,18 @@ pub fn initial_cluster(members: &[String]) -> String {
         .join(",")
 }
 
-/// The leader's node id as the first running node that knows one reports it.
+/// The id of the first running node that reports itself the leader.
 pub fn leader_id(nodes: &[Server]) -> Option<u64> {
+    // A member that says it leads, not one that names a leader: right
+    // after a restart a member names the leader of the last term it saw,
+    // itself included, before that member leads again.
     nodes.iter().filter(|n| n.is_running()).find_map(|n| {
         let out = n.cli(&["--output", "json", "status"]);
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        v["leader"].as_u64().filter(|l| *l != 0)
+        if v["role"] != "leader" {
+            return None;
+        }
+        v["member_id"].as_u64().filter(|l| *l != 0)
     })
 }
 
