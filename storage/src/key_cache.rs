@@ -20,11 +20,14 @@
 //! the young generation, so the keys being written stay, at the cost of
 //! one hash lookup per generation.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 
 use utopia_raft::event::KeyValue;
 
-use crate::apply::FeedChange;
+use crate::apply::{FeedChange, ScanIter, StateRead};
+use crate::keys::Cf;
+use crate::{Db, StoreError};
 
 /// A current key's revisions and lease: what a put needs of the pair it
 /// replaces, when it does not return it.
@@ -135,6 +138,52 @@ impl KeyCache {
     #[cfg(test)]
     fn len(&self) -> usize {
         self.young.len() + self.old.len()
+    }
+}
+
+/// The database as the applier reads it: the key cache in front of the
+/// current keys, with its lookups counted for the metrics.
+pub(crate) struct CachedState<'a> {
+    db: &'a Db,
+    keys: &'a KeyCache,
+    hits: Cell<u64>,
+    misses: Cell<u64>,
+}
+
+impl<'a> CachedState<'a> {
+    pub(crate) fn new(db: &'a Db, keys: &'a KeyCache) -> Self {
+        Self {
+            db,
+            keys,
+            hits: Cell::new(0),
+            misses: Cell::new(0),
+        }
+    }
+
+    /// Lookups so far that found their key, and those that did not.
+    pub(crate) fn lookups(&self) -> (u64, u64) {
+        (self.hits.get(), self.misses.get())
+    }
+}
+
+impl StateRead for CachedState<'_> {
+    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.db.get(cf, key)
+    }
+
+    fn scan<'a>(&'a self, cf: Cf, start: &[u8], end: Option<&[u8]>) -> ScanIter<'a> {
+        self.db.scan(cf, start, end)
+    }
+
+    fn key_facts(&self, key: &[u8]) -> Option<KeyFacts> {
+        let facts = self.keys.get(key);
+        let counter = if facts.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.set(counter.get() + 1);
+        facts
     }
 }
 

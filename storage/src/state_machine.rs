@@ -21,10 +21,10 @@ use utopia_raft::openraft_api::{
 use utopia_raft::{Response, SnapshotData, TypeConfig};
 
 use crate::apply::IngestEffects;
-use crate::apply::{Applier, ScanIter, StateRead};
+use crate::apply::{Applier, StateRead};
 use crate::codec;
 use crate::db::DbView;
-use crate::key_cache::{KeyCache, KeyFacts};
+use crate::key_cache::{CachedState, KeyCache};
 use crate::keys::{self, meta, mirror_feed, Cf};
 use crate::read::WatchBatch;
 use crate::snapshot::{SnapshotEncoder, SnapshotMeta, SnapshotReader};
@@ -60,37 +60,6 @@ pub struct StateMachine {
     /// written ([`crate::key_cache`]). Only applying and installing a
     /// snapshot touch it, both on openraft's state-machine task.
     keys: Arc<Mutex<KeyCache>>,
-}
-
-/// The database as the applier reads it: with the key cache in front of
-/// the current keys.
-struct CachedState<'a> {
-    db: &'a Db,
-    keys: &'a KeyCache,
-    /// Lookups that found the key, and those that did not.
-    hits: std::cell::Cell<u64>,
-    misses: std::cell::Cell<u64>,
-}
-
-impl StateRead for CachedState<'_> {
-    fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.db.get(cf, key)
-    }
-
-    fn scan<'a>(&'a self, cf: Cf, start: &[u8], end: Option<&[u8]>) -> ScanIter<'a> {
-        self.db.scan(cf, start, end)
-    }
-
-    fn key_facts(&self, key: &[u8]) -> Option<KeyFacts> {
-        let facts = self.keys.get(key);
-        let counter = if facts.is_some() {
-            &self.hits
-        } else {
-            &self.misses
-        };
-        counter.set(counter.get() + 1);
-        facts
-    }
 }
 
 #[derive(Clone)]
@@ -502,12 +471,7 @@ impl StateMachine {
 
     fn apply_chunk(&mut self, chunk: Chunk) -> Result<(), io::Error> {
         let mut keys = self.keys();
-        let state = CachedState {
-            db: &self.db,
-            keys: &keys,
-            hits: Default::default(),
-            misses: Default::default(),
-        };
+        let state = CachedState::new(&self.db, &keys);
         let mut applier = Applier::new(&state);
         let mut last_applied = None;
         let mut last_membership = None;
@@ -576,7 +540,7 @@ impl StateMachine {
         // Not synced: the entries are already durable in the log, which
         // shares this WAL; a crash loses at most a suffix that Raft re-applies.
         self.db.db.write(batch).map_err(StoreError::from)?;
-        let (hits, misses) = (state.hits.get(), state.misses.get());
+        let (hits, misses) = state.lookups();
         keys.note(&changes);
         self.db.metrics().key_cache(hits, misses, keys.bytes());
         drop(keys);
