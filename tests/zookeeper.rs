@@ -147,8 +147,16 @@ fn members_entries_follow_kill9_and_come_back_after_zookeeper_loses_its_data() {
     let cfg = conf(dir.path(), "n.conf", &zookeeper.addr, &broker, "");
     let (mut nodes, _addrs) = start_cluster(&dir.path().join("c"), 3, &["--config", &cfg]);
 
-    // Each member's own entry: its id, address, role and state.
-    let fellows = zkr.wait_fellows(&[1, 2, 3], "three fellows entries with one leader");
+    // Each member's own entry: its id, address, role and state. A member
+    // writes its entry as soon as it starts, saying "joining" until the
+    // cluster has taken it in, so the wait is for every entry to be active.
+    let fellows = wait_for("three active fellows entries, one leader", DEADLINE, || {
+        let f = zkr.fellows()?;
+        let ids: BTreeSet<u64> = f.iter().map(|(id, _)| *id).collect();
+        let leaders = f.iter().filter(|(_, v)| v["role"] == "leader").count();
+        let active = f.iter().all(|(_, v)| v["state"] == "active");
+        (ids == BTreeSet::from([1, 2, 3]) && leaders == 1 && active).then_some(f)
+    });
     for (id, v) in &fellows {
         assert_eq!(v["id"], *id, "{v}");
         assert_eq!(v["client_addr"], nodes[*id as usize - 1].addr, "{v}");
