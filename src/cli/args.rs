@@ -39,7 +39,8 @@ pub struct Cli {
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
 
-    /// Per-request timeout in seconds (fractions allowed).
+    /// Per-request timeout in seconds (fractions allowed). A request no
+    /// member can serve yet (during an election) is sent again within it.
     #[arg(long, global = true, default_value = "10", value_parser = parse_seconds)]
     pub timeout: Duration,
 

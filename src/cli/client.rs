@@ -5,7 +5,11 @@
 //! the connection cannot be made (within [`CONNECT_TIMEOUT`]) or the server
 //! answers UNAVAILABLE (not the leader, shutting down). When an UNAVAILABLE
 //! answer names the leader (`utopia-leader` metadata), the leader is tried
-//! next. Every endpoint is tried at most once per request.
+//! next. Every endpoint is tried at most once per pass. When a pass ends
+//! with servers' UNAVAILABLE answers (an election under way), the request
+//! is passed again after a growing pause (50 ms doubling to 800 ms) until
+//! `--timeout` runs out; a pass that reaches no server at all, or loses a
+//! connection with the request in flight, fails at once.
 //!
 //! With TLS settings (`--cacert`, and `--cert` / `--key` for servers that
 //! require a client certificate) endpoints without a scheme are reached over
@@ -20,7 +24,7 @@
 //! token, since such a server allows everything.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::interceptor::InterceptedService;
@@ -43,6 +47,26 @@ pub const LEADER_METADATA_KEY: &str = "utopia-leader";
 pub const TOKEN_METADATA_KEY: &str = "token";
 /// A token this close to its expiry is renewed before it is sent.
 const TOKEN_RENEW_BEFORE_MS: u64 = 5_000;
+/// The first pause before a request that no member could serve is sent
+/// again; each pause after doubles, up to [`RETRY_PAUSE_MAX`].
+const RETRY_PAUSE_MIN: Duration = Duration::from_millis(50);
+/// The longest pause between passes of one request.
+const RETRY_PAUSE_MAX: Duration = Duration::from_millis(800);
+
+/// How one pass over the endpoints ended.
+enum Pass<T> {
+    /// A member answered.
+    Answered(T),
+    /// Every member reached answered UNAVAILABLE (`status`, the last such
+    /// answer), or none was reached (`status` is `None`). `from_servers`:
+    /// every such answer came from a server, none from a connection that
+    /// broke after the request may have been sent.
+    Unavailable {
+        status: Option<Status>,
+        from_servers: bool,
+        connect_errors: Vec<String>,
+    },
+}
 
 pub struct Client {
     endpoints: Vec<String>,
@@ -243,7 +267,60 @@ impl Client {
 
     /// [`Client::call`] with whatever token the client holds, without
     /// authenticating first.
+    ///
+    /// When a whole pass over the endpoints ends with UNAVAILABLE answers
+    /// from servers (an election under way, a leader named by a member that
+    /// has not yet heard of the new one), the request is passed again after
+    /// a pause, until `--timeout` runs out: a server answers UNAVAILABLE
+    /// only for a request it did not propose, so sending it again is safe.
+    /// A pass that reached no server at all, or lost a connection with the
+    /// request in flight, fails at once.
     async fn call_unauthenticated<T, F, Fut>(&mut self, mut f: F) -> Result<T, CliError>
+    where
+        F: FnMut(AuthChannel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let deadline = Instant::now() + self.timeout;
+        let mut pause = RETRY_PAUSE_MIN;
+        loop {
+            let (status, from_servers, connect_errors) = match self.pass(&mut f, deadline).await? {
+                Pass::Answered(resp) => return Ok(resp),
+                Pass::Unavailable {
+                    status,
+                    from_servers,
+                    connect_errors,
+                } => (status, from_servers, connect_errors),
+            };
+            match status {
+                Some(s) if from_servers && Instant::now() + pause < deadline => {
+                    tracing::debug!(status = %s.message(), ?pause, "no member could serve the request; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(RETRY_PAUSE_MAX);
+                }
+                Some(mut s) if !connect_errors.is_empty() => {
+                    let msg = format!(
+                        "{}; also could not connect to {}",
+                        s.message(),
+                        connect_errors.join("; ")
+                    );
+                    s = Status::new(s.code(), msg);
+                    return Err(CliError::Rpc(s));
+                }
+                Some(s) => return Err(CliError::Rpc(s)),
+                None => {
+                    return Err(CliError::Connect(format!(
+                        "cannot connect to any endpoint ({})",
+                        connect_errors.join("; ")
+                    )))
+                }
+            }
+        }
+    }
+
+    /// One pass of a request over the endpoints: the one that answered
+    /// last, then each configured one, and a leader an answer names, each
+    /// at most once. Each attempt waits for its answer until `deadline`.
+    async fn pass<T, F, Fut>(&mut self, f: &mut F, deadline: Instant) -> Result<Pass<T>, CliError>
     where
         F: FnMut(AuthChannel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
@@ -257,6 +334,7 @@ impl Client {
         let mut tried: Vec<String> = Vec::new();
         let mut connect_errors: Vec<String> = Vec::new();
         let mut last_status: Option<Status> = None;
+        let mut from_servers = true;
         // At most every configured endpoint plus one redirect target.
         let max_attempts = self.endpoints.len() + 1;
         while let Some(uri) = queue.pop_front() {
@@ -281,8 +359,8 @@ impl Client {
                 channel,
                 token: token.clone(),
             };
-            match tokio::time::timeout(self.timeout, f(ch)).await {
-                Ok(Ok(resp)) => return Ok(resp.into_inner()),
+            match tokio::time::timeout_at(deadline.into(), f(ch)).await {
+                Ok(Ok(resp)) => return Ok(Pass::Answered(resp.into_inner())),
                 Ok(Err(status)) if status.code() == Code::Unavailable => {
                     if let Some(leader) = status
                         .metadata()
@@ -293,6 +371,9 @@ impl Client {
                         queue.push_front(endpoint_uri(leader, self.tls.is_some()));
                     }
                     self.current = None;
+                    // A status the connection made (a reset, a refused
+                    // stream) has an error behind it; a server's has none.
+                    from_servers &= std::error::Error::source(&status).is_none();
                     last_status = Some(status);
                 }
                 Ok(Err(status)) => return Err(CliError::Rpc(self.explain(status))),
@@ -305,22 +386,11 @@ impl Client {
                 }
             }
         }
-        match last_status {
-            Some(mut s) if !connect_errors.is_empty() => {
-                let msg = format!(
-                    "{}; also could not connect to {}",
-                    s.message(),
-                    connect_errors.join("; ")
-                );
-                s = Status::new(s.code(), msg);
-                Err(CliError::Rpc(s))
-            }
-            Some(s) => Err(CliError::Rpc(s)),
-            None => Err(CliError::Connect(format!(
-                "cannot connect to any endpoint ({})",
-                connect_errors.join("; ")
-            ))),
-        }
+        Ok(Pass::Unavailable {
+            status: last_status,
+            from_servers,
+            connect_errors,
+        })
     }
 
     /// A status that the connection produced rather than the server (it has
