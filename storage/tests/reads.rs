@@ -1,5 +1,6 @@
 //! Reads that only count do not decode what they count; a read of one
-//! key answers that key alone, now and at the current revision.
+//! key answers that key alone, now and at the current revision; past
+//! reads find each key's state among interleaved histories.
 
 mod common;
 
@@ -104,4 +105,57 @@ async fn a_read_of_one_key_answers_that_key_alone() {
     }
     // An older revision reads the history.
     assert_eq!(&read(b"k", 2, false).kvs[0].value[..], b"v1");
+}
+
+/// Reads of one key's history (`prev_kv`) and reads of past revisions
+/// across keys see every record they should, with keys that are prefixes
+/// of each other and writes interleaved.
+#[tokio::test]
+async fn past_reads_see_each_keys_history_among_interleaved_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = utopia_storage::open(dir.path()).unwrap();
+    let keys = ["a", "a\u{0}", "ab", "b", "a"];
+    let entries = (1..=40u64).map(|i| {
+        let key = keys[(i as usize) % keys.len()];
+        Ok((
+            common::put_entry(i, key.into(), format!("{key}@{i}").into()),
+            None,
+        ))
+    });
+    store
+        .state_machine
+        .apply(futures::stream::iter(entries))
+        .await
+        .unwrap();
+    // What each key held at each revision, worked out from the puts.
+    let at = |key: &str, revision: i64| -> Option<String> {
+        (1..=revision)
+            .rev()
+            .find(|i| keys[(*i as usize) % keys.len()] == key)
+            .map(|i| format!("{key}@{i}"))
+    };
+    for revision in 1..40 {
+        for key in ["a", "a\u{0}", "ab", "b", "c"] {
+            let prev = store
+                .reader
+                .prev_kv(key.as_bytes(), revision + 1)
+                .unwrap()
+                .map(|kv| String::from_utf8(kv.value.to_vec()).unwrap());
+            assert_eq!(prev, at(key, revision), "{key:?} before {}", revision + 1);
+        }
+        let all = store
+            .reader
+            .range(b"a", &[0], 0, usize::MAX, revision, false, false)
+            .unwrap();
+        let got: Vec<String> = all
+            .kvs
+            .iter()
+            .map(|kv| String::from_utf8(kv.value.to_vec()).unwrap())
+            .collect();
+        let want: Vec<String> = ["a", "a\u{0}", "ab", "b"]
+            .into_iter()
+            .filter_map(|k| at(k, revision))
+            .collect();
+        assert_eq!(got, want, "every key at {revision}");
+    }
 }
