@@ -46,18 +46,45 @@ pub use endpoint::{serve, GrpcMetrics, GrpcMetricsLayer};
 pub use exposition::{HistogramSummary, Reading};
 pub use scrape::{reading, render};
 
+/// The most gRPC methods counted by name; more than the server serves.
+const METHOD_LABELS_MAX: usize = 256;
+
+/// A gRPC code as its label: the code's name, as `Debug` writes it.
+fn code_label(code: tonic::Code) -> &'static str {
+    use tonic::Code as C;
+    match code {
+        C::Ok => "Ok",
+        C::Cancelled => "Cancelled",
+        C::Unknown => "Unknown",
+        C::InvalidArgument => "InvalidArgument",
+        C::DeadlineExceeded => "DeadlineExceeded",
+        C::NotFound => "NotFound",
+        C::AlreadyExists => "AlreadyExists",
+        C::PermissionDenied => "PermissionDenied",
+        C::ResourceExhausted => "ResourceExhausted",
+        C::FailedPrecondition => "FailedPrecondition",
+        C::Aborted => "Aborted",
+        C::OutOfRange => "OutOfRange",
+        C::Unimplemented => "Unimplemented",
+        C::Internal => "Internal",
+        C::Unavailable => "Unavailable",
+        C::DataLoss => "DataLoss",
+        C::Unauthenticated => "Unauthenticated",
+    }
+}
+
 /// The prefix of every metric on the endpoint (not shown by status).
 const PREFIX: &str = "utopia";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
-    method: String,
-    code: String,
+    method: &'static str,
+    code: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodLabels {
-    method: String,
+    method: &'static str,
 }
 
 /// One label, `reason`, from a fixed set of names.
@@ -145,6 +172,8 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<CallLabels, Counter>,
     durations: Family<MethodLabels, Histogram>,
+    /// Served methods' paths as labels, see [`Metrics::method_label`].
+    method_labels: std::sync::RwLock<std::collections::HashMap<String, &'static str>>,
 
     /// Proposals this member made (through [`Node::propose`](crate::node::Node::propose)), by event.
     pub proposals: Family<EventName, Counter>,
@@ -270,6 +299,7 @@ impl Metrics {
         let mut m = Metrics {
             requests,
             durations,
+            method_labels: std::sync::RwLock::default(),
             proposals: reg(
                 &mut r,
                 "proposals",
@@ -491,19 +521,44 @@ impl Metrics {
         let method = if code == tonic::Code::Unimplemented {
             "other"
         } else {
-            method
+            self.method_label(method)
         };
+        let code = code_label(code);
         self.requests
-            .get_or_create(&CallLabels {
-                method: method.to_string(),
-                code: format!("{code:?}"),
-            })
+            .get_or_create(&CallLabels { method, code })
             .inc();
         self.durations
-            .get_or_create(&MethodLabels {
-                method: method.to_string(),
-            })
+            .get_or_create(&MethodLabels { method })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// The label of a method the server serves: its path, kept once for
+    /// the life of the process, so that counting a request allocates
+    /// nothing. The served methods are a fixed set, so this stays bounded
+    /// (at most [`METHOD_LABELS_MAX`]; past that, `other`).
+    fn method_label(&self, path: &str) -> &'static str {
+        let known = self
+            .method_labels
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(path)
+            .copied();
+        if let Some(label) = known {
+            return label;
+        }
+        let mut labels = self
+            .method_labels
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if labels.len() >= METHOD_LABELS_MAX {
+            return "other";
+        }
+        if let Some(label) = labels.get(path) {
+            return label;
+        }
+        let label: &'static str = Box::leak(path.to_string().into_boxed_str());
+        labels.insert(path.to_string(), label);
+        label
     }
 
     /// Counts what the ingest core counted.
@@ -640,6 +695,34 @@ mod tests {
             .unwrap_or_else(|| panic!("{out}"));
         assert_eq!(lag.count, 1);
         assert!(lag.p50 > 0.003 && lag.p50 <= 0.005, "{lag:?}");
+    }
+
+    #[test]
+    fn grpc_labels_are_the_method_path_and_the_code_name_and_stay_bounded() {
+        for i in 0..17 {
+            let code = tonic::Code::from(i);
+            assert_eq!(code_label(code), format!("{code:?}"));
+        }
+        let m = Metrics::new(Arc::default());
+        m.observe("/utopia.v1.KV/Put", tonic::Code::Ok, Duration::ZERO);
+        m.observe("/utopia.v1.KV/Put", tonic::Code::NotFound, Duration::ZERO);
+        m.observe("/made.up/Thing", tonic::Code::Unimplemented, Duration::ZERO);
+        let mut out = String::new();
+        encode_registry(&mut out, &m.registry).unwrap();
+        for series in [
+            r#"grpc_requests_total{method="/utopia.v1.KV/Put",code="Ok"} 1"#,
+            r#"grpc_requests_total{method="/utopia.v1.KV/Put",code="NotFound"} 1"#,
+            r#"grpc_requests_total{method="other",code="Unimplemented"} 1"#,
+        ] {
+            assert!(out.contains(series), "{series} in\n{out}");
+        }
+        // Past the bound every new path counts as `other`; known ones keep
+        // their own label.
+        for i in 0..METHOD_LABELS_MAX {
+            m.method_label(&format!("/s/M{i}"));
+        }
+        assert_eq!(m.method_label("/s/new"), "other");
+        assert_eq!(m.method_label("/utopia.v1.KV/Put"), "/utopia.v1.KV/Put");
     }
 
     #[test]

@@ -108,7 +108,8 @@ where
     }
 
     fn call(&mut self, req: hyper::Request<B>) -> Self::Future {
-        let method = req.uri().path().to_string();
+        // The path's bytes are shared with the request: no copy.
+        let uri = req.uri().clone();
         let start = Instant::now();
         let call = self.inner.call(req);
         let node = self.node.clone();
@@ -125,7 +126,7 @@ where
                     .map_or(tonic::Code::Ok, tonic::Code::from),
                 Err(_) => tonic::Code::Unknown,
             };
-            node.metrics.observe(&method, code, start.elapsed());
+            node.metrics.observe(uri.path(), code, start.elapsed());
             response
         })
     }

@@ -235,8 +235,8 @@ mod tests {
         let calls = Family::<CallLabels, Counter>::default();
         calls
             .get_or_create(&CallLabels {
-                method: "/utopia.v1.KV/Put".into(),
-                code: "Ok".into(),
+                method: "/utopia.v1.KV/Put",
+                code: "Ok",
             })
             .inc_by(7);
         let open = Gauge::<i64>::default();
