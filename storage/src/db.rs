@@ -318,7 +318,7 @@ fn cf_options(cf: Cf, cache: &rocksdb::Cache) -> Options {
 
 /// The memtables' memory budget when none is given: see
 /// [`OpenOptions::memtable_bytes_max`].
-pub const MEMTABLE_BYTES_MAX_DEFAULT: u64 = 112 << 20;
+pub const MEMTABLE_BYTES_MAX_DEFAULT: u64 = 104 << 20;
 
 /// The block cache's size when none is given: see
 /// [`OpenOptions::block_cache_bytes_max`].
