@@ -25,53 +25,27 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
-use utopia_storage::io_metrics::{HistogramReading, StorageMetrics};
+use utopia_storage::io_metrics::StorageMetrics;
 
-use crate::mqtt::ingest::{Counted, LagHistogram, LAG_BUCKETS_MS};
+use crate::mqtt::ingest::{Counted, LagHistogram};
 
 mod adapters;
 mod endpoint;
 mod exposition;
+mod histogram;
 mod scrape;
 
 pub use adapters::{MirrorMetrics, ServerLabel, ZookeeperMetrics};
 pub use endpoint::{serve, GrpcMetrics, GrpcMetricsLayer};
 pub use exposition::{HistogramSummary, Reading};
+pub use histogram::ReadHistogram;
 pub use scrape::{reading, render};
-
-/// The most gRPC methods counted by name; more than the server serves.
-const METHOD_LABELS_MAX: usize = 256;
-
-/// A gRPC code as its label: the code's name, as `Debug` writes it.
-fn code_label(code: tonic::Code) -> &'static str {
-    use tonic::Code as C;
-    match code {
-        C::Ok => "Ok",
-        C::Cancelled => "Cancelled",
-        C::Unknown => "Unknown",
-        C::InvalidArgument => "InvalidArgument",
-        C::DeadlineExceeded => "DeadlineExceeded",
-        C::NotFound => "NotFound",
-        C::AlreadyExists => "AlreadyExists",
-        C::PermissionDenied => "PermissionDenied",
-        C::ResourceExhausted => "ResourceExhausted",
-        C::FailedPrecondition => "FailedPrecondition",
-        C::Aborted => "Aborted",
-        C::OutOfRange => "OutOfRange",
-        C::Unimplemented => "Unimplemented",
-        C::Internal => "Internal",
-        C::Unavailable => "Unavailable",
-        C::DataLoss => "DataLoss",
-        C::Unauthenticated => "Unauthenticated",
-    }
-}
 
 /// The prefix of every metric on the endpoint (not shown by status).
 const PREFIX: &str = "utopia";
@@ -112,56 +86,6 @@ pub struct AlarmName {
     pub alarm: &'static str,
 }
 
-/// A histogram kept elsewhere (atomics, or figures a task publishes),
-/// read when the registry is encoded.
-#[derive(Clone)]
-pub struct ReadHistogram(Arc<dyn Fn() -> HistogramReading + Send + Sync>);
-
-impl std::fmt::Debug for ReadHistogram {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ReadHistogram")
-    }
-}
-
-impl TypedMetric for ReadHistogram {
-    const TYPE: MetricType = MetricType::Histogram;
-}
-
-impl EncodeMetric for ReadHistogram {
-    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
-        let r = (self.0)();
-        let buckets: Vec<(f64, u64)> = r
-            .bounds_s
-            .iter()
-            .copied()
-            .chain(std::iter::once(f64::INFINITY))
-            .zip(r.buckets.iter().copied())
-            .collect();
-        encoder.encode_histogram::<NoLabelSet>(r.sum_s, r.count, &buckets, None)
-    }
-
-    fn metric_type(&self) -> MetricType {
-        Self::TYPE
-    }
-}
-
-/// The ingest lag as the ingest driver last published it.
-fn lag_reading(lag: &LagHistogram) -> HistogramReading {
-    // The core keeps cumulative counts; a reading holds them per bucket.
-    let mut buckets = Vec::with_capacity(lag.buckets.len());
-    let mut below = 0;
-    for c in lag.buckets {
-        buckets.push(c.saturating_sub(below));
-        below = c;
-    }
-    HistogramReading {
-        bounds_s: LAG_BUCKETS_MS.iter().map(|ms| *ms as f64 / 1e3).collect(),
-        buckets,
-        sum_s: lag.sum_ms as f64 / 1e3,
-        count: lag.count,
-    }
-}
-
 fn latency_histogram() -> Histogram {
     // 100 µs to about 6.5 s.
     Histogram::new(exponential_buckets(0.0001, 2.0, 17))
@@ -172,8 +96,8 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<CallLabels, Counter>,
     durations: Family<MethodLabels, Histogram>,
-    /// Served methods' paths as labels, see [`Metrics::method_label`].
-    method_labels: std::sync::RwLock<std::collections::HashMap<String, &'static str>>,
+    /// Served methods' paths as labels.
+    method_labels: endpoint::MethodNames,
 
     /// Proposals this member made (through [`Node::propose`](crate::node::Node::propose)), by event.
     pub proposals: Family<EventName, Counter>,
@@ -284,7 +208,7 @@ impl Metrics {
             "ingest_lag_seconds",
             "Ingest lag: a copy's arrival to its commit applied on this member",
             ReadHistogram(Arc::new(move || {
-                lag_reading(
+                histogram::lag_reading(
                     &lag.lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner),
                 )
@@ -299,7 +223,7 @@ impl Metrics {
         let mut m = Metrics {
             requests,
             durations,
-            method_labels: std::sync::RwLock::default(),
+            method_labels: endpoint::MethodNames::default(),
             proposals: reg(
                 &mut r,
                 "proposals",
@@ -521,44 +445,15 @@ impl Metrics {
         let method = if code == tonic::Code::Unimplemented {
             "other"
         } else {
-            self.method_label(method)
+            self.method_labels.label(method)
         };
-        let code = code_label(code);
+        let code = endpoint::code_label(code);
         self.requests
             .get_or_create(&CallLabels { method, code })
             .inc();
         self.durations
             .get_or_create(&MethodLabels { method })
             .observe(elapsed.as_secs_f64());
-    }
-
-    /// The label of a method the server serves: its path, kept once for
-    /// the life of the process, so that counting a request allocates
-    /// nothing. The served methods are a fixed set, so this stays bounded
-    /// (at most [`METHOD_LABELS_MAX`]; past that, `other`).
-    fn method_label(&self, path: &str) -> &'static str {
-        let known = self
-            .method_labels
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(path)
-            .copied();
-        if let Some(label) = known {
-            return label;
-        }
-        let mut labels = self
-            .method_labels
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if labels.len() >= METHOD_LABELS_MAX {
-            return "other";
-        }
-        if let Some(label) = labels.get(path) {
-            return label;
-        }
-        let label: &'static str = Box::leak(path.to_string().into_boxed_str());
-        labels.insert(path.to_string(), label);
-        label
     }
 
     /// Counts what the ingest core counted.
@@ -701,7 +596,7 @@ mod tests {
     fn grpc_labels_are_the_method_path_and_the_code_name_and_stay_bounded() {
         for i in 0..17 {
             let code = tonic::Code::from(i);
-            assert_eq!(code_label(code), format!("{code:?}"));
+            assert_eq!(endpoint::code_label(code), format!("{code:?}"));
         }
         let m = Metrics::new(Arc::default());
         m.observe("/utopia.v1.KV/Put", tonic::Code::Ok, Duration::ZERO);
@@ -718,11 +613,14 @@ mod tests {
         }
         // Past the bound every new path counts as `other`; known ones keep
         // their own label.
-        for i in 0..METHOD_LABELS_MAX {
-            m.method_label(&format!("/s/M{i}"));
+        for i in 0..endpoint::METHOD_LABELS_MAX {
+            m.method_labels.label(&format!("/s/M{i}"));
         }
-        assert_eq!(m.method_label("/s/new"), "other");
-        assert_eq!(m.method_label("/utopia.v1.KV/Put"), "/utopia.v1.KV/Put");
+        assert_eq!(m.method_labels.label("/s/new"), "other");
+        assert_eq!(
+            m.method_labels.label("/utopia.v1.KV/Put"),
+            "/utopia.v1.KV/Put"
+        );
     }
 
     #[test]

@@ -131,3 +131,65 @@ where
         })
     }
 }
+
+/// The most gRPC methods counted by name; more than the server serves.
+pub(super) const METHOD_LABELS_MAX: usize = 256;
+
+/// A gRPC code as its label: the code's name, as `Debug` writes it.
+pub(super) fn code_label(code: tonic::Code) -> &'static str {
+    use tonic::Code as C;
+    match code {
+        C::Ok => "Ok",
+        C::Cancelled => "Cancelled",
+        C::Unknown => "Unknown",
+        C::InvalidArgument => "InvalidArgument",
+        C::DeadlineExceeded => "DeadlineExceeded",
+        C::NotFound => "NotFound",
+        C::AlreadyExists => "AlreadyExists",
+        C::PermissionDenied => "PermissionDenied",
+        C::ResourceExhausted => "ResourceExhausted",
+        C::FailedPrecondition => "FailedPrecondition",
+        C::Aborted => "Aborted",
+        C::OutOfRange => "OutOfRange",
+        C::Unimplemented => "Unimplemented",
+        C::Internal => "Internal",
+        C::Unavailable => "Unavailable",
+        C::DataLoss => "DataLoss",
+        C::Unauthenticated => "Unauthenticated",
+    }
+}
+
+/// The methods' paths seen so far, as labels.
+#[derive(Debug, Default)]
+pub(super) struct MethodNames(std::sync::RwLock<std::collections::HashMap<String, &'static str>>);
+
+impl MethodNames {
+    /// The label of a method the server serves: its path, kept once for
+    /// the life of the process, so that counting a request allocates
+    /// nothing. The served methods are a fixed set, so this stays bounded
+    /// (at most [`METHOD_LABELS_MAX`]; past that, `other`).
+    pub(super) fn label(&self, path: &str) -> &'static str {
+        let known = self
+            .0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(path)
+            .copied();
+        if let Some(label) = known {
+            return label;
+        }
+        let mut labels = self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if labels.len() >= METHOD_LABELS_MAX {
+            return "other";
+        }
+        if let Some(label) = labels.get(path) {
+            return label;
+        }
+        let label: &'static str = Box::leak(path.to_string().into_boxed_str());
+        labels.insert(path.to_string(), label);
+        label
+    }
+}
