@@ -286,21 +286,24 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
                 ));
             }
             let dedupe_key = keys::ingest::dedupe_key(&digest).to_vec();
-            let seen: Option<DedupeRecord> = self.get_dec(Cf::Ingest, &dedupe_key)?;
             self.effects.committed.push(digest);
-            if item.redelivered
-                && seen.as_ref().is_some_and(|r| {
-                    at_ms.saturating_sub(r.committed_ms) <= owners.dedupe_window_ms
-                })
-            {
-                suppressed += 1;
-                continue;
-            }
-            if let Some(old) = seen {
-                self.delete(
-                    Cf::Ingest,
-                    keys::ingest::expiry_key(old.committed_ms, &digest).to_vec(),
-                );
+            // Only a redelivered copy asks whether its digest was committed
+            // within the window. A fresh message's record replaces any
+            // earlier one of the same digest unread: the earlier record's
+            // expiry key stays behind until it expires, and `expire_dedupe`
+            // then drops the key alone, as the record names a later time.
+            if item.redelivered {
+                let seen: Option<DedupeRecord> = self.get_dec(Cf::Ingest, &dedupe_key)?;
+                if let Some(old) = seen {
+                    if at_ms.saturating_sub(old.committed_ms) <= owners.dedupe_window_ms {
+                        suppressed += 1;
+                        continue;
+                    }
+                    self.delete(
+                        Cf::Ingest,
+                        keys::ingest::expiry_key(old.committed_ms, &digest).to_vec(),
+                    );
+                }
             }
             self.put(
                 Cf::Ingest,

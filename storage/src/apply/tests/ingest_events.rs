@@ -161,6 +161,34 @@ fn dedupe_records_expire_with_the_window() {
 }
 
 #[test]
+fn a_message_committed_twice_keeps_the_later_record_and_both_expire() {
+    let mut s = MemState::default();
+    s.apply(owners(1, &[7]));
+    let count = |s: &MemState, prefix: u8| {
+        s.data
+            .keys()
+            .filter(|(cf, k)| *cf == Cf::Ingest && k[0] == prefix)
+            .count()
+    };
+    // The same reading twice, both fresh (a device repeating itself): both
+    // apply, and the dedupe record is the later commit's.
+    s.apply_batch(vec![(1_000, batch(1, 7, vec![item("1", "5", false)]))]);
+    s.apply_batch(vec![(5_000, batch(1, 7, vec![item("1", "5", false)]))]);
+    assert_eq!(totals(&s).applied, 2);
+    assert_eq!(count(&s, keys::ingest::DEDUPE_PREFIX), 1);
+    assert_eq!(count(&s, keys::ingest::EXPIRY_PREFIX), 2);
+    // A redelivery within the window of the later commit is suppressed,
+    // though the first commit is outside it.
+    s.apply_batch(vec![(12_000, batch(1, 7, vec![item("1", "5", true)]))]);
+    assert_eq!(totals(&s).suppressed, 1);
+    // Past both windows, the record and both expiry keys are gone; only
+    // the new message's are left.
+    s.apply_batch(vec![(20_000, batch(1, 7, vec![item("2", "1", false)]))]);
+    assert_eq!(count(&s, keys::ingest::DEDUPE_PREFIX), 1);
+    assert_eq!(count(&s, keys::ingest::EXPIRY_PREFIX), 1);
+}
+
+#[test]
 fn commands_are_issued_attempted_and_settled() {
     let mut s = MemState::default();
     s.apply(owners(1, &[7]));
