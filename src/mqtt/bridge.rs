@@ -12,6 +12,7 @@
 //! broker a DISCONNECT (a persistent session keeps what was not
 //! acknowledged, for the next connection) and ends.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,6 +98,57 @@ enum Client {
     V5(rumqttc::v5::AsyncClient),
 }
 
+impl Client {
+    /// Queues the acknowledgement if the request queue has room.
+    fn try_ack(&self, token: &AckToken) -> bool {
+        match self {
+            Client::V4(c) => c.try_ack(&ack_v4(token)).is_ok(),
+            Client::V5(c) => c.try_ack(&ack_v5(token)).is_ok(),
+        }
+    }
+
+    /// Queues the acknowledgement, waiting for room; false once the
+    /// connection's event loop is gone.
+    async fn ack(&self, token: &AckToken) -> bool {
+        match self {
+            Client::V4(c) => c.ack(&ack_v4(token)).await.is_ok(),
+            Client::V5(c) => c.ack(&ack_v5(token)).await.is_ok(),
+        }
+    }
+}
+
+/// The PUBLISH rumqttc acknowledges for `token` (only its packet id and
+/// QoS are read).
+fn ack_v4(token: &AckToken) -> rumqttc::Publish {
+    let mut p = rumqttc::Publish::new("", qos4(token.qos), Vec::new());
+    p.pkid = token.pkid;
+    p
+}
+
+fn ack_v5(token: &AckToken) -> m5::Publish {
+    let mut p = m5::Publish::new("", qos5(token.qos), Vec::new(), None);
+    p.pkid = token.pkid;
+    p
+}
+
+/// The bridge's acknowledging task: sends the backlog in order, each when
+/// the request queue has room, skipping those of an older connection
+/// (the broker redelivers their messages).
+async fn send_backlog(client: Client, backlog: Arc<AckBacklog>, generation: Arc<AtomicU64>) {
+    loop {
+        backlog.wake.notified().await;
+        loop {
+            let Some(token) = backlog.tokens().front().cloned() else {
+                break;
+            };
+            if token.generation == generation.load(Ordering::Acquire) && !client.ack(&token).await {
+                return;
+            }
+            backlog.tokens().pop_front();
+        }
+    }
+}
+
 /// The handle the rest of the server uses to acknowledge and publish.
 #[derive(Clone)]
 pub struct BridgeHandle {
@@ -104,9 +156,28 @@ pub struct BridgeHandle {
     pub name: String,
     client: Client,
     generation: Arc<AtomicU64>,
-    /// Where an acknowledgement that must wait for room in the request
-    /// queue is spawned.
-    tasks: Arc<Tasks>,
+    /// Acknowledgements that found the request queue full, waiting for the
+    /// bridge's one acknowledging task (`send_backlog`).
+    backlog: Arc<AckBacklog>,
+}
+
+/// Acknowledgements waiting for room in a connection's request queue, in
+/// the order they were made. At most one per message the ingest core
+/// holds, so bounded by `ingest.pending_messages_max`.
+#[derive(Default)]
+struct AckBacklog {
+    tokens: std::sync::Mutex<VecDeque<AckToken>>,
+    wake: tokio::sync::Notify,
+}
+
+impl AckBacklog {
+    fn tokens(&self) -> std::sync::MutexGuard<'_, VecDeque<AckToken>> {
+        // The queue is consistent after any push or pop, so a panic
+        // elsewhere while it was locked leaves nothing half done.
+        self.tokens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 fn qos4(q: u8) -> rumqttc::QoS {
@@ -128,32 +199,24 @@ fn qos5(q: u8) -> rumqttc::v5::mqttbytes::QoS {
 impl BridgeHandle {
     /// Acknowledges a message if its connection is still the current one;
     /// false when it is not (the broker will redeliver it).
+    ///
+    /// The acknowledgement goes into the connection's request queue at
+    /// once, or, when the queue is full or earlier ones already wait, into
+    /// the bridge's backlog, which one task sends in order as room frees
+    /// up. (A task per waiting acknowledgement made every send scan all the
+    /// waiters: a burst of them cost time quadratic in their number.)
     pub fn ack(&self, token: &AckToken) -> bool {
         if token.generation != self.generation.load(Ordering::Acquire) {
             return false;
         }
-        match &self.client {
-            Client::V4(c) => {
-                let mut p = rumqttc::Publish::new("", qos4(token.qos), Vec::new());
-                p.pkid = token.pkid;
-                let c = c.clone();
-                if c.try_ack(&p).is_err() {
-                    self.tasks.spawn("mqtt ack", async move {
-                        let _ = c.ack(&p).await;
-                    });
-                }
+        {
+            let mut backlog = self.backlog.tokens();
+            if backlog.is_empty() && self.client.try_ack(token) {
+                return true;
             }
-            Client::V5(c) => {
-                let mut p = m5::Publish::new("", qos5(token.qos), Vec::new(), None);
-                p.pkid = token.pkid;
-                let c = c.clone();
-                if c.try_ack(&p).is_err() {
-                    self.tasks.spawn("mqtt ack", async move {
-                        let _ = c.ack(&p).await;
-                    });
-                }
-            }
+            backlog.push_back(token.clone());
         }
+        self.backlog.wake.notify_one();
         true
     }
 
@@ -276,12 +339,17 @@ pub fn start(
             Client::V5(client)
         }
     };
+    let backlog = Arc::new(AckBacklog::default());
+    tasks.spawn(
+        "mqtt acks",
+        send_backlog(client.clone(), backlog.clone(), generation.clone()),
+    );
     Ok(BridgeHandle {
         index,
         name,
         client,
         generation,
-        tasks: tasks.clone(),
+        backlog,
     })
 }
 
@@ -488,5 +556,90 @@ async fn run_v5(
         })
         .await;
         said_goodbye(&link, sent.is_ok());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The packet ids of the acknowledgements in the request queue, taken.
+    fn taken(queue: &flume::Receiver<rumqttc::Request>) -> Vec<u16> {
+        queue
+            .drain()
+            .map(|r| match r {
+                rumqttc::Request::PubAck(a) => a.pkid,
+                other => panic!("not an acknowledgement: {other:?}"),
+            })
+            .collect()
+    }
+
+    fn waiting(backlog: &AckBacklog) -> Vec<u16> {
+        backlog.tokens().iter().map(AckToken::pkid).collect()
+    }
+
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(tokio::time::Instant::now() < deadline, "waited for {what}");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn acknowledgements_past_a_full_request_queue_wait_in_order() {
+        let (tx, queue) = flume::bounded(2);
+        let client = Client::V4(rumqttc::AsyncClient::from_senders(tx));
+        let generation = Arc::new(AtomicU64::new(1));
+        let backlog = Arc::new(AckBacklog::default());
+        let handle = BridgeHandle {
+            index: 0,
+            name: "devices".into(),
+            client: client.clone(),
+            generation: generation.clone(),
+            backlog: backlog.clone(),
+        };
+        let ack = |pkid: u16, connection: u64| handle.ack(&AckToken::new(0, connection, pkid, 1));
+
+        // Two fit in the queue; the rest wait, in order.
+        for pkid in 1..=5 {
+            assert!(ack(pkid, 1));
+        }
+        assert_eq!(waiting(&backlog), [3, 4, 5]);
+        assert_eq!(taken(&queue), [1, 2]);
+        // One made while others wait goes behind them, even with room.
+        assert!(ack(6, 1));
+        assert_eq!(waiting(&backlog), [3, 4, 5, 6]);
+        assert!(queue.is_empty());
+        // The acknowledging task sends them as room frees up, oldest first.
+        let sender = tokio::spawn(send_backlog(client, backlog.clone(), generation.clone()));
+        until("3 and 4 in the queue", || queue.len() == 2).await;
+        assert_eq!(taken(&queue), [3, 4]);
+        until("5 and 6 in the queue", || queue.len() == 2).await;
+        assert_eq!(taken(&queue), [5, 6]);
+        until("the backlog to empty", || waiting(&backlog).is_empty()).await;
+
+        // After a reconnect, those of the old connection are refused, and
+        // those still waiting are dropped: the broker redelivers them.
+        for pkid in 7..=10 {
+            assert!(ack(pkid, 1));
+        }
+        assert_eq!(waiting(&backlog), [9, 10]);
+        generation.store(2, Ordering::Release);
+        assert!(!ack(11, 1));
+        assert!(ack(12, 2));
+        assert_eq!(taken(&queue), [7, 8]);
+        until("the backlog to empty", || waiting(&backlog).is_empty()).await;
+        let sent = taken(&queue);
+        assert!(!sent.contains(&10), "{sent:?}");
+        assert!(sent.contains(&12), "{sent:?}");
+
+        // The task ends with the connection's event loop.
+        drop(queue);
+        assert!(ack(13, 2));
+        tokio::time::timeout(Duration::from_secs(10), sender)
+            .await
+            .expect("the acknowledging task ends")
+            .unwrap();
     }
 }
