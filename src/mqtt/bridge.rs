@@ -162,8 +162,11 @@ pub struct BridgeHandle {
 }
 
 /// Acknowledgements waiting for room in a connection's request queue, in
-/// the order they were made. At most one per message the ingest core
-/// holds, so bounded by `ingest.pending_messages_max`.
+/// the order they were made: one per message received and not yet
+/// acknowledged. The event loop that drains the request queue is the one
+/// that reads messages, so while it stalls no new ones arrive, and the
+/// backlog stays within what the ingest core could hold
+/// (`ingest.pending_messages_max`) plus the queue's 10,000.
 #[derive(Default)]
 struct AckBacklog {
     tokens: std::sync::Mutex<VecDeque<AckToken>>,
