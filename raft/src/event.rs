@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 mod auth;
 mod response;
+mod tagged;
 mod xmlconf;
 pub use auth::{Access, AuthChange, Permission, PermissionTarget};
 pub use response::*;
@@ -30,7 +31,7 @@ pub struct Request {
     /// Proposer's wall-clock time, milliseconds since the Unix epoch.
     #[serde(rename = "t")]
     pub at_ms: u64,
-    #[serde(rename = "e")]
+    #[serde(rename = "e", deserialize_with = "tagged::deserialize")]
     pub event: Event,
     /// The largest document, in bytes, applying this event may leave behind:
     /// the proposer's `limits.document_bytes_max`, carried in the event so
@@ -333,6 +334,7 @@ pub struct IngestItem {
     /// proposed it before): suppressed if the same digest was committed
     /// within the dedupe window.
     pub redelivered: bool,
+    #[serde(deserialize_with = "tagged::deserialize")]
     pub body: IngestBody,
 }
 
@@ -356,6 +358,59 @@ pub enum IngestBody {
     /// recorded so that every server that holds a copy acknowledges it to
     /// the broker, and counted.
     Dropped { device: String, reason: String },
+}
+
+/// The frequent events decode without serde's buffering (see `tagged`);
+/// every variant's encoding is the derived one.
+impl<'de> tagged::Tagged<'de> for Event {
+    fn variant<A: serde::de::MapAccess<'de>>(
+        tag: &str,
+        rest: A,
+    ) -> Result<tagged::Fast<Self, A>, A::Error> {
+        use serde::de::value::MapAccessDeserializer as Rest;
+        /// `Event::IngestBatch`'s fields, as the derived decoder reads them.
+        #[derive(Deserialize)]
+        struct IngestBatchFields {
+            epoch: u64,
+            proposer: u64,
+            items: Vec<IngestItem>,
+        }
+        let event = match tag {
+            "put" => Event::Put(PutOp::deserialize(Rest::new(rest))?),
+            "delete" => Event::Delete(DeleteOp::deserialize(Rest::new(rest))?),
+            "txn" => Event::Txn(TxnOp::deserialize(Rest::new(rest))?),
+            "device_data_updated" => {
+                Event::DeviceDataUpdated(DeviceData::deserialize(Rest::new(rest))?)
+            }
+            "ingest_batch" => {
+                let f = IngestBatchFields::deserialize(Rest::new(rest))?;
+                Event::IngestBatch {
+                    epoch: f.epoch,
+                    proposer: f.proposer,
+                    items: f.items,
+                }
+            }
+            _ => return Ok(tagged::Fast::Derived(rest)),
+        };
+        Ok(tagged::Fast::Done(event))
+    }
+}
+
+/// Device data, nearly every ingested message, decodes without serde's
+/// buffering (see `tagged`).
+impl<'de> tagged::Tagged<'de> for IngestBody {
+    fn variant<A: serde::de::MapAccess<'de>>(
+        tag: &str,
+        rest: A,
+    ) -> Result<tagged::Fast<Self, A>, A::Error> {
+        use serde::de::value::MapAccessDeserializer as Rest;
+        Ok(match tag {
+            "data" => {
+                tagged::Fast::Done(IngestBody::Data(DeviceData::deserialize(Rest::new(rest))?))
+            }
+            _ => tagged::Fast::Derived(rest),
+        })
+    }
 }
 
 impl Event {
