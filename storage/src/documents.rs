@@ -172,6 +172,21 @@ pub struct LastValue {
     pub at_ms: u64,
 }
 
+impl LastValue {
+    /// The entry as stored, the same as [`entry`] makes of it, built
+    /// without a round through serde: one is made for every message a
+    /// device sends.
+    pub fn into_entry(self) -> Value {
+        // Inserted in sorted order, so that a build whose maps keep
+        // insertion order (see `sorted`) writes the same bytes.
+        let mut map = Map::new();
+        map.insert("at_ms".into(), self.at_ms.into());
+        map.insert("path".into(), self.path.into());
+        map.insert("value".into(), sorted(self.value));
+        Value::Object(map)
+    }
+}
+
 /// A command as its device's document shows it (an entry of
 /// [`Device::commands`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -603,6 +618,22 @@ mod tests {
             entry(&last).to_string(),
             r#"{"at_ms":2,"path":["a"],"value":1}"#
         );
+        for value in [
+            json!(1),
+            json!(null),
+            json!({"z": [1, {"b": 2, "a": 1}], "a": "x"}),
+        ] {
+            let last = LastValue {
+                path: vec!["a".into(), "b".into()],
+                value,
+                at_ms: 7,
+            };
+            assert_eq!(last.clone().into_entry(), entry(&last));
+            assert_eq!(
+                last.clone().into_entry().to_string(),
+                entry(&last).to_string()
+            );
+        }
         let command = DeviceCommand {
             post_type: "set".into(),
             state: CommandState::Pending,

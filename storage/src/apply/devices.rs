@@ -10,7 +10,7 @@ use super::json_path;
 use super::stats::{Counter, StatDelta};
 use super::{bounds, content, Applier, ApplyError, StateRead};
 use crate::codec;
-use crate::documents::{self, Device, DeviceRejection, LastValue, OtherFields, Zone};
+use crate::documents::{Device, DeviceRejection, LastValue, OtherFields, Zone};
 use crate::keys::{self, Cf, DeviceIndex};
 
 impl<S: StateRead + ?Sized> Applier<'_, S> {
@@ -194,11 +194,12 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         let path: Vec<&str> = std::iter::once(d.post_type.as_str())
             .chain(d.path.iter().map(String::as_str))
             .collect();
-        let last = documents::entry(&LastValue {
+        let last = LastValue {
             path: d.path.clone(),
             value: value.clone(),
             at_ms,
-        });
+        }
+        .into_entry();
         let id = device_doc_id(&d.host, &d.class, &d.device_id);
         let Some((value, last)) = self.store_in_place(at_ms, &id, &d.zone, &path, value, last)?
         else {
