@@ -193,6 +193,14 @@ where
             // it could win, instead of raising its term and unseating a
             // leader the others still follow (etcd's PreVote).
             enable_pre_vote: Some(true),
+            // A leader back from a crash stands for election like any
+            // member instead of resuming its old term. Its state machine
+            // restarts at the last flushed batch and the commit index is
+            // not stored, so a resumed leader's read index could be below
+            // writes it acknowledged before the crash; a new term's first
+            // entry commits only with what a majority holds, and reads
+            // wait until it is applied.
+            enable_leader_restore: Some(false),
             ..Default::default()
         }
         .validate()
