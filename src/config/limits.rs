@@ -76,7 +76,7 @@ pub struct Limits {
     #[serde(deserialize_with = "In::<{ 1 << 20 }, STORE_BYTES_MAX>::de")]
     pub db_bytes_max: u64,
     /// Memory the database's memtables (writes not yet in table files) may
-    /// take, all column families together; past it the largest is flushed.
+    /// take, all column families together; past it they are all flushed.
     #[serde(deserialize_with = "In::<{ 16 << 20 }, { 64 << 30 }>::de")]
     pub memtable_bytes_max: u64,
     /// The database's cache of table blocks, shared by every column family.

@@ -90,6 +90,23 @@ impl Db {
         self.db.flush_wal(true).map_err(StoreError::from)
     }
 
+    /// Writes every column family's memtables to table files, all at once,
+    /// and waits: everything written before the call, with the WAL or
+    /// without, survives a crash after it. Blocking.
+    ///
+    /// Never flush one column family alone: applied batches skip the WAL,
+    /// so it would be ahead of the others after a crash, and applying the
+    /// entries after the last flushed batch again would apply some of them
+    /// twice to it. RocksDB's own flushes take every column family
+    /// (`atomic_flush`).
+    pub fn flush_all(&self) -> Result<(), StoreError> {
+        let cfs: Vec<_> = Cf::ALL.iter().map(|cf| self.cf(*cf)).collect();
+        let mut opts = rocksdb::FlushOptions::default();
+        opts.set_wait(true);
+        self.db.flush_cfs_opt(&cfs, &opts)?;
+        Ok(())
+    }
+
     /// Approximate bytes on disk for the whole database.
     pub fn size_bytes(&self) -> u64 {
         Cf::ALL
@@ -111,8 +128,10 @@ impl Db {
         let mut opts = rocksdb::CompactOptions::default();
         // The last level too: that is where most deleted data sits.
         opts.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        // All at once: a column family flushed alone would be ahead of the
+        // others after a crash (see `flush_all`).
+        self.flush_all()?;
         for cf in Cf::STATE_MACHINE {
-            self.db.flush_cf(self.cf(cf))?;
             self.db
                 .compact_range_cf_opt(self.cf(cf), None::<&[u8]>, None::<&[u8]>, &opts);
         }
@@ -289,6 +308,11 @@ fn db_options(options: &OpenOptions) -> Options {
     // Recover to the last consistent point of the WAL after a crash: the
     // log and the state machine share it, so they recover together.
     opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
+    // Applied batches are written without the WAL (the log they come from
+    // is one): every flush writes all column families' memtables at once,
+    // so a crash leaves the state machine at one applied batch, never
+    // some column families ahead of others.
+    opts.set_atomic_flush(true);
     opts.set_max_background_jobs(2);
     opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
     opts.set_keep_log_file_num(4);
@@ -332,10 +356,10 @@ pub struct OpenOptions {
     /// mirror reads: on only on members with `mongodb.enabled`.
     pub mirror_feed: bool,
     /// Memory the memtables of all column families may take together;
-    /// past it RocksDB flushes the largest. Without a budget each column
-    /// family written to holds up to two 64 MiB memtables: a put writes
-    /// four of them (the log, the current key, its history, the change
-    /// feed), so memtables alone would reach hundreds of MiB.
+    /// past it RocksDB flushes them all (`atomic_flush`). Without a budget
+    /// each column family written to holds up to two 64 MiB memtables: a
+    /// put writes four of them (the log, the current key, its history, the
+    /// change feed), so memtables alone would reach hundreds of MiB.
     pub memtable_bytes_max: u64,
     /// Uncompressed table blocks cached in memory, shared by every column
     /// family. Blocks it does not hold are read from the table files

@@ -15,9 +15,11 @@
 //!
 //! Durability: log appends are acknowledged to Raft only after the WAL is
 //! synced ([`LogStore`]'s flusher shares one fsync among every append
-//! waiting for it). State machine writes are not synced on their own: they
-//! share the WAL with the log, so after a crash the state machine is at a
-//! consistent prefix and Raft re-applies the rest from the durable log.
+//! waiting for it). State machine writes skip the WAL, as the log already
+//! holds what they are made from: RocksDB flushes every column family at
+//! once, so after a crash the state machine is at the last applied batch
+//! flushed, and Raft applies the rest again from the durable log, which
+//! keeps every entry until the state machine that applied it is flushed.
 
 pub mod apply;
 pub mod auth;

@@ -351,11 +351,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     // The committed log id is not stored (openraft's default): every
-    // applied batch records its last log id in the same WAL as the log, so
-    // what a restarted node can serve never goes back, and entries that
-    // were committed but not yet applied were never answered to anybody;
-    // Raft commits them again. Storing it cost a RocksDB write on every
-    // node at every commit.
+    // applied batch records its last log id with the state it wrote, and a
+    // restarted node applies the entries after it again once it learns the
+    // commit index from a leader (or commits them as one). Storing it cost
+    // a RocksDB write on every node at every commit.
 
     async fn append<I>(
         &mut self,
@@ -412,6 +411,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> Result<(), io::Error> {
+        // The state machine is written without the WAL: what it applied is
+        // durable only once flushed, and until then a crash makes Raft
+        // apply it again from these entries. They are applied (a snapshot
+        // covers them), so one flush makes them unneeded. Purges come once
+        // per snapshot.
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush_all())
+            .await
+            .map_err(io::Error::other)??;
         let bytes = event::encode(&log_id).map_err(|e| io::Error::other(e.to_string()))?;
         let mut batch = WriteBatch::default();
         batch.put_cf(self.db.cf(Cf::RaftMeta), raft_meta::LAST_PURGED, bytes);

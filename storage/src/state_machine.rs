@@ -371,9 +371,17 @@ impl StateMachine {
         if let Some(m) = &last_membership {
             batch.put_cf(self.db.cf(Cf::SmMeta), meta::MEMBERSHIP, codec::encode(m));
         }
-        // Not synced: the entries are already durable in the log, which
-        // shares this WAL; a crash loses at most a suffix that Raft re-applies.
-        self.db.db.write(batch).map_err(StoreError::from)?;
+        // Without the WAL: the entries are already durable in the log, so
+        // the batch need not be written twice. A crash loses what was
+        // applied since the last flush (flushes write every column family
+        // at once, see `db.rs`), and Raft applies those entries again from
+        // the log, which keeps them until they are flushed (`purge`).
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.disable_wal(true);
+        self.db
+            .db
+            .write_opt(batch, &opts)
+            .map_err(StoreError::from)?;
         let (hits, misses) = state.lookups();
         keys.note(&changes);
         self.db.metrics().key_cache(hits, misses, keys.bytes());
