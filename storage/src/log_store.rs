@@ -47,7 +47,8 @@ pub const REPLICATION_BATCH_BYTES_MAX: usize = 4 << 20;
 
 /// The newest entries of the log, in index order with no gap. When not
 /// empty, its last entry is the log's last entry: every append, truncation
-/// and purge updates it under the same lock as the write to RocksDB.
+/// and purge updates it (under the same lock as the write to RocksDB for
+/// the first two; a purge is at once for reads, see [`Purges`]).
 #[derive(Default)]
 struct Recent {
     entries: VecDeque<(Entry, usize)>,
@@ -160,6 +161,36 @@ pub struct LogStore {
     db: Db,
     flusher: Arc<tokio::sync::mpsc::Sender<IOFlushed<TypeConfig>>>,
     recent: Arc<Mutex<Recent>>,
+    /// Purges Raft asked for whose entries are still in RocksDB: see
+    /// [`Purges`].
+    purges: Arc<Purges>,
+}
+
+/// The log is purged in two steps. When Raft purges, the entries are gone
+/// at once for every read (and from [`RaftLogStorage::get_log_state`]).
+/// They leave RocksDB later, on the purger thread, after a flush of every
+/// column family: applied batches skip the WAL, so until that flush a crash
+/// makes Raft apply those entries again. The flush (tens of megabytes of
+/// memtables) takes too long for Raft's core to wait on.
+struct Purges {
+    /// The last purged log id, as Raft knows it; `None`: never purged in
+    /// this process (RocksDB's record holds).
+    logical: Mutex<Option<LogIdOf<TypeConfig>>>,
+    /// The newest purge not yet carried out in RocksDB.
+    pending: Mutex<Option<LogIdOf<TypeConfig>>>,
+    /// Wakes the purger thread (one wake-up queued is enough).
+    wake: tokio::sync::mpsc::Sender<()>,
+}
+
+impl Purges {
+    fn logical(&self) -> Option<LogIdOf<TypeConfig>> {
+        *lock(&self.logical)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every value kept under these locks is whole after each statement.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl LogStore {
@@ -172,10 +203,22 @@ impl LogStore {
             .name("utopia-log-flush".into())
             .spawn(move || flush_loop(flush_db, rx))
             .expect("spawn the log flusher thread");
+        let (wake, woken) = tokio::sync::mpsc::channel(1);
+        let purges = Arc::new(Purges {
+            logical: Mutex::new(None),
+            pending: Mutex::new(None),
+            wake,
+        });
+        let (purge_db, pending) = (db.downgrade(), Arc::downgrade(&purges));
+        std::thread::Builder::new()
+            .name("utopia-log-purge".into())
+            .spawn(move || purge_loop(purge_db, pending, woken))
+            .expect("spawn the log purger thread");
         Self {
             db,
             flusher: Arc::new(tx),
             recent: Arc::default(),
+            purges,
         }
     }
 
@@ -254,6 +297,42 @@ fn flush_loop(db: crate::db::WeakDb, mut rx: tokio::sync::mpsc::Receiver<IOFlush
     }
 }
 
+/// Carries out the purges Raft asked for: flushes every column family (the
+/// state machine that applied the entries becomes durable), then deletes
+/// the entries and records the purge. Ends when the store is dropped.
+fn purge_loop(
+    db: crate::db::WeakDb,
+    purges: std::sync::Weak<Purges>,
+    mut woken: tokio::sync::mpsc::Receiver<()>,
+) {
+    while woken.blocking_recv().is_some() {
+        let (Some(db), Some(purges)) = (db.upgrade(), purges.upgrade()) else {
+            return;
+        };
+        let Some(log_id) = lock(&purges.pending).take() else {
+            continue;
+        };
+        if let Err(e) = purge_now(&db, log_id) {
+            // The entries stay until the next purge, which covers them.
+            tracing::error!(error = %e, upto = log_id.index(), "purge the raft log");
+        }
+    }
+}
+
+fn purge_now(db: &Db, log_id: LogIdOf<TypeConfig>) -> Result<(), StoreError> {
+    db.flush_all()?;
+    let bytes = event::encode(&log_id).map_err(|e| StoreError::Io(e.to_string()))?;
+    let mut batch = WriteBatch::default();
+    batch.put_cf(db.cf(Cf::RaftMeta), raft_meta::LAST_PURGED, bytes);
+    batch.delete_range_cf(
+        db.cf(Cf::RaftLog),
+        keys::log_key(0),
+        keys::log_key(log_id.index() + 1),
+    );
+    db.db.write(batch)?;
+    Ok(())
+}
+
 impl LogStore {
     /// The entries in `range`, at most `bytes_max` encoded bytes of them
     /// (and always the first that exists).
@@ -266,6 +345,11 @@ impl LogStore {
             Bound::Included(x) => *x,
             Bound::Excluded(x) => x.saturating_add(1),
             Bound::Unbounded => 0,
+        };
+        // Purged entries may still be in RocksDB (see `Purges`).
+        let start = match self.purges.logical() {
+            Some(purged) => start.max(purged.index() + 1),
+            None => start,
         };
         let end = range.end_bound().cloned();
         if let Some(entries) = self.recent().get(start, end, bytes_max) {
@@ -328,9 +412,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 Some(Self::decode_entry(&k, &v)?.log_id())
             }
         };
-        let last_purged_log_id: Option<LogIdOf<TypeConfig>> =
-            self.get_meta(raft_meta::LAST_PURGED)?;
-        let last_log_id = last_log_id.or(last_purged_log_id);
+        let stored: Option<LogIdOf<TypeConfig>> = self.get_meta(raft_meta::LAST_PURGED)?;
+        let last_purged_log_id = stored.max(self.purges.logical());
+        let last_log_id = last_log_id.max(last_purged_log_id);
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -411,26 +495,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogIdOf<TypeConfig>) -> Result<(), io::Error> {
-        // The state machine is written without the WAL: what it applied is
-        // durable only once flushed, and until then a crash makes Raft
-        // apply it again from these entries. They are applied (a snapshot
-        // covers them), so one flush makes them unneeded. Purges come once
-        // per snapshot.
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush_all())
-            .await
-            .map_err(io::Error::other)??;
-        let bytes = event::encode(&log_id).map_err(|e| io::Error::other(e.to_string()))?;
-        let mut batch = WriteBatch::default();
-        batch.put_cf(self.db.cf(Cf::RaftMeta), raft_meta::LAST_PURGED, bytes);
-        batch.delete_range_cf(
-            self.db.cf(Cf::RaftLog),
-            keys::log_key(0),
-            keys::log_key(log_id.index() + 1),
-        );
-        let mut recent = self.recent();
-        recent.purge_upto(log_id.index());
-        self.db.db.write(batch).map_err(StoreError::from)?;
+        // Gone for every read now; out of RocksDB once a flush makes the
+        // state that applied them durable (`Purges`, `purge_loop`).
+        self.recent().purge_upto(log_id.index());
+        {
+            let mut logical = lock(&self.purges.logical);
+            *logical = (*logical).max(Some(log_id));
+        }
+        {
+            let mut pending = lock(&self.purges.pending);
+            *pending = (*pending).max(Some(log_id));
+        }
+        // Full: a wake-up is already queued, and it takes the newest.
+        let _ = self.purges.wake.try_send(());
         Ok(())
     }
 }
