@@ -6,58 +6,13 @@ fn b(s: &str) -> Bytes {
 
 #[test]
 fn events_round_trip_through_cbor() {
-    let events = vec![
-        Event::Put(PutOp {
-            key: b("a"),
-            value: b("1"),
-            lease: 0,
-            prev_kv: true,
-        }),
-        Event::Delete(DeleteOp {
-            key: b("a"),
-            range_end: b("b"),
-            prev_kv: false,
-        }),
-        Event::Txn(TxnOp {
-            compares: vec![Compare {
-                key: b("a"),
-                range_end: Bytes::new(),
-                op: CompareOp::Equal,
-                target: CompareTarget::Version(3),
-            }],
-            success: vec![TxnStep::Put(PutOp {
-                key: b("a"),
-                value: b("2"),
-                lease: 0,
-                prev_kv: false,
-            })],
-            failure: vec![TxnStep::Range(RangeOp {
-                key: b("a"),
-                range_end: Bytes::new(),
-                limit: 0,
-                keys_only: false,
-                count_only: false,
-            })],
-            bytes_max: 1 << 20,
-        }),
-        Event::LeaseGrant { id: 7, ttl_s: 10 },
-        Event::DeviceDataUpdated(DeviceData {
-            host: "h".into(),
-            zone: "z".into(),
-            class: "thermo".into(),
-            device_id: "1".into(),
-            post_type: "temp".into(),
-            path: vec!["c".into()],
-            json: "21.5".into(),
-        }),
-        Event::StatIncremented {
-            id: "d".into(),
-            kind: "device".into(),
-            counter: StatCounter::Failures,
-            by: 1,
-        },
-    ];
-    for event in events {
+    let stat = Event::StatIncremented {
+        id: "d".into(),
+        kind: "device".into(),
+        counter: StatCounter::Failures,
+        by: 1,
+    };
+    for event in tagged_samples().into_iter().chain([stat]) {
         let req = Request::new(1_700_000_000_000, event);
         let bytes = encode(&req).unwrap();
         assert_eq!(decode_request(&bytes).unwrap(), req);
