@@ -305,8 +305,9 @@ fn db_options(options: &OpenOptions) -> Options {
     );
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
-    // Recover to the last consistent point of the WAL after a crash: the
-    // log and the state machine share it, so they recover together.
+    // Recover to the last consistent point of the WAL after a crash. The
+    // WAL holds the log (and snapshot installs); the state machine comes
+    // back from its last flush, and Raft applies the rest from the log.
     opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
     // Applied batches are written without the WAL (the log they come from
     // is one): every flush writes all column families' memtables at once,

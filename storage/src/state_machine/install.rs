@@ -98,7 +98,8 @@ impl StateMachine {
                 feed_start.to_be_bytes(),
             );
         }
-        // Synced: it makes every batch before it durable too (one WAL).
+        // Synced: it makes the install's batches before it durable too (they
+        // went through the WAL, unlike applied batches).
         self.write_synced(batch)?;
         if let Some(start) = &self.mirror_feed_start {
             start.store(feed_start, Ordering::Release);
