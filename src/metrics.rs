@@ -220,6 +220,12 @@ impl Metrics {
             "Synced writes of the Raft log (a WAL sync per group of appends, vote writes)",
             ReadHistogram(Arc::new(move || fsync.log_fsync.read())),
         );
+        let apply = storage.clone();
+        r.register(
+            "storage_apply_duration_seconds",
+            "Applying one batch of committed entries to the state machine (entries committed after it wait)",
+            ReadHistogram(Arc::new(move || apply.apply.read())),
+        );
         let mut m = Metrics {
             requests,
             durations,

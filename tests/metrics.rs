@@ -158,9 +158,11 @@ fn the_metrics_endpoint_counts_puts_and_elections() {
         .map(|s| histogram_count(s, "utopia_proposal_duration_seconds", &puts))
         .sum();
     assert_eq!(timed, PUTS as u64);
-    // Every member synced its log, and its log takes room.
+    // Every member synced its log and applied the puts, and its log takes
+    // room.
     for s in &scrapes {
         assert!(histogram_count(s, "utopia_storage_fsync_duration_seconds", &[]) > 0);
+        assert!(histogram_count(s, "utopia_storage_apply_duration_seconds", &[]) > 0);
         assert!(value(s, "utopia_raft_log_bytes", &[]) > 0.0);
         // The puts are in memory, not yet in table files.
         assert!(value(s, "utopia_db_memtable_bytes", &[("cf", "kv")]) > 0.0);

@@ -1,6 +1,7 @@
 //! What the storage layer counts for the server's metrics: the Raft log's
-//! fsync latency, the snapshots built and installed, and how often the
-//! applier's key cache spared a put its read.
+//! fsync latency, how long applying a batch of committed entries takes,
+//! the snapshots built and installed, and how often the applier's key
+//! cache spared a put its read.
 //!
 //! Lock-free atomics, readable at any moment; the server registers them
 //! with its Prometheus registry (this crate knows no metrics library).
@@ -8,8 +9,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Upper bounds of the fsync latency buckets, in microseconds: 50 µs to
-/// about 3.3 s, doubling.
+/// Upper bounds of the fsync and apply latency buckets, in microseconds:
+/// 50 µs to about 3.3 s, doubling.
 pub const FSYNC_BUCKETS_US: [u64; 17] = [
     50, 100, 200, 400, 800, 1_600, 3_200, 6_400, 12_800, 25_600, 51_200, 102_400, 204_800, 409_600,
     819_200, 1_638_400, 3_276_800,
@@ -78,6 +79,11 @@ pub struct StorageMetrics {
     /// Synced writes of the Raft log: the flusher's WAL syncs (one per
     /// group of appends) and the synced vote writes.
     pub log_fsync: LatencyHistogram,
+    /// Applying one batch of committed entries, from its first entry to
+    /// the state machine's write: while it runs, nothing
+    /// committed after it is applied on this member, and clients waiting
+    /// for those entries wait.
+    pub apply: LatencyHistogram,
     /// Snapshots this member built of its state machine.
     pub snapshots_built: AtomicU64,
     /// Snapshots from a leader this member installed.
@@ -95,6 +101,7 @@ impl Default for StorageMetrics {
     fn default() -> Self {
         Self {
             log_fsync: LatencyHistogram::new(&FSYNC_BUCKETS_US),
+            apply: LatencyHistogram::new(&FSYNC_BUCKETS_US),
             snapshots_built: AtomicU64::new(0),
             snapshots_installed: AtomicU64::new(0),
             key_cache_hits: AtomicU64::new(0),

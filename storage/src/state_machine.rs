@@ -304,6 +304,7 @@ impl StateMachine {
     }
 
     fn apply_chunk(&mut self, chunk: Chunk) -> Result<(), io::Error> {
+        let started = std::time::Instant::now();
         let mut keys = self.keys();
         let state = CachedState::new(&self.db, &keys);
         let mut applier = Applier::new(&state);
@@ -382,6 +383,7 @@ impl StateMachine {
             .db
             .write_opt(batch, &opts)
             .map_err(StoreError::from)?;
+        self.db.metrics().apply.observe(started.elapsed());
         let (hits, misses) = state.lookups();
         keys.note(&changes);
         self.db.metrics().key_cache(hits, misses, keys.bytes());
