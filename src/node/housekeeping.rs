@@ -220,8 +220,22 @@ async fn reap_leases(node: &Node) {
     }
 }
 
+/// Revisions one automatic compaction step covers, at most. Each step is
+/// one entry that every member applies at once (reading the change feed
+/// below it, deleting what it supersedes), and entries committed after it
+/// wait for that: a step of 10,000 revisions held puts for tens of
+/// milliseconds on every member.
+const COMPACT_STEP_REVISIONS_MAX: i64 = 1_000;
+
+/// Compaction steps per housekeeping tick, at most (64,000 revisions: far
+/// more than writes add between ticks); a larger backlog is compacted over
+/// the next ticks, so that lease expiry is not held up behind it.
+const COMPACT_STEPS_PER_TICK_MAX: usize = 64;
+
 /// Keeps at most `history_revisions_max` revisions of key history, plus a
 /// tenth so that compactions come in batches rather than one per write.
+/// A batch is proposed in steps ([`compaction_steps`]), each waiting for
+/// the one before.
 async fn compact_history(node: &Node) {
     let kept = node.limits.history_revisions_max as i64;
     let (current, compacted) = match node.reader.revisions() {
@@ -231,15 +245,79 @@ async fn compact_history(node: &Node) {
             return;
         }
     };
-    if current - compacted <= kept + (kept / 10).max(1) {
-        return;
-    }
-    let revision = current - kept;
-    match node.propose(Event::Compact { revision }).await {
-        Ok(_) => {
-            node.metrics.compactions.inc();
-            tracing::info!(revision, "compacted key history");
+    let mut done = None;
+    for revision in compaction_steps(current, compacted, kept) {
+        match node.propose(Event::Compact { revision }).await {
+            Ok(_) => {
+                node.metrics.compactions.inc();
+                done = Some(revision);
+            }
+            Err(e) => {
+                tracing::warn!(revision, error = %e, "compact key history");
+                break;
+            }
         }
-        Err(e) => tracing::warn!(revision, error = %e, "compact key history"),
+    }
+    if let Some(revision) = done {
+        tracing::info!(revision, "compacted key history");
+    }
+}
+
+/// The revisions to compact to, in order, when the history runs from
+/// `compacted` to `current` and `kept` revisions are to stay: none until
+/// the history is a tenth past `kept`, then steps of at most
+/// `COMPACT_STEP_REVISIONS_MAX` towards `current - kept`, at most
+/// `COMPACT_STEPS_PER_TICK_MAX` of them.
+fn compaction_steps(current: i64, compacted: i64, kept: i64) -> Vec<i64> {
+    let mut steps = Vec::new();
+    if current - compacted <= kept + (kept / 10).max(1) {
+        return steps;
+    }
+    let target = current - kept;
+    let mut done = compacted;
+    while done < target && steps.len() < COMPACT_STEPS_PER_TICK_MAX {
+        done = target.min(done + COMPACT_STEP_REVISIONS_MAX);
+        steps.push(done);
+    }
+    steps
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compaction_waits_for_a_tenth_more_history_then_steps_to_what_is_kept() {
+        assert!(compaction_steps(110_000, 0, 100_000).is_empty());
+        assert_eq!(
+            compaction_steps(110_001, 0, 100_000),
+            (1..=10)
+                .map(|i| i * 1_000)
+                .chain([10_001])
+                .collect::<Vec<_>>()
+        );
+        assert!(compaction_steps(152_500, 50_000, 100_000).is_empty());
+        assert_eq!(
+            compaction_steps(53_500, 50_000, 1_000),
+            vec![51_000, 52_000, 52_500]
+        );
+        // Small histories: one step, and at least one revision past `kept`.
+        assert!(compaction_steps(21, 0, 20).is_empty());
+        assert_eq!(compaction_steps(60, 0, 20), vec![40]);
+        assert_eq!(compaction_steps(3, 0, 1), vec![2]);
+    }
+
+    #[test]
+    fn a_large_backlog_is_compacted_over_several_ticks() {
+        let steps = compaction_steps(10_000_000, 0, 100);
+        assert_eq!(steps.len(), COMPACT_STEPS_PER_TICK_MAX);
+        assert_eq!(steps.first(), Some(&COMPACT_STEP_REVISIONS_MAX));
+        assert_eq!(
+            steps.last(),
+            Some(&(COMPACT_STEPS_PER_TICK_MAX as i64 * COMPACT_STEP_REVISIONS_MAX))
+        );
+        assert!(steps
+            .windows(2)
+            .all(|w| w[1] - w[0] == COMPACT_STEP_REVISIONS_MAX));
     }
 }
