@@ -80,9 +80,9 @@ pub struct StorageMetrics {
     /// group of appends) and the synced vote writes.
     pub log_fsync: LatencyHistogram,
     /// Applying one batch of committed entries, from its first entry to
-    /// the state machine's write: while it runs, nothing
-    /// committed after it is applied on this member, and clients waiting
-    /// for those entries wait.
+    /// the state machine's write: while it runs, nothing committed after
+    /// it is applied on this member, and clients waiting for those
+    /// entries wait.
     pub apply: LatencyHistogram,
     /// Snapshots this member built of its state machine.
     pub snapshots_built: AtomicU64,
