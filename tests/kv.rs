@@ -456,3 +456,45 @@ fn old_history_is_compacted_automatically() {
         "49"
     );
 }
+
+#[test]
+fn a_wide_compaction_is_applied_in_steps() {
+    let dir = temp_dir();
+    let s = Server::start(&dir.path().join("data"));
+    s.cli_ok(&[
+        "bench",
+        "put",
+        "--clients",
+        "8",
+        "--total",
+        "2600",
+        "--keys-space",
+        "100",
+        "--value-bytes",
+        "16",
+    ]);
+    let revision = s.cli_json(&["status"])["revision"].as_i64().unwrap();
+    assert!(revision >= 2_600, "revision {revision}");
+    let target = revision - 10;
+    s.cli_ok(&["compact", &target.to_string()]);
+    let st = s.cli_json(&["status"]);
+    assert_eq!(st["compact_revision"].as_i64(), Some(target), "{st}");
+    // At most 1,000 revisions per entry: three entries at least.
+    let entries = st["counters"]["proposals_total{event=\"compact\"}"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(entries >= 3, "{entries} compaction entries: {st}");
+    let old = s.cli(&["get", "--prefix", "bench/", "--rev", "5"]);
+    assert_eq!(old.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&old.stderr).contains("compacted"));
+    let at = s.cli_json(&["get", "--prefix", "bench/", "--rev", &target.to_string()]);
+    assert_eq!(at["count"].as_i64(), Some(100), "{at}");
+    // A compaction at or below the compacted revision is refused, and
+    // compacts nothing more.
+    let again = s.cli(&["compact", &(target - 1500).to_string()]);
+    assert_eq!(again.status.code(), Some(3), "{again:?}");
+    assert_eq!(
+        s.cli_json(&["status"])["compact_revision"].as_i64(),
+        Some(target)
+    );
+}

@@ -337,7 +337,7 @@ impl pb::kv_server::Kv for KvService {
                 .invalid("bad_revision", "compact revision must be positive")
                 .into());
         }
-        let resp = self.node.propose(Event::Compact { revision }).await?;
+        let resp = self.node.compact(revision).await?;
         Ok(Response::new(pb::CompactResponse {
             header: header(&self.node, resp.revision),
         }))

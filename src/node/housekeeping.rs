@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use utopia_raft::event::Event;
 
+use super::compaction;
 use super::Node;
 
 /// Leases expired per reaper tick, at most; the rest wait for the next tick.
@@ -220,13 +221,6 @@ async fn reap_leases(node: &Node) {
     }
 }
 
-/// Revisions one automatic compaction step covers, at most. Each step is
-/// one entry that every member applies at once (reading the change feed
-/// below it, deleting what it supersedes), and entries committed after it
-/// wait for that: a step of 10,000 revisions held puts for tens of
-/// milliseconds on every member.
-const COMPACT_STEP_REVISIONS_MAX: i64 = 1_000;
-
 /// Compaction steps per housekeeping tick, at most (64,000 revisions: far
 /// more than writes add between ticks); a larger backlog is compacted over
 /// the next ticks, so that lease expiry is not held up behind it.
@@ -265,25 +259,20 @@ async fn compact_history(node: &Node) {
 
 /// The revisions to compact to, in order, when the history runs from
 /// `compacted` to `current` and `kept` revisions are to stay: none until
-/// the history is a tenth past `kept`, then steps of at most
-/// `COMPACT_STEP_REVISIONS_MAX` towards `current - kept`, at most
-/// `COMPACT_STEPS_PER_TICK_MAX` of them.
+/// the history is a tenth past `kept`, then [`compaction::steps`] towards
+/// `current - kept`, at most `COMPACT_STEPS_PER_TICK_MAX` of them.
 fn compaction_steps(current: i64, compacted: i64, kept: i64) -> Vec<i64> {
-    let mut steps = Vec::new();
     if current - compacted <= kept + (kept / 10).max(1) {
-        return steps;
+        return Vec::new();
     }
-    let target = current - kept;
-    let mut done = compacted;
-    while done < target && steps.len() < COMPACT_STEPS_PER_TICK_MAX {
-        done = target.min(done + COMPACT_STEP_REVISIONS_MAX);
-        steps.push(done);
-    }
-    steps
+    compaction::steps(compacted, current - kept)
+        .take(COMPACT_STEPS_PER_TICK_MAX)
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
+    use super::compaction::COMPACT_STEP_REVISIONS_MAX;
     use super::*;
 
     #[test]

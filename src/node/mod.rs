@@ -19,6 +19,7 @@
 //!   forwards.
 //! - [`housekeeping`]: the leader's upkeep (leases, compaction, fellows,
 //!   quotas) and each member's published client address.
+//! - [`compaction`]: compacting the key history in bounded steps.
 //! - [`configs`]: XML configuration sync, the member's side (watching its
 //!   directory, voting, writing accepted files) and the leader's decisions.
 //! - [`backups`]: backups the leader takes on a schedule.
@@ -27,6 +28,7 @@
 pub mod access;
 mod alarm;
 pub mod backups;
+pub mod compaction;
 pub mod configs;
 pub mod credentials;
 pub mod error;
