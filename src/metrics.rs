@@ -336,7 +336,7 @@ impl Metrics {
             compactions: reg(
                 &mut r,
                 "compactions",
-                "Automatic compactions this member proposed",
+                "Automatic compaction entries this member proposed (steps of at most 1,000 revisions)",
                 Counter::default(),
             ),
             db_space_used_bytes: reg(
