@@ -1,6 +1,7 @@
 //! Applying compaction: the key history and the change feed below a
 //! revision are dropped, keeping what reads at that revision need.
 
+use ciborium_ll::{simple, Decoder, Header};
 use serde::Deserialize;
 use utopia_raft::event::{Bytes, Outcome, Rejection};
 
@@ -39,74 +40,66 @@ struct KeyOnly {
 /// not read (a change record has none deeper than two).
 const SKIP_DEPTH_MAX: u8 = 8;
 
-/// A reader of the CBOR items compaction needs, over a record's bytes:
-/// definite lengths only (serde's encoder writes no others). Every method
-/// returns `None` on anything else, and the caller falls back to the
-/// derived decoder.
+/// The CBOR items compaction needs, over a record's bytes: headers come
+/// from `ciborium_ll`, and byte and text strings are sliced out of the
+/// record rather than copied. Definite lengths only (serde's encoder
+/// writes no others): every method returns `None` on anything else, and
+/// the caller falls back to the derived decoder.
 struct Cbor<'a> {
-    rest: &'a [u8],
+    bytes: &'a [u8],
+    at: usize,
 }
 
 impl<'a> Cbor<'a> {
-    /// The next item's major type and argument.
-    fn head(&mut self) -> Option<(u8, u64)> {
-        let (&first, rest) = self.rest.split_first()?;
-        let (major, info) = (first >> 5, first & 0x1f);
-        let width = match info {
-            0..=23 => 0,
-            24 => 1,
-            25 => 2,
-            26 => 4,
-            27 => 8,
-            _ => return None,
-        };
-        let (arg, rest) = if width == 0 {
-            (u64::from(info), rest)
-        } else {
-            let (arg, rest) = (rest.get(..width)?, &rest[width..]);
-            (arg.iter().fold(0u64, |n, b| n << 8 | u64::from(*b)), rest)
-        };
-        self.rest = rest;
-        Some((major, arg))
+    fn head(&mut self) -> Option<Header> {
+        let mut decoder = Decoder::from(self.bytes.get(self.at..)?);
+        let header = decoder.pull().ok()?;
+        self.at += decoder.offset();
+        Some(header)
     }
 
-    fn take(&mut self, len: u64) -> Option<&'a [u8]> {
-        let len = usize::try_from(len).ok()?;
-        let taken = self.rest.get(..len)?;
-        self.rest = &self.rest[len..];
+    fn take(&mut self, len: usize) -> Option<&'a [u8]> {
+        let taken = self.bytes.get(self.at..self.at.checked_add(len)?)?;
+        self.at += len;
         Some(taken)
     }
 
     fn text(&mut self) -> Option<&'a [u8]> {
         match self.head()? {
-            (3, len) => self.take(len),
+            Header::Text(Some(len)) => self.take(len),
+            _ => None,
+        }
+    }
+
+    fn byte_string(&mut self) -> Option<&'a [u8]> {
+        match self.head()? {
+            Header::Bytes(Some(len)) => self.take(len),
             _ => None,
         }
     }
 
     /// The number of pairs of the map that comes next.
-    fn map(&mut self) -> Option<u64> {
+    fn map(&mut self) -> Option<usize> {
         match self.head()? {
-            (5, pairs) => Some(pairs),
+            Header::Map(Some(pairs)) => Some(pairs),
             _ => None,
         }
     }
 
     /// Passes over the next item, whatever it is.
     fn skip(&mut self, depth: u8) -> Option<()> {
-        let (major, arg) = self.head()?;
-        match major {
-            // Integers and simple values (a float's bits were its argument).
-            0 | 1 | 7 => Some(()),
-            2 | 3 => self.take(arg).map(drop),
-            4 | 5 => {
-                let depth = depth.checked_sub(1)?;
-                let items = if major == 5 { arg.checked_mul(2)? } else { arg };
-                (0..items).try_for_each(|_| self.skip(depth))
+        let items = match self.head()? {
+            Header::Positive(_) | Header::Negative(_) | Header::Float(_) | Header::Simple(_) => {
+                return Some(())
             }
-            6 => self.skip(depth.checked_sub(1)?),
-            _ => None,
-        }
+            Header::Bytes(Some(len)) | Header::Text(Some(len)) => return self.take(len).map(drop),
+            Header::Tag(_) => 1,
+            Header::Array(Some(items)) => items,
+            Header::Map(Some(pairs)) => pairs.checked_mul(2)?,
+            _ => return None,
+        };
+        let depth = depth.checked_sub(1)?;
+        (0..items).try_for_each(|_| self.skip(depth))
     }
 }
 
@@ -114,24 +107,21 @@ impl<'a> Cbor<'a> {
 /// value is passed over, not copied); `None` when the bytes are not laid
 /// out as serde writes a [`super::ChangeRecord`].
 fn change_head(bytes: &[u8]) -> Option<Head<'_>> {
-    let mut c = Cbor { rest: bytes };
+    let mut c = Cbor { bytes, at: 0 };
     let (mut deleted, mut key, mut prev_revision) = (None, None, None);
     for _ in 0..c.map()? {
         match c.text()? {
             b"deleted" => {
                 deleted = Some(match c.head()? {
-                    (7, 20) => false,
-                    (7, 21) => true,
+                    Header::Simple(simple::FALSE) => false,
+                    Header::Simple(simple::TRUE) => true,
                     _ => return None,
                 })
             }
             b"kv" => {
                 for _ in 0..c.map()? {
                     if c.text()? == b"key" {
-                        key = Some(match c.head()? {
-                            (2, len) => c.take(len)?,
-                            _ => return None,
-                        });
+                        key = Some(c.byte_string()?);
                     } else {
                         c.skip(SKIP_DEPTH_MAX)?;
                     }
@@ -139,16 +129,16 @@ fn change_head(bytes: &[u8]) -> Option<Head<'_>> {
             }
             b"prev_revision" => {
                 prev_revision = match c.head()? {
-                    (0, n) => Some(i64::try_from(n).ok()?),
-                    (1, n) => Some(-1 - i64::try_from(n).ok()?),
-                    (7, 22) => None,
+                    Header::Positive(n) => Some(i64::try_from(n).ok()?),
+                    Header::Negative(n) => Some(-1 - i64::try_from(n).ok()?),
+                    Header::Simple(simple::NULL) => None,
                     _ => return None,
                 }
             }
             _ => c.skip(SKIP_DEPTH_MAX)?,
         }
     }
-    if !c.rest.is_empty() {
+    if c.at != bytes.len() {
         return None;
     }
     Some(Head {
