@@ -1,7 +1,6 @@
 //! Applying compaction: the key history and the change feed below a
 //! revision are dropped, keeping what reads at that revision need.
 
-use ciborium_ll::{simple, Decoder, Header};
 use serde::Deserialize;
 use utopia_raft::event::{Bytes, Outcome, Rejection};
 
@@ -40,66 +39,77 @@ struct KeyOnly {
 /// not read (a change record has none deeper than two).
 const SKIP_DEPTH_MAX: u8 = 8;
 
-/// The CBOR items compaction needs, over a record's bytes: headers come
-/// from `ciborium_ll`, and byte and text strings are sliced out of the
-/// record rather than copied. Definite lengths only (serde's encoder
-/// writes no others): every method returns `None` on anything else, and
-/// the caller falls back to the derived decoder.
+/// A reader of the CBOR items compaction needs, over a record's bytes:
+/// definite lengths only (serde's encoder writes no others). Every method
+/// returns `None` on anything else, and the caller falls back to the
+/// derived decoder. Headers are read here rather than by `ciborium_ll`'s
+/// `Decoder`: with it, compaction took about a third more of a follower's
+/// samples (3.3–4.9% against 2.2–3.6%, both followers in three profiles
+/// each).
 struct Cbor<'a> {
-    bytes: &'a [u8],
-    at: usize,
+    rest: &'a [u8],
 }
 
 impl<'a> Cbor<'a> {
-    fn head(&mut self) -> Option<Header> {
-        let mut decoder = Decoder::from(self.bytes.get(self.at..)?);
-        let header = decoder.pull().ok()?;
-        self.at += decoder.offset();
-        Some(header)
+    /// The next item's major type and argument.
+    fn head(&mut self) -> Option<(u8, u64)> {
+        let (&first, rest) = self.rest.split_first()?;
+        let (major, info) = (first >> 5, first & 0x1f);
+        let width = match info {
+            0..=23 => 0,
+            24 => 1,
+            25 => 2,
+            26 => 4,
+            27 => 8,
+            _ => return None,
+        };
+        let (arg, rest) = if width == 0 {
+            (u64::from(info), rest)
+        } else {
+            let (arg, rest) = (rest.get(..width)?, &rest[width..]);
+            (arg.iter().fold(0u64, |n, b| n << 8 | u64::from(*b)), rest)
+        };
+        self.rest = rest;
+        Some((major, arg))
     }
 
-    fn take(&mut self, len: usize) -> Option<&'a [u8]> {
-        let taken = self.bytes.get(self.at..self.at.checked_add(len)?)?;
-        self.at += len;
+    fn take(&mut self, len: u64) -> Option<&'a [u8]> {
+        let len = usize::try_from(len).ok()?;
+        let taken = self.rest.get(..len)?;
+        self.rest = &self.rest[len..];
         Some(taken)
     }
 
     fn text(&mut self) -> Option<&'a [u8]> {
         match self.head()? {
-            Header::Text(Some(len)) => self.take(len),
-            _ => None,
-        }
-    }
-
-    fn byte_string(&mut self) -> Option<&'a [u8]> {
-        match self.head()? {
-            Header::Bytes(Some(len)) => self.take(len),
+            (3, len) => self.take(len),
             _ => None,
         }
     }
 
     /// The number of pairs of the map that comes next.
-    fn map(&mut self) -> Option<usize> {
+    fn map(&mut self) -> Option<u64> {
         match self.head()? {
-            Header::Map(Some(pairs)) => Some(pairs),
+            (5, pairs) => Some(pairs),
             _ => None,
         }
     }
 
     /// Passes over the next item, whatever it is.
     fn skip(&mut self, depth: u8) -> Option<()> {
-        let items = match self.head()? {
-            Header::Positive(_) | Header::Negative(_) | Header::Float(_) | Header::Simple(_) => {
-                return Some(())
+        let (major, arg) = self.head()?;
+        match major {
+            // Integers and simple values (a float's bits were its argument).
+            0 | 1 | 7 => Some(()),
+            2 | 3 => self.take(arg).map(drop),
+            4 | 5 => {
+                let depth = depth.checked_sub(1)?;
+                let items = if major == 5 { arg.checked_mul(2)? } else { arg };
+                (0..items).try_for_each(|_| self.skip(depth))
             }
-            Header::Bytes(Some(len)) | Header::Text(Some(len)) => return self.take(len).map(drop),
-            Header::Tag(_) => 1,
-            Header::Array(Some(items)) => items,
-            Header::Map(Some(pairs)) => pairs.checked_mul(2)?,
-            _ => return None,
-        };
-        let depth = depth.checked_sub(1)?;
-        (0..items).try_for_each(|_| self.skip(depth))
+            6 => self.skip(depth.checked_sub(1)?),
+            _ => None,
+        }
     }
 }
 
@@ -107,21 +117,24 @@ impl<'a> Cbor<'a> {
 /// value is passed over, not copied); `None` when the bytes are not laid
 /// out as serde writes a [`super::ChangeRecord`].
 fn change_head(bytes: &[u8]) -> Option<Head<'_>> {
-    let mut c = Cbor { bytes, at: 0 };
+    let mut c = Cbor { rest: bytes };
     let (mut deleted, mut key, mut prev_revision) = (None, None, None);
     for _ in 0..c.map()? {
         match c.text()? {
             b"deleted" => {
                 deleted = Some(match c.head()? {
-                    Header::Simple(simple::FALSE) => false,
-                    Header::Simple(simple::TRUE) => true,
+                    (7, 20) => false,
+                    (7, 21) => true,
                     _ => return None,
                 })
             }
             b"kv" => {
                 for _ in 0..c.map()? {
                     if c.text()? == b"key" {
-                        key = Some(c.byte_string()?);
+                        key = Some(match c.head()? {
+                            (2, len) => c.take(len)?,
+                            _ => return None,
+                        });
                     } else {
                         c.skip(SKIP_DEPTH_MAX)?;
                     }
@@ -129,16 +142,16 @@ fn change_head(bytes: &[u8]) -> Option<Head<'_>> {
             }
             b"prev_revision" => {
                 prev_revision = match c.head()? {
-                    Header::Positive(n) => Some(i64::try_from(n).ok()?),
-                    Header::Negative(n) => Some(-1 - i64::try_from(n).ok()?),
-                    Header::Simple(simple::NULL) => None,
+                    (0, n) => Some(i64::try_from(n).ok()?),
+                    (1, n) => Some(-1 - i64::try_from(n).ok()?),
+                    (7, 22) => None,
                     _ => return None,
                 }
             }
             _ => c.skip(SKIP_DEPTH_MAX)?,
         }
     }
-    if c.at != bytes.len() {
+    if !c.rest.is_empty() {
         return None;
     }
     Some(Head {
