@@ -7,6 +7,8 @@
 //! clock. Events are encoded in CBOR; [`encode`] and [`decode`] are the only
 //! way bytes become events and back.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 mod auth;
@@ -31,8 +33,14 @@ pub struct Request {
     /// Proposer's wall-clock time, milliseconds since the Unix epoch.
     #[serde(rename = "t")]
     pub at_ms: u64,
-    #[serde(rename = "e", deserialize_with = "tagged::deserialize")]
-    pub event: Event,
+    /// Shared: a log entry is cloned for each replication stream and for
+    /// the state machine, and the event is never changed once proposed.
+    #[serde(
+        rename = "e",
+        serialize_with = "serialize_shared",
+        deserialize_with = "deserialize_shared"
+    )]
+    pub event: Arc<Event>,
     /// The largest document, in bytes, applying this event may leave behind:
     /// the proposer's `limits.document_bytes_max`, carried in the event so
     /// that every replica applies the same limit. None (events that write
@@ -46,7 +54,7 @@ impl Request {
         Self {
             version: EVENT_VERSION,
             at_ms,
-            event,
+            event: Arc::new(event),
             document_bytes_max: None,
         }
     }
@@ -56,6 +64,14 @@ impl Request {
         self.document_bytes_max = Some(bytes);
         self
     }
+}
+
+fn serialize_shared<S: serde::Serializer>(event: &Arc<Event>, s: S) -> Result<S::Ok, S::Error> {
+    Event::serialize(event, s)
+}
+
+fn deserialize_shared<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Arc<Event>, D::Error> {
+    tagged::deserialize(d).map(Arc::new)
 }
 
 impl std::fmt::Display for Request {

@@ -54,7 +54,7 @@ fn check_request(
             ));
         }
     }
-    match &req.event {
+    match &*req.event {
         Event::IngestBatch { items, .. } => {
             if items.len() > INGEST_BATCH_ITEMS_MAX {
                 return Err(format!(

@@ -432,7 +432,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
     }
 
     fn apply_event(&mut self, req: &Request) -> Result<Outcome, ApplyError> {
-        Ok(match &req.event {
+        Ok(match &*req.event {
             Event::Put(op) => self.apply_single(req, TxnStep::Put(op.clone()))?,
             Event::Delete(op) => self.apply_single(req, TxnStep::Delete(op.clone()))?,
             Event::Txn(txn) => self.apply_txn(req, txn)?,

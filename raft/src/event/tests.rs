@@ -187,7 +187,7 @@ fn both_ways(event: Map) -> (Result<Event, CodecError>, Result<Event, CodecError
         (text("t"), ciborium::Value::from(5u64)),
         (text("e"), event.clone()),
     ]);
-    let entry = decode_request(&encode(&request).unwrap()).map(|r| r.event);
+    let entry = decode_request(&encode(&request).unwrap()).map(|r| Arc::unwrap_or_clone(r.event));
     let derived = decode::<Event>(&encode(&event).unwrap());
     (entry, derived)
 }

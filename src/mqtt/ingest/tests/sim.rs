@@ -284,7 +284,7 @@ impl Sim {
 
     pub fn answer(&mut self, i: usize, answer: Answer) {
         let (batch, request) = self.proposals.get(i).cloned().expect("no such proposal");
-        let Event::IngestBatch { epoch, .. } = request.event else {
+        let Event::IngestBatch { epoch, .. } = *request.event else {
             panic!("not a batch")
         };
         let a = self.core.on_proposed(batch, answer.result(epoch), self.now);
@@ -309,7 +309,7 @@ impl Sim {
             epoch,
             proposer,
             items,
-        } = &request.event
+        } = &*request.event
         else {
             panic!("not a batch: {request}")
         };
