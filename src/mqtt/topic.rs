@@ -186,6 +186,21 @@ pub fn decode_payload(payload: &[u8], max: usize, depth_max: usize) -> Result<Va
     cbor_to_json(item, 0, depth_max)
 }
 
+/// The JSON text a payload is logged as: the value [`decode_payload`]
+/// decodes it to, written out. An object or array that came as JSON text
+/// is logged as it came (trimmed) once it has decoded: every replica
+/// parses the logged text again when applying it, to the same value, so
+/// writing the value out anew would only cost time.
+pub fn payload_json(payload: &[u8], max: usize, depth_max: usize) -> Result<String, BadMessage> {
+    let value = decode_payload(payload, max, depth_max)?;
+    if matches!(value, Value::Object(_) | Value::Array(_)) {
+        if let Some(text) = is_text(payload) {
+            return Ok(text.trim().to_string());
+        }
+    }
+    Ok(value.to_string())
+}
+
 /// Converts a CBOR item inside `depth` containers (or tags).
 fn cbor_to_json(v: ciborium::Value, depth: usize, depth_max: usize) -> Result<Value, BadMessage> {
     use ciborium::Value as C;
@@ -279,6 +294,48 @@ mod tests {
         assert_eq!(d(b"{\"a\":").unwrap_err().reason(), "bad_json");
         assert_eq!(d(b"[1,").unwrap_err().reason(), "bad_json");
         assert_eq!(d(&[b'x'; 2000]).unwrap_err().reason(), "payload_too_large");
+    }
+
+    #[test]
+    fn a_payload_is_logged_as_json_text_of_the_value_it_decodes_to() {
+        let mut cbor = Vec::new();
+        let item = ciborium::Value::Map(vec![(
+            ciborium::Value::Text("a".into()),
+            ciborium::Value::Array(vec![1.into(), ciborium::Value::Float(2.5)]),
+        )]);
+        ciborium::into_writer(&item, &mut cbor).unwrap();
+        let payloads: [&[u8]; 9] = [
+            b"",
+            b"21.5",
+            b" true\n",
+            b"on",
+            br#"{"a":[1,2]}"#,
+            b" { \"a\" : [ 1 , 2.50 ], \"a\": {\"b\": \"\\u00e9\"} }\r\n",
+            b"[1e3, -0, 18446744073709551615, \"x\"]",
+            &cbor,
+            &[0x01],
+        ];
+        for p in payloads {
+            let text = payload_json(p, 1024, 32).unwrap();
+            let value = decode_payload(p, 1024, 32).unwrap();
+            assert_eq!(
+                serde_json::from_str::<Value>(&text).unwrap(),
+                value,
+                "{p:?}"
+            );
+        }
+        // Objects and arrays sent as text are logged as sent, trimmed.
+        assert_eq!(
+            payload_json(b" {\"a\": [1, 2]}\n", 1024, 32).unwrap(),
+            r#"{"a": [1, 2]}"#
+        );
+        assert_eq!(payload_json(b"on", 1024, 32).unwrap(), r#""on""#);
+        for bad in [&b"{\"a\":"[..], b"[1,", &[b'['; 40]] {
+            assert_eq!(
+                payload_json(bad, 1024, 32).unwrap_err().reason(),
+                decode_payload(bad, 1024, 32).unwrap_err().reason()
+            );
+        }
     }
 
     #[test]

@@ -46,11 +46,11 @@ pub(super) fn classify(m: &Incoming, carries_devices: bool, rules: &Rules) -> Ar
     if parsed.post_type == "cmd" {
         return Arrival::NotData;
     }
-    let value =
-        match topic::decode_payload(&m.payload, rules.payload_bytes_max, rules.json_depth_max) {
-            Ok(v) => v,
-            Err(bad) => return Arrival::Bad(bad),
-        };
+    let json = match topic::payload_json(&m.payload, rules.payload_bytes_max, rules.json_depth_max)
+    {
+        Ok(json) => json,
+        Err(bad) => return Arrival::Bad(bad),
+    };
     let body = if parsed.post_type == "reply" {
         let Some(id) = parsed
             .path
@@ -66,7 +66,7 @@ pub(super) fn classify(m: &Incoming, carries_devices: bool, rules: &Rules) -> Ar
             class: parsed.class.to_string(),
             device_id: parsed.device_id.to_string(),
             command_id: id,
-            json: value.to_string(),
+            json,
         }
     } else {
         IngestBody::Data(DeviceData {
@@ -76,7 +76,7 @@ pub(super) fn classify(m: &Incoming, carries_devices: bool, rules: &Rules) -> Ar
             device_id: parsed.device_id.to_string(),
             post_type: parsed.post_type.to_string(),
             path: parsed.path.iter().map(|s| s.to_string()).collect(),
-            json: value.to_string(),
+            json,
         })
     };
     Arrival::Device(DeviceMessage {
