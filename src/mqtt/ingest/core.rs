@@ -25,6 +25,7 @@ use utopia_storage::apply::{IngestEffects, IngestOwners};
 
 pub use super::actions::{Action, CoreConfig, Counted, Gauges, Lookup, Now};
 use super::arrival::{self, Arrival, DeviceMessage, Rules};
+use super::copies::CopiesByDigest;
 use super::lag::LagHistogram;
 use super::links::Links;
 use super::rate::DeviceRates;
@@ -112,9 +113,11 @@ pub struct Core {
     json_depth_max: u64,
     document_bytes_max: u64,
     links: Links,
-    held: BTreeMap<u64, Held>,
+    /// Boxed: a tree node moves its values on every insert and removal,
+    /// and a copy with its body is a few hundred bytes.
+    held: BTreeMap<u64, Box<Held>>,
     /// Held copies by digest, oldest first.
-    by_digest: HashMap<[u8; 16], VecDeque<u64>>,
+    by_digest: CopiesByDigest,
     /// Copies of owned devices waiting to be proposed, oldest first (may
     /// name settled or in-flight ones: skipped when met).
     ready: VecDeque<u64>,
@@ -160,7 +163,7 @@ impl Core {
             document_bytes_max: config.document_bytes_max,
             links: Links::new(config.ingests, s.weight, s.owner_timeout_ms, now.mono_ms),
             held: BTreeMap::new(),
-            by_digest: HashMap::new(),
+            by_digest: CopiesByDigest::default(),
             ready: VecDeque::new(),
             next_seq: 0,
             tombstones: Tombstones::new(s.pending_messages_max, s.dedupe_window_ms),
@@ -225,11 +228,11 @@ impl Core {
     /// A batch was applied on this node.
     pub fn on_applied(&mut self, eff: &IngestEffects, now: Now) -> Vec<Action> {
         for digest in &eff.committed {
-            let seq = self.by_digest.get_mut(digest).and_then(|q| q.pop_front());
-            if self.by_digest.get(digest).is_some_and(|q| q.is_empty()) {
-                self.by_digest.remove(digest);
-            }
-            match seq.and_then(|s| self.held.remove(&s)) {
+            match self
+                .by_digest
+                .pop_oldest(digest)
+                .and_then(|s| self.held.remove(&s))
+            {
                 Some(e) => {
                     if e.stage == Stage::Checking {
                         self.orphan_checks += 1;
@@ -449,7 +452,7 @@ impl Core {
         self.next_seq += 1;
         self.held.insert(
             seq,
-            Held {
+            Box::new(Held {
                 digest,
                 device,
                 body,
@@ -462,9 +465,9 @@ impl Core {
                 over_rate: false,
                 stage: Stage::Checking,
                 ack: m.ack,
-            },
+            }),
         );
-        self.by_digest.entry(digest).or_default().push_back(seq);
+        self.by_digest.push(digest, seq);
         if ask {
             let check = self.next_check;
             self.next_check += 1;
@@ -486,7 +489,7 @@ impl Core {
     /// `bridge` (its acknowledgement is void).
     fn held_from_older_connection(&self, digest: &[u8; 16], bridge: usize) -> Option<u64> {
         let current = self.links.generation(bridge)?;
-        self.by_digest.get(digest)?.iter().copied().find(|s| {
+        self.by_digest.seqs(digest).find(|s| {
             self.held.get(s).is_some_and(|e| {
                 e.ack
                     .as_ref()
@@ -501,10 +504,7 @@ impl Core {
             self.orphan_checks = self.orphan_checks.saturating_sub(1);
             return;
         };
-        let others = self
-            .by_digest
-            .get(&e.digest)
-            .is_some_and(|q| q.iter().any(|s| *s != seq));
+        let others = self.by_digest.seqs(&e.digest).any(|s| s != seq);
         if committed && !e.owned_at_receipt && !others {
             if let Some(e) = self.remove_held(seq) {
                 self.count(Counted::IngestCopiesAlreadyCommitted);
@@ -541,14 +541,9 @@ impl Core {
         }
     }
 
-    fn remove_held(&mut self, seq: u64) -> Option<Held> {
+    fn remove_held(&mut self, seq: u64) -> Option<Box<Held>> {
         let e = self.held.remove(&seq)?;
-        if let Some(q) = self.by_digest.get_mut(&e.digest) {
-            q.retain(|s| *s != seq);
-            if q.is_empty() {
-                self.by_digest.remove(&e.digest);
-            }
-        }
+        self.by_digest.remove(&e.digest, seq);
         Some(e)
     }
 

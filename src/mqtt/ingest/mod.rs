@@ -30,12 +30,14 @@
 //! - `driver`: the task that owns the core and performs its actions
 //!   (acknowledgements, proposals, store reads on a thread of their own,
 //!   counters). **Invariant:** it decides nothing the core could.
-//! - `arrival`: what one broker message is (pure); `tombstones`, `links`
-//!   (bridge health and the ownership weight), `rate` (device rates) and
-//!   `lag` (the lag histogram): the core's parts.
+//! - `arrival`: what one broker message is (pure); `copies` (the held
+//!   copies by digest), `tombstones`, `links` (bridge health and the
+//!   ownership weight), `rate` (device rates) and `lag` (the lag
+//!   histogram): the core's parts.
 
 mod actions;
 mod arrival;
+mod copies;
 pub mod core;
 mod driver;
 mod lag;
