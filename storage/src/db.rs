@@ -321,12 +321,16 @@ fn db_options(options: &OpenOptions) -> Options {
 }
 
 /// Per column family: LZ4 like the rest, blocks from the shared cache, and
-/// bloom filters on the tables and memtables of the two read by key on
-/// every write, so that a lookup of a key that is not there touches no
-/// data block and searches no memtable: the current key-value state (read
-/// on every put, to carry versions and leases forward) and the MQTT ingest
-/// state (every ingested message looks its digest up, and a new message's
-/// digest is not there).
+/// bloom filters where keys that are not there are looked up, so that such
+/// a lookup touches no data block:
+/// - the current key-value state, read on every put (to carry versions and
+///   leases forward) whatever the key: filters on its tables and its
+///   memtables;
+/// - the MQTT ingest state, where a redelivered message looks its digest up
+///   and the digest is usually not there: filters on its tables only. Its
+///   memtables take a dedupe record per message and are searched only for
+///   redeliveries, so a filter there would cost every message a hash and
+///   spare a few lookups.
 fn cf_options(cf: Cf, cache: &rocksdb::Cache) -> Options {
     let mut opts = Options::default();
     opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
@@ -334,6 +338,8 @@ fn cf_options(cf: Cf, cache: &rocksdb::Cache) -> Options {
     table.set_block_cache(cache);
     if matches!(cf, Cf::Kv | Cf::Ingest) {
         table.set_bloom_filter(10.0, false);
+    }
+    if cf == Cf::Kv {
         opts.set_memtable_whole_key_filtering(true);
         opts.set_memtable_prefix_bloom_ratio(0.05);
     }

@@ -265,6 +265,10 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         // Whether the proposer owns each device of the batch, computed once
         // per device (a batch carries many messages of fewer devices).
         let mut owned: HashMap<String, bool> = HashMap::new();
+        // Every message of the batch is committed at the same time.
+        let record = codec::encode(&DedupeRecord {
+            committed_ms: at_ms,
+        });
         for item in items {
             // A malformed batch is rejected whole: the items before the bad
             // one are rolled back with it.
@@ -305,13 +309,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
                     );
                 }
             }
-            self.put(
-                Cf::Ingest,
-                dedupe_key,
-                codec::encode(&DedupeRecord {
-                    committed_ms: at_ms,
-                }),
-            );
+            self.put(Cf::Ingest, dedupe_key, record.clone());
             self.put(
                 Cf::Ingest,
                 keys::ingest::expiry_key(at_ms, &digest).to_vec(),
