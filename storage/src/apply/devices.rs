@@ -231,9 +231,11 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         value: Value,
         last: Value,
     ) -> Result<Option<(Value, Value)>, ApplyError> {
+        let known_bytes = self.docs.device_bytes(id);
         let Some(doc) = self.docs.device_in(id, zone) else {
             return Ok(Some((value, last)));
         };
+        let growth = known_bytes.map(|_| in_place_growth_bytes(path, &value, &last));
         let post_type = path.first().copied().unwrap_or_default().to_string();
         let data = json_path::set_path(&mut doc.data, path, value);
         let undo = ValueUndo {
@@ -242,7 +244,15 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
             last: doc.last.insert(post_type, last),
             last_seen_ms: std::mem::replace(&mut doc.last_seen_ms, at_ms),
         };
-        let bytes = bounds::json_encoded_bytes(&*doc);
+        // The document is encoded to count it only when what is known of
+        // its size leaves the limit in doubt; a size over the limit is
+        // always the counted one.
+        let bytes = match known_bytes.zip(growth) {
+            Some((known, growth)) if known.saturating_add(growth) <= self.document_bytes_max => {
+                known + growth
+            }
+            _ => bounds::json_encoded_bytes(&*doc),
+        };
         if bytes > self.document_bytes_max {
             undo.restore(doc);
             return document_too_large(
@@ -257,6 +267,9 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
                 .docs
                 .push(CachedBefore::DeviceValue(id.to_string(), undo));
         }
+        // Taking the value back (`ValueUndo::restore`) puts the document
+        // back to a size this bound was already at least.
+        self.docs.set_device_bytes(id, bytes);
         Ok(None)
     }
 
@@ -279,6 +292,23 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         self.put_doc(id, doc)?;
         Ok(())
     }
+}
+
+/// The most storing `value` at `path` (post type first) in place, with its
+/// `last` entry, can add to a device's encoded document: the value, its
+/// `last` entry, each key on the path with the braces, colon and comma of
+/// an object around it (a key escapes to at most six bytes per byte, plus
+/// its quotes), the post type's key in `last`, and the digits of the new
+/// last sighting. What the value replaces only makes it smaller.
+fn in_place_growth_bytes(path: &[&str], value: &Value, last: &Value) -> u64 {
+    let key = |k: &str| 6 * k.len() as u64 + 2;
+    let path_keys: u64 = path.iter().map(|k| key(k) + 4).sum();
+    let last_key = path.first().map_or(0, |k| key(k) + 2);
+    bounds::json_encoded_bytes(value)
+        + bounds::json_encoded_bytes(last)
+        + path_keys
+        + last_key
+        + u64::MAX.to_string().len() as u64
 }
 
 /// The messages of one device in an event or an ingest batch, counted

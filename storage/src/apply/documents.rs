@@ -22,6 +22,12 @@ use crate::keys::{self, Cf, Collection};
 #[derive(Default)]
 pub(super) struct DocCache {
     devices: HashMap<String, Device>,
+    /// At least the encoded size of cached devices, where known: a value
+    /// stored in place adds to it what the value can add (see
+    /// `Applier::store_in_place`), so a message is checked against the
+    /// size limit for its own size, not its document's. Writing a device
+    /// whole sets its entry; taking a write back forgets it.
+    device_bytes: HashMap<String, u64>,
     zones: HashMap<String, Zone>,
     /// Counted into by many events of a batch, in place (see `stats`).
     pub(super) stats: HashMap<String, Stats>,
@@ -45,6 +51,20 @@ impl DocCache {
         self.devices.get_mut(id).filter(|doc| doc.zone == zone)
     }
 
+    /// At least the encoded size of cached device `id`, if known.
+    pub(super) fn device_bytes(&self, id: &str) -> Option<u64> {
+        self.device_bytes.get(id).copied()
+    }
+
+    pub(super) fn set_device_bytes(&mut self, id: &str, bytes: u64) {
+        match self.device_bytes.get_mut(id) {
+            Some(b) => *b = bytes,
+            None => {
+                self.device_bytes.insert(id.to_string(), bytes);
+            }
+        }
+    }
+
     /// Every document in the cache, encoded: the batch's writes of them.
     pub(super) fn into_writes(self) -> impl Iterator<Item = ((Cf, Vec<u8>), Vec<u8>)> {
         fn encoded<D: Document>((id, doc): (String, D)) -> ((Cf, Vec<u8>), Vec<u8>) {
@@ -66,7 +86,10 @@ impl DocCache {
             };
         }
         match before {
-            CachedBefore::Device(id, old) => put_back(&mut self.devices, id, old),
+            CachedBefore::Device(id, old) => {
+                self.device_bytes.remove(&id);
+                put_back(&mut self.devices, id, old);
+            }
             CachedBefore::DeviceValue(id, undo) => {
                 if let Some(doc) = self.devices.get_mut(&id) {
                     undo.restore(doc);
@@ -201,6 +224,9 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
             let old = docs.insert(id.to_string(), doc);
             if journal {
                 self.undo.docs.push(before(id.to_string(), old));
+            }
+            if D::COLLECTION == Collection::Devices {
+                self.docs.set_device_bytes(id, bytes);
             }
             return Ok(());
         }

@@ -84,6 +84,56 @@ fn a_content_error_mid_event_rolls_back_that_event_alone() {
 }
 
 #[test]
+fn values_stored_in_place_meet_the_size_limit_as_if_each_document_were_counted() {
+    // One device takes values at new paths, then replaces them, in one
+    // batch: its document grows past the limit and back. The batch knows
+    // a bound on the document's size and counts the document only when the
+    // bound leaves the limit in doubt; applied one event per batch, every
+    // document is counted. Both refuse the same events and leave the same
+    // bytes.
+    let limited = |at: u64, e: Event| Request::new(at, e).with_document_bytes_max(4096);
+    let mut reqs = Vec::new();
+    for i in 0..40u64 {
+        let value = format!("\"{}\"", "v".repeat(100 + (i as usize * 37) % 300));
+        let slot = format!("s{}", i % 24);
+        reqs.push(limited(1 + i, device("kitchen", "temp", &[&slot], &value)));
+    }
+    for i in 0..24u64 {
+        let slot = format!("s{i}");
+        reqs.push(limited(100 + i, device("kitchen", "temp", &[&slot], "1")));
+    }
+    let mut together = MemState::default();
+    let out = apply_requests(&mut together, reqs.clone());
+    let mut apart = MemState::default();
+    let mut out_apart = Vec::new();
+    for r in reqs {
+        out_apart.extend(apply_requests(&mut apart, vec![r]));
+    }
+    let refused = |out: &[Response]| {
+        out.iter()
+            .enumerate()
+            .filter(|(_, r)| matches!(r.outcome, Outcome::Rejected(_)))
+            .map(|(i, _)| i)
+            .collect::<Vec<_>>()
+    };
+    let refused_together = refused(&out);
+    assert!(!refused_together.is_empty(), "the limit was reached");
+    assert!(
+        refused_together.len() < 30,
+        "values after a refusal still fit: {refused_together:?}"
+    );
+    assert_eq!(refused_together, refused(&out_apart));
+    for (a, b) in out.iter().zip(&out_apart) {
+        if let (Outcome::Rejected(_), Outcome::Rejected(_)) = (&a.outcome, &b.outcome) {
+            assert_eq!(rejection(a), rejection(b), "the same size is reported");
+        }
+    }
+    assert_eq!(together.data, apart.data);
+    let d = together.doc(Cf::Devices, "gw1/thermo/7");
+    assert_eq!(d["data"]["temp"]["s0"], 1);
+}
+
+#[test]
 fn a_document_over_the_events_limit_is_refused_and_the_cache_rolled_back() {
     let big = format!("\"{}\"", "x".repeat(2000));
     let limited = |at: u64, e: Event| Request::new(at, e).with_document_bytes_max(1024);
