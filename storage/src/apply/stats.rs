@@ -158,6 +158,22 @@ impl StatDelta {
         self
     }
 
+    /// [`Self::used`] with `kind` and `what` joined, built only when it is
+    /// not the use last recorded (a device's messages are mostly of the
+    /// post type its message before had).
+    pub(super) fn used_as(&mut self, kind: &str, what: &str) -> &mut Self {
+        let repeated = kind.len() + what.len() <= STATS_COMMAND_BYTES_MAX
+            && self.used.last().is_some_and(|last| {
+                last.len() == kind.len() + what.len()
+                    && last.starts_with(kind)
+                    && last.ends_with(what)
+            });
+        if repeated {
+            return self;
+        }
+        self.used([kind, what].concat())
+    }
+
     fn is_empty(&self) -> bool {
         self.counts.is_empty() && self.used.is_empty()
     }
@@ -418,5 +434,28 @@ mod tests {
         d.used("x".repeat(300));
         assert_eq!(d.used.len(), STATS_USED_MAX);
         assert_eq!(d.used.last().unwrap().len(), STATS_COMMAND_BYTES_MAX);
+    }
+
+    #[test]
+    fn a_use_given_in_parts_is_recorded_as_the_joined_use_would_be() {
+        let long = "y".repeat(300);
+        let uses = [
+            ("data/", "temp"),
+            ("data/", "temp"),
+            ("data/", "hum"),
+            ("rejected/", "temp"),
+            ("data/", "temp"),
+            ("dat", "a/temp"),
+            ("data/", long.as_str()),
+            ("data/", long.as_str()),
+            ("data/", &long[..200]),
+        ];
+        let (mut parts, mut joined) = (StatDelta::default(), StatDelta::default());
+        for (kind, what) in uses {
+            parts.used_as(kind, what);
+            joined.used(format!("{kind}{what}"));
+        }
+        assert_eq!(parts.used, joined.used);
+        assert_eq!(parts.used.len(), 5, "{:?}", parts.used);
     }
 }
