@@ -84,6 +84,57 @@ fn a_content_error_mid_event_rolls_back_that_event_alone() {
 }
 
 #[test]
+fn floats_survive_a_document_written_out_and_read_back() {
+    // A batch keeps the documents it updates decoded from one event to the
+    // next, and where one batch ends on a member depends on timing: a
+    // member that wrote a device's document out and read it back between
+    // two values must store what a member that kept it decoded stores.
+    // Floats that JSON text does not bring back exactly would fork them.
+    let floats = [
+        "1.0715660391465826e-75",
+        "-1.81996730402717e-179",
+        "-1.603964615428183e+143",
+        "-9.643915712060552e-234",
+        "1.5860846119992697e-265",
+        "0.30000000000000004",
+        "2.2250738585072014e-308",
+        "1.7976931348623157e308",
+        "5e-324",
+    ];
+    let mut reqs = Vec::new();
+    for (i, f) in floats.iter().enumerate() {
+        let slot = format!("f{i}");
+        reqs.push(Request::new(
+            1 + i as u64,
+            device("kitchen", "temp", &[&slot], f),
+        ));
+        reqs.push(Request::new(
+            100 + i as u64,
+            device("kitchen", "hum", &[], &i.to_string()),
+        ));
+    }
+    let mut together = MemState::default();
+    apply_requests(&mut together, reqs.clone());
+    let mut apart = MemState::default();
+    for r in reqs {
+        apply_requests(&mut apart, vec![r]);
+    }
+    assert_eq!(
+        together.doc(Cf::Devices, "gw1/thermo/7"),
+        apart.doc(Cf::Devices, "gw1/thermo/7")
+    );
+    assert_eq!(together.data, apart.data);
+    let d = together.doc(Cf::Devices, "gw1/thermo/7");
+    for (i, f) in floats.iter().enumerate() {
+        assert_eq!(
+            d["data"]["temp"][format!("f{i}")].as_f64(),
+            Some(f.parse::<f64>().unwrap()),
+            "{f}"
+        );
+    }
+}
+
+#[test]
 fn values_stored_in_place_meet_the_size_limit_as_if_each_document_were_counted() {
     // One device takes values at new paths, then replaces them, in one
     // batch: its document grows past the limit and back. The batch knows
