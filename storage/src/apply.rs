@@ -105,6 +105,7 @@ pub use lease::LeaseRecord;
 pub use stats::{STATS_COMMAND_BYTES_MAX, STATS_USED_MAX};
 
 use documents::DocCache;
+pub use documents::{CarriedDocs, CARRIED_DOC_BYTES_MAX};
 use journal::Undo;
 
 /// Why applying an event failed; see the module documentation.
@@ -160,6 +161,8 @@ pub struct Applier<'a, S: StateRead + ?Sized> {
     overlay: BTreeMap<(Cf, Vec<u8>), Option<Vec<u8>>>,
     /// Device, zone and stats documents written in this batch, decoded.
     docs: DocCache,
+    /// The same, as the batches before left them ([`CarriedDocs`]).
+    carried: CarriedDocs,
     changes: Vec<FeedChange>,
     effects: IngestEffects,
     /// What the current event replaced, newest last, so that a rejected
@@ -194,6 +197,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
             base,
             overlay: BTreeMap::new(),
             docs: DocCache::default(),
+            carried: CarriedDocs::default(),
             changes: Vec::new(),
             effects: IngestEffects::default(),
             undo: Undo::default(),
@@ -215,11 +219,23 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
 
     /// Like [`Applier::finish`], with what the events did to MQTT ingest
     /// and device commands.
-    pub fn finish_with_effects(mut self) -> (Writes, Vec<FeedChange>, IngestEffects) {
-        for (key, bytes) in std::mem::take(&mut self.docs).into_writes() {
-            self.overlay.insert(key, Some(bytes));
-        }
-        (self.overlay, self.changes, self.effects)
+    pub fn finish_with_effects(self) -> (Writes, Vec<FeedChange>, IngestEffects) {
+        let (writes, changes, effects, _) = self.finish_carrying();
+        (writes, changes, effects)
+    }
+
+    /// An applier that starts from the documents earlier batches left
+    /// decoded (see [`CarriedDocs`]).
+    pub fn carrying(mut self, carried: CarriedDocs) -> Self {
+        self.carried = carried;
+        self
+    }
+
+    /// Like [`Applier::finish_with_effects`], with the documents the next
+    /// batch may start from once these writes are written.
+    pub fn finish_carrying(mut self) -> (Writes, Vec<FeedChange>, IngestEffects, CarriedDocs) {
+        let carried = self.write_docs();
+        (self.overlay, self.changes, self.effects, carried)
     }
 
     pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {

@@ -22,7 +22,7 @@ use utopia_raft::openraft_api::{
 use utopia_raft::{Response, SnapshotData, TypeConfig};
 
 use crate::apply::IngestEffects;
-use crate::apply::{Applier, StateRead};
+use crate::apply::{Applier, CarriedDocs, StateRead};
 use crate::codec;
 use crate::db::DbView;
 use crate::key_cache::{CachedState, KeyCache};
@@ -63,6 +63,9 @@ pub struct StateMachine {
     /// written ([`crate::key_cache`]). Only applying and installing a
     /// snapshot touch it, both on openraft's state-machine task.
     keys: Arc<Mutex<KeyCache>>,
+    /// Device, zone and stats documents as the last batch written left
+    /// them, decoded ([`CarriedDocs`]); touched as `keys` is.
+    docs: Arc<Mutex<CarriedDocs>>,
 }
 
 #[derive(Clone)]
@@ -170,6 +173,7 @@ impl StateMachine {
                 alarms_generation: Arc::new(AtomicU64::new(1)),
                 mirror_feed_start,
                 keys: Arc::new(Mutex::new(KeyCache::new(options.key_cache_bytes_max))),
+                docs: Arc::default(),
             },
             (changes, ingest),
         ))
@@ -192,6 +196,16 @@ impl StateMachine {
             let mut keys = p.into_inner();
             keys.clear();
             keys
+        })
+    }
+
+    fn docs(&self) -> std::sync::MutexGuard<'_, CarriedDocs> {
+        // A panic while a batch was taken out leaves nothing half updated
+        // (the batch holds them meanwhile), but start again empty anyway.
+        self.docs.lock().unwrap_or_else(|p| {
+            let mut docs = p.into_inner();
+            docs.clear();
+            docs
         })
     }
 
@@ -307,7 +321,9 @@ impl StateMachine {
         let started = std::time::Instant::now();
         let mut keys = self.keys();
         let state = CachedState::new(&self.db, &keys);
-        let mut applier = Applier::new(&state);
+        // Taken out: a batch that is not written leaves none behind.
+        let carried = std::mem::take(&mut *self.docs());
+        let mut applier = Applier::new(&state).carrying(carried);
         let mut last_applied = None;
         let mut last_membership = None;
         let mut replies: Vec<(_, Response)> = Vec::new();
@@ -333,7 +349,7 @@ impl StateMachine {
                 replies.push((r, response));
             }
         }
-        let (writes, changes, effects) = applier.finish_with_effects();
+        let (writes, changes, effects, carried) = applier.finish_carrying();
         let auth_changed = writes.keys().any(|(cf, _)| *cf == Cf::Auth);
         let alarms_changed = writes.contains_key(&(Cf::SmMeta, meta::ALARMS.to_vec()));
         let mut batch = WriteBatch::default();
@@ -383,6 +399,7 @@ impl StateMachine {
             .db
             .write_opt(batch, &opts)
             .map_err(StoreError::from)?;
+        *self.docs() = carried;
         self.db.metrics().apply.observe(started.elapsed());
         let (hits, misses) = state.lookups();
         keys.note(&changes);

@@ -33,6 +33,77 @@ pub(super) struct DocCache {
     pub(super) stats: HashMap<String, Stats>,
 }
 
+/// Device, zone and stats documents as the batches applied so far left
+/// them, decoded, for the batches after: an ingest batch updates the
+/// devices (and their stats) the batch before it did, and reading and
+/// decoding them again was a tenth of applying it.
+///
+/// It only ever holds what the store holds: a batch reads from it a
+/// document it has not written itself (a copy), and when the batch is
+/// written, every document it wrote in these collections is dropped from
+/// it and the documents in the batch's cache, as written, are taken in.
+/// A batch that is not written leaves it empty, as does installing a
+/// snapshot; a document it does not hold is read from the store. JSON
+/// numbers are parsed exactly, so what it holds is what decoding the
+/// stored bytes gives: a member that restarted (and holds nothing) writes
+/// the same bytes as one that did not.
+#[derive(Default)]
+pub struct CarriedDocs {
+    docs: DocCache,
+    /// The encoded bytes of the documents taken in since it was last
+    /// emptied (documents taken in again count again).
+    bytes: u64,
+}
+
+/// The encoded bytes [`CarriedDocs`] takes in before it starts again empty.
+pub const CARRIED_DOC_BYTES_MAX: u64 = 8 << 20;
+
+impl CarriedDocs {
+    pub fn clear(&mut self) {
+        *self = Self::default();
+    }
+
+    /// Drops document `key` of column family `cf`, written by a batch.
+    fn forget(&mut self, cf: Cf, key: &[u8]) {
+        let Ok(id) = std::str::from_utf8(key) else {
+            return;
+        };
+        match cf {
+            Cf::Devices => {
+                self.docs.devices.remove(id);
+                self.docs.device_bytes.remove(id);
+            }
+            Cf::Zones => {
+                self.docs.zones.remove(id);
+            }
+            Cf::Stats => {
+                self.docs.stats.remove(id);
+            }
+            _ => {}
+        }
+    }
+
+    /// Takes in a written batch's documents, `bytes` encoded.
+    fn take_in(&mut self, batch: DocCache, bytes: u64) {
+        if self.bytes.saturating_add(bytes) > CARRIED_DOC_BYTES_MAX {
+            self.clear();
+        }
+        self.bytes += bytes;
+        self.docs.devices.extend(batch.devices);
+        self.docs.device_bytes.extend(batch.device_bytes);
+        self.docs.zones.extend(batch.zones);
+        self.docs.stats.extend(batch.stats);
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.docs.devices.len() + self.docs.zones.len() + self.docs.stats.len()
+    }
+}
+
+/// One document's write: its column family and key, and its bytes.
+type DocWrite = ((Cf, Vec<u8>), Vec<u8>);
+
 /// What the cache held for a document before a write. Entries live in the
 /// journal until their event is settled; boxing the larger one would cost
 /// an allocation per device write.
@@ -66,15 +137,26 @@ impl DocCache {
     }
 
     /// Every document in the cache, encoded: the batch's writes of them.
-    pub(super) fn into_writes(self) -> impl Iterator<Item = ((Cf, Vec<u8>), Vec<u8>)> {
-        fn encoded<D: Document>((id, doc): (String, D)) -> ((Cf, Vec<u8>), Vec<u8>) {
-            ((D::COLLECTION.cf(), id.into_bytes()), doc.encode())
+    /// A device's entry in `device_bytes` becomes its exact size.
+    pub(super) fn writes(&mut self) -> Vec<DocWrite> {
+        fn encoded<D: Document>(id: &str, doc: &D) -> DocWrite {
+            ((D::COLLECTION.cf(), id.as_bytes().to_vec()), doc.encode())
         }
-        let devices = self.devices.into_iter().map(encoded);
-        let zones = self.zones.into_iter().map(encoded);
-        devices
-            .chain(zones)
-            .chain(self.stats.into_iter().map(encoded))
+        let mut writes =
+            Vec::with_capacity(self.devices.len() + self.zones.len() + self.stats.len());
+        for (id, doc) in &self.devices {
+            let w = encoded(id, doc);
+            match self.device_bytes.get_mut(id) {
+                Some(b) => *b = w.1.len() as u64,
+                None => {
+                    self.device_bytes.insert(id.clone(), w.1.len() as u64);
+                }
+            }
+            writes.push(w);
+        }
+        writes.extend(self.zones.iter().map(|(id, doc)| encoded(id, doc)));
+        writes.extend(self.stats.iter().map(|(id, doc)| encoded(id, doc)));
+        writes
     }
 
     /// Puts back what a document was before a write.
@@ -190,6 +272,9 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         if let Some(doc) = D::cached(&self.docs).and_then(|docs| docs.get(id)) {
             return Ok(Some(doc.clone()));
         }
+        if let Some(doc) = self.carried_doc::<D>(id) {
+            return Ok(Some(doc.clone()));
+        }
         match self.get(D::COLLECTION.cf(), keys::document_key(id))? {
             None => Ok(None),
             Some(bytes) => match D::decode(id, &bytes) {
@@ -202,12 +287,41 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
     /// Whether a document exists as the batch left it, without decoding
     /// (or copying) it when the batch holds it decoded.
     pub(super) fn has_doc<D: Stored>(&self, id: &str) -> Result<bool, ApplyError> {
-        if D::cached(&self.docs).is_some_and(|docs| docs.contains_key(id)) {
+        if D::cached(&self.docs).is_some_and(|docs| docs.contains_key(id))
+            || self.carried_doc::<D>(id).is_some()
+        {
             return Ok(true);
         }
         Ok(self
             .get(D::COLLECTION.cf(), keys::document_key(id))?
             .is_some())
+    }
+
+    /// Document `id` as the batches before this one left it, if they
+    /// left it decoded and this batch has not written it.
+    fn carried_doc<D: Stored>(&self, id: &str) -> Option<&D> {
+        let doc = D::cached(&self.carried.docs)?.get(id)?;
+        let key = (D::COLLECTION.cf(), keys::document_key(id).to_vec());
+        (!self.overlay.contains_key(&key)).then_some(doc)
+    }
+
+    /// Writes the documents the batch holds decoded into its writes, and
+    /// hands back what the next batch starts from: the documents carried
+    /// into this one, less those it wrote, and the ones it holds. To be
+    /// kept only once the writes are.
+    pub(super) fn write_docs(&mut self) -> CarriedDocs {
+        let mut docs = std::mem::take(&mut self.docs);
+        let writes = docs.writes();
+        let mut carried = std::mem::take(&mut self.carried);
+        for (cf, key) in self.overlay.keys() {
+            carried.forget(*cf, key);
+        }
+        let bytes = writes.iter().map(|(_, b)| b.len() as u64).sum();
+        for (key, bytes) in writes {
+            self.overlay.insert(key, Some(bytes));
+        }
+        carried.take_in(docs, bytes);
+        carried
     }
 
     /// Writes a document, unless it is larger than the event may leave a

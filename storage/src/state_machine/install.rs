@@ -44,6 +44,7 @@ impl StateMachine {
 
         self.db.set_installing(true);
         self.keys().clear();
+        self.docs().clear();
         let mut batch = WriteBatch::default();
         for cf in Cf::STATE_MACHINE {
             self.clear_cf(&mut batch, cf)?;

@@ -5,6 +5,8 @@
 use super::*;
 use utopia_raft::event::{IngestBody, IngestItem, IngestMember};
 
+use crate::apply::CarriedDocs;
+
 /// Applies requests as one batch (one applier), like the state machine
 /// applies a chunk of committed entries.
 fn apply_requests(s: &mut MemState, reqs: Vec<Request>) -> Vec<Response> {
@@ -81,6 +83,111 @@ fn a_content_error_mid_event_rolls_back_that_event_alone() {
     );
     assert_eq!(s.change_revisions(), vec![1, 2]);
     assert_eq!(rejected_total(&s), 1);
+}
+
+/// Applies `reqs` in batches of the given sizes (cycled), each starting
+/// from the documents the one before left decoded when `carry` is set.
+fn apply_in_batches(reqs: &[Request], sizes: &[usize], carry: bool) -> (MemState, Vec<Response>) {
+    let mut s = MemState::default();
+    let mut out = Vec::new();
+    let mut carried = CarriedDocs::default();
+    let mut rest = reqs;
+    for size in sizes.iter().cycle() {
+        if rest.is_empty() {
+            break;
+        }
+        let (batch, after) = rest.split_at((*size).min(rest.len()));
+        rest = after;
+        let mut applier = Applier::new(&s);
+        if carry {
+            applier = applier.carrying(std::mem::take(&mut carried));
+        }
+        out.extend(
+            batch
+                .iter()
+                .map(|r| applier.apply(r).expect("no storage error")),
+        );
+        let (writes, _, _, next) = applier.finish_carrying();
+        for (k, v) in writes {
+            match v {
+                Some(v) => s.data.insert(k, v),
+                None => s.data.remove(&k),
+            };
+        }
+        if carry {
+            assert!(next.len() > 0 || batch.is_empty(), "documents are carried");
+            carried = next;
+        }
+    }
+    (s, out)
+}
+
+#[test]
+fn documents_carried_from_batch_to_batch_leave_the_bytes_reading_them_would() {
+    // Devices reporting, moving between zones, over their size limit,
+    // with values that do not parse, as commands' replies and as ingest
+    // batches: applied one event per batch reading every document from
+    // the store, and in batches of several sizes that start from the
+    // documents the batch before left decoded. Same outcomes, same bytes.
+    let limited = |at: u64, e: Event| Request::new(at, e).with_document_bytes_max(2048);
+    let mut reqs = Vec::new();
+    let zones = ["kitchen", "hall", "attic"];
+    for i in 0..120u64 {
+        let zone = zones[(i as usize / 7) % zones.len()];
+        let device_id = format!("{}", i % 5);
+        let (post_type, json) = match i % 6 {
+            0 => ("temp", format!("{}.25", i)),
+            1 => (
+                "hum",
+                format!(
+                    "{{\"v\":{i},\"pad\":\"{}\"}}",
+                    "p".repeat((i as usize * 31) % 700)
+                ),
+            ),
+            2 => ("temp", "{\"unclosed\":".to_string()),
+            3 => ("state", format!("\"s{i}\"")),
+            4 => ("hum", format!("{}", 1.0e-300 * i as f64)),
+            _ => ("temp", format!("[{i},{}]", i * 2)),
+        };
+        let e = Event::DeviceDataUpdated(DeviceData {
+            host: "gw1".into(),
+            zone: zone.into(),
+            class: "thermo".into(),
+            device_id,
+            post_type: post_type.into(),
+            path: if i % 4 == 0 {
+                vec![format!("p{}", i % 3)]
+            } else {
+                vec![]
+            },
+            json,
+        });
+        reqs.push(limited(1_000 + i * 10, e));
+    }
+    let (apart, out_apart) = apply_in_batches(&reqs, &[1], false);
+    for sizes in [&[1usize][..], &[2, 5, 1, 9], &[7], &[200]] {
+        let (together, out) = apply_in_batches(&reqs, sizes, true);
+        assert_eq!(
+            out.iter()
+                .map(|r| format!("{:?}", r.outcome))
+                .collect::<Vec<_>>(),
+            out_apart
+                .iter()
+                .map(|r| format!("{:?}", r.outcome))
+                .collect::<Vec<_>>(),
+            "{sizes:?}"
+        );
+        assert!(
+            together.data == apart.data,
+            "{sizes:?}: the stored bytes differ"
+        );
+    }
+    assert!(
+        out_apart
+            .iter()
+            .any(|r| matches!(r.outcome, Outcome::Rejected(_))),
+        "some events were refused"
+    );
 }
 
 #[test]
