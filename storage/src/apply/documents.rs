@@ -71,7 +71,6 @@ impl CarriedDocs {
         match cf {
             Cf::Devices => {
                 self.docs.devices.remove(id);
-                self.docs.device_bytes.remove(id);
             }
             Cf::Zones => {
                 self.docs.zones.remove(id);
@@ -83,14 +82,14 @@ impl CarriedDocs {
         }
     }
 
-    /// Takes in a written batch's documents, `bytes` encoded.
+    /// Takes in a written batch's documents, `bytes` encoded (not the
+    /// bounds on devices' sizes: a batch counts its own).
     fn take_in(&mut self, batch: DocCache, bytes: u64) {
         if self.bytes.saturating_add(bytes) > CARRIED_DOC_BYTES_MAX {
             self.clear();
         }
         self.bytes += bytes;
         self.docs.devices.extend(batch.devices);
-        self.docs.device_bytes.extend(batch.device_bytes);
         self.docs.zones.extend(batch.zones);
         self.docs.stats.extend(batch.stats);
     }
@@ -137,23 +136,13 @@ impl DocCache {
     }
 
     /// Every document in the cache, encoded: the batch's writes of them.
-    /// A device's entry in `device_bytes` becomes its exact size.
-    pub(super) fn writes(&mut self) -> Vec<DocWrite> {
+    pub(super) fn writes(&self) -> Vec<DocWrite> {
         fn encoded<D: Document>(id: &str, doc: &D) -> DocWrite {
             ((D::COLLECTION.cf(), id.as_bytes().to_vec()), doc.encode())
         }
         let mut writes =
             Vec::with_capacity(self.devices.len() + self.zones.len() + self.stats.len());
-        for (id, doc) in &self.devices {
-            let w = encoded(id, doc);
-            match self.device_bytes.get_mut(id) {
-                Some(b) => *b = w.1.len() as u64,
-                None => {
-                    self.device_bytes.insert(id.clone(), w.1.len() as u64);
-                }
-            }
-            writes.push(w);
-        }
+        writes.extend(self.devices.iter().map(|(id, doc)| encoded(id, doc)));
         writes.extend(self.zones.iter().map(|(id, doc)| encoded(id, doc)));
         writes.extend(self.stats.iter().map(|(id, doc)| encoded(id, doc)));
         writes
@@ -310,7 +299,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
     /// into this one, less those it wrote, and the ones it holds. To be
     /// kept only once the writes are.
     pub(super) fn write_docs(&mut self) -> CarriedDocs {
-        let mut docs = std::mem::take(&mut self.docs);
+        let docs = std::mem::take(&mut self.docs);
         let writes = docs.writes();
         let mut carried = std::mem::take(&mut self.carried);
         for (cf, key) in self.overlay.keys() {
