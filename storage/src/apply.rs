@@ -104,8 +104,8 @@ pub use kv::{
 pub use lease::LeaseRecord;
 pub use stats::{STATS_COMMAND_BYTES_MAX, STATS_USED_MAX};
 
+pub use documents::CarriedDocs;
 use documents::DocCache;
-pub use documents::{CarriedDocs, CARRIED_DOC_BYTES_MAX};
 use journal::Undo;
 
 /// Why applying an event failed; see the module documentation.

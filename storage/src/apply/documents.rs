@@ -56,7 +56,7 @@ pub struct CarriedDocs {
 }
 
 /// The encoded bytes [`CarriedDocs`] takes in before it starts again empty.
-pub const CARRIED_DOC_BYTES_MAX: u64 = 8 << 20;
+const CARRIED_DOC_BYTES_MAX: u64 = 8 << 20;
 
 impl CarriedDocs {
     pub fn clear(&mut self) {
