@@ -37,6 +37,49 @@ pub struct HistoryRecord {
     pub kv: KeyValue,
 }
 
+/// The CBOR of a `deleted` and `kv` pair of fields, as serde writes them
+/// at the start of a [`HistoryRecord`] and a [`ChangeRecord`], with the
+/// pair already encoded (`kv_cbor`): a put stores its pair three times
+/// (current, history, change feed), and encoding it once saves the other
+/// two. `fields` is the map's field count, at most 23 (one header byte).
+fn record_start(fields: u8, deleted: bool, kv_cbor: &[u8], extra_bytes: usize) -> Vec<u8> {
+    debug_assert!(fields < 24);
+    let mut out = Vec::with_capacity(1 + 8 + 1 + 3 + kv_cbor.len() + extra_bytes);
+    out.push(0xa0 | fields); // map, `fields` pairs
+    out.extend_from_slice(b"\x67deleted"); // text of 7 bytes
+    out.push(if deleted { 0xf5 } else { 0xf4 });
+    out.extend_from_slice(b"\x62kv"); // text of 2 bytes
+    out.extend_from_slice(kv_cbor);
+    out
+}
+
+impl HistoryRecord {
+    /// The record's encoding (`codec::encode` of it) from its pair's.
+    pub(crate) fn encode_with(deleted: bool, kv_cbor: &[u8]) -> Vec<u8> {
+        record_start(2, deleted, kv_cbor, 0)
+    }
+}
+
+impl ChangeRecord {
+    /// The record's encoding (`codec::encode` of it) from its pair's.
+    pub(crate) fn encode_with(
+        deleted: bool,
+        kv_cbor: &[u8],
+        prev_revision: Option<i64>,
+    ) -> Vec<u8> {
+        let Some(prev) = prev_revision else {
+            return record_start(2, deleted, kv_cbor, 0);
+        };
+        let mut out = record_start(3, deleted, kv_cbor, 14 + 9);
+        out.extend_from_slice(b"\x6dprev_revision"); // text of 13 bytes
+                                                     // An integer is plain data: writing it into a Vec cannot fail.
+        if let Err(e) = ciborium::into_writer(&prev, &mut out) {
+            panic!("encoding a revision failed, which it cannot: {e}");
+        }
+        out
+    }
+}
+
 /// One change in the key-value change feed: its revision, its index within
 /// the revision (the feed's key is `revision ++ sub`) and the change.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -382,27 +425,24 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         sub: &mut u32,
         deleted: bool,
         kv: KeyValue,
+        kv_cbor: &[u8],
         prev_revision: Option<i64>,
     ) {
-        let hist = HistoryRecord {
-            deleted,
-            kv: kv.clone(),
-        };
         self.put(
             Cf::KvHistory,
             keys::history_key(&kv.key, rev),
-            codec::encode(&hist),
+            HistoryRecord::encode_with(deleted, kv_cbor),
+        );
+        self.put(
+            Cf::KvChanges,
+            keys::change_key(rev, *sub).to_vec(),
+            ChangeRecord::encode_with(deleted, kv_cbor, prev_revision),
         );
         let change = ChangeRecord {
             deleted,
             kv,
             prev_revision,
         };
-        self.put(
-            Cf::KvChanges,
-            keys::change_key(rev, *sub).to_vec(),
-            codec::encode(&change),
-        );
         self.changes.push(FeedChange {
             revision: rev,
             sub: *sub,
@@ -442,9 +482,10 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
                 Vec::new(),
             );
         }
-        self.put(Cf::Kv, op.key.to_vec(), codec::encode(&kv));
+        let kv_cbor = codec::encode(&kv);
         let prev_revision = prev.as_ref().map(|p| p.mod_revision);
-        self.record_change(rev, sub, false, kv, prev_revision);
+        self.record_change(rev, sub, false, kv, &kv_cbor, prev_revision);
+        self.put(Cf::Kv, op.key.to_vec(), kv_cbor);
         Ok(StepResult::Put {
             prev: if op.prev_kv { prev } else { None },
         })
@@ -461,7 +502,8 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
                 mod_revision: rev,
                 ..Default::default()
             };
-            self.record_change(rev, sub, true, tomb, Some(kv.mod_revision));
+            let tomb_cbor = codec::encode(&tomb);
+            self.record_change(rev, sub, true, tomb, &tomb_cbor, Some(kv.mod_revision));
         }
     }
 
