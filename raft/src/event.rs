@@ -595,13 +595,8 @@ impl Event {
 }
 
 /// Serialises any value to CBOR.
-///
-/// The buffer starts at 256 bytes, room for a put's log entry or stored
-/// pair with a value of a little under 200 bytes: growing from a smaller
-/// one moved such an encoding two or three times, and encodings are
-/// short-lived (written, sent, then dropped).
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, CodecError> {
-    let mut out = Vec::with_capacity(256);
+    let mut out = Vec::with_capacity(64);
     ciborium::into_writer(value, &mut out).map_err(|e| CodecError::Encode(e.to_string()))?;
     Ok(out)
 }
