@@ -71,8 +71,9 @@ impl ChangeRecord {
             return record_start(2, deleted, kv_cbor, 0);
         };
         let mut out = record_start(3, deleted, kv_cbor, 14 + 9);
-        out.extend_from_slice(b"\x6dprev_revision"); // text of 13 bytes
-                                                     // An integer is plain data: writing it into a Vec cannot fail.
+        // A text of 13 bytes, then the revision: an integer is plain
+        // data, and writing it into a Vec cannot fail.
+        out.extend_from_slice(b"\x6dprev_revision");
         if let Err(e) = ciborium::into_writer(&prev, &mut out) {
             panic!("encoding a revision failed, which it cannot: {e}");
         }
