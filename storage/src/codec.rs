@@ -25,12 +25,22 @@ use crate::StoreError;
 /// If `value`'s `Serialize` impl fails: a bug, never data (see the module
 /// documentation).
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    match event::encode(value) {
-        Ok(bytes) => bytes,
-        Err(e) => panic!(
+    let mut out = Vec::with_capacity(64);
+    encode_into(value, &mut out);
+    out
+}
+
+/// Appends the encoding of one of the store's records (or of a field of
+/// one built by hand) to `out`.
+///
+/// # Panics
+/// As [`encode`].
+pub fn encode_into<T: Serialize>(value: &T, out: &mut Vec<u8>) {
+    if let Err(e) = ciborium::into_writer(value, out) {
+        panic!(
             "encoding a {} record failed, which it cannot: {e}",
             std::any::type_name::<T>()
-        ),
+        )
     }
 }
 

@@ -71,12 +71,8 @@ impl ChangeRecord {
             return record_start(2, deleted, kv_cbor, 0);
         };
         let mut out = record_start(3, deleted, kv_cbor, 14 + 9);
-        // A text of 13 bytes, then the revision: an integer is plain
-        // data, and writing it into a Vec cannot fail.
-        out.extend_from_slice(b"\x6dprev_revision");
-        if let Err(e) = ciborium::into_writer(&prev, &mut out) {
-            panic!("encoding a revision failed, which it cannot: {e}");
-        }
+        out.extend_from_slice(b"\x6dprev_revision"); // text of 13 bytes
+        codec::encode_into(&prev, &mut out);
         out
     }
 }
@@ -420,24 +416,27 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         Ok(Some(kv))
     }
 
+    /// Writes `kv`'s history and change-feed records at `rev` and returns
+    /// the pair's encoding, which both records hold (a put stores it as
+    /// the key's current pair too).
     pub(super) fn record_change(
         &mut self,
         rev: i64,
         sub: &mut u32,
         deleted: bool,
         kv: KeyValue,
-        kv_cbor: &[u8],
         prev_revision: Option<i64>,
-    ) {
+    ) -> Vec<u8> {
+        let kv_cbor = codec::encode(&kv);
         self.put(
             Cf::KvHistory,
             keys::history_key(&kv.key, rev),
-            HistoryRecord::encode_with(deleted, kv_cbor),
+            HistoryRecord::encode_with(deleted, &kv_cbor),
         );
         self.put(
             Cf::KvChanges,
             keys::change_key(rev, *sub).to_vec(),
-            ChangeRecord::encode_with(deleted, kv_cbor, prev_revision),
+            ChangeRecord::encode_with(deleted, &kv_cbor, prev_revision),
         );
         let change = ChangeRecord {
             deleted,
@@ -450,6 +449,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
             change,
         });
         *sub += 1;
+        kv_cbor
     }
 
     pub(super) fn put_key(
@@ -483,9 +483,8 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
                 Vec::new(),
             );
         }
-        let kv_cbor = codec::encode(&kv);
         let prev_revision = prev.as_ref().map(|p| p.mod_revision);
-        self.record_change(rev, sub, false, kv, &kv_cbor, prev_revision);
+        let kv_cbor = self.record_change(rev, sub, false, kv, prev_revision);
         self.put(Cf::Kv, op.key.to_vec(), kv_cbor);
         Ok(StepResult::Put {
             prev: if op.prev_kv { prev } else { None },
@@ -503,8 +502,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
                 mod_revision: rev,
                 ..Default::default()
             };
-            let tomb_cbor = codec::encode(&tomb);
-            self.record_change(rev, sub, true, tomb, &tomb_cbor, Some(kv.mod_revision));
+            self.record_change(rev, sub, true, tomb, Some(kv.mod_revision));
         }
     }
 
