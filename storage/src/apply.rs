@@ -179,12 +179,14 @@ pub struct Applier<'a, S: StateRead + ?Sized> {
     /// The term of the last entry counted in stats (`meta::STATS_TERM`),
     /// once read in this batch.
     stats_term: Option<u64>,
-    /// The quotas (`meta::QUOTAS`), once read in this batch: every device
-    /// value checks one. Emptied by every write of them and every rollback.
+    /// The quotas (`meta::QUOTAS`), once read in this batch or carried
+    /// from the one before: every device value checks one. Emptied by
+    /// every write of them and every rollback.
     quotas: Cell<Option<Quotas>>,
     /// The first active alarm (`meta::ALARMS`; `Some(None)`: none), once
-    /// read in this batch: every event that adds data checks it. Emptied
-    /// by every write of the alarms and every rollback.
+    /// read in this batch or carried from the one before: every event
+    /// that adds data checks it. Emptied by every write of the alarms and
+    /// every rollback.
     first_alarm: Cell<Option<Option<(u64, event::AlarmKind)>>>,
 }
 
@@ -227,6 +229,8 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
     /// An applier that starts from the documents earlier batches left
     /// decoded (see [`CarriedDocs`]).
     pub fn carrying(mut self, carried: CarriedDocs) -> Self {
+        self.quotas.set(carried.quotas);
+        self.first_alarm.set(carried.first_alarm);
         self.carried = carried;
         self
     }

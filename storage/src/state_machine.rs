@@ -64,7 +64,8 @@ pub struct StateMachine {
     /// snapshot touch it, both on openraft's state-machine task.
     keys: Arc<Mutex<KeyCache>>,
     /// Device, zone and stats documents as the last batch written left
-    /// them, decoded ([`CarriedDocs`]); touched as `keys` is.
+    /// them, decoded, with the quotas and the first active alarm
+    /// ([`CarriedDocs`]); touched as `keys` is.
     docs: Arc<Mutex<CarriedDocs>>,
 }
 

@@ -48,10 +48,10 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
     }
 
     /// Why `event` is refused, if it adds data while an alarm is active.
-    /// The first active alarm is read once per batch (most events add
-    /// data, and usually no alarm is recorded, a lookup that would search
-    /// every level of `sm_meta`); a write of the alarms or a rollback
-    /// forgets it.
+    /// The first active alarm is read once and carried from batch to
+    /// batch (most events add data, and usually no alarm is recorded, a
+    /// lookup that searches `sm_meta`); a write of the alarms or a
+    /// rollback forgets it.
     pub(super) fn refused_by_alarm(&self, event: &Event) -> Result<Option<Rejection>, StoreError> {
         if !event.adds_data() {
             return Ok(None);

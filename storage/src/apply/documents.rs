@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use utopia_raft::event::{ConfigVersion, FellowState, Outcome, Rejection};
+use utopia_raft::event::{AlarmKind, ConfigVersion, FellowState, Outcome, Quotas, Rejection};
 
 use super::devices::ValueUndo;
 use super::{bounds, content, Applier, ApplyError, StateRead};
@@ -47,12 +47,22 @@ pub(super) struct DocCache {
 /// numbers are parsed exactly, so what it holds is what decoding the
 /// stored bytes gives: a member that restarted (and holds nothing) writes
 /// the same bytes as one that did not.
+///
+/// It carries the same way the two settings every batch checks, once a
+/// batch has read them: the quotas and the first active alarm. Both are
+/// written only by applying, so a batch that wrote them left the value it
+/// read after its last write (or nothing).
 #[derive(Default)]
 pub struct CarriedDocs {
     docs: DocCache,
     /// The encoded bytes of the documents taken in since it was last
     /// emptied (documents taken in again count again).
     bytes: u64,
+    /// `meta::QUOTAS` as the last batch read it, if it did.
+    pub(super) quotas: Option<Quotas>,
+    /// The first active alarm as the last batch read it (`Some(None)`:
+    /// none), if it did.
+    pub(super) first_alarm: Option<Option<(u64, AlarmKind)>>,
 }
 
 /// The encoded bytes [`CarriedDocs`] takes in before it starts again empty.
@@ -310,6 +320,10 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
             self.overlay.insert(key, Some(bytes));
         }
         carried.take_in(docs, bytes);
+        // Read after the batch's last write of them, if read at all (a
+        // write or a rollback forgets them).
+        carried.quotas = self.quotas.get();
+        carried.first_alarm = self.first_alarm.get();
         carried
     }
 

@@ -3,7 +3,7 @@
 //! apply. Only storage errors stop the applier.
 
 use super::*;
-use utopia_raft::event::{IngestBody, IngestItem, IngestMember};
+use utopia_raft::event::{AlarmKind, IngestBody, IngestItem, IngestMember, Quotas};
 
 use crate::apply::CarriedDocs;
 
@@ -175,6 +175,34 @@ fn documents_carried_from_batch_to_batch_leave_the_bytes_reading_them_would() {
             json,
         });
         reqs.push(limited(1_000 + i * 10, e));
+        // The settings every batch checks, changed on the way: an alarm
+        // that refuses what adds data, and quotas that refuse data of a
+        // class with no accepted configuration. A batch carrying either
+        // past its change would refuse, or let through, the wrong events.
+        let alarm = AlarmKind::NoSpace;
+        let require_class = |on| {
+            Event::QuotasChanged(Quotas {
+                require_class: on,
+                ..Quotas::default()
+            })
+        };
+        match i {
+            30 => reqs.push(Request::new(
+                1_001 + i * 10,
+                Event::AlarmRaised {
+                    node_id: 2,
+                    alarm,
+                    disarms: 0,
+                },
+            )),
+            44 => reqs.push(Request::new(
+                1_001 + i * 10,
+                Event::AlarmDisarmed { node_id: 2, alarm },
+            )),
+            60 => reqs.push(Request::new(1_001 + i * 10, require_class(true))),
+            77 => reqs.push(Request::new(1_001 + i * 10, require_class(false))),
+            _ => {}
+        }
         // Every tenth event, an ingest batch for the same devices, its
         // last item a redelivery of the one before.
         if i % 10 == 9 {
@@ -242,6 +270,19 @@ fn documents_carried_from_batch_to_batch_leave_the_bytes_reading_them_would() {
             .iter()
             .any(|r| matches!(r.outcome, Outcome::Ingested { suppressed: 1, .. })),
         "redelivered messages were suppressed"
+    );
+    assert!(
+        out_apart
+            .iter()
+            .any(|r| matches!(r.outcome, Outcome::Rejected(Rejection::Alarm { .. }))),
+        "the alarm refused data"
+    );
+    assert!(
+        out_apart.iter().any(|r| matches!(
+            &r.outcome,
+            Outcome::Rejected(Rejection::FailedPrecondition(reason)) if reason.contains("require_class")
+        )),
+        "the quotas refused data"
     );
 }
 
