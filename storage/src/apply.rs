@@ -177,7 +177,8 @@ pub struct Applier<'a, S: StateRead + ?Sized> {
     /// every write of one and every rollback.
     classes: HashMap<String, Option<Arc<ingest::ClassRulesRecord>>>,
     /// The term of the last entry counted in stats (`meta::STATS_TERM`),
-    /// once read in this batch.
+    /// once read in this batch or carried from the one before. Written
+    /// only where it is set, outside any rollback.
     stats_term: Option<u64>,
     /// The quotas (`meta::QUOTAS`), once read in this batch or carried
     /// from the one before: every device value checks one. Emptied by
@@ -229,6 +230,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
     /// An applier that starts from the documents earlier batches left
     /// decoded (see [`CarriedDocs`]).
     pub fn carrying(mut self, carried: CarriedDocs) -> Self {
+        self.stats_term = carried.stats_term;
         self.quotas.set(carried.quotas);
         self.first_alarm.set(carried.first_alarm);
         self.carried = carried;

@@ -48,16 +48,19 @@ pub(super) struct DocCache {
 /// stored bytes gives: a member that restarted (and holds nothing) writes
 /// the same bytes as one that did not.
 ///
-/// It carries the same way the two settings every batch checks, once a
-/// batch has read them: the quotas and the first active alarm. Both are
-/// written only by applying, so a batch that wrote them left the value it
-/// read after its last write (or nothing).
+/// It carries the same way what every batch reads of the state machine's
+/// metadata, once a batch has read it: the quotas, the first active alarm
+/// and the term last counted in stats. All three are written only by
+/// applying, so a batch that wrote one left the value it read after its
+/// last write (or nothing).
 #[derive(Default)]
 pub struct CarriedDocs {
     docs: DocCache,
     /// The encoded bytes of the documents taken in since it was last
     /// emptied (documents taken in again count again).
     bytes: u64,
+    /// `meta::STATS_TERM` as the last batch read or wrote it, if it did.
+    pub(super) stats_term: Option<u64>,
     /// `meta::QUOTAS` as the last batch read it, if it did.
     pub(super) quotas: Option<Quotas>,
     /// The first active alarm as the last batch read it (`Some(None)`:
@@ -322,6 +325,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         carried.take_in(docs, bytes);
         // Read after the batch's last write of them, if read at all (a
         // write or a rollback forgets them).
+        carried.stats_term = self.stats_term;
         carried.quotas = self.quotas.get();
         carried.first_alarm = self.first_alarm.get();
         carried

@@ -93,6 +93,7 @@ fn apply_in_batches(reqs: &[Request], sizes: &[usize], carry: bool) -> (MemState
     let mut carried = CarriedDocs::default();
     let mut carried_most = 0;
     let mut rest = reqs;
+    let mut index = 0;
     for size in sizes.iter().cycle() {
         if rest.is_empty() {
             break;
@@ -103,11 +104,14 @@ fn apply_in_batches(reqs: &[Request], sizes: &[usize], carry: bool) -> (MemState
         if carry {
             applier = applier.carrying(std::mem::take(&mut carried));
         }
-        out.extend(
-            batch
-                .iter()
-                .map(|r| applier.apply(r).expect("no storage error")),
-        );
+        for r in batch {
+            // A new term, with another leader, every 37 entries: each is
+            // counted as an election in the stats.
+            let term = 1 + index / 37;
+            index += 1;
+            let applied = applier.apply_entry(term, term % 3 + 1, r);
+            out.push(applied.expect("no storage error"));
+        }
         let (writes, _, _, next) = applier.finish_carrying();
         for (k, v) in writes {
             match v {
