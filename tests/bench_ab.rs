@@ -8,30 +8,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
-use common::UTOPIA;
+use common::{scripts, UTOPIA};
 
 const DEADLINE: Duration = Duration::from_secs(300);
-
-/// Processes whose command line mentions `needle`.
-fn processes_mentioning(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains(needle) {
-                found.push(format!(
-                    "{}: {cmdline}",
-                    entry.file_name().to_string_lossy()
-                ));
-            }
-        }
-    }
-    found
-}
 
 fn number(cell: &str) -> f64 {
     cell.trim()
@@ -41,38 +22,13 @@ fn number(cell: &str) -> f64 {
 
 #[test]
 fn quick_mode_runs_both_builds_and_compares_them() {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bench-ab");
     let bin_dir = Path::new(UTOPIA).parent().expect("the binaries' directory");
-    let child = Command::new(&script)
-        .arg("--quick")
-        .arg("--a")
-        .arg(bin_dir)
-        .arg("--b")
-        .arg(bin_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run tests/bench-ab");
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let out = match rx.recv_timeout(DEADLINE) {
-        Ok(out) => out.expect("wait for the script"),
-        Err(_) => {
-            // SIGTERM lets the script stop its cluster; then make sure.
-            let _ = Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-            if rx.recv_timeout(Duration::from_secs(30)).is_err() {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status();
-            }
-            panic!("tests/bench-ab --quick did not finish within {DEADLINE:?}");
-        }
-    };
+    let dir = bin_dir.as_os_str();
+    let out = scripts::run(
+        "bench-ab",
+        &["--quick".as_ref(), "--a".as_ref(), dir, "--b".as_ref(), dir],
+        DEADLINE,
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -105,13 +61,5 @@ fn quick_mode_runs_both_builds_and_compares_them() {
     );
 
     // Every process the script started is gone with its work directory.
-    let work = stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("work dir: "))
-        .unwrap_or_else(|| panic!("the script did not name its work dir:\n{stderr}"))
-        .trim()
-        .to_string();
-    assert!(!Path::new(&work).exists(), "{work} was not removed");
-    let left = processes_mentioning(&work);
-    assert!(left.is_empty(), "still running: {left:?}");
+    scripts::assert_left_nothing(&stderr);
 }

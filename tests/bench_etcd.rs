@@ -7,11 +7,9 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
-use common::UTOPIA;
+use common::{scripts, UTOPIA};
 
 /// Generous: the script may first have to install etcd from Debian.
 const DEADLINE: Duration = Duration::from_secs(600);
@@ -25,23 +23,6 @@ const ROWS: [&str; 6] = [
     "90% get / 10% put, 64 clients",
 ];
 
-/// Processes whose command line mentions `needle`.
-fn processes_mentioning(needle: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains(needle) {
-                found.push(format!(
-                    "{}: {cmdline}",
-                    entry.file_name().to_string_lossy()
-                ));
-            }
-        }
-    }
-    found
-}
-
 /// "12,345" → 12345.0
 fn number(cell: &str) -> f64 {
     cell.trim()
@@ -52,39 +33,16 @@ fn number(cell: &str) -> f64 {
 
 #[test]
 fn quick_mode_drives_both_clusters_with_every_workload() {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bench-vs-etcd");
     let bin_dir = Path::new(UTOPIA).parent().expect("the binaries' directory");
-    let child = Command::new(&script)
-        .arg("--quick")
-        .arg("--bin-dir")
-        .arg(bin_dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run tests/bench-vs-etcd");
-    let pid = child.id();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let out = match rx.recv_timeout(DEADLINE) {
-        Ok(out) => out.expect("wait for the script"),
-        Err(_) => {
-            // SIGTERM lets the script stop its clusters; then make sure.
-            let _ = Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
-            match rx.recv_timeout(Duration::from_secs(30)) {
-                Ok(_) => {}
-                Err(_) => {
-                    let _ = Command::new("kill")
-                        .args(["-KILL", &pid.to_string()])
-                        .status();
-                }
-            }
-            panic!("tests/bench-vs-etcd --quick did not finish within {DEADLINE:?}");
-        }
-    };
+    let out = scripts::run(
+        "bench-vs-etcd",
+        &[
+            "--quick".as_ref(),
+            "--bin-dir".as_ref(),
+            bin_dir.as_os_str(),
+        ],
+        DEADLINE,
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -115,13 +73,5 @@ fn quick_mode_drives_both_clusters_with_every_workload() {
     );
 
     // Every process the script started is gone with its work directory.
-    let work = stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("work dir: "))
-        .unwrap_or_else(|| panic!("the script did not name its work dir:\n{stderr}"))
-        .trim()
-        .to_string();
-    assert!(!Path::new(&work).exists(), "{work} was not removed");
-    let left = processes_mentioning(&work);
-    assert!(left.is_empty(), "still running: {left:?}");
+    scripts::assert_left_nothing(&stderr);
 }

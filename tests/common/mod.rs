@@ -11,6 +11,7 @@ pub mod forge;
 pub mod mongo;
 pub mod mosquitto;
 pub mod net;
+pub mod scripts;
 pub mod zookeeper;
 
 use std::collections::BTreeMap;
