@@ -17,7 +17,8 @@ mod node;
 pub use error::ProposeError;
 pub use event::{Event, Request, Response};
 pub use network::{
-    ClusterId, ForwardCheck, PeerGuard, Refusal, TransportService, TransportSettings,
+    ClusterId, EncodedEntries, ForwardCheck, PeerGuard, Refusal, TransportService,
+    TransportSettings,
 };
 pub use node::{NodeConfig, NodeStatus, PeerPolicy, RaftNode, RaftTimings, Role, StartError};
 

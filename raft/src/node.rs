@@ -162,13 +162,15 @@ where
     /// `peer_addr`. With `join`, it is left uninitialised: the node waits
     /// for a cluster's leader to add it (`utopia cluster add`). An
     /// initialised storage is resumed as it was: the members it knows win.
+    /// Replication sends the log's own encodings of the entries it holds
+    /// them for ([`crate::EncodedEntries`]).
     pub async fn start<LS>(
         config: NodeConfig,
         log_store: LS,
         state_machine: SM,
     ) -> Result<(Self, TransportService<SM>), StartError>
     where
-        LS: RaftLogStorage<TypeConfig>,
+        LS: RaftLogStorage<TypeConfig> + crate::EncodedEntries + Clone,
     {
         let NodeConfig {
             id,
@@ -218,7 +220,8 @@ where
             &peers.allowed_names,
         )
         .map_err(StartError::Settings)?;
-        let network = GrpcNetwork::new(transport, peers.cluster_id);
+        let network = GrpcNetwork::new(transport, peers.cluster_id)
+            .with_encoded_entries(Arc::new(log_store.clone()));
         let raft = Raft::new(
             id,
             Arc::new(raft_config),

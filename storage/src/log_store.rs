@@ -9,7 +9,9 @@
 //! The newest appended entries are also kept in memory ([`Recent`]): Raft
 //! reads every entry back soon after appending it (to replicate it to each
 //! follower and to apply it), and serving those reads from memory saves a
-//! RocksDB iteration and a CBOR decode per entry per reader.
+//! RocksDB iteration and a CBOR decode per entry per reader. Their
+//! encodings are kept beside them, for replication to send as they are
+//! ([`EncodedEntries`]).
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
@@ -22,7 +24,7 @@ use utopia_raft::event;
 use utopia_raft::openraft_api::{
     EntryOf, IOFlushed, LogIdOf, LogState, RaftEntry, RaftLogReader, RaftLogStorage, VoteOf,
 };
-use utopia_raft::TypeConfig;
+use utopia_raft::{EncodedEntries, TypeConfig};
 
 use crate::keys::{self, raft_meta, Cf};
 use crate::{Db, StoreError};
@@ -35,8 +37,9 @@ const FLUSH_QUEUE_MAX: usize = 4096;
 
 /// The newest entries kept in memory, at most this many ...
 const RECENT_ENTRIES_MAX: usize = 8192;
-/// ... and at most this many encoded bytes.
-const RECENT_BYTES_MAX: usize = 32 << 20;
+/// ... and at most this many encoded bytes (each entry is held decoded
+/// as well, about as large again).
+const RECENT_BYTES_MAX: usize = 16 << 20;
 
 /// The encoded bytes of entries the leader sends a follower in one
 /// `AppendEntries`, at most (one entry is always sent, whatever its size).
@@ -51,7 +54,8 @@ pub const REPLICATION_BATCH_BYTES_MAX: usize = 4 << 20;
 /// the first two; a purge is at once for reads, see [`Purges`]).
 #[derive(Default)]
 struct Recent {
-    entries: VecDeque<(Entry, usize)>,
+    /// Each entry with its encoding (what the log stores).
+    entries: VecDeque<(Entry, Vec<u8>)>,
     bytes: usize,
 }
 
@@ -60,7 +64,7 @@ impl Recent {
         self.entries.front().map(|(e, _)| e.index())
     }
 
-    fn push(&mut self, entry: Entry, size: usize) {
+    fn push(&mut self, entry: Entry, encoded: Vec<u8>) {
         let follows = match self.entries.back() {
             None => true,
             Some((last, _)) => last.index() + 1 == entry.index(),
@@ -68,11 +72,11 @@ impl Recent {
         if !follows {
             self.clear();
         }
-        self.bytes += size;
-        self.entries.push_back((entry, size));
+        self.bytes += encoded.len();
+        self.entries.push_back((entry, encoded));
         while self.entries.len() > RECENT_ENTRIES_MAX || self.bytes > RECENT_BYTES_MAX {
             match self.entries.pop_front() {
-                Some((_, n)) => self.bytes -= n,
+                Some((_, b)) => self.bytes -= b.len(),
                 None => break,
             }
         }
@@ -81,8 +85,8 @@ impl Recent {
     /// Drops the entries from index `from` on.
     fn truncate_from(&mut self, from: u64) {
         while self.entries.back().is_some_and(|(e, _)| e.index() >= from) {
-            if let Some((_, n)) = self.entries.pop_back() {
-                self.bytes -= n;
+            if let Some((_, b)) = self.entries.pop_back() {
+                self.bytes -= b.len();
             }
         }
     }
@@ -90,8 +94,8 @@ impl Recent {
     /// Drops the entries up to index `upto` included.
     fn purge_upto(&mut self, upto: u64) {
         while self.entries.front().is_some_and(|(e, _)| e.index() <= upto) {
-            if let Some((_, n)) = self.entries.pop_front() {
-                self.bytes -= n;
+            if let Some((_, b)) = self.entries.pop_front() {
+                self.bytes -= b.len();
             }
         }
     }
@@ -116,10 +120,32 @@ impl Recent {
             self.entries
                 .iter()
                 .skip(skip)
-                .take_while(|(e, size)| in_range(e.index(), end) && budget.take(*size))
+                .take_while(|(e, b)| in_range(e.index(), end) && budget.take(b.len()))
                 .map(|(e, _)| e.clone())
                 .collect(),
         )
+    }
+
+    /// Appends the encodings of `entries` to `out` if it holds each of
+    /// them under its log id (see [`EncodedEntries`]).
+    fn append_encoded(&self, entries: &[Entry], out: &mut Vec<u8>) -> bool {
+        let Some(first) = self.first_index() else {
+            return false;
+        };
+        for e in entries {
+            let held = e
+                .index()
+                .checked_sub(first)
+                .and_then(|i| usize::try_from(i).ok())
+                .and_then(|i| self.entries.get(i));
+            match held {
+                Some((entry, bytes)) if entry.log_id() == e.log_id() => {
+                    out.extend_from_slice(bytes)
+                }
+                _ => return false,
+            }
+        }
+        true
     }
 }
 
@@ -373,6 +399,12 @@ impl LogStore {
     }
 }
 
+impl EncodedEntries for LogStore {
+    fn append_encoded(&self, entries: &[Entry], out: &mut Vec<u8>) -> bool {
+        self.recent().append_encoded(entries, out)
+    }
+}
+
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
         &mut self,
@@ -455,14 +487,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for entry in entries {
             let bytes = event::encode(&entry).map_err(|e| io::Error::other(e.to_string()))?;
             batch.put_cf(cf, keys::log_key(entry.index()), &bytes);
-            appended.push((entry, bytes.len()));
+            appended.push((entry, bytes));
         }
         {
             let mut recent = self.recent();
             // Written (readable) now; durable once the flusher's sync returns.
             self.db.db.write(batch).map_err(StoreError::from)?;
-            for (entry, size) in appended {
-                recent.push(entry, size);
+            for (entry, bytes) in appended {
+                recent.push(entry, bytes);
             }
         }
         self.flusher
@@ -534,7 +566,7 @@ mod tests {
         let mut r = Recent::default();
         assert_eq!(indexes(&r, 0, Bound::Unbounded), None);
         for i in 5..10 {
-            r.push(entry(i), 10);
+            r.push(entry(i), vec![0; 10]);
         }
         assert_eq!(
             indexes(&r, 4, Bound::Unbounded),
@@ -553,7 +585,7 @@ mod tests {
         assert_eq!(indexes(&r, 6, Bound::Unbounded), Some(vec![6, 7]));
 
         // A gap (never expected) starts over rather than serve a hole.
-        r.push(entry(20), 10);
+        r.push(entry(20), vec![0; 10]);
         assert_eq!(indexes(&r, 6, Bound::Unbounded), None);
         assert_eq!(indexes(&r, 20, Bound::Unbounded), Some(vec![20]));
         r.truncate_from(0);
@@ -561,14 +593,47 @@ mod tests {
     }
 
     #[test]
+    fn recent_entries_lend_their_encodings_only_under_their_own_log_ids() {
+        let mut r = Recent::default();
+        let encoded = |i: u64| event::encode(&entry(i)).unwrap();
+        for i in 5..10 {
+            r.push(entry(i), encoded(i));
+        }
+        let mut out = Vec::new();
+        let wanted: Vec<Entry> = (6..9).map(entry).collect();
+        assert!(r.append_encoded(&wanted, &mut out));
+        assert_eq!(out, [encoded(6), encoded(7), encoded(8)].concat());
+        // Before the first held, after the last, or the same index written
+        // in another term: not held.
+        for missing in [entry(4), entry(10)] {
+            assert!(!r.append_encoded(&[missing], &mut Vec::new()));
+        }
+        let leader = openraft::vote::leader_id_adv::LeaderId {
+            term: 2,
+            node_id: 1,
+        };
+        let other_term = Entry::new_blank(LogIdOf::<TypeConfig>::new(leader, 7));
+        assert!(!r.append_encoded(&[entry(6), other_term], &mut Vec::new()));
+        // What was truncated or purged is not held either.
+        r.truncate_from(8);
+        assert!(!r.append_encoded(&[entry(8)], &mut Vec::new()));
+        r.purge_upto(6);
+        assert!(!r.append_encoded(&[entry(6)], &mut Vec::new()));
+        assert!(r.append_encoded(&[entry(7)], &mut Vec::new()));
+    }
+
+    #[test]
     fn recent_entries_are_bounded() {
         let mut r = Recent::default();
         for i in 0..(RECENT_ENTRIES_MAX as u64 + 10) {
-            r.push(entry(i), 1);
+            r.push(entry(i), vec![0; 1]);
         }
         assert_eq!(r.entries.len(), RECENT_ENTRIES_MAX);
         assert_eq!(r.first_index(), Some(10));
-        r.push(entry(RECENT_ENTRIES_MAX as u64 + 10), RECENT_BYTES_MAX);
+        r.push(
+            entry(RECENT_ENTRIES_MAX as u64 + 10),
+            vec![0; RECENT_BYTES_MAX],
+        );
         assert_eq!(r.entries.len(), 1, "{} bytes", r.bytes);
     }
 }

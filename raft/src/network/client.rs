@@ -28,6 +28,7 @@ pub struct PeerClient {
     pub(super) settings: TransportSettings,
     cluster: ClusterId,
     snapshot_sends: std::sync::Arc<super::SnapshotSends>,
+    pub(super) encoded: Option<std::sync::Arc<dyn super::EncodedEntries>>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
@@ -46,6 +47,7 @@ impl RaftNetworkFactory<TypeConfig> for GrpcNetwork {
             settings: self.settings.clone(),
             cluster: self.cluster.clone(),
             snapshot_sends: self.snapshot_sends.clone(),
+            encoded: self.encoded.clone(),
         }
     }
 }

@@ -24,6 +24,7 @@
 //! node presents its own certificate, which peers require.
 
 mod client;
+mod encoded;
 mod forward;
 mod guard;
 mod replication;
@@ -40,6 +41,7 @@ use openraft::AnyError;
 use tonic::transport::{Channel, Endpoint};
 
 pub use client::PeerClient;
+pub use encoded::EncodedEntries;
 pub use forward::ForwardCheck;
 pub use guard::{ClusterId, PeerGuard, Refusal};
 pub use server::TransportService;
@@ -110,6 +112,9 @@ pub struct GrpcNetwork {
     cluster: ClusterId,
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     pub(crate) snapshot_sends: Arc<SnapshotSends>,
+    /// The log's encodings of its newest entries, which replication sends
+    /// instead of encoding the entries again (see [`EncodedEntries`]).
+    encoded: Option<Arc<dyn EncodedEntries>>,
 }
 
 impl GrpcNetwork {
@@ -119,7 +124,15 @@ impl GrpcNetwork {
             cluster,
             channels: Arc::new(Mutex::new(HashMap::new())),
             snapshot_sends: Arc::default(),
+            encoded: None,
         }
+    }
+
+    /// Replication takes the entries' encodings from `held` where it has
+    /// them.
+    pub fn with_encoded_entries(mut self, held: Arc<dyn EncodedEntries>) -> Self {
+        self.encoded = Some(held);
+        self
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, String> {

@@ -151,12 +151,14 @@ impl PeerClient {
         let (target, addr) = (self.target, self.addr.clone());
         let cluster_id = self.cluster_id();
         let in_flight = Arc::new(InFlight::new());
+        let encoded = self.encoded.clone();
         // openraft paces retries to a follower that keeps failing inside
         // the request stream, before it yields a request. Taking the first
         // request before connecting makes a refused connection wait out
         // that pace instead of being retried at once, over and over.
         let mut input = Requests::new(input);
-        let Some(first) = take_request(&mut input, &in_flight, target, cluster_id).await else {
+        let Some(first) = take_request(&mut input, &in_flight, &encoded, target, cluster_id).await
+        else {
             return Ok(Box::pin(futures::stream::empty()));
         };
         // The rest are taken from openraft by a task of this stream's own,
@@ -168,7 +170,8 @@ impl PeerClient {
         let (tx, rx) = tokio::sync::mpsc::channel::<pb::RaftMessage>(1);
         let pump_in_flight = in_flight.clone();
         let pump = AbortOnDrop(tokio::spawn(async move {
-            while let Some(m) = take_request(&mut input, &pump_in_flight, target, cluster_id).await
+            while let Some(m) =
+                take_request(&mut input, &pump_in_flight, &encoded, target, cluster_id).await
             {
                 if tx.send(m).await.is_err() {
                     break;
@@ -257,6 +260,7 @@ impl Drop for AbortOnDrop {
 async fn take_request<S>(
     input: &mut Requests<S>,
     in_flight: &InFlight,
+    encoded: &Option<Arc<dyn super::EncodedEntries>>,
     target: u64,
     cluster_id: u64,
 ) -> Option<pb::RaftMessage>
@@ -265,7 +269,7 @@ where
 {
     let slot = in_flight.slots.clone().acquire_owned().await.ok()?;
     let req = input.next().await?;
-    match event::encode(&req) {
+    match super::encoded::encode_append(&req, encoded.as_deref()) {
         Ok(cbor) => {
             in_flight.sent(slot);
             Some(pb::RaftMessage { cbor, cluster_id })
