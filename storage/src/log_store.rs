@@ -35,6 +35,10 @@ type Entry = EntryOf<TypeConfig>;
 /// is full, which holds Raft back instead of growing memory.
 const FLUSH_QUEUE_MAX: usize = 4096;
 
+/// An entry's bytes in a RocksDB write batch beyond its encoding, at most:
+/// its key, type, column family and two lengths.
+const LOG_RECORD_OVERHEAD_BYTES: usize = 8 + 16;
+
 /// The newest entries kept in memory, at most this many ...
 const RECENT_ENTRIES_MAX: usize = 8192;
 /// ... and at most this many encoded bytes (each entry is held decoded
@@ -481,13 +485,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut batch = WriteBatch::default();
-        let cf = self.db.cf(Cf::RaftLog);
         let mut appended = Vec::new();
         for entry in entries {
             let bytes = event::encode(&entry).map_err(|e| io::Error::other(e.to_string()))?;
-            batch.put_cf(cf, keys::log_key(entry.index()), &bytes);
             appended.push((entry, bytes));
+        }
+        // Reserved at once: a batch grown by doubling copies itself.
+        let reserve = appended
+            .iter()
+            .map(|(_, bytes)| LOG_RECORD_OVERHEAD_BYTES + bytes.len())
+            .sum::<usize>();
+        let mut batch = WriteBatch::with_capacity_bytes(reserve + 64);
+        let cf = self.db.cf(Cf::RaftLog);
+        for (entry, bytes) in &appended {
+            batch.put_cf(cf, keys::log_key(entry.index()), bytes);
         }
         {
             let mut recent = self.recent();
