@@ -11,8 +11,8 @@
 //! self-delimiting, and an entry's encoding inside the request's array is
 //! its encoding alone.
 
+use ciborium_ll::{Encoder, Header};
 use openraft::raft::AppendEntriesRequest;
-use serde::Serialize;
 
 use crate::event::{self, CodecError};
 use crate::TypeConfig;
@@ -26,12 +26,6 @@ pub trait EncodedEntries: Send + Sync {
     /// as it may be half-written, when it does not hold every one of them
     /// (an entry is held only under its own log id).
     fn append_encoded(&self, entries: &[Entry], out: &mut Vec<u8>) -> bool;
-}
-
-impl std::fmt::Debug for dyn EncodedEntries {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("EncodedEntries")
-    }
 }
 
 /// `event::encode(req)`, with the entries' encodings taken from `held`
@@ -48,53 +42,34 @@ pub(super) fn encode_append(
     }
     // The fields in the order serde's derive writes them.
     let mut out = Vec::with_capacity(256);
-    out.push(0xa4); // a map of 4 pairs
-    text(&mut out, "vote");
-    into(&mut out, &req.vote)?;
-    text(&mut out, "prev_log_id");
-    into(&mut out, &req.prev_log_id)?;
-    text(&mut out, "entries");
-    array(&mut out, req.entries.len() as u64);
+    head(&mut out, Header::Map(Some(4)));
+    field(&mut out, "vote", &req.vote)?;
+    field(&mut out, "prev_log_id", &req.prev_log_id)?;
+    key(&mut out, "entries");
+    head(&mut out, Header::Array(Some(req.entries.len())));
     if !held.append_encoded(&req.entries, &mut out) {
         return event::encode(req);
     }
-    text(&mut out, "leader_commit");
-    into(&mut out, &req.leader_commit)?;
+    field(&mut out, "leader_commit", &req.leader_commit)?;
     Ok(out)
 }
 
-fn into<T: Serialize>(out: &mut Vec<u8>, value: &T) -> Result<(), CodecError> {
-    ciborium::into_writer(value, out).map_err(|e| CodecError::Encode(e.to_string()))
+/// Appends a CBOR head (ciborium's, in its shortest form).
+fn head(out: &mut Vec<u8>, header: Header) {
+    // Writing to a Vec cannot fail.
+    let _ = Encoder::from(&mut *out).push(header);
 }
 
-/// A CBOR head of `major` type with argument `n`, in its shortest form.
-fn head(out: &mut Vec<u8>, major: u8, n: u64) {
-    let m = major << 5;
-    match n {
-        0..=23 => out.push(m | n as u8),
-        24..=0xff => out.extend_from_slice(&[m | 24, n as u8]),
-        0x100..=0xffff => {
-            out.push(m | 25);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        0x1_0000..=0xffff_ffff => {
-            out.push(m | 26);
-            out.extend_from_slice(&(n as u32).to_be_bytes());
-        }
-        _ => {
-            out.push(m | 27);
-            out.extend_from_slice(&n.to_be_bytes());
-        }
-    }
+/// Appends a map key: the text `name`.
+fn key(out: &mut Vec<u8>, name: &str) {
+    head(out, Header::Text(Some(name.len())));
+    out.extend_from_slice(name.as_bytes());
 }
 
-fn text(out: &mut Vec<u8>, s: &str) {
-    head(out, 3, s.len() as u64);
-    out.extend_from_slice(s.as_bytes());
-}
-
-fn array(out: &mut Vec<u8>, len: u64) {
-    head(out, 4, len);
+/// Appends a map entry: the key `name`, then `value` as serde writes it.
+fn field<T: serde::Serialize>(out: &mut Vec<u8>, name: &str, value: &T) -> Result<(), CodecError> {
+    key(out, name);
+    ciborium::into_writer(value, &mut *out).map_err(|e| CodecError::Encode(e.to_string()))
 }
 
 #[cfg(test)]
