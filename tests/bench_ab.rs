@@ -10,40 +10,25 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{scripts, UTOPIA};
+use common::scripts::{self, number};
+use common::UTOPIA;
 
 const DEADLINE: Duration = Duration::from_secs(300);
-
-fn number(cell: &str) -> f64 {
-    cell.trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("not a number: {cell:?} ({e})"))
-}
 
 #[test]
 fn quick_mode_runs_both_builds_and_compares_them() {
     let bin_dir = Path::new(UTOPIA).parent().expect("the binaries' directory");
     let dir = bin_dir.as_os_str();
-    let out = scripts::run(
+    let (stdout, stderr) = scripts::run(
         "bench-ab",
         &["--quick".as_ref(), "--a".as_ref(), dir, "--b".as_ref(), dir],
         DEADLINE,
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "tests/bench-ab --quick exited with {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status.code()
-    );
 
     for build in ["A", "B"] {
-        let row = stdout
-            .lines()
-            .find(|l| l.starts_with(&format!("| 1 | {build} |")))
-            .unwrap_or_else(|| panic!("no row for build {build} in\n{stdout}"));
         // "", pair, build, CPU by round, mean, puts/s, p50 / p99, fsyncs
-        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let cells = scripts::row(&stdout, &format!("| 1 | {build} |"));
+        let row = cells.join(" | ");
         assert!(number(cells[4]) > 0.0, "no server CPU: {row}");
         assert!(number(cells[5]) > 0.0, "no throughput: {row}");
         // Every node synced its log for the puts it took: three figures.

@@ -9,7 +9,8 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{scripts, UTOPIA};
+use common::scripts::{self, number};
+use common::UTOPIA;
 
 /// Generous: the script may first have to install etcd from Debian.
 const DEADLINE: Duration = Duration::from_secs(600);
@@ -23,18 +24,10 @@ const ROWS: [&str; 6] = [
     "90% get / 10% put, 64 clients",
 ];
 
-/// "12,345" → 12345.0
-fn number(cell: &str) -> f64 {
-    cell.trim()
-        .replace(',', "")
-        .parse()
-        .unwrap_or_else(|e| panic!("not a number: {cell:?} ({e})"))
-}
-
 #[test]
 fn quick_mode_drives_both_clusters_with_every_workload() {
     let bin_dir = Path::new(UTOPIA).parent().expect("the binaries' directory");
-    let out = scripts::run(
+    let (stdout, stderr) = scripts::run(
         "bench-vs-etcd",
         &[
             "--quick".as_ref(),
@@ -43,20 +36,10 @@ fn quick_mode_drives_both_clusters_with_every_workload() {
         ],
         DEADLINE,
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "tests/bench-vs-etcd --quick exited with {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status.code()
-    );
 
     for label in ROWS {
-        let row = stdout
-            .lines()
-            .find(|l| l.starts_with(&format!("| {label} |")))
-            .unwrap_or_else(|| panic!("no row {label:?} in\n{stdout}"));
-        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let cells = scripts::row(&stdout, &format!("| {label} |"));
+        let row = cells.join(" | ");
         // "", label, utopia ops/s, etcd ops/s, ratio, ...
         assert!(number(cells[2]) > 0.0, "utopia did no work: {row}");
         assert!(number(cells[3]) > 0.0, "etcd did no work: {row}");

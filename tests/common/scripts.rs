@@ -6,10 +6,23 @@ use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-/// Runs `tests/<name>` with `args` to completion. Past `deadline` it is
-/// sent SIGTERM (so that it stops what it started), then SIGKILL after 30
-/// seconds, and the test fails.
-pub fn run(name: &str, args: &[&std::ffi::OsStr], deadline: Duration) -> Output {
+/// Runs `tests/<name>` with `args` to completion and returns its stdout
+/// and stderr; the test fails if it exits unsuccessfully. Past `deadline`
+/// it is sent SIGTERM (so that it stops what it started), then SIGKILL
+/// after 30 seconds, and the test fails.
+pub fn run(name: &str, args: &[&std::ffi::OsStr], deadline: Duration) -> (String, String) {
+    let out = run_to_end(name, args, deadline);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "tests/{name} exited with {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status.code()
+    );
+    (stdout, stderr)
+}
+
+fn run_to_end(name: &str, args: &[&std::ffi::OsStr], deadline: Duration) -> Output {
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests")
         .join(name);
@@ -65,4 +78,22 @@ pub fn assert_left_nothing(stderr: &str) {
     assert!(!Path::new(&work).exists(), "{work} was not removed");
     let left = processes_mentioning(&work);
     assert!(left.is_empty(), "still running: {left:?}");
+}
+
+/// The cells of the Markdown table row in `out` that starts with
+/// `prefix` (its first cell, the empty one before the first `|`, included).
+pub fn row<'a>(out: &'a str, prefix: &str) -> Vec<&'a str> {
+    let row = out
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_else(|| panic!("no row {prefix:?} in\n{out}"));
+    row.split('|').map(str::trim).collect()
+}
+
+/// A table's number: "12,345.6" → 12345.6.
+pub fn number(cell: &str) -> f64 {
+    cell.trim()
+        .replace(',', "")
+        .parse()
+        .unwrap_or_else(|e| panic!("not a number: {cell:?} ({e})"))
 }
