@@ -307,24 +307,27 @@ const MIRROR_FEED_TRIM_EVERY: u64 = 1024;
 /// most: its type, column family and two lengths.
 const BATCH_RECORD_OVERHEAD_BYTES: usize = 16;
 
-/// The bytes a write batch of `writes` (each with its mirror feed record,
-/// when `feed`) and the applied index takes, about: reserved at once, as a
+/// The bytes a write batch of `writes` takes, about: reserved at once, as a
 /// batch grown by doubling copies itself each time (1.2% of all samples
 /// under puts).
 fn batch_bytes(writes: &crate::apply::Writes, feed: bool) -> usize {
-    let per_write = |key: &Vec<u8>| {
-        let feed_record = if feed {
-            BATCH_RECORD_OVERHEAD_BYTES + key.len() + 32
-        } else {
-            0
-        };
-        BATCH_RECORD_OVERHEAD_BYTES + key.len() + feed_record
-    };
-    writes
+    let records: usize = writes
         .iter()
-        .map(|((_, key), value)| per_write(key) + value.as_ref().map_or(0, Vec::len))
-        .sum::<usize>()
-        + 512
+        .map(|((_, key), value)| {
+            let record =
+                BATCH_RECORD_OVERHEAD_BYTES + key.len() + value.as_ref().map_or(0, Vec::len);
+            // The mirror feed's record of it: the key after the index and
+            // target, the time as its value.
+            let feed_record = if feed {
+                BATCH_RECORD_OVERHEAD_BYTES + key.len() + 32
+            } else {
+                0
+            };
+            record + feed_record
+        })
+        .sum();
+    // The batch's header, the applied log id and a membership.
+    records + 512
 }
 
 impl StateMachine {
