@@ -16,9 +16,11 @@ mod kv;
 mod response;
 mod tagged;
 mod xmlconf;
+
 pub use auth::{Access, AuthChange, Permission, PermissionTarget};
 pub use kv::{Compare, CompareOp, CompareTarget, DeleteOp, PutOp, RangeOp, TxnOp, TxnStep};
 pub use response::*;
+pub(crate) use tagged::TAG;
 pub use xmlconf::{ClassRules, CommandRule, ConfigVote, FieldRule, FieldRuleKind, VoteSource};
 
 /// The encoding version written by this build. Decoders accept every version
@@ -72,7 +74,9 @@ fn serialize_shared<S: serde::Serializer>(event: &Arc<Event>, s: S) -> Result<S:
     Event::serialize(event, s)
 }
 
-fn deserialize_shared<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Arc<Event>, D::Error> {
+pub(crate) fn deserialize_shared<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Arc<Event>, D::Error> {
     tagged::deserialize(d).map(Arc::new)
 }
 
@@ -619,4 +623,4 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, CodecError> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -163,7 +163,8 @@ where
     /// for a cluster's leader to add it (`utopia cluster add`). An
     /// initialised storage is resumed as it was: the members it knows win.
     /// Replication sends the log's own encodings of the entries it holds
-    /// them for ([`crate::EncodedEntries`]).
+    /// them for, and the log stores the encodings a leader sent
+    /// ([`crate::EncodedEntries`]).
     pub async fn start<LS>(
         config: NodeConfig,
         log_store: LS,
@@ -220,8 +221,9 @@ where
             &peers.allowed_names,
         )
         .map_err(StartError::Settings)?;
-        let network = GrpcNetwork::new(transport, peers.cluster_id)
-            .with_encoded_entries(Arc::new(log_store.clone()));
+        let encoded: Arc<dyn crate::EncodedEntries> = Arc::new(log_store.clone());
+        let network =
+            GrpcNetwork::new(transport, peers.cluster_id).with_encoded_entries(encoded.clone());
         let raft = Raft::new(
             id,
             Arc::new(raft_config),
@@ -286,6 +288,7 @@ where
             incoming_snapshot_dir,
             peers.snapshot_bytes_max,
             peers.forward_check,
+            encoded,
         );
         Ok((
             Self {

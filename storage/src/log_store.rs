@@ -11,7 +11,8 @@
 //! follower and to apply it), and serving those reads from memory saves a
 //! RocksDB iteration and a CBOR decode per entry per reader. Their
 //! encodings are kept beside them, for replication to send as they are
-//! ([`EncodedEntries`]).
+//! ([`EncodedEntries`]). A follower stores the encodings its leader sent
+//! (`received`).
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
@@ -28,6 +29,8 @@ use utopia_raft::{EncodedEntries, TypeConfig};
 
 use crate::keys::{self, raft_meta, Cf};
 use crate::{Db, StoreError};
+
+mod received;
 
 type Entry = EntryOf<TypeConfig>;
 
@@ -191,6 +194,8 @@ pub struct LogStore {
     db: Db,
     flusher: Arc<tokio::sync::mpsc::Sender<IOFlushed<TypeConfig>>>,
     recent: Arc<Mutex<Recent>>,
+    /// Encodings received from the leader for entries not yet appended.
+    received: Arc<Mutex<received::Received>>,
     /// Purges Raft asked for whose entries are still in RocksDB: see
     /// [`Purges`].
     purges: Arc<Purges>,
@@ -248,16 +253,13 @@ impl LogStore {
             db,
             flusher: Arc::new(tx),
             recent: Arc::default(),
+            received: Arc::default(),
             purges,
         }
     }
 
     fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
-        // The cache is consistent after every statement that changes it,
-        // so a panic elsewhere while it was held leaves it usable.
-        self.recent
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.recent)
     }
 
     fn get_meta<T: serde::de::DeserializeOwned>(
@@ -407,6 +409,10 @@ impl EncodedEntries for LogStore {
     fn append_encoded(&self, entries: &[Entry], out: &mut Vec<u8>) -> bool {
         self.recent().append_encoded(entries, out)
     }
+
+    fn received(&self, encodings: Vec<(LogIdOf<TypeConfig>, Vec<u8>)>) {
+        lock(&self.received).hold(encodings);
+    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -486,9 +492,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: Send,
     {
         let mut appended = Vec::new();
-        for entry in entries {
-            let bytes = event::encode(&entry).map_err(|e| io::Error::other(e.to_string()))?;
-            appended.push((entry, bytes));
+        {
+            let mut received = lock(&self.received);
+            for entry in entries {
+                let bytes = match received.take(&entry) {
+                    Some(bytes) => bytes,
+                    None => event::encode(&entry).map_err(|e| io::Error::other(e.to_string()))?,
+                };
+                appended.push((entry, bytes));
+            }
         }
         // Reserved at once: a batch grown by doubling copies itself.
         let reserve = appended

@@ -1,6 +1,7 @@
 //! What the leader reads to send a follower in one `AppendEntries` is
 //! bounded in bytes, from the in-memory recent entries as from RocksDB, and
-//! always holds at least one entry, however large.
+//! always holds at least one entry, however large; a follower stores the
+//! encodings its leader sent.
 
 mod common;
 
@@ -79,4 +80,46 @@ async fn an_entry_larger_than_a_batch_is_sent_alone() {
     append(&mut log, (4..=300).map(|i| put(i, 100)).collect()).await;
     let batch = log.limited_get_log_entries(3, 301).await.unwrap();
     assert_eq!(batch.len(), 298);
+}
+
+/// A follower's log stores the encoding its leader sent for an entry (here
+/// one that writes the index in a longer head than serde would, so that
+/// the stored bytes tell which was kept), and reads it back as the entry
+/// after a restart. An encoding held under another log id is not used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_stores_the_encodings_its_leader_sent() {
+    use utopia_raft::EncodedEntries;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (kept, other) = (put(9, 10), put(10, 10));
+    let serde_bytes = |e: &EntryOf<TypeConfig>| utopia_raft::event::encode(e).unwrap();
+    let index_9 = b"\x65index\x09";
+    let at = serde_bytes(&kept)
+        .windows(index_9.len())
+        .position(|w| w == index_9)
+        .expect("the index's key and value");
+    let mut sent = serde_bytes(&kept);
+    sent.splice(at + index_9.len() - 1..at + index_9.len(), [0x18, 0x09]);
+    assert_eq!(
+        utopia_raft::event::decode::<EntryOf<TypeConfig>>(&sent).unwrap(),
+        kept
+    );
+    {
+        let mut log = utopia_storage::open(dir.path()).unwrap().log_store;
+        let mut elsewhere = other.clone();
+        elsewhere.log_id = put(11, 0).log_id;
+        log.received(vec![
+            (kept.log_id, sent.clone()),
+            (elsewhere.log_id, b"not this one".to_vec()),
+        ]);
+        append(&mut log, vec![kept.clone(), other.clone()]).await;
+        let mut stored = Vec::new();
+        assert!(log.append_encoded(&[kept.clone(), other.clone()], &mut stored));
+        assert_eq!(stored, [sent, serde_bytes(&other)].concat());
+    }
+    let mut log = utopia_storage::open(dir.path()).unwrap().log_store;
+    assert_eq!(
+        log.try_get_log_entries(9..=10).await.unwrap(),
+        vec![kept, other]
+    );
 }

@@ -25,7 +25,7 @@ use serde::de::{DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 
 /// The key of the entry that names the variant.
-pub(super) const TAG: &str = "k";
+pub(crate) const TAG: &str = "k";
 
 /// What [`Tagged::variant`] made of the rest of a map.
 pub(super) enum Fast<T, A> {

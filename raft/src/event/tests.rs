@@ -86,7 +86,7 @@ fn newer_versions_are_refused() {
 }
 
 /// Events of the kinds decoded without serde's buffering, and of others.
-fn tagged_samples() -> Vec<Event> {
+pub(crate) fn tagged_samples() -> Vec<Event> {
     let data = DeviceData {
         host: "h".into(),
         zone: "z".into(),

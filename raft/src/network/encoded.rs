@@ -18,6 +18,7 @@ use crate::event::{self, CodecError};
 use crate::TypeConfig;
 
 type Entry = openraft::alias::EntryOf<TypeConfig>;
+type LogId = openraft::alias::LogIdOf<TypeConfig>;
 
 /// Encodings of log entries, kept by whoever encoded them.
 pub trait EncodedEntries: Send + Sync {
@@ -26,6 +27,13 @@ pub trait EncodedEntries: Send + Sync {
     /// as it may be half-written, when it does not hold every one of them
     /// (an entry is held only under its own log id).
     fn append_encoded(&self, entries: &[Entry], out: &mut Vec<u8>) -> bool;
+
+    /// Takes the encodings of entries this member received from its leader
+    /// (each under its entry's log id, in index order), for the entries'
+    /// append to store instead of encoding them again. The bytes are the
+    /// leader's encoding of each entry, which the entries handed to the
+    /// append were decoded from (see `received`).
+    fn received(&self, encodings: Vec<(LogId, Vec<u8>)>);
 }
 
 /// `event::encode(req)`, with the entries' encodings taken from `held`
@@ -122,6 +130,8 @@ mod tests {
             }
             true
         }
+
+        fn received(&self, _: Vec<(LogId, Vec<u8>)>) {}
     }
 
     fn request(entries: Vec<Entry>, commit: Option<u64>) -> AppendEntriesRequest<TypeConfig> {

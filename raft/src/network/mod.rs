@@ -27,6 +27,7 @@ mod client;
 mod encoded;
 mod forward;
 mod guard;
+mod received;
 mod replication;
 mod server;
 mod snapshot;

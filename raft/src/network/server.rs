@@ -12,6 +12,7 @@ use openraft::Raft;
 use tonic::Status;
 use utopia_proto::raft_v1 as pb;
 
+use super::encoded::EncodedEntries;
 use super::forward::ForwardCheck;
 use super::guard::{PeerGuard, Refusal};
 use super::replication::StreamReply;
@@ -26,6 +27,8 @@ pub struct TransportService<SM: RaftStateMachine<TypeConfig, SnapshotData = crat
     guard: Arc<PeerGuard>,
     incoming: Incoming,
     forward_check: ForwardCheck,
+    /// The log, given the encodings of the entries a leader sends.
+    log: Arc<dyn EncodedEntries>,
 }
 
 impl<SM: RaftStateMachine<TypeConfig, SnapshotData = crate::SnapshotData>> TransportService<SM> {
@@ -35,6 +38,7 @@ impl<SM: RaftStateMachine<TypeConfig, SnapshotData = crate::SnapshotData>> Trans
         incoming_dir: std::path::PathBuf,
         snapshot_bytes_max: u64,
         forward_check: ForwardCheck,
+        log: Arc<dyn EncodedEntries>,
     ) -> Self {
         snapshot::remove_leftovers(&incoming_dir);
         Self {
@@ -45,6 +49,7 @@ impl<SM: RaftStateMachine<TypeConfig, SnapshotData = crate::SnapshotData>> Trans
                 bytes_max: snapshot_bytes_max,
             },
             forward_check,
+            log,
         }
     }
 
@@ -98,7 +103,32 @@ fn decode<T: serde::de::DeserializeOwned>(
     guard: &PeerGuard,
     m: &pb::RaftMessage,
 ) -> Result<T, Status> {
-    event::decode(&m.cbor).map_err(|e| {
+    malformed(guard, event::decode(&m.cbor))
+}
+
+/// An AppendEntries request, decoded as `decode` does (see `received`);
+/// its entries' encodings go to `log`, for their append to store.
+fn decode_append(
+    guard: &PeerGuard,
+    log: &dyn EncodedEntries,
+    m: &pb::RaftMessage,
+) -> Result<AppendEntriesRequest<TypeConfig>, Status> {
+    let (rpc, encodings) = malformed(guard, super::received::decode_append(&m.cbor))?;
+    if !encodings.is_empty() {
+        log.received(
+            rpc.entries
+                .iter()
+                .zip(encodings)
+                .map(|(entry, at)| (entry.log_id, m.cbor[at].to_vec()))
+                .collect(),
+        );
+    }
+    Ok(rpc)
+}
+
+/// A message that does not decode is refused (and counted) as malformed.
+fn malformed<T>(guard: &PeerGuard, decoded: Result<T, event::CodecError>) -> Result<T, Status> {
+    decoded.map_err(|e| {
         guard.refuse(
             Refusal::Malformed,
             Status::invalid_argument(format!("raft message: {e}")),
@@ -115,7 +145,9 @@ where
         &self,
         req: tonic::Request<pb::RaftMessage>,
     ) -> Result<tonic::Response<pb::RaftMessage>, Status> {
-        let rpc: AppendEntriesRequest<TypeConfig> = self.admit(&req)?;
+        self.guard.check_caller(&req)?;
+        self.guard.check_cluster(req.get_ref().cluster_id)?;
+        let rpc = decode_append(&self.guard, &*self.log, req.get_ref())?;
         check_leader_vote(&self.guard, &rpc.vote)?;
         self.reply(
             &self
@@ -139,14 +171,16 @@ where
         let bad = Arc::new(Mutex::new(None::<Status>));
         let bad_in = bad.clone();
         let guard = self.guard.clone();
+        let log = self.log.clone();
         let requests = futures::stream::unfold(req.into_inner(), move |mut inbound| {
             let bad = bad_in.clone();
             let guard = guard.clone();
+            let log = log.clone();
             async move {
                 let m = inbound.message().await.ok()??;
                 let admitted = guard
                     .check_cluster(m.cluster_id)
-                    .and_then(|()| decode::<AppendEntriesRequest<TypeConfig>>(&guard, &m))
+                    .and_then(|()| decode_append(&guard, &*log, &m))
                     .and_then(|rpc| check_leader_vote(&guard, &rpc.vote).map(|()| rpc));
                 match admitted {
                     Ok(rpc) => Some((rpc, inbound)),
