@@ -239,3 +239,27 @@ fn values_nested_too_deep_are_refused_as_serde_refuses_them() {
         );
     }
 }
+
+/// Every initial byte, with arguments of every width: the head and its
+/// length are ciborium_ll's.
+#[test]
+fn heads_are_read_as_ciborium_ll_reads_them() {
+    let tails: [&[u8]; 5] = [
+        &[],
+        &[0x2a],
+        &[0x01, 0x02],
+        &[0xff, 0xff, 0xff, 0xff],
+        &[0x80, 0, 0, 0, 0, 0, 0, 0x01, 0x63],
+    ];
+    for initial in 0..=u8::MAX {
+        for tail in tails {
+            let bytes = [&[initial][..], tail].concat();
+            let mut decoder = Decoder::from(&bytes[..]);
+            let theirs = decoder.pull().ok().map(|h| (h, decoder.offset()));
+            let mut reader = Reader::new(&bytes);
+            let ours = reader.head().map(|h| (h, reader.pos));
+            // As text: a NaN is not equal to itself.
+            assert_eq!(format!("{ours:?}"), format!("{theirs:?}"), "{bytes:02x?}");
+        }
+    }
+}
