@@ -53,6 +53,32 @@ fn entries() -> Vec<Entry> {
         }),
     ];
     events.extend(tagged_samples());
+    // A batch of device data alone, the one the reader reads itself.
+    let data = |i: u32| DeviceData {
+        host: format!("host{i}"),
+        zone: "zone/é".into(),
+        class: "thermo".into(),
+        device_id: i.to_string(),
+        post_type: "temp".into(),
+        path: (0..i * 2).map(|p| format!("p{p}")).collect(),
+        json: format!("{{\"t\":{i}}}"),
+    };
+    events.push(Event::IngestBatch {
+        epoch: 2,
+        proposer: 3,
+        items: (0..2)
+            .map(|i| IngestItem {
+                digest: vec![i as u8; 16].into(),
+                redelivered: i == 2,
+                body: IngestBody::Data(data(i)),
+            })
+            .collect(),
+    });
+    events.push(Event::IngestBatch {
+        epoch: u64::MAX,
+        proposer: 0,
+        items: vec![],
+    });
     let mut entries: Vec<Entry> = (1..)
         .zip(events)
         .map(|(index, event)| normal(index, event))
@@ -93,7 +119,7 @@ fn assert_decoded_as_serde_does(bytes: &[u8], what: &str) {
 }
 
 #[test]
-fn puts_and_deletes_are_read_without_serde() {
+fn frequent_events_are_read_without_serde() {
     for entry in entries() {
         let bytes = event::encode(&entry).unwrap();
         let mut reader = Reader::new(&bytes);
@@ -105,11 +131,18 @@ fn puts_and_deletes_are_read_without_serde() {
         // Normal entries are read here, whatever their event ...
         assert_eq!(read.as_ref(), Some(&entry));
         assert_eq!(reader.pos, bytes.len());
-        // ... and puts and deletes without serde.
+        // ... and the frequent events without serde.
         let event = &*request.event;
         let bytes = event::encode(event).unwrap();
         let direct = Reader::new(&bytes).event();
-        if matches!(event, Event::Put(_) | Event::Delete(_)) {
+        let read_here = match event {
+            Event::Put(_) | Event::Delete(_) | Event::DeviceDataUpdated(_) => true,
+            Event::IngestBatch { items, .. } => {
+                items.iter().all(|i| matches!(i.body, IngestBody::Data(_)))
+            }
+            _ => false,
+        };
+        if read_here {
             assert_eq!(direct.as_ref(), Some(event));
         } else {
             assert!(direct.is_none(), "{event:?}");
@@ -151,6 +184,26 @@ fn corrupted_requests_decode_as_serde_decodes_them() {
         .into_iter()
         .filter(|e| event::encode(e).unwrap().len() < 400)
         .collect();
+    // Among them, an entry of each event read without serde (a batch of
+    // device data items alone).
+    let names: Vec<&str> = all
+        .iter()
+        .filter_map(|e| match &e.payload {
+            EntryPayload::Normal(r) => match &*r.event {
+                Event::IngestBatch { items, .. }
+                    if items.is_empty()
+                        || items.iter().any(|i| !matches!(i.body, IngestBody::Data(_))) =>
+                {
+                    None
+                }
+                event => Some(event.name()),
+            },
+            _ => None,
+        })
+        .collect();
+    for name in ["put", "delete", "device_data_updated", "ingest_batch"] {
+        assert!(names.contains(&name), "no {name} among {names:?}");
+    }
     let mut requests: Vec<_> = all
         .iter()
         .map(|e| request(vec![e.clone()], Some(3)))
