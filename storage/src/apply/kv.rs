@@ -332,6 +332,9 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
     /// twice in one revision.
     pub(super) fn check_steps(&self, steps: &[TxnStep]) -> Result<Option<Rejection>, StoreError> {
         let mut put_keys = std::collections::BTreeSet::new();
+        // One step (every put and delete outside a transaction) cannot
+        // repeat a key.
+        let one_step = steps.len() == 1;
         for step in steps {
             if let TxnStep::Put(p) = step {
                 if p.lease != 0
@@ -341,12 +344,15 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
                 {
                     return Ok(Some(Rejection::LeaseNotFound(p.lease)));
                 }
-                if !put_keys.insert(p.key.to_vec()) {
+                if !one_step && !put_keys.insert(p.key.to_vec()) {
                     return Ok(Some(Rejection::DuplicateKey(
                         String::from_utf8_lossy(&p.key).into_owned(),
                     )));
                 }
             }
+        }
+        if put_keys.is_empty() {
+            return Ok(None);
         }
         for step in steps {
             if let TxnStep::Delete(d) = step {

@@ -257,6 +257,44 @@ fn txn_rejects_a_key_written_twice() {
         "{r:?}"
     );
     assert!(s.kv("k").is_none());
+    // Two puts of one key; a put alone and a delete alone are checked for
+    // nothing of the kind.
+    let put = |value: &str| {
+        TxnStep::Put(PutOp {
+            key: b("k"),
+            value: b(value),
+            lease: 0,
+            prev_kv: false,
+        })
+    };
+    let r = s.apply(Event::Txn(TxnOp {
+        compares: vec![],
+        success: vec![put("1"), put("2")],
+        failure: vec![],
+        bytes_max: 0,
+    }));
+    assert!(
+        matches!(r.outcome, Outcome::Rejected(Rejection::DuplicateKey(_))),
+        "{r:?}"
+    );
+    assert!(s.kv("k").is_none());
+    for step in [
+        put("3"),
+        TxnStep::Delete(DeleteOp {
+            key: b("a"),
+            range_end: b("z"),
+            prev_kv: false,
+        }),
+    ] {
+        let r = s.apply(Event::Txn(TxnOp {
+            compares: vec![],
+            success: vec![step],
+            failure: vec![],
+            bytes_max: 0,
+        }));
+        assert!(!matches!(r.outcome, Outcome::Rejected(_)), "{r:?}");
+    }
+    assert!(s.kv("k").is_none(), "put, then deleted");
 }
 
 #[test]
