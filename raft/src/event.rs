@@ -612,7 +612,11 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecEr
 
 /// Decodes a request and checks its version.
 pub fn decode_request(bytes: &[u8]) -> Result<Request, CodecError> {
-    let req: Request = decode(bytes)?;
+    check_version(decode(bytes)?)
+}
+
+/// The request, if this build reads its version.
+pub fn check_version(req: Request) -> Result<Request, CodecError> {
     if req.version > EVENT_VERSION {
         return Err(CodecError::Version {
             found: req.version,

@@ -1,4 +1,5 @@
-//! AppendEntries as a follower decodes them.
+//! AppendEntries as a follower decodes them, and requests forwarded to the
+//! leader as it decodes them.
 //!
 //! A follower decodes every entry the leader sends it. Through serde's
 //! generic CBOR path (a visitor per map, field names matched one by one,
@@ -44,6 +45,16 @@ pub(super) fn decode_append(
     }
 }
 
+/// Decodes a request a member forwarded to this leader: the same value, or
+/// the same error, as `event::decode_request`. Under MQTT ingest most
+/// batches are proposed by a member that is not the leader.
+pub(super) fn decode_request(bytes: &[u8]) -> Result<Request, CodecError> {
+    match Reader::new(bytes).request(0) {
+        Some(request) => event::check_version(request),
+        None => event::decode_request(bytes),
+    }
+}
+
 /// An event decoded as a log entry's request decodes it (see
 /// `event::tagged`).
 #[derive(Deserialize)]
@@ -55,11 +66,12 @@ struct SharedEvent(#[serde(deserialize_with = "event::deserialize_shared")] Arc<
 const NESTING_MAX: usize = 256;
 
 /// How deep the values decoded by serde sit in a message: the message's
-/// fields in its map; an entry in the map and the entries' array; an
-/// event in those, the entry's map, its payload and its request.
+/// fields in its map; an entry in the map and the entries' array; a
+/// request in those, the entry's map and its payload (a forwarded
+/// request: at the top); its event in the request's map.
 const FIELD_DEPTH: usize = 1;
 const ENTRY_DEPTH: usize = 2;
-const EVENT_DEPTH: usize = 5;
+const ENTRY_REQUEST_DEPTH: usize = 4;
 
 /// A position in a message; every read returns None, with the position
 /// unspecified, when the bytes there are not what it reads.
@@ -251,7 +263,7 @@ impl<'a> Reader<'a> {
         self.key("Normal")?;
         Some(Entry {
             log_id,
-            payload: EntryPayload::Normal(self.request()?),
+            payload: EntryPayload::Normal(self.request(ENTRY_REQUEST_DEPTH)?),
         })
     }
 
@@ -269,7 +281,8 @@ impl<'a> Reader<'a> {
         Some(LogId::new(leader, index))
     }
 
-    fn request(&mut self) -> Option<Request> {
+    /// A request `depth` deep in the message.
+    fn request(&mut self, depth: usize) -> Option<Request> {
         let Header::Map(Some(len @ (3 | 4))) = self.head()? else {
             return None;
         };
@@ -283,7 +296,7 @@ impl<'a> Reader<'a> {
             Some(event) => Arc::new(event),
             None => {
                 self.pos = start;
-                self.serde::<SharedEvent>(EVENT_DEPTH)?.0
+                self.serde::<SharedEvent>(depth + 1)?.0
             }
         };
         let document_bytes_max = if len == 4 {

@@ -247,7 +247,7 @@ where
     ) -> Result<tonic::Response<pb::RaftMessage>, Status> {
         self.guard.check_caller(&req)?;
         self.guard.check_cluster(req.get_ref().cluster_id)?;
-        let request = event::decode_request(&req.get_ref().cbor).map_err(|e| {
+        let request = super::received::decode_request(&req.get_ref().cbor).map_err(|e| {
             self.guard.refuse(
                 Refusal::Malformed,
                 Status::invalid_argument(format!("forwarded request: {e}")),

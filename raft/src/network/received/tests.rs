@@ -316,3 +316,73 @@ fn heads_are_read_as_ciborium_ll_reads_them() {
         }
     }
 }
+
+/// A forwarded request, encoded, corrupted at every byte, nested too deep
+/// or of a newer version: whatever `event::decode_request` makes of it.
+#[test]
+fn forwarded_requests_decode_as_serde_decodes_them() {
+    let same = |bytes: &[u8], what: &str| {
+        let text = |r: Result<Request, CodecError>| match r {
+            Ok(req) => format!("{req:?}"),
+            Err(e) => format!("error: {e}"),
+        };
+        assert_eq!(
+            text(decode_request(bytes)),
+            text(event::decode_request(bytes)),
+            "{what}"
+        );
+    };
+    for entry in entries() {
+        let EntryPayload::Normal(request) = entry.payload else {
+            continue;
+        };
+        let bytes = event::encode(&request).unwrap();
+        assert_eq!(decode_request(&bytes).unwrap(), request);
+        if bytes.len() > 400 {
+            continue;
+        }
+        for i in 0..bytes.len() {
+            for flip in [0x01, 0x08, 0x20, 0x80, 0xff] {
+                let mut bad = bytes.clone();
+                bad[i] ^= flip;
+                same(&bad, &format!("byte {i} ^ {flip:#x}"));
+            }
+            same(&bytes[..i], &format!("first {i} bytes"));
+        }
+        let mut newer = request.clone();
+        newer.version = event::EVENT_VERSION + 1;
+        let bytes = event::encode(&newer).unwrap();
+        assert!(decode_request(&bytes).is_err());
+        same(&bytes, "a newer version");
+    }
+    // An unknown field nested around the depth serde refuses, in the
+    // request and in its event.
+    let request = Request::new(1, put(b"k", 1, 0, false));
+    for in_event in [false, true] {
+        for levels in 250..258 {
+            let mut value = ciborium::Value::serialized(&request).unwrap();
+            let ciborium::Value::Map(fields) = &mut value else {
+                unreachable!()
+            };
+            let fields = if in_event {
+                let (_, ciborium::Value::Map(event)) = &mut fields[2] else {
+                    unreachable!()
+                };
+                event
+            } else {
+                fields
+            };
+            let mut deep = ciborium::Value::Integer(1.into());
+            for _ in 0..levels {
+                deep = ciborium::Value::Array(vec![deep]);
+            }
+            fields.push((ciborium::Value::Text("x".into()), deep));
+            let mut bytes = Vec::new();
+            ciborium::into_writer(&value, &mut bytes).unwrap();
+            same(
+                &bytes,
+                &format!("{levels} levels, in the event: {in_event}"),
+            );
+        }
+    }
+}
