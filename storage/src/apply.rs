@@ -62,7 +62,7 @@
 //!   the node for the same reason.
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use utopia_raft::event::{self, Event, Outcome, Quotas, Rejection, Request, Response, TxnStep};
@@ -87,6 +87,7 @@ mod kv;
 mod lease;
 pub mod quota;
 mod stats;
+mod writes;
 pub mod xmlconf;
 mod xmlconf_ingest;
 pub mod xmlconf_sync;
@@ -107,6 +108,7 @@ pub use stats::{STATS_COMMAND_BYTES_MAX, STATS_USED_MAX};
 pub use documents::CarriedDocs;
 use documents::DocCache;
 use journal::Undo;
+pub use writes::Writes;
 
 /// Why applying an event failed; see the module documentation.
 #[derive(Debug)]
@@ -158,7 +160,7 @@ pub type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
 /// Applies a batch of events over a base state, collecting the writes.
 pub struct Applier<'a, S: StateRead + ?Sized> {
     base: &'a S,
-    overlay: BTreeMap<(Cf, Vec<u8>), Option<Vec<u8>>>,
+    overlay: Writes,
     /// Device, zone and stats documents written in this batch, decoded.
     docs: DocCache,
     /// The same, as the batches before left them ([`CarriedDocs`]).
@@ -191,14 +193,11 @@ pub struct Applier<'a, S: StateRead + ?Sized> {
     first_alarm: Cell<Option<Option<(u64, event::AlarmKind)>>>,
 }
 
-/// The writes an applier produced: `None` deletes the key.
-pub type Writes = BTreeMap<(Cf, Vec<u8>), Option<Vec<u8>>>;
-
 impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
     pub fn new(base: &'a S) -> Self {
         Self {
             base,
-            overlay: BTreeMap::new(),
+            overlay: Writes::default(),
             docs: DocCache::default(),
             carried: CarriedDocs::default(),
             changes: Vec::new(),
@@ -245,7 +244,7 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
     }
 
     pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.overlay.get(&(cf, key.to_vec())) {
+        match self.overlay.get(cf, key) {
             Some(v) => Ok(v.clone()),
             None => self.base.get(cf, key),
         }
@@ -271,10 +270,10 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
             self.first_alarm.set(None);
         }
         if !self.journal {
-            self.overlay.insert((cf, key), value);
+            self.overlay.insert(cf, key, value);
             return;
         }
-        let old = self.overlay.insert((cf, key.clone()), value);
+        let old = self.overlay.insert(cf, key.clone(), value);
         self.undo.overlay.push(((cf, key), old));
     }
 
@@ -338,9 +337,8 @@ impl<'a, S: StateRead + ?Sized> Applier<'a, S> {
     ) -> Result<(), StoreError> {
         let mut pending = self
             .overlay
-            .range((cf, start.to_vec())..)
-            .take_while(|((c, k), _)| *c == cf && end.is_none_or(|e| k.as_slice() < e))
-            .map(|((_, k), v)| (k, v))
+            .range_from(cf, start)
+            .take_while(|(k, _)| end.is_none_or(|e| k.as_slice() < e))
             .peekable();
         let mut base = self.base.scan(cf, start, end).peekable();
         loop {

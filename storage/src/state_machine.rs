@@ -313,7 +313,7 @@ const BATCH_RECORD_OVERHEAD_BYTES: usize = 16;
 fn batch_bytes(writes: &crate::apply::Writes, feed: bool) -> usize {
     let records: usize = writes
         .iter()
-        .map(|((_, key), value)| {
+        .map(|(_, key, value)| {
             let record =
                 BATCH_RECORD_OVERHEAD_BYTES + key.len() + value.as_ref().map_or(0, Vec::len);
             // The mirror feed's record of it: the key after the index and
@@ -378,8 +378,8 @@ impl StateMachine {
             }
         }
         let (writes, changes, effects, carried) = applier.finish_carrying();
-        let auth_changed = writes.keys().any(|(cf, _)| *cf == Cf::Auth);
-        let alarms_changed = writes.contains_key(&(Cf::SmMeta, meta::ALARMS.to_vec()));
+        let auth_changed = writes.touches(Cf::Auth);
+        let alarms_changed = writes.contains(Cf::SmMeta, meta::ALARMS);
         // The mirror feed, if this member keeps one, records the batch's
         // writes under its last index.
         let feed_index = self

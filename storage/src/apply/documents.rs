@@ -303,8 +303,10 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
     /// left it decoded and this batch has not written it.
     fn carried_doc<D: Stored>(&self, id: &str) -> Option<&D> {
         let doc = D::cached(&self.carried.docs)?.get(id)?;
-        let key = (D::COLLECTION.cf(), keys::document_key(id).to_vec());
-        (!self.overlay.contains_key(&key)).then_some(doc)
+        let written = self
+            .overlay
+            .contains(D::COLLECTION.cf(), keys::document_key(id));
+        (!written).then_some(doc)
     }
 
     /// Writes the documents the batch holds decoded into its writes, and
@@ -315,12 +317,12 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
         let docs = std::mem::take(&mut self.docs);
         let writes = docs.writes();
         let mut carried = std::mem::take(&mut self.carried);
-        for (cf, key) in self.overlay.keys() {
-            carried.forget(*cf, key);
+        for (cf, key, _) in self.overlay.iter() {
+            carried.forget(cf, key);
         }
         let bytes = writes.iter().map(|(_, b)| b.len() as u64).sum();
-        for (key, bytes) in writes {
-            self.overlay.insert(key, Some(bytes));
+        for ((cf, key), bytes) in writes {
+            self.overlay.insert(cf, key, Some(bytes));
         }
         carried.take_in(docs, bytes);
         // Read after the batch's last write of them, if read at all (a

@@ -49,9 +49,10 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
             let Some((key, old)) = self.undo.overlay.pop() else {
                 break;
             };
+            let (cf, key) = key;
             match old {
-                Some(v) => self.overlay.insert(key, v),
-                None => self.overlay.remove(&key),
+                Some(v) => self.overlay.insert(cf, key, v),
+                None => self.overlay.remove(cf, &key),
             };
         }
         while self.undo.docs.len() > sp.docs {

@@ -398,7 +398,7 @@ impl<S: StateRead + ?Sized> Applier<'_, S> {
     /// lease, from the state's key cache when it holds them and this batch
     /// did not write the key, read from the store otherwise.
     fn current_facts(&self, key: &Bytes) -> Result<Option<KeyValue>, StoreError> {
-        if self.overlay.contains_key(&(Cf::Kv, key.to_vec())) {
+        if self.overlay.contains(Cf::Kv, key) {
             return self.current(key);
         }
         let Some(facts) = self.base.key_facts(key) else {

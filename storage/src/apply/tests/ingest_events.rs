@@ -458,9 +458,9 @@ fn a_batch_reads_and_writes_each_stats_document_once() {
         assert_eq!(gets.get(id.as_bytes()), Some(&1), "{id}: {gets:?}");
     }
     let written: Vec<_> = writes
-        .keys()
-        .filter(|(cf, _)| *cf == Cf::Stats)
-        .map(|(_, k)| String::from_utf8_lossy(k).into_owned())
+        .iter()
+        .filter(|(cf, _, _)| *cf == Cf::Stats)
+        .map(|(_, k, _)| String::from_utf8_lossy(k).into_owned())
         .collect();
     assert_eq!(
         written,
