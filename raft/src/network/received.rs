@@ -3,11 +3,12 @@
 //!
 //! A follower decodes every entry the leader sends it. Through serde's
 //! generic CBOR path (a visitor per map, field names matched one by one,
-//! every byte string copied twice, each head read through a generic
-//! reader) that was a tenth of each follower's CPU under puts, about
-//! 1.4 µs per put entry; read here, about 0.3 µs. The shapes serde writes for the frequent entries (a put, a
-//! delete, device data or a batch of ingested device data, in a `Normal`
-//! payload) are read here directly from the message's bytes. Everything else (another event, a blank or membership entry,
+//! every byte string copied twice, each head read through a generic reader)
+//! that was a tenth of each follower's CPU under puts, about 1.4 µs per put
+//! entry; read here, about 0.3 µs. The shapes serde writes for the frequent
+//! entries (a put, a delete, device data or a batch of ingested device
+//! data, in a `Normal` payload) are read here directly from the message's
+//! bytes. Everything else (another event, a blank or membership entry,
 //! another field order, a head this reader does not expect) is decoded by
 //! serde from where it starts: an unexpected event by the event decoder an
 //! entry uses, an unexpected entry by the entry decoder, an unexpected
@@ -190,14 +191,21 @@ impl<'a> Reader<'a> {
         Some(utf8.to_owned())
     }
 
+    /// The room to reserve for `len` values of `T` not yet read: a count
+    /// in a message is not trusted, so at most one per byte left in it and
+    /// at most 1 MiB (the vector grows past that if the values are there).
+    fn room<T>(&self, len: usize) -> usize {
+        let left = self.bytes.len() - self.pos;
+        len.min(left)
+            .min((1 << 20) / std::mem::size_of::<T>().max(1))
+    }
+
     /// A definite-length array of what `item` reads.
     fn array<T>(&mut self, item: fn(&mut Self) -> Option<T>) -> Option<Vec<T>> {
         let Header::Array(Some(len)) = self.head()? else {
             return None;
         };
-        // Every item takes at least a byte: the count is bounded by the
-        // message before anything is reserved for it.
-        let mut items = Vec::with_capacity(len.min(self.bytes.len() - self.pos));
+        let mut items = Vec::with_capacity(self.room::<T>(len));
         for _ in 0..len {
             items.push(item(self)?);
         }
@@ -226,10 +234,8 @@ impl<'a> Reader<'a> {
         let Header::Array(Some(len)) = self.head()? else {
             return None;
         };
-        // Every entry takes more than one byte: the count is bounded by
-        // the message before anything is reserved for it.
-        let mut entries = Vec::with_capacity(len.min(self.bytes.len() - self.pos));
-        let mut encodings = Vec::with_capacity(entries.capacity());
+        let mut entries = Vec::with_capacity(self.room::<Entry>(len));
+        let mut encodings = Vec::with_capacity(self.room::<Range<usize>>(len));
         for _ in 0..len {
             let start = self.pos;
             let entry = match self.entry() {

@@ -386,3 +386,23 @@ fn forwarded_requests_decode_as_serde_decodes_them() {
         }
     }
 }
+
+/// A count in a message reserves no more than the message could hold, and
+/// at most 1 MiB.
+#[test]
+fn counts_in_a_message_reserve_little() {
+    let small = [0u8; 10];
+    assert_eq!(Reader::new(&small).room::<Entry>(usize::MAX), 10);
+    let large = vec![0u8; 8 << 20];
+    let room = Reader::new(&large).room::<Entry>(usize::MAX);
+    assert!(room * std::mem::size_of::<Entry>() <= 1 << 20, "{room}");
+    assert_eq!(Reader::new(&large).room::<u8>(3), 3);
+    // A request claiming more entries than it holds is refused as serde
+    // refuses it.
+    let mut bytes = event::encode(&request(vec![normal(1, put(b"k", 1, 0, false))], None)).unwrap();
+    let at = bytes.windows(8).position(|w| w == b"\x67entries").unwrap() + 8;
+    bytes[at] = 0x9b; // an array of 2^64 - 1 entries
+    bytes.splice(at + 1..at + 1, [0xff; 8]);
+    assert_decoded_as_serde_does(&bytes, "an entry count of 2^64 - 1");
+    assert!(decode_append(&bytes).is_err());
+}
