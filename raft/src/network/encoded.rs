@@ -88,13 +88,9 @@ mod tests {
     use openraft::entry::RaftEntry;
     use openraft::EntryPayload;
 
+    use super::super::fixtures::{log_id, request};
     use super::*;
     use crate::event::{Event, PutOp, Request};
-
-    fn log_id(term: u64, index: u64) -> openraft::alias::LogIdOf<TypeConfig> {
-        let leader = openraft::vote::leader_id_adv::LeaderId { term, node_id: 2 };
-        openraft::alias::LogIdOf::<TypeConfig>::new(leader, index)
-    }
 
     fn put(index: u64, value_bytes: usize) -> Entry {
         let event = Event::Put(PutOp {
@@ -132,15 +128,6 @@ mod tests {
         }
 
         fn received(&self, _: Vec<(LogId, Vec<u8>)>) {}
-    }
-
-    fn request(entries: Vec<Entry>, commit: Option<u64>) -> AppendEntriesRequest<TypeConfig> {
-        AppendEntriesRequest {
-            vote: openraft::alias::VoteOf::<TypeConfig>::new_committed(3, 2),
-            prev_log_id: entries.first().map(|e| log_id(3, e.index() - 1)),
-            entries,
-            leader_commit: commit.map(|c| log_id(3, c)),
-        }
     }
 
     #[test]

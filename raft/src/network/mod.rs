@@ -25,6 +25,8 @@
 
 mod client;
 mod encoded;
+#[cfg(test)]
+mod fixtures;
 mod forward;
 mod guard;
 mod received;

@@ -1,12 +1,8 @@
 use openraft::entry::RaftEntry;
 
+use super::super::fixtures::{log_id, request};
 use super::*;
 use crate::event::tests::tagged_samples;
-
-fn log_id(term: u64, index: u64) -> LogId {
-    let leader = openraft::vote::leader_id_adv::LeaderId { term, node_id: 2 };
-    LogId::new(leader, index)
-}
 
 fn normal(index: u64, event: Event) -> Entry {
     let request = Request::new(1_700_000_000_000 + index, event);
@@ -90,15 +86,6 @@ fn entries() -> Vec<Entry> {
         openraft::Membership::new_with_defaults(vec![[1, 2, 3].into()], []),
     ));
     entries
-}
-
-fn request(entries: Vec<Entry>, commit: Option<u64>) -> AppendEntriesRequest<TypeConfig> {
-    AppendEntriesRequest {
-        vote: openraft::alias::VoteOf::<TypeConfig>::new_committed(3, 2),
-        prev_log_id: entries.first().map(|e| log_id(3, e.index() - 1)),
-        entries,
-        leader_commit: commit.map(|c| log_id(3, c)),
-    }
 }
 
 /// The outcome `event::decode` gives, as text (an AppendEntries request

@@ -233,32 +233,14 @@ fn a_txn_is_estimated_over_both_branches_and_stops_at_the_bound() {
 
 #[test]
 fn txn_rejects_a_key_written_twice() {
-    let mut s = MemState::default();
-    let r = s.apply(Event::Txn(TxnOp {
-        compares: vec![],
-        success: vec![
-            TxnStep::Put(PutOp {
-                key: b("k"),
-                value: b("1"),
-                lease: 0,
-                prev_kv: false,
-            }),
-            TxnStep::Delete(DeleteOp {
-                key: b("a"),
-                range_end: b("z"),
-                prev_kv: false,
-            }),
-        ],
-        failure: vec![],
-        bytes_max: 0,
-    }));
-    assert!(
-        matches!(r.outcome, Outcome::Rejected(Rejection::DuplicateKey(_))),
-        "{r:?}"
-    );
-    assert!(s.kv("k").is_none());
-    // Two puts of one key; a put alone and a delete alone are checked for
-    // nothing of the kind.
+    let txn = |success| {
+        Event::Txn(TxnOp {
+            compares: vec![],
+            success,
+            failure: vec![],
+            bytes_max: 0,
+        })
+    };
     let put = |value: &str| {
         TxnStep::Put(PutOp {
             key: b("k"),
@@ -267,31 +249,26 @@ fn txn_rejects_a_key_written_twice() {
             prev_kv: false,
         })
     };
-    let r = s.apply(Event::Txn(TxnOp {
-        compares: vec![],
-        success: vec![put("1"), put("2")],
-        failure: vec![],
-        bytes_max: 0,
-    }));
-    assert!(
-        matches!(r.outcome, Outcome::Rejected(Rejection::DuplicateKey(_))),
-        "{r:?}"
-    );
-    assert!(s.kv("k").is_none());
-    for step in [
-        put("3"),
+    let delete = || {
         TxnStep::Delete(DeleteOp {
             key: b("a"),
             range_end: b("z"),
             prev_kv: false,
-        }),
-    ] {
-        let r = s.apply(Event::Txn(TxnOp {
-            compares: vec![],
-            success: vec![step],
-            failure: vec![],
-            bytes_max: 0,
-        }));
+        })
+    };
+    let mut s = MemState::default();
+    // A put and a delete over its key; two puts of one key.
+    for success in [vec![put("1"), delete()], vec![put("1"), put("2")]] {
+        let r = s.apply(txn(success));
+        assert!(
+            matches!(r.outcome, Outcome::Rejected(Rejection::DuplicateKey(_))),
+            "{r:?}"
+        );
+        assert!(s.kv("k").is_none());
+    }
+    // A put alone and a delete alone are checked for nothing of the kind.
+    for step in [put("3"), delete()] {
+        let r = s.apply(txn(vec![step]));
         assert!(!matches!(r.outcome, Outcome::Rejected(_)), "{r:?}");
     }
     assert!(s.kv("k").is_none(), "put, then deleted");
