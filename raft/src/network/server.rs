@@ -69,15 +69,23 @@ impl<SM: RaftStateMachine<TypeConfig, SnapshotData = crate::SnapshotData>> Trans
         }))
     }
 
+    /// The message, once the caller and its cluster id pass the guard.
+    fn checked<'r>(
+        &self,
+        req: &'r tonic::Request<pb::RaftMessage>,
+    ) -> Result<&'r pb::RaftMessage, Status> {
+        self.guard.check_caller(req)?;
+        let m = req.get_ref();
+        self.guard.check_cluster(m.cluster_id)?;
+        Ok(m)
+    }
+
     /// The caller and the message pass the guard; then the message decodes.
     fn admit<T: serde::de::DeserializeOwned>(
         &self,
         req: &tonic::Request<pb::RaftMessage>,
     ) -> Result<T, Status> {
-        self.guard.check_caller(req)?;
-        let m = req.get_ref();
-        self.guard.check_cluster(m.cluster_id)?;
-        decode(&self.guard, m)
+        decode(&self.guard, self.checked(req)?)
     }
 }
 
@@ -145,9 +153,7 @@ where
         &self,
         req: tonic::Request<pb::RaftMessage>,
     ) -> Result<tonic::Response<pb::RaftMessage>, Status> {
-        self.guard.check_caller(&req)?;
-        self.guard.check_cluster(req.get_ref().cluster_id)?;
-        let rpc = decode_append(&self.guard, &*self.log, req.get_ref())?;
+        let rpc = decode_append(&self.guard, &*self.log, self.checked(&req)?)?;
         check_leader_vote(&self.guard, &rpc.vote)?;
         self.reply(
             &self
@@ -245,9 +251,7 @@ where
         &self,
         req: tonic::Request<pb::RaftMessage>,
     ) -> Result<tonic::Response<pb::RaftMessage>, Status> {
-        self.guard.check_caller(&req)?;
-        self.guard.check_cluster(req.get_ref().cluster_id)?;
-        let request = super::received::decode_request(&req.get_ref().cbor).map_err(|e| {
+        let request = super::received::decode_request(&self.checked(&req)?.cbor).map_err(|e| {
             self.guard.refuse(
                 Refusal::Malformed,
                 Status::invalid_argument(format!("forwarded request: {e}")),
