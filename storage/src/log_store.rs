@@ -410,7 +410,7 @@ impl EncodedEntries for LogStore {
         self.recent().append_encoded(entries, out)
     }
 
-    fn received(&self, encodings: Vec<(LogIdOf<TypeConfig>, Vec<u8>)>) {
+    fn received(&self, encodings: Vec<(Entry, Vec<u8>)>) {
         lock(&self.received).hold(encodings);
     }
 }

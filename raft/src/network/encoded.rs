@@ -18,7 +18,6 @@ use crate::event::{self, CodecError};
 use crate::TypeConfig;
 
 type Entry = openraft::alias::EntryOf<TypeConfig>;
-type LogId = openraft::alias::LogIdOf<TypeConfig>;
 
 /// Encodings of log entries, kept by whoever encoded them.
 pub trait EncodedEntries: Send + Sync {
@@ -29,11 +28,11 @@ pub trait EncodedEntries: Send + Sync {
     fn append_encoded(&self, entries: &[Entry], out: &mut Vec<u8>) -> bool;
 
     /// Takes the encodings of entries this member received from its leader
-    /// (each under its entry's log id, in index order), for the entries'
-    /// append to store instead of encoding them again. The bytes are the
-    /// leader's encoding of each entry, which the entries handed to the
-    /// append were decoded from (see `received`).
-    fn received(&self, encodings: Vec<(LogId, Vec<u8>)>);
+    /// (each with the entry decoded from it, in index order), for the
+    /// append of those very entries to store instead of encoding them
+    /// again: an entry decoded from another message, even under the same
+    /// log id, is encoded as before (see `received`).
+    fn received(&self, encodings: Vec<(Entry, Vec<u8>)>);
 }
 
 /// `event::encode(req)`, with the entries' encodings taken from `held`
@@ -127,7 +126,7 @@ mod tests {
             true
         }
 
-        fn received(&self, _: Vec<(LogId, Vec<u8>)>) {}
+        fn received(&self, _: Vec<(Entry, Vec<u8>)>) {}
     }
 
     #[test]

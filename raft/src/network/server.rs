@@ -127,7 +127,7 @@ fn decode_append(
             rpc.entries
                 .iter()
                 .zip(encodings)
-                .map(|(entry, at)| (entry.log_id, m.cbor[at].to_vec()))
+                .map(|(entry, at)| (entry.clone(), m.cbor[at].to_vec()))
                 .collect(),
         );
     }

@@ -4,33 +4,45 @@
 //! [`EncodedEntries::received`](utopia_raft::EncodedEntries::received)).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
-use utopia_raft::openraft_api::{LogIdOf, RaftEntry};
-use utopia_raft::TypeConfig;
+use utopia_raft::openraft_api::{EntryPayload, RaftEntry};
 
 use super::Entry;
-
-type LogId = LogIdOf<TypeConfig>;
 
 /// Encoded bytes held, at most: a few AppendEntries messages (each within
 /// `REPLICATION_BATCH_BYTES_MAX`), the ones Raft may decode ahead of the
 /// append it is doing. An older encoding is dropped first; its entry is
-/// then encoded when appended, as without this holder.
+/// then encoded when appended, as without this holder. (Each is held with
+/// its entry, whose event is shared with Raft's own copy.)
 pub(super) const RECEIVED_BYTES_MAX: usize = 16 << 20;
 
-/// Received encodings in index order, each under the log id of the entry
-/// it encodes.
+/// Received encodings in index order, each with the entry decoded from it.
 #[derive(Default)]
 pub(super) struct Received {
-    entries: VecDeque<(LogId, Vec<u8>)>,
+    entries: VecDeque<(Entry, Vec<u8>)>,
     bytes: usize,
+}
+
+/// Whether `appended` is `decoded` itself (or a copy of it): for an entry
+/// with an event, the same shared event, so that bytes are stored only
+/// for the entry decoded from them, never for another one a message
+/// carried under the same log id.
+fn same_entry(decoded: &Entry, appended: &Entry) -> bool {
+    if decoded.log_id != appended.log_id {
+        return false;
+    }
+    match (&decoded.payload, &appended.payload) {
+        (EntryPayload::Normal(a), EntryPayload::Normal(b)) => Arc::ptr_eq(&a.event, &b.event),
+        _ => decoded == appended,
+    }
 }
 
 impl Received {
     /// Holds `encodings`, consecutive entries from one message. What an
     /// earlier message held from their first index on is dropped: the
     /// leader sent those indexes again, perhaps as other entries.
-    pub(super) fn hold(&mut self, encodings: Vec<(LogId, Vec<u8>)>) {
+    pub(super) fn hold(&mut self, encodings: Vec<(Entry, Vec<u8>)>) {
         let Some((first, _)) = encodings.first() else {
             return;
         };
@@ -38,38 +50,38 @@ impl Received {
         while self
             .entries
             .back()
-            .is_some_and(|(id, _)| id.index() >= first)
+            .is_some_and(|(held, _)| held.index() >= first)
         {
             self.pop_back();
         }
-        for (id, bytes) in encodings {
+        for (entry, bytes) in encodings {
             let follows = self
                 .entries
                 .back()
-                .is_none_or(|(last, _)| last.index() < id.index());
+                .is_none_or(|(last, _)| last.index() < entry.index());
             if !follows {
                 break;
             }
             self.bytes += bytes.len();
-            self.entries.push_back((id, bytes));
+            self.entries.push_back((entry, bytes));
         }
         while self.bytes > RECEIVED_BYTES_MAX {
             self.pop_front();
         }
     }
 
-    /// The received encoding of `entry`, if one is held under its log id.
+    /// The received encoding of `entry`, if it was decoded from one held.
     /// Appends come in index order, so what is held for earlier indexes is
     /// dropped.
     pub(super) fn take(&mut self, entry: &Entry) -> Option<Vec<u8>> {
         while self
             .entries
             .front()
-            .is_some_and(|(id, _)| id.index() < entry.index())
+            .is_some_and(|(held, _)| held.index() < entry.index())
         {
             self.pop_front();
         }
-        if self.entries.front()?.0 != entry.log_id {
+        if !same_entry(&self.entries.front()?.0, entry) {
             return None;
         }
         let (_, bytes) = self.entries.pop_front()?;
@@ -92,26 +104,45 @@ impl Received {
 
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+
     use utopia_raft::event::{self, Event, Request};
-    use utopia_raft::openraft_api::EntryPayload;
+    use utopia_raft::openraft_api::LogIdOf;
+    use utopia_raft::TypeConfig;
 
     use super::*;
 
-    fn id(term: u64, index: u64) -> LogId {
+    fn id(term: u64, index: u64) -> LogIdOf<TypeConfig> {
         let leader = openraft::vote::leader_id_adv::LeaderId { term, node_id: 1 };
-        LogId::new(leader, index)
+        LogIdOf::<TypeConfig>::new(leader, index)
     }
 
-    fn entry(term: u64, index: u64) -> Entry {
+    /// An entry as decoded once from a message.
+    fn decoded(term: u64, index: u64) -> Entry {
         Entry {
             log_id: id(term, index),
             payload: EntryPayload::Normal(Request::new(index, Event::LeaseRevoke { id: 7 })),
         }
     }
 
-    fn encodings(term: u64, indexes: std::ops::Range<u64>) -> Vec<(LogId, Vec<u8>)> {
+    thread_local! {
+        static DECODED: RefCell<HashMap<(u64, u64), Entry>> = RefCell::default();
+    }
+
+    /// The entry decoded from the message that sent (term, index): the
+    /// same one (sharing its event) each time it is asked for.
+    fn entry(term: u64, index: u64) -> Entry {
+        DECODED.with_borrow_mut(|d| {
+            d.entry((term, index))
+                .or_insert_with(|| decoded(term, index))
+                .clone()
+        })
+    }
+
+    fn encodings(term: u64, indexes: std::ops::Range<u64>) -> Vec<(Entry, Vec<u8>)> {
         indexes
-            .map(|i| (id(term, i), event::encode(&entry(term, i)).unwrap()))
+            .map(|i| (entry(term, i), event::encode(&entry(term, i)).unwrap()))
             .collect()
     }
 
@@ -133,6 +164,9 @@ mod tests {
             Some(event::encode(&entry(2, 10)).unwrap())
         );
         assert_eq!(r.take(&entry(2, 9)), None);
+        // An entry under the held log id but not decoded from those bytes
+        // (equal here, yet another decoding): nothing.
+        assert_eq!(r.take(&decoded(2, 11)), None);
         assert!(r.take(&entry(2, 11)).is_some());
         assert_eq!((r.entries.len(), r.bytes), (0, 0));
     }
@@ -166,13 +200,13 @@ mod tests {
     #[test]
     fn held_bytes_are_bounded() {
         let mut r = Received::default();
-        let big = |i: u64| (id(2, i), vec![0u8; RECEIVED_BYTES_MAX / 3]);
+        let big = |i: u64| (entry(2, i), vec![0u8; RECEIVED_BYTES_MAX / 3]);
         r.hold((1..5).map(big).collect());
         assert_eq!(r.entries.len(), 3);
-        assert_eq!(r.entries.front().map(|(id, _)| id.index()), Some(2));
+        assert_eq!(r.entries.front().map(|(e, _)| e.index()), Some(2));
         assert!(r.bytes <= RECEIVED_BYTES_MAX);
         // One encoding over the bound is not held at all.
-        r.hold(vec![(id(2, 9), vec![0u8; RECEIVED_BYTES_MAX + 1])]);
+        r.hold(vec![(entry(2, 9), vec![0u8; RECEIVED_BYTES_MAX + 1])]);
         assert_eq!((r.entries.len(), r.bytes), (0, 0));
     }
 }
