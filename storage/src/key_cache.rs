@@ -14,11 +14,16 @@
 //! not hold is read from the store as before; nothing about a key's
 //! absence is kept.
 //!
-//! Its bound is in bytes, split between two generations: new entries go to
-//! the young one, and when that reaches half the bound the old one is
-//! dropped and the young one takes its place. A key written again lands in
-//! the young generation, so the keys being written stay, at the cost of
-//! one hash lookup per generation.
+//! Its bound is in bytes, and nothing is dropped while there is room: a
+//! set of keys that fits is held whole however its writes are spread. The
+//! entries are in two generations: a key written goes to the young one
+//! (moving out of the old one if it was there), so the old one holds the
+//! keys not written since the last eviction. When a new key finds the
+//! cache full, the old generation goes, if the young one holds at least
+//! half the bound, and the young one becomes the old; otherwise half of
+//! the old generation goes, the first half in the map's order (by the
+//! keys' hashes). Either way about half the bound or more stays, and the
+//! keys written last are kept.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -55,6 +60,11 @@ impl KeyFacts {
 /// map keeps) and the key's own allocation.
 const ENTRY_OVERHEAD_BYTES: u64 = 96;
 
+/// Bytes an entry for `key` is counted at.
+fn entry_bytes(key: &[u8]) -> u64 {
+    key.len() as u64 + ENTRY_OVERHEAD_BYTES
+}
+
 /// The cache's memory bound when none is given: see
 /// [`crate::OpenOptions::key_cache_bytes_max`].
 pub const KEY_CACHE_BYTES_MAX_DEFAULT: u64 = 16 << 20;
@@ -67,7 +77,7 @@ pub(crate) struct KeyCache {
     old: HashMap<Box<[u8]>, KeyFacts>,
     young_bytes: u64,
     old_bytes: u64,
-    generation_bytes_max: u64,
+    bytes_max: u64,
 }
 
 impl KeyCache {
@@ -78,7 +88,7 @@ impl KeyCache {
             old: HashMap::new(),
             young_bytes: 0,
             old_bytes: 0,
-            generation_bytes_max: bytes_max / 2,
+            bytes_max,
         }
     }
 
@@ -90,18 +100,19 @@ impl KeyCache {
     /// Takes in the key changes of a batch that was just written, in
     /// revision order.
     pub(crate) fn note(&mut self, changes: &[FeedChange]) {
-        if self.generation_bytes_max == 0 {
+        if self.bytes_max == 0 {
             return;
         }
         for c in changes {
             let key = &c.change.kv.key[..];
-            let bytes = key.len() as u64 + ENTRY_OVERHEAD_BYTES;
+            let bytes = entry_bytes(key);
             if c.change.deleted {
                 if self.young.remove(key).is_some() {
                     self.young_bytes -= bytes;
                 }
                 if self.old.remove(key).is_some() {
                     self.old_bytes -= bytes;
+                    self.shrink_old_if_sparse();
                 }
                 continue;
             }
@@ -110,14 +121,45 @@ impl KeyCache {
                 *held = facts;
                 continue;
             }
-            if self.young_bytes + bytes > self.generation_bytes_max {
-                self.old = std::mem::take(&mut self.young);
-                self.old_bytes = std::mem::take(&mut self.young_bytes);
+            if self.old.remove(key).is_some() {
+                self.old_bytes -= bytes;
+                self.shrink_old_if_sparse();
+            } else if bytes > self.bytes_max {
+                continue;
+            } else {
+                self.make_room(bytes);
             }
-            // The old generation may hold an older state: the young one is
-            // read first, and replaces it whole when it is full.
             self.young.insert(key.into(), facts);
             self.young_bytes += bytes;
+        }
+    }
+
+    /// Evicts until an entry of `bytes` (at most the bound) fits.
+    fn make_room(&mut self, bytes: u64) {
+        while self.young_bytes + self.old_bytes + bytes > self.bytes_max {
+            if self.old.is_empty() || self.young_bytes >= self.bytes_max / 2 {
+                self.old = std::mem::take(&mut self.young);
+                self.old_bytes = std::mem::take(&mut self.young_bytes);
+            } else {
+                // Half of it, the first half in the map's order: by the
+                // keys' hashes, so no particular keys.
+                let keep = self.old.len() / 2;
+                let mut seen = 0;
+                self.old.retain(|_, _| {
+                    seen += 1;
+                    seen <= keep
+                });
+                self.old_bytes = self.old.keys().map(|k| entry_bytes(k)).sum();
+                self.old.shrink_to_fit();
+            }
+        }
+    }
+
+    /// A map keeps its table as entries leave it: the old generation's is
+    /// made smaller once it is three quarters empty.
+    fn shrink_old_if_sparse(&mut self) {
+        if self.old.capacity() > 64 && self.old.len() * 4 < self.old.capacity() {
+            self.old.shrink_to_fit();
         }
     }
 
@@ -134,7 +176,7 @@ impl KeyCache {
         self.old_bytes = 0;
     }
 
-    /// Entries held, both generations (a key in both counts twice).
+    /// Entries held, both generations (a key is in one of them).
     #[cfg(test)]
     fn len(&self) -> usize {
         self.young.len() + self.old.len()
@@ -244,9 +286,9 @@ mod tests {
         assert_eq!(cache.get(b"b"), None);
     }
 
-    /// Past half its bound the young generation becomes the old one, and
-    /// what was old is dropped: the cache never holds more than its bound,
-    /// and a key written again is found in its newest state.
+    /// A full cache evicts: it never holds more than its bound, the keys
+    /// written last stay, and a key written again is found in its newest
+    /// state.
     #[test]
     fn stays_within_its_bound_and_keeps_the_keys_written_last() {
         let per_entry = 2 + ENTRY_OVERHEAD_BYTES;
@@ -268,6 +310,73 @@ mod tests {
             cache.get(b"95").map(|f| (f.mod_revision, f.version)),
             Some((101, 2))
         );
+    }
+
+    /// Keys that fit are all held, however often and in whatever order
+    /// they are written: nothing is evicted while there is room.
+    #[test]
+    fn a_set_of_keys_that_fits_is_held_whole() {
+        let per_entry = 3 + ENTRY_OVERHEAD_BYTES;
+        let mut cache = KeyCache::new(150 * per_entry);
+        let mut last = std::collections::BTreeMap::new();
+        // 100 keys in a pseudo-random order (a linear congruential
+        // sequence), so that some go unwritten for several hundred writes.
+        let mut x: u64 = 1;
+        for rev in 1..=3000i64 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let k = (x >> 33) % 100;
+            cache.note(&[put(&format!("{k:03}"), rev, 1)]);
+            last.insert(k, rev);
+        }
+        assert_eq!(last.len(), 100);
+        assert_eq!(cache.len(), 100);
+        assert_eq!(cache.bytes(), 100 * per_entry);
+        for (k, rev) in last {
+            assert_eq!(
+                cache
+                    .get(format!("{k:03}").as_bytes())
+                    .map(|f| f.mod_revision),
+                Some(rev),
+                "key {k:03}"
+            );
+        }
+    }
+
+    /// Past its bound the cache keeps about half of it or more, the newest
+    /// keys among them, whatever the order of the writes.
+    #[test]
+    fn a_larger_set_keeps_about_half_the_bound() {
+        let per_entry = 4 + ENTRY_OVERHEAD_BYTES;
+        let mut cache = KeyCache::new(100 * per_entry);
+        let mut rev = 0;
+        for round in 0..10i64 {
+            for i in 0..1000i64 {
+                rev += 1;
+                let k = (i * 7 + round * 13) % 1000;
+                cache.note(&[put(&format!("{k:04}"), rev, round + 1)]);
+                assert!(cache.bytes() <= 100 * per_entry, "{} bytes", cache.bytes());
+                if rev > 100 {
+                    assert!(cache.len() >= 40, "{} entries after {rev}", cache.len());
+                }
+                let key = format!("{k:04}");
+                assert_eq!(
+                    cache.get(key.as_bytes()).map(|f| f.mod_revision),
+                    Some(rev),
+                    "the key just written"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_key_larger_than_the_bound_is_not_held() {
+        let mut cache = KeyCache::new(ENTRY_OVERHEAD_BYTES + 1);
+        cache.note(&[put("a", 1, 1), put("bb", 2, 1)]);
+        assert_eq!(cache.get(b"a").map(|f| f.mod_revision), Some(1));
+        assert_eq!(cache.get(b"bb"), None);
+        assert_eq!(cache.bytes(), 1 + ENTRY_OVERHEAD_BYTES);
     }
 
     #[test]
