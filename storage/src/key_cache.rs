@@ -110,10 +110,7 @@ impl KeyCache {
                 if self.young.remove(key).is_some() {
                     self.young_bytes -= bytes;
                 }
-                if self.old.remove(key).is_some() {
-                    self.old_bytes -= bytes;
-                    self.shrink_old_if_sparse();
-                }
+                self.take_old(key, bytes);
                 continue;
             }
             let facts = KeyFacts::of(&c.change.kv);
@@ -121,12 +118,10 @@ impl KeyCache {
                 *held = facts;
                 continue;
             }
-            if self.old.remove(key).is_some() {
-                self.old_bytes -= bytes;
-                self.shrink_old_if_sparse();
-            } else if bytes > self.bytes_max {
-                continue;
-            } else {
+            if !self.take_old(key, bytes) {
+                if bytes > self.bytes_max {
+                    continue;
+                }
                 self.make_room(bytes);
             }
             self.young.insert(key.into(), facts);
@@ -155,12 +150,18 @@ impl KeyCache {
         }
     }
 
-    /// A map keeps its table as entries leave it: the old generation's is
-    /// made smaller once it is three quarters empty.
-    fn shrink_old_if_sparse(&mut self) {
+    /// Drops `key` (counted at `bytes`) from the old generation; whether it
+    /// was there. A map keeps its table as entries leave it: the old
+    /// generation's is made smaller once it is three quarters empty.
+    fn take_old(&mut self, key: &[u8], bytes: u64) -> bool {
+        if self.old.remove(key).is_none() {
+            return false;
+        }
+        self.old_bytes -= bytes;
         if self.old.capacity() > 64 && self.old.len() * 4 < self.old.capacity() {
             self.old.shrink_to_fit();
         }
+        true
     }
 
     /// Bytes the entries held are counted at.
